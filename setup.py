@@ -1,0 +1,14 @@
+"""Builds the optional C block-cipher accelerator; kmsgate falls back to pure Python without it."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "kmsgate.protocol._cipher",
+            sources=["src/kmsgate/protocol/_cipher.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        )
+    ]
+)

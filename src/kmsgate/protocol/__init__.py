@@ -1,0 +1,1 @@
+"""Sans-IO KMS protocol core: bytes and values in, bytes and values out."""

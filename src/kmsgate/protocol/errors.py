@@ -1,0 +1,37 @@
+"""Typed exceptions of the protocol core; each says whose fault the error is."""
+
+from __future__ import annotations
+
+
+class KmsgateError(Exception):
+    """Base of every kmsgate error."""
+
+
+class ProtocolError(KmsgateError):
+    """The peer sent bytes that break the protocol (remote fault)."""
+
+
+class LocalProtocolError(KmsgateError):
+    """The caller asked the protocol core for something invalid (local fault)."""
+
+
+class RpcDecodeError(ProtocolError):
+    """A DCE-RPC PDU could not be decoded; the connection should be closed."""
+
+
+class KmsMessageError(ProtocolError):
+    """A KMS message is malformed; a host answers it with an HRESULT error stub."""
+
+    def __init__(self, reason: str, hresult: int = 0x8007000D) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hresult = hresult
+
+
+class VerificationError(ProtocolError):
+    """A KMS response failed a strict client-side check."""
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(f"{check}: {detail}")
+        self.check = check
+        self.detail = detail
