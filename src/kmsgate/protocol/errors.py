@@ -35,3 +35,19 @@ class VerificationError(ProtocolError):
         super().__init__(f"{check}: {detail}")
         self.check = check
         self.detail = detail
+
+
+class RpcFaultError(ProtocolError):
+    """The host answered a call with an RPC fault PDU."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"RPC fault 0x{status:08X}")
+        self.status = status
+
+
+class ActivationError(ProtocolError):
+    """The host answered with an HRESULT other than success."""
+
+    def __init__(self, hresult: int, text: str) -> None:
+        super().__init__(text)
+        self.hresult = hresult

@@ -1,0 +1,136 @@
+"""ePID and HWID generation and validation (spec §15); randomness is always injected."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Protocol
+
+# Windows LCIDs a KMS host may report (the set genuine hosts ship with).
+VALID_LCIDS = (
+    1078, 1052, 1025, 2049, 3073, 4097, 5121, 6145, 7169, 8193, 9217, 10241, 11265, 12289,
+    13313, 14337, 15361, 16385, 1067, 1068, 2092, 1069, 1059, 1093, 5146, 1026, 1027, 1028,
+    2052, 3076, 4100, 5124, 1050, 4122, 1029, 1030, 1125, 1043, 2067, 1033, 2057, 3081, 4105,
+    5129, 6153, 7177, 8201, 9225, 10249, 11273, 12297, 13321, 1061, 1080, 1065, 1035, 1036,
+    2060, 3084, 4108, 5132, 6156, 1079, 1110, 1031, 2055, 3079, 4103, 5127, 1032, 1095, 1037,
+    1081, 1038, 1039, 1057, 1040, 2064, 1041, 1099, 1087, 1111, 1042, 1088, 1062, 1063, 1071,
+    1086, 2110, 1100, 1082, 1153, 1102, 1104, 1044, 2068, 1045, 1046, 2070, 1094, 1131, 2155,
+    3179, 1048, 1049, 9275, 4155, 5179, 3131, 1083, 2107, 8251, 6203, 7227, 1103, 2074, 6170,
+    3098, 7194, 1051, 1060, 1034, 2058, 3082, 4106, 5130, 6154, 7178, 8202, 9226, 10250, 11274,
+    12298, 13322, 14346, 15370, 16394, 17418, 18442, 19466, 20490, 1089, 1053, 2077, 1114, 1097,
+    1092, 1098, 1054, 1074, 1058, 1056, 1091, 2115, 1066, 1106, 1076, 1077,
+)  # fmt: skip
+
+VOLUME_CHANNEL = 3
+HWID_SIZE = 8
+_EPID = re.compile(
+    r"^(?P<platform>\d{5})-(?P<group>\d{5})-(?P<key_hi>\d{3})-(?P<key_lo>\d{6})-(?P<channel>\d{2})"
+    r"-(?P<lcid>\d{1,5})-(?P<build>\d{1,5})\.0000-(?P<day>\d{3})(?P<year>\d{4})$"
+)
+
+
+class CsvlkSource(Protocol):
+    """What an ePID needs from the host key (CSVLK) it claims."""
+
+    @property
+    def group_id(self) -> int: ...
+    @property
+    def min_key_id(self) -> int: ...
+    @property
+    def max_key_id(self) -> int: ...
+    @property
+    def release_date(self) -> date: ...
+
+
+class HostBuildSource(Protocol):
+    """What an ePID needs from the host OS build it claims."""
+
+    @property
+    def build(self) -> int: ...
+    @property
+    def platform_id(self) -> int: ...
+    @property
+    def release_date(self) -> date: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Epid:
+    """The fields of an extended product id."""
+
+    platform_id: int
+    group_id: int
+    key_id: int
+    lcid: int
+    build: int
+    activation_date: date
+    channel: int = VOLUME_CHANNEL
+
+    def __str__(self) -> str:
+        day = self.activation_date.timetuple().tm_yday
+        return (
+            f"{self.platform_id:05d}-{self.group_id:05d}-{self.key_id // 1_000_000:03d}-"
+            f"{self.key_id % 1_000_000:06d}-{self.channel:02d}-{self.lcid}-{self.build}.0000-"
+            f"{day:03d}{self.activation_date.year:04d}"
+        )
+
+
+def parse_epid(text: str) -> Epid:
+    """Parse and validate an ePID string; raise ValueError naming what is wrong."""
+    match = _EPID.match(text)
+    if match is None:
+        raise ValueError(
+            f"ePID {text!r} does not look like PPPPP-GGGGG-KKK-KKKKKK-03-LCID-BUILD.0000-DDDYYYY"
+        )
+    year = int(match["year"])
+    day = int(match["day"])
+    if year < 1990 or not 1 <= day <= (366 if _leap(year) else 365):
+        raise ValueError(f"ePID {text!r} has an impossible activation date")
+    if int(match["lcid"]) not in VALID_LCIDS:
+        raise ValueError(f"ePID {text!r} has an unknown LCID {match['lcid']}")
+    return Epid(
+        platform_id=int(match["platform"]),
+        group_id=int(match["group"]),
+        key_id=int(match["key_hi"]) * 1_000_000 + int(match["key_lo"]),
+        lcid=int(match["lcid"]),
+        build=int(match["build"]),
+        activation_date=date(year, 1, 1) + timedelta(days=day - 1),
+        channel=int(match["channel"]),
+    )
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def random_epid(
+    csvlk: CsvlkSource, host: HostBuildSource, lcid: int, rng: random.Random, today: date
+) -> Epid:
+    """A plausible ePID: key id from the CSVLK's range, date after both releases."""
+    key_id = rng.randrange(csvlk.min_key_id, max(csvlk.max_key_id, csvlk.min_key_id + 1))
+    earliest = max(csvlk.release_date, host.release_date)
+    span = max((today - earliest).days, 0)
+    activated = earliest + timedelta(days=rng.randint(0, span))
+    return Epid(host.platform_id, csvlk.group_id, key_id, lcid, host.build, activated)
+
+
+def platform_id_for_build(builds: list[HostBuildSource], build: int) -> int:
+    """Platform id of the newest known build not newer than `build`."""
+    known = [b for b in builds if b.build <= build]
+    if not known:
+        raise ValueError(f"no known host build at or below {build}")
+    return max(known, key=lambda b: b.build).platform_id
+
+
+def parse_hwid(text: str) -> bytes:
+    """Parse 16 hex digits (first wire byte first) into the 8-byte HWID."""
+    cleaned = text.strip().removeprefix("0x").replace(":", "").replace(" ", "")
+    if not re.fullmatch(r"[0-9a-fA-F]{16}", cleaned):
+        raise ValueError(f"HWID {text!r} must be 16 hexadecimal digits")
+    return bytes.fromhex(cleaned)
+
+
+def random_hwid(rng: random.Random) -> bytes:
+    """A random 8-byte HWID."""
+    return rng.randbytes(HWID_SIZE)

@@ -1,0 +1,392 @@
+"""KMS request/response messages (v4, v5, v6): dataclasses, codecs and strict verification."""
+
+from __future__ import annotations
+
+import hmac
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kmsgate.protocol import crypto
+from kmsgate.protocol.errors import (
+    KmsMessageError,
+    LocalProtocolError,
+    ProtocolError,
+    VerificationError,
+)
+
+RandomBytes = Callable[[int], bytes]
+
+SUPPORTED_VERSIONS = (4, 5, 6)
+BASE_REQUEST_SIZE = 236
+V4_REQUEST_SIZE = 252
+V5_REQUEST_SIZE = 260
+MACHINE_NAME_UNITS = 64
+MAX_EPID_BYTES = 128
+HWID_SIZE = 8
+
+_BASE_REQUEST = struct.Struct("<HHIII16s16s16s16sIQ16s128s")
+_RESPONSE_TAIL = struct.Struct("<16sQIII")
+_VERSION = struct.Struct("<HH")
+NIL_UUID = uuid.UUID(int=0)
+
+
+@dataclass(frozen=True, slots=True)
+class KmsRequest:
+    """The 236-byte base request a KMS client sends (spec §9)."""
+
+    major_version: int
+    application_id: uuid.UUID
+    sku_id: uuid.UUID
+    kms_counted_id: uuid.UUID
+    client_machine_id: uuid.UUID
+    required_client_count: int
+    request_time: int
+    machine_name: str
+    minor_version: int = 0
+    is_client_vm: int = 0
+    license_status: int = 2
+    grace_time: int = 43200
+    previous_client_machine_id: uuid.UUID = NIL_UUID
+
+    def to_bytes(self) -> bytes:
+        """Encode as the 236-byte base request."""
+        name = self.machine_name.encode("utf-16-le")
+        if len(name) >= 2 * MACHINE_NAME_UNITS:
+            raise LocalProtocolError("machine name must fit 63 UTF-16 code units")
+        return _BASE_REQUEST.pack(
+            self.minor_version,
+            self.major_version,
+            self.is_client_vm,
+            self.license_status,
+            self.grace_time,
+            self.application_id.bytes_le,
+            self.sku_id.bytes_le,
+            self.kms_counted_id.bytes_le,
+            self.client_machine_id.bytes_le,
+            self.required_client_count,
+            self.request_time,
+            self.previous_client_machine_id.bytes_le,
+            name,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KmsRequest:
+        """Decode a 236-byte base request."""
+        if len(data) < BASE_REQUEST_SIZE:
+            raise KmsMessageError(f"base request needs {BASE_REQUEST_SIZE} bytes, got {len(data)}")
+        (minor, major, vm, status, grace, app, sku, kms, cmid, count, when, prev, raw_name) = (
+            _BASE_REQUEST.unpack_from(data)
+        )
+        return cls(
+            major_version=major,
+            minor_version=minor,
+            is_client_vm=vm,
+            license_status=status,
+            grace_time=grace,
+            application_id=uuid.UUID(bytes_le=app),
+            sku_id=uuid.UUID(bytes_le=sku),
+            kms_counted_id=uuid.UUID(bytes_le=kms),
+            client_machine_id=uuid.UUID(bytes_le=cmid),
+            required_client_count=count,
+            request_time=when,
+            previous_client_machine_id=uuid.UUID(bytes_le=prev),
+            machine_name=_utf16z(raw_name),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KmsResponse:
+    """The base response a KMS host returns (spec §10)."""
+
+    major_version: int
+    epid: str
+    client_machine_id: uuid.UUID
+    response_time: int
+    current_client_count: int
+    activation_interval: int
+    renewal_interval: int
+    minor_version: int = 0
+
+    def to_bytes(self) -> bytes:
+        """Encode as 44 + P bytes, P being the ePID's UTF-16 size with its NUL."""
+        epid = self.epid.encode("utf-16-le") + b"\x00\x00"
+        if len(epid) > MAX_EPID_BYTES:
+            raise LocalProtocolError(f"ePID of {len(epid)} bytes exceeds {MAX_EPID_BYTES}")
+        return (
+            _VERSION.pack(self.minor_version, self.major_version)
+            + struct.pack("<I", len(epid))
+            + epid
+            + _RESPONSE_TAIL.pack(
+                self.client_machine_id.bytes_le,
+                self.response_time,
+                self.current_client_count,
+                self.activation_interval,
+                self.renewal_interval,
+            )
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> tuple[KmsResponse, int]:
+        """Decode a base response; return it and its length (44 + P)."""
+        if len(data) < 8:
+            raise VerificationError("size", "response too short for its version and ePID size")
+        minor, major = _VERSION.unpack_from(data)
+        (pid_size,) = struct.unpack_from("<I", data, 4)
+        if pid_size > MAX_EPID_BYTES or pid_size % 2 or pid_size < 2:
+            raise VerificationError("pid_length", f"ePID size {pid_size} is not valid")
+        end = 8 + pid_size + _RESPONSE_TAIL.size
+        if len(data) < end:
+            raise VerificationError("size", f"base response needs {end} bytes, got {len(data)}")
+        raw_epid = data[8 : 8 + pid_size]
+        units = [raw_epid[i : i + 2] for i in range(0, pid_size, 2)]
+        if units[-1] != b"\x00\x00" or b"\x00\x00" in units[:-1]:
+            raise VerificationError("pid_length", "ePID is not exactly NUL-terminated")
+        cmid, when, count, activation, renewal = _RESPONSE_TAIL.unpack_from(data, 8 + pid_size)
+        response = cls(
+            major_version=major,
+            minor_version=minor,
+            epid=raw_epid[:-2].decode("utf-16-le", "replace"),
+            client_machine_id=uuid.UUID(bytes_le=cmid),
+            response_time=when,
+            current_client_count=count,
+            activation_interval=activation,
+            renewal_interval=renewal,
+        )
+        return response, end
+
+
+def _utf16z(raw: bytes) -> str:
+    for index in range(0, len(raw) - 1, 2):
+        if raw[index] == 0 and raw[index + 1] == 0:
+            raw = raw[:index]
+            break
+    return raw.decode("utf-16-le", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRequest:
+    """A request message as a host sees it: fields plus what the reply needs."""
+
+    request: KmsRequest
+    major_version: int
+    message: bytes
+    salt: bytes | None = None
+    mac_valid: bool = True
+
+
+def message_version(message: bytes) -> tuple[int, int]:
+    """The (major, minor) version in a KMS message's first 4 bytes."""
+    if len(message) < 4:
+        raise KmsMessageError(f"KMS message of {len(message)} bytes has no version")
+    minor, major = _VERSION.unpack_from(message)
+    return major, minor
+
+
+def decode_request(message: bytes) -> DecodedRequest:
+    """Decode (and for v5/v6 decrypt) a request message; invalid ones raise KmsMessageError."""
+    major, minor = message_version(message)
+    if major not in SUPPORTED_VERSIONS or minor != 0:
+        raise KmsMessageError(f"unsupported KMS protocol version {major}.{minor}")
+    if major == 4:
+        if len(message) < V4_REQUEST_SIZE:
+            raise KmsMessageError(f"v4 request needs {V4_REQUEST_SIZE} bytes, got {len(message)}")
+        base = message[:BASE_REQUEST_SIZE]
+        mac = message[BASE_REQUEST_SIZE:V4_REQUEST_SIZE]
+        valid = hmac.compare_digest(crypto.kms_v4_mac(base), mac)
+        return DecodedRequest(KmsRequest.from_bytes(base), 4, message, None, valid)
+    if len(message) < V5_REQUEST_SIZE:
+        raise KmsMessageError(f"v{major} request needs {V5_REQUEST_SIZE} bytes, got {len(message)}")
+    cipher = crypto.cipher_for_version(major)
+    # One CBC pass with a zero IV over IV+ciphertext yields D(IV) (the salt) then the plaintext.
+    plain = cipher.cbc_decrypt(bytes(16), message[4:V5_REQUEST_SIZE])
+    salt, body = plain[:16], plain[16:]
+    if body[BASE_REQUEST_SIZE:] != b"\x04\x04\x04\x04":
+        raise KmsMessageError(f"v{major} request does not decrypt to valid padding")
+    request = KmsRequest.from_bytes(body)
+    if (request.major_version, request.minor_version) != (major, minor):
+        raise KmsMessageError(
+            f"inner version {request.major_version}.{request.minor_version} "
+            f"differs from outer {major}.{minor}"
+        )
+    return DecodedRequest(request, major, message, salt)
+
+
+def encode_request(request: KmsRequest, iv: bytes = bytes(16)) -> bytes:
+    """Encode a request message; v5/v6 are encrypted under the client-chosen `iv`."""
+    base = request.to_bytes()
+    version = _VERSION.pack(request.minor_version, request.major_version)
+    if request.major_version == 4:
+        return base + crypto.kms_v4_mac(base)
+    if len(iv) != 16:
+        raise LocalProtocolError("a v5/v6 request IV is 16 bytes")
+    cipher = crypto.cipher_for_version(request.major_version)
+    return version + iv + cipher.cbc_encrypt(iv, crypto.pkcs7_pad(base))
+
+
+def encode_response(
+    decoded: DecodedRequest,
+    response: KmsResponse,
+    *,
+    random_bytes: RandomBytes,
+    hwid: bytes = bytes(HWID_SIZE),
+) -> bytes:
+    """Build the response message for `decoded` (MAC, or encryption with fresh salts)."""
+    base = response.to_bytes()
+    major = decoded.major_version
+    if major == 4:
+        return base + crypto.kms_v4_mac(base)
+    salt = decoded.salt
+    if salt is None:
+        raise LocalProtocolError("v5/v6 responses need the request's decrypted salt")
+    rnd = random_bytes(16)
+    random_xor_salt = _xor(rnd, salt)
+    digest = crypto.sha256(rnd)
+    if major == 5:
+        plain = salt + base + random_xor_salt + digest
+    else:
+        if len(hwid) != HWID_SIZE:
+            raise LocalProtocolError("HWID is 8 bytes")
+        response_iv = random_bytes(16)
+        if response_iv == salt:  # a v6 client flags IV == salt as an emulator
+            response_iv = _xor(response_iv, b"\x01" + bytes(15))
+        plain = response_iv + base + random_xor_salt + digest + hwid + salt
+        plain += crypto.v6_hmac(response.response_time, plain)
+    cipher = crypto.cipher_for_version(major)
+    return decoded.message[:4] + cipher.cbc_encrypt(bytes(16), crypto.pkcs7_pad(plain))
+
+
+def _xor(left: bytes, right: bytes) -> bytes:
+    return (int.from_bytes(left, "little") ^ int.from_bytes(right, "little")).to_bytes(
+        len(left), "little"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One verification a strict client made on a response."""
+
+    name: str
+    passed: bool
+    detail: str = ""
+    fatal: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedResponse:
+    """A decoded response with every check made on it."""
+
+    response: KmsResponse
+    checks: tuple[Check, ...]
+    hwid: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(check.passed or not check.fatal for check in self.checks)
+
+    def raise_for_failure(self) -> None:
+        """Raise VerificationError for the first failed fatal check."""
+        for check in self.checks:
+            if check.fatal and not check.passed:
+                raise VerificationError(check.name, check.detail)
+
+
+def _parse_tail(plain: bytes, start: int, count: int) -> bytes:
+    if len(plain) < start + count:
+        raise VerificationError("size", f"plaintext ends before byte {start + count}")
+    return plain[start : start + count]
+
+
+def verify_response(request_message: bytes, response_message: bytes) -> VerifiedResponse:
+    """Decode a response message and run every check of spec §12.8 against our request."""
+    sent = decode_request(request_message)
+    major, minor = message_version(response_message)
+    if major == 4:
+        response, base_len = KmsResponse.from_bytes(response_message)
+        mac = _parse_tail(response_message, base_len, 16)
+        checks = [
+            Check("mac", hmac.compare_digest(crypto.kms_v4_mac(response_message[:base_len]), mac)),
+            Check(
+                "size",
+                len(response_message) == base_len + 16,
+                f"message is {len(response_message)} bytes, expected {base_len + 16}",
+                fatal=False,
+            ),
+        ]
+        return VerifiedResponse(response, _common_checks(sent, major, minor, response, checks))
+    if major not in (5, 6):
+        raise VerificationError("version", f"response has unsupported version {major}.{minor}")
+    body = response_message[4:]
+    if not body or len(body) % 16:
+        raise VerificationError("decryption", f"ciphertext of {len(body)} bytes is not blocks")
+    cipher = crypto.cipher_for_version(major)
+    try:
+        plain = crypto.pkcs7_unpad(cipher.cbc_decrypt(bytes(16), body))
+    except ProtocolError as exc:
+        raise VerificationError("decryption", str(exc)) from exc
+    response_iv = plain[:16]
+    response, base_len = KmsResponse.from_bytes(plain[16:])
+    at = 16 + base_len
+    random_xor_salt = _parse_tail(plain, at, 16)
+    digest = _parse_tail(plain, at + 16, 32)
+    salt = sent.salt or b""
+    checks = [
+        Check("hash", hmac.compare_digest(crypto.sha256(_xor(random_xor_salt, salt)), digest))
+    ]
+    hwid = None
+    if major == 5:
+        checks.append(Check("ivs", response_iv == salt, "response IV differs from request salt"))
+        expected = at + 48
+    else:
+        hwid = _parse_tail(plain, at + 48, HWID_SIZE)
+        xor_salts = _parse_tail(plain, at + 56, 16)
+        mac = _parse_tail(plain, at + 72, 16)
+        checks.append(Check("ivs", xor_salts == salt, "XorSalts differ from the request salt"))
+        checks.append(
+            Check("iv_not_suspicious", response_iv != salt, "response IV equals salt", fatal=False)
+        )
+        signed = plain[: at + 72]
+        hmac_ok = any(
+            hmac.compare_digest(crypto.v6_hmac(response.response_time, signed, offset), mac)
+            for offset in (0, -1, 1)
+        )
+        checks.append(Check("hmac", hmac_ok, "HMAC matches no time slot"))
+        expected = at + 88
+    padded = 4 + expected + 16 - expected % 16
+    checks.append(
+        Check(
+            "size",
+            len(response_message) == padded,
+            f"message is {len(response_message)} bytes, expected {padded}",
+            fatal=False,
+        )
+    )
+    return VerifiedResponse(response, _common_checks(sent, major, minor, response, checks), hwid)
+
+
+def _common_checks(
+    sent: DecodedRequest, major: int, minor: int, response: KmsResponse, checks: list[Check]
+) -> tuple[Check, ...]:
+    request = sent.request
+    version_ok = (
+        (major, minor)
+        == (response.major_version, response.minor_version)
+        == (request.major_version, request.minor_version)
+    )
+    return (
+        Check("version", version_ok, f"response version {major}.{minor}"),
+        Check("time_stamp", response.response_time == request.request_time, "not the request time"),
+        Check(
+            "client_machine_id",
+            response.client_machine_id == request.client_machine_id,
+            f"response CMID {response.client_machine_id}",
+        ),
+        # Windows refuses to activate below its N-count policy (0xC004F038).
+        Check(
+            "client_count",
+            response.current_client_count >= request.required_client_count,
+            f"count {response.current_client_count} below N {request.required_client_count}",
+        ),
+        *checks,
+    )

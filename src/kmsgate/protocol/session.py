@@ -1,0 +1,241 @@
+"""One KMS host connection as a sans-IO state machine: bytes in, bytes and events out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kmsgate.protocol import ndr, rpc
+from kmsgate.protocol.engine import KmsEngine
+from kmsgate.protocol.errors import KmsMessageError, RpcDecodeError
+from kmsgate.protocol.messages import (
+    DecodedRequest,
+    KmsRequest,
+    KmsResponse,
+    RandomBytes,
+    decode_request,
+    encode_response,
+)
+from kmsgate.protocol.ndr import TransferSyntax
+
+DEFAULT_MAX_PDU = 5840
+# A KMS request is a few hundred bytes; fragments beyond this are an attack, not a client.
+MAX_REASSEMBLED_STUB = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Per-listener RPC behaviour."""
+
+    port: int = 1688
+    ndr64: bool = True
+    btfn: bool = True
+    hwid: bytes = bytes(8)
+    max_pdu_size: int = DEFAULT_MAX_PDU
+
+
+@dataclass(frozen=True, slots=True)
+class BindCompleted:
+    """A bind or alter_context was answered."""
+
+    call_id: int
+    alter: bool
+    results: tuple[rpc.ContextResult, ...]
+    ndr64: bool
+    btfn_bits: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationServed:
+    """A KMS request was answered with a response message."""
+
+    call_id: int
+    syntax: TransferSyntax
+    request: KmsRequest
+    response: KmsResponse
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationRefused:
+    """A KMS request got an HRESULT error stub; `request` is None when it did not decode."""
+
+    call_id: int
+    syntax: TransferSyntax
+    request: KmsRequest | None
+    hresult: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSent:
+    """An RPC fault PDU was queued."""
+
+    call_id: int
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer broke the protocol: flush `data_to_send()` and close the connection."""
+
+    reason: str
+
+
+Event = BindCompleted | ActivationServed | ActivationRefused | FaultSent | ConnectionClosed
+
+
+class ServerSession:
+    """A KMS host's side of one TCP connection (compare h11.Connection)."""
+
+    def __init__(
+        self,
+        engine: KmsEngine,
+        settings: SessionSettings,
+        *,
+        random_bytes: RandomBytes,
+        assoc_group_id: int,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._random_bytes = random_bytes
+        self._assoc_group_id = assoc_group_id or 1
+        self._buffer = bytearray()
+        self._outgoing = bytearray()
+        self._ndr32_context: int | None = None
+        self._ndr64_context: int | None = None
+        self._fragments: bytearray | None = None
+        self.closed = False
+        self.requests_served = 0
+
+    def data_to_send(self) -> bytes:
+        """Take the bytes queued for the peer."""
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def receive_data(self, data: bytes, now: int) -> list[Event]:
+        """Feed bytes from the peer; `now` is the host clock as FILETIME."""
+        if self.closed:
+            return []
+        self._buffer += data
+        events: list[Event] = []
+        while not self.closed and len(self._buffer) >= rpc.HEADER_SIZE:
+            try:
+                header = rpc.parse_header(self._buffer)
+            except RpcDecodeError as exc:
+                events.append(self._close(str(exc)))
+                break
+            if header.frag_length > self._settings.max_pdu_size:
+                events.append(self._close(f"PDU of {header.frag_length} bytes is too large"))
+                break
+            if len(self._buffer) < header.frag_length:
+                break
+            raw = bytes(self._buffer[: header.frag_length])
+            del self._buffer[: header.frag_length]
+            events.extend(self._handle(raw, now))
+        return events
+
+    def _close(self, reason: str) -> ConnectionClosed:
+        self.closed = True
+        self._buffer.clear()
+        return ConnectionClosed(reason)
+
+    def _handle(self, raw: bytes, now: int) -> list[Event]:
+        try:
+            pdu = rpc.decode_pdu(raw)
+        except RpcDecodeError as exc:
+            return [self._close(str(exc))]
+        if isinstance(pdu, rpc.Bind):
+            return [self._bind(pdu)]
+        if isinstance(pdu, rpc.Request):
+            return self._request(pdu, now)
+        return [self._close(f"unexpected {type(pdu).__name__} PDU from a client")]
+
+    def _send(self, pdu: rpc.Pdu) -> None:
+        self._outgoing += rpc.encode_pdu(pdu)
+
+    def _bind(self, bind: rpc.Bind) -> Event:
+        if not bind.contexts:
+            self._send(rpc.BindNak(bind.call_id, rpc.BindNakReason.NOT_SPECIFIED))
+            return self._close("bind without presentation contexts")
+        outcome = rpc.negotiate(bind.contexts, ndr64=self._settings.ndr64, btfn=self._settings.btfn)
+        if outcome.ndr32_context is not None:
+            self._ndr32_context = outcome.ndr32_context
+        if outcome.ndr64_context is not None:
+            self._ndr64_context = outcome.ndr64_context
+        self._send(
+            rpc.BindAck(
+                call_id=bind.call_id,
+                results=outcome.results,
+                max_xmit_frag=bind.max_xmit_frag,
+                max_recv_frag=bind.max_recv_frag,
+                assoc_group_id=self._assoc_group_id,
+                secondary_address="" if bind.alter else str(self._settings.port),
+                # Clients compare CONC_MPX with what they sent; alter_context_resp never sets it.
+                flags=rpc.PFC_SINGLE | (0 if bind.alter else bind.flags & rpc.PFC_CONC_MPX),
+                alter=bind.alter,
+            )
+        )
+        return BindCompleted(
+            bind.call_id,
+            bind.alter,
+            outcome.results,
+            outcome.ndr64_context is not None,
+            outcome.btfn_bits,
+        )
+
+    def _fault(self, request: rpc.Request, status: int, reason: str) -> FaultSent:
+        self._fragments = None
+        self._send(rpc.Fault(request.call_id, status, context_id=request.context_id))
+        return FaultSent(request.call_id, status, reason)
+
+    def _request(self, request: rpc.Request, now: int) -> list[Event]:
+        try:
+            stub = self._reassemble(request)
+        except RpcDecodeError as exc:
+            return [self._close(str(exc))]
+        if stub is None:
+            return []
+        if request.context_id == self._ndr32_context:
+            syntax = TransferSyntax.NDR32
+        elif request.context_id == self._ndr64_context:
+            syntax = TransferSyntax.NDR64
+        else:
+            return [self._fault(request, rpc.NCA_UNK_IF, f"context {request.context_id} unbound")]
+        if request.opnum != 0:
+            return [self._fault(request, rpc.NCA_OP_RNG_ERROR, f"opnum {request.opnum}")]
+        decoded: DecodedRequest | None = None
+        try:
+            decoded = decode_request(ndr.unwrap_request(stub, syntax))
+            response = self._engine.respond(decoded, now)
+            reply = encode_response(
+                decoded, response, random_bytes=self._random_bytes, hwid=self._settings.hwid
+            )
+        except KmsMessageError as exc:
+            error_stub = ndr.wrap_error(exc.hresult, syntax)
+            self._send(rpc.Response(request.call_id, request.context_id, error_stub))
+            parsed = decoded.request if decoded else None
+            return [ActivationRefused(request.call_id, syntax, parsed, exc.hresult, exc.reason)]
+        reply_stub = ndr.wrap_response(reply, syntax)
+        self._send(rpc.Response(request.call_id, request.context_id, reply_stub))
+        self.requests_served += 1
+        return [ActivationServed(request.call_id, syntax, decoded.request, response)]
+
+    def _reassemble(self, request: rpc.Request) -> bytes | None:
+        """Join multi-fragment requests; None while more fragments are due."""
+        first = bool(request.flags & rpc.PFC_FIRST_FRAG)
+        last = bool(request.flags & rpc.PFC_LAST_FRAG)
+        if first and last and self._fragments is None:
+            return request.stub
+        if first:
+            self._fragments = bytearray()
+        if self._fragments is None:
+            raise RpcDecodeError("continuation fragment without a first fragment")
+        self._fragments += request.stub
+        if len(self._fragments) > MAX_REASSEMBLED_STUB:
+            raise RpcDecodeError("fragmented request too large")
+        if not last:
+            return None
+        stub = bytes(self._fragments)
+        self._fragments = None
+        return stub
