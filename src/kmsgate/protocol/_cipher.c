@@ -1,0 +1,246 @@
+/*
+ * kmsgate.protocol._cipher: Rijndael rounds (128-bit block) in C, CBC mode only.
+ *
+ * The key schedule stays in Python (crypto.expand_key): callers pass already expanded
+ * round keys as 16 * (nrounds + 1) bytes of big-endian words.  Encryption takes the
+ * encryption schedule; decryption takes the "equivalent inverse cipher" schedule
+ * (round keys reversed, InvMixColumns applied to rounds 1..nrounds-1).  One block with a
+ * zero IV is the bare block function.  Results are byte-for-byte those of the Python path.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK 16
+#define MAX_ROUNDS 14 /* Rijndael with a 256-bit key; a 128-bit block never needs more */
+
+static uint8_t sbox[256], inv_sbox[256];
+static uint32_t Te[4][256], Td[4][256];
+
+static uint8_t xtime(uint8_t a) { return (uint8_t)((a << 1) ^ ((a & 0x80) ? 0x1B : 0)); }
+
+static uint8_t gmul(uint8_t a, uint8_t b)
+{
+    uint8_t p = 0;
+    while (b) {
+        if (b & 1)
+            p ^= a;
+        a = xtime(a);
+        b >>= 1;
+    }
+    return p;
+}
+
+static uint32_t ror8(uint32_t w) { return (w >> 8) | (w << 24); }
+
+/* Same construction as the Python module: log/antilog inverse, affine map, T-tables. */
+static void build_tables(void)
+{
+    uint8_t exp_t[255], log_t[256] = {0};
+    uint8_t e = 1;
+    for (int i = 0; i < 255; i++) {
+        exp_t[i] = e;
+        log_t[e] = (uint8_t)i;
+        e ^= xtime(e);
+    }
+    for (int x = 0; x < 256; x++) {
+        uint8_t inv = x ? exp_t[(255 - log_t[x]) % 255] : 0;
+        uint8_t s = inv;
+        for (int sh = 1; sh < 5; sh++)
+            s ^= (uint8_t)((inv << sh) | (inv >> (8 - sh)));
+        sbox[x] = s ^ 0x63;
+    }
+    for (int x = 0; x < 256; x++)
+        inv_sbox[sbox[x]] = (uint8_t)x;
+    for (int x = 0; x < 256; x++) {
+        uint8_t s = sbox[x], i = inv_sbox[x];
+        Te[0][x] = ((uint32_t)gmul(s, 2) << 24) | ((uint32_t)s << 16) | ((uint32_t)s << 8) |
+                   gmul(s, 3);
+        Td[0][x] = ((uint32_t)gmul(i, 14) << 24) | ((uint32_t)gmul(i, 9) << 16) |
+                   ((uint32_t)gmul(i, 13) << 8) | gmul(i, 11);
+        for (int t = 1; t < 4; t++) {
+            Te[t][x] = ror8(Te[t - 1][x]);
+            Td[t][x] = ror8(Td[t - 1][x]);
+        }
+    }
+}
+
+static uint32_t load32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static void store32(uint8_t *p, uint32_t w)
+{
+    p[0] = (uint8_t)(w >> 24);
+    p[1] = (uint8_t)(w >> 16);
+    p[2] = (uint8_t)(w >> 8);
+    p[3] = (uint8_t)w;
+}
+
+#define B0(w) ((w) >> 24)
+#define B1(w) (((w) >> 16) & 0xFF)
+#define B2(w) (((w) >> 8) & 0xFF)
+#define B3(w) ((w) & 0xFF)
+
+static void encrypt_words(const uint32_t *rk, int nr, uint32_t s[4])
+{
+    uint32_t s0 = s[0] ^ rk[0], s1 = s[1] ^ rk[1], s2 = s[2] ^ rk[2], s3 = s[3] ^ rk[3];
+    uint32_t t0, t1, t2, t3;
+    for (int r = 1; r < nr; r++) {
+        rk += 4;
+        t0 = Te[0][B0(s0)] ^ Te[1][B1(s1)] ^ Te[2][B2(s2)] ^ Te[3][B3(s3)] ^ rk[0];
+        t1 = Te[0][B0(s1)] ^ Te[1][B1(s2)] ^ Te[2][B2(s3)] ^ Te[3][B3(s0)] ^ rk[1];
+        t2 = Te[0][B0(s2)] ^ Te[1][B1(s3)] ^ Te[2][B2(s0)] ^ Te[3][B3(s1)] ^ rk[2];
+        t3 = Te[0][B0(s3)] ^ Te[1][B1(s0)] ^ Te[2][B2(s1)] ^ Te[3][B3(s2)] ^ rk[3];
+        s0 = t0; s1 = t1; s2 = t2; s3 = t3;
+    }
+    rk += 4;
+#define FINAL_E(a, b, c, d, k)                                                                \
+    ((((uint32_t)sbox[B0(a)]) << 24) ^ (((uint32_t)sbox[B1(b)]) << 16) ^                      \
+     (((uint32_t)sbox[B2(c)]) << 8) ^ ((uint32_t)sbox[B3(d)]) ^ (k))
+    s[0] = FINAL_E(s0, s1, s2, s3, rk[0]);
+    s[1] = FINAL_E(s1, s2, s3, s0, rk[1]);
+    s[2] = FINAL_E(s2, s3, s0, s1, rk[2]);
+    s[3] = FINAL_E(s3, s0, s1, s2, rk[3]);
+#undef FINAL_E
+}
+
+static void decrypt_words(const uint32_t *rk, int nr, uint32_t s[4])
+{
+    uint32_t s0 = s[0] ^ rk[0], s1 = s[1] ^ rk[1], s2 = s[2] ^ rk[2], s3 = s[3] ^ rk[3];
+    uint32_t t0, t1, t2, t3;
+    for (int r = 1; r < nr; r++) {
+        rk += 4;
+        t0 = Td[0][B0(s0)] ^ Td[1][B1(s3)] ^ Td[2][B2(s2)] ^ Td[3][B3(s1)] ^ rk[0];
+        t1 = Td[0][B0(s1)] ^ Td[1][B1(s0)] ^ Td[2][B2(s3)] ^ Td[3][B3(s2)] ^ rk[1];
+        t2 = Td[0][B0(s2)] ^ Td[1][B1(s1)] ^ Td[2][B2(s0)] ^ Td[3][B3(s3)] ^ rk[2];
+        t3 = Td[0][B0(s3)] ^ Td[1][B1(s2)] ^ Td[2][B2(s1)] ^ Td[3][B3(s0)] ^ rk[3];
+        s0 = t0; s1 = t1; s2 = t2; s3 = t3;
+    }
+    rk += 4;
+#define FINAL_D(a, b, c, d, k)                                                                \
+    ((((uint32_t)inv_sbox[B0(a)]) << 24) ^ (((uint32_t)inv_sbox[B1(b)]) << 16) ^              \
+     (((uint32_t)inv_sbox[B2(c)]) << 8) ^ ((uint32_t)inv_sbox[B3(d)]) ^ (k))
+    s[0] = FINAL_D(s0, s3, s2, s1, rk[0]);
+    s[1] = FINAL_D(s1, s0, s3, s2, rk[1]);
+    s[2] = FINAL_D(s2, s1, s0, s3, rk[2]);
+    s[3] = FINAL_D(s3, s2, s1, s0, rk[3]);
+#undef FINAL_D
+}
+
+/* Parse (round_keys, nrounds, iv, data), validate every length, load the round keys. */
+static int parse_args(PyObject *args, Py_buffer *rk_buf, Py_buffer *iv_buf, Py_buffer *data_buf,
+                      int *nr, uint32_t rk[4 * (MAX_ROUNDS + 1)])
+{
+    if (!PyArg_ParseTuple(args, "y*iy*y*", rk_buf, nr, iv_buf, data_buf))
+        return -1;
+    if (*nr < 1 || *nr > MAX_ROUNDS) {
+        PyErr_Format(PyExc_ValueError, "nrounds must be 1..%d, got %d", MAX_ROUNDS, *nr);
+        goto fail;
+    }
+    if (rk_buf->len != (Py_ssize_t)BLOCK * (*nr + 1)) {
+        PyErr_Format(PyExc_ValueError, "round keys must be %d bytes for %d rounds, got %zd",
+                     BLOCK * (*nr + 1), *nr, rk_buf->len);
+        goto fail;
+    }
+    if (iv_buf->len != BLOCK) {
+        PyErr_Format(PyExc_ValueError, "IV must be 16 bytes, got %zd", iv_buf->len);
+        goto fail;
+    }
+    if (data_buf->len % BLOCK != 0) {
+        PyErr_Format(PyExc_ValueError, "data must be a multiple of 16 bytes, got %zd",
+                     data_buf->len);
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < rk_buf->len / 4; i++)
+        rk[i] = load32((const uint8_t *)rk_buf->buf + 4 * i);
+    return 0;
+fail:
+    PyBuffer_Release(rk_buf);
+    PyBuffer_Release(iv_buf);
+    PyBuffer_Release(data_buf);
+    return -1;
+}
+
+static PyObject *run_cbc(PyObject *args, int decrypt)
+{
+    Py_buffer rk_buf, iv_buf, data_buf;
+    uint32_t rk[4 * (MAX_ROUNDS + 1)];
+    int nr;
+    if (parse_args(args, &rk_buf, &iv_buf, &data_buf, &nr, rk) < 0)
+        return NULL;
+
+    PyObject *out = PyBytes_FromStringAndSize(NULL, data_buf.len);
+    if (out != NULL) {
+        const uint8_t *in = (const uint8_t *)data_buf.buf;
+        uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+        uint32_t chain[4], s[4], c[4];
+        for (int j = 0; j < 4; j++)
+            chain[j] = load32((const uint8_t *)iv_buf.buf + 4 * j);
+        for (Py_ssize_t off = 0; off < data_buf.len; off += BLOCK) {
+            for (int j = 0; j < 4; j++)
+                c[j] = load32(in + off + 4 * j);
+            if (decrypt) {
+                memcpy(s, c, sizeof s);
+                decrypt_words(rk, nr, s);
+                for (int j = 0; j < 4; j++) {
+                    s[j] ^= chain[j];
+                    chain[j] = c[j]; /* read before writing: in and out never alias here */
+                }
+            } else {
+                for (int j = 0; j < 4; j++)
+                    s[j] = c[j] ^ chain[j];
+                encrypt_words(rk, nr, s);
+                memcpy(chain, s, sizeof s);
+            }
+            for (int j = 0; j < 4; j++)
+                store32(dst + off + 4 * j, s[j]);
+        }
+    }
+    PyBuffer_Release(&rk_buf);
+    PyBuffer_Release(&iv_buf);
+    PyBuffer_Release(&data_buf);
+    return out;
+}
+
+static PyObject *cipher_cbc_encrypt(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return run_cbc(args, 0);
+}
+
+static PyObject *cipher_cbc_decrypt(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return run_cbc(args, 1);
+}
+
+static PyMethodDef cipher_methods[] = {
+    {"cbc_encrypt", cipher_cbc_encrypt, METH_VARARGS,
+     "cbc_encrypt(enc_round_keys, nrounds, iv, data) -> bytes\n"
+     "CBC-encrypt data (multiple of 16 bytes) with an expanded encryption schedule."},
+    {"cbc_decrypt", cipher_cbc_decrypt, METH_VARARGS,
+     "cbc_decrypt(dec_round_keys, nrounds, iv, data) -> bytes\n"
+     "CBC-decrypt data with an equivalent-inverse-cipher schedule."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef cipher_module = {
+    PyModuleDef_HEAD_INIT,
+    "_cipher",
+    "Rijndael (128-bit block) CBC rounds over pre-expanded round keys.",
+    -1,
+    cipher_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__cipher(void)
+{
+    build_tables();
+    return PyModule_Create(&cipher_module);
+}
