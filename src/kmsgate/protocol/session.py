@@ -106,6 +106,7 @@ class ServerSession:
         self._fragments: bytearray | None = None
         self.closed = False
         self.requests_served = 0
+        self.pdus_handled = 0
 
     def data_to_send(self) -> bytes:
         """Take the bytes queued for the peer."""
@@ -141,6 +142,7 @@ class ServerSession:
         return ConnectionClosed(reason)
 
     def _handle(self, raw: bytes, now: int) -> list[Event]:
+        self.pdus_handled += 1
         try:
             pdu = rpc.decode_pdu(raw)
         except RpcDecodeError as exc:

@@ -1,0 +1,22 @@
+"""The `kmsgate` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from kmsgate.cli import client, products, serve
+
+app = typer.Typer(
+    name="kmsgate",
+    help="KMS volume-activation host, strict client and authenticating gateway.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for module in (serve, client, products):
+    module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

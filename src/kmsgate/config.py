@@ -1,0 +1,148 @@
+"""One settings model for every option: TOML file < KMSGATE_* environment < command line."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from kmsgate.protocol.epid import VALID_LCIDS, parse_epid, parse_hwid
+
+DEFAULT_CONFIG_FILE = Path("/etc/kmsgate/kmsgate.toml")
+DEFAULT_LISTEN = ["0.0.0.0:1688", "[::]:1688"]
+EPID_MODES = ("random", "per-request")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split `ADDR:PORT`, `[V6]:PORT` or a bare port into (host, port)."""
+    text = text.strip()
+    if text.isdigit():
+        host, port_text = "0.0.0.0", text
+    elif text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"listen address {text!r} must look like [ADDR]:PORT")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"listen address {text!r} must look like ADDR:PORT or [ADDR]:PORT")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"listen address {text!r} has an invalid host") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listen address {text!r} has an invalid port")
+    return host, int(port_text)
+
+
+class ServeSettings(BaseSettings):
+    """Everything `kmsgate serve` can be told; names match flags, env vars and file keys."""
+
+    model_config = SettingsConfigDict(env_prefix="KMSGATE_", extra="forbid", validate_default=True)
+
+    listen: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_LISTEN),
+        description="ADDR:PORT to listen on (repeatable); IPv6 as [ADDR]:PORT",
+    )
+    epid: str = Field(
+        "random",
+        description="'random' (one ePID per product group for the whole run), 'per-request', "
+        "or a fixed ePID answered for every product",
+    )
+    hwid: str = Field("random", description="host HWID for v6 answers: 16 hex digits or 'random'")
+    lcid: int | None = Field(None, description="LCID in generated ePIDs (default: random)")
+    client_count: int | None = Field(
+        None, ge=0, le=0xFFFFFFFF, description="client count to report (default: 2 x N-count)"
+    )
+    activation_interval: int = Field(120, ge=15, description="minutes between retries")
+    renewal_interval: int = Field(10080, ge=15, description="minutes between renewals")
+    ndr64: bool = Field(True, description="accept the NDR64 transfer syntax")
+    btfn: bool = Field(True, description="acknowledge bind-time feature negotiation")
+    max_connections: int = Field(10000, ge=1, description="open connections at most")
+    idle_timeout: float = Field(
+        30.0, gt=0, description="seconds a connection may stay without a complete PDU"
+    )
+    max_clock_skew: int | None = Field(
+        None, ge=60, description="refuse requests whose clock differs more (seconds; off)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _split_listen(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.replace(",", " ").split() if part]
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one listen address is needed")
+        for item in value:
+            parse_listen(item)
+        return value
+
+    @field_validator("epid")
+    @classmethod
+    def _check_epid(cls, value: str) -> str:
+        if value not in EPID_MODES:
+            parse_epid(value)
+        return value
+
+    @field_validator("hwid")
+    @classmethod
+    def _check_hwid(cls, value: str) -> str:
+        if value != "random":
+            parse_hwid(value)
+        return value
+
+    @field_validator("lcid")
+    @classmethod
+    def _check_lcid(cls, value: int | None) -> int | None:
+        if value is not None and value not in VALID_LCIDS:
+            raise ValueError(f"{value} is not a Windows LCID a KMS host reports")
+        return value
+
+    @property
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_listen(item) for item in self.listen]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **cli: Any) -> ServeSettings:
+    """Merge the TOML file (explicit, else /etc/kmsgate/kmsgate.toml if present), env and CLI."""
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    given = {key: value for key, value in cli.items() if value is not None}
+
+    class _FileSettings(ServeSettings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return ServeSettings.model_validate(_FileSettings(**given).model_dump())

@@ -1,0 +1,1 @@
+"""Logging formats and metrics."""

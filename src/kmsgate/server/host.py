@@ -1,0 +1,279 @@
+"""The asyncio edge of the KMS host: listeners, connections, timeouts, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import cast
+
+from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.config import ServeSettings
+from kmsgate.observability.logs import activation_line, activation_log
+from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
+from kmsgate.protocol.session import (
+    ActivationRefused,
+    ActivationServed,
+    ConnectionClosed,
+    Event,
+    FaultSent,
+    ServerSession,
+    SessionSettings,
+)
+from kmsgate.server.identity import HostIdentity, build_identity
+
+log = logging.getLogger("kmsgate.server")
+
+EventHook = Callable[[str, Event], None]
+
+
+@dataclass
+class HostStats:
+    """Counters the host keeps about itself."""
+
+    connections_accepted: int = 0
+    connections_rejected: int = 0
+    connections_open: int = 0
+    activations: int = 0
+    refusals: int = 0
+    faults: int = 0
+    protocol_closes: int = 0
+    idle_closes: int = 0
+    by_version: dict[int, int] = field(default_factory=dict)
+
+
+def _peer_text(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if not peer:
+        return "unknown"
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class KmsConnection(asyncio.Protocol):
+    """One client connection: feeds bytes to a ServerSession and acts on its events."""
+
+    def __init__(self, host: KmsHost) -> None:
+        self._host = host
+        self._transport: asyncio.Transport | None = None
+        self._session: ServerSession | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.peer = "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        self.peer = _peer_text(transport)
+        host = self._host
+        if len(host.connections) >= host.settings.max_connections:
+            host.stats.connections_rejected += 1
+            log.warning("%s refused: %d connections open", self.peer, len(host.connections))
+            transport.abort()
+            return
+        sockname = transport.get_extra_info("sockname")
+        port = sockname[1] if sockname else 1688
+        self._session = host.new_session(port)
+        host.connections.add(self)
+        host.stats.connections_accepted += 1
+        host.stats.connections_open = len(host.connections)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._host.settings.idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        self._host.stats.idle_closes += 1
+        log.debug(
+            "%s closed after %.0f s without a complete PDU",
+            self.peer,
+            self._host.settings.idle_timeout,
+        )
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        session, transport = self._session, self._transport
+        if session is None or transport is None:
+            return
+        served_before = session.pdus_handled
+        events = session.receive_data(data, filetime_from_unix(time.time()))
+        out = session.data_to_send()
+        if out:
+            transport.write(out)
+        # Only complete PDUs count as activity, so a client dribbling bytes still times out.
+        if session.pdus_handled != served_before:
+            self._arm_timer()
+        for event in events:
+            self._host.record(self.peer, event)
+        if session.closed:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._host.connections.discard(self)
+        self._host.stats.connections_open = len(self._host.connections)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class KmsHost:
+    """A KMS host serving one settings model on one or more listeners."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        *,
+        catalog: Catalog | None = None,
+        rng: random.Random | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        today: datetime | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog or default_catalog()
+        self._rng = rng or random.SystemRandom()
+        self._random_bytes = random_bytes
+        self.identity: HostIdentity = build_identity(
+            self.catalog,
+            epid=settings.epid,
+            hwid=settings.hwid,
+            lcid=settings.lcid,
+            ndr64=settings.ndr64,
+            rng=self._rng,
+            today=(today or datetime.now(UTC)).date(),
+        )
+        self.engine = KmsEngine(
+            EngineConfig(
+                activation_interval=settings.activation_interval,
+                renewal_interval=settings.renewal_interval,
+                client_count=settings.client_count,
+                max_clock_skew=settings.max_clock_skew,
+            ),
+            self.identity.provider,
+        )
+        self.stats = HostStats()
+        self.connections: set[KmsConnection] = set()
+        self.event_hooks: list[EventHook] = []
+        self._servers: list[asyncio.Server] = []
+        self._session_settings: dict[int, SessionSettings] = {}
+
+    def new_session(self, port: int) -> ServerSession:
+        settings = self._session_settings.get(port)
+        if settings is None:
+            settings = SessionSettings(
+                port=port,
+                ndr64=self.settings.ndr64,
+                btfn=self.settings.btfn,
+                hwid=self.identity.hwid,
+            )
+            self._session_settings[port] = settings
+        return ServerSession(
+            self.engine,
+            settings,
+            random_bytes=self._random_bytes,
+            assoc_group_id=self._rng.getrandbits(32),
+        )
+
+    def record(self, peer: str, event: Event) -> None:
+        """Count, log and pass on one session event."""
+        stats = self.stats
+        if isinstance(event, ActivationServed):
+            stats.activations += 1
+            version = event.request.major_version
+            stats.by_version[version] = stats.by_version.get(version, 0) + 1
+            activation_log.info("%s", activation_line(peer, event, self.catalog))
+        elif isinstance(event, ActivationRefused):
+            stats.refusals += 1
+            activation_log.warning("%s", activation_line(peer, event, self.catalog))
+        elif isinstance(event, FaultSent):
+            stats.faults += 1
+            log.info("%s fault 0x%08X: %s", peer, event.status, event.reason)
+        elif isinstance(event, ConnectionClosed):
+            stats.protocol_closes += 1
+            log.info("%s closed: %s", peer, event.reason)
+        for hook in self.event_hooks:
+            hook(peer, event)
+
+    async def start(self) -> None:
+        """Open every listener; the default IPv6 one is skipped where IPv6 is unavailable."""
+        loop = asyncio.get_running_loop()
+        for host, port in self.settings.listen_addresses:
+            try:
+                server = await loop.create_server(
+                    lambda: KmsConnection(self), host, port, reuse_address=True, backlog=1024
+                )
+            except OSError as exc:
+                if ":" in host and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    log.warning("IPv6 listener [%s]:%d unavailable: %s", host, port, exc)
+                    continue
+                await self.stop()
+                raise
+            self._servers.append(server)
+        for address in self.addresses:
+            log.info("listening on %s", address)
+        log.info(
+            "host build %d, LCID %d, HWID %s, NDR64 %s, BTFN %s",
+            self.identity.host_build.build,
+            self.identity.lcid,
+            self.identity.hwid.hex().upper(),
+            "on" if self.settings.ndr64 else "off",
+            "on" if self.settings.btfn else "off",
+        )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every bound listening socket."""
+        out = []
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                out.append((name[0], name[1]))
+        return out
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop accepting, let open connections finish briefly, then close them."""
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + drain_timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    async def __aenter__(self) -> KmsHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop(drain_timeout=0)
+
+
+def ipv6_available() -> bool:
+    """Whether this machine can open an IPv6 socket on ::1."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,240 @@
+"""The asyncio host on loopback: activations, bad input, idle and slow clients, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+
+import pytest
+
+from kmsgate.config import ServeSettings
+from kmsgate.protocol import ndr, rpc
+from kmsgate.protocol.messages import encode_request
+from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.server.host import KmsHost, ipv6_available
+from tests.server.util import RawClient, activate_once, make_request, read_until_closed
+
+
+def settings(**overrides: object) -> ServeSettings:
+    base: dict[str, object] = {"listen": ["127.0.0.1:0"], "idle_timeout": 5.0}
+    base.update(overrides)
+    return ServeSettings(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", [4, 5, 6])
+async def test_activation_over_tcp_for_each_version(version: int) -> None:
+    async with KmsHost(settings()) as host:
+        result = await activate_once(host.port, version)
+        assert result.ok
+        assert result.response.current_client_count == 10
+        assert (result.hwid is not None) == (version == 6)
+        await asyncio.sleep(0.05)
+        assert host.stats.activations == 1
+        assert host.stats.by_version == {version: 1}
+
+
+async def test_same_product_gets_the_same_epid_for_the_whole_run() -> None:
+    async with KmsHost(settings()) as host:
+        first = await activate_once(host.port)
+        second = await activate_once(host.port, 4)
+        assert first.response.epid == second.response.epid
+        assert first.response.epid.split("-")[6].startswith(str(host.identity.host_build.build))
+
+
+async def test_configured_identity_is_answered() -> None:
+    epid = "06401-00206-271-298329-03-1033-9600.0000-0452017"
+    config = settings(epid=epid, hwid="0102030405060708", client_count=77, renewal_interval=4320)
+    async with KmsHost(config) as host:
+        result = await activate_once(host.port)
+        assert result.response.epid == epid
+        assert result.hwid == bytes.fromhex("0102030405060708")
+        assert result.response.current_client_count == 77
+        assert result.response.renewal_interval == 4320
+
+
+async def test_per_request_epid_mode_varies() -> None:
+    async with KmsHost(settings(epid="per-request")) as host:
+        epids = {(await activate_once(host.port)).response.epid for _ in range(4)}
+        assert len(epids) > 1
+
+
+async def test_many_requests_on_one_connection() -> None:
+    async with KmsHost(settings()) as host:
+        client = await RawClient.connect(host.port)
+        await client.bind()
+        syntaxes = []
+        for version in (6, 5, 4, 6):
+            assert (await client.activate(version)).ok
+            syntaxes.append(client.session.syntax)
+        await client.close()
+        assert syntaxes == [TransferSyntax.NDR32] + [TransferSyntax.NDR64] * 3
+
+
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 on this machine")
+async def test_ipv6_listener() -> None:
+    async with KmsHost(settings(listen=["[::1]:0"])) as host:
+        client = await RawClient.connect(host.port, "::1")
+        await client.bind()
+        assert (await client.activate()).ok
+        await client.close()
+
+
+async def test_five_hundred_idle_connections_do_not_block_an_activation() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    async with KmsHost(settings(idle_timeout=60.0)) as host:
+        idle = [await asyncio.open_connection("127.0.0.1", host.port) for _ in range(500)]
+        await asyncio.sleep(0.1)
+        assert host.stats.connections_open == 500
+        assert (await activate_once(host.port)).ok
+        for _, writer in idle:
+            writer.close()
+        await asyncio.sleep(0.2)
+        assert host.stats.connections_open == 0
+
+
+async def test_max_connections_refuses_extra_clients_and_keeps_serving() -> None:
+    async with KmsHost(settings(max_connections=3)) as host:
+        held = [await asyncio.open_connection("127.0.0.1", host.port) for _ in range(3)]
+        reader, _ = await asyncio.open_connection("127.0.0.1", host.port)
+        assert await read_until_closed(reader) == b""
+        assert host.stats.connections_rejected == 1
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.1)
+        assert (await activate_once(host.port)).ok
+
+
+async def test_idle_client_is_closed_after_the_timeout() -> None:
+    async with KmsHost(settings(idle_timeout=0.3)) as host:
+        reader, _ = await asyncio.open_connection("127.0.0.1", host.port)
+        assert await read_until_closed(reader, timeout=3) == b""
+        assert host.stats.idle_closes == 1
+
+
+async def test_slow_client_dribbling_bytes_is_closed() -> None:
+    async with KmsHost(settings(idle_timeout=0.4)) as host:
+        client = await RawClient.connect(host.port)
+        bind = client.session.bind()
+        closed = False
+        for byte in bind[:-1]:  # never completes the PDU
+            try:
+                client.writer.write(bytes([byte]))
+                await client.writer.drain()
+            except ConnectionError:
+                closed = True
+                break
+            await asyncio.sleep(0.02)
+            if client.reader.at_eof():
+                closed = True
+                break
+        if not closed:
+            assert await read_until_closed(client.reader, timeout=3) == b""
+        assert host.stats.idle_closes == 1
+
+
+GARBAGE = [
+    pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", id="http"),
+    pytest.param(bytes.fromhex("05000b0310000000ffff000002000000"), id="oversized"),
+    pytest.param(bytes.fromhex("05000b03100000000800000002000000"), id="frag<16"),
+    pytest.param(bytes.fromhex("05000103100000001000000002000000"), id="ptype1"),
+    pytest.param(bytes.fromhex("04000b03100000001000000002000000"), id="rpc-v4"),
+    pytest.param(bytes.fromhex("05000b03000000001000000002000000"), id="big-endian"),
+]
+
+
+@pytest.mark.parametrize("payload", GARBAGE)
+async def test_garbage_is_closed_without_answer_and_host_keeps_serving(payload: bytes) -> None:
+    async with KmsHost(settings()) as host:
+        reader, writer = await asyncio.open_connection("127.0.0.1", host.port)
+        writer.write(payload)
+        assert await read_until_closed(reader) == b""
+        assert host.stats.protocol_closes == 1
+        assert (await activate_once(host.port)).ok
+
+
+async def test_truncated_pdu_then_close_does_not_disturb_the_host() -> None:
+    async with KmsHost(settings()) as host:
+        client = await RawClient.connect(host.port)
+        client.writer.write(client.session.bind()[:40])
+        await client.close()
+        assert (await activate_once(host.port)).ok
+
+
+async def _bound_client(port: int) -> RawClient:
+    client = await RawClient.connect(port)
+    await client.bind()
+    return client
+
+
+async def test_wrong_context_gets_a_fault_and_the_connection_stays_usable() -> None:
+    async with KmsHost(settings()) as host:
+        client = await _bound_client(host.port)
+        message = encode_request(make_request(), bytes(16))
+        stub = ndr.wrap_request(message, TransferSyntax.NDR32)
+        client.writer.write(rpc.encode_pdu(rpc.Request(9, 7, 0, stub)))
+        fault = rpc.decode_pdu(await client.read_pdu())
+        assert isinstance(fault, rpc.Fault)
+        assert (fault.status, fault.call_id) == (rpc.NCA_UNK_IF, 9)
+        assert (await client.activate()).ok
+        await client.close()
+        assert host.stats.faults == 1
+
+
+async def test_unknown_opnum_gets_op_range_fault() -> None:
+    async with KmsHost(settings()) as host:
+        client = await _bound_client(host.port)
+        stub = ndr.wrap_request(encode_request(make_request(), bytes(16)), TransferSyntax.NDR32)
+        client.writer.write(rpc.encode_pdu(rpc.Request(3, 0, 5, stub)))
+        fault = rpc.decode_pdu(await client.read_pdu())
+        assert isinstance(fault, rpc.Fault) and fault.status == rpc.NCA_OP_RNG_ERROR
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "hresult"),
+    [
+        pytest.param(lambda m: m[:2] + b"\x07\x00" + m[4:], 0x8007000D, id="version-7"),
+        pytest.param(lambda m: m[:100], 0x8007000D, id="truncated"),
+        pytest.param(lambda m: m[:-1] + bytes([m[-1] ^ 1]), 0x8007000D, id="bad-v4-mac"),
+    ],
+)
+async def test_bad_kms_messages_get_an_error_stub(mutate, hresult: int) -> None:  # type: ignore[no-untyped-def]
+    async with KmsHost(settings()) as host:
+        client = await _bound_client(host.port)
+        message = mutate(encode_request(make_request(4), bytes(16)))
+        stub = ndr.wrap_request(message, TransferSyntax.NDR32)
+        client.writer.write(rpc.encode_pdu(rpc.Request(2, 0, 0, stub)))
+        response = rpc.decode_pdu(await client.read_pdu())
+        assert isinstance(response, rpc.Response)
+        result = ndr.unwrap_response(response.stub, TransferSyntax.NDR32)
+        assert (result.message, result.hresult) == (None, hresult)
+        assert host.stats.refusals == 1
+        await client.close()
+
+
+async def test_each_activation_is_logged_on_one_compact_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kmsgate.activation")
+    async with KmsHost(settings()) as host:
+        await activate_once(host.port, 5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "kmsgate.activation"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith("127.0.0.1:")
+    assert "test-pc.example.test" in line
+    assert '"Windows Server 2019 Datacenter"' in line
+    assert "oob-grace" in line and "v5.0" in line and "activated" in line
+    assert "\n" not in line
+
+
+async def test_graceful_stop_closes_idle_connections() -> None:
+    host = KmsHost(settings())
+    await host.start()
+    reader, _ = await asyncio.open_connection("127.0.0.1", host.port)
+    await host.stop(drain_timeout=0.2)
+    assert await read_until_closed(reader) == b""
+    assert not host.connections

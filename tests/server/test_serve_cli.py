@@ -1,0 +1,108 @@
+"""`kmsgate serve` as a real process: starts, activates, logs, stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.server.util import activate_once
+
+KMSGATE = Path(sys.executable).with_name("kmsgate")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(KMSGATE), "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_listening(proc: subprocess.Popen[str], port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early: {proc.stdout.read() if proc.stdout else ''}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError("serve did not start listening")
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=15)
+    return out
+
+
+def test_serve_activates_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "kmsgate.toml"
+    config.write_text('hwid = "0011223344556677"\nclient_count = 99\n')
+    proc = start_serve(
+        "--config", str(config), "--listen", f"127.0.0.1:{port}",
+        env={"KMSGATE_RENEWAL_INTERVAL": "1440"},
+    )  # fmt: skip
+    try:
+        wait_listening(proc, port)
+        result = asyncio.run(activate_once(port, 6))
+        assert result.ok
+        assert result.hwid == bytes.fromhex("0011223344556677")
+        assert result.response.current_client_count == 99
+        assert result.response.renewal_interval == 1440
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert f"listening on ('127.0.0.1', {port})" in out
+    assert '"Windows Server 2019 Datacenter" oob-grace v6.0 activated' in out
+
+
+def test_serve_rejects_invalid_options_with_a_clear_message() -> None:
+    proc = subprocess.run(
+        [str(KMSGATE), "serve", "--hwid", "nothex", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "hwid" in proc.stderr and "16 hexadecimal digits" in proc.stderr
+
+
+def test_serve_reports_a_busy_port() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run(
+            [str(KMSGATE), "serve", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot listen" in proc.stderr
+
+
+@pytest.mark.parametrize("flags", [["--no-ndr64", "--no-btfn"], ["--ndr64", "--btfn"]])
+def test_serve_transfer_syntax_flags(flags: list[str]) -> None:
+    port = free_port()
+    proc = start_serve("--listen", f"127.0.0.1:{port}", "--log-level", "warning", *flags)
+    try:
+        wait_listening(proc, port)
+        assert asyncio.run(activate_once(port, 5)).ok
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
