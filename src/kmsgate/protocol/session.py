@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from kmsgate.protocol import ndr, rpc
@@ -84,6 +85,15 @@ class ConnectionClosed:
 Event = BindCompleted | ActivationServed | ActivationRefused | FaultSent | ConnectionClosed
 
 
+@functools.lru_cache(maxsize=512)
+def _negotiate_bind(raw: bytes, ndr64: bool, btfn: bool) -> tuple[rpc.Bind, rpc.Negotiation]:
+    """Decode and answer a bind; cached because a client fleet sends identical binds."""
+    bind = rpc.decode_pdu(raw)
+    if not isinstance(bind, rpc.Bind):
+        raise RpcDecodeError("not a bind PDU")
+    return bind, rpc.negotiate(bind.contexts, ndr64=ndr64, btfn=btfn)
+
+
 class ServerSession:
     """A KMS host's side of one TCP connection (compare h11.Connection)."""
 
@@ -144,11 +154,12 @@ class ServerSession:
     def _handle(self, raw: bytes, now: int) -> list[Event]:
         self.pdus_handled += 1
         try:
+            if raw[2] in (rpc.PType.BIND, rpc.PType.ALTER_CONTEXT):
+                bind, outcome = _negotiate_bind(raw, self._settings.ndr64, self._settings.btfn)
+                return [self._bind(bind, outcome)]
             pdu = rpc.decode_pdu(raw)
         except RpcDecodeError as exc:
             return [self._close(str(exc))]
-        if isinstance(pdu, rpc.Bind):
-            return [self._bind(pdu)]
         if isinstance(pdu, rpc.Request):
             return self._request(pdu, now)
         return [self._close(f"unexpected {type(pdu).__name__} PDU from a client")]
@@ -156,11 +167,10 @@ class ServerSession:
     def _send(self, pdu: rpc.Pdu) -> None:
         self._outgoing += rpc.encode_pdu(pdu)
 
-    def _bind(self, bind: rpc.Bind) -> Event:
+    def _bind(self, bind: rpc.Bind, outcome: rpc.Negotiation) -> Event:
         if not bind.contexts:
             self._send(rpc.BindNak(bind.call_id, rpc.BindNakReason.NOT_SPECIFIED))
             return self._close("bind without presentation contexts")
-        outcome = rpc.negotiate(bind.contexts, ndr64=self._settings.ndr64, btfn=self._settings.btfn)
         if outcome.ndr32_context is not None:
             self._ndr32_context = outcome.ndr32_context
         if outcome.ndr64_context is not None:
