@@ -1,1 +1,15 @@
-"""catalog layer of kmsgate."""
+"""Product catalogue: the shipped KMS product data and lookups by SKU, KMS id, name and GVLK."""
+
+from kmsgate.catalog.lookup import Catalog, default_catalog
+from kmsgate.catalog.model import Application, Csvlk, HostBuild, KmsId, Sku, VlmcsdCsvlk
+
+__all__ = [
+    "Application",
+    "Catalog",
+    "Csvlk",
+    "HostBuild",
+    "KmsId",
+    "Sku",
+    "VlmcsdCsvlk",
+    "default_catalog",
+]

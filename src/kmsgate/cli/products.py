@@ -1,0 +1,119 @@
+"""`kmsgate products`: list and search the KMS products (SKUs) in the catalogue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from kmsgate.catalog import Catalog, Sku, default_catalog
+
+
+def sorted_skus(catalog: Catalog, skus: Iterable[Sku]) -> list[Sku]:
+    """SKUs ordered by application name, then SKU name (case-insensitive)."""
+
+    def key(sku: Sku) -> tuple[str, str]:
+        app = catalog.application(sku.application_id)
+        return (app.name.casefold() if app else "", sku.name.casefold())
+
+    return sorted(skus, key=key)
+
+
+def sku_record(catalog: Catalog, sku: Sku) -> dict[str, Any]:
+    """All fields of a SKU, plus the names of its KMS id and application, as JSON values."""
+    kms = catalog.kms_id(sku.kms_id)
+    app = catalog.application(sku.application_id)
+    return {
+        "id": str(sku.id),
+        "name": sku.name,
+        "kms_id": str(sku.kms_id),
+        "kms_id_name": kms.name if kms else None,
+        "application_id": str(sku.application_id),
+        "application_name": app.name if app else None,
+        "gvlk": sku.gvlk,
+        "gvlk_is_generated": sku.gvlk_is_generated,
+        "default_protocol": sku.default_protocol,
+        "n_count_policy": sku.n_count_policy,
+        "is_retail": kms.is_retail if kms else None,
+        "is_preview": kms.is_preview if kms else None,
+    }
+
+
+def products_table(catalog: Catalog, skus: list[Sku], title: str) -> Table:
+    """A Rich table of SKUs, one section per application; preview products dimmed."""
+    # Light box and no edge padding: six columns of ids and keys fit better in a terminal.
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    # Narrow terminals fold ids rather than squeeze the names away.
+    table.add_column("Name", overflow="fold")
+    table.add_column("SKU id", overflow="fold")
+    table.add_column("KMS id", overflow="fold")
+    table.add_column("Protocol", justify="center", no_wrap=True)
+    table.add_column("N-count", justify="right", no_wrap=True)
+    table.add_column("GVLK", overflow="fold")
+    for i, sku in enumerate(skus):
+        kms = catalog.kms_id(sku.kms_id)
+        # A line between applications makes the Windows / Office groups easy to scan.
+        last_of_app = i + 1 == len(skus) or skus[i + 1].application_id != sku.application_id
+        table.add_row(
+            sku.name,
+            str(sku.id),
+            kms.name if kms else str(sku.kms_id),
+            f"v{sku.default_protocol}",
+            str(sku.n_count_policy),
+            sku.gvlk or "-",
+            style="dim" if kms is None or kms.is_preview or kms.is_placeholder else None,
+            end_section=last_of_app,
+        )
+    return table
+
+
+def products_command(
+    search: Annotated[
+        str | None,
+        typer.Option(
+            "--search",
+            "-s",
+            metavar="TEXT",
+            help="Only SKUs whose name, GVLK, SKU id or KMS id contains TEXT (any case).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array of all fields instead of a table.")
+    ] = False,
+) -> None:
+    """List the KMS products (SKUs) kmsgate knows, with KMS id, protocol, N-count and GVLK."""
+    catalog = default_catalog()
+    found = catalog.search(search) if search is not None else list(catalog.skus)
+    skus = sorted_skus(catalog, found)
+    if as_json:
+        # Still a valid (empty) array on no match, so `| jq` pipelines do not choke.
+        typer.echo(json.dumps([sku_record(catalog, s) for s in skus], indent=2))
+    if not skus:
+        what = f"matches {search!r}" if search is not None else "is in the catalogue"
+        typer.echo(
+            f"No product {what}. Search by part of a name, a GVLK or a GUID; "
+            "`kmsgate products` lists them all.",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    if as_json:
+        return
+    title = f"{len(skus)} KMS products" + (f" matching {search!r}" if search is not None else "")
+    table = products_table(catalog, skus, title)
+    console = Console()
+    if not console.is_terminal:
+        # Piped output has no width to fit; print full rows so grep and diff see whole lines.
+        wide = console.options.update_width(10_000)
+        console.width = max(console.width, Measurement.get(console, wide, table).maximum)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `products` command to a Typer app."""
+    app.command("products")(products_command)
