@@ -86,3 +86,17 @@ def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
 
 def test_settings_model_fields_all_have_descriptions() -> None:
     assert all(field.description for field in ServeSettings.model_fields.values())
+
+
+def test_configuration_reference_is_current() -> None:
+    from kmsgate.config import settings_reference
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert doc.read_text() == settings_reference(), "run tools/gen_config_docs.py"
+
+
+def test_every_setting_is_a_serve_flag() -> None:
+    from kmsgate.cli.serve import settings_parameters
+
+    names = {p.name for p in settings_parameters(ServeSettings)}
+    assert names == set(ServeSettings.model_fields) | {"config"}

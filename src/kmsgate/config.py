@@ -146,3 +146,40 @@ def load_settings(config_file: Path | None = None, **cli: Any) -> ServeSettings:
         model_config = SettingsConfigDict(toml_file=config_file)
 
     return ServeSettings.model_validate(_FileSettings(**given).model_dump())
+
+
+def _default_text(name: str) -> str:
+    field = ServeSettings.model_fields[name]
+    value = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(f"`{item}`" for item in value)
+    return f"`{value}`"
+
+
+def settings_reference() -> str:
+    """Markdown reference of every `serve` option, generated so it cannot drift."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `kmsgate.config.ServeSettings` by `tools/gen_config_docs.py`.",
+        "Each option is a command-line flag, a `KMSGATE_*` environment variable and a key of",
+        "the TOML config file (`--config`, default `/etc/kmsgate/kmsgate.toml` when it exists).",
+        "Precedence: config file < environment < command line. Lists in the environment are",
+        "comma- or space-separated (`KMSGATE_LISTEN=127.0.0.1:1688,[::1]:1688`).",
+        "",
+        "| flag | environment | file key | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, field in ServeSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            flag = f"{flag} / --no-{name.replace('_', '-')}"
+        lines.append(
+            f"| `{flag}` | `KMSGATE_{name.upper()}` | `{name}` | {_default_text(name)} "
+            f"| {field.description} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
@@ -17,10 +18,6 @@ from kmsgate.observability.logs import setup_logging
 from kmsgate.server.host import KmsHost
 
 log = logging.getLogger("kmsgate.server")
-
-
-def _help(name: str) -> str:
-    return ServeSettings.model_fields[name].description or ""
 
 
 def _settings_or_exit(config: Path | None, **cli: object) -> ServeSettings:
@@ -63,54 +60,74 @@ def _run(settings: ServeSettings) -> None:
     uvloop.run(run_host(settings))
 
 
+def _unwrap(annotation: Any) -> Any:
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
+def _option_type(annotation: Any) -> Any:
+    """The CLI type for a settings field: scalars stay, lists become repeatable options."""
+    annotation = _unwrap(annotation)
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is list:
+        return list[str] | None
+    if get_origin(annotation) is Literal or (args and get_origin(args[0]) is Literal):
+        return str | None
+    base = args[0] if args else annotation
+    return base | None
+
+
+def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:
+    """One CLI option per settings field, so flags, env vars and file keys cannot drift."""
+    params = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                typer.Option(help="TOML config file (default /etc/kmsgate/kmsgate.toml)"),
+            ],
+        )
+    ]
+    for name, field in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if field.annotation is bool else [flag]
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    _option_type(field.annotation),
+                    typer.Option(
+                        *decls,
+                        help=field.description,
+                        show_default=False,
+                        metavar="TEXT" if get_origin(_unwrap(field.annotation)) is list else None,
+                    ),
+                ],
+            )
+        )
+    return params
+
+
 def register(app: typer.Typer) -> None:
     """Add the `serve` command."""
 
-    @app.command()
-    def serve(
-        config: Annotated[
-            Path | None, typer.Option(help="TOML config file (default /etc/kmsgate/kmsgate.toml)")
-        ] = None,
-        listen: Annotated[list[str] | None, typer.Option(help=_help("listen"))] = None,
-        epid: Annotated[str | None, typer.Option(help=_help("epid"))] = None,
-        hwid: Annotated[str | None, typer.Option(help=_help("hwid"))] = None,
-        lcid: Annotated[int | None, typer.Option(help=_help("lcid"))] = None,
-        client_count: Annotated[int | None, typer.Option(help=_help("client_count"))] = None,
-        activation_interval: Annotated[
-            int | None, typer.Option(help=_help("activation_interval"))
-        ] = None,
-        renewal_interval: Annotated[
-            int | None, typer.Option(help=_help("renewal_interval"))
-        ] = None,
-        ndr64: Annotated[
-            bool | None, typer.Option("--ndr64/--no-ndr64", help=_help("ndr64"))
-        ] = None,
-        btfn: Annotated[bool | None, typer.Option("--btfn/--no-btfn", help=_help("btfn"))] = None,
-        max_connections: Annotated[int | None, typer.Option(help=_help("max_connections"))] = None,
-        idle_timeout: Annotated[float | None, typer.Option(help=_help("idle_timeout"))] = None,
-        max_clock_skew: Annotated[int | None, typer.Option(help=_help("max_clock_skew"))] = None,
-        log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
-    ) -> None:
+    def serve(**options: Any) -> None:
         """Run the KMS host (TCP 1688 on IPv4 and IPv6 by default)."""
-        settings = _settings_or_exit(
-            config,
-            listen=listen or None,
-            epid=epid,
-            hwid=hwid,
-            lcid=lcid,
-            client_count=client_count,
-            activation_interval=activation_interval,
-            renewal_interval=renewal_interval,
-            ndr64=ndr64,
-            btfn=btfn,
-            max_connections=max_connections,
-            idle_timeout=idle_timeout,
-            max_clock_skew=max_clock_skew,
-            log_level=log_level,
-        )
+        config = options.pop("config")
+        cli = {
+            key: (value or None) if isinstance(value, list) else value
+            for key, value in options.items()
+        }
+        settings = _settings_or_exit(config, **cli)
         setup_logging(settings.log_level)
         try:
             _run(settings)
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             raise typer.Exit(1) from None
+
+    serve.__signature__ = inspect.Signature(settings_parameters(ServeSettings))  # type: ignore[attr-defined]
+    app.command()(serve)
