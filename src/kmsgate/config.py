@@ -15,6 +15,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from kmsgate.access.source import parse_network
 from kmsgate.protocol.epid import VALID_LCIDS, parse_epid, parse_hwid
 
 DEFAULT_CONFIG_FILE = Path("/etc/kmsgate/kmsgate.toml")
@@ -75,11 +76,19 @@ class ServeSettings(BaseSettings):
     max_clock_skew: int | None = Field(
         None, ge=60, description="refuse requests whose clock differs more (seconds; off)"
     )
+    allow: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="CIDR allowed to connect (repeatable; default: loopback, RFC 1918, "
+        "link-local and IPv6 ULA)",
+    )
+    deny: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDR refused even when allowed (repeatable; wins)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("listen", mode="before")
+    @field_validator("listen", "allow", "deny", mode="before")
     @classmethod
-    def _split_listen(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part for part in value.replace(",", " ").split() if part]
         return value
@@ -91,6 +100,13 @@ class ServeSettings(BaseSettings):
             raise ValueError("at least one listen address is needed")
         for item in value:
             parse_listen(item)
+        return value
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _check_networks(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            parse_network(item)
         return value
 
     @field_validator("epid")

@@ -238,3 +238,17 @@ async def test_graceful_stop_closes_idle_connections() -> None:
     await host.stop(drain_timeout=0.2)
     assert await read_until_closed(reader) == b""
     assert not host.connections
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [{"allow": ["10.0.0.0/8"]}, {"deny": ["127.0.0.0/8"]}],
+    ids=["not-allowed", "denied"],
+)
+async def test_source_policy_closes_before_reading_rpc(policy: dict[str, list[str]]) -> None:
+    async with KmsHost(settings(**policy)) as host:
+        client = await RawClient.connect(host.port)
+        client.writer.write(client.session.bind())
+        assert await read_until_closed(client.reader) == b""
+        assert host.stats.connections_denied == 1
+        assert host.stats.connections_accepted == 0

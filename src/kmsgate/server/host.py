@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
 
+from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
 from kmsgate.observability.logs import activation_line, activation_log
@@ -40,6 +41,7 @@ class HostStats:
 
     connections_accepted: int = 0
     connections_rejected: int = 0
+    connections_denied: int = 0
     connections_open: int = 0
     activations: int = 0
     refusals: int = 0
@@ -73,6 +75,12 @@ class KmsConnection(asyncio.Protocol):
         self._transport = transport
         self.peer = _peer_text(transport)
         host = self._host
+        peer = transport.get_extra_info("peername")
+        if not peer or not host.source_policy.allows(peer[0]):
+            host.stats.connections_denied += 1
+            log.warning("%s denied by the source policy", self.peer)
+            transport.abort()
+            return
         if len(host.connections) >= host.settings.max_connections:
             host.stats.connections_rejected += 1
             log.warning("%s refused: %d connections open", self.peer, len(host.connections))
@@ -165,6 +173,7 @@ class KmsHost:
             ),
             self.identity.provider,
         )
+        self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
         self.stats = HostStats()
         self.connections: set[KmsConnection] = set()
         self.event_hooks: list[EventHook] = []

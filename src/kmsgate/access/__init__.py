@@ -1,0 +1,1 @@
+"""Who may use the host: source addresses, products, activation windows, quotas."""
