@@ -41,8 +41,10 @@ ensure_venv() {
     local stamp="$VENV/.kmsgate-installed${extra:+-$extra}"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] ||
         [ "$ROOT/src/kmsgate/protocol/_cipher.c" -nt "$stamp" ]; then
-        "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q -e "$ROOT${extra:+[$extra]}"
+        # Some machines' pip configs name local mirror folders that may be absent: hide that noise.
+        { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+            "$VENV/bin/python" -m pip install -q -e "$ROOT${extra:+[$extra]}"; } 2>&1 |
+            { grep -v "is ignored: it is neither a file nor a directory" || true; }
         touch "$stamp"
     fi
 }
