@@ -1,11 +1,28 @@
-"""Log setup and the one-line activation record."""
+"""Log setup (text, JSON or mininfo; stderr or a rotating file) and the activation record.
+
+Formats:
+- text: `2024-05-01 12:00:00.123Z INFO kmsgate.server: message`, tracebacks on following lines.
+- json: one JSON object per line: ts (ISO-8601 UTC), level, logger, msg, and for activation
+  records the fields of `ActivationFields` at the top level; `exc` holds any traceback.
+- mininfo: one line per served activation, `time | address | machine name | product |
+  license status`. Other INFO/DEBUG records are suppressed; warnings and errors (refused
+  requests included) still appear, as `time | LEVEL | logger | message` on one line, so
+  failures are never silent and the level column (never an address) tells them apart.
+
+Every handler masks secrets (passwords, tokens, URL credentials) before formatting.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.handlers
+import re
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal, TypedDict
 
 from kmsgate.catalog import Catalog
 from kmsgate.protocol.engine import unix_from_filetime
@@ -23,28 +40,53 @@ LICENSE_STATUS = {
     6: "extended-grace",
 }
 
+LogFormat = Literal["text", "json", "mininfo"]
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json", "mininfo")
+DEFAULT_MAX_BYTES: Final = 10_485_760
+DEFAULT_BACKUPS: Final = 5
+MASK: Final = "***"
+_HANDLER_NAME: Final = "kmsgate"
+
 activation_log = logging.getLogger("kmsgate.activation")
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr with UTC timestamps."""
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    formatter.converter = time.gmtime
-    formatter.default_msec_format = "%s.%03dZ"
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+class ActivationFields(TypedDict):
+    """Structured data of one activation record, attached to it as `record.kms`."""
+
+    address: str
+    port: int | None
+    machine_name: str | None
+    product: str | None
+    sku_id: str | None
+    kms_id: str | None
+    cmid: str | None
+    license_status: str | None
+    protocol: str | None
+    result: Literal["activated", "refused"]
+    hresult: str
+    epid: str | None
+    client_count: int | None
+    reason: str | None
+    node: str | None
+
+
+# --- the activation record ---------------------------------------------------------------
 
 
 def license_status_name(status: int) -> str:
     return LICENSE_STATUS.get(status, f"status-{status}")
 
 
+def _printable(text: str) -> str:
+    """Replace control and separator characters: a client-chosen name must not forge lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _describe_request(request: KmsRequest, catalog: Catalog) -> str:
     product = catalog.product_name(request.sku_id, request.kms_counted_id)
-    name = request.machine_name.replace('"', "'") or "-"
+    name = _printable(request.machine_name.replace('"', "'")) or "-"
     return (
         f'{name} "{product}" {license_status_name(request.license_status)} '
         f"v{request.major_version}.{request.minor_version}"
@@ -56,7 +98,7 @@ def activation_line(
 ) -> str:
     """`client machine "product" status vN.M result`: one compact line per request."""
     if event.request is None:
-        return f"{peer} - refused {describe(event.hresult)}: {event.reason}"
+        return f"{peer} - refused {describe(event.hresult)}: {_printable(event.reason)}"
     text = f"{peer} {_describe_request(event.request, catalog)}"
     if isinstance(event, ActivationServed):
         when = datetime.fromtimestamp(unix_from_filetime(event.request.request_time), UTC)
@@ -64,4 +106,283 @@ def activation_line(
             f"{text} activated count={event.response.current_client_count} "
             f"client-time={when:%Y-%m-%dT%H:%M:%SZ}"
         )
-    return f"{text} refused {describe(event.hresult)}: {event.reason}"
+    return f"{text} refused {describe(event.hresult)}: {_printable(event.reason)}"
+
+
+def split_peer(peer: str) -> tuple[str, int | None]:
+    """("address", port) from the host's peer text `1.2.3.4:5` or `[::1]:5`."""
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer, None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def activation_fields(
+    peer: str,
+    event: ActivationServed | ActivationRefused,
+    catalog: Catalog,
+    node: str | None = None,
+) -> ActivationFields:
+    """The structured fields of one activation record (see ActivationFields)."""
+    address, port = split_peer(peer)
+    request = event.request
+    fields: ActivationFields = {
+        "address": address,
+        "port": port,
+        "machine_name": None,
+        "product": None,
+        "sku_id": None,
+        "kms_id": None,
+        "cmid": None,
+        "license_status": None,
+        "protocol": None,
+        "result": "activated",
+        "hresult": "0x00000000",
+        "epid": None,
+        "client_count": None,
+        "reason": None,
+        "node": node,
+    }
+    if request is not None:
+        fields["machine_name"] = request.machine_name
+        fields["product"] = catalog.product_name(request.sku_id, request.kms_counted_id)
+        fields["sku_id"] = str(request.sku_id)
+        fields["kms_id"] = str(request.kms_counted_id)
+        fields["cmid"] = str(request.client_machine_id)
+        fields["license_status"] = license_status_name(request.license_status)
+        fields["protocol"] = f"{request.major_version}.{request.minor_version}"
+    if isinstance(event, ActivationServed):
+        fields["epid"] = event.response.epid
+        fields["client_count"] = event.response.current_client_count
+    else:
+        fields["result"] = "refused"
+        fields["hresult"] = f"0x{event.hresult:08X}"
+        fields["reason"] = event.reason
+    return fields
+
+
+def log_activation(
+    peer: str,
+    event: ActivationServed | ActivationRefused,
+    catalog: Catalog,
+    node: str | None = None,
+) -> None:
+    """Log one request: INFO if served, WARNING if refused, with `extra={"kms": fields}`."""
+    level = logging.INFO if isinstance(event, ActivationServed) else logging.WARNING
+    # Skip building the line and fields when nobody listens (the hot path at high rates).
+    if not activation_log.isEnabledFor(level):
+        return
+    # The line is the message itself, not a "%s" argument: it is never %-formatted again.
+    activation_log.log(
+        level,
+        activation_line(peer, event, catalog),
+        extra={"kms": activation_fields(peer, event, catalog, node)},
+    )
+
+
+# --- masking -----------------------------------------------------------------------------
+
+_SECRET_PATTERNS: Final = (
+    # scheme://user:password@host -> scheme://user:***@host
+    # (greedy up to the last @ before any /: an unescaped @ in a password stays hidden)
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*):[^\s/]*@"), rf"\1:{MASK}@"),
+    # password=x, client_secret: "x", "api_key": "x", token=x ...
+    (
+        re.compile(
+            r"""(?ix)
+            (["']?)\b([\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key)[\w.-]*)\1
+            (\s*[=:]\s*)
+            ("(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&'"}\]]+)
+            """
+        ),
+        rf"\1\2\1\3{MASK}",
+    ),
+    # Authorization: Bearer x / Basic x
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {MASK}"),
+)
+
+
+def _may_hold_secret(text: str) -> bool:
+    """Cheap pre-check covering every pattern's keyword; (?i) regex scans cost 10x more."""
+    low = text.lower()
+    return (
+        "://" in low
+        or "pass" in low
+        or "pwd" in low
+        or "secret" in low
+        or "token" in low
+        or "key" in low
+        or "bearer" in low
+        or "basic" in low
+    )
+
+
+def mask_secrets(text: str) -> str:
+    """Replace passwords, secrets, tokens and URL credentials in text by ***."""
+    if not _may_hold_secret(text):
+        return text
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Masks secrets in a record's message and traceback; never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            # A bad format string is the formatter's problem to report, not the filter's.
+            return True
+        masked = mask_secrets(message)
+        if masked is not message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
+        return True
+
+
+# --- formatters --------------------------------------------------------------------------
+
+
+def _iso_utc(record: logging.LogRecord) -> str:
+    """The record's time as ISO-8601 UTC with milliseconds: 2024-05-01T12:00:00.123Z."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+def _text_formatter() -> logging.Formatter:
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter.converter = time.gmtime
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; activation records add their ActivationFields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": _iso_utc(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "kms", None)
+        if isinstance(fields, dict):
+            doc.update(fields)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = record.stack_info
+        # ASCII escapes keep U+2028 and friends from splitting a line in any reader.
+        return json.dumps(doc, ensure_ascii=True, separators=(",", ":"), default=str)
+
+
+def _cell(value: object) -> str:
+    """A mininfo column: printable, without the column separator."""
+    text = "-" if value is None or value == "" else str(value)
+    return _printable(text).replace("|", "/")
+
+
+class MininfoFormatter(logging.Formatter):
+    """`time | address | machine name | product | license status` per served activation."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "kms", None)
+        if isinstance(fields, dict) and fields.get("result") == "activated":
+            return " | ".join(
+                (
+                    _iso_utc(record),
+                    _cell(fields.get("address")),
+                    _cell(fields.get("machine_name")),
+                    _cell(fields.get("product")),
+                    _cell(fields.get("license_status")),
+                )
+            )
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            # One line per record: only the exception's own line, not the traceback.
+            message = f"{message}: {record.exc_text.rstrip().splitlines()[-1]}"
+        return " | ".join((_iso_utc(record), record.levelname, record.name, _cell(message)))
+
+
+class MininfoFilter(logging.Filter):
+    """Passes served activations, and other records at or above `threshold`."""
+
+    def __init__(self, threshold: int) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.threshold:
+            return True
+        fields = getattr(record, "kms", None)
+        return isinstance(fields, dict) and fields.get("result") == "activated"
+
+
+# --- setup -------------------------------------------------------------------------------
+
+
+def _level_number(level: str) -> int:
+    number = logging.getLevelNamesMapping().get(level.upper())
+    if number is None:
+        raise ValueError(f"unknown log level {level!r}")
+    return number
+
+
+def setup_logging(
+    level: str,
+    *,
+    fmt: LogFormat = "text",
+    file: Path | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    backups: int = DEFAULT_BACKUPS,
+) -> None:
+    """Send all logs to stderr, or to `file` rotated at max_bytes keeping `backups` old files.
+
+    Idempotent: replaces the root logger's handlers (closing those it made before). With
+    backups=0 the file is truncated at max_bytes; max_bytes=0 never rotates.
+    """
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
+    if max_bytes < 0 or backups < 0:
+        raise ValueError("log max bytes and backups must not be negative")
+    number = _level_number(level)
+    handler: logging.Handler
+    if file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.handlers.RotatingFileHandler(
+            file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+    handler.addFilter(SecretMaskingFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    elif fmt == "mininfo":
+        handler.addFilter(MininfoFilter(max(number, logging.WARNING)))
+        handler.setFormatter(MininfoFormatter())
+        # Activations are INFO records; mininfo shows them whatever the chosen level.
+        number = min(number, logging.INFO)
+    else:
+        handler.setFormatter(_text_formatter())
+    handler.set_name(_HANDLER_NAME)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        # Only our own handlers are closed: others (pytest's, say) belong to their owners.
+        if old.get_name() == _HANDLER_NAME:
+            old.close()
+    root.addHandler(handler)
+    root.setLevel(number)

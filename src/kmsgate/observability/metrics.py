@@ -1,0 +1,369 @@
+"""Prometheus metrics for a KMS host, on a private registry with bounded label sets."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+import kmsgate
+from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.protocol import rpc
+from kmsgate.protocol.messages import KmsRequest
+from kmsgate.protocol.session import (
+    ActivationRefused,
+    ActivationServed,
+    ConnectionClosed,
+    Event,
+    FaultSent,
+)
+
+log = logging.getLogger("kmsgate.metrics")
+
+UNKNOWN_FAMILY: Final = "unknown"
+# Buckets from 100 µs to 100 ms: a cached v6 answer takes well under a millisecond.
+REQUEST_DURATION_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+)
+PROTOCOLS: Final = {4: "v4", 5: "v5", 6: "v6"}
+FAULT_REASONS: Final = {
+    rpc.NCA_UNK_IF: "unknown_context",
+    rpc.NCA_OP_RNG_ERROR: "bad_opnum",
+    rpc.NCA_PROTO_ERROR: "protocol_error",
+    rpc.RPC_X_BAD_STUB_DATA: "bad_stub_data",
+}
+# First match wins; the texts are the reasons ServerSession and rpc.decode_pdu produce.
+_CLOSE_PATTERNS: Final = (
+    ("oversized", re.compile(r"too large")),
+    (
+        "bad_header",
+        re.compile(r"PDU header needs|unsupported RPC version|data representation|shorter than"),
+    ),
+    ("authenticated", re.compile(r"authenticated PDU")),
+    ("unexpected_pdu", re.compile(r"unexpected \w+ PDU|not a bind PDU|unknown PDU type")),
+    ("empty_bind", re.compile(r"without presentation contexts")),
+    ("bad_fragment", re.compile(r"fragment")),
+    ("truncated", re.compile(r"too short|truncated|bytes given|missing")),
+)
+CLOSE_REASONS: Final = (*(label for label, _ in _CLOSE_PATTERNS), "other")
+CONNECTION_OUTCOMES: Final = ("accepted", "rejected_limit", "denied_source")
+
+StoreStats = tuple[int, int, int, int]
+"""(queue depth, dropped, written, failures) as the activation store reports them."""
+
+
+# --- product families --------------------------------------------------------------------
+
+_SERVER_WORD = re.compile(r"\bServer\b")
+_OFFICE_YEAR = re.compile(r"\b(20\d\d)\b")
+
+
+def _family_of(app_name: str, kms_name: str, sku_name: str = "") -> str:
+    """Family of one catalogue entry, from its application and KMS id (or SKU) names."""
+    if app_name.startswith("Office"):
+        year = _OFFICE_YEAR.search(kms_name)
+        return f"office-{year.group(1)}" if year else "office"
+    if app_name.startswith("Windows"):
+        # KMS ids group editions by host key, so they say "Server"; a few preview SKUs sit
+        # under a client id yet name themselves "Windows Server ...".
+        if _SERVER_WORD.search(kms_name) or sku_name.startswith("Windows Server "):
+            return "windows-server"
+        return "windows"
+    return UNKNOWN_FAMILY
+
+
+class _FamilyIndex:
+    """Precomputed family per SKU id and per KMS id of one catalogue."""
+
+    __slots__ = ("by_kms", "by_sku")
+
+    def __init__(self, catalog: Catalog) -> None:
+        apps = {app.id: app.name for app in catalog.applications}
+        self.by_kms: dict[uuid.UUID, str] = {
+            kms.id: _family_of(apps.get(kms.application_id, ""), kms.name)
+            for kms in catalog.kms_ids
+        }
+        self.by_sku: dict[uuid.UUID, str] = {}
+        for sku in catalog.skus:
+            kms = catalog.kms_id(sku.kms_id)
+            kms_name = kms.name if kms is not None else ""
+            self.by_sku[sku.id] = _family_of(apps.get(sku.application_id, ""), kms_name, sku.name)
+
+    def family(self, sku_id: uuid.UUID, kms_id: uuid.UUID) -> str:
+        return self.by_sku.get(sku_id) or self.by_kms.get(kms_id) or UNKNOWN_FAMILY
+
+
+@functools.lru_cache(maxsize=8)
+def _family_index(catalog: Catalog) -> _FamilyIndex:
+    # Catalogs are immutable and few (usually exactly one), so caching by identity is safe.
+    return _FamilyIndex(catalog)
+
+
+def product_family(catalog: Catalog, request: KmsRequest | None) -> str:
+    """Bounded family label ("windows", "windows-server", "office-2016", ..., "unknown")."""
+    if request is None:
+        return UNKNOWN_FAMILY
+    return _family_index(catalog).family(request.sku_id, request.kms_counted_id)
+
+
+def family_label(family: str) -> str:
+    """Human label of a family for charts: "office-2016" → "Office 2016"."""
+    if family == "windows-server":
+        return "Windows Server"
+    if family.startswith("office-"):
+        return f"Office {family.removeprefix('office-')}"
+    return family.capitalize()
+
+
+def product_family_label(catalog: Catalog, request: KmsRequest | None) -> str:
+    """Human family label of a request, e.g. "Windows Server" or "Office 2019"."""
+    return family_label(product_family(catalog, request))
+
+
+def protocol_label(request: KmsRequest | None) -> str:
+    """KMS protocol label: v4, v5, v6; "other" for any other version, "unknown" if undecoded."""
+    if request is None:
+        return "unknown"
+    return PROTOCOLS.get(request.major_version, "other")
+
+
+def fault_reason(status: int) -> str:
+    """Bounded label of an RPC fault status."""
+    return FAULT_REASONS.get(status, "other")
+
+
+def close_reason(reason: str) -> str:
+    """Map a free-text protocol-close reason to one of CLOSE_REASONS."""
+    for label, pattern in _CLOSE_PATTERNS:
+        if pattern.search(reason):
+            return label
+    return "other"
+
+
+# --- store collector ---------------------------------------------------------------------
+
+
+class _StoreCollector(Collector):
+    """Reads the store's counters at scrape time, so the host never pushes them."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], StoreStats] | None = None
+
+    @staticmethod
+    def _families(stats: StoreStats | None) -> list[Metric]:
+        depth = GaugeMetricFamily(
+            "kmsgate_store_queue_depth", "Activation records waiting to be written."
+        )
+        dropped = CounterMetricFamily(
+            "kmsgate_store_dropped_records", "Activation records dropped (queue full)."
+        )
+        written = CounterMetricFamily(
+            "kmsgate_store_written_records", "Activation records written to the store."
+        )
+        failures = CounterMetricFamily(
+            "kmsgate_store_failures", "Failed attempts to write to the store."
+        )
+        if stats is not None:
+            depth.add_metric([], float(stats[0]))
+            dropped.add_metric([], float(stats[1]))
+            written.add_metric([], float(stats[2]))
+            failures.add_metric([], float(stats[3]))
+        return [depth, dropped, written, failures]
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        source = self.source
+        if source is None:
+            # No store configured: absent series say so more honestly than zeros.
+            return []
+        try:
+            stats = source()
+        except Exception:  # a broken store must not fail the whole scrape
+            log.exception("reading store statistics for metrics failed")
+            return []
+        return self._families(stats)
+
+
+# --- the metrics object ------------------------------------------------------------------
+
+
+class Metrics:
+    """All kmsgate metrics on one private CollectorRegistry; `hook` fits KmsHost.event_hooks."""
+
+    content_type: Final = CONTENT_TYPE_LATEST
+
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        *,
+        version: str = kmsgate.__version__,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        # A private registry: tests and several hosts in one process must not collide.
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.catalog = catalog = catalog if catalog is not None else default_catalog()
+        index = _family_index(catalog)
+        self._family_by_sku = index.by_sku
+        self._family_by_kms = index.by_kms
+
+        self.activations = Counter(
+            "kmsgate_activations",
+            "KMS requests answered, by product family, KMS protocol and result.",
+            ["family", "protocol", "result"],
+            registry=reg,
+        )
+        self.faults = Counter(
+            "kmsgate_faults", "RPC fault PDUs sent, by reason.", ["reason"], registry=reg
+        )
+        self.protocol_closes = Counter(
+            "kmsgate_protocol_closes",
+            "Connections closed for breaking the RPC protocol, by reason.",
+            ["reason"],
+            registry=reg,
+        )
+        self.idle_closes = Counter(
+            "kmsgate_idle_closes", "Connections closed by the idle timeout.", registry=reg
+        )
+        self.connections_open = Gauge(
+            "kmsgate_connections_open", "Client connections currently open.", registry=reg
+        )
+        self.connections = Counter(
+            "kmsgate_connections",
+            "Incoming connections, by outcome.",
+            ["outcome"],
+            registry=reg,
+        )
+        self.request_duration = Histogram(
+            "kmsgate_request_duration_seconds",
+            "Time to handle received data that produced an activation answer.",
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.build_info = Gauge(
+            "kmsgate_build_info", "kmsgate build; the value is always 1.", ["version"], registry=reg
+        )
+        self.build_info.labels(version).set(1)
+        self._store = _StoreCollector()
+        reg.register(self._store)
+
+        # Label children are looked up once and kept: .labels() costs more than .inc().
+        # Fixed label sets are created up front so their series exist (at 0) from the start.
+        self._fault_by_status = {
+            status: self.faults.labels(label) for status, label in FAULT_REASONS.items()
+        }
+        self._fault_other = self.faults.labels("other")
+        self._closes = {label: self.protocol_closes.labels(label) for label in CLOSE_REASONS}
+        self._outcomes = {label: self.connections.labels(label) for label in CONNECTION_OUTCOMES}
+        self._accepted = self._outcomes["accepted"]
+        # Keyed by (family, major version) so the hot path builds no label strings.
+        self._served: dict[tuple[str, int | None], Counter] = {}
+        self._refused: dict[tuple[str, int | None], Counter] = {}
+        self._observe = self.request_duration.observe
+
+    # --- events ---------------------------------------------------------------------------
+
+    def hook(self, peer: str, event: Event) -> None:
+        """Count one session event; signature matches KmsHost.event_hooks."""
+        # Exact type tests: cheaper than isinstance, and the event classes are final.
+        if type(event) is ActivationServed:
+            request = event.request
+            family = (
+                self._family_by_sku.get(request.sku_id)
+                or self._family_by_kms.get(request.kms_counted_id)
+                or UNKNOWN_FAMILY
+            )
+            child = self._served.get((family, request.major_version))
+            if child is None:
+                child = self._activation_child(self._served, family, request, "activated")
+            child.inc()
+        elif type(event) is ActivationRefused:
+            refused = event.request
+            family = product_family(self.catalog, refused)
+            child = self._refused.get((family, None if refused is None else refused.major_version))
+            if child is None:
+                child = self._activation_child(self._refused, family, refused, "refused")
+            child.inc()
+        elif type(event) is FaultSent:
+            self._fault_by_status.get(event.status, self._fault_other).inc()
+        elif type(event) is ConnectionClosed:
+            self._closes[close_reason(event.reason)].inc()
+
+    def _activation_child(
+        self,
+        cache: dict[tuple[str, int | None], Counter],
+        family: str,
+        request: KmsRequest | None,
+        result: str,
+    ) -> Counter:
+        """Create the labelled counter for (family, version) and cache it when bounded."""
+        child = self.activations.labels(family, protocol_label(request), result)
+        if request is None:
+            cache[family, None] = child
+        elif request.major_version in PROTOCOLS:
+            # Unknown versions share the "other" label uncached: attacker-chosen versions
+            # must not grow the dict.
+            cache[family, request.major_version] = child
+        return child
+
+    def observe_request(self, seconds: float) -> None:
+        """Record how long one data_received that produced an activation took."""
+        self._observe(seconds)
+
+    # --- connections ----------------------------------------------------------------------
+
+    def connection_opened(self) -> None:
+        """A connection was accepted."""
+        self._accepted.inc()
+        self.connections_open.inc()
+
+    def connection_closed(self) -> None:
+        """An accepted connection ended (call once per connection_opened)."""
+        self.connections_open.dec()
+
+    def connection_rejected(self, outcome: str) -> None:
+        """A connection was turned away; outcome is "rejected_limit" or "denied_source"."""
+        child = self._outcomes.get(outcome)
+        if child is None or outcome == "accepted":
+            raise ValueError(f"unknown rejection outcome {outcome!r}")
+        child.inc()
+
+    def connection_idle(self) -> None:
+        """A connection was closed by the idle timeout."""
+        self.idle_closes.inc()
+
+    # --- store and output -----------------------------------------------------------------
+
+    def set_store_source(self, source: Callable[[], StoreStats] | None) -> None:
+        """Read (depth, dropped, written, failures) from `source` at each scrape; None: none."""
+        self._store.source = source
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,379 @@
+"""Log formats (text, json, mininfo), rotation, secret masking and the activation record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.observability.logs import (
+    JsonFormatter,
+    MininfoFormatter,
+    activation_fields,
+    activation_line,
+    activation_log,
+    license_status_name,
+    log_activation,
+    mask_secrets,
+    setup_logging,
+    split_peer,
+)
+from tests.observability import CMID, EPID, make_request, refused, served
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+PRODUCT = "Windows Server 2019 Datacenter"
+other_log = logging.getLogger("kmsgate.server")
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return default_catalog()
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Put the root logger back as pytest set it up, closing what setup_logging opened."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def lines(path: Path) -> list[str]:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+# --- the activation record ---------------------------------------------------------------
+
+
+def test_activation_line_keeps_its_format(catalog: Catalog) -> None:
+    line = activation_line("10.1.2.3:49152", served(), catalog)
+    assert line == (
+        f'10.1.2.3:49152 DESKTOP-42.corp.example "{PRODUCT}" oob-grace v6.0 activated '
+        "count=10 client-time=2024-01-02T03:04:05Z"
+    )
+    assert activation_line("10.1.2.3:1", refused(make_request(version=4)), catalog).endswith(
+        f'"{PRODUCT}" oob-grace v4.0 refused 0xC004F042 '
+        "(the KMS host cannot activate this product): product not allowed"
+    )
+    assert activation_line(
+        "10.1.2.3:1", refused(None, hresult=0x8007000D, reason="x"), catalog
+    ) == (
+        "10.1.2.3:1 - refused 0x8007000D (the data is invalid (malformed request or unsupported "
+        "version)): x"
+    )
+    assert license_status_name(1) == "licensed"
+    assert license_status_name(42) == "status-42"
+
+
+def test_client_chosen_names_cannot_forge_log_lines(catalog: Catalog) -> None:
+    event = served(make_request(name='evil\n2024-01-01 fake "line"\u2028x'))
+    line = activation_line("10.1.2.3:1", event, catalog)
+    assert len(line.splitlines()) == 1
+    assert "evil?2024-01-01 fake 'line'?x" in line
+
+
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        ("10.1.2.3:49152", ("10.1.2.3", 49152)),
+        ("[2001:db8::1]:1688", ("2001:db8::1", 1688)),
+        ("unknown", ("unknown", None)),
+    ],
+)
+def test_split_peer(peer: str, expected: tuple[str, int | None]) -> None:
+    assert split_peer(peer) == expected
+
+
+def test_activation_fields(catalog: Catalog) -> None:
+    fields = activation_fields("[2001:db8::1]:1688", served(), catalog, "node-a")
+    assert fields == {
+        "address": "2001:db8::1",
+        "port": 1688,
+        "machine_name": "DESKTOP-42.corp.example",
+        "product": PRODUCT,
+        "sku_id": "34e1ae55-27f8-4950-8877-7a03be5fb181",
+        "kms_id": "8449b1fb-f0ea-497a-99ab-66ca96e9a0f5",
+        "cmid": str(CMID),
+        "license_status": "oob-grace",
+        "protocol": "6.0",
+        "result": "activated",
+        "hresult": "0x00000000",
+        "epid": EPID,
+        "client_count": 10,
+        "reason": None,
+        "node": "node-a",
+    }
+    bad = activation_fields("1.2.3.4:5", refused(None, hresult=0x8007000D, reason="short"), catalog)
+    assert bad["result"] == "refused" and bad["hresult"] == "0x8007000D"
+    assert bad["reason"] == "short" and bad["machine_name"] is None and bad["epid"] is None
+
+
+def test_log_activation_attaches_structured_fields(
+    catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kmsgate.activation")
+    log_activation("10.1.2.3:49152", served(), catalog, "node-a")
+    log_activation("10.1.2.3:49152", refused(make_request()), catalog)
+    ok, bad = caplog.records
+    assert (ok.levelno, bad.levelno) == (logging.INFO, logging.WARNING)
+    assert ok.getMessage() == activation_line("10.1.2.3:49152", served(), catalog)
+    assert ok.__dict__["kms"]["node"] == "node-a" and ok.__dict__["kms"]["epid"] == EPID
+    assert bad.__dict__["kms"]["result"] == "refused"
+
+
+def test_log_activation_does_no_work_when_disabled(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup_logging("error")
+    calls: list[object] = []
+
+    def spy(*args: object) -> dict[str, object]:
+        calls.append(args)
+        return {}
+
+    monkeypatch.setattr("kmsgate.observability.logs.activation_fields", spy)
+    log_activation("10.1.2.3:1", served(), catalog)
+    assert calls == []
+
+
+# --- formats -----------------------------------------------------------------------------
+
+
+def test_text_format(tmp_path: Path, catalog: Catalog) -> None:
+    log_file = tmp_path / "kms.log"
+    setup_logging("info", file=log_file)
+    log_activation("10.1.2.3:49152", served(), catalog)
+    other_log.debug("hidden")
+    (line,) = lines(log_file)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z INFO kmsgate\.activation: 10\.1\.2\.3:49152 .*",
+        line,
+    )
+
+
+def test_json_format(tmp_path: Path, catalog: Catalog) -> None:
+    log_file = tmp_path / "kms.jsonl"
+    setup_logging("debug", fmt="json", file=log_file)
+    log_activation("10.1.2.3:49152", served(), catalog, "node-a")
+    other_log.debug("plain %s", "record")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        other_log.exception("it failed")
+    docs = [json.loads(line) for line in lines(log_file)]
+    assert len(docs) == 3
+    activation, plain, failure = docs
+    for doc in docs:
+        assert ISO_UTC.match(doc["ts"])
+    assert activation["level"] == "INFO" and activation["logger"] == "kmsgate.activation"
+    assert activation["msg"].startswith("10.1.2.3:49152 DESKTOP-42")
+    expected = activation_fields("10.1.2.3:49152", served(), catalog, "node-a")
+    assert {key: activation[key] for key in expected} == expected
+    assert plain == {
+        "ts": plain["ts"],
+        "level": "DEBUG",
+        "logger": "kmsgate.server",
+        "msg": "plain record",
+    }
+    assert failure["level"] == "ERROR" and "ValueError: boom" in failure["exc"]
+
+
+@given(st.text(max_size=80))
+def test_json_is_always_one_line(text: str) -> None:
+    record = activation_log.makeRecord("kmsgate.activation", logging.INFO, "f", 1, text, (), None)
+    record.kms = {"machine_name": text}
+    out = JsonFormatter().format(record)
+    assert len(out.splitlines()) == 1
+    assert json.loads(out)["machine_name"] == text
+
+
+def test_mininfo_line_is_exact(catalog: Catalog) -> None:
+    record = activation_log.makeRecord(
+        "kmsgate.activation",
+        logging.INFO,
+        "f",
+        1,
+        "ignored",
+        (),
+        None,
+        extra={"kms": activation_fields("[2001:db8::1]:1688", served(), catalog)},
+    )
+    record.created, record.msecs = 1704164645.25, 250.0
+    assert MininfoFormatter().format(record) == (
+        f"2024-01-02T03:04:05.250Z | 2001:db8::1 | DESKTOP-42.corp.example | {PRODUCT} | oob-grace"
+    )
+
+
+def test_mininfo_cells_stay_in_their_column(catalog: Catalog) -> None:
+    event = served(make_request(name="a|b\nc"))
+    record = activation_log.makeRecord(
+        "kmsgate.activation",
+        logging.INFO,
+        "f",
+        1,
+        "x",
+        (),
+        None,
+        extra={"kms": activation_fields("10.0.0.1:1", event, catalog)},
+    )
+    assert MininfoFormatter().format(record).split(" | ")[2] == "a/b?c"
+
+
+def test_mininfo_shows_activations_and_problems_only(tmp_path: Path, catalog: Catalog) -> None:
+    log_file = tmp_path / "mininfo.log"
+    setup_logging("warning", fmt="mininfo", file=log_file)
+    log_activation("10.1.2.3:49152", served(), catalog)
+    other_log.info("listening on 0.0.0.0:1688")
+    log_activation("10.1.2.3:49153", refused(make_request()), catalog)
+    try:
+        raise OSError("disk full")
+    except OSError:
+        other_log.exception("store write failed\nsecond line")
+    out = lines(log_file)
+    assert len(out) == 3
+    ts = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert re.fullmatch(
+        rf"{ts} \| 10\.1\.2\.3 \| DESKTOP-42\.corp\.example \| {PRODUCT} \| oob-grace", out[0]
+    )
+    assert re.fullmatch(
+        rf"{ts} \| WARNING \| kmsgate\.activation \| 10\.1\.2\.3:49153 .* refused .*", out[1]
+    )
+    assert re.fullmatch(
+        rf"{ts} \| ERROR \| kmsgate\.server \| store write failed\?second line: OSError: disk full",
+        out[2],
+    )
+
+
+def test_mininfo_at_error_level_still_lists_activations(tmp_path: Path, catalog: Catalog) -> None:
+    log_file = tmp_path / "mininfo.log"
+    setup_logging("error", fmt="mininfo", file=log_file)
+    log_activation("10.1.2.3:49152", served(), catalog)
+    log_activation("10.1.2.3:49153", refused(make_request()), catalog)
+    other_log.warning("a warning")
+    assert [line.split(" | ")[1] for line in lines(log_file)] == ["10.1.2.3"]
+
+
+# --- setup -------------------------------------------------------------------------------
+
+
+def test_rotation_at_max_bytes_keeps_backups(tmp_path: Path) -> None:
+    log_file = tmp_path / "kms.log"
+    setup_logging("info", file=log_file, max_bytes=2000, backups=3)
+    for number in range(400):
+        other_log.info("record %04d %s", number, "x" * 40)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["kms.log", "kms.log.1", "kms.log.2", "kms.log.3"]
+    assert all((tmp_path / name).stat().st_size <= 2000 for name in names)
+    # The newest record is in the live file, the oldest ones were rotated away.
+    assert "record 0399" in lines(log_file)[-1]
+    assert "record 0000" not in "".join((tmp_path / n).read_text() for n in names)
+
+
+def test_setup_is_idempotent_and_closes_its_old_handlers(tmp_path: Path) -> None:
+    first = tmp_path / "first.log"
+    setup_logging("info", file=first)
+    (old,) = logging.getLogger().handlers
+    setup_logging("info", fmt="json", file=tmp_path / "second.log")
+    setup_logging("info", fmt="json", file=tmp_path / "second.log")
+    root = logging.getLogger()
+    assert len(root.handlers) == 1 and root.level == logging.INFO
+    assert isinstance(old, logging.FileHandler) and old.stream is None
+    other_log.info("after")
+    assert json.loads(lines(tmp_path / "second.log")[-1])["msg"] == "after"
+    assert first.read_text() == ""
+
+
+def test_setup_defaults_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("info")
+    other_log.info("to stderr")
+    assert capsys.readouterr().err.endswith("INFO kmsgate.server: to stderr\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [(("loud",), {}), (("info",), {"fmt": "xml"}), (("info",), {"max_bytes": -1})],
+)
+def test_setup_rejects_bad_arguments(args: tuple[str], kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        setup_logging(*args, **kwargs)  # type: ignore[arg-type]
+
+
+# --- masking -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("login password=hunter2 ok", "login password=*** ok"),
+        ("PASSWORD: hunter2", "PASSWORD: ***"),
+        ("db_password='hunter 2', next", "db_password=***, next"),
+        ('{"password": "hun\\"ter2", "user": "kms"}', '{"password": ***, "user": "kms"}'),
+        ("client_secret=abc123&x=1", "client_secret=***&x=1"),
+        ("secret: s3cr3t", "secret: ***"),
+        ("api_key=AKIA1234 token=t0k3n", "api_key=*** token=***"),
+        (
+            "connecting to postgresql://kms:hunter2@db.example:5432/kms",
+            "connecting to postgresql://kms:***@db.example:5432/kms",
+        ),
+        ("postgresql+asyncpg://kms:p@ss@db/kms", "postgresql+asyncpg://kms:***@db/kms"),
+        ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.x.y", "Authorization: Bearer ***"),
+    ],
+)
+def test_secrets_are_masked(text: str, expected: str) -> None:
+    assert mask_secrets(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '10.1.2.3:1 PC "Windows 10 Pro" oob-grace v6.0 activated count=50',
+        "listening on http://[::1]:8080/metrics",
+        "postgresql://db.example:5432/kms",
+        "license_status=1 grace=43200",
+    ],
+)
+def test_ordinary_text_is_not_masked(text: str) -> None:
+    assert mask_secrets(text) == text
+
+
+@given(st.text(alphabet=st.characters(categories=["L", "N"]), min_size=4, max_size=30))
+def test_generated_passwords_never_leak(secret: str) -> None:
+    for template in ("password={}", "x secret: {} y", "sqlite+x://u:{}@h/db", '"token": "{}"'):
+        assert secret not in mask_secrets(template.format(secret))
+
+
+def test_masking_applies_to_every_format_and_tracebacks(tmp_path: Path) -> None:
+    for fmt in ("text", "json", "mininfo"):
+        log_file = tmp_path / f"{fmt}.log"
+        setup_logging("info", fmt=fmt, file=log_file)
+        other_log.warning("db at %s", "postgresql://kms:hunter2@db/kms")
+        try:
+            raise RuntimeError("auth failed for password=hunter2")
+        except RuntimeError:
+            other_log.exception("connect failed")
+        text = log_file.read_text()
+        assert "hunter2" not in text, fmt
+        assert "postgresql://kms:***@db/kms" in text and "password=***" in text
+
+
+def test_a_bad_format_string_does_not_break_the_caller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging("info", file=tmp_path / "kms.log")
+    other_log.info("%d items", "many")  # logging reports this on stderr; it must not raise
+    assert "TypeError" in capsys.readouterr().err
