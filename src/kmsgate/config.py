@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -84,7 +85,23 @@ class ServeSettings(BaseSettings):
     deny: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="CIDR refused even when allowed (repeatable; wins)"
     )
+    node_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=64,
+        description="name of this node in records and logs (default: host name)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["text", "json", "mininfo"] = Field(
+        "text",
+        description="text; json (one object per line); mininfo "
+        "(`time | address | machine name | product | license status` per activation)",
+    )
+    log_file: Path | None = Field(None, description="log to this file instead of stderr")
+    log_max_bytes: int = Field(
+        10_485_760, ge=0, description="rotate the log file at this size (0: never)"
+    )
+    log_backups: int = Field(5, ge=0, description="rotated log files to keep")
 
     @field_validator("listen", "allow", "deny", mode="before")
     @classmethod

@@ -122,7 +122,13 @@ def register(app: typer.Typer) -> None:
             for key, value in options.items()
         }
         settings = _settings_or_exit(config, **cli)
-        setup_logging(settings.log_level)
+        setup_logging(
+            settings.log_level,
+            fmt=settings.log_format,
+            file=settings.log_file,
+            max_bytes=settings.log_max_bytes,
+            backups=settings.log_backups,
+        )
         try:
             _run(settings)
         except OSError as exc:

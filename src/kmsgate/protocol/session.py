@@ -116,6 +116,7 @@ class ServerSession:
         self._fragments: bytearray | None = None
         self.closed = False
         self.requests_served = 0
+        self.requests_answered = 0
         self.pdus_handled = 0
 
     def data_to_send(self) -> bytes:
@@ -227,10 +228,12 @@ class ServerSession:
             error_stub = ndr.wrap_error(exc.hresult, syntax)
             self._send(rpc.Response(request.call_id, request.context_id, error_stub))
             parsed = decoded.request if decoded else None
+            self.requests_answered += 1
             return [ActivationRefused(request.call_id, syntax, parsed, exc.hresult, exc.reason)]
         reply_stub = ndr.wrap_response(reply, syntax)
         self._send(rpc.Response(request.call_id, request.context_id, reply_stub))
         self.requests_served += 1
+        self.requests_answered += 1
         return [ActivationServed(request.call_id, syntax, decoded.request, response)]
 
     def _reassemble(self, request: rpc.Request) -> bytes | None:

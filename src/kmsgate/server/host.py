@@ -17,7 +17,8 @@ from typing import cast
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
-from kmsgate.observability.logs import activation_line, activation_log
+from kmsgate.observability.logs import log_activation
+from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
 from kmsgate.protocol.session import (
     ActivationRefused,
@@ -67,6 +68,7 @@ class KmsConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._session: ServerSession | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._answered = 0
         self.peer = "unknown"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,11 +80,13 @@ class KmsConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if not peer or not host.source_policy.allows(peer[0]):
             host.stats.connections_denied += 1
+            host.metrics.connection_rejected("denied_source")
             log.warning("%s denied by the source policy", self.peer)
             transport.abort()
             return
         if len(host.connections) >= host.settings.max_connections:
             host.stats.connections_rejected += 1
+            host.metrics.connection_rejected("rejected_limit")
             log.warning("%s refused: %d connections open", self.peer, len(host.connections))
             transport.abort()
             return
@@ -92,6 +96,7 @@ class KmsConnection(asyncio.Protocol):
         host.connections.add(self)
         host.stats.connections_accepted += 1
         host.stats.connections_open = len(host.connections)
+        host.metrics.connection_opened()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -102,6 +107,7 @@ class KmsConnection(asyncio.Protocol):
 
     def _idle(self) -> None:
         self._host.stats.idle_closes += 1
+        self._host.metrics.connection_idle()
         log.debug(
             "%s closed after %.0f s without a complete PDU",
             self.peer,
@@ -114,11 +120,15 @@ class KmsConnection(asyncio.Protocol):
         session, transport = self._session, self._transport
         if session is None or transport is None:
             return
+        started = time.perf_counter()
         served_before = session.pdus_handled
         events = session.receive_data(data, filetime_from_unix(time.time()))
         out = session.data_to_send()
         if out:
             transport.write(out)
+            if session.requests_answered != self._answered:
+                self._answered = session.requests_answered
+                self._host.metrics.observe_request(time.perf_counter() - started)
         # Only complete PDUs count as activity, so a client dribbling bytes still times out.
         if session.pdus_handled != served_before:
             self._arm_timer()
@@ -131,6 +141,8 @@ class KmsConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._session is not None:
+            self._host.metrics.connection_closed()
         self._host.connections.discard(self)
         self._host.stats.connections_open = len(self._host.connections)
 
@@ -150,9 +162,11 @@ class KmsHost:
         rng: random.Random | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         today: datetime | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog or default_catalog()
+        self.metrics = metrics or Metrics(self.catalog)
         self._rng = rng or random.SystemRandom()
         self._random_bytes = random_bytes
         self.identity: HostIdentity = build_identity(
@@ -176,7 +190,7 @@ class KmsHost:
         self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
         self.stats = HostStats()
         self.connections: set[KmsConnection] = set()
-        self.event_hooks: list[EventHook] = []
+        self.event_hooks: list[EventHook] = [self.metrics.hook]
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
 
@@ -204,10 +218,10 @@ class KmsHost:
             stats.activations += 1
             version = event.request.major_version
             stats.by_version[version] = stats.by_version.get(version, 0) + 1
-            activation_log.info("%s", activation_line(peer, event, self.catalog))
+            log_activation(peer, event, self.catalog, self.settings.node_name)
         elif isinstance(event, ActivationRefused):
             stats.refusals += 1
-            activation_log.warning("%s", activation_line(peer, event, self.catalog))
+            log_activation(peer, event, self.catalog, self.settings.node_name)
         elif isinstance(event, FaultSent):
             stats.faults += 1
             log.info("%s fault 0x%08X: %s", peer, event.status, event.reason)
