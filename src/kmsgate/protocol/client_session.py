@@ -89,7 +89,7 @@ class ClientSession:
             self._check_result(ctx, result)
         if not (self.ndr32_accepted or self.ndr64_accepted):
             raise ProtocolError("host accepted neither NDR32 nor NDR64")
-        if self.ndr64_accepted and self.offer_btfn and self.btfn_bits is None:
+        if not pdu.alter and self.ndr64_accepted and self.offer_btfn and self.btfn_bits is None:
             self.warnings.append("host accepted NDR64 without acknowledging BTFN")
         if not self.ndr32_accepted and not pdu.alter:
             self._contexts = (self._contexts[0],)
@@ -178,7 +178,10 @@ class ClientSession:
         if header.ptype != ptype:
             raise ProtocolError(f"expected PDU type {ptype}, got {header.ptype}")
         if header.call_id != self.call_id:
-            raise ProtocolError(f"reply call_id {header.call_id}, expected {self.call_id}")
-        if ptype == rpc.PType.RESPONSE and header.flags & rpc.PFC_CONC_MPX:
-            self.warnings.append("CONC_MPX set on a response")
+            # Wine's RPC runtime answers with call_id 1; reference clients tolerate it.
+            if header.call_id != 1:
+                raise ProtocolError(f"reply call_id {header.call_id}, expected {self.call_id}")
+            self.warnings.append("reply call_id 1 (Wine quirk)")
+        if ptype != rpc.PType.BIND_ACK and header.flags & rpc.PFC_CONC_MPX:
+            self.warnings.append(f"CONC_MPX set on PDU type {ptype}")
         return rpc.decode_pdu(raw)

@@ -25,9 +25,11 @@ VALID_LCIDS = (
 
 VOLUME_CHANNEL = 3
 HWID_SIZE = 8
+# re.ASCII: \d must not match other scripts' digits, which would go out on the wire.
 _EPID = re.compile(
-    r"^(?P<platform>\d{5})-(?P<group>\d{5})-(?P<key_hi>\d{3})-(?P<key_lo>\d{6})-(?P<channel>\d{2})"
-    r"-(?P<lcid>\d{1,5})-(?P<build>\d{1,5})\.0000-(?P<day>\d{3})(?P<year>\d{4})$"
+    r"(?P<platform>\d{5})-(?P<group>\d{5})-(?P<key_hi>\d{3})-(?P<key_lo>\d{6})-(?P<channel>\d{2})"
+    r"-(?P<lcid>\d{1,5})-(?P<build>\d{1,5})\.0000-(?P<day>\d{3})(?P<year>\d{4})",
+    re.ASCII,
 )
 
 
@@ -67,6 +69,19 @@ class Epid:
     activation_date: date
     channel: int = VOLUME_CHANNEL
 
+    def __post_init__(self) -> None:
+        limits = {
+            "platform_id": 99_999,
+            "group_id": 99_999,
+            "key_id": 999_999_999,
+            "lcid": 99_999,
+            "build": 99_999,
+            "channel": 99,
+        }
+        for name, limit in limits.items():
+            if not 0 <= getattr(self, name) <= limit:
+                raise ValueError(f"ePID {name} {getattr(self, name)} is out of range")
+
     def __str__(self) -> str:
         day = self.activation_date.timetuple().tm_yday
         return (
@@ -78,7 +93,7 @@ class Epid:
 
 def parse_epid(text: str) -> Epid:
     """Parse and validate an ePID string; raise ValueError naming what is wrong."""
-    match = _EPID.match(text)
+    match = _EPID.fullmatch(text)
     if match is None:
         raise ValueError(
             f"ePID {text!r} does not look like PPPPP-GGGGG-KKK-KKKKKK-03-LCID-BUILD.0000-DDDYYYY"

@@ -232,10 +232,10 @@ def parse_header(data: bytes | bytearray) -> PduHeader:
     return PduHeader(ver, minor, ptype, flags, drep, frag_length, auth_length, call_id)
 
 
-def _header(ptype: PType, flags: int, length: int, call_id: int) -> bytes:
+def _header(ptype: PType, flags: int, length: int, call_id: int, minor: int = 0) -> bytes:
     if length > 0xFFFF:
         raise LocalProtocolError(f"PDU of {length} bytes exceeds frag_length range")
-    return _HEADER.pack(5, 0, ptype, flags, DREP_LITTLE_ENDIAN, length, 0, call_id)
+    return _HEADER.pack(5, minor, ptype, flags, DREP_LITTLE_ENDIAN, length, 0, call_id)
 
 
 def _syntax(raw: bytes) -> SyntaxId:
@@ -285,7 +285,8 @@ def _encode_bind(pdu: Bind) -> bytes:
         for syntax in ctx.transfer_syntaxes:
             body += _pack_syntax(syntax)
     ptype = PType.ALTER_CONTEXT if pdu.alter else PType.BIND
-    return _header(ptype, pdu.flags, HEADER_SIZE + len(body), pdu.call_id) + body
+    length = HEADER_SIZE + len(body)
+    return _header(ptype, pdu.flags, length, pdu.call_id, pdu.minor_version) + body
 
 
 def _decode_bind_ack(header: PduHeader, body: bytes) -> BindAck:
@@ -380,10 +381,13 @@ def _decode_request(header: PduHeader, body: bytes) -> Request:
 
 
 def _encode_request(pdu: Request) -> bytes:
-    flags = pdu.flags | (PFC_OBJECT_UUID if pdu.object_uuid else 0)
+    # The flag must say exactly whether an object UUID follows, whatever the caller passed.
+    flags = pdu.flags & ~PFC_OBJECT_UUID
+    if pdu.object_uuid is not None:
+        flags |= PFC_OBJECT_UUID
     alloc_hint = len(pdu.stub) if pdu.alloc_hint is None else pdu.alloc_hint
     body = _REQUEST_BODY.pack(alloc_hint, pdu.context_id, pdu.opnum)
-    if pdu.object_uuid:
+    if pdu.object_uuid is not None:
         body += pdu.object_uuid.bytes_le
     body += pdu.stub
     return _header(PType.REQUEST, flags, HEADER_SIZE + len(body), pdu.call_id) + body

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.engine import KmsEngine
-from kmsgate.protocol.errors import KmsMessageError, RpcDecodeError
+from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, RpcDecodeError
+from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import (
     DecodedRequest,
     KmsRequest,
@@ -114,6 +115,7 @@ class ServerSession:
         self._ndr32_context: int | None = None
         self._ndr64_context: int | None = None
         self._fragments: bytearray | None = None
+        self._fragment_call: tuple[int, int, int] | None = None
         self.closed = False
         self.requests_served = 0
         self.requests_answered = 0
@@ -198,7 +200,6 @@ class ServerSession:
         )
 
     def _fault(self, request: rpc.Request, status: int, reason: str) -> FaultSent:
-        self._fragments = None
         self._send(rpc.Fault(request.call_id, status, context_id=request.context_id))
         return FaultSent(request.call_id, status, reason)
 
@@ -225,16 +226,30 @@ class ServerSession:
                 decoded, response, random_bytes=self._random_bytes, hwid=self._settings.hwid
             )
         except KmsMessageError as exc:
-            error_stub = ndr.wrap_error(exc.hresult, syntax)
-            self._send(rpc.Response(request.call_id, request.context_id, error_stub))
-            parsed = decoded.request if decoded else None
-            self.requests_answered += 1
-            return [ActivationRefused(request.call_id, syntax, parsed, exc.hresult, exc.reason)]
+            return [self._refuse(request, syntax, decoded, exc.hresult, exc.reason)]
+        except LocalProtocolError as exc:
+            # The host could not build an answer (e.g. a misconfigured ePID): the client still
+            # gets a well-formed refusal, as a genuine host would send.
+            return [self._refuse(request, syntax, decoded, HResult.INVALID_DATA, str(exc))]
         reply_stub = ndr.wrap_response(reply, syntax)
         self._send(rpc.Response(request.call_id, request.context_id, reply_stub))
         self.requests_served += 1
         self.requests_answered += 1
         return [ActivationServed(request.call_id, syntax, decoded.request, response)]
+
+    def _refuse(
+        self,
+        request: rpc.Request,
+        syntax: TransferSyntax,
+        decoded: DecodedRequest | None,
+        hresult: int,
+        reason: str,
+    ) -> ActivationRefused:
+        error_stub = ndr.wrap_error(hresult, syntax)
+        self._send(rpc.Response(request.call_id, request.context_id, error_stub))
+        self.requests_answered += 1
+        parsed = decoded.request if decoded else None
+        return ActivationRefused(request.call_id, syntax, parsed, hresult, reason)
 
     def _reassemble(self, request: rpc.Request) -> bytes | None:
         """Join multi-fragment requests; None while more fragments are due."""
@@ -244,8 +259,11 @@ class ServerSession:
             return request.stub
         if first:
             self._fragments = bytearray()
+            self._fragment_call = (request.call_id, request.context_id, request.opnum)
         if self._fragments is None:
             raise RpcDecodeError("continuation fragment without a first fragment")
+        if self._fragment_call != (request.call_id, request.context_id, request.opnum):
+            raise RpcDecodeError("fragments of one call disagree on call_id, context or opnum")
         self._fragments += request.stub
         if len(self._fragments) > MAX_REASSEMBLED_STUB:
             raise RpcDecodeError("fragmented request too large")
