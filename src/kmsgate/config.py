@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,14 @@ from kmsgate.protocol.epid import VALID_LCIDS, parse_epid, parse_hwid
 DEFAULT_CONFIG_FILE = Path("/etc/kmsgate/kmsgate.toml")
 DEFAULT_LISTEN = ["0.0.0.0:1688", "[::]:1688"]
 EPID_MODES = ("random", "per-request")
+
+
+def default_data_dir() -> Path:
+    """/var/lib/kmsgate for root (as a service), else the user's XDG data directory."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/kmsgate")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "kmsgate"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -85,11 +94,28 @@ class ServeSettings(BaseSettings):
     deny: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="CIDR refused even when allowed (repeatable; wins)"
     )
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="directory for the embedded database and the web session key",
+        json_schema_extra={"doc_default": "/var/lib/kmsgate as root, else ~/.local/share/kmsgate"},
+    )
+    db: str | None = Field(
+        None,
+        description="database URL: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB "
+        "(default: sqlite:///DATA_DIR/kmsgate.db)",
+    )
+    db_upgrade: bool = Field(True, description="apply database migrations on start")
+    store_queue: int = Field(
+        10000, ge=1, description="records waiting for the database at most before dropping"
+    )
+    web: str = Field("127.0.0.1:8080", description="ADDR:PORT of the dashboard, API and /metrics")
+    no_web: bool = Field(False, description="do not start the web listener")
     node_name: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
         max_length=64,
-        description="name of this node in records and logs (default: host name)",
+        description="name of this node in records and logs",
+        json_schema_extra={"doc_default": "the host name"},
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json", "mininfo"] = Field(
@@ -118,6 +144,24 @@ class ServeSettings(BaseSettings):
         for item in value:
             parse_listen(item)
         return value
+
+    @field_validator("web")
+    @classmethod
+    def _check_web(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("db")
+    @classmethod
+    def _check_db(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:", "postgresql:", "postgres:")):
+            raise ValueError("database URL must start with sqlite:// or postgresql://")
+        return value
+
+    @property
+    def db_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        return self.db or f"sqlite:///{self.data_dir / 'kmsgate.db'}"
 
     @field_validator("allow", "deny")
     @classmethod
@@ -183,6 +227,9 @@ def load_settings(config_file: Path | None = None, **cli: Any) -> ServeSettings:
 
 def _default_text(name: str) -> str:
     field = ServeSettings.model_fields[name]
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and "doc_default" in extra:
+        return str(extra["doc_default"])
     value = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
     if value is None:
         return "unset"
@@ -209,7 +256,7 @@ def settings_reference() -> str:
     ]
     for name, field in ServeSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
+        if field.annotation is bool and not name.startswith("no_"):
             flag = f"{flag} / --no-{name.replace('_', '-')}"
         lines.append(
             f"| `{flag}` | `KMSGATE_{name.upper()}` | `{name}` | {_default_text(name)} "

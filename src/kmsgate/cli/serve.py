@@ -91,7 +91,9 @@ def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:
     ]
     for name, field in model.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        decls = [f"{flag}/--no-{flag[2:]}"] if field.annotation is bool else [flag]
+        # A field named no_x is a plain switch (--no-web), not --no-web/--no-no-web.
+        is_switch = field.annotation is bool and not name.startswith("no_")
+        decls = [f"{flag}/--no-{flag[2:]}"] if is_switch else [flag]
         params.append(
             inspect.Parameter(
                 name,
