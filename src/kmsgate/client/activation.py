@@ -34,6 +34,7 @@ from kmsgate.protocol.messages import (
     KmsRequest,
     KmsResponse,
     encode_request,
+    sent_request,
     verify_response,
 )
 from kmsgate.protocol.ndr import TransferSyntax
@@ -362,7 +363,7 @@ class ClientConnection:
         self.requests_sent += 1
         reply = await self._round_trip(pdu, f"request (call {call_id})")
         kms_message = session.handle_response(reply)
-        verified = verify_response(message, kms_message)
+        verified = verify_response(message, kms_message, sent=sent_request(request, message))
         latency = time.perf_counter() - started
         connect_latency, self._pending_connect_latency = self._pending_connect_latency, None
         result = ActivationResult(
