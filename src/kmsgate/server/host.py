@@ -68,6 +68,7 @@ class KmsConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._session: ServerSession | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
         self._answered = 0
         self.peer = "unknown"
 
@@ -78,7 +79,7 @@ class KmsConnection(asyncio.Protocol):
         self.peer = _peer_text(transport)
         host = self._host
         peer = transport.get_extra_info("peername")
-        if not peer or not host.source_policy.allows(peer[0]):
+        if not peer or not host.source_allowed(peer[0]):
             host.stats.connections_denied += 1
             host.metrics.connection_rejected("denied_source")
             log.warning("%s denied by the source policy", self.peer)
@@ -97,15 +98,18 @@ class KmsConnection(asyncio.Protocol):
         host.stats.connections_accepted += 1
         host.stats.connections_open = len(host.connections)
         host.metrics.connection_opened()
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._host.settings.idle_timeout, self._idle)
+        self._last_activity = loop.time()
+        self._timer = loop.call_later(host.settings.idle_timeout, self._idle)
 
     def _idle(self) -> None:
+        # One timer per connection, re-armed lazily: cheaper than re-arming on every PDU.
+        loop = asyncio.get_running_loop()
+        remaining = self._last_activity + self._host.settings.idle_timeout - loop.time()
+        if remaining > 0:
+            self._timer = loop.call_later(remaining, self._idle)
+            return
+        self._timer = None
         self._host.stats.idle_closes += 1
         self._host.metrics.connection_idle()
         log.debug(
@@ -131,7 +135,7 @@ class KmsConnection(asyncio.Protocol):
                 self._host.metrics.observe_request(time.perf_counter() - started)
         # Only complete PDUs count as activity, so a client dribbling bytes still times out.
         if session.pdus_handled != served_before:
-            self._arm_timer()
+            self._last_activity = asyncio.get_running_loop().time()
         for event in events:
             self._host.record(self.peer, event)
         if session.closed:
@@ -188,11 +192,21 @@ class KmsHost:
             self.identity.provider,
         )
         self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
+        self._source_verdicts: dict[str, bool] = {}
         self.stats = HostStats()
         self.connections: set[KmsConnection] = set()
         self.event_hooks: list[EventHook] = [self.metrics.hook]
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
+
+    def source_allowed(self, address: str) -> bool:
+        """The source policy's verdict, memoised: a campus has few thousand client addresses."""
+        verdict = self._source_verdicts.get(address)
+        if verdict is None:
+            if len(self._source_verdicts) >= 65536:
+                self._source_verdicts.clear()
+            verdict = self._source_verdicts[address] = self.source_policy.allows(address)
+        return verdict
 
     def new_session(self, port: int) -> ServerSession:
         settings = self._session_settings.get(port)
