@@ -1,0 +1,1 @@
+"""Authentication helpers shared by the dashboard, the CLI and (later) the gateway."""
