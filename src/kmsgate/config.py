@@ -105,6 +105,7 @@ class ServeSettings(BaseSettings):
         "(default: sqlite:///DATA_DIR/kmsgate.db)",
     )
     db_upgrade: bool = Field(True, description="apply database migrations on start")
+    no_store: bool = Field(False, description="record nothing (no database; implies --no-web)")
     store_queue: int = Field(
         10000, ge=1, description="records waiting for the database at most before dropping"
     )

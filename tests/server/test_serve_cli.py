@@ -57,8 +57,8 @@ def test_serve_activates_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "kmsgate.toml"
     config.write_text('hwid = "0011223344556677"\nclient_count = 99\n')
     proc = start_serve(
-        "--config", str(config), "--listen", f"127.0.0.1:{port}",
-        env={"KMSGATE_RENEWAL_INTERVAL": "1440"},
+        "--config", str(config), "--listen", f"127.0.0.1:{port}", "--web", "127.0.0.1:0",
+        env={"KMSGATE_RENEWAL_INTERVAL": "1440", "KMSGATE_DATA_DIR": str(tmp_path)},
     )  # fmt: skip
     try:
         wait_listening(proc, port)
@@ -72,6 +72,8 @@ def test_serve_activates_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert f"listening on ('127.0.0.1', {port})" in out
     assert '"Windows Server 2019 Datacenter" oob-grace v6.0 activated' in out
+    assert "web dashboard on http://127.0.0.1:" in out
+    assert (tmp_path / "kmsgate.db").is_file()
 
 
 def test_serve_rejects_invalid_options_with_a_clear_message() -> None:
@@ -83,13 +85,14 @@ def test_serve_rejects_invalid_options_with_a_clear_message() -> None:
     assert "hwid" in proc.stderr and "16 hexadecimal digits" in proc.stderr
 
 
-def test_serve_reports_a_busy_port() -> None:
+def test_serve_reports_a_busy_port(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
         proc = subprocess.run(
-            [str(KMSGATE), "serve", "--listen", f"127.0.0.1:{port}"],
+            [str(KMSGATE), "serve", "--listen", f"127.0.0.1:{port}", "--no-web",
+             "--data-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     assert proc.returncode == 1
@@ -97,9 +100,12 @@ def test_serve_reports_a_busy_port() -> None:
 
 
 @pytest.mark.parametrize("flags", [["--no-ndr64", "--no-btfn"], ["--ndr64", "--btfn"]])
-def test_serve_transfer_syntax_flags(flags: list[str]) -> None:
+def test_serve_transfer_syntax_flags(flags: list[str], tmp_path: Path) -> None:
     port = free_port()
-    proc = start_serve("--listen", f"127.0.0.1:{port}", "--log-level", "warning", *flags)
+    proc = start_serve(
+        "--listen", f"127.0.0.1:{port}", "--log-level", "warning", "--no-web",
+        "--data-dir", str(tmp_path), *flags,
+    )  # fmt: skip
     try:
         wait_listening(proc, port)
         assert asyncio.run(activate_once(port, 5)).ok

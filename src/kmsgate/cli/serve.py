@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from kmsgate.config import ServeSettings, load_settings
 from kmsgate.observability.logs import setup_logging
-from kmsgate.server.host import KmsHost
+from kmsgate.server.service import Service
+from kmsgate.store.errors import StoreError
 
 log = logging.getLogger("kmsgate.server")
 
@@ -34,30 +35,29 @@ def _settings_or_exit(config: Path | None, **cli: object) -> ServeSettings:
     raise typer.Exit(2)
 
 
-async def run_host(settings: ServeSettings) -> None:
-    """Serve until SIGINT/SIGTERM, then drain."""
-    host = KmsHost(settings)
-    await host.start()
+async def run_service(settings: ServeSettings) -> None:
+    """Serve until SIGINT/SIGTERM, then drain and flush."""
+    service = Service(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("stopping: draining %d connections", len(host.connections))
-    await host.stop()
-    log.info(
-        "stopped after %d activations, %d refusals", host.stats.activations, host.stats.refusals
-    )
+    async with service:
+        await stop.wait()
+        assert service.host is not None
+        log.info("stopping: draining %d connections", len(service.host.connections))
+    stats = service.host.stats
+    log.info("stopped after %d activations, %d refusals", stats.activations, stats.refusals)
 
 
 def _run(settings: ServeSettings) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run_host(settings))
+        asyncio.run(run_service(settings))
         return
-    uvloop.run(run_host(settings))
+    uvloop.run(run_service(settings))
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -135,6 +135,9 @@ def register(app: typer.Typer) -> None:
             _run(settings)
         except OSError as exc:
             log.error("cannot listen: %s", exc)
+            raise typer.Exit(1) from None
+        except StoreError as exc:
+            log.error("cannot open the store: %s", exc)
             raise typer.Exit(1) from None
 
     serve.__signature__ = inspect.Signature(settings_parameters(ServeSettings))  # type: ignore[attr-defined]

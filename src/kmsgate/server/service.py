@@ -1,0 +1,149 @@
+"""The whole `kmsgate serve` process: store, write-behind recorder, KMS host and web listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.config import ServeSettings, parse_listen
+from kmsgate.observability.metrics import Metrics
+from kmsgate.server.host import KmsHost
+from kmsgate.server.recording import ActivationRecorder
+from kmsgate.store.database import Store
+from kmsgate.store.writer import RecordWriter
+from kmsgate.web.app import create_app
+
+log = logging.getLogger("kmsgate.server")
+SESSION_KEY_FILE = "web-secret.key"
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def load_web_secret(data_dir: Path) -> bytes:
+    """The dashboard's cookie-signing key, created once (mode 0600) so sessions survive restarts."""
+    path = data_dir / SESSION_KEY_FILE
+    try:
+        secret = path.read_bytes()
+        if len(secret) >= 32:
+            return secret
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    return secret
+
+
+class Service:
+    """Starts and stops the parts of a node in the right order."""
+
+    def __init__(self, settings: ServeSettings, *, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or default_catalog()
+        self.metrics = Metrics(self.catalog)
+        self.store: Store | None = None
+        self.writer: RecordWriter | None = None
+        self.host: KmsHost | None = None
+        self._web: _EmbeddedUvicorn | None = None
+        self._web_task: asyncio.Task[None] | None = None
+
+    @property
+    def web_port(self) -> int | None:
+        """The bound web port (useful with port 0), or None without a web listener."""
+        if self._web is None or not self._web.servers:
+            return None
+        for server in self._web.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return None
+
+    async def start(self) -> None:
+        """Open the store, start recording, listen for KMS clients, then serve the dashboard."""
+        settings = self.settings
+        self.host = KmsHost(settings, catalog=self.catalog, metrics=self.metrics)
+        if not settings.no_store:
+            self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
+            log.info("store %s", self.store.url)
+            writer = self.writer = RecordWriter(self.store, max_queue=settings.store_queue)
+            await writer.start()
+            self.metrics.set_store_source(
+                lambda: (writer.depth, writer.dropped, writer.written, writer.failures)
+            )
+            self.host.event_hooks.append(
+                ActivationRecorder(writer.submit, self.catalog, settings.node_name)
+            )
+        await self.host.start()
+        if self.store is not None and not settings.no_web:
+            await self._start_web()
+
+    async def _start_web(self) -> None:
+        assert self.store is not None
+        settings = self.settings
+        app = create_app(
+            self.store,
+            catalog=self.catalog,
+            metrics_registry=self.metrics.registry,
+            secret_key=load_web_secret(settings.data_dir),
+            secure_cookies=False,
+            node_name=settings.node_name,
+        )
+        host, port = parse_listen(settings.web)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+        )
+        self._web = _EmbeddedUvicorn(config)
+        self._web_task = asyncio.create_task(self._web.serve())
+        while not self._web.started:
+            if self._web_task.done():
+                self._web_task.result()
+                raise OSError(f"web listener {settings.web} did not start")
+            await asyncio.sleep(0.01)
+        log.info("web dashboard on http://%s:%d/", host, self.web_port)
+
+    async def stop(self) -> None:
+        """Stop accepting, drain connections, flush queued records, close the store."""
+        if self.host is not None:
+            await self.host.stop()
+        if self._web is not None and self._web_task is not None:
+            self._web.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._web_task
+        if self.writer is not None:
+            await self.writer.close()
+            if self.writer.dropped:
+                log.warning("%d records were dropped while the store lagged", self.writer.dropped)
+        if self.store is not None:
+            await self.store.close()
+
+    async def __aenter__(self) -> Service:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

@@ -1,0 +1,168 @@
+"""A whole node (store + recorder + host + web) and several nodes sharing PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kmsgate.config import ServeSettings
+from kmsgate.protocol import ndr, rpc
+from kmsgate.protocol.messages import encode_request
+from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.server.service import Service, load_web_secret
+from kmsgate.store.database import Store
+from kmsgate.store.records import ClientRow
+from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
+from tests.server.util import RawClient, activate_once, make_request
+from tests.store.pg import PostgresServer, running_postgres
+
+
+def node_settings(db: str, tmp_path: Path, **overrides: object) -> ServeSettings:
+    base: dict[str, object] = {
+        "listen": ["127.0.0.1:0"],
+        "web": "127.0.0.1:0",
+        "db": db,
+        "data_dir": tmp_path,
+        "node_name": "node-a",
+    }
+    base.update(overrides)
+    return ServeSettings(**base)  # type: ignore[arg-type]
+
+
+async def wait_for_client(store: Store, cmid: uuid.UUID, timeout: float = 5.0) -> ClientRow:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = await store.get_client(cmid)
+        if row is not None:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"client {cmid} never reached the store")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+async def test_activation_is_recorded_and_counted(tmp_path: Path) -> None:
+    settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path)
+    async with Service(settings) as service:
+        assert service.host is not None and service.store is not None
+        result = await activate_once(service.host.port, 6)
+        row = await wait_for_client(service.store, result.response.client_machine_id)
+        assert row.machine_name == "test-pc.example.test"
+        assert row.sku_name == "Windows Server 2019 Datacenter"
+        assert (row.last_protocol, row.request_count, row.last_address) == (6, 1, "127.0.0.1")
+        assert row.last_epid == result.response.epid
+        history = await service.store.client_history(row.cmid)
+        assert [(a.result, a.node, a.hresult) for a in history.items] == [
+            ("activated", "node-a", 0)
+        ]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.web_port}") as web:
+            response = await web.get("/metrics")
+            assert response.status_code == 200
+            text = response.text
+    labels = {"family": "windows-server", "protocol": "v6", "result": "activated"}
+    assert metric_value(text, "kmsgate_activations_total", **labels) == 1
+    assert metric_value(text, "kmsgate_store_written_records_total") >= 1
+    assert metric_value(text, "kmsgate_request_duration_seconds_count") == 1
+
+
+async def test_refusals_are_recorded_too(tmp_path: Path) -> None:
+    settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True)
+    async with Service(settings) as service:
+        assert service.host is not None and service.store is not None
+        client = await RawClient.connect(service.host.port)
+        await client.bind()
+        message = encode_request(make_request(4))
+        bad = message[:-1] + bytes([message[-1] ^ 1])  # wrong v4 MAC
+        client.writer.write(
+            rpc.encode_pdu(rpc.Request(2, 0, 0, ndr.wrap_request(bad, TransferSyntax.NDR32)))
+        )
+        await client.read_pdu()
+        await client.close()
+        deadline = time.monotonic() + 5
+        page = await service.store.list_activations(result="refused")
+        while not page.items and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            page = await service.store.list_activations(result="refused")
+        assert [(a.hresult, a.protocol) for a in page.items] == [(0x8007000D, 4)]
+        assert service.web_port is None
+
+
+def test_web_secret_is_created_once_and_private(tmp_path: Path) -> None:
+    first = load_web_secret(tmp_path)
+    assert load_web_secret(tmp_path) == first and len(first) == 32
+    assert (tmp_path / "web-secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_sigkill_one_second_after_the_answer_loses_no_record(tmp_path: Path) -> None:
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'kms.db'}"
+    proc = subprocess.Popen(
+        [str(KMSGATE), "serve", "--listen", f"127.0.0.1:{port}", "--no-web", "--db", db,
+         "--data-dir", str(tmp_path), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_listening(proc, port)
+        results = [asyncio.run(activate_once(port, version)) for version in (4, 5, 6)]
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    async def stored() -> list[ClientRow | None]:
+        store = await Store.open(db, upgrade=False)
+        try:
+            return [await store.get_client(r.response.client_machine_id) for r in results]
+        finally:
+            await store.close()
+
+    rows = asyncio.run(stored())
+    assert all(row is not None and row.request_count == 1 for row in rows)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+async def test_two_nodes_share_one_postgresql(postgres: PostgresServer, tmp_path: Path) -> None:
+    url = postgres.create_database(f"nodes_{uuid.uuid4().hex[:8]}")
+    node_a = Service(node_settings(url, tmp_path / "a", node_name="node-a", no_web=True))
+    node_b = Service(node_settings(url, tmp_path / "b", node_name="node-b", no_web=True))
+    async with node_a, node_b:
+        assert node_a.host is not None and node_b.host is not None
+        assert node_a.store is not None
+        first = await activate_once(node_a.host.port, 6)
+        second = await activate_once(node_b.host.port, 5)
+        row_a = await wait_for_client(node_a.store, first.response.client_machine_id)
+        row_b = await wait_for_client(node_a.store, second.response.client_machine_id)
+        assert (row_a.last_protocol, row_b.last_protocol) == (6, 5)
+        nodes = set()
+        deadline = time.monotonic() + 5
+        while len(nodes) < 2 and time.monotonic() < deadline:
+            page = await node_a.store.list_activations()
+            nodes = {a.node for a in page.items}
+            await asyncio.sleep(0.05)
+        assert nodes == {"node-a", "node-b"}
+        stats = await node_a.store.stats(datetime.now(UTC))
+        assert stats.clients == 2 and stats.activations == 2
