@@ -17,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from kmsgate.access.products import ProductPattern
 from kmsgate.access.source import parse_network
 from kmsgate.protocol.epid import VALID_LCIDS, parse_epid, parse_hwid
 
@@ -118,6 +119,18 @@ class ServeSettings(BaseSettings):
         description="name of this node in records and logs",
         json_schema_extra={"doc_default": "the host name"},
     )
+    allow_product: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="serve only these products: SKU id, KMS id or name glob (repeatable)",
+    )
+    deny_product: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="refuse these products with 0xC004F042: SKU id, KMS id or name glob "
+        "(repeatable; wins over --allow-product)",
+    )
+    deny_unknown_products: bool = Field(
+        False, description="refuse KMS ids missing from the catalogue (0xC004F042)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json", "mininfo"] = Field(
         "text",
@@ -130,7 +143,7 @@ class ServeSettings(BaseSettings):
     )
     log_backups: int = Field(5, ge=0, description="rotated log files to keep")
 
-    @field_validator("listen", "allow", "deny", mode="before")
+    @field_validator("listen", "allow", "deny", "allow_product", "deny_product", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -163,6 +176,13 @@ class ServeSettings(BaseSettings):
     def db_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
         return self.db or f"sqlite:///{self.data_dir / 'kmsgate.db'}"
+
+    @field_validator("allow_product", "deny_product")
+    @classmethod
+    def _check_products(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ProductPattern.parse(item)
+        return value
 
     @field_validator("allow", "deny")
     @classmethod

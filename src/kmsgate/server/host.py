@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
 
+from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
@@ -182,6 +183,12 @@ class KmsHost:
             rng=self._rng,
             today=(today or datetime.now(UTC)).date(),
         )
+        product_policy = ProductPolicy(
+            self.catalog,
+            allow=settings.allow_product,
+            deny=settings.deny_product,
+            deny_unknown=settings.deny_unknown_products,
+        )
         self.engine = KmsEngine(
             EngineConfig(
                 activation_interval=settings.activation_interval,
@@ -190,6 +197,7 @@ class KmsHost:
                 max_clock_skew=settings.max_clock_skew,
             ),
             self.identity.provider,
+            product_policy if product_policy.active else None,
         )
         self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
         self._source_verdicts: dict[str, bool] = {}
