@@ -66,6 +66,7 @@ class ServeSettings(BaseSettings):
         default_factory=lambda: list(DEFAULT_LISTEN),
         description="ADDR:PORT to listen on (repeatable); IPv6 as [ADDR]:PORT",
     )
+    upstream: str | None = Field(None, description="HOST:PORT of a genuine KMS host to relay to")
     epid: str = Field(
         "random",
         description="'random' (one ePID per product group for the whole run), 'per-request', "
@@ -164,6 +165,18 @@ class ServeSettings(BaseSettings):
     def _check_web(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str | None) -> str | None:
+        if value is not None and (value.strip().isdigit() or parse_listen(value)[1] == 0):
+            raise ValueError(f"upstream {value!r} must look like HOST:PORT or [ADDR]:PORT")
+        return value
+
+    @property
+    def upstream_address(self) -> tuple[str, int] | None:
+        """(host, port) of the relay target, or None when answering locally."""
+        return parse_listen(self.upstream) if self.upstream else None
 
     @field_validator("db")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import random
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import Protocol, cast
 
 from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
@@ -35,6 +36,12 @@ from kmsgate.server.identity import HostIdentity, build_identity
 log = logging.getLogger("kmsgate.server")
 
 EventHook = Callable[[str, Event], None]
+
+
+class HostConnection(Protocol):
+    """What the host needs of an open connection: a KmsConnection or a relayed one."""
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -202,7 +209,7 @@ class KmsHost:
         self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
         self._source_verdicts: dict[str, bool] = {}
         self.stats = HostStats()
-        self.connections: set[KmsConnection] = set()
+        self.connections: set[HostConnection] = set()
         self.event_hooks: list[EventHook] = [self.metrics.hook]
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
@@ -256,10 +263,16 @@ class KmsHost:
     async def start(self) -> None:
         """Open every listener; the default IPv6 one is skipped where IPv6 is unavailable."""
         loop = asyncio.get_running_loop()
+        factory: Callable[[], asyncio.Protocol] = functools.partial(KmsConnection, self)
+        upstream = self.settings.upstream_address
+        if upstream is not None:
+            from kmsgate.server.relay import relay_factory  # relay.py imports this module
+
+            factory = relay_factory(self, upstream)
         for host, port in self.settings.listen_addresses:
             try:
                 server = await loop.create_server(
-                    lambda: KmsConnection(self), host, port, reuse_address=True, backlog=1024
+                    factory, host, port, reuse_address=True, backlog=1024
                 )
             except OSError as exc:
                 if ":" in host and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
@@ -270,6 +283,9 @@ class KmsHost:
             self._servers.append(server)
         for address in self.addresses:
             log.info("listening on %s", address)
+        if upstream is not None:
+            log.info("relaying every connection to %s", self.settings.upstream)
+            return
         log.info(
             "host build %d, LCID %d, HWID %s, NDR64 %s, BTFN %s",
             self.identity.host_build.build,

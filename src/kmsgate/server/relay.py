@@ -1,0 +1,328 @@
+"""Relay mode: forward each admitted client connection to a genuine KMS host and audit it.
+
+Bytes pass unchanged both ways; a ConversationObserver decodes them on the side so that the
+host's `record()` sees the same events (activations, refusals, faults) as for local answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import cast
+
+from kmsgate.protocol.observer import (
+    MAX_PENDING_CALLS,
+    ConversationObserver,
+    ObserverEvent,
+    ObserverNote,
+)
+from kmsgate.protocol.session import (
+    ActivationRefused,
+    ActivationServed,
+    ConnectionClosed,
+    FaultSent,
+)
+from kmsgate.server.host import KmsConnection, KmsHost, _peer_text
+
+log = logging.getLogger("kmsgate.relay")
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+
+@dataclass
+class RelayStats:
+    """Counters of one relay listener; the events themselves are counted by the host."""
+
+    upstream_connections: int = 0
+    upstream_failures: int = 0
+    notes: int = 0
+    bytes_to_upstream: int = 0
+    bytes_to_clients: int = 0
+
+
+class Relay:
+    """Protocol factory for `loop.create_server`: one RelayConnection per client."""
+
+    def __init__(
+        self,
+        host: KmsHost,
+        upstream: tuple[str, int],
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.upstream = upstream
+        self.connect_timeout = connect_timeout
+        self.stats = RelayStats()
+
+    @property
+    def upstream_text(self) -> str:
+        address, port = self.upstream
+        return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+    def __call__(self) -> RelayConnection:
+        return RelayConnection(self)
+
+
+def _os_error_text(exc: OSError) -> str:
+    """Why a connect failed: the errno text rather than asyncio's "Connect call failed"."""
+    if exc.errno and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
+
+
+def relay_factory(host: KmsHost, upstream: tuple[str, int]) -> Relay:
+    """The protocol factory KmsHost.start() uses instead of KmsConnection in relay mode."""
+    return Relay(host, upstream)
+
+
+class _UpstreamSide(asyncio.Protocol):
+    """The connection to the upstream host; hands everything to its RelayConnection."""
+
+    def __init__(self, relay: RelayConnection) -> None:
+        self._relay = relay
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._relay.upstream_made(cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        self._relay.upstream_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self._relay.set_client_reading(False)
+
+    def resume_writing(self) -> None:
+        self._relay.set_client_reading(True)
+
+
+class RelayConnection(asyncio.Protocol):
+    """One client connection relayed to the upstream host, decoded passively on the way."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._host = relay.host
+        self._client: asyncio.Transport | None = None
+        self._upstream: asyncio.Transport | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._observer = ConversationObserver()
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._progress = 0
+        self._asked_at: collections.deque[float] = collections.deque(maxlen=MAX_PENDING_CALLS)
+        self._early = bytearray()
+        self._admitted = False
+        self._closing = False
+        self.peer = "unknown"
+
+    # -- client side -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
+        client = cast(asyncio.Transport, transport)
+        self._client = client
+        self.peer = _peer_text(client)
+        host = self._host
+        peer = client.get_extra_info("peername")
+        if not peer or not host.source_allowed(peer[0]):
+            host.stats.connections_denied += 1
+            host.metrics.connection_rejected("denied_source")
+            log.warning("%s denied by the source policy", self.peer)
+            client.abort()
+            return
+        if len(host.connections) >= host.settings.max_connections:
+            host.stats.connections_rejected += 1
+            host.metrics.connection_rejected("rejected_limit")
+            log.warning("%s refused: %d connections open", self.peer, len(host.connections))
+            client.abort()
+            return
+        self._admitted = True
+        # host.connections is typed for KmsConnection; it only needs close() and hashing.
+        host.connections.add(cast(KmsConnection, self))
+        host.stats.connections_accepted += 1
+        host.stats.connections_open = len(host.connections)
+        host.metrics.connection_opened()
+        # Nothing is read from the client until there is somewhere to send it.
+        client.pause_reading()
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        self._timer = loop.call_later(host.settings.idle_timeout, self._idle)
+        self._connecting = loop.create_task(self._open_upstream())
+
+    def data_received(self, data: bytes) -> None:
+        upstream, client = self._upstream, self._client
+        if self._closing or client is None:
+            return
+        if upstream is None:
+            # uvloop starts reading after connection_made, ignoring the pause made there:
+            # keep this one read for later and pause now.
+            self._early += data
+            client.pause_reading()
+            return
+        self._forward(upstream, data)
+
+    def _forward(self, upstream: asyncio.Transport, data: bytes) -> None:
+        upstream.write(data)
+        self._relay.stats.bytes_to_upstream += len(data)
+        observer = self._observer
+        before = observer.requests_seen
+        events = observer.client_data(data)
+        if observer.requests_seen != before:
+            now = time.perf_counter()
+            self._asked_at.extend([now] * (observer.requests_seen - before))
+        self._handle(events)
+
+    def eof_received(self) -> bool | None:
+        # Half-close: the host may still answer what the client sent before its EOF. (While
+        # connecting, reading is paused after any data, so an EOF then ends an empty talk.)
+        upstream = self._upstream
+        if upstream is not None and not upstream.is_closing() and upstream.can_write_eof():
+            upstream.write_eof()
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._admitted:
+            return
+        self._handle(self._observer.client_closed())
+        self._shutdown()
+        self._host.metrics.connection_closed()
+        self._host.connections.discard(cast(KmsConnection, self))
+        self._host.stats.connections_open = len(self._host.connections)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the host answers: stop reading the host.
+        if self._upstream is not None and not self._upstream.is_closing():
+            self._upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None and not self._upstream.is_closing():
+            self._upstream.resume_reading()
+
+    def close(self) -> None:
+        """Close both sides (KmsHost.stop() calls this)."""
+        self._shutdown()
+
+    def buffered(self) -> int:
+        """Bytes this connection holds: write buffers (bounded by backpressure) and the
+        observer's partial PDUs (bounded by the u16 frag_length)."""
+        held = self._observer.buffered
+        for transport in (self._client, self._upstream):
+            if transport is not None:
+                held += transport.get_write_buffer_size()
+        return held
+
+    # -- upstream side ---------------------------------------------------------------------
+
+    async def _open_upstream(self) -> None:
+        address, port = self._relay.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._relay.connect_timeout):
+                await loop.create_connection(lambda: _UpstreamSide(self), address, port)
+        except TimeoutError:
+            self._upstream_failed(f"no connection within {self._relay.connect_timeout:g} s")
+        except OSError as exc:
+            self._upstream_failed(_os_error_text(exc))
+
+    def _upstream_failed(self, why: str) -> None:
+        if self._closing:
+            return
+        self._relay.stats.upstream_failures += 1
+        reason = f"upstream {self._relay.upstream_text} unreachable: {why}"
+        log.warning("%s %s", self.peer, reason)
+        self._host.record(self.peer, ConnectionClosed(reason))
+        self._shutdown()
+
+    def upstream_made(self, transport: asyncio.Transport) -> None:
+        """The upstream accepted the connection: start relaying."""
+        if self._closing:
+            transport.close()  # the client left while we were connecting
+            return
+        self._upstream = transport
+        self._relay.stats.upstream_connections += 1
+        if self._early:
+            early, self._early = bytes(self._early), bytearray()
+            self._forward(transport, early)
+        self.set_client_reading(True)
+
+    def upstream_data(self, data: bytes) -> None:
+        """Bytes from the upstream host: forward them, then decode them."""
+        client = self._client
+        if client is None or self._closing:
+            return
+        client.write(data)
+        self._relay.stats.bytes_to_clients += len(data)
+        self._handle(self._observer.server_data(data))
+
+    def upstream_lost(self) -> None:
+        """The upstream closed: so does the client, once it got what is buffered for it."""
+        if not self._closing:  # a close of our own making says nothing about the upstream
+            self._handle(self._observer.server_closed())
+        self._shutdown()
+
+    def set_client_reading(self, reading: bool) -> None:
+        """Backpressure from the upstream's write buffer onto the client's reads."""
+        client = self._client
+        if client is None or client.is_closing() or self._upstream is None:
+            return
+        if reading:
+            client.resume_reading()
+        else:
+            client.pause_reading()
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def _handle(self, events: list[ObserverEvent]) -> None:
+        for event in events:
+            if isinstance(event, ObserverNote):
+                self._relay.stats.notes += 1
+                log.info("%s relay (%s bytes): %s", self.peer, event.direction, event.reason)
+                continue
+            answered = isinstance(event, ActivationServed | ActivationRefused | FaultSent)
+            if answered and self._asked_at:
+                # The latency a relayed client sees: from its request to the host's answer.
+                elapsed = time.perf_counter() - self._asked_at.popleft()
+                self._host.metrics.observe_request(elapsed)
+            self._host.record(self.peer, event)
+        # Like the host, only complete PDUs count as activity (or any bytes the observer
+        # could no longer frame), so a client dribbling bytes still times out.
+        if self._observer.progress != self._progress:
+            self._progress = self._observer.progress
+            self._last_activity = asyncio.get_running_loop().time()
+
+    def _idle(self) -> None:
+        # One timer per connection, re-armed lazily: cheaper than re-arming on every PDU.
+        loop = asyncio.get_running_loop()
+        remaining = self._last_activity + self._host.settings.idle_timeout - loop.time()
+        if remaining > 0:
+            self._timer = loop.call_later(remaining, self._idle)
+            return
+        self._timer = None
+        self._host.stats.idle_closes += 1
+        self._host.metrics.connection_idle()
+        log.debug(
+            "%s relay closed after %.0f s without a complete PDU",
+            self.peer,
+            self._host.settings.idle_timeout,
+        )
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Close both sides; each transport still flushes what it holds for its peer."""
+        self._closing = True
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        for transport in (self._client, self._upstream):
+            if transport is not None and not transport.is_closing():
+                transport.close()
