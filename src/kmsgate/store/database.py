@@ -1,0 +1,952 @@
+"""The Store: async repository functions over SQLite (one node) or PostgreSQL (several nodes)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    case,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.sql.dml import Insert
+
+from kmsgate.store import cursor as cursors
+from kmsgate.store.errors import (
+    InvalidCursor,
+    StoreError,
+    StoreUnavailable,
+    UserExists,
+    UserNotFound,
+)
+from kmsgate.store.migrate import run_upgrade
+from kmsgate.store.records import (
+    ActivationRecord,
+    ActivationRow,
+    ClientRow,
+    Page,
+    Stats,
+    User,
+)
+from kmsgate.store.schema import (
+    activation_hours,
+    activations,
+    clients,
+    counters,
+    product_counts,
+    users,
+)
+
+Dialect = Literal["sqlite", "postgresql"]
+ClientSort = Literal["last_seen", "first_seen", "machine_name", "sku_name", "request_count"]
+CLIENT_SORTS: tuple[str, ...] = get_args(ClientSort)
+MAX_LIMIT = 1000
+SQLITE_BUSY_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT = 10.0
+SQLITE_CACHE_KIB = 16 * 1024
+SQLITE_MMAP_BYTES = 256 * 2**20
+STATS_HOURS = 7 * 24
+TOP_PRODUCTS = 20
+# Rows of the sort order a SQLite search filters before falling back to a full scan.
+SEARCH_WINDOW = 5_000
+# Execution option that makes the SQLite "begin" hook take the write lock up front.
+_WRITE_OPTION = "kmsgate_write"
+# SQLSTATE classes that mean "try again later": connection (08), transaction rollback such as
+# deadlock or serialization (40), resources such as disk full or too many clients (53),
+# operator intervention such as shutdown or recovery (57).
+_TRANSIENT_SQLSTATE = re.compile(r"^(08|40|53|57)")
+
+T = TypeVar("T")
+
+
+def async_url(url: str) -> URL:
+    """Map a plain sqlite:// or postgresql:// URL to its asyncio driver (aiosqlite, asyncpg)."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise StoreError(f"not a database URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgres":  # the libpq spelling
+        backend = "postgresql"
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise StoreError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden, for logs and display."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<invalid database URL>"
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    """File path of a SQLite URL, None for in-memory databases."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An AsyncEngine for a plain URL; SQLite gets WAL, NORMAL sync and a busy timeout."""
+    target = async_url(url)
+    if target.get_backend_name() == "postgresql":
+        return create_async_engine(
+            target,
+            # After a PostgreSQL restart pooled connections are dead: test each before use.
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            # A filtered port would otherwise stall each attempt for asyncpg's default 60 s.
+            connect_args={"timeout": CONNECT_TIMEOUT},
+        )
+    path = _sqlite_path(target)
+    if path is not None:
+        path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(target)
+    else:
+        # An in-memory database lives in one connection. SQLAlchemy's default StaticPool
+        # would hand it to concurrent coroutines at once (one shared transaction); a
+        # one-connection queue pool lends it to one at a time instead.
+        engine = create_async_engine(
+            target, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0
+        )
+    _install_sqlite_hooks(engine)
+    return engine
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    """Pragmas per connection, and BEGIN emitted by us (see SQLAlchemy's SQLite notes)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # sqlite3's own transaction handling skips BEGIN before SELECT and DDL; take it over.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a crash of the process loses nothing committed; power loss may
+            # lose the last transactions but never corrupts the file.
+            cur.execute("PRAGMA synchronous = NORMAL")
+            # The 2 MiB default page cache thrashes on a million clients; reads through
+            # mmap share the OS page cache instead of copying pages per connection.
+            cur.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+            cur.execute(f"PRAGMA mmap_size = {SQLITE_MMAP_BYTES}")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers lock at BEGIN so that busy_timeout applies; a deferred transaction that
+        # upgrades from read to write can fail at once with SQLITE_BUSY instead.
+        write = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """SQLSTATE of a (wrapped) driver error, '' when there is none."""
+    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return ""
+
+
+def classify(exc: BaseException) -> StoreError:
+    """Turn a driver or SQLAlchemy exception into StoreUnavailable (transient) or StoreError."""
+    if isinstance(exc, StoreError):
+        return exc
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    transient = (
+        isinstance(
+            exc,
+            OSError | TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError,
+        )
+        or (
+            isinstance(exc, sa_exc.DBAPIError | sa_exc.DisconnectionError)
+            and bool(getattr(exc, "connection_invalidated", False))
+        )
+        or isinstance(exc, sa_exc.TimeoutError)  # pool exhausted: the database is slow
+        or bool(_TRANSIENT_SQLSTATE.match(_sqlstate(exc)))
+        # asyncpg's own connection failures (ConnectionDoesNotExistError, ...) may escape raw.
+        or (type(exc).__module__.startswith("asyncpg") and "Connection" in type(exc).__name__)
+    )
+    return StoreUnavailable(text) if transient else StoreError(text)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Re-raise database failures as typed store errors; our own errors pass through."""
+    try:
+        yield
+    except (StoreError, ValueError):
+        raise
+    except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise classify(exc) from exc
+    except Exception as exc:
+        # asyncpg raises its own classes from connect() without SQLAlchemy wrapping them.
+        if type(exc).__module__.startswith("asyncpg"):
+            raise classify(exc) from exc
+        raise
+
+
+def _aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, got {value!r}")
+    return value.astimezone(UTC)
+
+
+def _hour(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(slots=True)
+class _ClientBatch:
+    """All of one batch's records for one CMID, folded into a single upsert row."""
+
+    first: datetime
+    latest: ActivationRecord
+    count: int
+
+
+# Client columns that follow the newest request (by request time, not by arrival).
+_LATEST_COLUMNS = (
+    "machine_name",
+    "application_id",
+    "sku_id",
+    "sku_name",
+    "kms_id",
+    "license_status",
+    "last_seen",
+    "last_epid",
+    "last_address",
+    "last_protocol",
+)
+
+
+def _client_row(row: Row[Any]) -> ClientRow:
+    m = row._mapping
+    return ClientRow(
+        cmid=m["cmid"],
+        machine_name=m["machine_name"],
+        application_id=m["application_id"],
+        sku_id=m["sku_id"],
+        sku_name=m["sku_name"],
+        kms_id=m["kms_id"],
+        license_status=m["license_status"],
+        first_seen=m["first_seen"],
+        last_seen=m["last_seen"],
+        request_count=m["request_count"],
+        last_epid=m["last_epid"],
+        last_address=m["last_address"],
+        last_protocol=m["last_protocol"],
+    )
+
+
+def _activation_row(row: Row[Any]) -> ActivationRow:
+    m = row._mapping
+    return ActivationRow(
+        id=m["id"],
+        time=m["time"],
+        cmid=m["cmid"],
+        machine_name=m["machine_name"],
+        address=m["address"],
+        sku_id=m["sku_id"],
+        sku_name=m["sku_name"],
+        license_status=m["license_status"],
+        protocol=m["protocol"],
+        result=m["result"],
+        hresult=m["hresult"],
+        node=m["node"],
+    )
+
+
+def _user(row: Row[Any]) -> User:
+    m = row._mapping
+    return User(
+        name=m["name"],
+        password_hash=m["password_hash"],
+        is_admin=bool(m["is_admin"]),
+        created=m["created"],
+        disabled=bool(m["disabled"]),
+    )
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# Cursor key codecs: JSON carries str/int; each sort column says how to read its value back.
+def _time_to_key(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _time_from_key(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidCursor("cursor time is not a string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidCursor("cursor time is malformed") from exc
+    if parsed.tzinfo is None:
+        raise InvalidCursor("cursor time has no offset")
+    return parsed.astimezone(UTC)
+
+
+def _uuid_from_key(value: object) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise InvalidCursor("cursor id is not a string")
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise InvalidCursor("cursor id is malformed") from exc
+
+
+def _int_from_key(value: object) -> int:
+    # Bound to BIGINT so a tampered huge number is rejected here, not by the driver.
+    if not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        raise InvalidCursor("cursor number is malformed")
+    return value
+
+
+def _str_from_key(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidCursor("cursor text is malformed")
+    return value
+
+
+_CLIENT_KEY_CODECS: dict[str, tuple[Callable[[Any], cursors.KeyValue], Callable[[object], Any]]] = {
+    "last_seen": (_time_to_key, _time_from_key),
+    "first_seen": (_time_to_key, _time_from_key),
+    "machine_name": (str, _str_from_key),
+    "sku_name": (str, _str_from_key),
+    "request_count": (int, _int_from_key),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Keyset:
+    """One listing's keyset: ordered columns, direction, cursor identity and key codecs."""
+
+    listing: str
+    columns: tuple[Any, ...]
+    descending: bool
+    order: str
+    scope: str
+    to_key: tuple[Callable[[Any], cursors.KeyValue], ...]
+    from_key: tuple[Callable[[object], Any], ...]
+
+    def decode(self, token: str) -> tuple[cursors.Cursor, tuple[Any, ...]]:
+        cur = cursors.decode(
+            token,
+            listing=self.listing,
+            order=self.order,
+            scope=self.scope,
+            key_len=len(self.columns),
+        )
+        values = tuple(parse(v) for parse, v in zip(self.from_key, cur.key, strict=True))
+        return cur, values
+
+    def token(self, direction: cursors.Direction, values: Sequence[Any]) -> str:
+        key = tuple(fmt(v) for fmt, v in zip(self.to_key, values, strict=True))
+        return cursors.encode(cursors.Cursor(self.listing, self.order, self.scope, direction, key))
+
+
+class Store:
+    """Repository functions over one database; every method is a short transaction."""
+
+    def __init__(self, url: str, engine: AsyncEngine) -> None:
+        """Use Store.open(); this wraps an engine made by make_engine()."""
+        self._engine = engine
+        name = engine.dialect.name
+        if name not in ("sqlite", "postgresql"):
+            raise StoreError(f"unsupported dialect {name}")
+        self.dialect: Dialect = "sqlite" if name == "sqlite" else "postgresql"
+        self.url: str = masked(url)
+
+    @classmethod
+    async def open(cls, url: str, *, upgrade: bool = True) -> Store:
+        """Connect (creating a SQLite file's folder); upgrade=True migrates to head first.
+
+        With upgrade=False nothing is contacted yet, so a node can start while its database
+        is down: the RecordWriter queues until it is back.
+        """
+        engine = make_engine(url)
+        store = cls(url, engine)
+        if upgrade:
+            try:
+                with _translated():
+                    await run_upgrade(engine)
+            except BaseException:
+                await engine.dispose()
+                raise
+        return store
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    __str__ = __repr__
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine, for migrations and benchmarks (not for SQL elsewhere)."""
+        return self._engine
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    async def optimize(self) -> None:
+        """Refresh the query planner's statistics (VACUUM ANALYZE / ANALYZE) after bulk loads."""
+        with _translated():
+            async with self._engine.connect() as conn:
+                # VACUUM cannot run inside a transaction block.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                if self.dialect == "postgresql":
+                    await conn.exec_driver_sql("VACUUM (ANALYZE)")
+                else:
+                    await conn.exec_driver_sql("ANALYZE")
+
+    async def ping(self) -> None:
+        """Round-trip to the database; StoreUnavailable when it does not answer."""
+        async with self._read() as conn:
+            await conn.execute(select(1))
+
+    # ---------------------------------------------------------------- plumbing
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        with _translated():
+            async with self._engine.connect() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        with _translated():
+            async with self._engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    await conn.execution_options(**{_WRITE_OPTION: True})
+                async with conn.begin():
+                    yield conn
+
+    def _insert(self, table: Any) -> postgresql.Insert | sqlite.Insert:
+        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+
+    async def _add_counts(
+        self,
+        conn: AsyncConnection,
+        table: Any,
+        keys: Sequence[str],
+        value: str,
+        rows: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Upsert `value += n` rows; callers pass them sorted so nodes lock in one order."""
+        if not rows:
+            return
+        ins = self._insert(table)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[table.c[k] for k in keys],
+            set_={value: table.c[value] + ins.excluded[value]},
+        )
+        await conn.execute(stmt, list(rows))
+
+    # ---------------------------------------------------------------- activations
+
+    async def record_activations(self, records: Sequence[ActivationRecord]) -> None:
+        """Store a batch in one transaction: activation rows, client upserts, counters."""
+        if not records:
+            return
+        rows: list[dict[str, Any]] = []
+        batch: dict[uuid.UUID, _ClientBatch] = {}
+        hours: dict[tuple[datetime, str], int] = {}
+        products: dict[tuple[str, str], int] = {}
+        deltas: dict[str, int] = {"activations": len(records)}
+        for rec in records:
+            when = _aware(rec.time, "ActivationRecord.time")
+            rows.append(
+                {
+                    "time": when,
+                    "cmid": rec.client_machine_id,
+                    "machine_name": rec.machine_name,
+                    "address": rec.address,
+                    "sku_id": rec.sku_id,
+                    "sku_name": rec.sku_name,
+                    "license_status": rec.license_status,
+                    "protocol": rec.protocol,
+                    "result": rec.result,
+                    "hresult": rec.hresult,
+                    "node": rec.node,
+                }
+            )
+            if rec.client_machine_id is not None:
+                seen = batch.get(rec.client_machine_id)
+                if seen is None:
+                    batch[rec.client_machine_id] = _ClientBatch(when, rec, 1)
+                else:
+                    seen.count += 1
+                    seen.first = min(seen.first, when)
+                    if when >= seen.latest.time:  # equal times: the later record wins
+                        seen.latest = rec
+            hour_key = (_hour(when), rec.node)
+            hours[hour_key] = hours.get(hour_key, 0) + 1
+            product_key = (rec.product_family, rec.sku_name)
+            products[product_key] = products.get(product_key, 0) + 1
+            deltas[f"result:{rec.result}"] = deltas.get(f"result:{rec.result}", 0) + 1
+            if rec.protocol is not None:
+                name = f"protocol:{rec.protocol}"
+                deltas[name] = deltas.get(name, 0) + 1
+
+        # Sorted CMIDs (UUID order = byte order = PostgreSQL's uuid order): two nodes
+        # upserting overlapping batches take row locks in the same order, so never deadlock.
+        client_rows = [
+            {
+                "cmid": cmid,
+                "machine_name": b.latest.machine_name,
+                "application_id": b.latest.application_id,
+                "sku_id": b.latest.sku_id,
+                "sku_name": b.latest.sku_name,
+                "kms_id": b.latest.kms_id,
+                "license_status": b.latest.license_status,
+                "first_seen": b.first,
+                "last_seen": _aware(b.latest.time, "ActivationRecord.time"),
+                "request_count": b.count,
+                "last_epid": b.latest.epid,
+                "last_address": b.latest.address,
+                "last_protocol": b.latest.protocol,
+            }
+            for cmid, b in sorted(batch.items())
+        ]
+
+        async with self._write() as conn:
+            await conn.execute(insert(activations), rows)
+            if client_rows:
+                returned = await conn.execute(self._client_upsert(), client_rows)
+                # A fresh row holds exactly this batch's count; an updated one holds more.
+                new = sum(1 for cmid, count in returned if count == batch[cmid].count)
+                if new:
+                    deltas["clients"] = new
+            await self._add_counts(
+                conn,
+                counters,
+                ["name"],
+                "value",
+                [{"name": k, "value": v} for k, v in sorted(deltas.items())],
+            )
+            await self._add_counts(
+                conn,
+                activation_hours,
+                ["hour", "node"],
+                "count",
+                [{"hour": h, "node": n, "count": c} for (h, n), c in sorted(hours.items())],
+            )
+            await self._add_counts(
+                conn,
+                product_counts,
+                ["family", "sku_name"],
+                "count",
+                [
+                    {"family": f, "sku_name": s, "count": c}
+                    for (f, s), c in sorted(products.items())
+                ],
+            )
+
+    def _client_upsert(self) -> Insert:
+        """INSERT ... ON CONFLICT (cmid) DO UPDATE keeping first_seen, adding counts."""
+        ins = self._insert(clients)
+        new = ins.excluded
+        newer = new.last_seen >= clients.c.last_seen
+        set_: dict[str, Any] = {
+            col: case((newer, new[col]), else_=clients.c[col]) for col in _LATEST_COLUMNS
+        }
+        # Another node may write an older request later: keep the earliest first_seen.
+        set_["first_seen"] = case(
+            (new.first_seen < clients.c.first_seen, new.first_seen),
+            else_=clients.c.first_seen,
+        )
+        set_["request_count"] = clients.c.request_count + new.request_count
+        return ins.on_conflict_do_update(index_elements=[clients.c.cmid], set_=set_).returning(
+            clients.c.cmid, clients.c.request_count
+        )
+
+    # ---------------------------------------------------------------- paging
+
+    async def _page(
+        self,
+        keyset: _Keyset,
+        base: Select[Any],
+        conditions: list[ColumnElement[bool]],
+        cursor: str | None,
+        limit: int,
+        convert: Callable[[Row[Any]], T],
+        total_query: Select[Any] | None,
+        scan_filter: Callable[[Any], ColumnElement[bool]] | None = None,
+    ) -> Page[T]:
+        """Run one keyset page; `total_query` (a cheap scalar, or None) reads the total.
+
+        `scan_filter` builds an unindexable condition (search) for a given column set.
+        """
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_LIMIT}, got {limit}")
+        backward = False
+        where = list(conditions)
+        boundary: tuple[Any, ...] | None = None
+        if cursor is not None:
+            cur, boundary = keyset.decode(cursor)
+            backward = cur.direction == "prev"
+        # A "prev" page scans the other way from the boundary, then is flipped back.
+        scan_desc = keyset.descending != backward
+        if boundary is not None:
+            row = tuple_(*keyset.columns)
+            # Typed binds: cursor values go through the column types (UTC text, UUID).
+            bound = tuple_(
+                *(
+                    literal(value, type_=col.type)
+                    for col, value in zip(keyset.columns, boundary, strict=True)
+                )
+            )
+            where.append(row < bound if scan_desc else row > bound)
+        order = [c.desc() if scan_desc else c.asc() for c in keyset.columns]
+        total: int | None = None
+        async with self._read() as conn:
+            if scan_filter is not None and self.dialect == "sqlite":
+                fetched = await self._sqlite_search(
+                    conn, keyset, where, scan_filter, scan_desc, limit + 1
+                )
+            else:
+                if scan_filter is not None:
+                    where.append(scan_filter(keyset.columns[0].table.c))
+                stmt = base.where(*where).order_by(*order).limit(limit + 1)
+                fetched = list(await conn.execute(stmt))
+            if total_query is not None:
+                total = int((await conn.execute(total_query)).scalar() or 0)
+        more = len(fetched) > limit
+        fetched = fetched[:limit]
+        if backward:
+            fetched.reverse()
+        names = [c.key for c in keyset.columns]
+
+        def key_of(row: Row[Any]) -> list[Any]:
+            return [row._mapping[n] for n in names]
+
+        items = [convert(r) for r in fetched]
+        next_cursor: str | None
+        prev_cursor: str | None
+        if backward:
+            prev_cursor = keyset.token("prev", key_of(fetched[0])) if more and fetched else None
+            if fetched:
+                next_cursor = keyset.token("next", key_of(fetched[-1]))
+            else:
+                assert boundary is not None
+                next_cursor = keyset.token("next", boundary)
+        else:
+            next_cursor = keyset.token("next", key_of(fetched[-1])) if more and fetched else None
+            if boundary is None:
+                prev_cursor = None
+            elif fetched:
+                prev_cursor = keyset.token("prev", key_of(fetched[0]))
+            else:
+                prev_cursor = keyset.token("prev", boundary)
+        return Page(items, next_cursor, prev_cursor, total)
+
+    async def _sqlite_search(
+        self,
+        conn: AsyncConnection,
+        keyset: _Keyset,
+        where: list[ColumnElement[bool]],
+        scan_filter: Callable[[Any], ColumnElement[bool]],
+        scan_desc: bool,
+        wanted: int,
+    ) -> list[Row[Any]]:
+        """Search without a usable index, in two steps that each stay fast on SQLite.
+
+        Walking the sort index and filtering reads the table in random order: fine while
+        matches are common, seconds when they are rare. So first walk only the first
+        SEARCH_WINDOW rows of the order (exact whenever they hold a full page), else scan the
+        table sequentially and sort the matches (unary "+" keeps SQLite off the index).
+        """
+        table = keyset.columns[0].table
+        names = [c.key for c in keyset.columns]
+        order = [c.desc() if scan_desc else c.asc() for c in keyset.columns]
+        # The window's last key, read from the covering (key, cmid) index alone: cheap.
+        edge = (
+            await conn.execute(
+                select(*keyset.columns)
+                .where(*where)
+                .order_by(*order)
+                .offset(SEARCH_WINDOW - 1)
+                .limit(1)
+            )
+        ).first()
+        window = list(where)
+        if edge is not None:
+            row = tuple_(*keyset.columns)
+            bound = tuple_(
+                *(literal(v, type_=c.type) for c, v in zip(keyset.columns, edge, strict=True))
+            )
+            window.append(row >= bound if scan_desc else row <= bound)
+        first = select(table).where(*window, scan_filter(table.c)).order_by(*order).limit(wanted)
+        rows = list(await conn.execute(first))
+        if len(rows) == wanted or edge is None:
+            return rows
+        direction = "DESC" if scan_desc else "ASC"
+        # Names come from the fixed sort-key set, never from the request.
+        unindexed: list[ColumnElement[Any]] = [
+            literal_column(f"+{table.name}.{n} {direction}") for n in names
+        ]
+        full = select(table).where(*where, scan_filter(table.c)).order_by(*unindexed).limit(wanted)
+        return list(await conn.execute(full))
+
+    @staticmethod
+    def _counter(name: str) -> Select[Any]:
+        return select(counters.c.value).where(counters.c.name == name)
+
+    def _search_filter(self, term: str) -> Callable[[Any], ColumnElement[bool]]:
+        """Substring of name or SKU, address prefix; built for any column set (subqueries)."""
+        like = f"%{_escape_like(term)}%"
+        prefix = f"{_escape_like(term)}%"
+
+        def build(c: Any) -> ColumnElement[bool]:
+            if self.dialect == "sqlite":
+                # SQLite's LIKE already ignores ASCII case (and lower() knows only ASCII).
+                name, sku = (
+                    c.machine_name.like(like, escape="\\"),
+                    c.sku_name.like(like, escape="\\"),
+                )
+            else:
+                name = c.machine_name.ilike(like, escape="\\")
+                sku = c.sku_name.ilike(like, escape="\\")
+            return or_(name, sku, c.last_address.like(prefix, escape="\\"))
+
+        return build
+
+    async def list_clients(
+        self,
+        *,
+        search: str | None = None,
+        sort: ClientSort = "last_seen",
+        descending: bool = True,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[ClientRow]:
+        """Clients in keyset pages; search matches name/SKU substring, address prefix, CMID."""
+        if sort not in CLIENT_SORTS:
+            raise ValueError(f"sort must be one of {', '.join(CLIENT_SORTS)}")
+        term = (search or "").strip()
+        to_key, from_key = _CLIENT_KEY_CODECS[sort]
+        keyset = _Keyset(
+            listing="clients",
+            columns=(clients.c[sort], clients.c.cmid),
+            descending=descending,
+            order=f"{sort}:{'desc' if descending else 'asc'}",
+            scope=cursors.scope_of(term),
+            to_key=(to_key, str),
+            from_key=(from_key, _uuid_from_key),
+        )
+        conditions: list[ColumnElement[bool]] = []
+        scan_filter = None
+        if term:
+            try:
+                # A GUID is a CMID lookup: one primary-key probe, no name scan.
+                conditions.append(clients.c.cmid == uuid.UUID(term))
+            except ValueError:
+                scan_filter = self._search_filter(term)
+        # Filtered totals would need a count(*) scan: only the unfiltered one is free.
+        total_query = None if term else self._counter("clients")
+        return await self._page(
+            keyset,
+            select(clients),
+            conditions,
+            cursor,
+            limit,
+            _client_row,
+            total_query,
+            scan_filter,
+        )
+
+    async def get_client(self, cmid: uuid.UUID) -> ClientRow | None:
+        """One client by CMID."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(clients).where(clients.c.cmid == cmid))).first()
+        return None if row is None else _client_row(row)
+
+    async def client_history(
+        self, cmid: uuid.UUID, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[ActivationRow]:
+        """One client's requests, newest first; total is its request count."""
+        keyset = _Keyset(
+            listing="history",
+            columns=(activations.c.id,),
+            descending=True,
+            order="id:desc",
+            scope=cursors.scope_of(str(cmid)),
+            to_key=(int,),
+            from_key=(_int_from_key,),
+        )
+        return await self._page(
+            keyset,
+            select(activations),
+            [activations.c.cmid == cmid],
+            cursor,
+            limit,
+            _activation_row,
+            # Every stored request of a CMID was counted into its client row.
+            select(clients.c.request_count).where(clients.c.cmid == cmid),
+        )
+
+    async def list_activations(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        result: str | None = None,
+        node: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[ActivationRow]:
+        """Requests newest first, filtered by time range [since, until), result and node."""
+        conditions: list[ColumnElement[bool]] = []
+        if since is not None:
+            conditions.append(activations.c.time >= _aware(since, "since"))
+        if until is not None:
+            conditions.append(activations.c.time < _aware(until, "until"))
+        if result is not None:
+            conditions.append(activations.c.result == result)
+        if node is not None:
+            conditions.append(activations.c.node == node)
+        keyset = _Keyset(
+            listing="activations",
+            columns=(activations.c.time, activations.c.id),
+            descending=True,
+            order="time:desc",
+            scope=cursors.scope_of(
+                since and _time_to_key(since), until and _time_to_key(until), result, node
+            ),
+            to_key=(_time_to_key, int),
+            from_key=(_time_from_key, _int_from_key),
+        )
+        total_query = None
+        if since is None and until is None and node is None:
+            total_query = self._counter("activations" if result is None else f"result:{result}")
+        return await self._page(
+            keyset, select(activations), conditions, cursor, limit, _activation_row, total_query
+        )
+
+    # ---------------------------------------------------------------- stats
+
+    async def stats(self, now: datetime) -> Stats:
+        """Dashboard figures from counters and hourly buckets; never scans the big tables."""
+        end = _hour(_aware(now, "now"))
+        start = end - timedelta(hours=STATS_HOURS - 1)
+        async with self._read() as conn:
+            found = {
+                name: int(value)
+                for name, value in await conn.execute(select(counters.c.name, counters.c.value))
+            }
+            hourly = await conn.execute(
+                select(activation_hours.c.hour, func.sum(activation_hours.c.count))
+                .where(activation_hours.c.hour >= start, activation_hours.c.hour <= end)
+                .group_by(activation_hours.c.hour)
+            )
+            per_hour_found = {_hour(h): int(c) for h, c in hourly}
+            products = await conn.execute(
+                select(product_counts.c.family, product_counts.c.sku_name, product_counts.c.count)
+            )
+            per_label: dict[str, int] = {}
+            for family, sku_name, count in products:
+                label = family or sku_name or "unknown"
+                per_label[label] = per_label.get(label, 0) + int(count)
+            # max() over the (time, id) index reads one index page, not the table.
+            last = (await conn.execute(select(func.max(activations.c.time)))).scalar()
+        per_protocol = {
+            int(name.split(":", 1)[1]): value
+            for name, value in found.items()
+            if name.startswith("protocol:") and name.split(":", 1)[1].lstrip("-").isdigit()
+        }
+        return Stats(
+            clients=found.get("clients", 0),
+            activations=found.get("activations", 0),
+            refusals=found.get("result:refused", 0),
+            per_hour=[
+                (start + timedelta(hours=i), per_hour_found.get(start + timedelta(hours=i), 0))
+                for i in range(STATS_HOURS)
+            ],
+            per_product=sorted(per_label.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_PRODUCTS],
+            per_protocol=dict(sorted(per_protocol.items())),
+            last_activation=last,
+        )
+
+    # ---------------------------------------------------------------- users
+
+    async def add_user(self, name: str, password_hash: str, *, is_admin: bool = False) -> None:
+        """Create an account; UserExists when the name is taken."""
+        try:
+            async with self._write() as conn:
+                await conn.execute(
+                    insert(users).values(
+                        name=name,
+                        password_hash=password_hash,
+                        is_admin=is_admin,
+                        created=datetime.now(UTC),
+                        disabled=False,
+                    )
+                )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sa_exc.IntegrityError):
+                raise UserExists(name) from exc.__cause__
+            raise
+
+    async def get_user(self, name: str) -> User | None:
+        """One account by exact name."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+        return None if row is None else _user(row)
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        """Replace an account's password hash; UserNotFound when there is none."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(users).where(users.c.name == name).values(password_hash=password_hash)
+            )
+            if result.rowcount == 0:
+                raise UserNotFound(name)
+
+    async def remove_user(self, name: str) -> None:
+        """Delete an account; UserNotFound when there is none."""
+        async with self._write() as conn:
+            result = await conn.execute(delete(users).where(users.c.name == name))
+            if result.rowcount == 0:
+                raise UserNotFound(name)
+
+    async def list_users(self) -> list[User]:
+        """Every account, by name."""
+        async with self._read() as conn:
+            rows = await conn.execute(select(users).order_by(users.c.name))
+            return [_user(r) for r in rows]

@@ -1,0 +1,1 @@
+"""Alembic migration environment of the store (loaded by Alembic, not imported)."""

@@ -1,0 +1,145 @@
+"""SQLAlchemy Core tables and indexes; migrations/versions must produce exactly this."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    false,
+)
+from sqlalchemy.types import TypeDecorator
+
+# Named constraints so that later migrations can address them on both dialects.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes: TIMESTAMPTZ on PostgreSQL, sortable naive-UTC ISO text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the store only takes aware UTC times")
+        value = value.astimezone(UTC)
+        # SQLite stores text; dropping the (always UTC) offset keeps one sortable format.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def copy(self, **kw: Any) -> UtcDateTime:
+        return UtcDateTime()
+
+
+# SQLite only auto-numbers an INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("cmid", Uuid(), primary_key=True),
+    Column("machine_name", String(), nullable=False),
+    Column("application_id", Uuid(), nullable=True),
+    Column("sku_id", Uuid(), nullable=True),
+    Column("sku_name", String(), nullable=False),
+    Column("kms_id", Uuid(), nullable=True),
+    Column("license_status", Integer(), nullable=True),
+    Column("first_seen", UtcDateTime(), nullable=False),
+    Column("last_seen", UtcDateTime(), nullable=False),
+    Column("request_count", BigInteger(), nullable=False),
+    Column("last_epid", String(), nullable=True),
+    Column("last_address", String(), nullable=False),
+    Column("last_protocol", Integer(), nullable=True),
+)
+
+# One index per dashboard sort key, each ending in the cmid tiebreak of the keyset cursor.
+# PostgreSQL also gets trigram (pg_trgm) indexes for search, created by migration 0001 only
+# where the extension is available, so they are not declared here.
+CLIENT_SORT_KEYS = ("last_seen", "first_seen", "machine_name", "sku_name", "request_count")
+for _key in CLIENT_SORT_KEYS:
+    Index(f"ix_clients_{_key}_cmid", clients.c[_key], clients.c.cmid)
+
+activations = Table(
+    "activations",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("time", UtcDateTime(), nullable=False),
+    Column("cmid", Uuid(), nullable=True),
+    Column("machine_name", String(), nullable=False),
+    Column("address", String(), nullable=False),
+    Column("sku_id", Uuid(), nullable=True),
+    Column("sku_name", String(), nullable=False),
+    Column("license_status", Integer(), nullable=True),
+    Column("protocol", Integer(), nullable=True),
+    Column("result", String(), nullable=False),
+    # HRESULTs are unsigned 32-bit (0xC004F074 > 2**31): too big for INTEGER.
+    Column("hresult", BigInteger(), nullable=False),
+    Column("node", String(), nullable=False),
+    Index("ix_activations_cmid_id", "cmid", "id"),
+    Index("ix_activations_time_id", "time", "id"),
+    # "Show refusals": rare among recent rows, so the time index alone would walk far.
+    Index("ix_activations_result_time_id", "result", "time", "id"),
+)
+
+# Named totals ("clients", "activations", "result:<r>", "protocol:<n>") so stats() reads rows.
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(), primary_key=True),
+    Column("value", BigInteger(), nullable=False),
+)
+
+activation_hours = Table(
+    "activation_hours",
+    metadata,
+    Column("hour", UtcDateTime(), primary_key=True),
+    Column("node", String(), primary_key=True),
+    Column("count", BigInteger(), nullable=False),
+)
+
+product_counts = Table(
+    "product_counts",
+    metadata,
+    Column("family", String(), primary_key=True),
+    Column("sku_name", String(), primary_key=True),
+    Column("count", BigInteger(), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("name", String(), nullable=False, unique=True),
+    Column("password_hash", String(), nullable=False),
+    Column("is_admin", Boolean(), nullable=False, server_default=false()),
+    Column("created", UtcDateTime(), nullable=False),
+    Column("disabled", Boolean(), nullable=False, server_default=false()),
+)

@@ -1,0 +1,246 @@
+"""Write-behind queue between the KMS host and the store: the activation path never waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from kmsgate.store.database import Store
+from kmsgate.store.errors import StoreUnavailable
+from kmsgate.store.records import ActivationRecord
+
+log = logging.getLogger("kmsgate.store")
+
+# A batch failing this often with a non-transient error is written record by record, so
+# that one bad record (the poison) is dropped instead of blocking the queue forever.
+POISON_ATTEMPTS = 3
+FIRST_BACKOFF = 0.05
+CLOSING_RETRY = 0.1
+
+
+class RecordWriter:
+    """Bounded queue flushed by one task: batches soon after records arrive, retries when down.
+
+    submit() is synchronous and never raises or blocks; call it from the event loop thread.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_queue: int = 10000,
+        flush_interval: float = 0.2,
+        batch_size: int = 500,
+        on_drop: Callable[[ActivationRecord], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_backoff: float = 2.0,
+    ) -> None:
+        """`flush_interval` caps how long a batch waits for more records; `max_backoff`
+        caps the pause between retries while the database is unavailable."""
+        if max_queue < 1 or batch_size < 1:
+            raise ValueError("max_queue and batch_size must be positive")
+        self._store = store
+        self._max_queue = max_queue
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._on_drop = on_drop
+        self._clock = clock
+        self._max_backoff = max_backoff
+        self._queue: deque[ActivationRecord] = deque()
+        self._wake = asyncio.Event()
+        self._closing_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+        self._dropped = 0
+        self._written = 0
+        self._failures = 0
+        # State-change logging: remember what was last reported.
+        self._down_since: float | None = None
+        self._full = False
+        self._dropped_at_full = 0
+
+    # ---------------------------------------------------------------- counters
+
+    @property
+    def depth(self) -> int:
+        """Records waiting to be written."""
+        return len(self._queue)
+
+    @property
+    def dropped(self) -> int:
+        """Records lost: queue full, submitted after close, unwritable, or left at close."""
+        return self._dropped
+
+    @property
+    def written(self) -> int:
+        """Records committed to the database."""
+        return self._written
+
+    @property
+    def failures(self) -> int:
+        """Failed write attempts (each retry counts)."""
+        return self._failures
+
+    # ---------------------------------------------------------------- host side
+
+    def submit(self, record: ActivationRecord) -> bool:
+        """Queue a record; False (and dropped + 1) when the queue is full or closed."""
+        if self._closing or len(self._queue) >= self._max_queue:
+            if not self._full and not self._closing:
+                self._full = True
+                self._dropped_at_full = self._dropped
+                log.warning(
+                    "store queue full (%d records): dropping new activation records",
+                    len(self._queue),
+                )
+            self._drop(record)
+            return False
+        self._queue.append(record)
+        self._wake.set()
+        return True
+
+    def _drop(self, record: ActivationRecord) -> None:
+        self._dropped += 1
+        if self._on_drop is not None:
+            try:
+                self._on_drop(record)
+            except Exception:  # a metrics hook must not break the activation path
+                log.exception("on_drop callback failed")
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start the flushing task (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="kmsgate-record-writer")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, write what is queued within `timeout`, then drop the rest."""
+        if self._closed:
+            return
+        self._closing = True
+        self._closing_event.set()
+        self._wake.set()
+        await self.start()  # records submitted before start() still get their flush
+        assert self._task is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        finally:
+            self._closed = True
+        if self._queue:
+            lost = len(self._queue)
+            log.error("store writer closed with %d records unwritten (store unavailable)", lost)
+            while self._queue:
+                self._drop(self._queue.popleft())
+
+    async def __aenter__(self) -> RecordWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- flushing task
+
+    async def _run(self) -> None:
+        streak = 0  # consecutive failed attempts: drives the backoff
+        suspect = 0  # of those, non-transient ones: the head batch may hold a bad record
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._closing and self._down_since is None:
+                await self._gather()
+            batch = list(itertools.islice(self._queue, self._batch_size))
+            try:
+                if suspect >= POISON_ATTEMPTS:
+                    await self._write_one_by_one(batch)
+                else:
+                    await self._store.record_activations(batch)
+                    self._committed(len(batch))
+            except StoreUnavailable as exc:
+                self._failed(exc)
+                await self._pause(streak)
+                streak += 1
+            # Anything else may be a record the database rejects: retry, then isolate it.
+            except Exception as exc:  # noqa: BLE001 (the writer task must never die)
+                self._failed(exc)
+                await self._pause(streak)
+                streak += 1
+                suspect += 1
+            else:
+                streak = suspect = 0
+
+    async def _gather(self) -> None:
+        """Let records still being submitted join the batch: stop when none came in a turn."""
+        deadline = self._clock() + self._flush_interval
+        while len(self._queue) < self._batch_size and self._clock() < deadline:
+            before = len(self._queue)
+            await asyncio.sleep(0)
+            if len(self._queue) == before:
+                return
+
+    def _committed(self, count: int) -> None:
+        for _ in range(count):
+            self._queue.popleft()
+        self._written += count
+        if self._down_since is not None:
+            log.warning(
+                "store back after %.1f s: writing %d queued records",
+                self._clock() - self._down_since,
+                count + len(self._queue),
+            )
+            self._down_since = None
+        if self._full and len(self._queue) < self._max_queue:
+            self._full = False
+            log.warning(
+                "store queue has room again; %d records were dropped",
+                self._dropped - self._dropped_at_full,
+            )
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        if self._down_since is None:
+            self._down_since = self._clock()
+            state = "unavailable" if isinstance(exc, StoreUnavailable) else "write failed"
+            log.warning("store %s: %s; queueing (%d records)", state, exc, len(self._queue))
+
+    async def _pause(self, streak: int) -> None:
+        """Capped exponential backoff; close() cuts it short and retries until its timeout."""
+        delay = min(self._max_backoff, FIRST_BACKOFF * 2 ** min(streak, 30))
+        if not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing_event.wait(), delay)
+        if self._closing:
+            await asyncio.sleep(min(delay, CLOSING_RETRY))
+
+    async def _write_one_by_one(self, batch: list[ActivationRecord]) -> None:
+        """Isolate the poison: write each record alone, drop the ones that still fail."""
+        bad = 0
+        for record in batch:
+            try:
+                await self._store.record_activations([record])
+            except StoreUnavailable:
+                raise  # the database went away: back to plain retrying
+            except Exception as exc:  # noqa: BLE001 (this one record cannot be stored)
+                bad += 1
+                self._queue.popleft()
+                self._drop(record)
+                log.error("dropping an activation record the store rejects: %s", exc)
+            else:
+                self._committed(1)
+        if bad:
+            log.error("dropped %d unwritable records of a batch of %d", bad, len(batch))

@@ -1,0 +1,169 @@
+"""Alembic migrations on empty SQLite and PostgreSQL databases: idempotent, concurrent, exact."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import MetaData, Table, insert, inspect
+from sqlalchemy.engine import Connection
+
+from kmsgate.store import Store, StoreError, migrate
+from kmsgate.store.database import make_engine
+from kmsgate.store.schema import metadata
+from tests.store import make_record
+
+
+def revision_of(url: str) -> str | None:
+    async def read() -> str | None:
+        engine = make_engine(url)
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def schema_diff(url: str) -> list[Any]:
+    """Differences between the migrated database and schema.py, as autogenerate sees them."""
+
+    def include(obj: Any, name: str | None, kind: str, reflected: bool, other: Any) -> bool:
+        # PostgreSQL's trigram search indexes are migration-only (they need pg_trgm).
+        return not (kind == "index" and reflected and (name or "").endswith("_trgm"))
+
+    def compare(conn: Connection) -> list[Any]:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_object": include}
+        )
+        return list(compare_metadata(context, metadata))
+
+    async def run() -> list[Any]:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(compare)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def test_upgrade_from_empty_twice(empty_db_url: str) -> None:
+    assert revision_of(empty_db_url) is None
+    migrate.upgrade(empty_db_url)
+    assert revision_of(empty_db_url) == migrate.head()
+    migrate.upgrade(empty_db_url)  # nothing to do the second time
+    assert revision_of(empty_db_url) == migrate.head()
+
+
+def test_migrated_schema_matches_schema_py(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    assert schema_diff(empty_db_url) == []
+
+
+def test_downgrade_to_base_and_up_again(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    migrate.downgrade(empty_db_url, "base")
+    assert revision_of(empty_db_url) is None
+    migrate.upgrade(empty_db_url)
+    assert revision_of(empty_db_url) == migrate.head()
+    assert schema_diff(empty_db_url) == []
+
+
+async def test_store_open_upgrades_and_is_idempotent(empty_db_url: str) -> None:
+    for _ in range(2):
+        store = await Store.open(empty_db_url)
+        try:
+            await store.record_activations([make_record()])
+        finally:
+            await store.close()
+    store = await Store.open(empty_db_url, upgrade=False)
+    try:
+        assert (await store.list_activations()).total == 2
+        assert await migrate.current_revision(store.engine) == migrate.head()
+    finally:
+        await store.close()
+
+
+async def test_nodes_starting_together_upgrade_once(empty_db_url: str) -> None:
+    # Without the advisory lock (PostgreSQL) or BEGIN IMMEDIATE (SQLite) the losers would
+    # fail on "relation already exists" or a duplicate alembic_version row.
+    stores = await asyncio.gather(*(Store.open(empty_db_url) for _ in range(4)))
+    try:
+        assert {await migrate.current_revision(s.engine) for s in stores} == {migrate.head()}
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_newer_schema_is_reported(empty_db_url: str) -> None:
+    store = await Store.open(empty_db_url)
+    try:
+        # Stamp a revision this code does not know, as a newer kmsgate would leave it.
+        async with store.engine.begin() as conn:
+            version = await conn.run_sync(
+                lambda sync: Table("alembic_version", MetaData(), autoload_with=sync)
+            )
+            await conn.execute(version.delete())
+            await conn.execute(insert(version).values(version_num="9999_future"))
+    finally:
+        await store.close()
+    with pytest.raises(StoreError, match="9999_future"):
+        await Store.open(empty_db_url)
+
+
+_UPGRADE_SCRIPT = (
+    "import sys, time\n"
+    "from kmsgate.store import migrate\n"
+    "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"  # start together
+    "migrate.upgrade(sys.argv[1])\n"
+)
+
+
+def test_processes_upgrading_at_once(empty_db_url: str) -> None:
+    # Separate processes are separate nodes: only the database can serialise them.
+    start_at = time.time() + 1.5
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _UPGRADE_SCRIPT, empty_db_url, str(start_at)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outcomes = [(p.wait(60), p.stderr.read() if p.stderr else "") for p in processes]
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    assert revision_of(empty_db_url) == migrate.head()
+    assert schema_diff(empty_db_url) == []
+
+
+def test_postgres_gets_trigram_search_indexes(pg_database: str) -> None:
+    async def index_names() -> set[str]:
+        engine = make_engine(pg_database)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(
+                    lambda sync: {i["name"] or "" for i in inspect(sync).get_indexes("clients")}
+                )
+        finally:
+            await engine.dispose()
+
+    names = asyncio.run(index_names())
+    assert {f"ix_clients_{c}_trgm" for c in ("machine_name", "sku_name", "last_address")} <= names
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    location = Path(migrate.alembic_config().get_main_option("script_location") or "")
+    assert location.is_absolute()
+    assert (location / "env.py").is_file()
+    assert (location / "versions" / "0001_initial.py").is_file()
+    assert "kmsgate" in location.parts and "store" in location.parts
+    assert migrate.head() == "0001"

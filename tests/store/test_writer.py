@@ -1,0 +1,336 @@
+"""RecordWriter: prompt flushes, bounded queue, outages of a real database, close()."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from kmsgate.store import ActivationRecord, RecordWriter, Store, StoreError, StoreUnavailable
+from kmsgate.store import database as store_database
+from tests.store import make_record
+from tests.store.pg import PostgresServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    """Poll a condition until it holds, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+class FakeStore:
+    """Stands in for Store in unit tests: records calls, fails on demand."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[ActivationRecord]] = []
+        self.fail_with: Exception | None = None
+        self.reject_name: str | None = None  # a "poison" record the database refuses
+        self.delay = 0.0
+
+    async def record_activations(self, records: Sequence[ActivationRecord]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.reject_name is not None and any(
+            r.machine_name == self.reject_name for r in records
+        ):
+            raise StoreError("value too long for type character varying(15)")
+        self.batches.append(list(records))
+
+    @property
+    def stored(self) -> list[ActivationRecord]:
+        return [r for batch in self.batches for r in batch]
+
+
+def writer_for(fake: FakeStore, **kwargs: object) -> RecordWriter:
+    kwargs.setdefault("max_backoff", 0.05)
+    return RecordWriter(cast(Store, fake), **kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ with a real database
+
+
+async def test_write_then_read(store: Store) -> None:
+    writer = RecordWriter(store)
+    await writer.start()
+    cmid = uuid.uuid4()
+    started = time.monotonic()
+    assert writer.submit(make_record(client_machine_id=cmid))
+    assert writer.submit(make_record(client_machine_id=cmid))
+    await wait_for(lambda: writer.written == 2)
+    # Flushed right away, not after a timer: a SIGKILL a second later loses nothing.
+    assert time.monotonic() - started < 0.5
+    client = await store.get_client(cmid)
+    assert client is not None and client.request_count == 2
+    assert (writer.depth, writer.dropped, writer.failures) == (0, 0, 0)
+    await writer.close()
+
+
+async def test_close_flushes_everything_queued(store: Store) -> None:
+    writer = RecordWriter(store, batch_size=100)
+    await writer.start()
+    for _ in range(1050):
+        assert writer.submit(make_record())
+    await writer.close()
+    assert (writer.written, writer.depth, writer.dropped) == (1050, 0, 0)
+    assert (await store.stats(make_record().time)).activations == 1050
+    assert not writer.submit(make_record())  # closed: refused and counted
+    assert writer.dropped == 1
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, uuid
+    from kmsgate.store import RecordWriter, Store
+    from tests.store import make_record
+
+    async def main() -> None:
+        store = await Store.open(sys.argv[1])
+        writer = RecordWriter(store)
+        await writer.start()
+        writer.submit(make_record(client_machine_id=uuid.UUID(sys.argv[2])))
+        print("submitted", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_sigkill_one_second_after_an_activation_loses_nothing(db_url: str) -> None:
+    cmid = uuid.uuid4()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, db_url, str(cmid)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
+        assert line.strip() == b"submitted"
+        await asyncio.sleep(1.0)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    store = await Store.open(db_url, upgrade=False)
+    try:
+        client = await store.get_client(cmid)
+        assert client is not None and client.request_count == 1
+    finally:
+        await store.close()
+
+
+async def test_sqlite_locked_then_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Root ignores file modes, so "read-only" cannot be staged; another process holding the
+    # write lock is the real-world SQLite outage. A short busy timeout keeps the test quick.
+    monkeypatch.setattr(store_database, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "kmsgate.db"
+    store = await Store.open(f"sqlite:///{path}")
+    writer = RecordWriter(store, max_backoff=0.1)
+    await writer.start()
+    locker = sqlite3.connect(path, isolation_level=None)
+    caplog.set_level(logging.WARNING, logger="kmsgate.store")
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        for _ in range(20):
+            assert writer.submit(make_record())
+        await wait_for(lambda: writer.failures >= 3)
+        assert writer.written == 0
+        assert writer.depth == 20
+        for _ in range(5):
+            assert writer.submit(make_record())  # still accepted while down
+        locker.execute("COMMIT")
+        await wait_for(lambda: writer.written == 25)
+    finally:
+        locker.close()
+        await writer.close()
+        await store.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("store unavailable" in m for m in messages) == 1, messages
+    assert sum("store back" in m for m in messages) == 1, messages
+
+
+async def test_postgres_stopped_then_restarted(
+    pg_server: PostgresServer, pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await Store.open(pg_database)
+    writer = RecordWriter(store, max_backoff=0.2)
+    await writer.start()
+    caplog.set_level(logging.WARNING, logger="kmsgate.store")
+    cmids = [uuid.uuid4() for _ in range(30)]
+    try:
+        assert writer.submit(make_record(client_machine_id=cmids[0]))
+        await wait_for(lambda: writer.written == 1)
+        pg_server.stop()
+        try:
+            started = time.monotonic()
+            for cmid in cmids[1:]:
+                assert writer.submit(make_record(client_machine_id=cmid))
+            assert time.monotonic() - started < 0.05  # the host side never waits
+            await wait_for(lambda: writer.failures >= 2, timeout=15)
+            assert writer.written == 1
+        finally:
+            pg_server.start()
+        await wait_for(lambda: writer.written == 30, timeout=15)
+        for cmid in cmids:
+            assert await store.get_client(cmid) is not None
+    finally:
+        await writer.close()
+        await store.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("store unavailable" in m for m in messages) == 1, messages
+    assert sum("store back" in m for m in messages) == 1, messages
+
+
+# ------------------------------------------------------------------ queue behaviour
+
+
+async def test_batches_gather_what_arrives_together() -> None:
+    fake = FakeStore()
+    writer = writer_for(fake, batch_size=500)
+    await writer.start()
+    for _ in range(1200):
+        writer.submit(make_record())
+    await wait_for(lambda: writer.written == 1200)
+    assert [len(b) for b in fake.batches] == [500, 500, 200]
+    await writer.close()
+
+
+async def test_queue_full_drops_new_records_and_counts_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeStore()
+    fake.fail_with = StoreUnavailable("connection refused")
+    dropped: list[ActivationRecord] = []
+    writer = writer_for(fake, max_queue=10, on_drop=dropped.append)
+    caplog.set_level(logging.WARNING, logger="kmsgate.store")
+    await writer.start()
+    records = [make_record(machine_name=f"PC-{i}") for i in range(15)]
+    accepted = [writer.submit(r) for r in records]
+    assert accepted == [True] * 10 + [False] * 5
+    assert (writer.depth, writer.dropped) == (10, 5)
+    assert dropped == records[10:]  # the newest are dropped, the queued oldest kept
+    await wait_for(lambda: writer.failures >= 2)
+    fake.fail_with = None
+    await wait_for(lambda: writer.written == 10)
+    assert fake.stored == records[:10]
+    assert writer.submit(make_record())  # room again
+    await writer.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("queue full" in m for m in messages) == 1, messages
+    assert sum("room again" in m and "5 records" in m for m in messages) == 1, messages
+
+
+async def test_failing_on_drop_hook_does_not_break_submit() -> None:
+    def broken(_: ActivationRecord) -> None:
+        raise RuntimeError("metrics down")
+
+    writer = writer_for(FakeStore(), max_queue=1, on_drop=broken)
+    assert writer.submit(make_record())
+    assert not writer.submit(make_record())
+    assert writer.dropped == 1
+    await writer.close()
+
+
+async def test_backoff_is_capped() -> None:
+    fake = FakeStore()
+    fake.fail_with = StoreUnavailable("down")
+    writer = writer_for(fake, max_backoff=0.02)
+    await writer.start()
+    writer.submit(make_record())
+    # Uncapped doubling from 50 ms would allow only ~5 attempts in a second.
+    await asyncio.sleep(1.0)
+    assert writer.failures >= 20
+    fake.fail_with = None
+    await wait_for(lambda: writer.written == 1)
+    await writer.close()
+
+
+async def test_a_poison_record_is_dropped_and_the_rest_written() -> None:
+    fake = FakeStore()
+    fake.reject_name = "BAD"
+    writer = writer_for(fake)
+    await writer.start()
+    good = [make_record(machine_name=f"OK-{i}") for i in range(4)]
+    for record in [good[0], good[1], make_record(machine_name="BAD"), good[2], good[3]]:
+        writer.submit(record)
+    await wait_for(lambda: writer.written == 4)
+    assert writer.dropped == 1
+    assert fake.stored == good
+    await writer.close()
+
+
+async def test_close_gives_up_after_its_timeout() -> None:
+    fake = FakeStore()
+    fake.fail_with = StoreUnavailable("down")
+    writer = writer_for(fake)
+    await writer.start()
+    for _ in range(7):
+        writer.submit(make_record())
+    started = time.monotonic()
+    await writer.close(timeout=0.3)
+    assert time.monotonic() - started < 1.0
+    assert (writer.written, writer.dropped, writer.depth) == (0, 7, 0)
+
+
+async def test_close_retries_until_the_store_comes_back() -> None:
+    fake = FakeStore()
+    fake.fail_with = StoreUnavailable("down")
+    writer = writer_for(fake, max_backoff=10.0)  # a long backoff must not delay close()
+    await writer.start()
+    writer.submit(make_record())
+    await wait_for(lambda: writer.failures >= 1)
+
+    async def recover() -> None:
+        await asyncio.sleep(0.2)
+        fake.fail_with = None
+
+    task = asyncio.create_task(recover())
+    started = time.monotonic()
+    await writer.close(timeout=3.0)
+    await task
+    assert time.monotonic() - started < 1.0
+    assert (writer.written, writer.dropped) == (1, 0)
+
+
+async def test_close_without_start_still_flushes() -> None:
+    fake = FakeStore()
+    writer = writer_for(fake)
+    writer.submit(make_record())
+    await writer.close()
+    assert writer.written == 1
+
+
+async def test_slow_store_does_not_block_submit() -> None:
+    fake = FakeStore()
+    fake.delay = 0.3
+    writer = writer_for(fake, max_queue=100)
+    await writer.start()
+    started = time.monotonic()
+    results = [writer.submit(make_record()) for _ in range(150)]
+    assert time.monotonic() - started < 0.05
+    assert results.count(True) == 100
+    assert writer.dropped == 50
+    await writer.close()
+    assert writer.written == 100
