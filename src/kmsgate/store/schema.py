@@ -143,3 +143,47 @@ users = Table(
     Column("created", UtcDateTime(), nullable=False),
     Column("disabled", Boolean(), nullable=False, server_default=false()),
 )
+
+# Gateway: per-user quota overrides live on users (migration 0002 adds the columns).
+users.append_column(Column("quota_week", Integer(), nullable=True))
+users.append_column(Column("quota_month", Integer(), nullable=True))
+
+# One login's right for its source address to activate once (gateway mode).
+windows = Table(
+    "windows",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("username", String(), nullable=False),
+    Column("address", String(), nullable=False),
+    Column("granted_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("consumed_at", UtcDateTime(), nullable=True),
+    Column("consumed_node", String(), nullable=True),
+    Column("expired_noted", Boolean(), nullable=False, server_default=false()),
+    Index("ix_windows_address_consumed_at_expires_at", "address", "consumed_at", "expires_at"),
+    Index("ix_windows_username_consumed_at", "username", "consumed_at"),
+    Index("ix_windows_expires_at", "expires_at"),
+)
+
+# The audit trail: logins, windows and activations linked by user, address, window and CMID.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("time", UtcDateTime(), nullable=False),
+    Column("kind", String(), nullable=False),
+    Column("node", String(), nullable=False),
+    Column("username", String(), nullable=True),
+    Column("address", String(), nullable=True),
+    Column("backend", String(), nullable=True),
+    Column("window_id", BigInteger(), nullable=True),
+    Column("cmid", Uuid(), nullable=True),
+    Column("machine_name", String(), nullable=True),
+    Column("product", String(), nullable=True),
+    Column("result", String(), nullable=True),
+    Column("detail", String(), nullable=False),
+    Index("ix_audit_events_username_id", "username", "id"),
+    Index("ix_audit_events_address_id", "address", "id"),
+    Index("ix_audit_events_kind_id", "kind", "id"),
+    Index("ix_audit_events_time_id", "time", "id"),
+)
