@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -17,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from kmsgate.access.accounts.base import AccountSettings, LocalSettings
 from kmsgate.access.products import ProductPattern
 from kmsgate.access.source import parse_network
 from kmsgate.protocol.epid import VALID_LCIDS, parse_epid, parse_hwid
@@ -132,6 +134,30 @@ class ServeSettings(BaseSettings):
     deny_unknown_products: bool = Field(
         False, description="refuse KMS ids missing from the catalogue (0xC004F042)"
     )
+    gateway: bool = Field(
+        False,
+        description="serve a KMS connection only from an address whose user logged in on the "
+        "web portal (one activation window per login)",
+    )
+    window: int = Field(
+        300, ge=10, le=86400, description="seconds a login's activation window stays open"
+    )
+    quota_week: int | None = Field(
+        None, ge=0, description="successful activations a user may have per rolling week"
+    )
+    quota_month: int | None = Field(
+        None, ge=0, description="successful activations a user may have per rolling 30 days"
+    )
+    accounts: AccountSettings = Field(
+        default_factory=LocalSettings,
+        description="account backend for portal logins: a TOML table named accounts with "
+        "backend = local, ldap, pop3 or sql and its options (JSON in the env var and flag)",
+        json_schema_extra={"doc_default": "`{\"backend\": \"local\"}`"},
+    )
+    trust_proxy: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDR of reverse proxies whose X-Forwarded-For is believed (repeatable)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json", "mininfo"] = Field(
         "text",
@@ -144,7 +170,16 @@ class ServeSettings(BaseSettings):
     )
     log_backups: int = Field(5, ge=0, description="rotated log files to keep")
 
-    @field_validator("listen", "allow", "deny", "allow_product", "deny_product", mode="before")
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _accounts_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @field_validator(
+        "listen", "allow", "deny", "allow_product", "deny_product", "trust_proxy", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -185,6 +220,12 @@ class ServeSettings(BaseSettings):
             raise ValueError("database URL must start with sqlite:// or postgresql://")
         return value
 
+    @model_validator(mode="after")
+    def _gateway_needs_store(self) -> ServeSettings:
+        if self.gateway and self.no_store:
+            raise ValueError("--gateway keeps windows in the store: it cannot run with --no-store")
+        return self
+
     @property
     def db_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
@@ -197,7 +238,7 @@ class ServeSettings(BaseSettings):
             ProductPattern.parse(item)
         return value
 
-    @field_validator("allow", "deny")
+    @field_validator("allow", "deny", "trust_proxy")
     @classmethod
     def _check_networks(cls, value: list[str] | None) -> list[str] | None:
         for item in value or ():

@@ -73,7 +73,8 @@ def _option_type(annotation: Any) -> Any:
     if get_origin(annotation) is Literal or (args and get_origin(args[0]) is Literal):
         return str | None
     base = args[0] if args else annotation
-    return base | None
+    # Nested models (the account backend) travel as JSON text, parsed by the settings model.
+    return (base if base in (str, int, float, bool, Path) else str) | None
 
 
 def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, cast
 
+from kmsgate.access.gateway import Gateway
 from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
@@ -78,6 +79,8 @@ class KmsConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._answered = 0
+        self._early: bytearray | None = None
+        self._admission: asyncio.Task[None] | None = None
         self.peer = "unknown"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,9 +102,6 @@ class KmsConnection(asyncio.Protocol):
             log.warning("%s refused: %d connections open", self.peer, len(host.connections))
             transport.abort()
             return
-        sockname = transport.get_extra_info("sockname")
-        port = sockname[1] if sockname else 1688
-        self._session = host.new_session(port)
         host.connections.add(self)
         host.stats.connections_accepted += 1
         host.stats.connections_open = len(host.connections)
@@ -109,6 +109,34 @@ class KmsConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
         self._timer = loop.call_later(host.settings.idle_timeout, self._idle)
+        if host.gateway is None:
+            self._start_session()
+            return
+        # Gateway mode: nothing is served before this address's window is consumed.
+        self._early = bytearray()
+        transport.pause_reading()
+        self._admission = loop.create_task(self._admit(host.gateway))
+
+    def _start_session(self) -> None:
+        assert self._transport is not None
+        sockname = self._transport.get_extra_info("sockname")
+        self._session = self._host.new_session(sockname[1] if sockname else 1688)
+
+    async def _admit(self, gateway: Gateway) -> None:
+        window = await gateway.admit(self.peer)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if window is None:
+            log.info("%s refused: no open activation window", self.peer)
+            transport.close()
+            return
+        log.info("%s admitted by the window of %s", self.peer, window.username)
+        self._start_session()
+        early, self._early = bytes(self._early or b""), None
+        transport.resume_reading()
+        if early:
+            self.data_received(early)
 
     def _idle(self) -> None:
         # One timer per connection, re-armed lazily: cheaper than re-arming on every PDU.
@@ -131,6 +159,12 @@ class KmsConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session, transport = self._session, self._transport
         if session is None or transport is None:
+            # uvloop delivers a first read despite pause_reading() in connection_made.
+            if self._early is not None and transport is not None:
+                self._early += data
+                transport.pause_reading()
+                if len(self._early) > 65536:
+                    transport.close()
             return
         started = time.perf_counter()
         served_before = session.pdus_handled
@@ -153,6 +187,10 @@ class KmsConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._admission is not None and not self._admission.done():
+            self._admission.cancel()
+        if self._host.gateway is not None:
+            self._host.gateway.forget(self.peer)
         if self._session is not None:
             self._host.metrics.connection_closed()
         self._host.connections.discard(self)
@@ -211,6 +249,7 @@ class KmsHost:
         self.stats = HostStats()
         self.connections: set[HostConnection] = set()
         self.event_hooks: list[EventHook] = [self.metrics.hook]
+        self.gateway: Gateway | None = None
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
 

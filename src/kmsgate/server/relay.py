@@ -194,6 +194,8 @@ class RelayConnection(asyncio.Protocol):
             self._timer = None
         if not self._admitted:
             return
+        if self._host.gateway is not None:
+            self._host.gateway.forget(self.peer)
         self._handle(self._observer.client_closed())
         self._shutdown()
         self._host.metrics.connection_closed()
@@ -225,6 +227,11 @@ class RelayConnection(asyncio.Protocol):
     # -- upstream side ---------------------------------------------------------------------
 
     async def _open_upstream(self) -> None:
+        gateway = self._host.gateway
+        if gateway is not None and await gateway.admit(self.peer) is None:
+            log.info("%s refused: no open activation window", self.peer)
+            self._shutdown()
+            return
         address, port = self._relay.upstream
         loop = asyncio.get_running_loop()
         try:

@@ -8,16 +8,20 @@ import logging
 import os
 import secrets
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
 
+from kmsgate.access.accounts import build_backend
+from kmsgate.access.gateway import Gateway
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings, parse_listen
 from kmsgate.observability.metrics import Metrics
 from kmsgate.server.host import KmsHost
 from kmsgate.server.recording import ActivationRecorder
 from kmsgate.store.database import Store
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.writer import RecordWriter
 from kmsgate.web.app import create_app
 
@@ -60,6 +64,7 @@ class Service:
         self.store: Store | None = None
         self.writer: RecordWriter | None = None
         self.host: KmsHost | None = None
+        self.gateway: Gateway | None = None
         self._web: _EmbeddedUvicorn | None = None
         self._web_task: asyncio.Task[None] | None = None
 
@@ -88,9 +93,30 @@ class Service:
             self.host.event_hooks.append(
                 ActivationRecorder(writer.submit, self.catalog, settings.node_name)
             )
+            if settings.gateway:
+                await self._start_gateway(self.store)
         await self.host.start()
         if self.store is not None and not settings.no_web:
             await self._start_web()
+
+    async def _start_gateway(self, store: Store) -> None:
+        settings = self.settings
+        self.gateway = Gateway(
+            GatewayStore(store),
+            build_backend(settings.accounts, store=store),
+            self.catalog,
+            node=settings.node_name,
+            window=timedelta(seconds=settings.window),
+            quota_week=settings.quota_week,
+            quota_month=settings.quota_month,
+        )
+        await self.gateway.start()
+        assert self.host is not None
+        self.host.gateway = self.gateway
+        self.host.event_hooks.append(self.gateway.hook)
+        log.info(
+            "gateway mode: %s accounts, %d s windows", settings.accounts.backend, settings.window
+        )
 
     async def _start_web(self) -> None:
         assert self.store is not None
@@ -126,6 +152,8 @@ class Service:
         """Stop accepting, drain connections, flush queued records, close the store."""
         if self.host is not None:
             await self.host.stop()
+        if self.gateway is not None:
+            await self.gateway.close()
         if self._web is not None and self._web_task is not None:
             self._web.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

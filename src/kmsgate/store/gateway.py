@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, select, update
 
 from kmsgate.store import cursor as cursors
 from kmsgate.store.database import Store
@@ -274,7 +274,7 @@ class GatewayStore:
             conditions.append(audit_events.c.id < decoded.key[0])
         query = (
             select(audit_events)
-            .where(and_(*conditions))
+            .where(*conditions)
             .order_by(audit_events.c.id.desc())
             .limit(limit + 1)
         )
