@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -115,6 +115,38 @@ class ServeSettings(BaseSettings):
     )
     web: str = Field("127.0.0.1:8080", description="ADDR:PORT of the dashboard, API and /metrics")
     no_web: bool = Field(False, description="do not start the web listener")
+    web_cert: Path | None = Field(
+        None, description="PEM certificate (chain) for HTTPS on the web listener"
+    )
+    web_key: Path | None = Field(None, description="PEM private key for --web-cert")
+    dns_publish: bool = Field(
+        False,
+        description="keep a _vlmcs._tcp SRV record for this host in DNS (RFC 2136 update on "
+        "start and every --dns-interval seconds)",
+    )
+    dns_domain: str | None = Field(None, description="DNS domain of the _vlmcs._tcp record")
+    dns_host: str | None = Field(
+        None, description="target host name of the SRV record (default: this host's FQDN)"
+    )
+    dns_port: int = Field(1688, ge=1, le=65535, description="port announced in the SRV record")
+    dns_server: str | None = Field(
+        None, description="ADDR:PORT of the primary DNS server accepting updates"
+    )
+    dns_tsig_name: str | None = Field(None, description="TSIG key name for DNS updates")
+    dns_tsig_secret: SecretStr | None = Field(
+        None, description="TSIG key secret (base64) for DNS updates"
+    )
+    dns_tsig_algorithm: str = Field("hmac-sha256", description="TSIG algorithm")
+    dns_ttl: int = Field(3600, ge=60, description="TTL of the published records (seconds)")
+    dns_priority: int = Field(0, ge=0, le=65535, description="SRV priority")
+    dns_weight: int = Field(0, ge=0, le=65535, description="SRV weight")
+    dns_interval: int = Field(
+        3600, ge=60, description="seconds between refreshes of the published record"
+    )
+    user: str | None = Field(
+        None, description="drop privileges to this user after binding (when started as root)"
+    )
+    group: str | None = Field(None, description="drop privileges to this group (with --user)")
     node_name: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
@@ -221,9 +253,15 @@ class ServeSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _gateway_needs_store(self) -> ServeSettings:
+    def _consistent(self) -> ServeSettings:
         if self.gateway and self.no_store:
             raise ValueError("--gateway keeps windows in the store: it cannot run with --no-store")
+        if (self.web_cert is None) != (self.web_key is None):
+            raise ValueError("--web-cert and --web-key go together")
+        if self.dns_publish and not (self.dns_domain and self.dns_server):
+            raise ValueError("--dns-publish needs --dns-domain and --dns-server")
+        if (self.dns_tsig_name is None) != (self.dns_tsig_secret is None):
+            raise ValueError("--dns-tsig-name and --dns-tsig-secret go together")
         return self
 
     @property

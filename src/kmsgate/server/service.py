@@ -126,7 +126,8 @@ class Service:
             catalog=self.catalog,
             metrics_registry=self.metrics.registry,
             secret_key=load_web_secret(settings.data_dir),
-            secure_cookies=False,
+            # Secure cookies only make sense when the browser reaches us over HTTPS.
+            secure_cookies=settings.web_cert is not None,
             node_name=settings.node_name,
         )
         host, port = parse_listen(settings.web)
@@ -138,6 +139,8 @@ class Service:
             access_log=False,
             lifespan="off",
             server_header=False,
+            ssl_certfile=str(settings.web_cert) if settings.web_cert else None,
+            ssl_keyfile=str(settings.web_key) if settings.web_key else None,
         )
         self._web = _EmbeddedUvicorn(config)
         self._web_task = asyncio.create_task(self._web.serve())
@@ -146,7 +149,8 @@ class Service:
                 self._web_task.result()
                 raise OSError(f"web listener {settings.web} did not start")
             await asyncio.sleep(0.01)
-        log.info("web dashboard on http://%s:%d/", host, self.web_port)
+        scheme = "https" if settings.web_cert else "http"
+        log.info("web dashboard on %s://%s:%d/", scheme, host, self.web_port)
 
     async def stop(self) -> None:
         """Stop accepting, drain connections, flush queued records, close the store."""
