@@ -35,14 +35,40 @@ def _settings_or_exit(config: Path | None, **cli: object) -> ServeSettings:
     raise typer.Exit(2)
 
 
-async def run_service(settings: ServeSettings) -> None:
-    """Serve until SIGINT/SIGTERM, then drain and flush."""
+def _configure_logging(settings: ServeSettings) -> None:
+    setup_logging(
+        settings.log_level,
+        fmt=settings.log_format,
+        file=settings.log_file,
+        max_bytes=settings.log_max_bytes,
+        backups=settings.log_backups,
+    )
+
+
+def _reload(service: Service, config: Path | None, cli: dict[str, Any]) -> None:
+    """SIGHUP: read the settings again; apply policies and logging, keep connections."""
+    try:
+        settings = load_settings(config, **cli)
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        log.error("reload refused, keeping the running settings: %s", exc)
+        return
+    _configure_logging(settings)
+    service.reload(settings)
+    log.info("settings reloaded")
+
+
+async def run_service(
+    settings: ServeSettings, config: Path | None = None, cli: dict[str, Any] | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM, then drain and flush; SIGHUP reloads the settings."""
     service = Service(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, _reload, service, config, cli or {})
     async with service:
         await stop.wait()
         assert service.host is not None
@@ -51,13 +77,13 @@ async def run_service(settings: ServeSettings) -> None:
     log.info("stopped after %d activations, %d refusals", stats.activations, stats.refusals)
 
 
-def _run(settings: ServeSettings) -> None:
+def _run(settings: ServeSettings, config: Path | None, cli: dict[str, Any]) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run_service(settings))
+        asyncio.run(run_service(settings, config, cli))
         return
-    uvloop.run(run_service(settings))
+    uvloop.run(run_service(settings, config, cli))
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -125,20 +151,17 @@ def register(app: typer.Typer) -> None:
             for key, value in options.items()
         }
         settings = _settings_or_exit(config, **cli)
-        setup_logging(
-            settings.log_level,
-            fmt=settings.log_format,
-            file=settings.log_file,
-            max_bytes=settings.log_max_bytes,
-            backups=settings.log_backups,
-        )
+        _configure_logging(settings)
         try:
-            _run(settings)
+            _run(settings, config, cli)
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             raise typer.Exit(1) from None
         except StoreError as exc:
             log.error("cannot open the store: %s", exc)
+            raise typer.Exit(1) from None
+        except ValueError as exc:  # e.g. --user names nobody on this machine
+            log.error("cannot start: %s", exc)
             raise typer.Exit(1) from None
 
     serve.__signature__ = inspect.Signature(settings_parameters(ServeSettings))  # type: ignore[attr-defined]

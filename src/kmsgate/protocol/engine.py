@@ -60,6 +60,10 @@ class KmsEngine:
         self._epid_for = epid_for
         self._product_policy = product_policy
 
+    def set_product_policy(self, policy: ProductPolicy | None) -> None:
+        """Replace the product policy (configuration reload)."""
+        self._product_policy = policy
+
     def client_count(self, request: KmsRequest) -> int:
         """Count reported to the client: configured, else twice its N-count like a mature host."""
         if self.config.client_count is not None:

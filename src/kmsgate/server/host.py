@@ -33,6 +33,7 @@ from kmsgate.protocol.session import (
     SessionSettings,
 )
 from kmsgate.server.identity import HostIdentity, build_identity
+from kmsgate.server.systemd import inherited_sockets
 
 log = logging.getLogger("kmsgate.server")
 
@@ -228,12 +229,6 @@ class KmsHost:
             rng=self._rng,
             today=(today or datetime.now(UTC)).date(),
         )
-        product_policy = ProductPolicy(
-            self.catalog,
-            allow=settings.allow_product,
-            deny=settings.deny_product,
-            deny_unknown=settings.deny_unknown_products,
-        )
         self.engine = KmsEngine(
             EngineConfig(
                 activation_interval=settings.activation_interval,
@@ -242,7 +237,7 @@ class KmsHost:
                 max_clock_skew=settings.max_clock_skew,
             ),
             self.identity.provider,
-            product_policy if product_policy.active else None,
+            self._product_policy(settings),
         )
         self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
         self._source_verdicts: dict[str, bool] = {}
@@ -252,6 +247,22 @@ class KmsHost:
         self.gateway: Gateway | None = None
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
+
+    def apply_policies(self, settings: ServeSettings) -> None:
+        """Swap source and product policies in place (SIGHUP); open connections keep going."""
+        self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
+        self._source_verdicts.clear()
+        self.engine.set_product_policy(self._product_policy(settings))
+        self.settings = settings
+
+    def _product_policy(self, settings: ServeSettings) -> ProductPolicy | None:
+        policy = ProductPolicy(
+            self.catalog,
+            allow=settings.allow_product,
+            deny=settings.deny_product,
+            deny_unknown=settings.deny_unknown_products,
+        )
+        return policy if policy.active else None
 
     def source_allowed(self, address: str) -> bool:
         """The source policy's verdict, memoised: a campus has few thousand client addresses."""
@@ -308,7 +319,10 @@ class KmsHost:
             from kmsgate.server.relay import relay_factory  # relay.py imports this module
 
             factory = relay_factory(self, upstream)
-        for host, port in self.settings.listen_addresses:
+        for sock in inherited_sockets():
+            server = await loop.create_server(factory, sock=sock, backlog=1024)
+            self._servers.append(server)
+        for host, port in [] if self._servers else self.settings.listen_addresses:
             try:
                 server = await loop.create_server(
                     factory, host, port, reuse_address=True, backlog=1024

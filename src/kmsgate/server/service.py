@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,8 +19,11 @@ from kmsgate.access.gateway import Gateway
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings, parse_listen
 from kmsgate.observability.metrics import Metrics
+from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.server.host import KmsHost
 from kmsgate.server.recording import ActivationRecorder
+from kmsgate.server.selftest import run_self_test
+from kmsgate.server.systemd import drop_privileges, hand_over, resolve_ids
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.writer import RecordWriter
@@ -81,6 +85,9 @@ class Service:
     async def start(self) -> None:
         """Open the store, start recording, listen for KMS clients, then serve the dashboard."""
         settings = self.settings
+        ids = None
+        if settings.user is not None and os.geteuid() == 0:
+            ids = resolve_ids(settings.user, settings.group)
         self.host = KmsHost(settings, catalog=self.catalog, metrics=self.metrics)
         if not settings.no_store:
             self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
@@ -98,6 +105,23 @@ class Service:
         await self.host.start()
         if self.store is not None and not settings.no_web:
             await self._start_web()
+        # Proves the protocol core works here, and imports what the hot path needs.
+        run_self_test(filetime_from_unix(time.time()))
+        if ids is not None:
+            # Every listener is bound (port 1688 and maybe 443 need root); from here on we
+            # run as the unprivileged user, whose files the data directory now holds.
+            hand_over(settings.data_dir, *ids)
+            drop_privileges(*ids)
+
+    def reload(self, settings: ServeSettings) -> None:
+        """Apply what can change without dropping connections: policies, quotas, windows."""
+        assert self.host is not None
+        self.host.apply_policies(settings)
+        if self.gateway is not None:
+            self.gateway.window = timedelta(seconds=settings.window)
+            self.gateway.quota_week = settings.quota_week
+            self.gateway.quota_month = settings.quota_month
+        self.settings = settings
 
     async def _start_gateway(self, store: Store) -> None:
         settings = self.settings
