@@ -22,6 +22,7 @@ from kmsgate.cli.common import (
 )
 from kmsgate.store.database import Store
 from kmsgate.store.errors import UserExists, UserNotFound
+from kmsgate.store.gateway import GatewayStore
 
 NameArgument = Annotated[str, typer.Argument(help="user name")]
 StdinOption = Annotated[
@@ -141,5 +142,34 @@ def register(app: typer.Typer) -> None:
                 f"{user.created:%Y-%m-%d %H:%M}",
             )
         Console().print(table)
+
+    @group.command("quota")
+    def quota(
+        name: NameArgument,
+        week: Annotated[
+            int | None, typer.Option(min=0, help="activations per rolling week")
+        ] = None,
+        month: Annotated[
+            int | None, typer.Option(min=0, help="activations per rolling 30 days")
+        ] = None,
+        config: ConfigOption = None,
+        db: DbOption = None,
+        data_dir: DataDirOption = None,
+    ) -> None:
+        """Set a user's quota overrides; without --week/--month the host-wide defaults apply."""
+        settings = resolve_settings(config, db, data_dir)
+
+        async def action(store: Store) -> None:
+            await GatewayStore(store).set_quota(name, week, month)
+
+        try:
+            with_store(settings, action)
+        except UserNotFound:
+            raise fail(f"no user {name!r}") from None
+        shown = ", ".join(
+            f"{label} {value if value is not None else 'default'}"
+            for label, value in (("week", week), ("month", month))
+        )
+        typer.echo(f"quota of {name}: {shown}")
 
     app.add_typer(group, name="users")

@@ -1,0 +1,96 @@
+"""`kmsgate audit`: the gateway's audit trail in the terminal, as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmsgate.cli.common import (
+    ConfigOption,
+    DataDirOption,
+    DbOption,
+    JsonOption,
+    fail,
+    print_json,
+    resolve_settings,
+    with_store,
+)
+from kmsgate.store.database import Store
+from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent, GatewayStore
+
+CSV_FIELDS = [f.name for f in dataclasses.fields(AuditEvent)]
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(f"--since {text!r} is not an ISO 8601 date or time", 2) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _csv_cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    # Spreadsheets run cells starting with these as formulas.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `audit` command."""
+
+    @app.command()
+    def audit(
+        user: Annotated[str | None, typer.Option(help="only this user")] = None,
+        address: Annotated[str | None, typer.Option(help="only this client address")] = None,
+        kind: Annotated[str | None, typer.Option(help=f"one of {', '.join(AUDIT_KINDS)}")] = None,
+        since: Annotated[str | None, typer.Option(help="from this time (ISO 8601, UTC)")] = None,
+        limit: Annotated[int, typer.Option(min=1, max=1000, help="events at most")] = 100,
+        json_output: JsonOption = False,
+        csv_output: Annotated[bool, typer.Option("--csv", help="CSV on standard output")] = False,
+        config: ConfigOption = None,
+        db: DbOption = None,
+        data_dir: DataDirOption = None,
+    ) -> None:
+        """Logins, windows and activations, newest first, linked by user, address and CMID."""
+        if kind is not None and kind not in AUDIT_KINDS:
+            raise fail(f"--kind must be one of {', '.join(AUDIT_KINDS)}", 2)
+        start = _parse_time(since)
+        settings = resolve_settings(config, db, data_dir)
+
+        async def action(store: Store) -> list[AuditEvent]:
+            page = await GatewayStore(store).list_audit(
+                username=user, address=address, kind=kind, since=start, limit=limit
+            )
+            return page.items
+
+        events = with_store(settings, action)
+        if json_output:
+            print_json([dataclasses.asdict(e) for e in events])
+            return
+        if csv_output:
+            writer = csv.writer(sys.stdout)
+            writer.writerow(CSV_FIELDS)
+            for event in events:
+                writer.writerow([_csv_cell(getattr(event, name)) for name in CSV_FIELDS])
+            return
+        table = Table("time (UTC)", "event", "user", "address", "machine", "product", "detail")
+        for e in events:
+            table.add_row(
+                f"{e.time:%Y-%m-%d %H:%M:%S}",
+                e.kind,
+                e.username or "",
+                e.address or "",
+                e.machine_name or "",
+                e.product or "",
+                e.detail or (e.result or ""),
+            )
+        Console(width=200).print(table)
