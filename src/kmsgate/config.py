@@ -174,6 +174,17 @@ class ServeSettings(BaseSettings):
     window: int = Field(
         300, ge=10, le=86400, description="seconds a login's activation window stays open"
     )
+    nft: bool = Field(
+        False,
+        description="also enforce windows in the kernel: an nftables set of windowed addresses "
+        "guards --nft-port (gateway mode; needs the nft command and CAP_NET_ADMIN)",
+    )
+    nft_table: str = Field(
+        "kmsgate",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
+        description="nftables table (family inet) that kmsgate owns",
+    )
+    nft_port: int = Field(1688, ge=1, le=65535, description="TCP port the nftables rules guard")
     quota_week: int | None = Field(
         None, ge=0, description="successful activations a user may have per rolling week"
     )
@@ -184,7 +195,7 @@ class ServeSettings(BaseSettings):
         default_factory=LocalSettings,
         description="account backend for portal logins: a TOML table named accounts with "
         "backend = local, ldap, pop3 or sql and its options (JSON in the env var and flag)",
-        json_schema_extra={"doc_default": "`{\"backend\": \"local\"}`"},
+        json_schema_extra={"doc_default": '`{"backend": "local"}`'},
     )
     trust_proxy: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -256,6 +267,11 @@ class ServeSettings(BaseSettings):
     def _consistent(self) -> ServeSettings:
         if self.gateway and self.no_store:
             raise ValueError("--gateway keeps windows in the store: it cannot run with --no-store")
+        if self.nft and not self.gateway:
+            raise ValueError("--nft mirrors gateway windows: it needs --gateway")
+        if self.nft and self.user is not None:
+            # nft runs at every login, long after --user dropped root and CAP_NET_ADMIN.
+            raise ValueError("--nft cannot run with --user; grant CAP_NET_ADMIN instead")
         if (self.web_cert is None) != (self.web_key is None):
             raise ValueError("--web-cert and --web-key go together")
         if self.dns_publish and not (self.dns_domain and self.dns_server):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from kmsgate.access.accounts import AccountBackend, BackendUnavailable
+from kmsgate.access.nft import NftError, NftWindowSet, seconds_left
 from kmsgate.catalog import Catalog
 from kmsgate.observability.logs import split_peer
 from kmsgate.protocol.session import ActivationRefused, ActivationServed, Event
@@ -110,6 +111,7 @@ class Gateway:
         quota_week: int | None = None,
         quota_month: int | None = None,
         clock: Clock = _utc_now,
+        nft: NftWindowSet | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -119,6 +121,7 @@ class Gateway:
         self.quota_week = quota_week
         self.quota_month = quota_month
         self.clock = clock
+        self.nft = nft
         self.audit = AuditWriter(store)
         self._admitted: dict[str, Window] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -176,6 +179,13 @@ class Gateway:
             )  # fmt: skip
             return LoginOutcome(403, message, None, usage, week, month)
         window = await self.store.grant_window(user, address, now, self.window)
+        if self.nft is not None:
+            try:
+                await self.nft.allow(address, max(1, seconds_left(window.expires_at, now)))
+            except (NftError, ValueError) as exc:
+                # The kernel would drop the client anyway: say so rather than "activate now".
+                log.error("window for %s not opened in nftables: %s", address, exc)
+                return LoginOutcome(503, "The firewall could not be opened; try again later.")
         self.audit.submit(self._event("login_ok", username=user, address=address, backend=backend))
         self.audit.submit(
             self._event("window_granted", username=user, address=address, window_id=window.id,
@@ -200,6 +210,12 @@ class Gateway:
             self.audit.submit(self._event("connection_refused", address=address, detail=detail))
             return None
         self._admitted[peer] = window
+        if self.nft is not None:
+            # Single use in the kernel too; this connection goes on (ct state established).
+            try:
+                await self.nft.revoke(address)
+            except (NftError, ValueError) as exc:
+                log.warning("%s stays in nftables until its timeout: %s", address, exc)
         self.audit.submit(
             self._event("window_consumed", username=window.username, address=address,
                         window_id=window.id, detail=f"connection {peer}")

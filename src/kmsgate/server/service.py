@@ -16,6 +16,7 @@ import uvicorn
 
 from kmsgate.access.accounts import build_backend
 from kmsgate.access.gateway import Gateway
+from kmsgate.access.nft import NftWindowSet
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings, parse_listen
 from kmsgate.observability.metrics import Metrics
@@ -125,6 +126,12 @@ class Service:
 
     async def _start_gateway(self, store: Store) -> None:
         settings = self.settings
+        nft = None
+        if settings.nft:
+            # Clients connect to this node, so the input hook; the table stays on stop, so
+            # the port fails closed. A failure here (no nft, no CAP_NET_ADMIN) stops startup.
+            nft = NftWindowSet(settings.nft_table, port=settings.nft_port, hooks=("input",))
+            await nft.ensure()
         self.gateway = Gateway(
             GatewayStore(store),
             build_backend(settings.accounts, store=store),
@@ -133,6 +140,7 @@ class Service:
             window=timedelta(seconds=settings.window),
             quota_week=settings.quota_week,
             quota_month=settings.quota_month,
+            nft=nft,
         )
         await self.gateway.start()
         assert self.host is not None
