@@ -352,7 +352,7 @@ def knot(tmp_path_factory: pytest.TempPathFactory, host: ThreadedHost) -> Iterat
 
 
 def test_discovery_falls_back_to_the_next_srv_record(knot: Any, host: ThreadedHost) -> None:
-    env = {"KMSGATE_DNS_SERVER": f"{knot.address}:{knot.port}"}
+    env = {"KMSGATE_CLIENT_DNS_SERVER": f"{knot.address}:{knot.port}"}
     result = invoke("--domain", "kms.test", "--json", env=env)
     assert result.exit_code == 0, result.stderr
     target = json.loads(result.stdout)["target"]
@@ -370,7 +370,7 @@ def test_discovery_falls_back_to_the_next_srv_record(knot: Any, host: ThreadedHo
 
 
 def test_discovery_without_records(knot: Any) -> None:
-    env = {"KMSGATE_DNS_SERVER": f"{knot.address}:{knot.port}"}
+    env = {"KMSGATE_CLIENT_DNS_SERVER": f"{knot.address}:{knot.port}"}
     result = invoke("--domain", "empty.test", env=env)
     assert result.exit_code == 3
     assert result.stderr.startswith("error: no KMS host found via DNS SRV")
@@ -378,7 +378,7 @@ def test_discovery_without_records(knot: Any) -> None:
 
 
 def test_discovery_when_no_candidate_answers(knot: Any) -> None:
-    env = {"KMSGATE_DNS_SERVER": f"{knot.address}:{knot.port}"}
+    env = {"KMSGATE_CLIENT_DNS_SERVER": f"{knot.address}:{knot.port}"}
     result = invoke("--domain", "alldead.test", "--timeout", "2", "--json", env=env)
     assert result.exit_code == 3
     assert result.stderr.startswith("error: no KMS host answered")

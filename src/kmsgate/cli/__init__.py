@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kmsgate.cli import audit, client, db, products, records, serve, users
+from kmsgate.cli import audit, client, db, dns, products, records, serve, users
 
 app = typer.Typer(
     name="kmsgate",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (serve, client, products, records, users, audit, db):
+for module in (serve, client, products, records, users, audit, db, dns):
     module.register(app)
 
 

@@ -42,7 +42,7 @@ from kmsgate.protocol.messages import Check, KmsRequest
 #: KMS id "Windows 10/11 2015 (Volume)", protocol v6, N-count 25).
 DEFAULT_SKU = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")
 #: Hidden test hook: ask only this nameserver (ADDR[:PORT]) for SRV and A/AAAA records.
-DNS_SERVER_ENV = "KMSGATE_DNS_SERVER"
+DNS_SERVER_ENV = "KMSGATE_CLIENT_DNS_SERVER"
 
 EXIT_ACTIVATION_FAILED = 1
 EXIT_NO_HOST = 3

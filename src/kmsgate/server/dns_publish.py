@@ -63,6 +63,17 @@ _RCODE_MEANING = {
     dns.rcode.NOTZONE: "the name is outside the zone",
 }
 
+_TSIG_ERRORS: dict[type[dns.tsig.PeerError], tuple[str, str]] = {
+    dns.tsig.PeerBadKey: (
+        "BADKEY",
+        "the server does not know this key name and algorithm, or its ACL or update-policy "
+        "does not let the key update this name",
+    ),
+    dns.tsig.PeerBadSignature: ("BADSIG", "the TSIG secret does not match the server's"),
+    dns.tsig.PeerBadTime: ("BADTIME", "this host's clock differs too much from the server's"),
+    dns.tsig.PeerBadTruncation: ("BADTRUNC", "the server refused the truncated MAC"),
+}
+
 
 class DnsPublishError(KmsgateError):
     """A DNS update could not be made; ``rcode`` names the server's answer when there was one."""
@@ -116,6 +127,7 @@ class SrvRecord:
 
     @property
     def rdata(self) -> SRV:
+        """The record's SRV rdata."""
         text = f"{self.priority} {self.weight} {self.port} {self.target}"
         rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SRV, text)
         assert isinstance(rdata, SRV)
@@ -348,11 +360,10 @@ class _Session:
                 f"DNS server {self.where} timed out after {self.timeout:g} s"
             ) from None
         except dns.tsig.PeerError as exc:
-            # RFC 8945: the server answered NOTAUTH with a TSIG error (BADKEY/BADSIG/BADTIME).
-            tsig_error = type(exc).__name__.removeprefix("Peer").upper()
+            # RFC 8945: the server answered NOTAUTH with a TSIG error instead of signing.
+            tsig_error, hint = _TSIG_ERRORS.get(type(exc), ("error", str(exc)))
             raise DnsPublishError(
-                f"DNS server {self.where} answered NOTAUTH (TSIG {tsig_error}: {exc}); "
-                "check the key name, secret and algorithm",
+                f"DNS server {self.where} answered NOTAUTH (TSIG {tsig_error}): {hint}",
                 "NOTAUTH",
             ) from None
         except dns.tsig.BadSignature:
@@ -439,6 +450,9 @@ async def unpublish(settings: ServeSettings, *, timeout: float = DEFAULT_TIMEOUT
     )
 
 
+_unpublish = unpublish  # DnsPublisher.stop's parameter shadows the function's name
+
+
 class DnsPublisher:
     """Keeps this host's SRV record published: now, then every ``interval`` seconds."""
 
@@ -458,29 +472,32 @@ class DnsPublisher:
         self.failures = 0  # failed attempts so far
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def running(self) -> bool:
+        """Whether the refresh task is alive."""
         return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
         """Start publishing in the background; the first update is sent at once."""
         if self._task is None:
+            self._stopping.clear()
             self._task = asyncio.create_task(self._run(), name="kmsgate-dns-publish")
 
     async def _run(self) -> None:
         delay = self.retry_delay
-        while True:
+        while not self._stopping.is_set():
             error = await self._publish_once()
             if error is None:
-                delay = self.retry_delay
-                await asyncio.sleep(self.interval)
-                continue
-            self.failures += 1
-            self.last_error = error
-            log.warning("cannot publish the DNS SRV record: %s; retrying in %g s", error, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.interval)
+                delay, pause = self.retry_delay, self.interval
+            else:
+                self.failures += 1
+                self.last_error = error
+                log.warning("cannot publish the DNS SRV record: %s; retrying in %g s", error, delay)
+                delay, pause = min(delay * 2, self.interval), delay
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
 
     async def _publish_once(self) -> str | None:
         """One publish; returns why it failed, or None."""
@@ -509,9 +526,15 @@ class DnsPublisher:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Let an update in flight finish (bounded by the timeout): cancelling it could leave
+        # it applied by the server after our removal.
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(task, self.timeout + 1)
+        except TimeoutError:
+            log.warning("the DNS update in flight did not finish; cancelled it")
+        except Exception:  # _run catches everything itself; this is belt and braces
+            log.exception("the DNS publisher failed")
         if not unpublish:
             return
         try:
@@ -522,6 +545,3 @@ class DnsPublisher:
             log.exception("unexpected error removing the DNS SRV record")
         else:
             log.info("removed %s from DNS via %s:%d", result.record.owner, *result.server)
-
-
-_unpublish = unpublish  # DnsPublisher.stop's parameter shadows the function's name

@@ -21,6 +21,7 @@ from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings, parse_listen
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
+from kmsgate.server.dns_publish import DnsPublisher
 from kmsgate.server.host import KmsHost
 from kmsgate.server.recording import ActivationRecorder
 from kmsgate.server.selftest import run_self_test
@@ -72,6 +73,7 @@ class Service:
         self.gateway: Gateway | None = None
         self._web: _EmbeddedUvicorn | None = None
         self._web_task: asyncio.Task[None] | None = None
+        self.dns_publisher: DnsPublisher | None = None
 
     @property
     def web_port(self) -> int | None:
@@ -113,6 +115,10 @@ class Service:
             # run as the unprivileged user, whose files the data directory now holds.
             hand_over(settings.data_dir, *ids)
             drop_privileges(*ids)
+        if settings.dns_publish:
+            # Announce the host only once it listens; failures are logged and retried.
+            self.dns_publisher = DnsPublisher(settings)
+            await self.dns_publisher.start()
 
     def reload(self, settings: ServeSettings) -> None:
         """Apply what can change without dropping connections: policies, quotas, windows."""
@@ -186,6 +192,10 @@ class Service:
 
     async def stop(self) -> None:
         """Stop accepting, drain connections, flush queued records, close the store."""
+        if self.dns_publisher is not None:
+            # Withdraw the SRV record first, so clients stop being sent here.
+            await self.dns_publisher.stop(unpublish=True)
+            self.dns_publisher = None
         if self.host is not None:
             await self.host.stop()
         if self.gateway is not None:
