@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import contextlib
 import logging
 import os
@@ -167,6 +168,8 @@ class Service:
             # Secure cookies only make sense when the browser reaches us over HTTPS.
             secure_cookies=settings.web_cert is not None,
             node_name=settings.node_name,
+            gateway=self.gateway,
+            trust_proxy=[ipaddress.ip_network(cidr, strict=False) for cidr in settings.trust_proxy],
         )
         host, port = parse_listen(settings.web)
         config = uvicorn.Config(
@@ -177,6 +180,8 @@ class Service:
             access_log=False,
             lifespan="off",
             server_header=False,
+            # Only --trust-proxy decides whose X-Forwarded-For is believed.
+            proxy_headers=False,
             ssl_certfile=str(settings.web_cert) if settings.web_cert else None,
             ssl_keyfile=str(settings.web_key) if settings.web_key else None,
         )

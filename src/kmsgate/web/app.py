@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,16 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kmsgate import __version__
+from kmsgate.access.gateway import Gateway
 from kmsgate.catalog import Catalog
 from kmsgate.store.database import Store
 from kmsgate.store.errors import InvalidCursor, StoreError, StoreUnavailable
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.api import build_api_router
-from kmsgate.web.auth import Authenticator, LoginLimiter, SessionCodec
+from kmsgate.web.audit import build_audit_router
+from kmsgate.web.auth import Authenticator, LoginLimiter, SessionCodec, client_ip
 from kmsgate.web.pages import LoginRequired, Renderer, build_login_router, build_pages_router
+from kmsgate.web.portal import Portal, PortalLimiter, build_portal_router, client_address
 
 log = logging.getLogger("kmsgate.web")
 
@@ -80,6 +85,24 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class DropEmptyQueryParams:
+    """Drops `name=` pairs from the query of HTML pages, so a filter form left blank is valid."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Wrap app; JSON routes keep their query exactly as sent."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Rewrite the query string of GET requests for pages before routing."""
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if query and scope.get("method") == "GET" and not _is_json_path(str(scope["path"])):
+            pairs = query.split(b"&")
+            kept = [p for p in pairs if p and (b"=" not in p or p.partition(b"=")[2])]
+            if len(kept) != len(pairs):
+                scope = {**scope, "query_string": b"&".join(kept)}
+        await self.app(scope, receive, send)
+
+
 class RequestLineLimit:
     """Answers 414 when path plus query exceed max_bytes, whatever the route or server."""
 
@@ -99,9 +122,12 @@ class RequestLineLimit:
         await self.app(scope, receive, send)
 
 
-def _wants_json(request: Request) -> bool:
-    path = request.url.path
+def _is_json_path(path: str) -> bool:
     return path == "/api" or path.startswith(("/api/", "/openapi.json", "/healthz"))
+
+
+def _wants_json(request: Request) -> bool:
+    return _is_json_path(request.url.path)
 
 
 def _validation_messages(exc: RequestValidationError) -> list[str]:
@@ -124,30 +150,55 @@ def create_app(
     login_limiter: LoginLimiter | None = None,
     password_hasher: PasswordHasher | None = None,
     clock: Callable[[], datetime] | None = None,
+    gateway: Gateway | None = None,
+    trust_proxy: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    portal_limiter: PortalLimiter | None = None,
 ) -> FastAPI:
     """Build the dashboard over an open store; metrics_registry None serves the default registry.
 
-    login_limiter, password_hasher and clock exist for tests; the defaults suit production.
+    With a gateway, / is the user portal and the overview moves to /dashboard. trust_proxy:
+    proxies whose X-Forwarded-For names the client. login_limiter, portal_limiter,
+    password_hasher and clock exist for tests; the defaults suit production.
     """
     now = clock or (lambda: datetime.now(UTC))
     registry = metrics_registry if metrics_registry is not None else prometheus_client.REGISTRY
     codec = SessionCodec(secret_key, secure=secure_cookies)
     authenticator = Authenticator(store, codec, limiter=login_limiter, hasher=password_hasher)
-    renderer = Renderer(node_name=node_name)
+    renderer = Renderer(node_name=node_name, home="/dashboard" if gateway else "/")
+    proxies = tuple(trust_proxy)
+
+    def resolve_address(request: Request) -> str | None:
+        return client_address(request, proxies)
+
+    def limiter_key(request: Request) -> str:
+        return resolve_address(request) or client_ip(request)
 
     # Swagger UI and ReDoc load their JS from a CDN; /docs is our own server-rendered page.
     app = FastAPI(
         title="kmsgate dashboard API",
         version=__version__,
-        description="Read-only JSON API of the kmsgate dashboard. Log in at /login first.",
+        description="JSON API of the kmsgate dashboard (read-only; log in at /login first)"
+        + (" and the gateway's POST /api/login for portal accounts." if gateway else "."),
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
-    app.include_router(build_login_router(authenticator, renderer))
-    app.include_router(build_pages_router(store, catalog, authenticator, renderer, now=now))
+    app.include_router(build_login_router(authenticator, renderer, client_address=limiter_key))
+    if gateway is not None:
+        portal = Portal(gateway, portal_limiter or PortalLimiter())
+        app.include_router(
+            build_portal_router(portal, codec, renderer, resolve_address=resolve_address)
+        )
+    overview_paths = ("/dashboard",) if gateway is not None else ("/", "/dashboard")
+    app.include_router(
+        build_pages_router(
+            store, catalog, authenticator, renderer, now=now, overview_paths=overview_paths
+        )
+    )
     api = build_api_router(store, catalog, authenticator, node_name=node_name, now=now)
     app.include_router(api)
+    audit_store = gateway.store if gateway is not None else GatewayStore(store)
+    app.include_router(build_audit_router(audit_store, authenticator, renderer))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -231,6 +282,7 @@ def create_app(
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
     # The middleware added last runs outermost: the 414s get the security headers too.
+    app.add_middleware(DropEmptyQueryParams)
     app.add_middleware(RequestLineLimit)
     app.add_middleware(SecurityHeaders, hsts=secure_cookies)
     return app

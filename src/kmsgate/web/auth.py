@@ -211,6 +211,13 @@ class LoginLimiter:
                 entry.locked_until = now + self.lockout
                 entry.times.clear()
 
+    def release(self, ip: str, user: str) -> None:
+        """Take back the attempt begin() counted when it got no verdict (server unavailable)."""
+        for key in self._keys(ip, user):
+            entry = self._entries.get(key)
+            if entry is not None and entry.times:
+                entry.times.pop()
+
     def success(self, ip: str, user: str) -> None:
         """Forget the failures of (ip, user) and this attempt's count against the IP."""
         pair, per_ip = self._keys(ip, user)
@@ -349,5 +356,5 @@ def safe_next(target: str | None) -> str:
 
 
 def client_ip(request: Request) -> str:
-    """The peer address (uvicorn resolves trusted proxy headers before it reaches us)."""
+    """The peer address, ignoring proxies (create_app resolves --trust-proxy on top of this)."""
     return request.client.host if request.client else "unknown"

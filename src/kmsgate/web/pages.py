@@ -224,10 +224,11 @@ def template_environment() -> jinja2.Environment:
 class Renderer:
     """Renders templates with the context every page needs (node, admin, CSRF, version)."""
 
-    def __init__(self, *, node_name: str) -> None:
-        """Use the shared template environment; node_name is shown on every page."""
+    def __init__(self, *, node_name: str, home: str = "/") -> None:
+        """node_name is shown on every page; home is the admin overview's path."""
         self.templates = Jinja2Templates(env=template_environment())
         self.node_name = node_name
+        self.home = home
 
     def page(
         self,
@@ -243,6 +244,7 @@ class Renderer:
         ctx: dict[str, Any] = {
             "admin": admin,
             "node_name": self.node_name,
+            "home": self.home,
             "version": __version__,
             "active": "",
             "title": "",
@@ -286,8 +288,12 @@ def build_pages_router(
     renderer: Renderer,
     *,
     now: Callable[[], datetime],
+    overview_paths: Sequence[str] = ("/", "/dashboard"),
 ) -> APIRouter:
-    """The HTML routes; without an admin session each redirects to /login?next=<here>."""
+    """The HTML routes; without an admin session each redirects to /login?next=<here>.
+
+    overview_paths: where the overview is served (gateway mode leaves / to the user portal).
+    """
 
     async def require_admin(request: Request) -> Admin:
         admin = await authenticator.current_admin(request)
@@ -300,7 +306,6 @@ def build_pages_router(
 
     router = APIRouter(dependencies=[Depends(require_admin)], include_in_schema=False)
 
-    @router.get("/", response_class=HTMLResponse)
     async def overview(request: Request) -> Response:
         """Counts, requests per hour, products, latest requests."""
         stats = await store.stats(now())
@@ -318,6 +323,9 @@ def build_pages_router(
                 "recent": recent.items,
             },
         )
+
+    for path in overview_paths:
+        router.add_api_route(path, overview, methods=["GET"], response_class=HTMLResponse)
 
     @router.get("/clients", response_class=HTMLResponse)
     async def clients(
@@ -556,10 +564,23 @@ async def _read_form(request: Request) -> dict[str, str]:
     return dict(pairs)
 
 
-def build_login_router(authenticator: Authenticator, renderer: Renderer) -> APIRouter:
-    """GET/POST /login and POST /logout (the only HTML routes open without a session)."""
+def build_login_router(
+    authenticator: Authenticator,
+    renderer: Renderer,
+    *,
+    client_address: Callable[[Request], str] = client_ip,
+) -> APIRouter:
+    """GET/POST /login and POST /logout (the only admin routes open without a session).
+
+    client_address: the rate limiter's key for a request (the app resolves trusted proxies).
+    """
     codec = authenticator.codec
     router = APIRouter(include_in_schema=False)
+
+    def landing(next_url: str | None) -> str:
+        # A bare "/" means "the dashboard", which is not / when the user portal owns it.
+        target = safe_next(next_url)
+        return renderer.home if target == "/" else target
 
     def login_page(
         request: Request, next_url: str, *, status: int = 200, message: str = "", username: str = ""
@@ -590,7 +611,7 @@ def build_login_router(authenticator: Authenticator, renderer: Renderer) -> APIR
         request: Request, next_url: Annotated[str | None, Query(alias="next")] = None
     ) -> Response:
         """The login form; already signed-in admins go straight on."""
-        target = safe_next(next_url)
+        target = landing(next_url)
         if await authenticator.current_admin(request) is not None:
             return RedirectResponse(target, status_code=303)
         request.state.admin = None
@@ -601,7 +622,7 @@ def build_login_router(authenticator: Authenticator, renderer: Renderer) -> APIR
         """Check CSRF, rate limit and credentials; set the session cookie."""
         request.state.admin = None
         form = await _read_form(request)
-        target = safe_next(form.get("next"))
+        target = landing(form.get("next"))
         username = form.get("username", "").strip()
         if not codec.check_login_csrf(
             request.cookies.get(codec.csrf_cookie), form.get("csrf_token", "")
@@ -613,7 +634,9 @@ def build_login_router(authenticator: Authenticator, renderer: Renderer) -> APIR
                 message="The login form expired. Please try again.",
                 username=username,
             )
-        result = await authenticator.login(client_ip(request), username, form.get("password", ""))
+        result = await authenticator.login(
+            client_address(request), username, form.get("password", "")
+        )
         if result.cookie is None:
             response = login_page(
                 request, target, status=result.status, message=result.message, username=username

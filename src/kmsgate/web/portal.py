@@ -1,0 +1,489 @@
+"""The gateway's user portal: campus users log in at / or /api/login to open a window."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.responses import Response
+
+from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
+from kmsgate.access.gateway import Gateway, LoginOutcome
+from kmsgate.auth.passwords import MAX_PASSWORD_LENGTH
+from kmsgate.store.errors import StoreError
+from kmsgate.store.gateway import AuditEvent, QuotaUsage, Window
+from kmsgate.web.api import ErrorModel
+from kmsgate.web.auth import LoginLimiter, SessionCodec
+from kmsgate.web.pages import Renderer, _read_form
+
+log = logging.getLogger("kmsgate.web.portal")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_JSON_BYTES = 8192
+# Account backends run argon2 or a network round trip per login: bound how many run at once.
+MAX_CONCURRENT_LOGINS = 8
+UNAVAILABLE_RETRY = 30
+
+
+# ---------------------------------------------------------------- client address
+
+
+def parse_address(text: str) -> IPAddress | None:
+    """An IP of a peer or X-Forwarded-For entry (`[v6]:port`, `v4:port` too); None if malformed."""
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not _is_port(rest)):
+            return None
+        text = host
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not _is_port(":" + port):
+            return None
+        text = host
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d; the KMS host sees a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_port(text: str) -> bool:
+    return text.startswith(":") and 1 < len(text) <= 6 and text[1:].isascii() and text[1:].isdigit()
+
+
+def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
+    return any(address in network for network in proxies)
+
+
+def client_address(request: Request, trust_proxy: Sequence[IPNetwork] = ()) -> str | None:
+    """The client's IP: the peer, or behind a trusted proxy the right-most untrusted XFF entry.
+
+    Malformed X-Forwarded-For entries are skipped; None when the peer itself is no IP address.
+    """
+    peer = parse_address(request.client.host) if request.client else None
+    if peer is None:
+        return None
+    if not _trusted(peer, trust_proxy):
+        return str(peer)
+    hops = [
+        address
+        for header in request.headers.getlist("x-forwarded-for")
+        for entry in header.split(",")
+        if (address := parse_address(entry)) is not None
+    ]
+    for address in reversed(hops):
+        if not _trusted(address, trust_proxy):
+            return str(address)
+    # Every hop is a trusted proxy: the left-most one is where the request started.
+    return str(hops[0] if hops else peer)
+
+
+# ---------------------------------------------------------------- rate limit
+
+
+class PortalLimiter:
+    """Failed portal logins per (address, user) and per address like the admin login, and per user.
+
+    The per-user count spans all addresses, against guessing one password from many machines.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = 5,
+        max_failures_per_ip: int = 30,
+        max_failures_per_user: int = 50,
+        window: float = 900.0,
+        lockout: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Lock a key for `lockout` s after its failure limit within `window` s."""
+        self.by_address = LoginLimiter(
+            max_failures=max_failures,
+            max_failures_per_ip=max_failures_per_ip,
+            window=window,
+            lockout=lockout,
+            clock=clock,
+        )
+        # Keyed (user, "") and (user, None): the first one locks; the second never does.
+        self.by_user = LoginLimiter(
+            max_failures=max_failures_per_user,
+            max_failures_per_ip=sys.maxsize,
+            window=window,
+            lockout=lockout,
+            clock=clock,
+        )
+
+    @staticmethod
+    def _user(user: str) -> str:
+        return user.strip()[:MAX_USERNAME_LENGTH].casefold()
+
+    def retry_after(self, ip: str, user: str) -> float:
+        """Seconds until (ip, user) may try again; 0 when not locked out."""
+        name = self._user(user)
+        return max(self.by_address.retry_after(ip, name), self.by_user.retry_after(name, ""))
+
+    def begin(self, ip: str, user: str) -> None:
+        """Count an attempt as a failure until success() or release() says otherwise."""
+        name = self._user(user)
+        self.by_address.begin(ip, name)
+        self.by_user.begin(name, "")
+
+    def success(self, ip: str, user: str) -> None:
+        """The password was right: forget the user's failures."""
+        name = self._user(user)
+        self.by_address.success(ip, name)
+        self.by_user.success(name, "")
+
+    def release(self, ip: str, user: str) -> None:
+        """No verdict (account server unavailable): the attempt does not count."""
+        name = self._user(user)
+        self.by_address.release(ip, name)
+        self.by_user.release(name, "")
+
+
+# ---------------------------------------------------------------- login
+
+
+@dataclass(frozen=True, slots=True)
+class PortalAttempt:
+    """A portal login's answer: HTTP status, message, the gateway's outcome when it was asked."""
+
+    status: int
+    message: str
+    outcome: LoginOutcome | None = None
+    retry_after: float = 0.0
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def window_seconds(window: Window) -> int:
+    """How long the window stays open, in whole seconds."""
+    return max(0, int((_utc(window.expires_at) - _utc(window.granted_at)).total_seconds()))
+
+
+class Portal:
+    """Rate limits logins, asks the gateway, and audits lockouts."""
+
+    def __init__(self, gateway: Gateway, limiter: PortalLimiter) -> None:
+        """gateway: opens windows and audits logins; limiter: the portal's failure counts."""
+        self.gateway = gateway
+        self.limiter = limiter
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOGINS)
+
+    def _locked(self, wait: float) -> PortalAttempt:
+        minutes = max(1, round(wait / 60))
+        plural = "s" if minutes != 1 else ""
+        return PortalAttempt(
+            429, f"Too many failed logins. Try again in about {minutes} minute{plural}.", None, wait
+        )
+
+    def _audit_lockout(self, address: str, username: str, wait: float) -> None:
+        gateway = self.gateway
+        log.warning("portal logins of %r from %s locked out", username[:64], address)
+        gateway.audit.submit(
+            AuditEvent(
+                time=gateway.clock(),
+                kind="login_locked",
+                node=gateway.node,
+                username=username.strip()[:MAX_USERNAME_LENGTH],
+                address=address,
+                backend=gateway.backend.name,
+                detail=f"too many failed logins: locked for {math.ceil(wait)} s",
+            )
+        )
+
+    async def login(self, address: str, username: str, password: str) -> PortalAttempt:
+        """Check the limiter, then the gateway; the password goes nowhere but the gateway."""
+        wait = self.limiter.retry_after(address, username)
+        if wait > 0:
+            return self._locked(wait)
+        self.limiter.begin(address, username)
+        try:
+            async with self._slots:
+                outcome = await self.gateway.login(username, password, address)
+        except StoreError as exc:
+            self.limiter.release(address, username)
+            log.warning("portal login failed: store unavailable: %s", exc)
+            message = "The service is unavailable; try again shortly."
+            return PortalAttempt(503, message, None, UNAVAILABLE_RETRY)
+        if outcome.status in (200, 403):
+            self.limiter.success(address, username)
+        elif outcome.status == 503:
+            self.limiter.release(address, username)
+            return PortalAttempt(503, outcome.message, outcome, UNAVAILABLE_RETRY)
+        else:
+            wait = self.limiter.retry_after(address, username)
+            if wait > 0:  # this failure started the lockout: audit it once
+                self._audit_lockout(address, username, wait)
+        return PortalAttempt(outcome.status, outcome.message, outcome)
+
+
+# ---------------------------------------------------------------- JSON models
+
+
+class LoginRequest(BaseModel):
+    """Credentials of a portal account (campus account, not a dashboard administrator)."""
+
+    username: str = Field(min_length=1, max_length=MAX_USERNAME_LENGTH)
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+
+
+class WindowModel(BaseModel):
+    """The activation window: `address` may activate once before `expires_at`."""
+
+    id: int
+    address: str
+    expires_at: datetime
+    seconds: int = Field(description="Length of the window in seconds.")
+
+
+class QuotaPeriod(BaseModel):
+    """Activations used in a rolling period, the limit (null: none), when the oldest expires."""
+
+    used: int
+    limit: int | None
+    resets_at: datetime | None
+
+
+class QuotaModel(BaseModel):
+    """Usage in the rolling week (7 days) and month (30 days), before this window."""
+
+    week: QuotaPeriod
+    month: QuotaPeriod
+
+
+class LoginResponse(BaseModel):
+    """A granted window, the user's quota and a message to show."""
+
+    window: WindowModel
+    quota: QuotaModel
+    message: str
+
+
+def quota_model(usage: QuotaUsage | None, week: int | None, month: int | None) -> QuotaModel:
+    """The quota part of a login answer."""
+    usage = usage or QuotaUsage(0, 0, None, None)
+    return QuotaModel(
+        week=QuotaPeriod(
+            used=usage.week_used,
+            limit=week,
+            resets_at=_utc(usage.week_resets_at) if usage.week_resets_at else None,
+        ),
+        month=QuotaPeriod(
+            used=usage.month_used,
+            limit=month,
+            resets_at=_utc(usage.month_resets_at) if usage.month_resets_at else None,
+        ),
+    )
+
+
+def _login_schema() -> dict[str, Any]:
+    schema = LoginRequest.model_json_schema()
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+_LOGIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorModel, "description": "Wrong user name or password"},
+    403: {"model": ErrorModel, "description": "Quota used up (the message says when it resets)"},
+    413: {"model": ErrorModel, "description": "Body over 8 KiB"},
+    415: {"model": ErrorModel, "description": "Body is not application/json"},
+    422: {"description": "Malformed body (the values are never echoed)"},
+    429: {
+        "model": ErrorModel,
+        "description": "Too many failed logins; see the Retry-After header",
+    },
+    503: {"model": ErrorModel, "description": "Account server or database unavailable"},
+}
+
+
+# ---------------------------------------------------------------- routes
+
+
+async def _read_json(request: Request) -> bytes | JSONResponse:
+    """The raw body, or the error response for a wrong type or an oversized body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        # Requiring JSON also stops other sites from posting here with a plain HTML form.
+        return JSONResponse({"detail": "expected an application/json body"}, 415)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            return JSONResponse({"detail": "body too large"}, 413)
+    return bytes(body)
+
+
+def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Error locations and messages without the input (which may be a password)."""
+    return [
+        {"loc": ["body", *err.get("loc", ())], "msg": err.get("msg", ""), "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def build_portal_router(
+    portal: Portal,
+    codec: SessionCodec,
+    renderer: Renderer,
+    *,
+    resolve_address: Callable[[Request], str | None],
+) -> APIRouter:
+    """GET/POST / (the user portal's login form) and POST /api/login (the same, as JSON)."""
+    router = APIRouter()
+    gateway = portal.gateway
+
+    def form_page(
+        request: Request,
+        *,
+        status: int = 200,
+        message: str = "",
+        username: str = "",
+        outcome: LoginOutcome | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        token = codec.login_csrf_token(request.cookies.get(codec.csrf_cookie))
+        signed = None
+        if token is None:
+            token, signed = codec.new_login_csrf()
+        quota = None
+        if outcome is not None and outcome.usage is not None:
+            quota = quota_model(outcome.usage, outcome.quota_week, outcome.quota_month)
+        response = renderer.page(
+            request,
+            "portal.html",
+            {
+                "title": "Activate",
+                "csrf_token": token,
+                "message": message,
+                "username": username,
+                "address": resolve_address(request),
+                "seconds": int(gateway.window.total_seconds()),
+                "quota": quota,
+            },
+            status=status,
+            headers=headers,
+        )
+        if signed is not None:
+            codec.set_login_csrf(response, signed)
+        return response
+
+    def retry_headers(attempt: PortalAttempt) -> dict[str, str] | None:
+        if attempt.retry_after <= 0:
+            return None
+        return {"Retry-After": str(math.ceil(attempt.retry_after))}
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def portal_form(request: Request) -> Response:
+        """The login form of the user portal."""
+        request.state.admin = None
+        return form_page(request)
+
+    @router.post("/", response_class=HTMLResponse, include_in_schema=False)
+    async def portal_login(request: Request) -> Response:
+        """Check CSRF, rate limit and credentials; show the window or why there is none."""
+        request.state.admin = None
+        form = await _read_form(request)
+        username = form.get("username", "").strip()[:MAX_USERNAME_LENGTH]
+        if not codec.check_login_csrf(
+            request.cookies.get(codec.csrf_cookie), form.get("csrf_token", "")
+        ):
+            message = "The login form expired. Please try again."
+            return form_page(request, status=400, message=message, username=username)
+        address = resolve_address(request)
+        if address is None:
+            message = "Your IP address cannot be determined, so no window can be opened."
+            return form_page(request, status=400, message=message, username=username)
+        attempt = await portal.login(address, form.get("username", ""), form.get("password", ""))
+        outcome = attempt.outcome
+        if outcome is None or outcome.window is None:
+            return form_page(
+                request,
+                status=attempt.status,
+                message=attempt.message,
+                username=username,
+                outcome=outcome,
+                headers=retry_headers(attempt),
+            )
+        window = outcome.window
+        return renderer.page(
+            request,
+            "portal_result.html",
+            {
+                "title": "Activate now",
+                "window": window,
+                "seconds": window_seconds(window),
+                "message": outcome.message,
+                "quota": quota_model(outcome.usage, outcome.quota_week, outcome.quota_month),
+                "kms_host": request.url.hostname or "this-server",
+            },
+        )
+
+    @router.post(
+        "/api/login",
+        tags=["portal"],
+        summary="Open an activation window",
+        response_model=LoginResponse,
+        responses=_LOGIN_RESPONSES,
+        openapi_extra=_login_schema(),
+    )
+    async def api_login(request: Request) -> Response:
+        """Log in with a portal account: the caller's address may then activate once, soon.
+
+        For scripts; no cookie and no CSRF token, but the same rate limit as the login form.
+        """
+        body = await _read_json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            credentials = LoginRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return JSONResponse({"detail": _validation_errors(exc)}, 422)
+        address = resolve_address(request)
+        if address is None:
+            return JSONResponse({"detail": "cannot determine the client address"}, 400)
+        attempt = await portal.login(address, credentials.username, credentials.password)
+        outcome = attempt.outcome
+        if outcome is None or outcome.window is None:
+            return JSONResponse(
+                {"detail": attempt.message}, attempt.status, headers=retry_headers(attempt)
+            )
+        window = outcome.window
+        answer = LoginResponse(
+            window=WindowModel(
+                id=window.id,
+                address=window.address,
+                expires_at=_utc(window.expires_at),
+                seconds=window_seconds(window),
+            ),
+            quota=quota_model(outcome.usage, outcome.quota_week, outcome.quota_month),
+            message=outcome.message,
+        )
+        return JSONResponse(answer.model_dump(mode="json"))
+
+    return router
