@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
