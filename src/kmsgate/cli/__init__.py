@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from typing import Any
+
 import typer
 
-from kmsgate.cli import audit, client, db, dns, products, records, serve, users
+COMMANDS = ("serve", "client", "products", "records", "users", "audit", "db", "dns", "config_cmd")
+# Top-level command name -> module; `clients` and `stats` live in records, `config` in config_cmd.
+_MODULE_OF = {"clients": "records", "stats": "records", "config": "config_cmd"}
 
-app = typer.Typer(
-    name="kmsgate",
-    help="KMS volume-activation host, strict client and authenticating gateway.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-for module in (serve, client, products, records, users, audit, db, dns):
-    module.register(app)
+
+def create_app(commands: tuple[str, ...] = COMMANDS) -> typer.Typer:
+    """The Typer application with the given command modules registered."""
+    app = typer.Typer(
+        name="kmsgate",
+        help="KMS volume-activation host, strict client and authenticating gateway.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
+    @app.callback()
+    def root() -> None:
+        """KMS volume-activation host, strict client and authenticating gateway."""
+
+    # With a callback the app stays a command group even when one command is registered.
+    for name in commands:
+        importlib.import_module(f"kmsgate.cli.{name}").register(app)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `from kmsgate.cli import app` (tests, embedding) gets every command.
+    if name == "app":
+        return create_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    # A long-running `serve` should not carry every other command's imports (SQLAlchemy,
+    # Rich tables, the load generator) in memory: register only the command being run.
+    wanted = sys.argv[1] if len(sys.argv) > 1 else ""
+    module = _MODULE_OF.get(wanted, wanted)
+    create_app((module,) if module in COMMANDS else COMMANDS)()

@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-from kmsgate.access.gateway import Gateway
 from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
@@ -34,6 +33,9 @@ from kmsgate.protocol.session import (
 )
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.systemd import inherited_sockets
+
+if TYPE_CHECKING:
+    from kmsgate.access.gateway import Gateway
 
 log = logging.getLogger("kmsgate.server")
 

@@ -9,39 +9,29 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import uvicorn
-
-from kmsgate.access.accounts import build_backend
-from kmsgate.access.gateway import Gateway
-from kmsgate.access.nft import NftWindowSet
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings, parse_listen
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
-from kmsgate.server.dns_publish import DnsPublisher
 from kmsgate.server.host import KmsHost
-from kmsgate.server.recording import ActivationRecorder
 from kmsgate.server.selftest import run_self_test
 from kmsgate.server.systemd import drop_privileges, hand_over, resolve_ids
-from kmsgate.store.database import Store
-from kmsgate.store.gateway import GatewayStore
-from kmsgate.store.writer import RecordWriter
-from kmsgate.web.app import create_app
+
+# The store (SQLAlchemy), the web stack (FastAPI, uvicorn), the gateway and DNS publishing are
+# imported where they are started, so a node runs with only the memory its options need.
+if TYPE_CHECKING:
+    from kmsgate.access.gateway import Gateway
+    from kmsgate.server.dns_publish import DnsPublisher
+    from kmsgate.server.web_listener import EmbeddedUvicorn
+    from kmsgate.store.database import Store
+    from kmsgate.store.writer import RecordWriter
 
 log = logging.getLogger("kmsgate.server")
 SESSION_KEY_FILE = "web-secret.key"
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the service owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def load_web_secret(data_dir: Path) -> bytes:
@@ -72,19 +62,14 @@ class Service:
         self.writer: RecordWriter | None = None
         self.host: KmsHost | None = None
         self.gateway: Gateway | None = None
-        self._web: _EmbeddedUvicorn | None = None
+        self._web: EmbeddedUvicorn | None = None
         self._web_task: asyncio.Task[None] | None = None
         self.dns_publisher: DnsPublisher | None = None
 
     @property
     def web_port(self) -> int | None:
         """The bound web port (useful with port 0), or None without a web listener."""
-        if self._web is None or not self._web.servers:
-            return None
-        for server in self._web.servers:
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        return None
+        return self._web.port if self._web is not None else None
 
     async def start(self) -> None:
         """Open the store, start recording, listen for KMS clients, then serve the dashboard."""
@@ -94,6 +79,10 @@ class Service:
             ids = resolve_ids(settings.user, settings.group)
         self.host = KmsHost(settings, catalog=self.catalog, metrics=self.metrics)
         if not settings.no_store:
+            from kmsgate.server.recording import ActivationRecorder
+            from kmsgate.store.database import Store
+            from kmsgate.store.writer import RecordWriter
+
             self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
             log.info("store %s", self.store.url)
             writer = self.writer = RecordWriter(self.store, max_queue=settings.store_queue)
@@ -117,6 +106,8 @@ class Service:
             hand_over(settings.data_dir, *ids)
             drop_privileges(*ids)
         if settings.dns_publish:
+            from kmsgate.server.dns_publish import DnsPublisher
+
             # Announce the host only once it listens; failures are logged and retried.
             self.dns_publisher = DnsPublisher(settings)
             await self.dns_publisher.start()
@@ -132,6 +123,11 @@ class Service:
         self.settings = settings
 
     async def _start_gateway(self, store: Store) -> None:
+        from kmsgate.access.accounts import build_backend
+        from kmsgate.access.gateway import Gateway
+        from kmsgate.access.nft import NftWindowSet
+        from kmsgate.store.gateway import GatewayStore
+
         settings = self.settings
         nft = None
         if settings.nft:
@@ -158,6 +154,9 @@ class Service:
         )
 
     async def _start_web(self) -> None:
+        from kmsgate.server.web_listener import start_web_listener
+        from kmsgate.web.app import create_app
+
         assert self.store is not None
         settings = self.settings
         app = create_app(
@@ -172,26 +171,13 @@ class Service:
             trust_proxy=[ipaddress.ip_network(cidr, strict=False) for cidr in settings.trust_proxy],
         )
         host, port = parse_listen(settings.web)
-        config = uvicorn.Config(
+        self._web, self._web_task = await start_web_listener(
             app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            # Only --trust-proxy decides whose X-Forwarded-For is believed.
-            proxy_headers=False,
-            ssl_certfile=str(settings.web_cert) if settings.web_cert else None,
-            ssl_keyfile=str(settings.web_key) if settings.web_key else None,
+            host,
+            port,
+            cert=str(settings.web_cert) if settings.web_cert else None,
+            key=str(settings.web_key) if settings.web_key else None,
         )
-        self._web = _EmbeddedUvicorn(config)
-        self._web_task = asyncio.create_task(self._web.serve())
-        while not self._web.started:
-            if self._web_task.done():
-                self._web_task.result()
-                raise OSError(f"web listener {settings.web} did not start")
-            await asyncio.sleep(0.01)
         scheme = "https" if settings.web_cert else "http"
         log.info("web dashboard on %s://%s:%d/", scheme, host, self.web_port)
 
