@@ -107,6 +107,7 @@ def value_sources(
 
 
 def _exit_with(problems: list[str], code: int) -> typer.Exit:
+    """Print each problem as `error: ...` to stderr; the Exit to raise."""
     typer.echo("\n".join(f"error: {problem}" for problem in problems), err=True)
     return typer.Exit(code)
 
@@ -184,10 +185,13 @@ def _loc_text(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def _message(err: Any) -> str:
+def _message(err: Any, file_keys: bool) -> str:
+    """Pydantic's message without its prefix; flags renamed to file keys for `check`."""
     if err["type"] == "extra_forbidden":
         return "unknown key"
     msg = str(err["msg"]).removeprefix("Value error, ")
+    if not file_keys:
+        return msg
     # Cross-field checks name flags; in a file the keys are what the reader looks for.
     return _FLAG.sub(
         lambda m: key if (key := m[1].replace("-", "_")) in ServeSettings.model_fields else m[0],
@@ -195,13 +199,15 @@ def _message(err: Any) -> str:
     )
 
 
-def _describe(err: Any) -> str:
+def _describe(err: Any, file_keys: bool = False) -> str:
     """`key: problem` for one pydantic error."""
     key = _loc_text(tuple(err["loc"]))
-    return f"{key}: {_message(err)}" if key else _message(err)
+    message = _message(err, file_keys)
+    return f"{key}: {message}" if key else message
 
 
 def _unknown(key: str) -> str:
+    """`key: unknown key`, with the setting it was probably meant to be."""
     hint = ""
     fields = list(ServeSettings.model_fields)
     if key.replace("-", "_") in fields:
@@ -237,11 +243,12 @@ def check_text(text: str, where: str) -> list[str]:
     except ValidationError as exc:
         for err in exc.errors():
             key = _loc_text(tuple(err["loc"]))
-            problems.append(f"{at(key) if key else where}: {_describe(err)}")
+            problems.append(f"{at(key) if key else where}: {_describe(err, file_keys=True)}")
     return sorted(problems, key=_line_of)
 
 
 def _line_of(problem: str) -> int:
+    """The line number in `where:line: ...` (0 without one), to list problems in file order."""
     match = re.match(r"[^:]*:(\d+)", problem)
     return int(match[1]) if match else 0
 
@@ -302,7 +309,7 @@ def register(app: typer.Typer) -> None:
     def check(
         file: Annotated[Path, typer.Argument(help="TOML config file to validate")],
     ) -> None:
-        """Validate a TOML config file: syntax, unknown keys, bad values (exit 1 on problems)."""
+        """Validate a TOML config file on its own (no environment): syntax, keys, values."""
         problems = check_file(file)
         if problems:
             raise _exit_with(problems, 1)
