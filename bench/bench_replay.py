@@ -1,0 +1,195 @@
+"""Server-bound activation benchmark: pre-built vlmcs-style PDUs, a fresh connection each (by hand).
+
+Usage: .venv/bin/python bench/bench_replay.py [--concurrency 8] [--total 10000] [--seconds 15]
+       [--protocol 6] [--record]
+
+The strict client (bench_activations.py) spends more CPU per activation than the server, so on
+a 2-core machine it saturates its core first. Here the client work is moved ahead of the run:
+every request PDU is built beforehand (distinct CMIDs and IVs), each connection sends the
+same bind / alter_context / request sequence as vlmcs, and checks the reply headers, call ids
+and return code; one answer in 50 is decrypted and verified in full (every check of §12.8).
+Server pinned to CPU 0, load on CPU 1 (when both exist). Bounded by --total and --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kmsgate.catalog import default_catalog
+from kmsgate.client.activation import RequestTemplate
+from kmsgate.client.loadgen import percentile
+from kmsgate.protocol import ndr, rpc
+from kmsgate.protocol.client_session import ClientSession
+from kmsgate.protocol.messages import encode_request, verify_response
+
+HOST = "127.0.0.1"
+KMSGATE = Path(sys.executable).with_name("kmsgate")
+VERIFY_EVERY = 50
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def build_requests(count: int, protocol: int) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    """(bind, alter_context, [(request PDU, KMS message)]) exactly as vlmcs sends them."""
+    sku = default_catalog().resolve_product("Windows 10/11 Pro")
+    template = RequestTemplate.from_sku(sku, protocol=protocol)
+    now = time.time()
+    session = ClientSession()
+    bind = session.bind()
+    alter = rpc.encode_pdu(rpc.Bind(2, (session._contexts[0],), alter=True))
+    requests = []
+    for _ in range(count):
+        message = encode_request(template.build(os.urandom, now), os.urandom(16))
+        stub = ndr.wrap_request(message, ndr.TransferSyntax.NDR32)
+        requests.append((rpc.encode_pdu(rpc.Request(2, 0, 0, stub)), message))
+    return bind, alter, requests
+
+
+async def read_pdu(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(16)
+    (length,) = struct.unpack_from("<H", header, 8)
+    return header + await reader.readexactly(length - 16)
+
+
+async def one_activation(
+    port: int, bind: bytes, alter: bytes, request: bytes, message: bytes, verify: bool
+) -> float:
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(bind)
+        ack = await read_pdu(reader)
+        if ack[2] != rpc.PType.BIND_ACK:
+            raise RuntimeError(f"bind answered with PDU type {ack[2]}")
+        writer.write(alter)
+        if (await read_pdu(reader))[2] != rpc.PType.ALTER_CONTEXT_RESP:
+            raise RuntimeError("alter_context not answered")
+        writer.write(request)
+        answer = await read_pdu(reader)
+        if answer[2] != rpc.PType.RESPONSE or answer[12:16] != request[12:16]:
+            raise RuntimeError("request not answered with its call id")
+        stub = ndr.unwrap_response(answer[24:], ndr.TransferSyntax.NDR32)
+        if stub.hresult or stub.message is None:
+            raise RuntimeError(f"host returned 0x{stub.hresult:08X}")
+        if verify:
+            verify_response(message, stub.message).raise_for_failure()
+    finally:
+        writer.close()
+    return time.perf_counter() - started
+
+
+async def run(port: int, args: argparse.Namespace) -> tuple[list[float], int, float]:
+    bind, alter, requests = build_requests(min(args.total, 20000), args.protocol)
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + args.seconds
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index, errors
+        while next_index < args.total and time.monotonic() < deadline:
+            index = next_index
+            next_index += 1
+            request, message = requests[index % len(requests)]
+            try:
+                latencies.append(
+                    await one_activation(
+                        port, bind, alter, request, message, index % VERIFY_EVERY == 0
+                    )
+                )
+            except (OSError, RuntimeError, asyncio.IncompleteReadError) as exc:
+                errors += 1
+                if errors < 5:
+                    print(f"error: {exc}", file=sys.stderr)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    return latencies, errors, time.perf_counter() - started
+
+
+def describe_store(args: argparse.Namespace) -> str:
+    if args.db:
+        return "recording into " + args.db.split(":", 1)[0]
+    return "recording into SQLite" if args.record else "no store"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--total", type=int, default=10000)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--protocol", type=int, choices=(4, 5, 6), default=6)
+    parser.add_argument("--record", action="store_true", help="server records into SQLite")
+    parser.add_argument("--db", help="record into this database URL instead (e.g. PostgreSQL)")
+    args = parser.parse_args()
+    if not 1 <= args.concurrency <= 256 or not 1 <= args.total <= 200_000:
+        raise SystemExit("--concurrency 1..256, --total 1..200000")
+    args.seconds = min(max(args.seconds, 1.0), 120.0)
+
+    pin = shutil.which("taskset") is not None and {0, 1} <= os.sched_getaffinity(0)
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="kmsgate-bench-")
+    cmd = [str(KMSGATE), "serve", "--listen", f"{HOST}:{port}", "--log-level", "warning"]
+    if args.db:
+        cmd += ["--no-web", "--data-dir", data_dir, "--db", args.db]
+    else:
+        cmd += ["--no-web", "--data-dir", data_dir] if args.record else ["--no-store"]
+    if pin:
+        cmd = ["taskset", "-c", "0", *cmd]
+        os.sched_setaffinity(0, {1})
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2.5)
+        rss = Path(f"/proc/{server.pid}/status").read_text().split("VmRSS:")[1].split()[0]
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks
+
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        before = cpu()
+        latencies, errors, elapsed = runner(run(port, args))
+        used = cpu() - before
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=20)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    ordered = sorted(latencies)
+    print(
+        f"v{args.protocol} fresh connection per activation, concurrency {args.concurrency}, "
+        f"{describe_store(args)}, "
+        f"{'server on CPU 0, load on CPU 1' if pin else 'unpinned'}"
+    )
+    print(
+        f"{len(ordered)} activations, {errors} errors in {elapsed:.1f} s: "
+        f"{len(ordered) / elapsed:.0f} activations/s, p50 {percentile(ordered, 0.5) * 1e3:.2f} ms, "
+        f"p99 {percentile(ordered, 0.99) * 1e3:.2f} ms; server CPU {used / elapsed * 100:.0f} % "
+        f"({used / max(len(ordered), 1) * 1e6:.0f} µs/activation); "
+        f"idle RSS {int(rss) / 1024:.1f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
