@@ -92,23 +92,8 @@ class KmsConnection(asyncio.Protocol):
         self._transport = transport
         self.peer = _peer_text(transport)
         host = self._host
-        peer = transport.get_extra_info("peername")
-        if not peer or not host.source_allowed(peer[0]):
-            host.stats.connections_denied += 1
-            host.metrics.connection_rejected("denied_source")
-            log.warning("%s denied by the source policy", self.peer)
-            transport.abort()
+        if not host.accept(self, transport, self.peer):
             return
-        if len(host.connections) >= host.settings.max_connections:
-            host.stats.connections_rejected += 1
-            host.metrics.connection_rejected("rejected_limit")
-            log.warning("%s refused: %d connections open", self.peer, len(host.connections))
-            transport.abort()
-            return
-        host.connections.add(self)
-        host.stats.connections_accepted += 1
-        host.stats.connections_open = len(host.connections)
-        host.metrics.connection_opened()
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
         self._timer = loop.call_later(host.settings.idle_timeout, self._idle)
@@ -249,6 +234,29 @@ class KmsHost:
         self.gateway: Gateway | None = None
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
+
+    def accept(
+        self, connection: HostConnection, transport: asyncio.Transport, peer_text: str
+    ) -> bool:
+        """Source policy and connection limit for a new connection; counts and logs refusals."""
+        peer = transport.get_extra_info("peername")
+        if not peer or not self.source_allowed(peer[0]):
+            self.stats.connections_denied += 1
+            self.metrics.connection_rejected("denied_source")
+            log.warning("%s denied by the source policy", peer_text)
+            transport.abort()
+            return False
+        if len(self.connections) >= self.settings.max_connections:
+            self.stats.connections_rejected += 1
+            self.metrics.connection_rejected("rejected_limit")
+            log.warning("%s refused: %d connections open", peer_text, len(self.connections))
+            transport.abort()
+            return False
+        self.connections.add(connection)
+        self.stats.connections_accepted += 1
+        self.stats.connections_open = len(self.connections)
+        self.metrics.connection_opened()
+        return True
 
     def apply_policies(self, settings: ServeSettings) -> None:
         """Swap source and product policies in place (SIGHUP); open connections keep going."""

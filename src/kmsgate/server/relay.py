@@ -27,7 +27,7 @@ from kmsgate.protocol.session import (
     ConnectionClosed,
     FaultSent,
 )
-from kmsgate.server.host import KmsConnection, KmsHost, _peer_text
+from kmsgate.server.host import KmsHost, _peer_text
 
 log = logging.getLogger("kmsgate.relay")
 
@@ -130,25 +130,9 @@ class RelayConnection(asyncio.Protocol):
         self._client = client
         self.peer = _peer_text(client)
         host = self._host
-        peer = client.get_extra_info("peername")
-        if not peer or not host.source_allowed(peer[0]):
-            host.stats.connections_denied += 1
-            host.metrics.connection_rejected("denied_source")
-            log.warning("%s denied by the source policy", self.peer)
-            client.abort()
-            return
-        if len(host.connections) >= host.settings.max_connections:
-            host.stats.connections_rejected += 1
-            host.metrics.connection_rejected("rejected_limit")
-            log.warning("%s refused: %d connections open", self.peer, len(host.connections))
-            client.abort()
+        if not host.accept(self, client, self.peer):
             return
         self._admitted = True
-        # host.connections is typed for KmsConnection; it only needs close() and hashing.
-        host.connections.add(cast(KmsConnection, self))
-        host.stats.connections_accepted += 1
-        host.stats.connections_open = len(host.connections)
-        host.metrics.connection_opened()
         # Nothing is read from the client until there is somewhere to send it.
         client.pause_reading()
         loop = asyncio.get_running_loop()
@@ -199,7 +183,7 @@ class RelayConnection(asyncio.Protocol):
         self._handle(self._observer.client_closed())
         self._shutdown()
         self._host.metrics.connection_closed()
-        self._host.connections.discard(cast(KmsConnection, self))
+        self._host.connections.discard(self)
         self._host.stats.connections_open = len(self._host.connections)
 
     def pause_writing(self) -> None:
