@@ -9,7 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -166,3 +166,59 @@ async def test_two_nodes_share_one_postgresql(postgres: PostgresServer, tmp_path
         assert nodes == {"node-a", "node-b"}
         stats = await node_a.store.stats(datetime.now(UTC))
         assert stats.clients == 2 and stats.activations == 2
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "web.pem", tmp_path / "web.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_web_listener_speaks_https_with_secure_cookies(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    settings = node_settings(
+        f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, web_cert=cert, web_key=key, gateway=True
+    )
+    async with Service(settings) as service:
+        base = f"https://127.0.0.1:{service.web_port}"
+        async with httpx.AsyncClient(base_url=base, verify=str(cert)) as web:
+            assert (await web.get("/healthz")).status_code == 200
+            portal = await web.get("/")
+            assert portal.status_code == 200
+            cookies = portal.headers.get_list("set-cookie")
+            assert cookies and all("Secure" in c for c in cookies)
+            assert "max-age" in portal.headers.get("strict-transport-security", "")
+        async with httpx.AsyncClient(base_url=base.replace("https", "http")) as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get("/healthz")
