@@ -112,3 +112,17 @@ def test_serve_transfer_syntax_flags(flags: list[str], tmp_path: Path) -> None:
     finally:
         stop(proc)
     assert proc.returncode == 0
+
+
+def test_serve_reports_a_busy_web_port(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        web_port = holder.getsockname()[1]
+        proc = subprocess.run(
+            [str(KMSGATE), "serve", "--listen", "127.0.0.1:0", "--web", f"127.0.0.1:{web_port}",
+             "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr

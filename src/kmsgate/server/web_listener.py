@@ -25,6 +25,15 @@ class EmbeddedUvicorn(uvicorn.Server):
         return None
 
 
+async def _serve(server: EmbeddedUvicorn, where: str) -> None:
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn reports a failed bind by logging it and calling sys.exit(3); inside a task
+        # that would escape the whole event loop.
+        raise OSError(f"web listener {where} could not bind (see the log above)") from None
+
+
 async def start_web_listener(
     app: FastAPI, host: str, port: int, *, cert: str | None, key: str | None
 ) -> tuple[EmbeddedUvicorn, asyncio.Task[None]]:
@@ -43,7 +52,7 @@ async def start_web_listener(
         ssl_keyfile=key,
     )
     server = EmbeddedUvicorn(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(_serve(server, f"{host}:{port}"))
     while not server.started:
         if task.done():
             task.result()
