@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
+import uuid
 
 import pytest
 
@@ -252,3 +254,20 @@ async def test_source_policy_closes_before_reading_rpc(policy: dict[str, list[st
         assert await read_until_closed(client.reader) == b""
         assert host.stats.connections_denied == 1
         assert host.stats.connections_accepted == 0
+
+
+async def test_unknown_products_are_activated_and_logged_as_unknown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kmsgate.activation")
+    sku = uuid.uuid4()
+    request = dataclasses.replace(make_request(6), sku_id=sku, kms_counted_id=uuid.uuid4())
+    async with KmsHost(settings()) as host:
+        client = await RawClient.connect(host.port)
+        await client.bind()
+        result = await client.activate(request=request)
+        await client.close()
+    assert result.ok
+    assert result.response.current_client_count == 10
+    lines = [r.getMessage() for r in caplog.records if r.name == "kmsgate.activation"]
+    assert len(lines) == 1 and f'"unknown ({sku})"' in lines[0] and "activated" in lines[0]

@@ -57,8 +57,10 @@ class RawClient:
             self.writer.write(alter)
             self.session.handle_bind_reply(await self.read_pdu())
 
-    async def activate(self, version: int = 6) -> VerifiedResponse:
-        message = encode_request(make_request(version), os.urandom(16))
+    async def activate(
+        self, version: int = 6, request: KmsRequest | None = None
+    ) -> VerifiedResponse:
+        message = encode_request(request or make_request(version), os.urandom(16))
         self.writer.write(self.session.request(message))
         answer = self.session.handle_response(await self.read_pdu())
         return verify_response(message, answer)
