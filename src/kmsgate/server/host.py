@@ -32,6 +32,7 @@ from kmsgate.protocol.session import (
     SessionSettings,
 )
 from kmsgate.server.identity import HostIdentity, build_identity
+from kmsgate.server.idle import IdleTimer
 from kmsgate.server.systemd import inherited_sockets
 
 if TYPE_CHECKING:
@@ -79,8 +80,7 @@ class KmsConnection(asyncio.Protocol):
         self._host = host
         self._transport: asyncio.Transport | None = None
         self._session: ServerSession | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
+        self._idle_timer: IdleTimer | None = None
         self._answered = 0
         self._early: bytearray | None = None
         self._admission: asyncio.Task[None] | None = None
@@ -95,8 +95,7 @@ class KmsConnection(asyncio.Protocol):
         if not host.accept(self, transport, self.peer):
             return
         loop = asyncio.get_running_loop()
-        self._last_activity = loop.time()
-        self._timer = loop.call_later(host.settings.idle_timeout, self._idle)
+        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle)
         if host.gateway is None:
             self._start_session()
             return
@@ -127,13 +126,6 @@ class KmsConnection(asyncio.Protocol):
             self.data_received(early)
 
     def _idle(self) -> None:
-        # One timer per connection, re-armed lazily: cheaper than re-arming on every PDU.
-        loop = asyncio.get_running_loop()
-        remaining = self._last_activity + self._host.settings.idle_timeout - loop.time()
-        if remaining > 0:
-            self._timer = loop.call_later(remaining, self._idle)
-            return
-        self._timer = None
         self._host.stats.idle_closes += 1
         self._host.metrics.connection_idle()
         log.debug(
@@ -164,17 +156,16 @@ class KmsConnection(asyncio.Protocol):
                 self._answered = session.requests_answered
                 self._host.metrics.observe_request(time.perf_counter() - started)
         # Only complete PDUs count as activity, so a client dribbling bytes still times out.
-        if session.pdus_handled != served_before:
-            self._last_activity = asyncio.get_running_loop().time()
+        if session.pdus_handled != served_before and self._idle_timer is not None:
+            self._idle_timer.touch()
         for event in events:
             self._host.record(self.peer, event)
         if session.closed:
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._admission is not None and not self._admission.done():
             self._admission.cancel()
         if self._host.gateway is not None:

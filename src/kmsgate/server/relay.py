@@ -28,6 +28,7 @@ from kmsgate.protocol.session import (
     FaultSent,
 )
 from kmsgate.server.host import KmsHost, _peer_text
+from kmsgate.server.idle import IdleTimer
 
 log = logging.getLogger("kmsgate.relay")
 
@@ -113,8 +114,7 @@ class RelayConnection(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._observer = ConversationObserver()
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
+        self._idle_timer: IdleTimer | None = None
         self._progress = 0
         self._asked_at: collections.deque[float] = collections.deque(maxlen=MAX_PENDING_CALLS)
         self._early = bytearray()
@@ -135,10 +135,8 @@ class RelayConnection(asyncio.Protocol):
         self._admitted = True
         # Nothing is read from the client until there is somewhere to send it.
         client.pause_reading()
-        loop = asyncio.get_running_loop()
-        self._last_activity = loop.time()
-        self._timer = loop.call_later(host.settings.idle_timeout, self._idle)
-        self._connecting = loop.create_task(self._open_upstream())
+        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle)
+        self._connecting = asyncio.get_running_loop().create_task(self._open_upstream())
 
     def data_received(self, data: bytes) -> None:
         upstream, client = self._upstream, self._client
@@ -173,9 +171,8 @@ class RelayConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if not self._admitted:
             return
         if self._host.gateway is not None:
@@ -290,16 +287,10 @@ class RelayConnection(asyncio.Protocol):
         # could no longer frame), so a client dribbling bytes still times out.
         if self._observer.progress != self._progress:
             self._progress = self._observer.progress
-            self._last_activity = asyncio.get_running_loop().time()
+            if self._idle_timer is not None:
+                self._idle_timer.touch()
 
     def _idle(self) -> None:
-        # One timer per connection, re-armed lazily: cheaper than re-arming on every PDU.
-        loop = asyncio.get_running_loop()
-        remaining = self._last_activity + self._host.settings.idle_timeout - loop.time()
-        if remaining > 0:
-            self._timer = loop.call_later(remaining, self._idle)
-            return
-        self._timer = None
         self._host.stats.idle_closes += 1
         self._host.metrics.connection_idle()
         log.debug(
