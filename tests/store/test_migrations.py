@@ -16,7 +16,7 @@ from sqlalchemy import MetaData, Table, insert, inspect
 from sqlalchemy.engine import Connection
 
 from kmsgate.store import Store, StoreError, migrate
-from kmsgate.store.database import make_engine
+from kmsgate.store.engine import make_engine
 from kmsgate.store.schema import metadata
 from tests.store import make_record
 

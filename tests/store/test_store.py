@@ -25,7 +25,7 @@ from kmsgate.store import (
     UserNotFound,
 )
 from kmsgate.store import database as store_database
-from kmsgate.store.database import async_url, masked
+from kmsgate.store.engine import async_url, masked
 from tests.store import T0, WIN10_KMS, WIN10_PRO, WINDOWS_APP, make_record
 
 HOUR = timedelta(hours=1)

@@ -19,7 +19,7 @@ from typing import cast
 import pytest
 
 from kmsgate.store import ActivationRecord, RecordWriter, Store, StoreError, StoreUnavailable
-from kmsgate.store import database as store_database
+from kmsgate.store import engine as store_engine
 from tests.store import make_record
 from tests.store.pg import PostgresServer
 
@@ -144,7 +144,7 @@ async def test_sqlite_locked_then_released(
 ) -> None:
     # Root ignores file modes, so "read-only" cannot be staged; another process holding the
     # write lock is the real-world SQLite outage. A short busy timeout keeps the test quick.
-    monkeypatch.setattr(store_database, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(store_engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
     path = tmp_path / "kmsgate.db"
     store = await Store.open(f"sqlite:///{path}")
     writer = RecordWriter(store, max_backoff=0.1)

@@ -12,7 +12,8 @@ import typer
 from pydantic import ValidationError
 
 from kmsgate.config import ServeSettings, load_settings
-from kmsgate.store.database import Store, masked
+from kmsgate.store.database import Store
+from kmsgate.store.engine import masked
 from kmsgate.store.errors import StoreError, UserExists, UserNotFound
 
 T = TypeVar("T")

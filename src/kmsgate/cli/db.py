@@ -6,7 +6,7 @@ import typer
 
 from kmsgate.cli.common import ConfigOption, DataDirOption, DbOption, fail, resolve_settings
 from kmsgate.store import migrate
-from kmsgate.store.database import masked
+from kmsgate.store.engine import masked
 from kmsgate.store.errors import StoreError
 
 

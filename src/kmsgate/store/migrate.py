@@ -97,11 +97,11 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def _with_engine(url: str, name: str, revision: str) -> None:
-    from kmsgate.store.database import _translated, make_engine  # database imports us
+    from kmsgate.store.engine import make_engine, translated
 
     engine = make_engine(url)
     try:
-        with _translated():
+        with translated():
             await _migrate(engine, name, revision)
     finally:
         await engine.dispose()

@@ -27,7 +27,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_from_url(url: str) -> None:
-    from kmsgate.store.database import make_engine
+    from kmsgate.store.engine import make_engine
 
     engine = make_engine(url)
     try:

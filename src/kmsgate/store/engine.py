@@ -1,0 +1,164 @@
+"""Connecting to the database: async engines, SQLite tuning, and errors mapped to StoreError."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from kmsgate.store.errors import StoreError, StoreUnavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT = 10.0
+SQLITE_CACHE_KIB = 16 * 1024
+SQLITE_MMAP_BYTES = 256 * 2**20
+# Execution option that makes the SQLite "begin" hook take the write lock up front.
+WRITE_OPTION = "kmsgate_write"
+# SQLSTATE classes that mean "try again later": connection (08), transaction rollback such as
+# deadlock or serialization (40), resources such as disk full or too many clients (53),
+# operator intervention such as shutdown or recovery (57).
+_TRANSIENT_SQLSTATE = re.compile(r"^(08|40|53|57)")
+
+
+def async_url(url: str) -> URL:
+    """Map a plain sqlite:// or postgresql:// URL to its asyncio driver (aiosqlite, asyncpg)."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise StoreError(f"not a database URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgres":  # the libpq spelling
+        backend = "postgresql"
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise StoreError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden, for logs and display."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<invalid database URL>"
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    """File path of a SQLite URL, None for in-memory databases."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An AsyncEngine for a plain URL; SQLite gets WAL, NORMAL sync and a busy timeout."""
+    target = async_url(url)
+    if target.get_backend_name() == "postgresql":
+        return create_async_engine(
+            target,
+            # After a PostgreSQL restart pooled connections are dead: test each before use.
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            # A filtered port would otherwise stall each attempt for asyncpg's default 60 s.
+            connect_args={"timeout": CONNECT_TIMEOUT},
+        )
+    path = _sqlite_path(target)
+    if path is not None:
+        path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(target)
+    else:
+        # An in-memory database lives in one connection. SQLAlchemy's default StaticPool
+        # would hand it to concurrent coroutines at once (one shared transaction); a
+        # one-connection queue pool lends it to one at a time instead.
+        engine = create_async_engine(
+            target, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0
+        )
+    _install_sqlite_hooks(engine)
+    return engine
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    """Pragmas per connection, and BEGIN emitted by us (see SQLAlchemy's SQLite notes)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # sqlite3's own transaction handling skips BEGIN before SELECT and DDL; take it over.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a crash of the process loses nothing committed; power loss may
+            # lose the last transactions but never corrupts the file.
+            cur.execute("PRAGMA synchronous = NORMAL")
+            # The 2 MiB default page cache thrashes on a million clients; reads through
+            # mmap share the OS page cache instead of copying pages per connection.
+            cur.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+            cur.execute(f"PRAGMA mmap_size = {SQLITE_MMAP_BYTES}")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers lock at BEGIN so that busy_timeout applies; a deferred transaction that
+        # upgrades from read to write can fail at once with SQLITE_BUSY instead.
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """SQLSTATE of a (wrapped) driver error, '' when there is none."""
+    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return ""
+
+
+def classify(exc: BaseException) -> StoreError:
+    """Turn a driver or SQLAlchemy exception into StoreUnavailable (transient) or StoreError."""
+    if isinstance(exc, StoreError):
+        return exc
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    transient = (
+        isinstance(
+            exc,
+            OSError | TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError,
+        )
+        or (
+            isinstance(exc, sa_exc.DBAPIError | sa_exc.DisconnectionError)
+            and bool(getattr(exc, "connection_invalidated", False))
+        )
+        or isinstance(exc, sa_exc.TimeoutError)  # pool exhausted: the database is slow
+        or bool(_TRANSIENT_SQLSTATE.match(_sqlstate(exc)))
+        # asyncpg's own connection failures (ConnectionDoesNotExistError, ...) may escape raw.
+        or (type(exc).__module__.startswith("asyncpg") and "Connection" in type(exc).__name__)
+    )
+    return StoreUnavailable(text) if transient else StoreError(text)
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise database failures as typed store errors; our own errors pass through."""
+    try:
+        yield
+    except (StoreError, ValueError):
+        raise
+    except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise classify(exc) from exc
+    except Exception as exc:
+        # asyncpg raises its own classes from connect() without SQLAlchemy wrapping them.
+        if type(exc).__module__.startswith("asyncpg"):
+            raise classify(exc) from exc
+        raise
