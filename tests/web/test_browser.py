@@ -71,7 +71,10 @@ def test_real_server_refuses_oversized_request_lines(tmp_path: Path) -> None:
         assert raw_get(thread.port, b"/healthz") == b"HTTP/1.1 200 OK"
         for size in (9_000, 70_000):
             target = b"/api/clients?search=" + b"a" * size
-            assert raw_get(thread.port, target).startswith(b"HTTP/1.1 414 ")
+            # Our middleware answers 414; the HTTP parser may refuse first with 400 when the
+            # line arrives in pieces. Either way a clear refusal, never a 500.
+            status = raw_get(thread.port, target)
+            assert status.startswith((b"HTTP/1.1 414 ", b"HTTP/1.1 400 ")), status
     finally:
         thread.stop()
     assert not thread.thread.is_alive()
