@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kmsgate.access.audit_csv import CSV_COLUMNS, csv_row
 from kmsgate.cli.common import (
     ConfigOption,
     DataDirOption,
@@ -25,8 +26,6 @@ from kmsgate.cli.common import (
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent, GatewayStore
 
-CSV_FIELDS = [f.name for f in dataclasses.fields(AuditEvent)]
-
 
 def _parse_time(text: str | None) -> datetime | None:
     if text is None:
@@ -36,12 +35,6 @@ def _parse_time(text: str | None) -> datetime | None:
     except ValueError:
         raise fail(f"--since {text!r} is not an ISO 8601 date or time", 2) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _csv_cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    # Spreadsheets run cells starting with these as formulas.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def register(app: typer.Typer) -> None:
@@ -78,9 +71,8 @@ def register(app: typer.Typer) -> None:
             return
         if csv_output:
             writer = csv.writer(sys.stdout)
-            writer.writerow(CSV_FIELDS)
-            for event in events:
-                writer.writerow([_csv_cell(getattr(event, name)) for name in CSV_FIELDS])
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(csv_row(event) for event in events)
             return
         table = Table("time (UTC)", "event", "user", "address", "machine", "product", "detail")
         for e in events:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
@@ -20,6 +21,7 @@ from kmsgate.cli.common import (
     resolve_settings,
     with_store,
 )
+from kmsgate.config import ServeSettings
 from kmsgate.store.database import Store
 from kmsgate.store.errors import UserExists, UserNotFound
 from kmsgate.store.gateway import GatewayStore
@@ -45,6 +47,16 @@ def _valid_name(name: str) -> str:
     if not name or len(name) > 64 or any(c.isspace() or not c.isprintable() for c in name):
         raise fail("a user name is 1-64 printable characters without spaces", 2)
     return name
+
+
+def _for_existing_user(
+    settings: ServeSettings, name: str, action: Callable[[Store], Awaitable[None]]
+) -> None:
+    """Run `action` on the store; an unknown user name exits with a clear message."""
+    try:
+        with_store(settings, action)
+    except UserNotFound:
+        raise fail(f"no user {name!r}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -89,10 +101,7 @@ def register(app: typer.Typer) -> None:
         async def action(store: Store) -> None:
             await store.set_password(name, hashed)
 
-        try:
-            with_store(settings, action)
-        except UserNotFound:
-            raise fail(f"no user {name!r}") from None
+        _for_existing_user(settings, name, action)
         typer.echo(f"password of {name} changed")
 
     @group.command("remove")
@@ -108,10 +117,7 @@ def register(app: typer.Typer) -> None:
         async def action(store: Store) -> None:
             await store.remove_user(name)
 
-        try:
-            with_store(settings, action)
-        except UserNotFound:
-            raise fail(f"no user {name!r}") from None
+        _for_existing_user(settings, name, action)
         typer.echo(f"removed user {name}")
 
     @group.command("list")
@@ -162,10 +168,7 @@ def register(app: typer.Typer) -> None:
         async def action(store: Store) -> None:
             await GatewayStore(store).set_quota(name, week, month)
 
-        try:
-            with_store(settings, action)
-        except UserNotFound:
-            raise fail(f"no user {name!r}") from None
+        _for_existing_user(settings, name, action)
         shown = ", ".join(
             f"{label} {value if value is not None else 'default'}"
             for label, value in (("week", week), ("month", month))

@@ -15,6 +15,7 @@ from fastapi.security import APIKeyCookie
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
+from kmsgate.access.audit_csv import CSV_COLUMNS, csv_row
 from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent, GatewayStore
 from kmsgate.store.records import Page
 from kmsgate.web.api import (
@@ -42,24 +43,6 @@ AuditKind = Literal[
 assert set(get_args(AuditKind)) == set(AUDIT_KINDS), "AuditKind is out of step with the store"
 
 CSV_BATCH = 1000
-CSV_COLUMNS = (
-    "id",
-    "time",
-    "kind",
-    "node",
-    "username",
-    "address",
-    "backend",
-    "window_id",
-    "cmid",
-    "machine_name",
-    "product",
-    "result",
-    "detail",
-)
-# A spreadsheet runs a cell starting with these as a formula (OWASP "CSV injection").
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
 UserParam = Annotated[
     str | None,
     Query(max_length=256, pattern=NO_CONTROL_CHARS, description="Only events of this user name."),
@@ -127,23 +110,6 @@ class AuditPage(BaseModel):
 
     items: list[AuditEventModel]
     next_cursor: str | None
-
-
-def csv_cell(value: object) -> str:
-    """A CSV cell: ISO times, empty for None, and a quote before formula-like text."""
-    if value is None:
-        return ""
-    text = (
-        _utc(value).isoformat().replace("+00:00", "Z")
-        if isinstance(value, datetime)
-        else str(value)
-    )
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
-
-
-def csv_row(event: AuditEvent) -> list[str]:
-    """The CSV cells of one event, in CSV_COLUMNS order."""
-    return [csv_cell(getattr(event, column)) for column in CSV_COLUMNS]
 
 
 def _form_time(value: datetime | None) -> str | None:
