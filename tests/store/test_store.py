@@ -24,7 +24,7 @@ from kmsgate.store import (
     UserExists,
     UserNotFound,
 )
-from kmsgate.store import database as store_database
+from kmsgate.store import search as store_search
 from kmsgate.store.engine import async_url, masked
 from tests.store import T0, WIN10_KMS, WIN10_PRO, WINDOWS_APP, make_record
 
@@ -431,7 +431,7 @@ async def test_search_pages_with_its_cursor(
     store: Store, window: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # SQLite filters a window of the sort order first, then scans: both must agree.
-    monkeypatch.setattr(store_database, "SEARCH_WINDOW", window)
+    monkeypatch.setattr(store_search, "SEARCH_WINDOW", window)
     await store.record_activations(
         [make_record(machine_name=f"LAB-{i:02}", time=T0 + i % 3 * HOUR) for i in range(7)]
         + [make_record(machine_name=f"OFFICE-{i:02}", time=T0 + HOUR) for i in range(5)]
@@ -664,7 +664,9 @@ async def test_sqlite_file_layout(tmp_path: Path) -> None:
             mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
             sync = (await conn.execute(text("PRAGMA synchronous"))).scalar()
             busy = (await conn.execute(text("PRAGMA busy_timeout"))).scalar()
+            checkpoint = (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar()
         assert (mode, sync) == ("wal", 1)  # 1 = NORMAL
+        assert checkpoint == 10_000
         assert busy is not None and busy >= 1000
     finally:
         await store.close()

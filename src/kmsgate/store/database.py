@@ -13,13 +13,10 @@ from sqlalchemy import (
     ColumnElement,
     Row,
     Select,
-    case,
     delete,
     func,
     insert,
     literal,
-    literal_column,
-    or_,
     select,
     tuple_,
     update,
@@ -27,9 +24,16 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import Insert
 
 from kmsgate.store import cursor as cursors
+from kmsgate.store.activation_batch import (
+    BatchWriter,
+    PostgresBatchWriter,
+    SqliteBatchWriter,
+    aware,
+    fold,
+    hour_of,
+)
 from kmsgate.store.engine import WRITE_OPTION, make_engine, masked, translated
 from kmsgate.store.errors import (
     InvalidCursor,
@@ -54,6 +58,7 @@ from kmsgate.store.schema import (
     product_counts,
     users,
 )
+from kmsgate.store.search import ClientSearch, has_index, sqlite_search
 
 Dialect = Literal["sqlite", "postgresql"]
 ClientSort = Literal["last_seen", "first_seen", "machine_name", "sku_name", "request_count"]
@@ -61,43 +66,7 @@ CLIENT_SORTS: tuple[str, ...] = get_args(ClientSort)
 MAX_LIMIT = 1000
 STATS_HOURS = 7 * 24
 TOP_PRODUCTS = 20
-# Rows of the sort order a SQLite search filters before falling back to a full scan.
-SEARCH_WINDOW = 5_000
 T = TypeVar("T")
-
-
-def _aware(value: datetime, what: str) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{what} must be a timezone-aware datetime, got {value!r}")
-    return value.astimezone(UTC)
-
-
-def _hour(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-@dataclass(slots=True)
-class _ClientBatch:
-    """All of one batch's records for one CMID, folded into a single upsert row."""
-
-    first: datetime
-    latest: ActivationRecord
-    count: int
-
-
-# Client columns that follow the newest request (by request time, not by arrival).
-_LATEST_COLUMNS = (
-    "machine_name",
-    "application_id",
-    "sku_id",
-    "sku_name",
-    "kms_id",
-    "license_status",
-    "last_seen",
-    "last_epid",
-    "last_address",
-    "last_protocol",
-)
 
 
 def _client_row(row: Row[Any]) -> ClientRow:
@@ -146,10 +115,6 @@ def _user(row: Row[Any]) -> User:
         created=m["created"],
         disabled=bool(m["disabled"]),
     )
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # Cursor key codecs: JSON carries str/int; each sort column says how to read its value back.
@@ -238,7 +203,12 @@ class Store:
         if name not in ("sqlite", "postgresql"):
             raise StoreError(f"unsupported dialect {name}")
         self.dialect: Dialect = "sqlite" if name == "sqlite" else "postgresql"
+        self._batch_writer: BatchWriter = (
+            SqliteBatchWriter() if self.dialect == "sqlite" else PostgresBatchWriter()
+        )
         self.url: str = masked(url)
+        # Whether SQLite search has its trigram index; looked up at the first search.
+        self._search_indexed: bool | None = None
 
     @classmethod
     async def open(cls, url: str, *, upgrade: bool = True) -> Store:
@@ -329,78 +299,13 @@ class Store:
     # ---------------------------------------------------------------- activations
 
     async def record_activations(self, records: Sequence[ActivationRecord]) -> None:
-        """Store a batch in one transaction: activation rows, client upserts, counters."""
+        """Store a batch in one transaction: activation rows, client rows, counters."""
         if not records:
             return
-        rows: list[dict[str, Any]] = []
-        batch: dict[uuid.UUID, _ClientBatch] = {}
-        hours: dict[tuple[datetime, str], int] = {}
-        products: dict[tuple[str, str], int] = {}
-        deltas: dict[str, int] = {"activations": len(records)}
-        for rec in records:
-            when = _aware(rec.time, "ActivationRecord.time")
-            rows.append(
-                {
-                    "time": when,
-                    "cmid": rec.client_machine_id,
-                    "machine_name": rec.machine_name,
-                    "address": rec.address,
-                    "sku_id": rec.sku_id,
-                    "sku_name": rec.sku_name,
-                    "license_status": rec.license_status,
-                    "protocol": rec.protocol,
-                    "result": rec.result,
-                    "hresult": rec.hresult,
-                    "node": rec.node,
-                }
-            )
-            if rec.client_machine_id is not None:
-                seen = batch.get(rec.client_machine_id)
-                if seen is None:
-                    batch[rec.client_machine_id] = _ClientBatch(when, rec, 1)
-                else:
-                    seen.count += 1
-                    seen.first = min(seen.first, when)
-                    if when >= seen.latest.time:  # equal times: the later record wins
-                        seen.latest = rec
-            hour_key = (_hour(when), rec.node)
-            hours[hour_key] = hours.get(hour_key, 0) + 1
-            product_key = (rec.product_family, rec.sku_name)
-            products[product_key] = products.get(product_key, 0) + 1
-            deltas[f"result:{rec.result}"] = deltas.get(f"result:{rec.result}", 0) + 1
-            if rec.protocol is not None:
-                name = f"protocol:{rec.protocol}"
-                deltas[name] = deltas.get(name, 0) + 1
-
-        # Sorted CMIDs (UUID order = byte order = PostgreSQL's uuid order): two nodes
-        # upserting overlapping batches take row locks in the same order, so never deadlock.
-        client_rows = [
-            {
-                "cmid": cmid,
-                "machine_name": b.latest.machine_name,
-                "application_id": b.latest.application_id,
-                "sku_id": b.latest.sku_id,
-                "sku_name": b.latest.sku_name,
-                "kms_id": b.latest.kms_id,
-                "license_status": b.latest.license_status,
-                "first_seen": b.first,
-                "last_seen": _aware(b.latest.time, "ActivationRecord.time"),
-                "request_count": b.count,
-                "last_epid": b.latest.epid,
-                "last_address": b.latest.address,
-                "last_protocol": b.latest.protocol,
-            }
-            for cmid, b in sorted(batch.items())
-        ]
-
+        batch = fold(records, self._batch_writer.driver)
         async with self._write() as conn:
-            await conn.execute(insert(activations), rows)
-            if client_rows:
-                returned = await conn.execute(self._client_upsert(), client_rows)
-                # A fresh row holds exactly this batch's count; an updated one holds more.
-                new = sum(1 for cmid, count in returned if count == batch[cmid].count)
-                if new:
-                    deltas["clients"] = new
+            new = await self._batch_writer.write(conn, batch)
+            deltas = batch.counters | ({"clients": new} if new else {})
             await self._add_counts(
                 conn,
                 counters,
@@ -413,7 +318,7 @@ class Store:
                 activation_hours,
                 ["hour", "node"],
                 "count",
-                [{"hour": h, "node": n, "count": c} for (h, n), c in sorted(hours.items())],
+                [{"hour": h, "node": n, "count": c} for (h, n), c in sorted(batch.hours.items())],
             )
             await self._add_counts(
                 conn,
@@ -422,27 +327,9 @@ class Store:
                 "count",
                 [
                     {"family": f, "sku_name": s, "count": c}
-                    for (f, s), c in sorted(products.items())
+                    for (f, s), c in sorted(batch.products.items())
                 ],
             )
-
-    def _client_upsert(self) -> Insert:
-        """INSERT ... ON CONFLICT (cmid) DO UPDATE keeping first_seen, adding counts."""
-        ins = self._insert(clients)
-        new = ins.excluded
-        newer = new.last_seen >= clients.c.last_seen
-        set_: dict[str, Any] = {
-            col: case((newer, new[col]), else_=clients.c[col]) for col in _LATEST_COLUMNS
-        }
-        # Another node may write an older request later: keep the earliest first_seen.
-        set_["first_seen"] = case(
-            (new.first_seen < clients.c.first_seen, new.first_seen),
-            else_=clients.c.first_seen,
-        )
-        set_["request_count"] = clients.c.request_count + new.request_count
-        return ins.on_conflict_do_update(index_elements=[clients.c.cmid], set_=set_).returning(
-            clients.c.cmid, clients.c.request_count
-        )
 
     # ---------------------------------------------------------------- paging
 
@@ -455,12 +342,9 @@ class Store:
         limit: int,
         convert: Callable[[Row[Any]], T],
         total_query: Select[Any] | None,
-        scan_filter: Callable[[Any], ColumnElement[bool]] | None = None,
+        search: ClientSearch | None = None,
     ) -> Page[T]:
-        """Run one keyset page; `total_query` (a cheap scalar, or None) reads the total.
-
-        `scan_filter` builds an unindexable condition (search) for a given column set.
-        """
+        """Run one keyset page; `total_query` (a cheap scalar, or None) reads the total."""
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be 1..{MAX_LIMIT}, got {limit}")
         backward = False
@@ -484,13 +368,21 @@ class Store:
         order = [c.desc() if scan_desc else c.asc() for c in keyset.columns]
         total: int | None = None
         async with self._read() as conn:
-            if scan_filter is not None and self.dialect == "sqlite":
-                fetched = await self._sqlite_search(
-                    conn, keyset, where, scan_filter, scan_desc, limit + 1
+            if search is not None and self.dialect == "sqlite":
+                if self._search_indexed is None:
+                    self._search_indexed = await has_index(conn)
+                fetched = await sqlite_search(
+                    conn,
+                    keyset.columns,
+                    where,
+                    search,
+                    scan_desc,
+                    limit + 1,
+                    indexed=self._search_indexed,
                 )
             else:
-                if scan_filter is not None:
-                    where.append(scan_filter(keyset.columns[0].table.c))
+                if search is not None:
+                    where.append(search.condition(keyset.columns[0].table.c))
                 stmt = base.where(*where).order_by(*order).limit(limit + 1)
                 fetched = list(await conn.execute(stmt))
             if total_query is not None:
@@ -524,76 +416,9 @@ class Store:
                 prev_cursor = keyset.token("prev", boundary)
         return Page(items, next_cursor, prev_cursor, total)
 
-    async def _sqlite_search(
-        self,
-        conn: AsyncConnection,
-        keyset: _Keyset,
-        where: list[ColumnElement[bool]],
-        scan_filter: Callable[[Any], ColumnElement[bool]],
-        scan_desc: bool,
-        wanted: int,
-    ) -> list[Row[Any]]:
-        """Search without a usable index, in two steps that each stay fast on SQLite.
-
-        Walking the sort index and filtering reads the table in random order: fine while
-        matches are common, seconds when they are rare. So first walk only the first
-        SEARCH_WINDOW rows of the order (exact whenever they hold a full page), else scan the
-        table sequentially and sort the matches (unary "+" keeps SQLite off the index).
-        """
-        table = keyset.columns[0].table
-        names = [c.key for c in keyset.columns]
-        order = [c.desc() if scan_desc else c.asc() for c in keyset.columns]
-        # The window's last key, read from the covering (key, cmid) index alone: cheap.
-        edge = (
-            await conn.execute(
-                select(*keyset.columns)
-                .where(*where)
-                .order_by(*order)
-                .offset(SEARCH_WINDOW - 1)
-                .limit(1)
-            )
-        ).first()
-        window = list(where)
-        if edge is not None:
-            row = tuple_(*keyset.columns)
-            bound = tuple_(
-                *(literal(v, type_=c.type) for c, v in zip(keyset.columns, edge, strict=True))
-            )
-            window.append(row >= bound if scan_desc else row <= bound)
-        first = select(table).where(*window, scan_filter(table.c)).order_by(*order).limit(wanted)
-        rows = list(await conn.execute(first))
-        if len(rows) == wanted or edge is None:
-            return rows
-        direction = "DESC" if scan_desc else "ASC"
-        # Names come from the fixed sort-key set, never from the request.
-        unindexed: list[ColumnElement[Any]] = [
-            literal_column(f"+{table.name}.{n} {direction}") for n in names
-        ]
-        full = select(table).where(*where, scan_filter(table.c)).order_by(*unindexed).limit(wanted)
-        return list(await conn.execute(full))
-
     @staticmethod
     def _counter(name: str) -> Select[Any]:
         return select(counters.c.value).where(counters.c.name == name)
-
-    def _search_filter(self, term: str) -> Callable[[Any], ColumnElement[bool]]:
-        """Substring of name or SKU, address prefix; built for any column set (subqueries)."""
-        like = f"%{_escape_like(term)}%"
-        prefix = f"{_escape_like(term)}%"
-
-        def build(c: Any) -> ColumnElement[bool]:
-            if self.dialect == "sqlite":
-                # SQLite's LIKE already ignores ASCII case (and lower() knows only ASCII).
-                name, sku = (
-                    c.machine_name.like(like, escape="\\"),
-                    c.sku_name.like(like, escape="\\"),
-                )
-            else:
-                name = c.machine_name.ilike(like, escape="\\")
-                sku = c.sku_name.ilike(like, escape="\\")
-            return or_(name, sku, c.last_address.like(prefix, escape="\\"))
-
-        return build
 
     async def list_clients(
         self,
@@ -619,13 +444,13 @@ class Store:
             from_key=(from_key, _uuid_from_key),
         )
         conditions: list[ColumnElement[bool]] = []
-        scan_filter = None
+        search_for = None
         if term:
             try:
                 # A GUID is a CMID lookup: one primary-key probe, no name scan.
                 conditions.append(clients.c.cmid == uuid.UUID(term))
             except ValueError:
-                scan_filter = self._search_filter(term)
+                search_for = ClientSearch(term, self.dialect)
         # Filtered totals would need a count(*) scan: only the unfiltered one is free.
         total_query = None if term else self._counter("clients")
         return await self._page(
@@ -636,7 +461,7 @@ class Store:
             limit,
             _client_row,
             total_query,
-            scan_filter,
+            search_for,
         )
 
     async def get_client(self, cmid: uuid.UUID) -> ClientRow | None:
@@ -682,9 +507,9 @@ class Store:
         """Requests newest first, filtered by time range [since, until), result and node."""
         conditions: list[ColumnElement[bool]] = []
         if since is not None:
-            conditions.append(activations.c.time >= _aware(since, "since"))
+            conditions.append(activations.c.time >= aware(since, "since"))
         if until is not None:
-            conditions.append(activations.c.time < _aware(until, "until"))
+            conditions.append(activations.c.time < aware(until, "until"))
         if result is not None:
             conditions.append(activations.c.result == result)
         if node is not None:
@@ -711,7 +536,7 @@ class Store:
 
     async def stats(self, now: datetime) -> Stats:
         """Dashboard figures from counters and hourly buckets; never scans the big tables."""
-        end = _hour(_aware(now, "now"))
+        end = hour_of(aware(now, "now"))
         start = end - timedelta(hours=STATS_HOURS - 1)
         async with self._read() as conn:
             found = {
@@ -723,7 +548,7 @@ class Store:
                 .where(activation_hours.c.hour >= start, activation_hours.c.hour <= end)
                 .group_by(activation_hours.c.hour)
             )
-            per_hour_found = {_hour(h): int(c) for h, c in hourly}
+            per_hour_found = {hour_of(h): int(c) for h, c in hourly}
             products = await conn.execute(
                 select(product_counts.c.family, product_counts.c.sku_name, product_counts.c.count)
             )

@@ -1,0 +1,167 @@
+"""The driver-level batch write: same results as a plain model, same stored formats."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select, text
+
+from kmsgate.store import ActivationRecord, Store
+from kmsgate.store.activation_batch import SQLITE_VALUES, fold
+from kmsgate.store.schema import activations, clients
+from tests.store import T0, make_record
+
+CMIDS = [uuid.UUID(int=n * 0x1111_0000_0000_0000_0000_0000_0001) for n in range(1, 6)]
+
+
+@dataclass
+class ModelClient:
+    """What one client row must hold after a sequence of batches."""
+
+    first: datetime
+    last: datetime
+    count: int
+    latest: ActivationRecord
+
+
+def apply(model: dict[uuid.UUID, ModelClient], batch: list[ActivationRecord]) -> None:
+    """The documented rules: newest request wins (later record on ties), earliest first_seen."""
+    for rec in batch:
+        cmid = rec.client_machine_id
+        if cmid is None:
+            continue
+        seen = model.get(cmid)
+        if seen is None:
+            model[cmid] = ModelClient(rec.time, rec.time, 1, rec)
+            continue
+        seen.count += 1
+        seen.first = min(seen.first, rec.time)
+        if rec.time >= seen.last:
+            seen.last, seen.latest = rec.time, rec
+
+
+records = st.builds(
+    lambda cmid, minutes, name, sku, address, status, protocol, epid, ids, result: make_record(
+        client_machine_id=cmid,
+        # Any offset is fine: the store keeps UTC (and the model compares aware times).
+        time=(T0 + timedelta(minutes=minutes)).astimezone(timezone(timedelta(hours=-5))),
+        machine_name=name,
+        sku_name=sku,
+        address=address,
+        license_status=status,
+        protocol=protocol,
+        epid=epid,
+        sku_id=ids,
+        application_id=ids,
+        kms_id=ids,
+        result=result,
+    ),
+    st.sampled_from([*CMIDS, None]),
+    st.integers(-3, 3),  # few distinct times: ties across batches are common
+    st.sampled_from(["PC-1", "PC-2", "Lab Ü"]),
+    st.sampled_from(["Windows 10/11 Pro", "Office LTSC 2021"]),
+    st.sampled_from(["192.0.2.1", "2001:db8::5"]),
+    st.sampled_from([None, 1, 2, 5]),
+    st.sampled_from([None, 4, 6]),
+    st.sampled_from([None, "06401-00206-271-298329-03-1033-9600.0000-0452017"]),
+    st.sampled_from([None, uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")]),
+    st.sampled_from(["activated", "refused"]),
+)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(batches=st.lists(st.lists(records, min_size=1, max_size=8), min_size=1, max_size=4))
+async def test_batches_match_the_model(store: Store, batches: list[list[ActivationRecord]]) -> None:
+    async with store.engine.begin() as conn:  # hypothesis reuses the store: start empty
+        for table in ("activations", "clients", "counters", "activation_hours", "product_counts"):
+            await conn.execute(text(f"DELETE FROM {table}"))
+    model: dict[uuid.UUID, ModelClient] = {}
+    for batch in batches:
+        await store.record_activations(batch)
+        apply(model, batch)
+
+    for cmid, want in model.items():
+        got = await store.get_client(cmid)
+        assert got is not None
+        rec = want.latest
+        assert (got.first_seen, got.last_seen, got.request_count) == (
+            want.first,
+            want.last,
+            want.count,
+        )
+        assert (got.machine_name, got.sku_name, got.last_address, got.last_epid) == (
+            rec.machine_name,
+            rec.sku_name,
+            rec.address,
+            rec.epid,
+        )
+        assert (got.license_status, got.last_protocol) == (rec.license_status, rec.protocol)
+        assert (got.sku_id, got.application_id, got.kms_id) == (
+            rec.sku_id,
+            rec.application_id,
+            rec.kms_id,
+        )
+    everything = [rec for batch in batches for rec in batch]
+    stats = await store.stats(T0)
+    assert stats.clients == len(model)
+    assert stats.activations == len(everything)
+    assert stats.refusals == sum(rec.result == "refused" for rec in everything)
+    page = await store.list_clients(limit=10)
+    assert sorted(c.cmid for c in page.items) == sorted(model)
+
+
+async def test_stored_values_compare_equal_in_sqlalchemy_terms(store: Store) -> None:
+    """Equality filters bind values through SQLAlchemy's types: they only match when the
+    driver-level path stored exactly the same representation (times, UUIDs)."""
+    when = datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    rec = make_record(time=when)
+    await store.record_activations([rec])
+    async with store.engine.connect() as conn:
+        found = await conn.execute(
+            select(func.count())
+            .select_from(clients)
+            .where(
+                clients.c.cmid == rec.client_machine_id,
+                clients.c.first_seen == when,
+                clients.c.last_seen == when,
+                clients.c.sku_id == rec.sku_id,
+                clients.c.application_id == rec.application_id,
+                clients.c.kms_id == rec.kms_id,
+            )
+        )
+        assert found.scalar_one() == 1
+        found = await conn.execute(
+            select(func.count())
+            .select_from(activations)
+            .where(
+                activations.c.time == when,
+                activations.c.cmid == rec.client_machine_id,
+                activations.c.sku_id == rec.sku_id,
+            )
+        )
+        assert found.scalar_one() == 1
+
+
+def test_sqlite_values_use_sqlalchemys_text_formats() -> None:
+    when = datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)  # padded year, zero microseconds
+    cmid = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")
+    batch = fold([make_record(time=when, client_machine_id=cmid)], SQLITE_VALUES)
+    row: tuple[Any, ...] = batch.activation_rows[0]
+    assert row[0] == "0999-01-02 03:04:05.000000"
+    assert row[1] == "2de67392b7a7462ab1ca108dd189f588"
+    assert batch.client_rows()[0][0] == row[1]
+
+
+def test_fold_rejects_naive_times() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        fold([make_record(time=datetime(2024, 1, 1))])
