@@ -1,7 +1,8 @@
 """Server-bound activation benchmark: pre-built vlmcs-style PDUs, a fresh connection each (by hand).
 
 Usage: .venv/bin/python bench/bench_replay.py [--concurrency 8] [--total 10000] [--seconds 15]
-       [--protocol 6] [--record]
+       [--protocol 6] [--record] [--db URL] [--clients N]
+       [--rate R]
 
 The strict client (bench_activations.py) spends more CPU per activation than the server, so on
 a 2-core machine it saturates its core first. Here the client work is moved ahead of the run:
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from kmsgate.catalog import default_catalog
@@ -45,16 +47,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def build_requests(count: int, protocol: int) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
-    """(bind, alter_context, [(request PDU, KMS message)]) exactly as vlmcs sends them."""
+def build_requests(
+    count: int, protocol: int, clients: int = 0
+) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    """(bind, alter_context, [(request PDU, KMS message)]) exactly as vlmcs sends them.
+
+    clients=0: every request from a new machine (vlmcs's default); else requests cycle over
+    that many machines, so all but the first `clients` are renewals of known ones.
+    """
     sku = default_catalog().resolve_product("Windows 10/11 Pro")
-    template = RequestTemplate.from_sku(sku, protocol=protocol)
+    fleet = [
+        RequestTemplate.from_sku(
+            sku,
+            protocol=protocol,
+            client_machine_id=uuid.uuid4(),
+            machine_name=f"LAB-{index:06d}",
+        )
+        for index in range(clients)
+    ] or [RequestTemplate.from_sku(sku, protocol=protocol)]
     now = time.time()
     session = ClientSession()
     bind = session.bind()
     alter = rpc.encode_pdu(rpc.Bind(2, (session._contexts[0],), alter=True))
     requests = []
-    for _ in range(count):
+    for index in range(count):
+        template = fleet[index % len(fleet)]
         message = encode_request(template.build(os.urandom, now), os.urandom(16))
         stub = ndr.wrap_request(message, ndr.TransferSyntax.NDR32)
         requests.append((rpc.encode_pdu(rpc.Request(2, 0, 0, stub)), message))
@@ -95,10 +112,11 @@ async def one_activation(
 
 
 async def run(port: int, args: argparse.Namespace) -> tuple[list[float], int, float]:
-    bind, alter, requests = build_requests(min(args.total, 20000), args.protocol)
+    bind, alter, requests = build_requests(min(args.total, 20000), args.protocol, args.clients)
     latencies: list[float] = []
     errors = 0
-    deadline = time.monotonic() + args.seconds
+    begin = time.monotonic()
+    deadline = begin + args.seconds
     next_index = 0
 
     async def worker() -> None:
@@ -106,6 +124,8 @@ async def run(port: int, args: argparse.Namespace) -> tuple[list[float], int, fl
         while next_index < args.total and time.monotonic() < deadline:
             index = next_index
             next_index += 1
+            if args.rate:  # open loop: activation i starts at i / rate, if a worker is free
+                await asyncio.sleep(begin + index / args.rate - time.monotonic())
             request, message = requests[index % len(requests)]
             try:
                 latencies.append(
@@ -124,9 +144,10 @@ async def run(port: int, args: argparse.Namespace) -> tuple[list[float], int, fl
 
 
 def describe_store(args: argparse.Namespace) -> str:
+    fleet = f"{args.clients} machines" if args.clients else "a new machine per request"
     if args.db:
-        return "recording into " + args.db.split(":", 1)[0]
-    return "recording into SQLite" if args.record else "no store"
+        return f"recording into {args.db.split(':', 1)[0]}, {fleet}"
+    return f"recording into SQLite, {fleet}" if args.record else f"no store, {fleet}"
 
 
 def main() -> None:
@@ -137,6 +158,18 @@ def main() -> None:
     parser.add_argument("--protocol", type=int, choices=(4, 5, 6), default=6)
     parser.add_argument("--record", action="store_true", help="server records into SQLite")
     parser.add_argument("--db", help="record into this database URL instead (e.g. PostgreSQL)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="start activations at this rate per second (compare CPU at equal load)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="cycle over this many machines (renewals); default: a new machine per request",
+    )
     args = parser.parse_args()
     if not 1 <= args.concurrency <= 256 or not 1 <= args.total <= 200_000:
         raise SystemExit("--concurrency 1..256, --total 1..200000")
@@ -179,6 +212,7 @@ def main() -> None:
     ordered = sorted(latencies)
     print(
         f"v{args.protocol} fresh connection per activation, concurrency {args.concurrency}, "
+        f"{f'paced at {args.rate:.0f}/s, ' if args.rate else ''}"
         f"{describe_store(args)}, "
         f"{'server on CPU 0, load on CPU 1' if pin else 'unpinned'}"
     )

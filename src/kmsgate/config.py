@@ -113,6 +113,13 @@ class ServeSettings(BaseSettings):
     store_queue: int = Field(
         10000, ge=1, description="records waiting for the database at most before dropping"
     )
+    store_flush_interval: float = Field(
+        0.2,
+        ge=0.01,
+        le=1.0,
+        description="seconds a record may wait to be written with others in one transaction "
+        "(longer: fewer, larger transactions, less CPU per record)",
+    )
     web: str = Field("127.0.0.1:8080", description="ADDR:PORT of the dashboard, API and /metrics")
     no_web: bool = Field(False, description="do not start the web listener")
     web_cert: Path | None = Field(

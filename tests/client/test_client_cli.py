@@ -400,8 +400,15 @@ def test_discovery_when_no_candidate_answers(knot: Any) -> None:
 def serve_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMSGATE_")}
     proc = subprocess.Popen(
-        [str(KMSGATE), "serve", "--listen", f"{LOOPBACK}:{port}", "--log-level", "warning",
-         "--no-store"],
+        [
+            str(KMSGATE),
+            "serve",
+            "--listen",
+            f"{LOOPBACK}:{port}",
+            "--log-level",
+            "warning",
+            "--no-store",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -82,6 +82,17 @@ async def test_activation_is_recorded_and_counted(tmp_path: Path) -> None:
     assert metric_value(text, "kmsgate_request_duration_seconds_count") == 1
 
 
+async def test_store_flush_interval_reaches_the_writer(tmp_path: Path) -> None:
+    settings = node_settings(
+        f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True, store_flush_interval=0.8
+    )
+    async with Service(settings) as service:
+        assert service.writer is not None
+        assert service.writer.flush_interval == 0.8
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        node_settings("sqlite://", tmp_path, store_flush_interval=5)
+
+
 async def test_refusals_are_recorded_too(tmp_path: Path) -> None:
     settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True)
     async with Service(settings) as service:

@@ -85,9 +85,7 @@ def _pair_requests(pdus: list[tuple[str, bytes | None]]) -> list[Exchange]:
     exchanges = []
     for index, (direction, raw) in enumerate(pdus):
         if direction == "c2s" and raw and raw[2] == 0:
-            answer = next(
-                (j for j in range(index + 1, len(pdus)) if pdus[j][0] == "s2c"), None
-            )
+            answer = next((j for j in range(index + 1, len(pdus)) if pdus[j][0] == "s2c"), None)
             exchanges.append(Exchange(index, answer, "ok", 0))
     return exchanges
 

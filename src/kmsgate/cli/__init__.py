@@ -23,7 +23,6 @@ def create_app(commands: tuple[str, ...] = COMMANDS) -> typer.Typer:
         pretty_exceptions_enable=False,
     )
 
-
     @app.callback()
     def root() -> None:
         """KMS volume-activation host, strict client and authenticating gateway."""

@@ -85,7 +85,11 @@ class Service:
 
             self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
             log.info("store %s", self.store.url)
-            writer = self.writer = RecordWriter(self.store, max_queue=settings.store_queue)
+            writer = self.writer = RecordWriter(
+                self.store,
+                max_queue=settings.store_queue,
+                flush_interval=settings.store_flush_interval,
+            )
             await writer.start()
             self.metrics.set_store_source(
                 lambda: (writer.depth, writer.dropped, writer.written, writer.failures)

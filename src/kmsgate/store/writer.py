@@ -35,7 +35,7 @@ class RecordWriter:
         *,
         max_queue: int = 10000,
         flush_interval: float = 0.2,
-        batch_size: int = 500,
+        batch_size: int = 5000,
         on_drop: Callable[[ActivationRecord], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_backoff: float = 2.0,
@@ -66,6 +66,11 @@ class RecordWriter:
         self._dropped_at_full = 0
 
     # ---------------------------------------------------------------- counters
+
+    @property
+    def flush_interval(self) -> float:
+        """Seconds a record may wait for others to share its transaction."""
+        return self._flush_interval
 
     @property
     def depth(self) -> int:
@@ -189,7 +194,7 @@ class RecordWriter:
 
         Batching is what keeps recording cheap under load: one transaction per few hundred
         activations instead of one per loop turn. Records still reach the database within
-        flush_interval (0.2 s by default) of arriving.
+        flush_interval (--store-flush-interval, 0.2 s by default) of arriving.
         """
         deadline = self._clock() + self._flush_interval
         step = self._flush_interval / 4
