@@ -1,8 +1,8 @@
 """Writing one batch of activation records: the store's only hot path, kept at driver level.
 
-SQLAlchemy's per-row parameter processing cost more CPU than the database's own work (about
-90 µs a record, on the KMS host's core), so rows are converted once here and sent with
-exec_driver_sql: executemany on SQLite, one unnest() statement per table on PostgreSQL.
+SQLAlchemy's per-row parameter processing cost about as much CPU as SQLite's own work, on the
+KMS host's core (127 → 70 µs a record without it), so rows are converted once here and sent
+with exec_driver_sql: executemany on SQLite, one unnest() statement per table on PostgreSQL.
 Statements are built from this module's column constants and schema.py's types, never
 from input (hence the S608 waivers), so the SQL cannot drift from the tables.
 """
@@ -22,6 +22,10 @@ from kmsgate.store.records import ActivationRecord
 from kmsgate.store.schema import UtcDateTime, activations, clients
 
 ONE_HOUR = timedelta(hours=1)
+# What a SQLite renewal compares before choosing the columns it rewrites.
+SELECT_STORED = (
+    "SELECT cmid, machine_name, sku_name, first_seen, last_seen FROM clients WHERE cmid IN"
+)
 # SQLite bounds host parameters per statement (32 766 since 3.32); stay far below.
 SQLITE_IN_CHUNK = 500
 
@@ -250,9 +254,6 @@ class SqliteBatchWriter:
         self._insert_activations = _sqlite_insert(activations, ACTIVATION_COLUMNS)
         self._insert_clients = _sqlite_insert(clients, CLIENT_COLUMNS)
         self._updates: dict[tuple[str, ...], str] = {}
-        self._select_stored = (
-            "SELECT cmid, machine_name, sku_name, first_seen, last_seen FROM clients WHERE cmid IN"
-        )
 
     async def write(self, conn: AsyncConnection, batch: FoldedBatch) -> int:
         """Insert activations, insert new clients, update known ones; return the new count."""
@@ -281,7 +282,7 @@ class SqliteBatchWriter:
         found: dict[str, tuple[str, str, str, str]] = {}
         for start in range(0, len(keys), SQLITE_IN_CHUNK):
             chunk = keys[start : start + SQLITE_IN_CHUNK]
-            query = f"{self._select_stored} ({_qmarks(len(chunk))})"
+            query = f"{SELECT_STORED} ({_qmarks(len(chunk))})"
             result = await conn.exec_driver_sql(query, tuple(chunk))
             for row in result.mappings():
                 found[row["cmid"]] = (
