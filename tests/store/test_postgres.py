@@ -9,10 +9,13 @@ from collections import Counter
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from kmsgate.store import ActivationRecord, Store
 from kmsgate.store.schema import activation_hours, activations, clients, product_counts
 from tests.store import T0, make_record
+from tests.store.conftest import empty_tables
+from tests.store.pg import PostgresServer
 
 NODES = 2
 TASKS_PER_NODE = 3  # each node flushes from several tasks at once, like a busy host
@@ -39,7 +42,11 @@ def batches(seed: int, node: str) -> list[list[ActivationRecord]]:
     ]
 
 
-async def test_two_nodes_write_overlapping_clients_concurrently(pg_database: str) -> None:
+async def test_two_nodes_write_overlapping_clients_concurrently(
+    pg_server: PostgresServer, pg_database: str
+) -> None:
+    # The session's database holds whatever earlier tests wrote: the totals below are exact.
+    empty_tables(pg_server, make_url(pg_database).database or "")
     stores = [await Store.open(pg_database) for _ in range(NODES)]
     work = [
         (stores[n], batches(seed=n * 100 + t, node=f"node-{n}"))
