@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -111,7 +112,8 @@ async def one_activation(
     return time.perf_counter() - started
 
 
-async def run(port: int, args: argparse.Namespace) -> tuple[list[float], int, float]:
+async def run(port: int, args: argparse.Namespace) -> tuple[list[float], int, float, float]:
+    """(latencies, errors, seconds, CPU seconds this load generator used meanwhile)."""
     bind, alter, requests = build_requests(min(args.total, 20000), args.protocol, args.clients)
     latencies: list[float] = []
     errors = 0
@@ -138,9 +140,9 @@ async def run(port: int, args: argparse.Namespace) -> tuple[list[float], int, fl
                 if errors < 5:
                     print(f"error: {exc}", file=sys.stderr)
 
-    started = time.perf_counter()
+    started, own = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    return latencies, errors, time.perf_counter() - started
+    return latencies, errors, time.perf_counter() - started, time.process_time() - own
 
 
 def describe_store(args: argparse.Namespace) -> str:
@@ -192,8 +194,23 @@ def main() -> None:
         rss = Path(f"/proc/{server.pid}/status").read_text().split("VmRSS:")[1].split()[0]
         ticks = os.sysconf("SC_CLK_TCK")
 
-        def cpu() -> float:
-            fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # The record writer process (--store-writer process) would inherit CPU 0; in
+        # production nothing is pinned, so it goes where the scheduler finds room: CPU 1 here.
+        children = [
+            int(pid)
+            for task in Path(f"/proc/{server.pid}/task").iterdir()
+            for pid in (task / "children").read_text().split()
+        ]
+        if pin:
+            for child in children:
+                os.sched_setaffinity(child, {1})
+        child_rss = sum(
+            int(Path(f"/proc/{child}/status").read_text().split("VmRSS:")[1].split()[0])
+            for child in children
+        )
+
+        def cpu(pid: int = server.pid) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / ticks
 
         try:
@@ -202,14 +219,22 @@ def main() -> None:
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        before = cpu()
-        latencies, errors, elapsed = runner(run(port, args))
+        before, children_before = cpu(), sum(cpu(child) for child in children)
+        latencies, errors, elapsed, own = runner(run(port, args))
         used = cpu() - before
+        writer_used = sum(cpu(child) for child in children) - children_before
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=20)
+        recorded = count_recorded(Path(data_dir) / "kmsgate.db")
         shutil.rmtree(data_dir, ignore_errors=True)
     ordered = sorted(latencies)
+    writer = (
+        f"writer process CPU {writer_used / elapsed * 100:.0f} %, "
+        f"idle RSS {child_rss / 1024:.1f} MiB; "
+        if children
+        else ""
+    )
     print(
         f"v{args.protocol} fresh connection per activation, concurrency {args.concurrency}, "
         f"{f'paced at {args.rate:.0f}/s, ' if args.rate else ''}"
@@ -221,8 +246,20 @@ def main() -> None:
         f"{len(ordered) / elapsed:.0f} activations/s, p50 {percentile(ordered, 0.5) * 1e3:.2f} ms, "
         f"p99 {percentile(ordered, 0.99) * 1e3:.2f} ms; server CPU {used / elapsed * 100:.0f} % "
         f"({used / max(len(ordered), 1) * 1e6:.0f} µs/activation); "
+        f"load generator CPU {own / elapsed * 100:.0f} %; {writer}"
         f"idle RSS {int(rss) / 1024:.1f} MiB"
+        + (f"; {recorded} activations stored" if recorded is not None else "")
     )
+
+
+def count_recorded(path: Path) -> int | None:
+    """Rows in the embedded database's activations table, None without one."""
+    import sqlite3
+
+    if not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT count(*) FROM activations").fetchone()[0])
 
 
 if __name__ == "__main__":

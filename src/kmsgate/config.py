@@ -120,6 +120,11 @@ class ServeSettings(BaseSettings):
         description="seconds a record may wait to be written with others in one transaction "
         "(longer: fewer, larger transactions, less CPU per record)",
     )
+    store_writer: Literal["process", "inline"] = Field(
+        "process",
+        description="where records are written: a child process (database work off the KMS "
+        "host's core) or inline in the serving process (one process, less memory)",
+    )
     web: str = Field("127.0.0.1:8080", description="ADDR:PORT of the dashboard, API and /metrics")
     no_web: bool = Field(False, description="do not start the web listener")
     web_cert: Path | None = Field(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,11 +73,14 @@ def test_socket_activation_serves_on_the_inherited_socket(tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
-def test_privileges_are_dropped_after_binding(tmp_path: Path) -> None:
+def test_privileges_are_dropped_after_binding() -> None:
     nobody = pwd.getpwnam("nobody")
     port = free_port()
-    data = tmp_path / "data"
-    tmp_path.chmod(0o755)
+    # As under /var/lib: the service user can reach its data directory (pytest's own
+    # temporary root is private to root), for the writer process opens the database later.
+    base = Path(tempfile.mkdtemp(prefix="kmsgate-privileges-"))
+    base.chmod(0o755)
+    data = base / "data"
     proc = serve("--listen", f"127.0.0.1:{port}", "--web", "127.0.0.1:0", "--data-dir",
                  str(data), "--user", "nobody")  # fmt: skip
     try:
@@ -84,9 +91,29 @@ def test_privileges_are_dropped_after_binding(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert asyncio.run(activate_once(port)).ok
         assert (data / "kmsgate.db").stat().st_uid == nobody.pw_uid
+        # The record writer process gave up root too, and still writes.
+        [writer] = children(proc.pid)
+        assert process_uids(writer) == {nobody.pw_uid}
+        while stored_activations(data / "kmsgate.db") != 1:
+            assert time.monotonic() < deadline + 5, "the activation was not recorded"
+            time.sleep(0.05)
     finally:
         out = stop(proc)
+        shutil.rmtree(base, ignore_errors=True)
     assert proc.returncode == 0, out
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def stored_activations(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT count(*) FROM activations").fetchone()[0])
 
 
 def process_uids(pid: int) -> set[int]:

@@ -33,6 +33,7 @@ from kmsgate.protocol.session import (
 from kmsgate.server.host import KmsHost
 from kmsgate.server.recording import ActivationRecorder
 from kmsgate.server.relay import Relay, RelayConnection, relay_factory
+from kmsgate.store.drafts import RecordDraft, record_from_draft
 from kmsgate.store.records import ActivationRecord
 from tests.server.util import (
     SERVER_2019_DC_SKU,
@@ -128,15 +129,14 @@ async def test_relayed_activation_is_recorded_like_a_local_one(version: int) -> 
         upstream_events = hooked(upstream)
         records: list[ActivationRecord] = []
 
-        def submit(record: ActivationRecord) -> bool:
-            records.append(record)
+        def submit(draft: RecordDraft) -> bool:
+            records.append(record_from_draft(draft, "relay-node"))
             return True
 
         recorder = ActivationRecorder(
             submit,
             relayed.host.catalog,
-            "relay-node",
-            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC),
+            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC).timestamp(),
         )
         relayed.host.event_hooks.append(recorder)
         result = await activate_once(relayed.port, version)
@@ -163,6 +163,7 @@ async def test_relayed_activation_is_recorded_like_a_local_one(version: int) -> 
             result.response.epid,
             "127.0.0.1",
         )
+        assert (record.time, record.node) == (datetime(2026, 11, 23, tzinfo=UTC), "relay-node")
 
 
 async def test_several_requests_on_one_connection_give_the_upstreams_events() -> None:

@@ -23,6 +23,8 @@ from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.server.service import Service, load_web_secret
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow
+from kmsgate.store.writer import RecordWriter
+from kmsgate.store.writer_process import WriterProcess
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
 from tests.server.util import RawClient, activate_once, make_request
 from tests.store.pg import PostgresServer, running_postgres
@@ -58,10 +60,15 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_activation_is_recorded_and_counted(tmp_path: Path) -> None:
-    settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path)
+WRITERS = {"process": WriterProcess, "inline": RecordWriter}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+async def test_activation_is_recorded_and_counted(tmp_path: Path, writer: str) -> None:
+    settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, store_writer=writer)
     async with Service(settings) as service:
         assert service.host is not None and service.store is not None
+        assert type(service.writer) is WRITERS[writer]
         result = await activate_once(service.host.port, 6)
         row = await wait_for_client(service.store, result.response.client_machine_id)
         assert row.machine_name == "test-pc.example.test"
@@ -93,8 +100,11 @@ async def test_store_flush_interval_reaches_the_writer(tmp_path: Path) -> None:
         node_settings("sqlite://", tmp_path, store_flush_interval=5)
 
 
-async def test_refusals_are_recorded_too(tmp_path: Path) -> None:
-    settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True)
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+async def test_refusals_are_recorded_too(tmp_path: Path, writer: str) -> None:
+    settings = node_settings(
+        f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True, store_writer=writer
+    )
     async with Service(settings) as service:
         assert service.host is not None and service.store is not None
         client = await RawClient.connect(service.host.port)

@@ -1,66 +1,80 @@
-"""Turns session events into store records without touching the activation's critical path."""
+"""Turns session events into record drafts without touching the activation's critical path."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from kmsgate.catalog import Catalog
 from kmsgate.observability.logs import split_peer
 from kmsgate.observability.metrics import product_family_label
+from kmsgate.protocol.messages import KmsRequest
 from kmsgate.protocol.session import ActivationRefused, ActivationServed, Event
-from kmsgate.store.records import ActivationRecord
+from kmsgate.store.drafts import RecordDraft
 
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
+# Names are looked up once per (SKU, KMS id); clients choose those ids, so the cache is
+# bounded and simply starts over when full.
+NAME_CACHE_SIZE = 4096
 
 
 class ActivationRecorder:
-    """A KmsHost event hook that hands one record per KMS request to a write-behind queue."""
+    """A KmsHost event hook that hands one draft per KMS request to the record writer."""
 
     def __init__(
         self,
-        submit: Callable[[ActivationRecord], bool],
+        submit: Callable[[RecordDraft], bool],
         catalog: Catalog,
-        node: str,
         *,
-        clock: Clock = _utc_now,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._submit = submit
         self._catalog = catalog
-        self._node = node
         self._clock = clock
+        self._names: dict[tuple[uuid.UUID, uuid.UUID], tuple[str, str]] = {}
+        self._undecodable = ("undecodable request", product_family_label(catalog, None))
 
     def __call__(self, peer: str, event: Event) -> None:
         if isinstance(event, ActivationServed | ActivationRefused):
-            self._submit(self.record_for(peer, event))
+            self._submit(self.draft_for(peer, event))
 
-    def record_for(
-        self, peer: str, event: ActivationServed | ActivationRefused
-    ) -> ActivationRecord:
-        """The store record of one served or refused request."""
+    def draft_for(self, peer: str, event: ActivationServed | ActivationRefused) -> RecordDraft:
+        """The record draft of one served or refused request."""
         address, _ = split_peer(peer)
+        if isinstance(event, ActivationServed):
+            hresult, epid = 0, event.response.epid
+        else:
+            hresult, epid = int(event.hresult), None  # a plain int: drafts are marshalled
         request = event.request
-        served = isinstance(event, ActivationServed)
-        return ActivationRecord(
-            time=self._clock(),
-            client_machine_id=request.client_machine_id if request else None,
-            machine_name=request.machine_name if request else "",
-            address=address,
-            application_id=request.application_id if request else None,
-            sku_id=request.sku_id if request else None,
-            sku_name=self._catalog.product_name(request.sku_id, request.kms_counted_id)
-            if request
-            else "undecodable request",
-            kms_id=request.kms_counted_id if request else None,
-            product_family=product_family_label(self._catalog, request),
-            license_status=request.license_status if request else None,
-            protocol=request.major_version if request else None,
-            result="activated" if served else "refused",
-            hresult=0 if isinstance(event, ActivationServed) else event.hresult,
-            epid=event.response.epid if isinstance(event, ActivationServed) else None,
-            node=self._node,
+        if request is None:
+            sku_name, family = self._undecodable
+            return (self._clock(), address, None, "", None, None, sku_name, None, family,
+                    None, None, hresult, epid)  # fmt: skip
+        sku_name, family = self._names_of(request)
+        return (
+            self._clock(),
+            address,
+            request.client_machine_id.bytes,
+            request.machine_name,
+            request.application_id.bytes,
+            request.sku_id.bytes,
+            sku_name,
+            request.kms_counted_id.bytes,
+            family,
+            request.license_status,
+            request.major_version,
+            hresult,
+            epid,
         )
+
+    def _names_of(self, request: KmsRequest) -> tuple[str, str]:
+        key = (request.sku_id, request.kms_counted_id)
+        names = self._names.get(key)
+        if names is None:
+            if len(self._names) >= NAME_CACHE_SIZE:
+                self._names.clear()
+            names = self._names[key] = (
+                self._catalog.product_name(request.sku_id, request.kms_counted_id),
+                product_family_label(self._catalog, request),
+            )
+        return names

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
     from kmsgate.server.dns_publish import DnsPublisher
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
+    from kmsgate.store.drafts import RecordDraft
     from kmsgate.store.writer import RecordWriter
+    from kmsgate.store.writer_process import WriterProcess
 
 log = logging.getLogger("kmsgate.server")
 SESSION_KEY_FILE = "web-secret.key"
@@ -59,7 +62,8 @@ class Service:
         self.catalog = catalog or default_catalog()
         self.metrics = Metrics(self.catalog)
         self.store: Store | None = None
-        self.writer: RecordWriter | None = None
+        self.writer: RecordWriter | WriterProcess | None = None
+        self._submit: Callable[[RecordDraft], bool] = lambda draft: False
         self.host: KmsHost | None = None
         self.gateway: Gateway | None = None
         self._web: EmbeddedUvicorn | None = None
@@ -81,22 +85,19 @@ class Service:
         if not settings.no_store:
             from kmsgate.server.recording import ActivationRecorder
             from kmsgate.store.database import Store
-            from kmsgate.store.writer import RecordWriter
 
             self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
             log.info("store %s", self.store.url)
-            writer = self.writer = RecordWriter(
-                self.store,
-                max_queue=settings.store_queue,
-                flush_interval=settings.store_flush_interval,
-            )
+            if ids is not None:
+                # The writer process makes itself the service user before it opens these.
+                hand_over(settings.data_dir, *ids)
+            writer = self.writer = self._make_writer(self.store, ids)
+            # Running before the host listens: an answer given is a record that can be kept.
             await writer.start()
             self.metrics.set_store_source(
                 lambda: (writer.depth, writer.dropped, writer.written, writer.failures)
             )
-            self.host.event_hooks.append(
-                ActivationRecorder(writer.submit, self.catalog, settings.node_name)
-            )
+            self.host.event_hooks.append(ActivationRecorder(self._submit, self.catalog))
             if settings.gateway:
                 await self._start_gateway(self.store)
         await self.host.start()
@@ -115,6 +116,32 @@ class Service:
             # Announce the host only once it listens; failures are logged and retried.
             self.dns_publisher = DnsPublisher(settings)
             await self.dns_publisher.start()
+
+    def _make_writer(
+        self, store: Store, ids: tuple[int, int] | None
+    ) -> RecordWriter | WriterProcess:
+        settings = self.settings
+        if settings.store_writer == "process":
+            from kmsgate.store.writer_process import WriterProcess
+
+            process = WriterProcess(
+                settings.db_url,
+                node=settings.node_name,
+                max_queue=settings.store_queue,
+                flush_interval=settings.store_flush_interval,
+                run_as=ids,
+            )
+            self._submit = process.submit
+            return process
+        from kmsgate.store.drafts import record_from_draft
+        from kmsgate.store.writer import RecordWriter
+
+        inline = RecordWriter(
+            store, max_queue=settings.store_queue, flush_interval=settings.store_flush_interval
+        )
+        node = settings.node_name
+        self._submit = lambda draft: inline.submit(record_from_draft(draft, node))
+        return inline
 
     def reload(self, settings: ServeSettings) -> None:
         """Apply what can change without dropping connections: policies, quotas, windows."""

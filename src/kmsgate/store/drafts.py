@@ -1,0 +1,82 @@
+"""RecordDraft: an activation record as a tuple of primitives, cheap to build and to marshal.
+
+The serving process builds one per KMS request on its hot path (about 2 µs, against 11 µs
+for an ActivationRecord with datetimes and UUIDs); the writer turns it into an
+ActivationRecord off that path, in the writer process or inline.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from kmsgate.store.records import ActivationRecord
+
+# (unix time, client address, CMID bytes, machine name, application id bytes,
+#  SKU id bytes, SKU name, KMS id bytes, product family, license status, protocol,
+#  HRESULT (0 when served), ePID (None when refused))
+RecordDraft = tuple[
+    float,
+    str,
+    bytes | None,
+    str,
+    bytes | None,
+    bytes | None,
+    str,
+    bytes | None,
+    str,
+    int | None,
+    int | None,
+    int,
+    str | None,
+]
+DRAFT_FIELDS = 13
+
+
+class DraftError(ValueError):
+    """A draft that is not a RecordDraft (wrong shape or types)."""
+
+
+def _guid(value: bytes | None) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(bytes=value)
+
+
+def record_from_draft(draft: RecordDraft, node: str) -> ActivationRecord:
+    """The ActivationRecord a draft stands for; DraftError when it is malformed."""
+    if not isinstance(draft, tuple) or len(draft) != DRAFT_FIELDS:
+        raise DraftError(f"a record draft has {DRAFT_FIELDS} fields, got {draft!r:.80}")
+    (
+        unix_time,
+        address,
+        cmid,
+        machine_name,
+        application_id,
+        sku_id,
+        sku_name,
+        kms_id,
+        family,
+        license_status,
+        protocol,
+        hresult,
+        epid,
+    ) = draft
+    try:
+        return ActivationRecord(
+            time=datetime.fromtimestamp(unix_time, UTC),
+            client_machine_id=_guid(cmid),
+            machine_name=machine_name,
+            address=address,
+            application_id=_guid(application_id),
+            sku_id=_guid(sku_id),
+            sku_name=sku_name,
+            kms_id=_guid(kms_id),
+            product_family=family,
+            license_status=license_status,
+            protocol=protocol,
+            result="refused" if hresult else "activated",
+            hresult=hresult,
+            epid=epid,
+            node=node,
+        )
+    except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+        raise DraftError(f"malformed record draft: {exc}") from exc

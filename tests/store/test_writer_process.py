@@ -1,0 +1,281 @@
+"""WriterProcess: drafts written by a real child process, its restarts, limits and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kmsgate.catalog import default_catalog
+from kmsgate.protocol.hresult import HResult
+from kmsgate.protocol.messages import KmsRequest, KmsResponse
+from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.protocol.session import ActivationRefused, ActivationServed
+from kmsgate.server.recording import ActivationRecorder
+from kmsgate.store import Store, StoreError
+from kmsgate.store.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft
+from kmsgate.store.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
+from kmsgate.store.writer_process import WriterProcess
+from tests.store.test_writer import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_764_000_000.25
+CATALOG = default_catalog()
+WIN_PRO = CATALOG.resolve_product("Windows 10/11 Pro")
+EPID = "06401-00206-551-123456-03-1033-17763.0000-0452020"
+
+
+def drafts(count: int, *, start: float = T0) -> list[RecordDraft]:
+    """Served requests from distinct machines, one refused undecodable request every tenth."""
+    clock = iter(start + i for i in range(count))
+    recorder = ActivationRecorder(lambda draft: True, CATALOG, clock=lambda: next(clock))
+    made: list[RecordDraft] = []
+    for index in range(count):
+        if index % 10 == 9:
+            refused = ActivationRefused(1, TransferSyntax.NDR32, None, HResult.INVALID_DATA, "bad")
+            made.append(recorder.draft_for(f"[2001:db8::{index:x}]:50000", refused))
+            continue
+        request = KmsRequest(
+            6, WIN_PRO.application_id, WIN_PRO.id, WIN_PRO.kms_id, uuid.uuid4(), 25, 0,
+            f"LAB-{index:05d}",
+        )  # fmt: skip
+        response = KmsResponse(6, EPID, request.client_machine_id, 0, 50, 120, 10080)
+        served = ActivationServed(1, TransferSyntax.NDR32, request, response)
+        made.append(recorder.draft_for(f"192.0.2.{index % 250}:4{index:04d}", served))
+    return made
+
+
+def unreachable_postgres() -> str:
+    """A PostgreSQL URL on a loopback port nobody listens on: the store is down."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"postgresql://kmsgate:secret@127.0.0.1:{port}/kmsgate"
+
+
+async def test_drafts_land_with_every_field(db_url: str) -> None:
+    store = await Store.open(db_url)
+    made = drafts(40)
+    try:
+        async with WriterProcess(db_url, node="node-p", flush_interval=0.05) as writer:
+            assert writer.pid is not None and writer.pid != os.getpid()
+            assert all(writer.submit(draft) for draft in made)
+            await wait_for(lambda: writer.written == 40)
+        assert (writer.depth, writer.dropped, writer.written) == (0, 0, 40)
+        stored = (await store.list_activations(limit=100)).items
+        expected = [record_from_draft(draft, "node-p") for draft in made]
+        fields = [
+            (r.time, r.cmid, r.machine_name, r.address, r.sku_id, r.sku_name, r.license_status,
+             r.protocol, r.result, r.hresult, r.node)
+            for r in sorted(stored, key=lambda row: row.time)
+        ]  # fmt: skip
+        assert fields == [
+            (e.time, e.client_machine_id, e.machine_name, e.address, e.sku_id, e.sku_name,
+             e.license_status, e.protocol, e.result, e.hresult, e.node)
+            for e in expected
+        ]  # fmt: skip
+        assert fields[9][3:] == (
+            "2001:db8::9", None, "undecodable request", None, None, "refused",
+            HResult.INVALID_DATA, "node-p",
+        )  # fmt: skip
+        client = await store.get_client(expected[0].client_machine_id or uuid.uuid4())
+        assert client is not None
+        assert (client.sku_name, client.last_epid, client.last_address) == (
+            "Windows 10/11 Pro",
+            EPID,
+            "192.0.2.0",
+        )
+    finally:
+        await store.close()
+
+
+async def test_close_writes_what_is_queued_and_ends_the_child(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'kms.db'}"
+    await (await Store.open(url)).close()
+    writer = WriterProcess(url, node="n", flush_interval=1.0)
+    await writer.start()
+    pid = writer.pid
+    for draft in drafts(25):
+        writer.submit(draft)
+    await writer.close()  # long before the 1 s flush interval: close() must flush
+    assert (writer.written, writer.dropped, writer.depth) == (25, 0, 0)
+    assert not writer.submit(drafts(1)[0])
+    assert writer.dropped == 1
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid or 0, 0)
+    with sqlite3.connect(tmp_path / "kms.db") as db:
+        assert db.execute("SELECT count(*) FROM activations").fetchone() == (25,)
+
+
+async def test_a_killed_child_is_restarted_and_its_unconfirmed_records_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kmsgate")
+    url = unreachable_postgres()
+    writer = WriterProcess(url, node="n", flush_interval=0.05, restart_delay=0.05)
+    await writer.start()
+    first = writer.pid
+    for draft in drafts(7):
+        writer.submit(draft)
+    # The child holds them (the database is down) and its retries come back as failures.
+    await wait_for(lambda: writer.failures >= 1 and writer._in_flight == 7)
+    assert writer.depth == 7 and writer.written == 0
+    assert any("store unavailable" in r.getMessage() for r in caplog.records)
+    os.kill(first or 0, signal.SIGKILL)
+    await wait_for(lambda: writer.restarts == 1 and writer._ready.is_set())
+    assert writer.pid != first
+    assert (writer.dropped, writer.depth) == (7, 0)
+    assert any("7 records unconfirmed" in r.getMessage() for r in caplog.records)
+    writer.submit(drafts(1)[0])
+    await wait_for(lambda: writer._in_flight == 1)
+    writer._close_timeout = 0.2
+    await writer.close()
+    assert (writer.dropped, writer.depth) == (8, 0)
+
+
+async def test_the_queue_bound_holds_across_the_pipe() -> None:
+    writer = WriterProcess(unreachable_postgres(), node="n", max_queue=5, close_timeout=0.2)
+    await writer.start()
+    results = [writer.submit(draft) for draft in drafts(8)]
+    assert results == [True] * 5 + [False] * 3
+    assert (writer.depth, writer.dropped) == (5, 3)
+    await wait_for(lambda: writer._in_flight == 5)  # sent: the bound still counts them
+    assert not writer.submit(drafts(1)[0])
+    await writer.close()
+    assert (writer.written, writer.dropped, writer.depth) == (0, 9, 0)
+
+
+async def test_the_child_outlives_sigterm_and_sigint_until_its_input_ends(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'kms.db'}"
+    await (await Store.open(url)).close()
+    async with WriterProcess(url, node="n", flush_interval=0.05) as writer:
+        os.kill(writer.pid or 0, signal.SIGTERM)
+        os.kill(writer.pid or 0, signal.SIGINT)
+        await asyncio.sleep(0.2)
+        for draft in drafts(3):
+            writer.submit(draft)
+        await wait_for(lambda: writer.written == 3)
+        assert writer.restarts == 0
+
+
+async def test_a_child_that_cannot_open_the_store_fails_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writer = WriterProcess("oracle://nobody@127.0.0.1/none", node="n")
+    with pytest.raises(StoreError, match="did not start"):
+        await writer.start()
+    assert any(r.levelno >= logging.ERROR and "writer" in r.getMessage() for r in caplog.records)
+    await writer.close()
+
+
+def test_records_survive_sigkill_of_the_serving_process(tmp_path: Path) -> None:
+    """The child sees its input end when the parent dies and still writes what it got."""
+    url = f"sqlite:///{tmp_path / 'kms.db'}"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from kmsgate.store import Store
+        from kmsgate.store.writer_process import WriterProcess
+        from tests.store.test_writer_process import drafts
+
+        async def main():
+            await (await Store.open({url!r})).close()
+            writer = WriterProcess({url!r}, node="n", flush_interval=1.0)
+            await writer.start()
+            for draft in drafts(50):
+                writer.submit(draft)
+            while writer._in_flight < 50:
+                await asyncio.sleep(0.01)
+            print(writer.pid, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    deadline = time.monotonic() + 10
+    count = 0
+    while time.monotonic() < deadline:
+        with sqlite3.connect(tmp_path / "kms.db") as db:
+            (count,) = db.execute("SELECT count(*) FROM activations").fetchone()
+        if count == 50:
+            break
+        time.sleep(0.05)
+    assert count == 50
+
+
+async def test_an_unsendable_or_malformed_draft_is_dropped_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'kms.db'}"
+    await (await Store.open(url)).close()
+    good = drafts(4)  # three are sent as they are, the third is spoiled
+    unsendable: Any = (*good[0][:-1], object())  # marshal refuses it in this process
+    wrong_shape: Any = good[1][:5]  # the child refuses it
+    wrong_type: Any = (*good[2][:2], "not sixteen bytes", *good[2][3:])
+    async with WriterProcess(url, node="n", flush_interval=0.05) as writer:
+        for draft in (good[0], unsendable, good[1], wrong_shape, wrong_type, good[3]):
+            assert writer.submit(draft)
+        await wait_for(lambda: writer.written == 3 and writer.dropped == 3)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot be sent" in m for m in messages)
+    assert sum("malformed record draft" in m for m in messages) == 2
+
+
+@pytest.mark.parametrize(
+    "draft",
+    [
+        (),
+        (1.0,) * (DRAFT_FIELDS + 1),
+        [0] * DRAFT_FIELDS,
+        (1e300, *drafts(1)[0][1:]),  # a time no datetime holds
+        (T0, "a", b"short", *drafts(1)[0][3:]),
+    ],
+)
+def test_record_from_draft_rejects_malformed_drafts(draft: Any) -> None:
+    with pytest.raises(DraftError):
+        record_from_draft(draft, "n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64) | st.builds(encode_frame, st.tuples(st.text(), st.integers())))
+def test_read_frame_returns_a_message_none_or_frameerror(data: bytes) -> None:
+    async def read() -> object:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await read_frame(reader)
+
+    try:
+        message = asyncio.run(read())
+    except FrameError:
+        return
+    assert message is None or (isinstance(message, tuple) and isinstance(message[0], str))
+
+
+def test_oversized_frames_are_refused_before_reading_them() -> None:
+    async def read() -> object:
+        reader = asyncio.StreamReader()
+        reader.feed_data(HEADER.pack(MAX_FRAME + 1))
+        return await read_frame(reader)  # no EOF fed: it must not wait for the body
+
+    with pytest.raises(FrameError, match="exceeds"):
+        asyncio.run(read())
