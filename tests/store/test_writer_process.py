@@ -279,3 +279,21 @@ def test_oversized_frames_are_refused_before_reading_them() -> None:
 
     with pytest.raises(FrameError, match="exceeds"):
         asyncio.run(read())
+
+
+async def test_a_full_queue_says_so_once_and_again_when_it_drains(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'kms.db'}"
+    await (await Store.open(url)).close()
+    made = drafts(9)
+    async with WriterProcess(url, node="n", max_queue=4, flush_interval=0.05) as writer:
+        assert [writer.submit(draft) for draft in made[:6]] == [True] * 4 + [False] * 2
+        await wait_for(lambda: writer.written == 4)
+        assert all(writer.submit(draft) for draft in made[6:])
+        await wait_for(lambda: writer.written == 7)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "store queue full (4 records): dropping new activation records",
+        "store queue has room again; 2 records were dropped",
+    ]

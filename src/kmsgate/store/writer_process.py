@@ -51,7 +51,7 @@ class WriterProcess:
         self._max_queue = max_queue
         self._flush_interval = flush_interval
         self._batch_size = batch_size
-        self._restart_delay = restart_delay
+        self._restart_delay = self._first_restart_delay = restart_delay
         self._close_timeout = close_timeout
         self._run_as = run_as
         self._pending: list[RecordDraft] = []
@@ -64,6 +64,7 @@ class WriterProcess:
         self._ever_ready = False
         self._started = False
         self._full = False
+        self._dropped_at_full = 0
         # This child's counters, as last reported, and the totals of the children before it.
         self._sent = 0
         self._child: tuple[int, int, int] = (0, 0, 0)
@@ -110,17 +111,21 @@ class WriterProcess:
 
     def submit(self, draft: RecordDraft) -> bool:
         """Queue a draft; False (and dropped + 1) when the queue is full or closed."""
-        if self._closing or self.depth >= self._max_queue:
+        depth = self.depth
+        if self._closing or depth >= self._max_queue:
             if not self._full and not self._closing:
                 self._full = True
-                log.warning(
-                    "store queue full (%d records): dropping new activation records", self.depth
-                )
+                self._dropped_at_full = self.dropped
+                log.warning("store queue full (%d records): dropping new activation records", depth)
             self._base_dropped += 1
             return False
-        if self._full:
+        # Said once the queue is half empty, not at every batch the child confirms.
+        if self._full and depth <= self._max_queue // 2:
             self._full = False
-            log.warning("store queue has room again")
+            log.warning(
+                "store queue has room again; %d records were dropped",
+                self.dropped - self._dropped_at_full,
+            )
         self._pending.append(draft)
         if self._send_handle is None and self._ready.is_set():
             self._send_handle = asyncio.get_running_loop().call_later(SEND_DELAY, self._send)
@@ -240,6 +245,7 @@ class WriterProcess:
             case ("ready", int(pid)):
                 self.pid = pid
                 self._ever_ready = True
+                self._restart_delay = self._first_restart_delay
                 self._ready.set()
                 if self._pending:
                     self._send()
