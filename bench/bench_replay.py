@@ -36,6 +36,7 @@ from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.messages import encode_request, verify_response
 
 HOST = "127.0.0.1"
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
 KMSGATE = Path(sys.executable).with_name("kmsgate")
 VERIFY_EVERY = 50
 
@@ -167,6 +168,13 @@ def main() -> None:
         help="start activations at this rate per second (compare CPU at equal load)",
     )
     parser.add_argument(
+        "--server-cpu",
+        type=float,
+        default=0.0,
+        help="cap the serving process at this share of CPU 0 (e.g. 0.5), leaving the rest "
+        "to the record writer process: the host's CPU becomes the bottleneck (root, cgroup v1)",
+    )
+    parser.add_argument(
         "--clients",
         type=int,
         default=0,
@@ -176,6 +184,8 @@ def main() -> None:
     if not 1 <= args.concurrency <= 256 or not 1 <= args.total <= 200_000:
         raise SystemExit("--concurrency 1..256, --total 1..200000")
     args.seconds = min(max(args.seconds, 1.0), 120.0)
+    if args.server_cpu and not 0.1 <= args.server_cpu <= 1.0:
+        raise SystemExit("--server-cpu 0.1..1.0")
 
     pin = shutil.which("taskset") is not None and {0, 1} <= os.sched_getaffinity(0)
     port = free_port()
@@ -189,6 +199,7 @@ def main() -> None:
         cmd = ["taskset", "-c", "0", *cmd]
         os.sched_setaffinity(0, {1})
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quota_group = CPU_CGROUP / f"kmsgate-bench-{os.getpid()}"
     try:
         time.sleep(2.5)
         rss = Path(f"/proc/{server.pid}/status").read_text().split("VmRSS:")[1].split()[0]
@@ -204,6 +215,8 @@ def main() -> None:
         if pin:
             for child in children:
                 os.sched_setaffinity(child, {1})
+        if args.server_cpu:
+            cap_cpu(server.pid, args.server_cpu, quota_group)
         child_rss = sum(
             int(Path(f"/proc/{child}/status").read_text().split("VmRSS:")[1].split()[0])
             for child in children
@@ -226,6 +239,8 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=20)
+        if quota_group.exists():
+            quota_group.rmdir()  # empty once the server has exited
         recorded = count_recorded(Path(data_dir) / "kmsgate.db")
         shutil.rmtree(data_dir, ignore_errors=True)
     ordered = sorted(latencies)
@@ -250,6 +265,16 @@ def main() -> None:
         f"idle RSS {int(rss) / 1024:.1f} MiB"
         + (f"; {recorded} activations stored" if recorded is not None else "")
     )
+
+
+def cap_cpu(pid: int, share: float, group: Path) -> None:
+    """Limit one process to `share` of a CPU (cgroup v1 CFS quota, 10 ms periods; root)."""
+    if not CPU_CGROUP.is_dir():
+        raise SystemExit(f"--server-cpu needs the cgroup v1 cpu controller at {CPU_CGROUP}")
+    group.mkdir()
+    (group / "cpu.cfs_period_us").write_text("10000")
+    (group / "cpu.cfs_quota_us").write_text(str(int(10000 * share)))
+    (group / "cgroup.procs").write_text(str(pid))  # all its threads; its children stay out
 
 
 def count_recorded(path: Path) -> int | None:

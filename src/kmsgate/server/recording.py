@@ -16,6 +16,7 @@ from kmsgate.store.drafts import RecordDraft
 # Names are looked up once per (SKU, KMS id); clients choose those ids, so the cache is
 # bounded and simply starts over when full.
 NAME_CACHE_SIZE = 4096
+RECORDED = (ActivationServed, ActivationRefused)
 
 
 class ActivationRecorder:
@@ -35,7 +36,8 @@ class ActivationRecorder:
         self._undecodable = ("undecodable request", product_family_label(catalog, None))
 
     def __call__(self, peer: str, event: Event) -> None:
-        if isinstance(event, ActivationServed | ActivationRefused):
+        # Called for every session event (binds, closes...): a tuple, not a union built per call.
+        if isinstance(event, RECORDED):
             self._submit(self.draft_for(peer, event))
 
     def draft_for(self, peer: str, event: ActivationServed | ActivationRefused) -> RecordDraft:

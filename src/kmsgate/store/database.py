@@ -41,7 +41,6 @@ from kmsgate.store.errors import (
     UserExists,
     UserNotFound,
 )
-from kmsgate.store.migrate import run_upgrade
 from kmsgate.store.records import (
     ActivationRecord,
     ActivationRow,
@@ -220,6 +219,9 @@ class Store:
         engine = make_engine(url)
         store = cls(url, engine)
         if upgrade:
+            # Alembic is imported only here: the writer process never migrates.
+            from kmsgate.store.migrate import run_upgrade
+
             try:
                 with translated():
                     await run_upgrade(engine)

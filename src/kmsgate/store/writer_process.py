@@ -68,6 +68,7 @@ class WriterProcess:
         # This child's counters, as last reported, and the totals of the children before it.
         self._sent = 0
         self._child: tuple[int, int, int] = (0, 0, 0)
+        self._confirmed = 0  # the child's written + dropped
         self._base_written = 0
         self._base_dropped = 0
         self._base_failures = 0
@@ -83,8 +84,7 @@ class WriterProcess:
 
     @property
     def _in_flight(self) -> int:
-        written, dropped, _ = self._child
-        return max(0, self._sent - written - dropped)
+        return max(0, self._sent - self._confirmed)
 
     @property
     def depth(self) -> int:
@@ -111,8 +111,8 @@ class WriterProcess:
 
     def submit(self, draft: RecordDraft) -> bool:
         """Queue a draft; False (and dropped + 1) when the queue is full or closed."""
-        depth = self.depth
-        if self._closing or depth >= self._max_queue:
+        depth = len(self._pending) + self._sent - self._confirmed  # self.depth, inlined
+        if depth >= self._max_queue or self._closing:
             if not self._full and not self._closing:
                 self._full = True
                 self._dropped_at_full = self.dropped
@@ -240,6 +240,7 @@ class WriterProcess:
         match message:
             case ("status", int(written), int(dropped), int(failures)):
                 self._child = (written, dropped, failures)
+                self._confirmed = written + dropped
             case ("log", int(level), str(name), str(text)):
                 logging.getLogger(name).log(level, "%s", text)
             case ("ready", int(pid)):
@@ -259,6 +260,7 @@ class WriterProcess:
         self._base_dropped += dropped + unconfirmed
         self._base_failures += failures
         self._child = (0, 0, 0)
+        self._confirmed = 0
         self._sent = 0
 
     async def close(self) -> None:
