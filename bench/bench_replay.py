@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python bench/bench_replay.py [--concurrency 8] [--total 10000] [--seconds 15]
        [--protocol 6] [--record] [--db URL] [--clients N]
-       [--rate R]
+       [--rate R] [--server-cpu 0.5]
 
 The strict client (bench_activations.py) spends more CPU per activation than the server, so on
 a 2-core machine it saturates its core first. Here the client work is moved ahead of the run:
