@@ -297,3 +297,25 @@ async def test_a_full_queue_says_so_once_and_again_when_it_drains(
         "store queue full (4 records): dropping new activation records",
         "store queue has room again; 2 records were dropped",
     ]
+
+
+async def test_the_child_logs_at_the_level_it_is_given_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'kms.db'}"
+    await (await Store.open(url)).close()
+    caplog.set_level(logging.WARNING, logger="kmsgate")
+    quiet = WriterProcess(url, node="n")
+    await quiet.start()
+    await quiet.close()
+    assert not any("writer process done" in r.getMessage() for r in caplog.records)
+    verbose = WriterProcess(url, node="n", flush_interval=0.05)
+    await verbose.start()
+    caplog.set_level(logging.INFO, logger="kmsgate")
+    verbose.set_log_level(logging.INFO)  # as Service.reload does after a SIGHUP
+    verbose.submit(drafts(1)[0])
+    await verbose.close()
+    assert any(
+        r.getMessage() == "record writer process done: 1 records written, 0 dropped"
+        for r in caplog.records
+    )

@@ -64,6 +64,7 @@ class Service:
         self.store: Store | None = None
         self.writer: RecordWriter | WriterProcess | None = None
         self._submit: Callable[[RecordDraft], bool] = lambda draft: False
+        self._writer_process: WriterProcess | None = None
         self.host: KmsHost | None = None
         self.gateway: Gateway | None = None
         self._web: EmbeddedUvicorn | None = None
@@ -132,6 +133,7 @@ class Service:
                 run_as=ids,
             )
             self._submit = process.submit
+            self._writer_process = process
             return process
         from kmsgate.store.drafts import record_from_draft
         from kmsgate.store.writer import RecordWriter
@@ -151,6 +153,8 @@ class Service:
             self.gateway.window = timedelta(seconds=settings.window)
             self.gateway.quota_week = settings.quota_week
             self.gateway.quota_month = settings.quota_month
+        if self._writer_process is not None:  # it logs at the reloaded level too
+            self._writer_process.set_log_level(logging.getLogger("kmsgate").getEffectiveLevel())
         self.settings = settings
 
     async def _start_gateway(self, store: Store) -> None:

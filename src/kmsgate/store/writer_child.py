@@ -14,11 +14,14 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmsgate.store.drafts import DraftError, RecordDraft, record_from_draft
 from kmsgate.store.errors import StoreError
 from kmsgate.store.frames import FrameError, encode_frame, read_frame
+
+if TYPE_CHECKING:
+    from kmsgate.store.writer import RecordWriter
 
 log = logging.getLogger("kmsgate.store")
 STATUS_PERIOD = 0.05
@@ -118,15 +121,13 @@ async def serve(outbox: Outbox) -> None:
     reporter = asyncio.create_task(report())
     try:
         while (message := await read_frame(reader)) is not None:
-            if message[0] != "records" or len(message) != 2 or not isinstance(message[1], list):
-                raise FrameError(f"unexpected {message[0]!r} frame")
-            drafts: list[RecordDraft] = message[1]
-            for draft in drafts:
-                try:
-                    writer.submit(record_from_draft(draft, node))
-                except DraftError as exc:
-                    malformed += 1
-                    log.error("dropping a malformed record draft: %s", exc)
+            match message:
+                case ("records", list(drafts)):
+                    malformed += submit_all(writer, drafts, node)
+                case ("log_level", int(level)):
+                    logging.getLogger().setLevel(level)
+                case _:
+                    raise FrameError(f"unexpected {message[0]!r} frame")
     except FrameError as exc:
         log.error("record writer input broken, writing what arrived: %s", exc)
     finally:
@@ -135,6 +136,23 @@ async def serve(outbox: Outbox) -> None:
         with contextlib.suppress(OSError):
             outbox.send(status())
         await store.close()
+        log.info(
+            "record writer process done: %d records written, %d dropped",
+            writer.written,
+            writer.dropped + malformed,
+        )
+
+
+def submit_all(writer: RecordWriter, drafts: list[RecordDraft], node: str) -> int:
+    """Queue every well-formed draft; returns how many were malformed (and dropped)."""
+    malformed = 0
+    for draft in drafts:
+        try:
+            writer.submit(record_from_draft(draft, node))
+        except DraftError as exc:
+            malformed += 1
+            log.error("dropping a malformed record draft: %s", exc)
+    return malformed
 
 
 def main() -> int:

@@ -54,6 +54,7 @@ class WriterProcess:
         self._restart_delay = self._first_restart_delay = restart_delay
         self._close_timeout = close_timeout
         self._run_as = run_as
+        self._log_level = logging.getLogger("kmsgate").getEffectiveLevel()
         self._pending: list[RecordDraft] = []
         self._send_handle: asyncio.TimerHandle | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -160,6 +161,13 @@ class WriterProcess:
         self._pending = sendable
         return encode_frame(("records", sendable))
 
+    def set_log_level(self, level: int) -> None:
+        """Log what the child does from `level` on (after a reload changed --log-level)."""
+        self._log_level = level
+        process = self._process
+        if process is not None and process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.write(encode_frame(("log_level", level)))
+
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
@@ -198,7 +206,7 @@ class WriterProcess:
             "flush_interval": self._flush_interval,
             "batch_size": self._batch_size,
             "close_timeout": self._close_timeout,
-            "log_level": logging.getLogger("kmsgate").getEffectiveLevel(),
+            "log_level": self._log_level,
             "run_as": self._run_as,
         }
         process.stdin.write(encode_frame(("config", config)))
