@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -243,3 +244,14 @@ async def test_web_listener_speaks_https_with_secure_cookies(tmp_path: Path) -> 
         async with httpx.AsyncClient(base_url=base.replace("https", "http")) as plain:
             with pytest.raises(httpx.HTTPError):
                 await plain.get("/healthz")
+
+
+async def test_a_reload_reaches_the_writer_process_log_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True)
+    caplog.set_level(logging.WARNING, logger="kmsgate")
+    async with Service(settings) as service:
+        caplog.set_level(logging.INFO, logger="kmsgate")  # what a reloaded log_level does
+        service.reload(settings)
+    assert any("record writer process done" in r.getMessage() for r in caplog.records)

@@ -63,8 +63,6 @@ class Service:
         self.metrics = Metrics(self.catalog)
         self.store: Store | None = None
         self.writer: RecordWriter | WriterProcess | None = None
-        self._submit: Callable[[RecordDraft], bool] = lambda draft: False
-        self._writer_process: WriterProcess | None = None
         self.host: KmsHost | None = None
         self.gateway: Gateway | None = None
         self._web: EmbeddedUvicorn | None = None
@@ -92,13 +90,14 @@ class Service:
             if ids is not None:
                 # The writer process makes itself the service user before it opens these.
                 hand_over(settings.data_dir, *ids)
-            writer = self.writer = self._make_writer(self.store, ids)
+            writer, submit = self._make_writer(self.store, ids)
+            self.writer = writer
             # Running before the host listens: an answer given is a record that can be kept.
             await writer.start()
             self.metrics.set_store_source(
                 lambda: (writer.depth, writer.dropped, writer.written, writer.failures)
             )
-            self.host.event_hooks.append(ActivationRecorder(self._submit, self.catalog))
+            self.host.event_hooks.append(ActivationRecorder(submit, self.catalog))
             if settings.gateway:
                 await self._start_gateway(self.store)
         await self.host.start()
@@ -120,7 +119,8 @@ class Service:
 
     def _make_writer(
         self, store: Store, ids: tuple[int, int] | None
-    ) -> RecordWriter | WriterProcess:
+    ) -> tuple[RecordWriter | WriterProcess, Callable[[RecordDraft], bool]]:
+        """The record writer --store-writer asks for, and how the recorder hands it a draft."""
         settings = self.settings
         if settings.store_writer == "process":
             from kmsgate.store.writer_process import WriterProcess
@@ -132,9 +132,7 @@ class Service:
                 flush_interval=settings.store_flush_interval,
                 run_as=ids,
             )
-            self._submit = process.submit
-            self._writer_process = process
-            return process
+            return process, process.submit
         from kmsgate.store.drafts import record_from_draft
         from kmsgate.store.writer import RecordWriter
 
@@ -142,8 +140,7 @@ class Service:
             store, max_queue=settings.store_queue, flush_interval=settings.store_flush_interval
         )
         node = settings.node_name
-        self._submit = lambda draft: inline.submit(record_from_draft(draft, node))
-        return inline
+        return inline, lambda draft: inline.submit(record_from_draft(draft, node))
 
     def reload(self, settings: ServeSettings) -> None:
         """Apply what can change without dropping connections: policies, quotas, windows."""
@@ -153,8 +150,10 @@ class Service:
             self.gateway.window = timedelta(seconds=settings.window)
             self.gateway.quota_week = settings.quota_week
             self.gateway.quota_month = settings.quota_month
-        if self._writer_process is not None:  # it logs at the reloaded level too
-            self._writer_process.set_log_level(logging.getLogger("kmsgate").getEffectiveLevel())
+        from kmsgate.store.writer_process import WriterProcess
+
+        if isinstance(self.writer, WriterProcess):  # its child logs at the reloaded level too
+            self.writer.set_log_level(logging.getLogger("kmsgate").getEffectiveLevel())
         self.settings = settings
 
     async def _start_gateway(self, store: Store) -> None:

@@ -62,18 +62,16 @@ class WriterProcess:
         self._ready = asyncio.Event()
         self._closing_event = asyncio.Event()
         self._closing = False
-        self._ever_ready = False
         self._started = False
         self._full = False
         self._dropped_at_full = 0
         # This child's counters, as last reported, and the totals of the children before it.
         self._sent = 0
-        self._child: tuple[int, int, int] = (0, 0, 0)
-        self._confirmed = 0  # the child's written + dropped
+        self._child_written = self._child_dropped = self._child_failures = 0
         self._base_written = 0
         self._base_dropped = 0
         self._base_failures = 0
-        self.pid: int | None = None
+        self.pid: int | None = None  # of the running child, set once the first one is ready
         self.restarts = 0
 
     # ---------------------------------------------------------------- counters
@@ -85,7 +83,7 @@ class WriterProcess:
 
     @property
     def _in_flight(self) -> int:
-        return max(0, self._sent - self._confirmed)
+        return max(0, self._sent - self._child_written - self._child_dropped)
 
     @property
     def depth(self) -> int:
@@ -96,23 +94,23 @@ class WriterProcess:
     def dropped(self) -> int:
         """Records lost: queue full, submitted after close, unwritable, or unconfirmed by a
         child that died."""
-        return self._base_dropped + self._child[1]
+        return self._base_dropped + self._child_dropped
 
     @property
     def written(self) -> int:
         """Records the child reported committed."""
-        return self._base_written + self._child[0]
+        return self._base_written + self._child_written
 
     @property
     def failures(self) -> int:
         """Failed write attempts in the child (each retry counts)."""
-        return self._base_failures + self._child[2]
+        return self._base_failures + self._child_failures
 
     # ---------------------------------------------------------------- host side
 
     def submit(self, draft: RecordDraft) -> bool:
         """Queue a draft; False (and dropped + 1) when the queue is full or closed."""
-        depth = len(self._pending) + self._sent - self._confirmed  # self.depth, inlined
+        depth = len(self._pending) + self._in_flight
         if depth >= self._max_queue or self._closing:
             if not self._full and not self._closing:
                 self._full = True
@@ -223,8 +221,8 @@ class WriterProcess:
             process.kill()
         code = await process.wait()
         self._ready.clear()
-        if self._closing or not self._ever_ready:
-            if not self._ever_ready:
+        if self._closing or self.pid is None:
+            if self.pid is None:
                 log.error("record writer process exited with status %s before it was ready", code)
             return  # close() or start() takes it from here
         lost = self._in_flight
@@ -247,13 +245,13 @@ class WriterProcess:
     def _on_message(self, message: tuple[object, ...]) -> None:
         match message:
             case ("status", int(written), int(dropped), int(failures)):
-                self._child = (written, dropped, failures)
-                self._confirmed = written + dropped
+                self._child_written = written
+                self._child_dropped = dropped
+                self._child_failures = failures
             case ("log", int(level), str(name), str(text)):
                 logging.getLogger(name).log(level, "%s", text)
             case ("ready", int(pid)):
                 self.pid = pid
-                self._ever_ready = True
                 self._restart_delay = self._first_restart_delay
                 self._ready.set()
                 if self._pending:
@@ -263,12 +261,10 @@ class WriterProcess:
 
     def _retire_child(self, unconfirmed: int) -> None:
         """Fold a finished child's counters into the totals."""
-        written, dropped, failures = self._child
-        self._base_written += written
-        self._base_dropped += dropped + unconfirmed
-        self._base_failures += failures
-        self._child = (0, 0, 0)
-        self._confirmed = 0
+        self._base_written += self._child_written
+        self._base_dropped += self._child_dropped + unconfirmed
+        self._base_failures += self._child_failures
+        self._child_written = self._child_dropped = self._child_failures = 0
         self._sent = 0
 
     async def close(self) -> None:
