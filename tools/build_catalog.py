@@ -2,6 +2,7 @@
 """Build kmsgate's own product catalogue (src/kmsgate/catalog/products.json) from kms-products.json.
 
 Usage: tools/build_catalog.py [SOURCE] [--output PATH] [--check]
+SOURCE defaults to the vendored facts, data/kms-products.json (schema kms-products/2).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import itertools
 import json
 import re
 import sys
@@ -17,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "kms-products.json"
+DEFAULT_SOURCE = REPO_ROOT / "data" / "kms-products.json"
 DEFAULT_OUTPUT = REPO_ROOT / "src" / "kmsgate" / "catalog" / "products.json"
 
-SCHEMA = "kmsgate-catalog/1"
-SOURCE_SCHEMA = "kms-products/1"
+SCHEMA = "kmsgate-catalog/2"
+SOURCE_SCHEMA = "kms-products/2"
 
 GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Product keys use a 24-symbol alphabet plus the positional "N" of Windows 8+ keys.
@@ -33,16 +35,8 @@ EPID_RE = re.compile(
 PROTOCOLS = {"4.0": 4, "5.0": 5, "6.0": 6}
 NIL_GUID = "00000000-0000-0000-0000-000000000000"
 
-# Known defects of the source, each fixed explicitly. Every entry must be used by the build,
-# so the table cannot silently outlive the defect it works around.
-KMS_ID_ALIASES: dict[str, tuple[str, str]] = {
-    "10a7e9fb-ca8c-5352-88f5-91b8dbe13b22": (
-        "b74263e4-0f92-46c6-bcf8-c11d5efe2959",
-        "py-kms's Server 2022 CSVLKs name an id that is not its own Server 2022 KMS item "
-        "(source data_conflicts); mapped to the catalogue's Windows Server 2022 KMS id",
-    ),
-}
 # CSVLKs with an ePID group and key range but no release date; an ePID needs a lower date bound.
+# Every entry must be used by the build, so the table cannot outlive the gap it fills.
 CSVLK_DATE_FILLS: dict[tuple[str, str], tuple[str, str]] = {
     ("7b37c913-252b-46be-ad80-b2b5ceade8af", "Windows Server 2012"): (
         "2012-10-26",
@@ -56,11 +50,8 @@ CSVLK_DATE_FILLS: dict[tuple[str, str], tuple[str, str]] = {
         "2013-10-17",
         "date of the Windows Server 2012 R2 CSVLK in the same file",
     ),
-    ("f3d89bbf-c0ec-47ce-a8fa-e5a5f97e447f", "Office LTSC 2024"): (
-        "2024-10-01",
-        "public availability of Office LTSC 2024 (autumn 2024); an ePID must not predate it",
-    ),
 }
+HOST_ROLES = ("server", "client", "none")
 
 
 class BuildError(Exception):
@@ -150,6 +141,12 @@ def _kms_ids(doc: Mapping[str, Any], app_ids: set[str], p: _Problems) -> list[di
         if protocol is None:
             p.add(where, f"default_protocol not one of {sorted(PROTOCOLS)}")
         index = rec.get("vlmcsd_csvlk_index")
+        superseded_by = rec.get("superseded_by")
+        if superseded_by is not None:
+            p.guid(superseded_by, where + ".superseded_by")
+        listed = rec.get("in_microsoft_kms_counted_id_list")
+        if listed is not None:
+            p.flag(listed, where + ".in_microsoft_kms_counted_id_list")
         out.append(
             {
                 "id": p.guid(rec.get("id"), where + ".id"),
@@ -161,9 +158,23 @@ def _kms_ids(doc: Mapping[str, Any], app_ids: set[str], p: _Problems) -> list[di
                 "is_preview": p.flag(rec.get("is_preview"), where + ".is_preview"),
                 "is_placeholder": p.flag(rec.get("id_is_placeholder"), where),
                 "vlmcsd_csvlk_index": None if index is None else p.integer(index, where),
+                "superseded_by": superseded_by,
+                "in_microsoft_list": listed,
             }
         )
     p.unique((k["id"] for k in out), "kms_ids id")
+    by_id = {k["id"]: k for k in out}
+    for kms in out:
+        target = by_id.get(kms["superseded_by"]) if kms["superseded_by"] else None
+        if kms["superseded_by"] is None:
+            continue
+        if target is None:
+            p.add(kms["name"], f"superseded_by {kms['superseded_by']} is not a KMS id")
+        elif target["superseded_by"] is not None or not kms["is_placeholder"]:
+            # An alias must be a placeholder resolving in one step, or lookups could loop.
+            p.add(kms["name"], "superseded_by must lead from a placeholder to a genuine id")
+        elif target["application_id"] != kms["application_id"]:
+            p.add(kms["name"], "superseded_by names a KMS id of another application")
     return sorted(out, key=lambda k: (k["name"].casefold(), k["id"]))
 
 
@@ -191,15 +202,30 @@ def _skus(
         gvlk = rec.get("gvlk")
         if gvlk is not None and (not isinstance(gvlk, str) or not GVLK_RE.match(gvlk)):
             p.add(where, f"GVLK not in 5x5 product-key format: {gvlk!r}")
-        out.append(
-            {
-                "id": sku_id,
-                "name": p.text(rec.get("name"), where + ".name"),
-                "kms_id": kms_id,
-                "gvlk": gvlk,
-                "gvlk_is_generated": p.flag(rec.get("gvlk_is_generated"), where),
-            }
-        )
+        releases = []
+        for j, release in enumerate(rec.get("kms_id_by_release") or []):
+            there = f"{where}.kms_id_by_release[{j}]"
+            other = p.guid(release.get("kms_id"), there + ".kms_id")
+            if other not in kms:
+                p.add(there, f"kms_id {other} is not a KMS id")
+            releases.append(
+                {
+                    "release": p.text(release.get("release"), there + ".release"),
+                    "build": p.integer(release.get("build"), there + ".build", 1),
+                    "kms_id": other,
+                    "verified": release.get("status") == "sourced",
+                }
+            )
+        record: dict[str, Any] = {
+            "id": sku_id,
+            "name": p.text(rec.get("name"), where + ".name"),
+            "kms_id": kms_id,
+            "gvlk": gvlk,
+            "gvlk_is_generated": p.flag(rec.get("gvlk_is_generated"), where),
+        }
+        if releases:
+            record["kms_id_by_release"] = sorted(releases, key=lambda r: r["build"])
+        out.append(record)
     p.unique((s["id"] for s in out), "skus id")
     # Exact-name and exact-GVLK lookups need both to be unique.
     p.unique((s["name"].casefold() for s in out), "skus name (case-insensitive)")
@@ -216,8 +242,23 @@ def _skus_without_id(doc: Mapping[str, Any], p: _Problems) -> list[str]:
     return sorted(names, key=str.casefold)
 
 
+def _key_id_blocks(rec: Mapping[str, Any], key: str, where: str, p: _Problems) -> list[list[int]]:
+    blocks = []
+    for j, block in enumerate(rec.get(key) or []):
+        start = p.integer(block.get("start"), f"{where}.{key}[{j}].start")
+        end = p.integer(block.get("end"), f"{where}.{key}[{j}].end")
+        if end < start or end > 999_999_999:
+            p.add(where, f"bad {key} block {start}..{end}")
+        blocks.append([start, end])
+    blocks.sort()
+    for (_, end), (start, _) in itertools.pairwise(blocks):
+        if start <= end:
+            p.add(where, f"{key} blocks overlap at {start}")
+    return blocks
+
+
 def _csvlks(
-    doc: Mapping[str, Any], kms_ids: set[str], p: _Problems, used_fixes: set[object]
+    doc: Mapping[str, Any], kms: Mapping[str, Mapping[str, Any]], p: _Problems, used: set[object]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     out: list[dict[str, Any]] = []
     dropped = []
@@ -227,15 +268,21 @@ def _csvlks(
         csvlk_id = rec.get("id")
         if csvlk_id is not None:
             p.guid(csvlk_id, where + ".id")
-        if any(rec.get(k) is None for k in ("group_id", "min_key_id", "max_key_id")):
-            # Without a group and key-id range the record cannot be put into an ePID.
+        if rec.get("group_id") is None or not rec.get("key_id_blocks"):
+            # Without a group and key-id blocks the record cannot be put into an ePID.
             dropped.append(name)
             continue
         group = p.integer(rec.get("group_id"), where + ".group_id", 1)
-        low = p.integer(rec.get("min_key_id"), where + ".min_key_id")
-        high = p.integer(rec.get("max_key_id"), where + ".max_key_id")
-        if high <= low or high > 999_999_999:
-            p.add(where, f"bad key-id range {low}..{high}")
+        blocks = _key_id_blocks(rec, "key_id_blocks", where, p)
+        reserved = _key_id_blocks(rec, "reserved_key_id_blocks", where, p)
+        low, high = rec.get("min_key_id"), rec.get("max_key_id")
+        if not isinstance(low, int) or not isinstance(high, int):
+            p.add(where, f"min/max key id {low}..{high} not integers")
+        elif not any(start <= low <= high <= end for start, end in blocks):
+            p.add(where, f"min/max key id {low}..{high} lies in no key_id_blocks block")
+        for start, end in reserved:
+            if any(start <= b_end and b_start <= end for b_start, b_end in blocks):
+                p.add(where, f"reserved block {start}..{end} overlaps a valid block")
         release = rec.get("release_date")
         if release is None:
             fill_key = (str(csvlk_id), name)
@@ -244,33 +291,120 @@ def _csvlks(
                 p.add(where, "no release_date and no entry in CSVLK_DATE_FILLS")
             else:
                 release = fill[0]
-                used_fixes.add(fill_key)
+                used.add(fill_key)
         activates = set()
         for kms_id in rec.get("activates_kms_ids") or []:
             kms_id = p.guid(kms_id, where + ".activates_kms_ids")
-            if kms_id in KMS_ID_ALIASES:
-                used_fixes.add(kms_id)
-                kms_id = KMS_ID_ALIASES[kms_id][0]
-            if kms_id not in kms_ids:
+            if kms_id not in kms:
                 p.add(where, f"activates unknown KMS id {kms_id}")
             activates.add(kms_id)
+        for kms_id in rec.get("activates_superseded_kms_ids") or []:
+            # A placeholder stays listed beside its genuine id so /1 readers resolve it.
+            if kms_id not in activates or not (kms.get(kms_id) or {}).get("superseded_by"):
+                p.add(where, f"activates_superseded_kms_ids names {kms_id} wrongly")
         if not activates:
             p.add(where, "activates no KMS id")
+        family = rec.get("host_key_family")
+        if not isinstance(family, str) or not re.fullmatch(r"(windows|office)-[a-z0-9.-]+", family):
+            p.add(where, f"host_key_family malformed: {family!r}")
         out.append(
             {
                 "id": csvlk_id,
                 "name": name,
                 "group_id": group,
-                "min_key_id": low,
-                "max_key_id": high,
+                "key_id_blocks": blocks,
                 "release_date": p.date(release, where + ".release_date"),
                 "is_lab": p.flag(rec.get("is_lab"), where + ".is_lab"),
                 "is_preview": p.flag(rec.get("is_preview"), where + ".is_preview"),
+                "is_azure_only": p.flag(rec.get("is_azure_only"), where + ".is_azure_only"),
+                "host_key_family": str(family),
                 "activates_kms_ids": sorted(activates),
+                "activates_basis": rec.get("activates_kms_ids_basis"),
             }
         )
     out.sort(key=lambda c: (c["release_date"], c["name"].casefold(), c["id"] or ""))
     return out, sorted(dropped, key=str.casefold)
+
+
+def _genuine_host_model(
+    doc: Mapping[str, Any],
+    csvlks: list[dict[str, Any]],
+    builds: set[int],
+    p: _Problems,
+) -> dict[str, Any]:
+    model = doc.get("genuine_host_model")
+    if not isinstance(model, Mapping):
+        p.add("genuine_host_model", "missing or not an object")
+        return {}
+    # Only usable records can be held: a model naming a dropped CSVLK is a source bug.
+    usable = {c["id"]: c for c in csvlks if c["id"] is not None}
+
+    def held(csvlk_id: Any, where: str) -> str:
+        csvlk_id = p.guid(csvlk_id, where)
+        if csvlk_id not in usable:
+            p.add(where, f"CSVLK {csvlk_id} is not a usable CSVLK record")
+        return csvlk_id
+
+    office = [
+        held(cid, f"genuine_host_model.office_csvlk_ids[{i}]")
+        for i, cid in enumerate(model.get("office_csvlk_ids") or [])
+    ]
+    for cid in office:
+        if cid in usable and not usable[cid]["host_key_family"].startswith("office-"):
+            p.add("genuine_host_model.office_csvlk_ids", f"{cid} is not an Office host key")
+    requirements = []
+    for i, rec in enumerate(model.get("office_host_requirements") or []):
+        where = f"genuine_host_model.office_host_requirements[{i}]"
+        requirements.append(
+            {
+                "csvlk_id": held(rec.get("csvlk_id"), where + ".csvlk_id"),
+                "server_min_build": p.integer(rec.get("server_min_build"), where, 1),
+                "client_min_build": p.integer(rec.get("client_min_build"), where, 1),
+                "verified": rec.get("status") == "sourced",
+            }
+        )
+    if {r["csvlk_id"] for r in requirements} != set(office):
+        p.add("genuine_host_model", "office_host_requirements do not match office_csvlk_ids")
+    by_build = []
+    for i, rec in enumerate(model.get("by_build") or []):
+        where = f"genuine_host_model.by_build[{i}]"
+        build = p.integer(rec.get("build"), where + ".build", 1)
+        if build not in builds:
+            p.add(where, f"build {build} is not a host build")
+        role = rec.get("host_role")
+        if role not in HOST_ROLES:
+            p.add(where, f"host_role not one of {HOST_ROLES}")
+        windows = rec.get("windows_csvlk_id")
+        if role == "none":
+            if windows is not None or rec.get("office_csvlk_ids"):
+                p.add(where, "a build that cannot host KMS holds no CSVLK")
+        else:
+            windows = held(windows, where + ".windows_csvlk_id")
+            if windows in usable and not usable[windows]["host_key_family"].startswith("windows-"):
+                p.add(where, f"{windows} is not a Windows host key")
+        offices = [
+            held(cid, f"{where}.office_csvlk_ids[{j}]")
+            for j, cid in enumerate(rec.get("office_csvlk_ids") or [])
+        ]
+        if not set(offices) <= set(office):
+            p.add(where, "office_csvlk_ids names a key outside office_csvlk_ids")
+        by_build.append(
+            {
+                "build": build,
+                "host_role": role,
+                "windows_csvlk_id": windows,
+                "office_csvlk_ids": offices,
+                "verified": rec.get("status") == "sourced",
+            }
+        )
+    p.unique((str(b["build"]) for b in by_build), "genuine_host_model.by_build build")
+    if {b["build"] for b in by_build} != builds:
+        p.add("genuine_host_model.by_build", "does not cover exactly the host builds")
+    return {
+        "office_csvlk_ids": office,
+        "office_host_requirements": requirements,
+        "by_build": sorted(by_build, key=lambda b: b["build"]),
+    }
 
 
 def _host_builds(doc: Mapping[str, Any], p: _Problems) -> list[dict[str, Any]]:
@@ -352,22 +486,24 @@ def build(doc: Mapping[str, Any], source_sha256: str) -> dict[str, Any]:
     kms_by_id = {k["id"]: k for k in kms_ids}
     skus = _skus(doc, kms_by_id, p)
     dropped_skus = _skus_without_id(doc, p)
-    csvlks, dropped_csvlks = _csvlks(doc, set(kms_by_id), p, used_fixes)
+    csvlks, dropped_csvlks = _csvlks(doc, kms_by_id, p, used_fixes)
     host_builds = _host_builds(doc, p)
-    vlmcsd = _vlmcsd_csvlks(doc, kms_ids, {b["build"] for b in host_builds}, p)
+    build_numbers = {b["build"] for b in host_builds}
+    vlmcsd = _vlmcsd_csvlks(doc, kms_ids, build_numbers, p)
+    model = _genuine_host_model(doc, csvlks, build_numbers, p)
 
     for rec in [*applications, *kms_ids]:
         index = rec["vlmcsd_csvlk_index"]
         if index is not None and not 0 <= index < len(vlmcsd):
             p.add(rec["name"], f"vlmcsd_csvlk_index {index} out of range")
-    for alias in KMS_ID_ALIASES:
-        if alias in kms_by_id:
-            p.add("KMS_ID_ALIASES", f"{alias} is now a real KMS id; drop the alias")
-    for fix in [*KMS_ID_ALIASES, *CSVLK_DATE_FILLS]:
+    for fix in CSVLK_DATE_FILLS:
         if fix not in used_fixes:
             p.add("fix tables", f"{fix} is no longer needed by the source; remove it")
 
     counts = doc.get("counts")
+    if not isinstance(counts, Mapping):
+        p.add("counts", "missing")
+        counts = {}
     actual = {
         "applications": len(applications),
         "kms_ids": len(kms_ids),
@@ -377,9 +513,14 @@ def build(doc: Mapping[str, Any], source_sha256: str) -> dict[str, Any]:
         "csvlks": len(csvlks) + len(dropped_csvlks),
         "host_builds": len(host_builds),
         "vlmcsd_csvlk_table": len(vlmcsd),
+        "kms_ids_in_microsoft_counted_id_list": sum(1 for k in kms_ids if k["in_microsoft_list"]),
+        "kms_ids_superseded": sum(1 for k in kms_ids if k["superseded_by"]),
+        "kms_ids_placeholder": sum(1 for k in kms_ids if k["is_placeholder"]),
+        "genuine_host_model_builds": len(model.get("by_build", ())),
     }
-    if counts != actual:
-        p.add("counts", f"source says {counts}, records give {actual}")
+    claimed = {key: counts.get(key) for key in actual}
+    if claimed != actual:
+        p.add("counts", f"source says {claimed}, records give {actual}")
     if p.items:
         raise BuildError("\n".join(p.items))
 
@@ -395,14 +536,12 @@ def build(doc: Mapping[str, Any], source_sha256: str) -> dict[str, Any]:
         "source_counts": counts,
         "source_notes": doc.get("notes"),
         "source_data_conflicts": len(conflicts),
+        "source_changes_from_1": len(doc.get("changes_from_1") or ()),
         "dropped": {
             "skus_without_id": dropped_skus,
             "csvlks_without_epid_data": dropped_csvlks,
         },
         "fixes": {
-            "kms_id_aliases": [
-                f"{old} -> {new}: {why}" for old, (new, why) in sorted(KMS_ID_ALIASES.items())
-            ],
             "csvlk_release_dates": [
                 f"{name} ({cid}): {date}, {why}"
                 for (cid, name), (date, why) in sorted(CSVLK_DATE_FILLS.items())
@@ -418,6 +557,7 @@ def build(doc: Mapping[str, Any], source_sha256: str) -> dict[str, Any]:
         "csvlks": csvlks,
         "host_builds": host_builds,
         "vlmcsd_csvlks": vlmcsd,
+        "genuine_host_model": model,
     }
 
 

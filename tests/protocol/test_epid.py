@@ -15,9 +15,9 @@ from kmsgate.protocol.epid import (
     Epid,
     parse_epid,
     parse_hwid,
-    platform_id_for_build,
     random_epid,
     random_hwid,
+    random_key_id,
 )
 
 DEFAULT_WINDOWS_EPID = "03612-00206-556-123727-03-1033-17763.0000-2972018"
@@ -26,8 +26,7 @@ DEFAULT_WINDOWS_EPID = "03612-00206-556-123727-03-1033-17763.0000-2972018"
 @dataclass(frozen=True)
 class Csvlk:
     group_id: int
-    min_key_id: int
-    max_key_id: int
+    key_id_blocks: tuple[tuple[int, int], ...]
     release_date: date
 
 
@@ -46,8 +45,10 @@ VLMCSD_BUILDS = [
     HostBuild(7601, 55041, date(2011, 2, 22)),
     HostBuild(6002, 55041, date(2009, 5, 26)),
 ]
-OFFICE_2019 = Csvlk(206, 666_000_000, 685_999_999, date(2018, 9, 24))
-CHINA_GOV = Csvlk(3858, 15_000_000, 999_999_999, date(2017, 4, 11))
+OFFICE_2019 = Csvlk(206, ((666_000_000, 685_999_999),), date(2018, 9, 24))
+CHINA_GOV = Csvlk(3858, ((0, 14_999_999),), date(2017, 4, 11))
+# Windows Server 2022's key ids 20000-29999 are a hole between two valid blocks.
+SERVER_2022 = Csvlk(4573, ((0, 19_999), (30_000, 20_029_999)), date(2021, 9, 1))
 
 epid_values = st.builds(
     Epid,
@@ -149,12 +150,14 @@ def test_epid_with_non_wire_characters_is_rejected(text: str) -> None:
 
 
 @pytest.mark.parametrize("seed", range(40))
-@pytest.mark.parametrize("csvlk", [OFFICE_2019, CHINA_GOV], ids=["office2019", "china_gov"])
-def test_random_epid_stays_within_key_range_and_dates(seed: int, csvlk: Csvlk) -> None:
+@pytest.mark.parametrize(
+    "csvlk", [OFFICE_2019, CHINA_GOV, SERVER_2022], ids=["office2019", "china_gov", "server2022"]
+)
+def test_random_epid_stays_within_key_blocks_and_dates(seed: int, csvlk: Csvlk) -> None:
     host = VLMCSD_BUILDS[seed % len(VLMCSD_BUILDS)]
     today = date(2026, 11, 22)
     epid = random_epid(csvlk, host, 1049, random.Random(seed), today)
-    assert csvlk.min_key_id <= epid.key_id < csvlk.max_key_id
+    assert any(start <= epid.key_id <= end for start, end in csvlk.key_id_blocks)
     assert max(csvlk.release_date, host.release_date) <= epid.activation_date <= today
     assert (epid.platform_id, epid.group_id, epid.build, epid.lcid, epid.channel) == (
         host.platform_id,
@@ -176,13 +179,13 @@ def test_random_epid_is_reproducible_and_varies_with_the_seed() -> None:
 
 
 def test_random_epid_with_a_single_key_and_release_day() -> None:
-    csvlk = Csvlk(206, 551_000_000, 551_000_000, date(2020, 5, 5))
+    csvlk = Csvlk(206, ((551_000_000, 551_000_000),), date(2020, 5, 5))
     epid = random_epid(csvlk, VLMCSD_BUILDS[0], 1033, random.Random(0), date(2020, 5, 5))
     assert (epid.key_id, epid.activation_date) == (551_000_000, date(2020, 5, 5))
 
 
 def test_random_epid_dates_cover_the_whole_span() -> None:
-    csvlk = Csvlk(206, 0, 10, date(2024, 1, 1))
+    csvlk = Csvlk(206, ((0, 10),), date(2024, 1, 1))
     today = csvlk.release_date + timedelta(days=3)
     seen = {
         random_epid(csvlk, VLMCSD_BUILDS[0], 1033, random.Random(s), today).activation_date
@@ -191,17 +194,34 @@ def test_random_epid_dates_cover_the_whole_span() -> None:
     assert seen == {csvlk.release_date + timedelta(days=d) for d in range(4)}
 
 
-@pytest.mark.parametrize(
-    ("build", "platform"),
-    [(17763, 3612), (20348, 3612), (26100, 3612), (9600, 6401), (9599, 5426), (7601, 55041)],
-)
-def test_platform_id_is_that_of_the_newest_build_not_newer(build: int, platform: int) -> None:
-    assert platform_id_for_build(list(VLMCSD_BUILDS), build) == platform
+def test_key_ids_come_from_every_block_and_never_from_a_hole() -> None:
+    blocks = ((0, 2), (10, 11), (20, 20))
+    rng = random.Random(7)
+    drawn = [random_key_id(blocks, rng) for _ in range(600)]
+    assert set(drawn) == {0, 1, 2, 10, 11, 20}
+    # Uniform over the union: every key id is about equally likely (6 ids, 600 draws).
+    assert all(60 <= drawn.count(k) <= 140 for k in set(drawn))
 
 
-def test_platform_id_of_a_build_older_than_the_table_is_an_error() -> None:
-    with pytest.raises(ValueError, match="6001"):
-        platform_id_for_build(list(VLMCSD_BUILDS), 6001)
+def test_key_id_draw_over_the_server_2022_hole() -> None:
+    rng = random.Random(1)
+    hole = [k for k in (random_key_id(SERVER_2022.key_id_blocks, rng) for _ in range(20_000))
+            if 20_000 <= k <= 29_999]  # fmt: skip
+    assert hole == []
+
+
+def test_key_id_draw_needs_a_block() -> None:
+    with pytest.raises(ValueError, match="block"):
+        random_key_id((), random.Random(0))
+
+
+@pytest.mark.parametrize("key_id", [15_000_007, 14_999_999, 0, 999_999_999, 1_000_000])
+def test_epid_key_id_splits_into_millions_and_rest(key_id: int) -> None:
+    # 15 000 007 must print as 015-000007: a property test hits such values rarely.
+    epid = Epid(3612, 206, key_id, 1033, 26100, date(2024, 11, 1))
+    text = str(epid)
+    assert text[12:22] == f"{key_id // 1_000_000:03d}-{key_id % 1_000_000:06d}"
+    assert parse_epid(text).key_id == key_id
 
 
 # --- HWID ------------------------------------------------------------------------------------

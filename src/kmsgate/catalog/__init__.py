@@ -1,15 +1,26 @@
 """Product catalogue: the shipped KMS product data and lookups by SKU, KMS id, name and GVLK."""
 
 from kmsgate.catalog.lookup import Catalog, default_catalog
-from kmsgate.catalog.model import Application, Csvlk, HostBuild, KmsId, Sku, VlmcsdCsvlk
+from kmsgate.catalog.model import (
+    Application,
+    Csvlk,
+    GenuineHost,
+    HostBuild,
+    KmsId,
+    Sku,
+    SkuRelease,
+    VlmcsdCsvlk,
+)
 
 __all__ = [
     "Application",
     "Catalog",
     "Csvlk",
+    "GenuineHost",
     "HostBuild",
     "KmsId",
     "Sku",
+    "SkuRelease",
     "VlmcsdCsvlk",
     "default_catalog",
 ]

@@ -2,35 +2,52 @@
 
 from __future__ import annotations
 
-import bisect
 import datetime
 import fnmatch
 import functools
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from kmsgate.catalog.model import Application, Csvlk, HostBuild, KmsId, Sku, VlmcsdCsvlk
+from kmsgate.catalog.model import (
+    Application,
+    Csvlk,
+    GenuineHost,
+    HostBuild,
+    KmsId,
+    Sku,
+    SkuRelease,
+    VlmcsdCsvlk,
+)
 
-SCHEMA = "kmsgate-catalog/1"
+SCHEMA = "kmsgate-catalog/2"
 DATA_FILE = "products.json"
 WINDOWS_APPLICATION_ID = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")
 _GLOB_CHARS = frozenset("*?[")
 _LISTED_CANDIDATES = 10
+# Words admins type for the words SKU names use; both sides are folded onto one token.
+_SYNONYMS = {
+    "professional": "pro",
+    "proplus": "pro plus",
+    "dc": "datacenter",
+    "std": "standard",
+    "ent": "enterprise",
+    "win": "windows",
+    "edu": "education",
+    "srv": "server",
+}
+_TOKEN = re.compile(r"[0-9]+(?:\.[0-9]+)?|[a-z]+")
+_PRE_RELEASE = re.compile(r"preview|pre-release|beta|\[rc\]|insider", re.IGNORECASE)
 
 
-def _csvlk_rank(csvlk: Csvlk) -> tuple[datetime.date, int, int, str, str]:
-    # Newest first; on a tie prefer the broader key, then the general-purpose (larger) key
-    # range over Azure-only / lab ranges; id and name only make the order total.
-    return (
-        csvlk.release_date,
-        len(csvlk.activates_kms_ids),
-        csvlk.max_key_id - csvlk.min_key_id,
-        str(csvlk.id or ""),
-        csvlk.name,
-    )
+def name_tokens(text: str) -> frozenset[str]:
+    """Words of a product name, folded ("10/11" is "10" and "11"; "Professional" is "pro")."""
+    words = " ".join(_SYNONYMS.get(w, w) for w in _TOKEN.findall(text.casefold()))
+    return frozenset(words.split())
 
 
 def _index(items: Iterable[Any], key: str, what: str) -> dict[Any, Any]:
@@ -52,13 +69,14 @@ class Catalog:
         "_apps_by_id",
         "_builds",
         "_builds_by_number",
-        "_csvlk_by_kms",
-        "_csvlk_fallback",
         "_csvlks",
+        "_csvlks_by_id",
+        "_genuine_hosts",
         "_kms_by_id",
         "_kms_ids",
         "_provenance",
         "_search_text",
+        "_sku_tokens",
         "_skus",
         "_skus_by_gvlk",
         "_skus_by_id",
@@ -77,6 +95,7 @@ class Catalog:
         csvlks: Iterable[Csvlk],
         host_builds: Iterable[HostBuild],
         vlmcsd_csvlks: Iterable[VlmcsdCsvlk] = (),
+        genuine_hosts: Iterable[GenuineHost] = (),
         provenance: Mapping[str, Any] | None = None,
     ) -> None:
         """Build the indexes; raise ValueError on duplicate ids or dangling references."""
@@ -97,60 +116,41 @@ class Catalog:
         self._vlmcsd_by_index: dict[int, VlmcsdCsvlk] = _index(
             self._vlmcsd_csvlks, "index", "vlmcsd CSVLK index"
         )
+        self._genuine_hosts: dict[int, GenuineHost] = _index(genuine_hosts, "build", "host build")
         for kms in self._kms_ids:
             if kms.application_id not in self._apps_by_id:
                 raise ValueError(f"KMS id {kms.id} ({kms.name}): unknown application")
+            target = self._kms_by_id.get(kms.superseded_by) if kms.superseded_by else None
+            if kms.superseded_by is not None and (target is None or target.superseded_by):
+                raise ValueError(f"KMS id {kms.id} ({kms.name}): bad superseded_by")
         self._skus_by_name: dict[str, Sku] = {}
         self._skus_by_gvlk: dict[str, Sku] = {}
         skus_by_kms: dict[uuid.UUID, list[Sku]] = {}
         for sku in self._skus:
-            if sku.kms_id not in self._kms_by_id:
-                raise ValueError(f"SKU {sku.id} ({sku.name}): unknown KMS id {sku.kms_id}")
+            for kms_id in sorted(sku.kms_ids):
+                if kms_id not in self._kms_by_id:
+                    raise ValueError(f"SKU {sku.id} ({sku.name}): unknown KMS id {kms_id}")
+                skus_by_kms.setdefault(kms_id, []).append(sku)
             if self._skus_by_name.setdefault(sku.name.casefold(), sku) is not sku:
                 raise ValueError(f"duplicate SKU name {sku.name!r}")
             if sku.gvlk and self._skus_by_gvlk.setdefault(sku.gvlk.casefold(), sku) is not sku:
                 raise ValueError(f"duplicate GVLK {sku.gvlk}")
-            skus_by_kms.setdefault(sku.kms_id, []).append(sku)
         self._skus_by_kms = {k: tuple(v) for k, v in skus_by_kms.items()}
-        # Built on first search: most processes (a host answering requests) never search.
+        # Built on first use: most processes (a host answering requests) never search.
         self._search_text: tuple[str, ...] | None = None
+        self._sku_tokens: tuple[frozenset[str], ...] | None = None
+        self._csvlks_by_id: dict[uuid.UUID, Csvlk] = {}
         for csvlk in self._csvlks:
             unknown = csvlk.activates_kms_ids - self._kms_by_id.keys()
             if unknown:
                 raise ValueError(f"CSVLK {csvlk.name}: unknown KMS ids {sorted(map(str, unknown))}")
-        self._csvlk_fallback, self._csvlk_by_kms = self._choose_csvlks()
-
-    def _choose_csvlks(self) -> tuple[dict[uuid.UUID, Csvlk], dict[uuid.UUID, Csvlk]]:
-        """Precompute the CSVLK per application (fallback) and per KMS id."""
-        covering: dict[uuid.UUID, list[Csvlk]] = {}
-        for csvlk in self._csvlks:
-            if not (csvlk.is_lab or csvlk.is_preview):
-                for kms_id in csvlk.activates_kms_ids:
-                    covering.setdefault(kms_id, []).append(csvlk)
-        by_kms = {kms_id: max(found, key=_csvlk_rank) for kms_id, found in covering.items()}
-        # Client editions carry the application's highest N-count (25 for Windows, whose
-        # servers send 5); the fallback follows the newest client key, as a KMS host would.
-        top_n: dict[uuid.UUID, int] = {}
-        for kms in self._kms_ids:
-            top_n[kms.application_id] = max(top_n.get(kms.application_id, 0), kms.n_count_policy)
-        fallback: dict[uuid.UUID, Csvlk] = {}
-        for kms in self._kms_ids:
-            chosen = by_kms.get(kms.id)
-            if (
-                chosen is None
-                or kms.n_count_policy != top_n[kms.application_id]
-                or kms.is_retail
-                or kms.is_preview
-                or kms.is_placeholder
-            ):
-                continue
-            best = fallback.get(kms.application_id)
-            if best is None or _csvlk_rank(chosen) > _csvlk_rank(best):
-                fallback[kms.application_id] = chosen
-        for kms in self._kms_ids:
-            if kms.id not in by_kms and kms.application_id in fallback:
-                by_kms[kms.id] = fallback[kms.application_id]
-        return fallback, by_kms
+            # Two records may share an id (a lab key's duplicate row); the first one wins.
+            if csvlk.id is not None:
+                self._csvlks_by_id.setdefault(csvlk.id, csvlk)
+        for host in self._genuine_hosts.values():
+            for held in (host.windows_csvlk_id, *host.office_csvlk_ids):
+                if held is not None and held not in self._csvlks_by_id:
+                    raise ValueError(f"genuine host {host.build}: unknown CSVLK {held}")
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Catalog:
@@ -173,6 +173,9 @@ class Catalog:
                 value = parsed[text] = uuid.UUID(text)
             return value
 
+        def maybe_guid(text: str | None) -> uuid.UUID | None:
+            return None if text is None else guid(text)
+
         date = datetime.date.fromisoformat
         applications = [
             Application(
@@ -194,6 +197,8 @@ class Catalog:
                 is_preview=k["is_preview"],
                 is_placeholder=k["is_placeholder"],
                 vlmcsd_csvlk_index=k["vlmcsd_csvlk_index"],
+                superseded_by=maybe_guid(k.get("superseded_by")),
+                in_microsoft_list=k.get("in_microsoft_list"),
             )
             for k in doc["kms_ids"]
         ]
@@ -212,19 +217,24 @@ class Catalog:
                     default_protocol=kms.default_protocol,
                     n_count_policy=kms.n_count_policy,
                     gvlk_is_generated=s["gvlk_is_generated"],
+                    kms_id_by_release=tuple(
+                        SkuRelease(r["release"], r["build"], guid(r["kms_id"]), r["verified"])
+                        for r in s.get("kms_id_by_release", ())
+                    ),
                 )
             )
         csvlks = [
             Csvlk(
-                id=None if c["id"] is None else guid(c["id"]),
+                id=maybe_guid(c["id"]),
                 name=c["name"],
                 group_id=c["group_id"],
-                min_key_id=c["min_key_id"],
-                max_key_id=c["max_key_id"],
+                key_id_blocks=tuple((start, end) for start, end in c["key_id_blocks"]),
                 release_date=date(c["release_date"]),
                 is_lab=c["is_lab"],
                 is_preview=c["is_preview"],
                 activates_kms_ids=frozenset(guid(k) for k in c["activates_kms_ids"]),
+                host_key_family=c["host_key_family"],
+                is_azure_only=c["is_azure_only"],
             )
             for c in doc["csvlks"]
         ]
@@ -257,6 +267,16 @@ class Catalog:
             )
             for v in doc["vlmcsd_csvlks"]
         ]
+        hosts = [
+            GenuineHost(
+                build=h["build"],
+                host_role=h["host_role"],
+                windows_csvlk_id=maybe_guid(h["windows_csvlk_id"]),
+                office_csvlk_ids=tuple(guid(c) for c in h["office_csvlk_ids"]),
+                verified=h["verified"],
+            )
+            for h in doc["genuine_host_model"]["by_build"]
+        ]
         return cls(
             applications=applications,
             kms_ids=kms_ids,
@@ -264,6 +284,7 @@ class Catalog:
             csvlks=csvlks,
             host_builds=builds,
             vlmcsd_csvlks=vlmcsd,
+            genuine_hosts=hosts,
             provenance=doc.get("provenance"),
         )
 
@@ -274,6 +295,14 @@ class Catalog:
         if not isinstance(doc, Mapping):
             raise ValueError("catalogue data is not a JSON object")
         return cls.from_dict(doc)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Catalog:
+        """Load a catalogue file (`--catalog`); ValueError naming the file if it is not one."""
+        try:
+            return cls.from_json(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"catalogue {path}: {exc}") from exc
 
     def __repr__(self) -> str:
         return (
@@ -321,35 +350,42 @@ class Catalog:
         return self._apps_by_id.get(app_id)
 
     def kms_id(self, kms_id: uuid.UUID) -> KmsId | None:
-        """The KMS counted id record, or None."""
+        """The KMS counted id record (placeholders included), or None."""
         return self._kms_by_id.get(kms_id)
+
+    def genuine_kms_id(self, kms_id: uuid.UUID) -> uuid.UUID:
+        """The id a request's KMS id stands for: a superseded placeholder's genuine id."""
+        kms = self._kms_by_id.get(kms_id)
+        if kms is not None and kms.superseded_by is not None:
+            return kms.superseded_by
+        return kms_id
 
     def sku(self, sku_id: uuid.UUID) -> Sku | None:
         """The SKU with this activation id, or None."""
         return self._skus_by_id.get(sku_id)
 
     def skus_for_kms_id(self, kms_id: uuid.UUID) -> tuple[Sku, ...]:
-        """SKUs counted under this KMS id (empty if none or unknown)."""
+        """SKUs counted under this KMS id on some release (empty if none or unknown)."""
         return self._skus_by_kms.get(kms_id, ())
+
+    def csvlk(self, csvlk_id: uuid.UUID) -> Csvlk | None:
+        """The CSVLK record with this id, or None."""
+        return self._csvlks_by_id.get(csvlk_id)
 
     def host_build(self, build: int) -> HostBuild | None:
         """The host build record with exactly this build number, or None."""
         return self._builds_by_number.get(build)
 
-    def platform_id_for_build(self, build: int) -> int:
-        """ePID platform id of a host build: that of the largest known build <= it."""
-        numbers = [b.build for b in self._builds]
-        pos = bisect.bisect_right(numbers, build)
-        if pos == 0:
-            raise LookupError(f"no host build at or below {build}")
-        return self._builds[pos - 1].platform_id
+    def genuine_host(self, build: int) -> GenuineHost | None:
+        """Which CSVLKs a genuine KMS host of this build holds, or None for an unknown build."""
+        return self._genuine_hosts.get(build)
 
     def search(self, text: str) -> list[Sku]:
         """SKUs whose name, GVLK, SKU id or KMS id contains text (case-insensitive)."""
         if self._search_text is None:
             # One folded string per SKU keeps search a single pass of `in` tests.
             self._search_text = tuple(
-                "\n".join((s.name, s.gvlk or "", str(s.id), str(s.kms_id))).casefold()
+                "\n".join((s.name, s.gvlk or "", str(s.id), *map(str, s.kms_ids))).casefold()
                 for s in self._skus
             )
         needle = text.strip().casefold()
@@ -358,9 +394,11 @@ class Catalog:
         ]
 
     def resolve_product(self, spec: str) -> Sku:
-        """Resolve a SKU GUID, exact name or GVLK, or a unique name substring or glob.
+        """Resolve a SKU id, exact name or GVLK, a glob, or the words an admin would type.
 
-        Raises LookupError naming the candidates when the spec is unknown or ambiguous.
+        "Windows 11 Pro", "Server 2025 Datacenter" and "Office LTSC 2024 Pro Plus" resolve to
+        the SKU whose name holds every word with the fewest others. Raises LookupError naming
+        the candidates when the spec is unknown or ambiguous.
         """
         text = spec.strip()
         if not text:
@@ -377,10 +415,12 @@ class Catalog:
             return exact
         if _GLOB_CHARS & set(text):
             matches = [s for s in self._skus if fnmatch.fnmatchcase(s.name.casefold(), folded)]
+            if len(matches) == 1:
+                return matches[0]
         else:
-            matches = [s for s in self._skus if folded in s.name.casefold()]
-        if len(matches) == 1:
-            return matches[0]
+            matches = self._best_word_matches(folded)
+            if len(matches) == 1:
+                return matches[0]
         if matches:
             raise LookupError(
                 f"product {spec!r} is ambiguous: {len(matches)} SKUs match; give the exact "
@@ -393,6 +433,24 @@ class Catalog:
         hint = f" Did you mean:{_listing(close)}" if close else " See `kmsgate products --search`."
         raise LookupError(f"unknown product {spec!r}.{hint}")
 
+    def _best_word_matches(self, folded: str) -> list[Sku]:
+        """SKUs containing the text or all its words, narrowed to the fewest extra words."""
+        if self._sku_tokens is None:
+            self._sku_tokens = tuple(name_tokens(s.name) for s in self._skus)
+        wanted = name_tokens(folded)
+        found: list[tuple[tuple[int, bool], Sku]] = []
+        for sku, tokens in zip(self._skus, self._sku_tokens, strict=True):
+            if folded in sku.name.casefold() or (wanted and wanted <= tokens):
+                # A pre-release SKU only wins when asked for by name.
+                pre = bool(_PRE_RELEASE.search(sku.name)) and not _PRE_RELEASE.search(folded)
+                found.append(((len(tokens - wanted), pre), sku))
+        if not found:
+            return []
+        best = min(rank for rank, _ in found)
+        if sum(1 for rank, _ in found if rank == best) == 1:
+            return [sku for rank, sku in found if rank == best]
+        return [sku for _, sku in sorted(found, key=lambda item: item[0])]
+
     def _resolve_guid(self, guid: uuid.UUID) -> Sku:
         sku = self._skus_by_id.get(guid)
         if sku is not None:
@@ -402,25 +460,9 @@ class Catalog:
             # A KMS id is the commonest mix-up; point at the SKUs it covers.
             raise LookupError(
                 f"{guid} is the KMS id of {kms.name!r}, not a SKU id; its SKUs:"
-                f"{_listing(self.skus_for_kms_id(guid))}"
+                f"{_listing(self.skus_for_kms_id(self.genuine_kms_id(guid)))}"
             )
         raise LookupError(f"unknown SKU id {guid}")
-
-    def csvlk_for_kms_id(self, kms_id: uuid.UUID) -> Csvlk:
-        """The CSVLK a realistic KMS host would hold to activate this KMS id.
-
-        Rule: among non-lab, non-preview CSVLKs whose activates_kms_ids contains the id, the
-        newest by release date (ties: more KMS ids, then larger key-id range). A known id that
-        no such CSVLK covers, and any unknown id, gets its application's fallback (Windows for
-        unknown ids): the CSVLK chosen the same way for the application's volume client KMS
-        ids (highest N-count; the newest Windows client key, Windows 10 2019, group 206).
-        """
-        csvlk = self._csvlk_by_kms.get(kms_id)
-        if csvlk is None:
-            csvlk = self._csvlk_fallback.get(WINDOWS_APPLICATION_ID)
-        if csvlk is None:
-            raise LookupError(f"no CSVLK for KMS id {kms_id} and no Windows fallback")
-        return csvlk
 
     def vlmcsd_csvlk_for_kms_id(self, kms_id: uuid.UUID) -> VlmcsdCsvlk:
         """The vlmcsd CSVLK record vlmcsd uses for this KMS id; record 0 for ids it lacks."""

@@ -1,4 +1,5 @@
-"""Immutable records of the product catalogue (applications, KMS ids, SKUs, CSVLKs, host builds)."""
+"""Immutable records of the product catalogue: applications, KMS ids, SKUs, CSVLKs, host builds,
+and the genuine-host model (which host keys a genuine KMS host of each build holds)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,24 @@ class KmsId:
     n_count_policy: int
     is_retail: bool
     is_preview: bool
-    # Made-up ids of the legacy data set (01000000-0000-...); no real client sends them.
+    # Made-up ids of the legacy data sets (01000000-..., py-kms's UUIDv5 ids); some real
+    # clients built from py-kms data send them all the same.
     is_placeholder: bool = False
     vlmcsd_csvlk_index: int | None = None
+    # The genuine id a placeholder stands for: a request carrying it is treated as that id.
+    superseded_by: uuid.UUID | None = None
+    # Found in a Microsoft licence's KmsCountedIdList (None: not checked against one).
+    in_microsoft_list: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SkuRelease:
+    """A KMS id one SKU sends on one OS release (LTSC editions change it between releases)."""
+
+    release: str
+    build: int
+    kms_id: uuid.UUID
+    verified: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,21 +63,42 @@ class Sku:
     n_count_policy: int
     # True when the data-set authors generated the key instead of Microsoft publishing it.
     gvlk_is_generated: bool = False
+    kms_id_by_release: tuple[SkuRelease, ...] = ()
+
+    @property
+    def kms_ids(self) -> frozenset[uuid.UUID]:
+        """Every KMS id this SKU is counted under, on any release."""
+        return frozenset({self.kms_id, *(r.kms_id for r in self.kms_id_by_release)})
 
 
 @dataclass(frozen=True, slots=True)
 class Csvlk:
-    """A KMS host key (CSVLK): the ePID group and key-id range, and what it may activate."""
+    """A KMS host key (CSVLK): the ePID group, its valid key-id blocks, and what it activates."""
 
     id: uuid.UUID | None
     name: str
     group_id: int
-    min_key_id: int
-    max_key_id: int
+    # Inclusive, sorted, non-overlapping; Server 2022's has a hole, so one range is not enough.
+    key_id_blocks: tuple[tuple[int, int], ...]
     release_date: datetime.date
     is_lab: bool
     is_preview: bool
     activates_kms_ids: frozenset[uuid.UUID]
+    # The host key's product generation, e.g. "windows-server-2025", "office-2024".
+    host_key_family: str = ""
+    is_azure_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.key_id_blocks or any(end < start for start, end in self.key_id_blocks):
+            raise ValueError(f"CSVLK {self.name}: key-id blocks {self.key_id_blocks} are invalid")
+
+    def has_key_id(self, key_id: int) -> bool:
+        """Whether a key id lies inside one of the valid blocks."""
+        return any(start <= key_id <= end for start, end in self.key_id_blocks)
+
+    @property
+    def is_office(self) -> bool:
+        return self.host_key_family.startswith("office-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +128,14 @@ class VlmcsdCsvlk:
     min_active_clients: int
     default_epid: str
     used_for_kms_ids: frozenset[uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class GenuineHost:
+    """The host keys a genuine KMS host of one build holds: one Windows CSVLK, Office CSVLKs."""
+
+    build: int
+    host_role: str  # "server", "client" or "none" (not a KMS host OS)
+    windows_csvlk_id: uuid.UUID | None
+    office_csvlk_ids: tuple[uuid.UUID, ...]
+    verified: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Protocol
@@ -39,9 +40,7 @@ class CsvlkSource(Protocol):
     @property
     def group_id(self) -> int: ...
     @property
-    def min_key_id(self) -> int: ...
-    @property
-    def max_key_id(self) -> int: ...
+    def key_id_blocks(self) -> tuple[tuple[int, int], ...]: ...
     @property
     def release_date(self) -> date: ...
 
@@ -119,23 +118,61 @@ def _leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
+def random_key_id(blocks: tuple[tuple[int, int], ...], rng: random.Random) -> int:
+    """A key id drawn uniformly from inclusive blocks (holes between blocks are never drawn)."""
+    total = sum(end - start + 1 for start, end in blocks)
+    if total <= 0:
+        raise ValueError("a CSVLK needs at least one key-id block")
+    pick = rng.randrange(total)
+    for start, end in blocks:
+        size = end - start + 1
+        if pick < size:
+            return start + pick
+        pick -= size
+    raise AssertionError("unreachable: pick < total")
+
+
 def random_epid(
     csvlk: CsvlkSource, host: HostBuildSource, lcid: int, rng: random.Random, today: date
 ) -> Epid:
-    """A plausible ePID: key id from the CSVLK's range, date after both releases."""
-    key_id = rng.randrange(csvlk.min_key_id, max(csvlk.max_key_id, csvlk.min_key_id + 1))
+    """A plausible ePID: key id inside the CSVLK's blocks, date after both releases."""
+    key_id = random_key_id(csvlk.key_id_blocks, rng)
     earliest = max(csvlk.release_date, host.release_date)
     span = max((today - earliest).days, 0)
     activated = earliest + timedelta(days=rng.randint(0, span))
     return Epid(host.platform_id, csvlk.group_id, key_id, lcid, host.build, activated)
 
 
-def platform_id_for_build(builds: list[HostBuildSource], build: int) -> int:
-    """Platform id of the newest known build not newer than `build`."""
-    known = [b for b in builds if b.build <= build]
-    if not known:
-        raise ValueError(f"no known host build at or below {build}")
-    return max(known, key=lambda b: b.build).platform_id
+def parse_epid_option(values: Iterable[str]) -> tuple[str, dict[str, str]]:
+    """Split `--epid` values into a mode and per-key ePIDs; ValueError names a bad value.
+
+    `random` (the default) keeps one generated ePID per held host key, `per-request` draws a
+    new one for every answer, a bare ePID is answered for every key (key "*"), and
+    `NAME=EPID` sets one key's: NAME is "windows" or "office" + year (office2010 ...).
+    """
+    mode = "random"
+    fixed: dict[str, str] = {}
+    overrides: dict[str, str] = {}
+    for value in values:
+        text = value.strip()
+        name, sep, epid = text.partition("=")
+        if sep:
+            name = name.strip().casefold()
+            if not (name == "windows" or (name.startswith("office") and name[6:].isdigit())):
+                raise ValueError(
+                    f"--epid {text!r}: the key name must be 'windows' or 'office' and a year "
+                    "(office2010 ... office2024)"
+                )
+            parse_epid(epid.strip())
+            overrides[name] = epid.strip()
+        elif text in ("random", "per-request"):
+            mode = text
+        else:
+            parse_epid(text)
+            fixed = {"*": text}
+    if fixed:
+        mode = "fixed"
+    return mode, {**fixed, **overrides}
 
 
 def parse_hwid(text: str) -> bytes:
