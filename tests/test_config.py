@@ -20,7 +20,7 @@ def test_defaults_listen_on_both_stacks() -> None:
     settings = load_settings()
     assert settings.listen_addresses == [("0.0.0.0", 1688), ("::", 1688)]
     assert (settings.activation_interval, settings.renewal_interval) == (120, 10080)
-    assert settings.ndr64 and settings.btfn and settings.epid == "random"
+    assert settings.ndr64 and settings.btfn and settings.epid == ["random"]
 
 
 def test_file_then_env_then_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

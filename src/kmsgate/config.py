@@ -21,11 +21,10 @@ from pydantic_settings import (
 from kmsgate.access.accounts.base import AccountSettings, LocalSettings
 from kmsgate.access.products import ProductPattern
 from kmsgate.access.source import parse_network
-from kmsgate.protocol.epid import VALID_LCIDS, parse_epid, parse_hwid
+from kmsgate.protocol.epid import VALID_LCIDS, parse_epid_option, parse_hwid
 
 DEFAULT_CONFIG_FILE = Path("/etc/kmsgate/kmsgate.toml")
 DEFAULT_LISTEN = ["0.0.0.0:1688", "[::]:1688"]
-EPID_MODES = ("random", "per-request")
 
 
 def default_data_dir() -> Path:
@@ -69,26 +68,64 @@ class ServeSettings(BaseSettings):
         description="ADDR:PORT to listen on (repeatable); IPv6 as [ADDR]:PORT",
     )
     upstream: str | None = Field(None, description="HOST:PORT of a genuine KMS host to relay to")
-    epid: str = Field(
-        "random",
-        description="'random' (one ePID per product group for the whole run), 'per-request', "
-        "or a fixed ePID answered for every product",
+    epid: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["random"],
+        description="ePIDs answered (repeatable): 'random' (one generated ePID per held host "
+        "key, saved in the identity file), 'per-request', an ePID answered for every key, or "
+        "KEY=EPID for one key (windows, office2010 ... office2024)",
+        json_schema_extra={"doc_default": "`random`"},
     )
-    hwid: str = Field("random", description="host HWID for v6 answers: 16 hex digits or 'random'")
-    lcid: int | None = Field(None, description="LCID in generated ePIDs (default: random)")
+    hwid: str = Field(
+        "random", description="host HWID for v6 answers: 16 hex digits or 'random' (saved)"
+    )
+    lcid: int = Field(1033, description="LCID in generated ePIDs (1033 is en-US)")
+    host_build: int | None = Field(
+        None,
+        ge=1,
+        le=99999,
+        description="Windows build the host claims to run, which chooses its platform id and "
+        "host keys (default 26100, Windows Server 2025; 7601 with --no-ndr64)",
+    )
+    identity_file: Path | None = Field(
+        None,
+        description="file keeping the generated ePIDs and HWID across restarts (share it to "
+        "give several nodes one identity)",
+        json_schema_extra={"doc_default": "DATA_DIR/identity.json"},
+    )
+    catalog: Path | None = Field(
+        None,
+        description="product catalogue file to use instead of the built-in one (newer "
+        "products without a release; `kmsgate products import` writes one)",
+    )
+    count_mode: Literal["fixed", "seen"] = Field(
+        "fixed",
+        description="client count to report: 'fixed' (--client-count, else 2 x the product's "
+        "N-count) or 'seen' (distinct machines of the last 30 days, as a genuine host counts)",
+    )
     client_count: int | None = Field(
-        None, ge=0, le=0xFFFFFFFF, description="client count to report (default: 2 x N-count)"
+        None,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="client count to report in fixed mode (default: 2 x N-count)",
     )
-    activation_interval: int = Field(120, ge=15, description="minutes between retries")
-    renewal_interval: int = Field(10080, ge=15, description="minutes between renewals")
+    activation_interval: int = Field(
+        120, ge=15, le=43200, description="minutes between retries (15-43200)"
+    )
+    renewal_interval: int = Field(
+        10080, ge=15, le=43200, description="minutes between renewals (15-43200)"
+    )
     ndr64: bool = Field(True, description="accept the NDR64 transfer syntax")
     btfn: bool = Field(True, description="acknowledge bind-time feature negotiation")
     max_connections: int = Field(10000, ge=1, description="open connections at most")
     idle_timeout: float = Field(
         30.0, gt=0, description="seconds a connection may stay without a complete PDU"
     )
-    max_clock_skew: int | None = Field(
-        None, ge=60, description="refuse requests whose clock differs more (seconds; off)"
+    max_clock_skew: int = Field(
+        14400,
+        ge=0,
+        le=86400 * 365,
+        description="refuse (0xC004F06C) requests whose clock differs from the host's by more "
+        "seconds, as a genuine host does; 0 turns the check off",
     )
     allow: Annotated[list[str] | None, NoDecode] = Field(
         None,
@@ -176,7 +213,9 @@ class ServeSettings(BaseSettings):
         "(repeatable; wins over --allow-product)",
     )
     deny_unknown_products: bool = Field(
-        False, description="refuse KMS ids missing from the catalogue (0xC004F042)"
+        False,
+        description="refuse (0xC004F042) KMS ids that none of the host's keys covers, as a "
+        "genuine host does (default: answer them with the Windows key's ePID)",
     )
     gateway: bool = Field(
         False,
@@ -233,7 +272,14 @@ class ServeSettings(BaseSettings):
         return value
 
     @field_validator(
-        "listen", "allow", "deny", "allow_product", "deny_product", "trust_proxy", mode="before"
+        "listen",
+        "allow",
+        "deny",
+        "allow_product",
+        "deny_product",
+        "trust_proxy",
+        "epid",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -293,6 +339,11 @@ class ServeSettings(BaseSettings):
         return self
 
     @property
+    def identity_path(self) -> Path:
+        """Where the host's generated identity is kept."""
+        return self.identity_file or self.data_dir / "identity.json"
+
+    @property
     def db_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
         return self.db or f"sqlite:///{self.data_dir / 'kmsgate.db'}"
@@ -313,9 +364,8 @@ class ServeSettings(BaseSettings):
 
     @field_validator("epid")
     @classmethod
-    def _check_epid(cls, value: str) -> str:
-        if value not in EPID_MODES:
-            parse_epid(value)
+    def _check_epid(cls, value: list[str]) -> list[str]:
+        parse_epid_option(value)
         return value
 
     @field_validator("hwid")
@@ -327,8 +377,8 @@ class ServeSettings(BaseSettings):
 
     @field_validator("lcid")
     @classmethod
-    def _check_lcid(cls, value: int | None) -> int | None:
-        if value is not None and value not in VALID_LCIDS:
+    def _check_lcid(cls, value: int) -> int:
+        if value not in VALID_LCIDS:
             raise ValueError(f"{value} is not a Windows LCID a KMS host reports")
         return value
 

@@ -100,7 +100,7 @@ def test_show_text_is_one_line_per_setting(tmp_path: Path) -> None:
     assert rows["ndr64"] == ["cli", "false"]
     assert rows["listen"] == ["cli", "127.0.0.1:1688, [::1]:1688"]
     assert rows["btfn"] == ["default", "true"]
-    assert rows["lcid"] == ["default", "unset"]
+    assert rows["lcid"] == ["default", "1033"]
 
 
 def test_show_uses_the_default_config_file_when_present(

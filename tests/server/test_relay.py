@@ -251,7 +251,10 @@ async def test_half_closed_client_still_gets_its_answer() -> None:
 async def test_host_started_with_upstream_relays_its_listeners() -> None:
     async with (
         KmsHost(settings(epid=EPID)) as upstream,
-        KmsHost(settings(upstream=f"127.0.0.1:{upstream.port}")) as relaying,
+        # Its own HWID: hosts sharing a data directory would share a saved identity.
+        KmsHost(
+            settings(upstream=f"127.0.0.1:{upstream.port}", hwid="0011223344556677")
+        ) as relaying,
     ):
         result = await activate_once(relaying.port, 6)
         assert result.ok and result.response.epid == EPID

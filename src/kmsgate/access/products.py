@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kmsgate.catalog import Catalog
@@ -29,9 +29,11 @@ class ProductPattern:
         except ValueError:
             return cls(text.casefold(), None)
 
-    def matches(self, request: KmsRequest, names: tuple[str, ...]) -> bool:
+    def matches(
+        self, request: KmsRequest, names: tuple[str, ...], genuine_kms_id: uuid.UUID
+    ) -> bool:
         if self.guid is not None:
-            return self.guid in (request.sku_id, request.kms_counted_id)
+            return self.guid in (request.sku_id, request.kms_counted_id, genuine_kms_id)
         return any(fnmatch.fnmatchcase(name, self.text) for name in names)
 
 
@@ -45,34 +47,46 @@ class ProductPolicy:
         allow: Iterable[str] = (),
         deny: Iterable[str] = (),
         deny_unknown: bool = False,
+        covered: Callable[[uuid.UUID], bool] | None = None,
     ) -> None:
+        """`covered` says whether the host holds a key for a KMS id (a genuine host refuses
+        the rest); without it, "unknown" means missing from the catalogue."""
         self._catalog = catalog
         self._allow = tuple(ProductPattern.parse(p) for p in allow)
         self._deny = tuple(ProductPattern.parse(p) for p in deny)
         self._deny_unknown = deny_unknown
+        self._covered = covered
 
     @property
     def active(self) -> bool:
         """False when the policy can refuse nothing (the engine then skips it)."""
         return bool(self._allow or self._deny or self._deny_unknown)
 
-    def _names(self, request: KmsRequest) -> tuple[str, ...]:
+    def _names(self, request: KmsRequest, genuine_kms_id: uuid.UUID) -> tuple[str, ...]:
         names = []
         sku = self._catalog.sku(request.sku_id)
         if sku is not None:
             names.append(sku.name.casefold())
-        kms = self._catalog.kms_id(request.kms_counted_id)
-        if kms is not None:
-            names.append(kms.name.casefold())
+        for kms_id in {request.kms_counted_id, genuine_kms_id}:
+            kms = self._catalog.kms_id(kms_id)
+            if kms is not None:
+                names.append(kms.name.casefold())
         return tuple(names)
+
+    def _unknown(self, kms_id: uuid.UUID) -> bool:
+        if self._covered is not None:
+            return not self._covered(kms_id)
+        return self._catalog.kms_id(kms_id) is None
 
     def __call__(self, request: KmsRequest) -> HResult | None:
         """None to serve the request, else the HRESULT to refuse it with."""
-        if self._deny_unknown and self._catalog.kms_id(request.kms_counted_id) is None:
+        if self._deny_unknown and self._unknown(request.kms_counted_id):
             return HResult.PRODUCT_NOT_ALLOWED
-        names = self._names(request)
-        if any(p.matches(request, names) for p in self._deny):
+        # A rule naming a genuine id also catches the placeholder standing in for it.
+        genuine = self._catalog.genuine_kms_id(request.kms_counted_id)
+        names = self._names(request, genuine)
+        if any(p.matches(request, names, genuine) for p in self._deny):
             return HResult.PRODUCT_NOT_ALLOWED
-        if self._allow and not any(p.matches(request, names) for p in self._allow):
+        if self._allow and not any(p.matches(request, names, genuine) for p in self._allow):
             return HResult.PRODUCT_NOT_ALLOWED
         return None

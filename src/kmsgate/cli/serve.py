@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from kmsgate.config import ServeSettings, load_settings
 from kmsgate.observability.logs import setup_logging
-from kmsgate.server.service import Service
+from kmsgate.server.service import Service, check_startable
 from kmsgate.store.errors import StoreError
 
 log = logging.getLogger("kmsgate.server")
@@ -151,6 +151,11 @@ def register(app: typer.Typer) -> None:
             for key, value in options.items()
         }
         settings = _settings_or_exit(config, **cli)
+        try:
+            check_startable(settings)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
         _configure_logging(settings)
         try:
             _run(settings, config, cli)

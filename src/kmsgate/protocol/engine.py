@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kmsgate.protocol.counting import SeenClients
 from kmsgate.protocol.errors import KmsMessageError
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import DecodedRequest, KmsRequest, KmsResponse
@@ -55,17 +56,22 @@ class KmsEngine:
         config: EngineConfig,
         epid_for: EpidProvider,
         product_policy: ProductPolicy | None = None,
+        seen_clients: SeenClients | None = None,
     ) -> None:
         self.config = config
         self._epid_for = epid_for
         self._product_policy = product_policy
+        self.seen_clients = seen_clients
 
     def set_product_policy(self, policy: ProductPolicy | None) -> None:
         """Replace the product policy (configuration reload)."""
         self._product_policy = policy
 
-    def client_count(self, request: KmsRequest) -> int:
-        """Count reported to the client: configured, else twice its N-count like a mature host."""
+    def client_count(self, request: KmsRequest, now: int) -> int:
+        """Count reported to the client: the machines seen lately (counting this one), when
+        counting; else the configured count; else twice its N-count, as a well-used host."""
+        if self.seen_clients is not None:
+            return self.seen_clients.observe(request, now)
         if self.config.client_count is not None:
             return self.config.client_count
         return 2 * request.required_client_count if request.required_client_count else 1
@@ -92,7 +98,7 @@ class KmsEngine:
             epid=self._epid_for(request),
             client_machine_id=request.client_machine_id,
             response_time=request.request_time,
-            current_client_count=self.client_count(request),
+            current_client_count=self.client_count(request, now),
             activation_interval=self.config.activation_interval,
             renewal_interval=self.config.renewal_interval,
         )

@@ -21,6 +21,7 @@ from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
 from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics
+from kmsgate.protocol.counting import SeenClients
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
 from kmsgate.protocol.session import (
     ActivationRefused,
@@ -192,30 +193,38 @@ class KmsHost:
         random_bytes: Callable[[int], bytes] = os.urandom,
         today: datetime | None = None,
         metrics: Metrics | None = None,
+        identity: HostIdentity | None = None,
+        seen_clients: SeenClients | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog or default_catalog()
         self.metrics = metrics or Metrics(self.catalog)
         self._rng = rng or random.SystemRandom()
         self._random_bytes = random_bytes
-        self.identity: HostIdentity = build_identity(
+        self.identity: HostIdentity = identity or build_identity(
             self.catalog,
             epid=settings.epid,
             hwid=settings.hwid,
             lcid=settings.lcid,
+            host_build=settings.host_build,
             ndr64=settings.ndr64,
             rng=self._rng,
             today=(today or datetime.now(UTC)).date(),
+            path=settings.identity_path,
         )
+        if seen_clients is None and settings.count_mode == "seen":
+            # Shared through the store when there is one (the node syncs it), else local.
+            seen_clients = SeenClients(self.identity.counter_for, shared=not settings.no_store)
         self.engine = KmsEngine(
             EngineConfig(
                 activation_interval=settings.activation_interval,
                 renewal_interval=settings.renewal_interval,
                 client_count=settings.client_count,
-                max_clock_skew=settings.max_clock_skew,
+                max_clock_skew=settings.max_clock_skew or None,
             ),
             self.identity.provider,
             self._product_policy(settings),
+            seen_clients,
         )
         self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
         self._source_verdicts: dict[str, bool] = {}
@@ -262,6 +271,7 @@ class KmsHost:
             allow=settings.allow_product,
             deny=settings.deny_product,
             deny_unknown=settings.deny_unknown_products,
+            covered=self.identity.covers,
         )
         return policy if policy.active else None
 
@@ -340,14 +350,54 @@ class KmsHost:
         if upstream is not None:
             log.info("relaying every connection to %s", self.settings.upstream)
             return
+        identity = self.identity
+        self._warn_about_the_count()
         log.info(
-            "host build %d, LCID %d, HWID %s, NDR64 %s, BTFN %s",
-            self.identity.host_build.build,
-            self.identity.lcid,
-            self.identity.hwid.hex().upper(),
+            "host build %d (%s), LCID %d, HWID %s, NDR64 %s, BTFN %s",
+            identity.host_build.build,
+            identity.host_build.name,
+            identity.lcid,
+            identity.hwid.hex().upper(),
             "on" if self.settings.ndr64 else "off",
             "on" if self.settings.btfn else "off",
         )
+        for held in identity.keys:
+            log.info(
+                "host key %s (%s, group %d): ePID %s",
+                held.name,
+                held.csvlk.name,
+                held.csvlk.group_id,
+                "new for every answer"
+                if identity.per_request and held.source != "configured"
+                else held.epid,
+            )
+
+    def _warn_about_the_count(self) -> None:
+        """Say which products a fixed count too low for them leaves unactivated."""
+        settings = self.settings
+        if settings.count_mode == "seen":
+            if settings.client_count is not None:
+                log.warning("--client-count is ignored with --count-mode seen")
+            return
+        count = settings.client_count
+        if count is None:
+            return
+        starved: dict[int, list[str]] = {}
+        for kms in self.catalog.kms_ids:
+            listed = kms.superseded_by is None and not kms.is_preview
+            served = self.identity.covers(kms.id) or not settings.deny_unknown_products
+            if listed and served and kms.n_count_policy > count:
+                starved.setdefault(kms.n_count_policy, []).append(kms.name)
+        for needed, names in sorted(starved.items()):
+            names.sort(key=str.casefold)
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            log.warning(
+                "--client-count %d is below the %d machines these products need, so their "
+                "clients will not activate: %s",
+                count,
+                needed,
+                shown,
+            )
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

@@ -27,6 +27,7 @@ from kmsgate.server.systemd import drop_privileges, hand_over, resolve_ids
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
     from kmsgate.server.dns_publish import DnsPublisher
+    from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
     from kmsgate.store.drafts import RecordDraft
@@ -54,12 +55,27 @@ def load_web_secret(data_dir: Path) -> bytes:
     return secret
 
 
+def load_catalog(settings: ServeSettings) -> Catalog:
+    """The catalogue `--catalog` names, else the built-in one; ValueError naming the file."""
+    if settings.catalog is None:
+        return default_catalog()
+    return Catalog.from_file(settings.catalog)
+
+
+def check_startable(settings: ServeSettings) -> None:
+    """Fail before anything starts when the catalogue or the host identity cannot be built."""
+    from kmsgate.server.identity import choose_host_build
+
+    catalog = load_catalog(settings)
+    choose_host_build(catalog, settings.host_build, settings.ndr64)
+
+
 class Service:
     """Starts and stops the parts of a node in the right order."""
 
     def __init__(self, settings: ServeSettings, *, catalog: Catalog | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog or default_catalog()
+        self.catalog = catalog or load_catalog(settings)
         self.metrics = Metrics(self.catalog)
         self.store: Store | None = None
         self.writer: RecordWriter | WriterProcess | None = None
@@ -68,6 +84,7 @@ class Service:
         self._web: EmbeddedUvicorn | None = None
         self._web_task: asyncio.Task[None] | None = None
         self.dns_publisher: DnsPublisher | None = None
+        self.seen_sync: SeenCountSync | None = None
 
     @property
     def web_port(self) -> int | None:
@@ -100,6 +117,14 @@ class Service:
             self.host.event_hooks.append(ActivationRecorder(submit, self.catalog))
             if settings.gateway:
                 await self._start_gateway(self.store)
+            seen = self.host.engine.seen_clients
+            if seen is not None:
+                from kmsgate.server.seen_sync import SeenCountSync
+                from kmsgate.store.seen import SeenMachines
+
+                # Loaded before the host listens: the first answers already count history.
+                self.seen_sync = SeenCountSync(seen, SeenMachines(self.store))
+                await self.seen_sync.start()
         await self.host.start()
         if self.store is not None and not settings.no_web:
             await self._start_web()
@@ -223,6 +248,9 @@ class Service:
             self.dns_publisher = None
         if self.host is not None:
             await self.host.stop()
+        if self.seen_sync is not None:
+            await self.seen_sync.stop()
+            self.seen_sync = None
         if self.gateway is not None:
             await self.gateway.close()
         if self._web is not None and self._web_task is not None:

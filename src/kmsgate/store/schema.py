@@ -195,3 +195,15 @@ audit_events = Table(
     Index("ix_audit_events_kind_id", "kind", "id"),
     Index("ix_audit_events_time_id", "time", "id"),
 )
+
+# Machines seen lately per client counter (Windows, each Office host key): the genuine-host
+# client count (--count-mode seen), shared by the nodes of one database.
+seen_machines = Table(
+    "seen_machines",
+    metadata,
+    Column("counter", String(), primary_key=True),
+    Column("cmid", Uuid(), primary_key=True),
+    Column("last_seen", UtcDateTime(), nullable=False),
+    Index("ix_seen_machines_counter_last_seen", "counter", "last_seen"),
+    Index("ix_seen_machines_last_seen", "last_seen"),
+)

@@ -1,0 +1,15 @@
+"""Suite-wide setup: nothing a test starts may write into the real data directory."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+# Hosts save their identity (ePIDs, HWID) in the data directory; tests that do not choose one
+# share a scratch directory instead of /var/lib/kmsgate or ~/.local/share/kmsgate. Set at
+# import time so that subprocesses (`kmsgate serve`) inherit it too.
+if "KMSGATE_DATA_DIR" not in os.environ:
+    os.environ["KMSGATE_DATA_DIR"] = tempfile.mkdtemp(prefix="kmsgate-test-data-")
+    atexit.register(shutil.rmtree, os.environ["KMSGATE_DATA_DIR"], ignore_errors=True)
