@@ -186,6 +186,45 @@ def test_base_request_field_offsets_of_spec_section_9() -> None:
     assert raw[108:236] == "srv2019-dc.example.com".encode("utf-16-le").ljust(128, b"\x00")
 
 
+def _with_stray_bytes(raw: bytes, name: str, stray: bytes) -> bytes:
+    """A request as genuine Windows clients send it: bytes left after the name's NUL."""
+    end = 108 + 2 * _units(name) + 2  # past the terminator
+    return raw[:end] + stray[: 236 - end].ljust(236 - end, b"\xcc") + raw[236:]
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [b"\xcc" * 128, "OLD-NAME.corp.example".encode("utf-16-le"), b"\x41\x00\x00\xd8\xff"],
+    ids=["fill_pattern", "previous_name", "lone_surrogate"],
+)
+def test_genuine_clients_stray_bytes_after_the_name_are_ignored(stray: bytes) -> None:
+    name = "WIN11-LAB-07"
+    raw = _with_stray_bytes(make_request(machine_name=name).to_bytes(), name, stray)
+    assert raw[108 + 2 * len(name) : 110 + 2 * len(name)] == b"\x00\x00"
+    assert raw[110 + 2 * len(name) : 236] != bytes(236 - 110 - 2 * len(name))
+    assert KmsRequest.from_bytes(raw).machine_name == name
+
+
+@pytest.mark.parametrize("version", [4, 5, 6])
+def test_a_request_with_stray_name_bytes_is_answered_through_each_protocol(version: int) -> None:
+    name = "DESKTOP-7Q2LK9M"
+    request = make_request(version, machine_name=name)
+    raw = _with_stray_bytes(request.to_bytes(), name, "STALE".encode("utf-16-le") * 20)
+    stray_request = KmsRequest.from_bytes(raw)
+    assert stray_request == request  # the fields are what the client meant
+    message = encode_request(request, bytes(16))
+    # The same request with the stray bytes in place of the zero fill, as a genuine client
+    # sends it: v4 carries a MAC over them, v5/v6 encrypt them.
+    if version == 4:
+        patched = raw + crypto.kms_v4_mac(raw)
+    else:
+        cipher = crypto.cipher_for_version(version)
+        patched = message[:20] + cipher.cbc_encrypt(bytes(16), crypto.pkcs7_pad(raw))
+    assert patched != message
+    decoded = decode_request(patched)
+    assert decoded.mac_valid and decoded.request.machine_name == name
+
+
 @pytest.mark.parametrize(
     "name",
     ["", "a" * 63, "ü" * 63, "数" * 63, "😀" * 31 + "a", "Rechner-Müller-Ωμέγα-数据.example"],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -73,7 +75,24 @@ def products_table(catalog: Catalog, skus: list[Sku], title: str) -> Table:
     return table
 
 
+CatalogOption = Annotated[
+    Path | None,
+    typer.Option("--catalog", help="Catalogue file to use instead of the built-in one."),
+]
+
+
+def _catalog(path: Path | None) -> Catalog:
+    if path is None:
+        return default_catalog()
+    try:
+        return Catalog.from_file(path)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def products_command(
+    ctx: typer.Context,
     search: Annotated[
         str | None,
         typer.Option(
@@ -86,9 +105,12 @@ def products_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON array of all fields instead of a table.")
     ] = False,
+    catalog_file: CatalogOption = None,
 ) -> None:
     """List the KMS products (SKUs) kmsgate knows, with KMS id, protocol, N-count and GVLK."""
-    catalog = default_catalog()
+    if ctx.invoked_subcommand is not None:
+        return
+    catalog = _catalog(catalog_file)
     found = catalog.search(search) if search is not None else list(catalog.skus)
     skus = sorted_skus(catalog, found)
     if as_json:
@@ -114,6 +136,45 @@ def products_command(
     console.print(table)
 
 
+def import_command(
+    source: Annotated[Path, typer.Argument(help="py-kms KmsDataBase.xml or vlmcsd .kmd file")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Catalogue file to write (for --catalog).")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="pykms, vlmcsd or auto (by the file's content).")
+    ] = "auto",
+    catalog_file: CatalogOption = None,
+) -> None:
+    """Merge a peer's product file into a catalogue file that `serve --catalog` loads."""
+    from kmsgate.catalog.interchange import (
+        ForeignFileError,
+        dump,
+        load_document,
+        merge,
+        read_foreign,
+    )
+
+    try:
+        foreign = read_foreign(source.read_bytes(), fmt)
+        doc, report = merge(load_document(catalog_file), foreign, today=datetime.date.today())
+    except (OSError, ForeignFileError) as exc:
+        typer.echo(f"error: {source}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    output.write_text(dump(doc), encoding="ascii")
+    added = ", ".join(f"{n} {table}" for table, n in sorted(report.added.items())) or "nothing"
+    typer.echo(f"{output}: added {added} from {foreign.source}")
+    for note in report.notes:
+        typer.echo(f"  note: {note}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the `products` command to a Typer app."""
-    app.command("products")(products_command)
+    """Add the `products` command (list, search) and `products import` to a Typer app."""
+    group = typer.Typer(
+        name="products",
+        invoke_without_command=True,
+        help="List and search the KMS products; import newer ones from py-kms or vlmcsd data.",
+    )
+    group.callback()(products_command)
+    group.command("import")(import_command)
+    app.add_typer(group)

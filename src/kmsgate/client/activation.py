@@ -305,6 +305,11 @@ class ClientConnection:
         return conn
 
     @property
+    def closed_by_host(self) -> bool:
+        """Whether the host has already ended the connection (some close after each answer)."""
+        return self._reader.at_eof()
+
+    @property
     def bind_info(self) -> BindInfo:
         """NDR32/NDR64 acceptance and BTFN bits as negotiated."""
         session = self.session
@@ -451,6 +456,29 @@ class KmsClient:
         request, message = self.new_request()
         return await conn.send_message(request, message, strict=strict)
 
+    async def activate_again_on(
+        self, conn: ClientConnection, *, strict: bool = True
+    ) -> tuple[ClientConnection, ActivationResult]:
+        """Send one request on a connection that may be reused; returns the one it went on.
+
+        Some hosts (py-kms, `vlmcsd -d`) close the connection after each answer. Like the
+        reference client, reconnect then, and send on the new connection instead; a host
+        that drops a connection's first request is still an error.
+        """
+        if not (conn.requests_sent and conn.closed_by_host):
+            try:
+                return conn, await self.activate_on(conn, strict=strict)
+            except ConnectionClosedError:
+                if conn.requests_sent <= 1:
+                    raise
+        conn.abort()
+        fresh = await self.connect(conn.host, conn.port)
+        try:
+            return fresh, await self.activate_on(fresh, strict=strict)
+        except BaseException:
+            fresh.abort()  # the caller only knows the old, closed connection
+            raise
+
     async def activate(
         self,
         host: str,
@@ -473,7 +501,7 @@ class KmsClient:
             for _ in range(count):
                 if conn is None:
                     conn = await self.connect(host, port)
-                result = await self.activate_on(conn, strict=strict)
+                conn, result = await self.activate_again_on(conn, strict=strict)
                 results.append(result)
                 if on_result is not None:
                     on_result(result)

@@ -176,7 +176,11 @@ async def _worker(
                     conn = await client.connect(host, port)
                     result.connections += 1
                     sent_on_conn = 0
-                await client.activate_on(conn)
+                used, _ = await client.activate_again_on(conn)
+                if used is not conn:  # the host had closed after its previous answer
+                    conn = used
+                    result.connections += 1
+                    sent_on_conn = 0
             except (KmsgateError, OSError) as exc:
                 result.errors[error_key(exc)] += 1
                 if conn is not None:
