@@ -1,0 +1,31 @@
+"""A reload (SIGHUP) replaces the product policy of a running host, connections kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kmsgate.config import ServeSettings
+from kmsgate.protocol.errors import ActivationError
+from kmsgate.server.host import KmsHost
+from tests.server.util import RawClient, make_request
+
+
+async def test_reloaded_product_policy_applies_to_an_open_connection(tmp_path: Path) -> None:
+    settings = ServeSettings(listen=["127.0.0.1:0"], data_dir=tmp_path)
+    async with KmsHost(settings) as host:
+        client = await RawClient.connect(host.port)
+        try:
+            await client.bind()
+            assert (await client.activate(6, make_request(6))).ok
+            host.apply_policies(
+                settings.model_copy(update={"deny_product": ["Windows Server 2019*"]})
+            )
+            with pytest.raises(ActivationError, match="0xC004F042"):
+                await client.activate(6, make_request(6))
+            host.apply_policies(settings)
+            assert (await client.activate(6, make_request(6))).ok
+        finally:
+            await client.close()
+    assert (host.stats.activations, host.stats.refusals) == (2, 1)
