@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from tests.ops.test_readiness import NotifySocket
+
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "packaging" / "systemd"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -147,6 +149,11 @@ def test_service_unit_is_hardened() -> None:
     assert one(svc, "ExecStart").endswith("/kmsgate serve")
     assert re.fullmatch(r"\S*kill -HUP \$MAINPID", one(svc, "ExecReload"))
     assert one(svc, "Restart") == "on-failure"
+    # Readiness and liveness (tests/ops/test_readiness.py runs the protocol for real).
+    assert (one(svc, "Type"), one(svc, "NotifyAccess")) == ("notify", "main")
+    watchdog = int(one(svc, "WatchdogSec").removesuffix("s"))
+    assert 10 <= watchdog <= 120
+    assert one(svc, "TimeoutStartSec") == "5min"  # migrations may run before READY=1
     assert values(svc, "User") == ["kmsgate"] or values(svc, "DynamicUser") == ["yes"]
     assert one(svc, "StateDirectory") == "kmsgate"
     assert "KMSGATE_DATA_DIR=/var/lib/kmsgate" in values(svc, "Environment")
@@ -261,6 +268,10 @@ def test_unit_commands_run_inside_an_approximation_of_its_sandbox(
     state = tmp_path / "state"
     env = dict(item.split("=", 1) for item in values(svc, "Environment"))
     env["KMSGATE_DATA_DIR"] = str(state)  # StateDirectory=, relocated
+    # Type=notify and WatchdogSec=: what systemd would put into the service's environment.
+    notify = NotifySocket(str(tmp_path / "notify.sock"))
+    env["NOTIFY_SOCKET"] = notify.env_value
+    env["WATCHDOG_USEC"] = str(int(one(svc, "WatchdogSec").removesuffix("s")) * 1_000_000)
     exec_start = shlex.split(one(svc, "ExecStart"))
     assert Path(exec_start[0]).name == "kmsgate"
     port, web = free_port(), free_port()
@@ -301,7 +312,10 @@ def test_unit_commands_run_inside_an_approximation_of_its_sandbox(
         proc = subprocess.Popen(command, env=clean_env(**env), stdout=log, stderr=log)
     try:
         wait_for(lambda: port_open(port), 15, "the KMS socket", proc)  # activates the service
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{web}/healthz"), 30, "/healthz", proc)
+        # Ready once started: the web listener is up by then, and the first watchdog ping follows.
+        notify.wait_for("READY", proc, timeout=60)
+        assert http_ok(f"http://127.0.0.1:{web}/healthz")
+        notify.wait_for("WATCHDOG", proc, timeout=30)
         client = subprocess.run(
             [str(KMSGATE), "client", f"127.0.0.1:{port}", "--timeout", "5", "--json"],
             env=clean_env(), capture_output=True, timeout=60,
@@ -314,7 +328,9 @@ def test_unit_commands_run_inside_an_approximation_of_its_sandbox(
         wait_for(lambda: b"reloaded" in server_log.read_bytes(), 10, "the reload", proc)
         assert http_ok(f"http://127.0.0.1:{web}/healthz")
         assert stop(proc, float(one(svc, "TimeoutStopSec").rstrip("s"))) == 0
+        assert any("STOPPING" in n.fields for n in iter(lambda: notify.receive(0.5), None))
     finally:
+        notify.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
