@@ -214,6 +214,11 @@ class Service:
         )
         scheme = "https" if settings.web_cert else "http"
         log.info("web dashboard on %s://%s:%d/", scheme, host, self.web_port)
+        if not await self.store.has_admin():
+            log.warning(
+                "no administrator account yet: create one with `kmsgate users add NAME --admin` "
+                "(with this server's --config, --db or --data-dir) to log in to the dashboard"
+            )
 
     async def stop(self) -> None:
         """Stop accepting, drain connections, flush queued records, close the store."""
