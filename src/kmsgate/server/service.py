@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kmsgate.catalog import Catalog, default_catalog
-from kmsgate.config import ServeSettings, parse_listen
+from kmsgate.config import ServeSettings, parse_listen, parse_public_address
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.server.host import KmsHost
@@ -190,9 +190,15 @@ class Service:
     async def _start_web(self) -> None:
         from kmsgate.server.web_listener import start_web_listener
         from kmsgate.web.app import create_app
+        from kmsgate.web.pages import KmsAddress
 
-        assert self.store is not None
+        assert self.store is not None and self.host is not None
         settings = self.settings
+        public_host, public_port = (
+            parse_public_address(settings.public_address)
+            if settings.public_address
+            else (None, None)
+        )
         app = create_app(
             self.store,
             catalog=self.catalog,
@@ -203,6 +209,7 @@ class Service:
             node_name=settings.node_name,
             gateway=self.gateway,
             trust_proxy=[ipaddress.ip_network(cidr, strict=False) for cidr in settings.trust_proxy],
+            kms_address=KmsAddress(public_host, public_port or self.host.port),
         )
         host, port = parse_listen(settings.web)
         self._web, self._web_task = await start_web_listener(

@@ -195,6 +195,30 @@ class Refusals:
         return self.kms + self.gateway
 
 
+@dataclass(frozen=True, slots=True)
+class ClientCommands:
+    """What the portal tells a Windows or Office client to set, to activate against us."""
+
+    skms: str  # slmgr /skms HOST:PORT ([V6]:PORT)
+    sethst: str  # ospp.vbs /sethst:HOST
+    setprt: int  # ospp.vbs /setprt:PORT
+
+
+@dataclass(frozen=True, slots=True)
+class KmsAddress:
+    """Where clients reach the KMS listener: --public-address, else the portal's own name."""
+
+    host: str | None = None  # None: the host name the browser used for the portal
+    port: int = 1688
+
+    def commands(self, browser_host: str | None) -> ClientCommands:
+        """The commands for a browser that reached the portal as `browser_host`."""
+        host = self.host or browser_host or "this-server"
+        host = host.strip("[]")
+        skms_host = f"[{host}]" if ":" in host else host
+        return ClientCommands(skms=f"{skms_host}:{self.port}", sethst=host, setprt=self.port)
+
+
 def product_bars(per_product: Sequence[tuple[str, int]]) -> list[tuple[str, int, float]]:
     """(label, count, percent of the largest) for horizontal bars."""
     top = max((c for _, c in per_product), default=0)
