@@ -18,9 +18,10 @@ import pytest_asyncio
 from kmsgate import __version__
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
+from kmsgate.config import parse_public_address
 from kmsgate.store import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
-from kmsgate.web.pages import _nice_ceiling, hour_chart, product_bars, url_with
+from kmsgate.web.pages import KmsAddress, _nice_ceiling, hour_chart, product_bars, url_with
 from tests.web.browser import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -99,7 +100,9 @@ async def test_clients_page_lists_searches_and_sorts(web: httpx.AsyncClient) -> 
     assert "No clients match" in none
 
     by_name = await page(web, "/clients?sort=machine_name&order=asc")
-    names = re.findall(r'<td><a href="/clients/[^"]+">([^<]+)</a></td>', by_name)
+    names = re.findall(
+        r'<td data-label="Machine"><a href="/clients/[^"]+">([^<]+)</a></td>', by_name
+    )
     assert names == sorted(names) and len(names) == 30
     assert 'aria-sort="ascending"' in by_name
     # Clicking the current column flips the order; other columns start in their natural one.
@@ -157,7 +160,7 @@ async def test_products_page_is_the_catalogue(web: httpx.AsyncClient) -> None:
     total = len(default_catalog().skus)
     assert len(rows(everything)) == total
     found = await page(web, "/products?search=server+2019+datacenter")
-    names = re.findall(r"<td>([^<]+)<div", found)
+    names = re.findall(r'<td data-label="Name">([^<]+)<div', found)
     assert "Windows Server 2019 Datacenter" in names
     assert all("Server 2019 Datacenter" in n for n in names)
     assert f"of {total} SKUs" in found
@@ -354,3 +357,55 @@ async def test_refusals_tile_counts_gateway_refusals_too(tmp_path: Path) -> None
         assert '<a href="/audit?kind=connection_refused">3 without a window</a>' in tile
     finally:
         await store.close()
+
+
+# ---------------------------------------------------------------- the portal's KMS address
+
+
+async def test_kms_address_commands() -> None:
+    default = KmsAddress(port=11688)
+    commands = default.commands("portal.example.edu")
+    assert (commands.skms, commands.sethst, commands.setprt) == (
+        "portal.example.edu:11688", "portal.example.edu", 11688,
+    )  # fmt: skip
+    # IPv6: slmgr wants brackets around the address; ospp.vbs takes the host and port apart.
+    v6 = KmsAddress().commands("2001:db8::5")
+    assert (v6.skms, v6.sethst, v6.setprt) == ("[2001:db8::5]:1688", "2001:db8::5", 1688)
+    public = KmsAddress("kms.example.edu", 1688).commands("10.0.0.5")
+    assert (public.skms, public.sethst) == ("kms.example.edu:1688", "kms.example.edu")
+    assert KmsAddress("2001:db8::9", 1700).commands(None).skms == "[2001:db8::9]:1700"
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("kms.example.edu", ("kms.example.edu", None)),
+        ("kms.example.edu:11688", ("kms.example.edu", 11688)),
+        ("203.0.113.5:1688", ("203.0.113.5", 1688)),
+        ("[2001:db8::1]", ("2001:db8::1", None)),
+        ("[2001:db8::1]:1688", ("2001:db8::1", 1688)),
+        (" kms-1.example.edu. ", ("kms-1.example.edu.", None)),
+    ],
+)
+async def test_public_address_forms(text: str, parsed: tuple[str, int | None]) -> None:
+    assert parse_public_address(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "is no host name"),
+        ("https://kms.example.edu/", "not a URL"),
+        ("kms.example.edu:", "invalid port"),
+        ("kms.example.edu:65536", "invalid port"),
+        ("2001:db8::1", "as [ADDR] or [ADDR]:PORT"),
+        ("[kms.example.edu]:1688", "is no IPv6 address"),
+        ("[2001:db8::1]1688", "must look like"),
+        ("kms example", "is no host name"),
+        ("-kms.example.edu", "is no host name"),
+        ("kms..example.edu", "is no host name"),
+    ],
+)
+async def test_bad_public_addresses(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_public_address(text)
