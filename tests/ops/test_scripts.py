@@ -8,6 +8,7 @@ answers when asked to start a service, exactly as invoke-rc.d would ask it.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -135,3 +136,14 @@ def test_the_real_policy_path_is_debians() -> None:
         env=env, capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     assert result.stdout.strip() == "/usr/sbin/policy-rc.d"
+
+
+def test_the_readme_names_what_the_test_command_installs() -> None:
+    script = (ROOT / "scripts" / "test").read_text()
+    call = script.split("apt_install ", 1)[1].split("\nfi", 1)[0]
+    packages = call.replace("\\\n", " ").split()
+    assert "slapd" in packages and "chromium" in packages
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme.split("`./scripts/test` installs", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"[a-z][a-z0-9-]+", paragraph)) >= set(packages)
+    assert "/usr/sbin/policy-rc.d" in paragraph
