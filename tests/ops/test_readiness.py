@@ -277,3 +277,16 @@ def test_a_vanished_socket_is_reported_not_raised(tmp_path: Path) -> None:
         assert note.sender == os.getpid()
     finally:
         receiver.close()
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_server(tmp_path: Path) -> None:
+    # Nobody reads this socket: once its queue is full, a blocking send would hang the event
+    # loop (and this test, until pytest's timeout); sd_notify reports the failure instead.
+    receiver = NotifySocket(str(tmp_path / "full.sock"))
+    delivered = 0
+    try:
+        while delivered < 5000 and sd_notify(str(tmp_path / "full.sock"), "WATCHDOG=1"):
+            delivered += 1
+    finally:
+        receiver.close()
+    assert 0 < delivered < 5000  # the queue filled up and the call came back

@@ -98,10 +98,13 @@ def sd_notify(address: str | bytes | None, *fields: str) -> bool:
     if address is None:
         return False
     message = "\n".join(fields).encode()
+    # Non-blocking: called from the event loop, it must not wait on a manager that stopped
+    # reading (a full queue is reported like any other failure).
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
-            sock.sendall(message)
+            sock.send(message)
     except OSError as exc:
         log.warning("could not notify systemd (%s): %s", fields[0] if fields else "", exc)
         return False
