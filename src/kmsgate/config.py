@@ -58,6 +58,39 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_public_address(text: str) -> tuple[str, int | None]:
+    """Split `HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT` (a DNS name or an IP address)."""
+    text = text.strip()
+    if "/" in text:
+        raise ValueError(f"public address {text!r} must be HOST[:PORT], not a URL or path")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or rest[:1] not in ("", ":"):
+            raise ValueError(f"public address {text!r} must look like [V6] or [V6]:PORT")
+        has_port, port_text = rest.startswith(":"), rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"public address {text!r}: {host!r} is no IPv6 address") from None
+    elif text.count(":") > 1:
+        raise ValueError(f"public address {text!r}: write an IPv6 address as [ADDR] or [ADDR]:PORT")
+    else:
+        host, colon, port_text = text.partition(":")
+        has_port = bool(colon)
+        labels = host.removesuffix(".").split(".")
+        if not host or not all(
+            0 < len(label) <= 63
+            and label.isascii()
+            and label.replace("-", "").isalnum()
+            and not label.startswith("-")
+            for label in labels
+        ):
+            raise ValueError(f"public address {text!r}: {host!r} is no host name or IP address")
+    if has_port and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ValueError(f"public address {text!r} has an invalid port")
+    return host, int(port_text) if has_port else None
+
+
 class ServeSettings(BaseSettings):
     """Everything `kmsgate serve` can be told; names match flags, env vars and file keys."""
 
@@ -248,6 +281,12 @@ class ServeSettings(BaseSettings):
         "backend = local, ldap, pop3 or sql and its options (JSON in the env var and flag)",
         json_schema_extra={"doc_default": '`{"backend": "local"}`'},
     )
+    public_address: str | None = Field(
+        None,
+        description="HOST[:PORT] clients use to reach the KMS listener (a DNS name, or the "
+        "address of a NAT), shown in the portal's slmgr and ospp.vbs lines (default: the host "
+        "name the browser used for the portal and the KMS listener's port)",
+    )
     trust_proxy: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="CIDR of reverse proxies whose X-Forwarded-For is believed (repeatable)",
@@ -307,6 +346,13 @@ class ServeSettings(BaseSettings):
     def _check_upstream(cls, value: str | None) -> str | None:
         if value is not None and (value.strip().isdigit() or parse_listen(value)[1] == 0):
             raise ValueError(f"upstream {value!r} must look like HOST:PORT or [ADDR]:PORT")
+        return value
+
+    @field_validator("public_address")
+    @classmethod
+    def _check_public_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_public_address(value)
         return value
 
     @property

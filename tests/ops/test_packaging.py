@@ -9,8 +9,10 @@ service checked against the unit's SystemCallFilter and RestrictAddressFamilies.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import http.cookiejar
+import http.server
 import json
 import os
 import re
@@ -18,8 +20,10 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.ops.test_readiness import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "packaging" / "systemd"
@@ -147,6 +153,11 @@ def test_service_unit_is_hardened() -> None:
     assert one(svc, "ExecStart").endswith("/kmsgate serve")
     assert re.fullmatch(r"\S*kill -HUP \$MAINPID", one(svc, "ExecReload"))
     assert one(svc, "Restart") == "on-failure"
+    # Readiness and liveness (tests/ops/test_readiness.py runs the protocol for real).
+    assert (one(svc, "Type"), one(svc, "NotifyAccess")) == ("notify", "main")
+    watchdog = int(one(svc, "WatchdogSec").removesuffix("s"))
+    assert 10 <= watchdog <= 120
+    assert one(svc, "TimeoutStartSec") == "5min"  # migrations may run before READY=1
     assert values(svc, "User") == ["kmsgate"] or values(svc, "DynamicUser") == ["yes"]
     assert one(svc, "StateDirectory") == "kmsgate"
     assert "KMSGATE_DATA_DIR=/var/lib/kmsgate" in values(svc, "Environment")
@@ -261,6 +272,10 @@ def test_unit_commands_run_inside_an_approximation_of_its_sandbox(
     state = tmp_path / "state"
     env = dict(item.split("=", 1) for item in values(svc, "Environment"))
     env["KMSGATE_DATA_DIR"] = str(state)  # StateDirectory=, relocated
+    # Type=notify and WatchdogSec=: what systemd would put into the service's environment.
+    notify = NotifySocket(str(tmp_path / "notify.sock"))
+    env["NOTIFY_SOCKET"] = notify.env_value
+    env["WATCHDOG_USEC"] = str(int(one(svc, "WatchdogSec").removesuffix("s")) * 1_000_000)
     exec_start = shlex.split(one(svc, "ExecStart"))
     assert Path(exec_start[0]).name == "kmsgate"
     port, web = free_port(), free_port()
@@ -301,7 +316,10 @@ def test_unit_commands_run_inside_an_approximation_of_its_sandbox(
         proc = subprocess.Popen(command, env=clean_env(**env), stdout=log, stderr=log)
     try:
         wait_for(lambda: port_open(port), 15, "the KMS socket", proc)  # activates the service
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{web}/healthz"), 30, "/healthz", proc)
+        # Ready once started: the web listener is up by then, and the first watchdog ping follows.
+        notify.wait_for("READY", proc, timeout=60)
+        assert http_ok(f"http://127.0.0.1:{web}/healthz")
+        notify.wait_for("WATCHDOG", proc, timeout=30)
         client = subprocess.run(
             [str(KMSGATE), "client", f"127.0.0.1:{port}", "--timeout", "5", "--json"],
             env=clean_env(), capture_output=True, timeout=60,
@@ -314,7 +332,9 @@ def test_unit_commands_run_inside_an_approximation_of_its_sandbox(
         wait_for(lambda: b"reloaded" in server_log.read_bytes(), 10, "the reload", proc)
         assert http_ok(f"http://127.0.0.1:{web}/healthz")
         assert stop(proc, float(one(svc, "TimeoutStopSec").rstrip("s"))) == 0
+        assert any("STOPPING" in n.fields for n in iter(lambda: notify.receive(0.5), None))
     finally:
+        notify.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -373,6 +393,18 @@ def healthcheck() -> list[str]:
     return args
 
 
+def image_copies(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """Files the runtime image takes from the build context: {path in the image: source}."""
+    copies = {}
+    for name, rest in instructions:
+        if name == "COPY" and "--from=" not in rest:
+            *sources, dest = rest.split()
+            if dest.startswith("/opt/kmsgate/"):
+                [source] = sources
+                copies[dest] = source
+    return copies
+
+
 def test_dockerfile_structure() -> None:
     instructions = dockerfile_instructions()
     args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for n, rest in instructions if n == "ARG"}
@@ -391,7 +423,8 @@ def test_dockerfile_structure() -> None:
     assert "KMSGATE_DATA_DIR=/var/lib/kmsgate" in env
     assert exec_form(instructions, "ENTRYPOINT") == ["kmsgate"]
     assert exec_form(instructions, "CMD") == ["serve"]
-    assert healthcheck()[:5] == ["kmsgate", "client", "127.0.0.1", "--timeout", "3"]
+    assert healthcheck() == ["python", "/opt/kmsgate/healthcheck.py"]
+    assert image_copies(instructions) == {"/opt/kmsgate/healthcheck.py": "docker/healthcheck.py"}
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -492,31 +525,85 @@ def test_compose_file() -> None:
     assert "1688:1688" in kms["ports"]
 
 
-def test_container_commands_against_a_real_server(tmp_path: Path, server_log: Path) -> None:
+def stored_rows(database: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return {
+            table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            for table in ("clients", "activations", "audit_events")
+        }
+
+
+@pytest.mark.parametrize("mode", ["host", "gateway"])
+def test_container_commands_against_a_real_server(
+    tmp_path: Path, server_log: Path, mode: str
+) -> None:
     instructions = dockerfile_instructions()
     entrypoint = exec_form(instructions, "ENTRYPOINT") + exec_form(instructions, "CMD")
-    port = free_port()
-    # The image's ENV, minus PATH (the venv's bin stands in for /opt/kmsgate/bin).
+    port, web = free_port(), free_port()
+    # The image's ENV, minus PATH (the venv's bin stands in for /opt/kmsgate/bin), with the
+    # web listener on a free loopback port instead of 0.0.0.0:8080.
     env_text = " ".join(rest for name, rest in instructions if name == "ENV")
     image_env = {
         key: value for key, value in (item.split("=", 1) for item in shlex.split(env_text))
         if key != "PATH"
     }  # fmt: skip
-    command = [*entrypoint, "--listen", f"127.0.0.1:{port}", "--no-web", "--data-dir",
-               str(tmp_path / "data")]  # fmt: skip
+    data = tmp_path / "data"
+    image_env |= {"KMSGATE_WEB": f"127.0.0.1:{web}", "KMSGATE_DATA_DIR": str(data),
+                  "KMSGATE_LISTEN": f"127.0.0.1:{port}"}  # fmt: skip
+    if mode == "gateway":
+        image_env["KMSGATE_GATEWAY"] = "true"
+    # The health check's files come from the build context, where COPY put them in the image.
+    copies = image_copies(instructions)
+    check = [str(ROOT / copies[arg]) if arg in copies else arg for arg in healthcheck()]
     with server_log.open("wb") as log:
-        proc = subprocess.Popen(command, env=clean_env(**image_env), stdout=log, stderr=log)
-    check = [arg.replace("127.0.0.1", f"127.0.0.1:{port}", 1) for arg in healthcheck()]
+        proc = subprocess.Popen(entrypoint, env=clean_env(**image_env), stdout=log, stderr=log)
     try:
-        wait_for(lambda: port_open(port), 20, "the KMS listener", proc)
-        healthy = subprocess.run(check, env=clean_env(**image_env), capture_output=True,
-                                 timeout=15)  # fmt: skip  # HEALTHCHECK --timeout
-        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        # Not a probe of the KMS port: in gateway mode that is an audited refused connection.
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{web}/healthz"), 30, "/healthz", proc)
+        for _ in range(3):  # three minutes of a container's life
+            healthy = subprocess.run(check, env=clean_env(**image_env), capture_output=True,
+                                     timeout=10)  # fmt: skip  # HEALTHCHECK --timeout
+            assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         assert stop(proc, 30) == 0  # docker stop: SIGTERM, drain, flush, exit 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert b"kmsgate-healthcheck" in server_log.read_bytes()
-    down = subprocess.run(check, env=clean_env(), capture_output=True, timeout=15)
-    assert down.returncode != 0  # a dead server makes the container unhealthy
+    # The checks left no client, no activation and (in gateway mode) no refused connection.
+    assert stored_rows(data / "kmsgate.db") == {"clients": 0, "activations": 0, "audit_events": 0}
+    down = subprocess.run(check, env=clean_env(**image_env), capture_output=True, timeout=15)
+    assert down.returncode == 1  # a dead server makes the container unhealthy
+    assert f"127.0.0.1:{web}/healthz" in down.stderr.decode()
+
+
+def test_health_check_fails_on_a_503(tmp_path: Path) -> None:
+    """/healthz says 503 when the store is down (tests/web); the check must then fail."""
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status": "unavailable", "detail": "store unavailable"}'
+            self.send_response(503 if self.path == "/healthz" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    copies = image_copies(dockerfile_instructions())
+    check = [str(ROOT / copies[arg]) if arg in copies else arg for arg in healthcheck()]
+    with http.server.HTTPServer(("127.0.0.1", 0), Unavailable) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            env = {"KMSGATE_WEB": f"127.0.0.1:{server.server_port}",
+                   "KMSGATE_DATA_DIR": str(tmp_path)}  # fmt: skip
+            failed = subprocess.run(check, env=clean_env(**env), capture_output=True, timeout=10)
+        finally:
+            server.shutdown()
+            thread.join(10)
+    assert failed.returncode == 1
+    assert "HTTP Error 503" in failed.stderr.decode()
+    no_web = subprocess.run(check, env=clean_env(KMSGATE_NO_WEB="true"), capture_output=True,
+                            timeout=10)  # fmt: skip
+    assert no_web.returncode == 1 and b"no web listener" in no_web.stderr

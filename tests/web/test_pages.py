@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -14,9 +16,16 @@ import pytest
 import pytest_asyncio
 
 from kmsgate import __version__
+from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
-from kmsgate.web.pages import _nice_ceiling, hour_chart, product_bars, url_with
+from kmsgate.config import parse_public_address
+from kmsgate.store import Store
+from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.web.pages import KmsAddress, _nice_ceiling, hour_chart, product_bars, url_with
 from tests.web.browser import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    FAST_HASHER,
     NODE,
     NOW,
     SPECIAL_CMID,
@@ -91,7 +100,9 @@ async def test_clients_page_lists_searches_and_sorts(web: httpx.AsyncClient) -> 
     assert "No clients match" in none
 
     by_name = await page(web, "/clients?sort=machine_name&order=asc")
-    names = re.findall(r'<td><a href="/clients/[^"]+">([^<]+)</a></td>', by_name)
+    names = re.findall(
+        r'<td data-label="Machine"><a href="/clients/[^"]+">([^<]+)</a></td>', by_name
+    )
     assert names == sorted(names) and len(names) == 30
     assert 'aria-sort="ascending"' in by_name
     # Clicking the current column flips the order; other columns start in their natural one.
@@ -149,7 +160,7 @@ async def test_products_page_is_the_catalogue(web: httpx.AsyncClient) -> None:
     total = len(default_catalog().skus)
     assert len(rows(everything)) == total
     found = await page(web, "/products?search=server+2019+datacenter")
-    names = re.findall(r"<td>([^<]+)<div", found)
+    names = re.findall(r'<td data-label="Name">([^<]+)<div', found)
     assert "Windows Server 2019 Datacenter" in names
     assert all("Server 2019 Datacenter" in n for n in names)
     assert f"of {total} SKUs" in found
@@ -286,3 +297,115 @@ async def test_product_bars_and_urls() -> None:
         url_with("/clients", {"search": "a&b", "sort": None, "cursor": ""})
         == "/clients?search=a%26b"
     )
+
+
+# ---------------------------------------------------------------- first admin, refusals tile
+
+FIRST_ADMIN_HINT = "No administrator account exists yet."
+
+
+async def test_login_page_tells_how_to_create_the_first_admin(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite:///{tmp_path / 'kmsgate.db'}")  # no account at all
+    try:
+        async with client_for(make_app(store)) as client:
+            empty = await page(client, "/login")
+            assert FIRST_ADMIN_HINT in empty
+            assert "<code>kmsgate users add NAME --admin</code>" in empty
+            assert "Administrators of" not in empty and f"{NODE}</strong> only" not in empty
+            assert 'name="csrf_token"' in empty  # the form stays for a freshly made account
+            # A failed attempt (nobody can log in yet) keeps the hint next to the error.
+            failed = await login(client, "someone", "whatever-password")
+            assert failed.status_code == 401 and FIRST_ADMIN_HINT in failed.text
+            # Portal users are no administrators: the hint stays.
+            await store.add_user("student", hash_password("student-pass-1", hasher=FAST_HASHER))
+            assert FIRST_ADMIN_HINT in await page(client, "/login")
+            await store.add_user(
+                ADMIN, hash_password(ADMIN_PASSWORD, hasher=FAST_HASHER), is_admin=True
+            )
+            ready = await page(client, "/login")
+            assert FIRST_ADMIN_HINT not in ready and "users add" not in ready
+            assert "Log in with a kmsgate administrator account." in ready
+            assert "Administrators of" not in ready
+            # A disabled administrator cannot log in: the hint comes back.
+            with contextlib.closing(sqlite3.connect(tmp_path / "kmsgate.db")) as db, db:
+                db.execute("UPDATE users SET disabled = 1 WHERE name = ?", (ADMIN,))
+            assert FIRST_ADMIN_HINT in await page(client, "/login")
+    finally:
+        await store.close()
+
+
+async def test_refusals_tile_counts_gateway_refusals_too(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)  # the seeded records hold 2 refused KMS requests
+    audit = GatewayStore(store)
+    refused = [
+        AuditEvent(time=NOW - timedelta(minutes=i), kind="connection_refused", node=NODE,
+                   address=f"198.51.100.{i}", detail="no open activation window")
+        for i in range(1, 4)
+    ]  # fmt: skip
+    # Other gateway events are not refusals.
+    others = [AuditEvent(time=NOW, kind=kind, node=NODE, address="192.0.2.1")
+              for kind in ("login_failed", "window_expired", "window_granted")]  # fmt: skip
+    await audit.add_audit([*refused, *others])
+    try:
+        async with client_for(make_app(store)) as client:
+            assert (await login(client)).status_code == 303
+            text = await page(client, "/")
+        cards = re.findall(r'<span class="value[^"]*">([^<]+)<', text)
+        assert cards[:3] == ["30", "33", "5"]
+        tile = text.split('<span class="label">Refusals</span>', 1)[1].split("</div>", 1)[0]
+        assert '<a href="/activations?result=refused">2 KMS</a>' in tile
+        assert '<a href="/audit?kind=connection_refused">3 without a window</a>' in tile
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------- the portal's KMS address
+
+
+async def test_kms_address_commands() -> None:
+    default = KmsAddress(port=11688)
+    commands = default.commands("portal.example.edu")
+    assert (commands.skms, commands.sethst, commands.setprt) == (
+        "portal.example.edu:11688", "portal.example.edu", 11688,
+    )  # fmt: skip
+    # IPv6: slmgr wants brackets around the address; ospp.vbs takes the host and port apart.
+    v6 = KmsAddress().commands("2001:db8::5")
+    assert (v6.skms, v6.sethst, v6.setprt) == ("[2001:db8::5]:1688", "2001:db8::5", 1688)
+    public = KmsAddress("kms.example.edu", 1688).commands("10.0.0.5")
+    assert (public.skms, public.sethst) == ("kms.example.edu:1688", "kms.example.edu")
+    assert KmsAddress("2001:db8::9", 1700).commands(None).skms == "[2001:db8::9]:1700"
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("kms.example.edu", ("kms.example.edu", None)),
+        ("kms.example.edu:11688", ("kms.example.edu", 11688)),
+        ("203.0.113.5:1688", ("203.0.113.5", 1688)),
+        ("[2001:db8::1]", ("2001:db8::1", None)),
+        ("[2001:db8::1]:1688", ("2001:db8::1", 1688)),
+        (" kms-1.example.edu. ", ("kms-1.example.edu.", None)),
+    ],
+)
+async def test_public_address_forms(text: str, parsed: tuple[str, int | None]) -> None:
+    assert parse_public_address(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "is no host name"),
+        ("https://kms.example.edu/", "not a URL"),
+        ("kms.example.edu:", "invalid port"),
+        ("kms.example.edu:65536", "invalid port"),
+        ("2001:db8::1", "as [ADDR] or [ADDR]:PORT"),
+        ("[kms.example.edu]:1688", "is no IPv6 address"),
+        ("[2001:db8::1]1688", "must look like"),
+        ("kms example", "is no host name"),
+        ("-kms.example.edu", "is no host name"),
+        ("kms..example.edu", "is no host name"),
+    ],
+)
+async def test_bad_public_addresses(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_public_address(text)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+
+from kmsgate import __version__
 
 COMMANDS = (
     "serve",
@@ -24,6 +26,12 @@ COMMANDS = (
 _MODULE_OF = {"clients": "records", "stats": "records", "config": "config_cmd"}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kmsgate {__version__}")
+        raise typer.Exit()
+
+
 def create_app(commands: tuple[str, ...] = COMMANDS) -> typer.Typer:
     """The Typer application with the given command modules registered."""
     app = typer.Typer(
@@ -35,7 +43,17 @@ def create_app(commands: tuple[str, ...] = COMMANDS) -> typer.Typer:
     )
 
     @app.callback()
-    def root() -> None:
+    def root(
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                help="print the version and exit",
+                callback=_print_version,
+                is_eager=True,
+            ),
+        ] = False,
+    ) -> None:
         """KMS volume-activation host, strict client and authenticating gateway."""
 
     # With a callback the app stays a command group even when one command is registered.
@@ -57,4 +75,7 @@ def main() -> None:
     # Rich tables, the load generator) in memory: register only the command being run.
     wanted = sys.argv[1] if len(sys.argv) > 1 else ""
     module = _MODULE_OF.get(wanted, wanted)
+    if wanted == "--version":
+        create_app(())()
+        return
     create_app((module,) if module in COMMANDS else COMMANDS)()

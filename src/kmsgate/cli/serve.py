@@ -14,8 +14,10 @@ import typer
 from pydantic import ValidationError
 
 from kmsgate.config import ServeSettings, load_settings
+from kmsgate.net import Peer
 from kmsgate.observability.logs import setup_logging
 from kmsgate.server.service import Service, check_startable
+from kmsgate.server.systemd import notify_socket, sd_notify, watchdog_interval, watchdog_pings
 from kmsgate.store.errors import StoreError
 
 log = logging.getLogger("kmsgate.server")
@@ -69,10 +71,24 @@ async def run_service(
             loop.add_signal_handler(signum, stop.set)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, _reload, service, config, cli or {})
-    async with service:
-        await stop.wait()
-        assert service.host is not None
-        log.info("stopping: draining %d connections", len(service.host.connections))
+    notify = notify_socket()
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        async with service:
+            assert service.host is not None
+            # Listeners bound, privileges dropped, store and web up: systemd may go on.
+            addresses = ", ".join(str(Peer(host, port)) for host, port in service.host.addresses)
+            sd_notify(notify, "READY=1", f"STATUS=serving KMS on {addresses}")
+            interval = watchdog_interval()
+            if interval is not None:
+                watchdog = asyncio.create_task(watchdog_pings(notify, interval))
+            await stop.wait()
+            sd_notify(notify, "STOPPING=1", "STATUS=stopping: draining connections")
+            log.info("stopping: draining %d connections", len(service.host.connections))
+    finally:
+        # Pings go on while draining and flushing, which TimeoutStopSec bounds instead.
+        if watchdog is not None:
+            watchdog.cancel()
     stats = service.host.stats
     log.info("stopped after %d activations, %d refusals", stats.activations, stats.refusals)
 

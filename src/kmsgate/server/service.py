@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kmsgate.catalog import Catalog, default_catalog
-from kmsgate.config import ServeSettings, parse_listen
+from kmsgate.config import ServeSettings, parse_listen, parse_public_address
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.server.host import KmsHost
@@ -215,9 +215,15 @@ class Service:
     async def _start_web(self) -> None:
         from kmsgate.server.web_listener import start_web_listener
         from kmsgate.web.app import create_app
+        from kmsgate.web.pages import KmsAddress
 
-        assert self.store is not None
+        assert self.store is not None and self.host is not None
         settings = self.settings
+        public_host, public_port = (
+            parse_public_address(settings.public_address)
+            if settings.public_address
+            else (None, None)
+        )
         app = create_app(
             self.store,
             catalog=self.catalog,
@@ -228,6 +234,7 @@ class Service:
             node_name=settings.node_name,
             gateway=self.gateway,
             trust_proxy=[ipaddress.ip_network(cidr, strict=False) for cidr in settings.trust_proxy],
+            kms_address=KmsAddress(public_host, public_port or self.host.port),
         )
         host, port = parse_listen(settings.web)
         self._web, self._web_task = await start_web_listener(
@@ -239,6 +246,11 @@ class Service:
         )
         scheme = "https" if settings.web_cert else "http"
         log.info("web dashboard on %s://%s:%d/", scheme, host, self.web_port)
+        if not await self.store.has_admin():
+            log.warning(
+                "no administrator account yet: create one with `kmsgate users add NAME --admin` "
+                "(with this server's --config, --db or --data-dir) to log in to the dashboard"
+            )
 
     async def stop(self) -> None:
         """Stop accepting, drain connections, flush queued records, close the store."""

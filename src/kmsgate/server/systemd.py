@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import logging
 import os
 import pwd
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger("kmsgate.server")
@@ -66,3 +68,70 @@ def drop_privileges(uid: int, gid: int) -> None:
     if os.getuid() != uid or os.geteuid() != uid:
         raise OSError("could not drop privileges")
     log.info("running as uid %d gid %d", uid, gid)
+
+
+# ---------------------------------------------------------------- sd_notify (Type=notify)
+
+
+def notify_socket(environ: Mapping[str, str] | None = None) -> str | bytes | None:
+    """The service manager's notification socket from NOTIFY_SOCKET, or None outside systemd.
+
+    `@name` is a Linux abstract socket (a leading NUL byte); other values are file paths.
+    """
+    env = os.environ if environ is None else environ
+    value = env.get("NOTIFY_SOCKET", "")
+    if value.startswith("@") and len(value) > 1:
+        return b"\0" + value[1:].encode()
+    if value.startswith("/"):
+        return value
+    if value:
+        # vsock: (VMs) and relative paths: not something a service on this host is given.
+        log.warning("NOTIFY_SOCKET=%r is not a socket path; not notifying systemd", value)
+    return None
+
+
+def sd_notify(address: str | bytes | None, *fields: str) -> bool:
+    """Send `KEY=VALUE` fields (READY=1, STOPPING=1, WATCHDOG=1, STATUS=...) in one datagram.
+
+    False when there is no socket or sending failed; a notification never stops the server.
+    """
+    if address is None:
+        return False
+    message = "\n".join(fields).encode()
+    # Non-blocking: called from the event loop, it must not wait on a manager that stopped
+    # reading (a full queue is reported like any other failure).
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    try:
+        with socket.socket(socket.AF_UNIX, kind) as sock:
+            sock.connect(address)
+            sock.send(message)
+    except OSError as exc:
+        log.warning("could not notify systemd (%s): %s", fields[0] if fields else "", exc)
+        return False
+    return True
+
+
+def watchdog_interval(
+    environ: Mapping[str, str] | None = None, pid: int | None = None
+) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not asked.
+
+    WATCHDOG_PID, when set, names the process systemd watches: another process's value is
+    not ours to answer.
+    """
+    env = os.environ if environ is None else environ
+    watched = env.get("WATCHDOG_PID")
+    if watched and watched != str(os.getpid() if pid is None else pid):
+        return None
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 2_000_000 if usec > 0 else None
+
+
+async def watchdog_pings(address: str | bytes | None, interval: float) -> None:
+    """Ping systemd's watchdog from the event loop until cancelled: a stuck loop stops the pings."""
+    while True:
+        sd_notify(address, "WATCHDOG=1")
+        await asyncio.sleep(interval)

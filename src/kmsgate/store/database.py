@@ -620,6 +620,16 @@ class Store:
             if result.rowcount == 0:
                 raise UserNotFound(name)
 
+    async def has_admin(self) -> bool:
+        """Whether an enabled administrator account exists (the dashboard can be logged into)."""
+        query = (
+            select(users.c.name)
+            .where(users.c.is_admin.is_(True), users.c.disabled.is_(False))
+            .limit(1)
+        )
+        async with self._read() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def list_users(self) -> list[User]:
         """Every account, by name."""
         async with self._read() as conn:

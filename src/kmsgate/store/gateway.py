@@ -239,6 +239,12 @@ class GatewayStore:
         async with self._store._write() as conn:
             await conn.execute(audit_events.insert(), rows)
 
+    async def count_audit(self, kind: str) -> int:
+        """How many audit events of one kind exist (answered from the (kind, id) index)."""
+        query = select(func.count()).select_from(audit_events).where(audit_events.c.kind == kind)
+        async with self._store._read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def list_audit(
         self,
         *,

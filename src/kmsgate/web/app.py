@@ -33,7 +33,13 @@ from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.api import build_api_router
 from kmsgate.web.audit import build_audit_router
 from kmsgate.web.auth import Authenticator, LoginLimiter, SessionCodec, client_ip
-from kmsgate.web.pages import LoginRequired, Renderer, build_login_router, build_pages_router
+from kmsgate.web.pages import (
+    KmsAddress,
+    LoginRequired,
+    Renderer,
+    build_login_router,
+    build_pages_router,
+)
 from kmsgate.web.portal import Portal, PortalLimiter, build_portal_router, client_address
 
 log = logging.getLogger("kmsgate.web")
@@ -153,11 +159,13 @@ def create_app(
     gateway: Gateway | None = None,
     trust_proxy: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
     portal_limiter: PortalLimiter | None = None,
+    kms_address: KmsAddress | None = None,
 ) -> FastAPI:
     """Build the dashboard over an open store; metrics_registry None serves the default registry.
 
     With a gateway, / is the user portal and the overview moves to /dashboard. trust_proxy:
-    proxies whose X-Forwarded-For names the client. login_limiter, portal_limiter,
+    proxies whose X-Forwarded-For names the client. kms_address: the KMS host and port the
+    portal tells clients to use (default: its own host name, 1688). login_limiter, portal_limiter,
     password_hasher and clock exist for tests; the defaults suit production.
     """
     now = clock or (lambda: datetime.now(UTC))
@@ -187,7 +195,9 @@ def create_app(
     if gateway is not None:
         portal = Portal(gateway, portal_limiter or PortalLimiter())
         app.include_router(
-            build_portal_router(portal, codec, renderer, resolve_address=resolve_address)
+            build_portal_router(
+                portal, codec, renderer, resolve_address=resolve_address, kms_address=kms_address
+            )
         )
     overview_paths = ("/dashboard",) if gateway is not None else ("/", "/dashboard")
     app.include_router(

@@ -21,6 +21,8 @@ from starlette.responses import Response
 from kmsgate import __version__
 from kmsgate.catalog import Catalog
 from kmsgate.store.database import Store
+from kmsgate.store.errors import StoreError
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.api import (
     DEFAULT_LIMIT,
     CmidParam,
@@ -181,6 +183,42 @@ def hour_chart(per_hour: Sequence[tuple[datetime, int]]) -> HourChart:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Refusals:
+    """Refusals on the overview: refused KMS requests and gateway connections without a window."""
+
+    kms: int
+    gateway: int
+
+    @property
+    def total(self) -> int:
+        return self.kms + self.gateway
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCommands:
+    """What the portal tells a Windows or Office client to set, to activate against us."""
+
+    skms: str  # slmgr /skms HOST:PORT ([V6]:PORT)
+    sethst: str  # ospp.vbs /sethst:HOST
+    setprt: int  # ospp.vbs /setprt:PORT
+
+
+@dataclass(frozen=True, slots=True)
+class KmsAddress:
+    """Where clients reach the KMS listener: --public-address, else the portal's own name."""
+
+    host: str | None = None  # None: the host name the browser used for the portal
+    port: int = 1688
+
+    def commands(self, browser_host: str | None) -> ClientCommands:
+        """The commands for a browser that reached the portal as `browser_host`."""
+        host = self.host or browser_host or "this-server"
+        host = host.strip("[]")
+        skms_host = f"[{host}]" if ":" in host else host
+        return ClientCommands(skms=f"{skms_host}:{self.port}", sethst=host, setprt=self.port)
+
+
 def product_bars(per_product: Sequence[tuple[str, int]]) -> list[tuple[str, int, float]]:
     """(label, count, percent of the largest) for horizontal bars."""
     top = max((c for _, c in per_product), default=0)
@@ -305,11 +343,15 @@ def build_pages_router(
         return admin
 
     router = APIRouter(dependencies=[Depends(require_admin)], include_in_schema=False)
+    audit_store = GatewayStore(store)
 
     async def overview(request: Request) -> Response:
         """Counts, requests per hour, products, latest requests."""
         stats = await store.stats(now())
         recent = await store.list_activations(limit=10)
+        # A gateway refuses connections without a window before any KMS request: those are in
+        # the audit trail, not among the requests, and count as refusals too.
+        refused_connections = await audit_store.count_audit("connection_refused")
         return renderer.page(
             request,
             "overview.html",
@@ -317,6 +359,7 @@ def build_pages_router(
                 "active": "overview",
                 "title": "Overview",
                 "stats": stats,
+                "refusals": Refusals(kms=stats.refusals, gateway=refused_connections),
                 "chart": hour_chart(stats.per_hour),
                 "products": product_bars(stats.per_product),
                 "protocols": sorted(stats.per_protocol.items()),
@@ -582,7 +625,14 @@ def build_login_router(
         target = safe_next(next_url)
         return renderer.home if target == "/" else target
 
-    def login_page(
+    async def has_admin() -> bool:
+        # Only a hint for the very first login: a store that does not answer shows none.
+        try:
+            return await authenticator.store.has_admin()
+        except StoreError:
+            return True
+
+    async def login_page(
         request: Request, next_url: str, *, status: int = 200, message: str = "", username: str = ""
     ) -> Response:
         # Keep a still-valid token: a failed login in one tab must not expire another tab's form.
@@ -599,6 +649,7 @@ def build_login_router(
                 "next": next_url,
                 "message": message,
                 "username": username,
+                "has_admin": await has_admin(),
             },
             status=status,
         )
@@ -615,7 +666,7 @@ def build_login_router(
         if await authenticator.current_admin(request) is not None:
             return RedirectResponse(target, status_code=303)
         request.state.admin = None
-        return login_page(request, target)
+        return await login_page(request, target)
 
     @router.post("/login", response_class=HTMLResponse)
     async def login(request: Request) -> Response:
@@ -627,7 +678,7 @@ def build_login_router(
         if not codec.check_login_csrf(
             request.cookies.get(codec.csrf_cookie), form.get("csrf_token", "")
         ):
-            return login_page(
+            return await login_page(
                 request,
                 target,
                 status=400,
@@ -638,7 +689,7 @@ def build_login_router(
             client_address(request), username, form.get("password", "")
         )
         if result.cookie is None:
-            response = login_page(
+            response = await login_page(
                 request, target, status=result.status, message=result.message, username=username
             )
             if result.retry_after:

@@ -25,7 +25,7 @@ from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import AuditEvent, QuotaUsage, Window
 from kmsgate.web.api import ErrorModel
 from kmsgate.web.auth import LoginLimiter, SessionCodec
-from kmsgate.web.pages import Renderer, _read_form
+from kmsgate.web.pages import KmsAddress, Renderer, _read_form
 
 log = logging.getLogger("kmsgate.web.portal")
 
@@ -353,8 +353,13 @@ def build_portal_router(
     renderer: Renderer,
     *,
     resolve_address: Callable[[Request], str | None],
+    kms_address: KmsAddress | None = None,
 ) -> APIRouter:
-    """GET/POST / (the user portal's login form) and POST /api/login (the same, as JSON)."""
+    """GET/POST / (the user portal's login form) and POST /api/login (the same, as JSON).
+
+    kms_address: the KMS host and port shown in the slmgr and ospp.vbs lines.
+    """
+    kms_address = kms_address or KmsAddress()
     router = APIRouter()
     gateway = portal.gateway
 
@@ -440,7 +445,7 @@ def build_portal_router(
                 "seconds": window_seconds(window),
                 "message": outcome.message,
                 "quota": quota_model(outcome.usage, outcome.quota_week, outcome.quota_month),
-                "kms_host": request.url.hostname or "this-server",
+                "kms": kms_address.commands(request.url.hostname),
             },
         )
 
