@@ -335,8 +335,8 @@ class KmsHost:
                 await self.stop()
                 raise
             self._servers.append(server)
-        for address in self.addresses:
-            log.info("listening on %s", address)
+        for host, port in self.addresses:
+            log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if upstream is not None:
             log.info("relaying every connection to %s", self.settings.upstream)
             return

@@ -86,7 +86,8 @@ class Service:
             from kmsgate.store.database import Store
 
             self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
-            log.info("store %s", self.store.url)
+            path = settings.db_path
+            log.info("store %s", f"{path} (SQLite)" if path is not None else self.store.url)
             if ids is not None:
                 # The writer process makes itself the service user before it opens these.
                 hand_over(settings.data_dir, *ids)
@@ -213,7 +214,8 @@ class Service:
             key=str(settings.web_key) if settings.web_key else None,
         )
         scheme = "https" if settings.web_cert else "http"
-        log.info("web dashboard on %s://%s:%d/", scheme, host, self.web_port)
+        shown = f"[{host}]" if ":" in host else host
+        log.info("web dashboard on %s://%s:%d/", scheme, shown, self.web_port)
 
     async def stop(self) -> None:
         """Stop accepting, drain connections, flush queued records, close the store."""
