@@ -156,7 +156,10 @@ def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:
             ],
         )
     ]
-    for name, field in model.model_fields.items():
+    order = list(PANELS)
+    # Grouped by help panel, in the panels' order; within a panel, the model's order.
+    fields = sorted(model.model_fields.items(), key=lambda item: order.index(field_panel(item[0])))
+    for name, field in fields:
         flag = "--" + name.replace("_", "-")
         # A field named no_x is a plain switch (--no-web), not --no-web/--no-no-web.
         is_switch = field.annotation is bool and not name.startswith("no_")

@@ -32,12 +32,12 @@ NameArgument = Annotated[str, typer.Argument(help="user name")]
 StdinOption = Annotated[
     bool, typer.Option("--password-stdin", help="read the password from standard input")
 ]
+# Text, checked by the settings model, so a bad value is worded as for serve.
 MinLengthOption = Annotated[
-    int | None,
+    str | None,
     typer.Option(
         "--min-password-length",
-        min=1,
-        max=MAX_PASSWORD_LENGTH,
+        metavar="<int>",
         help="characters a password needs at least (as serve; default 12)",
     ),
 ]
