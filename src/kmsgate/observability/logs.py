@@ -349,6 +349,13 @@ class _RenameLibraryLoggers(logging.Filter):
         return True
 
 
+class _OwnLinesBelowWarning(logging.Filter):
+    """Below WARNING, only kmsgate's own records pass (other libraries' INFO is routine)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith("kmsgate")
+
+
 def _level_number(level: str) -> int:
     number = logging.getLevelNamesMapping().get(level.upper())
     if number is None:
@@ -395,9 +402,11 @@ def setup_logging(
     handler.set_name(_HANDLER_NAME)
     # Alembic's plugin and context lines and uvicorn's banners are routine, not the admin's
     # business at INFO: only their warnings and errors show, unless the level is debug.
-    quiet = logging.WARNING if _level_number(level) > logging.DEBUG else logging.NOTSET
+    verbose = _level_number(level) <= logging.DEBUG
     for name in _QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(quiet)
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    if not verbose:
+        handler.addFilter(_OwnLinesBelowWarning())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
