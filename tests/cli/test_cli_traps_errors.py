@@ -91,6 +91,12 @@ def test_serve_config_with_a_typo_names_the_file_and_the_likely_key(tmp_path: Pa
         f"error: {config}:1: client_cont: unknown key (did you mean client_count?)",
         f"error: {config}:2: lisen: unknown key (did you mean listen?)",
     ]
+    config.write_text("window = 600\nlisten = [,]\n")
+    done = kmsgate("serve", "--config", str(config), tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: {config}: TOML syntax error: Invalid value (at line 2, column 11)\n"
+    )
 
 
 def test_host_bits_are_a_warning_with_the_network_used(tmp_path: Path) -> None:

@@ -26,14 +26,14 @@ log = logging.getLogger("kmsgate.server")
 
 def _settings_or_exit(config: Path | None, **cli: object) -> ServeSettings:
     """Load settings; on a bad value print one line per problem and exit with status 2."""
+    from kmsgate.cli.config_cmd import effective_config_file
+
     try:
         return load_settings(config, **cli)
     except ValidationError as exc:
-        from kmsgate.cli.config_cmd import effective_config_file
-
         problems = explain(exc, effective_config_file(config))
     except tomllib.TOMLDecodeError as exc:
-        problems = [f"{config}: TOML syntax error: {exc}"]
+        problems = [f"{effective_config_file(config)}: TOML syntax error: {exc}"]
     except (FileNotFoundError, ValueError) as exc:
         problems = [str(exc)]
     typer.echo("\n".join(f"error: {problem}" for problem in problems), err=True)
