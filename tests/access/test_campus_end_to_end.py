@@ -63,7 +63,7 @@ def test_portal_login_in_chromium_opens_exactly_one_activation(tmp_path: Path) -
     assert proc.returncode == 0, out
 
     trail = kmsgate("audit", "--json", "--limit", "50", *store)
-    events = list(reversed(json.loads(trail.stdout)))
+    events = list(reversed(json.loads(trail.stdout)["items"]))
     kinds = [e["kind"] for e in events]
     assert kinds.count("connection_refused") == 2
     linked = [e for e in events if e["kind"] == "activation"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import sys
 from datetime import UTC, datetime
 from typing import Annotated
@@ -19,12 +18,13 @@ from kmsgate.cli.common import (
     DbOption,
     JsonOption,
     fail,
-    print_json,
+    print_model,
     resolve_settings,
     with_store,
 )
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent, GatewayStore
+from kmsgate.store.records import Page
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -59,15 +59,19 @@ def register(app: typer.Typer) -> None:
         start = _parse_time(since)
         settings = resolve_settings(config, db, data_dir)
 
-        async def action(store: Store) -> list[AuditEvent]:
-            page = await GatewayStore(store).list_audit(
+        async def action(store: Store) -> Page[AuditEvent]:
+            return await GatewayStore(store).list_audit(
                 username=user, address=address, kind=kind, since=start, limit=limit
             )
-            return page.items
 
-        events = with_store(settings, action)
+        page = with_store(settings, action, must_exist=True)
+        events = page.items
         if json_output:
-            print_json([dataclasses.asdict(e) for e in events])
+            from kmsgate.web.audit import AuditEventModel, AuditPage
+
+            # Exactly what /api/audit answers for the same filters.
+            items = [AuditEventModel.from_event(event) for event in events]
+            print_model(AuditPage(items=items, next_cursor=page.next_cursor))
             return
         if csv_output:
             writer = csv.writer(sys.stdout)

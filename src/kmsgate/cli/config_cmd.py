@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import os
@@ -17,8 +16,16 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 import kmsgate.config as settings_module
+from kmsgate.cli.help import SettingsHelpCommand
 from kmsgate.cli.serve import settings_parameters
-from kmsgate.config import ServeSettings, load_settings
+from kmsgate.config import (
+    ServeSettings,
+    describe_error,
+    error_key,
+    explain,
+    load_settings,
+    unknown_key,
+)
 
 Source = Literal["default", "file", "env", "cli"]
 
@@ -30,10 +37,8 @@ _SECRET_NAME = re.compile(r"password|passwd|secret|token", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^:@/?#]*):(?P<pw>.*)@(?P<rest>[^@]*)$")
 _QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|secret)=)[^&#]*", re.IGNORECASE)
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
-_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
 _KEY_LINE = re.compile(r'^\s*(?P<key>[A-Za-z0-9_.-]+|"[^"]*")\s*=')
 _TABLE_LINE = re.compile(r"^\s*\[(?P<name>[A-Za-z0-9_.-]+)\]\s*(#.*)?$")
-_BACKEND_TAGS = ("local", "ldap", "pop3", "sql")
 
 
 # ---------------------------------------------------------------- masking
@@ -117,7 +122,7 @@ def _load(config: Path | None, cli: dict[str, Any]) -> ServeSettings:
     try:
         return load_settings(config, **cli)
     except ValidationError as exc:
-        raise _exit_with([_describe(err) for err in exc.errors()], 2) from None
+        raise _exit_with(explain(exc, effective_config_file(config)), 2) from None
     except tomllib.TOMLDecodeError as exc:
         raise _exit_with(
             [f"{effective_config_file(config)}: TOML syntax error: {exc}"], 2
@@ -139,6 +144,7 @@ def show_settings(config: Path | None, cli: dict[str, Any]) -> dict[str, Any]:
             name: {"value": masked_value(getattr(settings, name), name), "source": sources[name]}
             for name in ServeSettings.model_fields
         },
+        "warnings": settings.warnings(),
     }
 
 
@@ -174,49 +180,6 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
-def _loc_text(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as a file key: `listen[1]`, `accounts.url`."""
-    parts = list(loc)
-    if len(parts) > 1 and parts[0] == "accounts" and parts[1] in _BACKEND_TAGS:
-        del parts[1]  # the discriminated union's tag is not a key of the file
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _message(err: Any, file_keys: bool) -> str:
-    """Pydantic's message without its prefix; flags renamed to file keys for `check`."""
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if not file_keys:
-        return msg
-    # Cross-field checks name flags; in a file the keys are what the reader looks for.
-    return _FLAG.sub(
-        lambda m: key if (key := m[1].replace("-", "_")) in ServeSettings.model_fields else m[0],
-        msg,
-    )
-
-
-def _describe(err: Any, file_keys: bool = False) -> str:
-    """`key: problem` for one pydantic error."""
-    key = _loc_text(tuple(err["loc"]))
-    message = _message(err, file_keys)
-    return f"{key}: {message}" if key else message
-
-
-def _unknown(key: str) -> str:
-    """`key: unknown key`, with the setting it was probably meant to be."""
-    hint = ""
-    fields = list(ServeSettings.model_fields)
-    if key.replace("-", "_") in fields:
-        hint = f" (did you mean {key.replace('-', '_')}? file keys use underscores)"
-    elif close := difflib.get_close_matches(key, fields, n=1):
-        hint = f" (did you mean {close[0]}?)"
-    return f"{key}: unknown key{hint}"
-
-
 def check_text(text: str, where: str) -> list[str]:
     """Problems of one TOML config text, each `where[:line]: key: problem`; empty when fine."""
     try:
@@ -235,15 +198,15 @@ def check_text(text: str, where: str) -> list[str]:
         return f"{where}:{line}" if line else where
 
     problems = [
-        f"{at(key)}: {_unknown(key)}" for key in data if key not in ServeSettings.model_fields
+        f"{at(key)}: {unknown_key(key)}" for key in data if key not in ServeSettings.model_fields
     ]
     known = {key: value for key, value in data.items() if key in ServeSettings.model_fields}
     try:
         _FileOnlySettings(**known)
     except ValidationError as exc:
         for err in exc.errors():
-            key = _loc_text(tuple(err["loc"]))
-            problems.append(f"{at(key) if key else where}: {_describe(err, file_keys=True)}")
+            key = error_key(tuple(err["loc"]))
+            problems.append(f"{at(key) if key else where}: {describe_error(err, file_keys=True)}")
     return sorted(problems, key=_line_of)
 
 
@@ -282,6 +245,8 @@ def register(app: typer.Typer) -> None:
             for key, value in options.items()
         }
         report = show_settings(config, cli)
+        for warning in report["warnings"]:
+            typer.echo(f"warning: {warning}", err=True)
         if as_json:
             typer.echo(json.dumps(report, indent=2))
             return
@@ -303,7 +268,7 @@ def register(app: typer.Typer) -> None:
     show.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [*settings_parameters(ServeSettings), json_param]
     )
-    group.command()(show)
+    group.command(cls=SettingsHelpCommand)(show)
 
     @group.command()
     def check(
@@ -313,6 +278,9 @@ def register(app: typer.Typer) -> None:
         problems = check_file(file)
         if problems:
             raise _exit_with(problems, 1)
+        settings = _FileOnlySettings(**tomllib.loads(file.read_text(encoding="utf-8")))
+        for warning in settings.warnings():
+            typer.echo(f"warning: {file}: {warning}", err=True)
         typer.echo(f"{file}: ok")
 
     app.add_typer(group, name="config")

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from kmsgate.cli.common import ConfigOption, DataDirOption, DbOption, fail, resolve_settings
+from kmsgate.cli.common import (
+    ConfigOption,
+    DataDirOption,
+    DbOption,
+    fail,
+    require_db_folder,
+    resolve_settings,
+    store_failure,
+)
 from kmsgate.store import migrate
-from kmsgate.store.engine import masked
 from kmsgate.store.errors import StoreError
 
 
@@ -20,10 +27,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Apply every pending migration (serve does this on start unless --no-db-upgrade)."""
         settings = resolve_settings(config, db, data_dir)
+        require_db_folder(settings)
         try:
             migrate.upgrade(settings.db_url)
         except StoreError as exc:
-            raise fail(f"store {masked(settings.db_url)}: {exc}") from None
+            raise fail(store_failure(settings.db_url, exc)) from None
         typer.echo(f"database at revision {migrate.head()}")
 
     app.add_typer(group, name="db")

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from kmsgate.cli.common import fail
 from kmsgate.cli.serve import settings_parameters
-from kmsgate.config import ServeSettings, load_settings
+from kmsgate.config import ServeSettings, explain, load_settings
 from kmsgate.server.dns_publish import (
     DnsPublishError,
     SrvRecord,
@@ -59,11 +59,7 @@ def _settings(config: Path | None, cli: dict[str, Any]) -> ServeSettings:
     try:
         settings = load_settings(config, **cli)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise fail(problems, 2) from None
+        raise fail("; ".join(explain(exc, config)), 2) from None
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc), 2) from None
     for name in ("dns_domain", "dns_server"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from kmsgate.catalog import Catalog, Sku, default_catalog
 
@@ -51,13 +53,13 @@ def products_table(catalog: Catalog, skus: list[Sku], title: str) -> Table:
     """A Rich table of SKUs, one section per application; preview products dimmed."""
     # Light box and no edge padding: six columns of ids and keys fit better in a terminal.
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    # Narrow terminals fold ids rather than squeeze the names away.
+    # Ids and keys are copied: they never wrap (a narrow terminal gets product_records).
     table.add_column("Name", overflow="fold")
-    table.add_column("SKU id", overflow="fold")
+    table.add_column("SKU id", no_wrap=True)
     table.add_column("KMS id", overflow="fold")
     table.add_column("Protocol", justify="center", no_wrap=True)
     table.add_column("N-count", justify="right", no_wrap=True)
-    table.add_column("GVLK", overflow="fold")
+    table.add_column("GVLK", no_wrap=True)
     for i, sku in enumerate(skus):
         kms = catalog.kms_id(sku.kms_id)
         # A line between applications makes the Windows / Office groups easy to scan.
@@ -89,6 +91,42 @@ def _catalog(path: Path | None) -> Catalog:
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _fits_whole(table: Table, skus: list[Sku], width: int) -> bool:
+    """Whether the table, at this width, shows every SKU id and GVLK whole on one line."""
+    plain = Console(width=width, color_system=None, highlight=False, file=io.StringIO())
+    with plain.capture() as capture:
+        plain.print(table)
+    lines = capture.get().splitlines()
+    wanted = {str(s.id) for s in skus} | {s.gvlk for s in skus if s.gvlk}
+    found = {key for line in lines for key in wanted if key in line}
+    return found == wanted
+
+
+def print_records(console: Console, catalog: Catalog, skus: list[Sku], title: str) -> None:
+    """One block per SKU, a field per line: for terminals too narrow for the table."""
+    console.print(title, style="bold", highlight=False, markup=False)
+    application = None
+    for sku in skus:
+        if sku.application_id != application:
+            application = sku.application_id
+            app = catalog.application(sku.application_id)
+            console.rule(Text(app.name if app else str(sku.application_id)), align="left")
+        kms = catalog.kms_id(sku.kms_id)
+        style = "dim" if kms is None or kms.is_preview or kms.is_placeholder else None
+        console.print(sku.name, style=style or "bold", highlight=False, markup=False)
+        fields = (
+            ("SKU id", str(sku.id)),
+            ("KMS id", kms.name if kms else str(sku.kms_id)),
+            ("protocol", f"v{sku.default_protocol}, N-count {sku.n_count_policy}"),
+            ("GVLK", sku.gvlk or "-"),
+        )
+        for label, value in fields:
+            # soft_wrap: Rich inserts no line break, so a key stays one string when copied.
+            console.print(
+                f"  {label:<9} {value}", style=style, highlight=False, markup=False, soft_wrap=True
+            )
 
 
 def products_command(
@@ -133,6 +171,9 @@ def products_command(
         # Piped output has no width to fit; print full rows so grep and diff see whole lines.
         wide = console.options.update_width(10_000)
         console.width = max(console.width, Measurement.get(console, wide, table).maximum)
+    elif not _fits_whole(table, skus, console.width):
+        print_records(console, catalog, skus, title)
+        return
     console.print(table)
 
 

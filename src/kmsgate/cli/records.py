@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -15,7 +14,7 @@ from kmsgate.cli.common import (
     DataDirOption,
     DbOption,
     JsonOption,
-    print_json,
+    print_model,
     resolve_settings,
     with_store,
 )
@@ -44,9 +43,11 @@ def register(app: typer.Typer) -> None:
         async def action(store: Store) -> Page[ClientRow]:
             return await store.list_clients(search=search, limit=limit)
 
-        page = with_store(settings, action)
+        page = with_store(settings, action, must_exist=True)
         if json_output:
-            print_json([dataclasses.asdict(row) for row in page.items])
+            from kmsgate.web.api import ClientPage
+
+            print_model(ClientPage.from_page(page))  # exactly what /api/clients answers
             return
         if not page.items:
             typer.echo("no clients recorded" + (f" matching {search!r}" if search else ""))
@@ -78,9 +79,11 @@ def register(app: typer.Typer) -> None:
         async def action(store: Store) -> Stats:
             return await store.stats(datetime.now(UTC))
 
-        figures = with_store(settings, action)
+        figures = with_store(settings, action, must_exist=True)
         if json_output:
-            print_json(dataclasses.asdict(figures))
+            from kmsgate.web.api import StatsModel
+
+            print_model(StatsModel.from_stats(figures, settings.node_name))  # as /api/stats
             return
         console = Console(width=120)
         totals = Table("clients", "requests", "refusals", "last request (UTC)")

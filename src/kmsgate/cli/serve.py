@@ -7,16 +7,19 @@ import contextlib
 import inspect
 import logging
 import signal
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
 
-from kmsgate.config import ServeSettings, load_settings
+from kmsgate.cli.help import SettingsHelpCommand
+from kmsgate.config import PANELS, ServeSettings, explain, field_panel, load_settings
 from kmsgate.net import Peer
 from kmsgate.observability.logs import setup_logging
-from kmsgate.server.service import Service, check_startable
+from kmsgate.server.preflight import preflight
+from kmsgate.server.service import Service
 from kmsgate.server.systemd import notify_socket, sd_notify, watchdog_interval, watchdog_pings
 from kmsgate.store.errors import StoreError
 
@@ -25,16 +28,26 @@ log = logging.getLogger("kmsgate.server")
 
 def _settings_or_exit(config: Path | None, **cli: object) -> ServeSettings:
     """Load settings; on a bad value print one line per problem and exit with status 2."""
+    from kmsgate.cli.config_cmd import effective_config_file
+
     try:
         return load_settings(config, **cli)
     except ValidationError as exc:
-        problems = [
-            f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        ]
+        problems = explain(exc, effective_config_file(config))
+    except tomllib.TOMLDecodeError as exc:
+        problems = [f"{effective_config_file(config)}: TOML syntax error: {exc}"]
     except (FileNotFoundError, ValueError) as exc:
-        problems = [f"error: {exc}"]
-    typer.echo("\n".join(problems), err=True)
+        problems = [str(exc)]
+    typer.echo("\n".join(f"error: {problem}" for problem in problems), err=True)
     raise typer.Exit(2)
+
+
+def _preflight_or_exit(settings: ServeSettings) -> None:
+    """Stop before anything starts (no migration, no writer) when the node cannot run."""
+    problems = preflight(settings)
+    if problems:
+        typer.echo("\n".join(f"error: {problem.message}" for problem in problems), err=True)
+        raise typer.Exit(2 if any(problem.usage for problem in problems) else 1)
 
 
 def _configure_logging(settings: ServeSettings) -> None:
@@ -51,10 +64,15 @@ def _reload(service: Service, config: Path | None, cli: dict[str, Any]) -> None:
     """SIGHUP: read the settings again; apply policies and logging, keep connections."""
     try:
         settings = load_settings(config, **cli)
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
+    except ValidationError as exc:
+        log.error("reload refused, keeping the running settings: %s", "; ".join(explain(exc)))
+        return
+    except (FileNotFoundError, ValueError) as exc:
         log.error("reload refused, keeping the running settings: %s", exc)
         return
     _configure_logging(settings)
+    for warning in settings.warnings():
+        log.warning("%s", warning)
     service.reload(settings)
     log.info("settings reloaded")
 
@@ -106,17 +124,39 @@ def _unwrap(annotation: Any) -> Any:
     return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
-def _option_type(annotation: Any) -> Any:
-    """The CLI type for a settings field: scalars stay, lists become repeatable options."""
+def _is_list(annotation: Any) -> bool:
+    """Whether a field holds a list (`list[str]` or `list[str] | None`)."""
     annotation = _unwrap(annotation)
-    args = [a for a in get_args(annotation) if a is not type(None)]
     if get_origin(annotation) is list:
+        return True
+    return any(get_origin(arg) is list for arg in get_args(annotation))
+
+
+def _option_type(annotation: Any) -> Any:
+    """The CLI type of a settings field: switches stay bool, lists repeat, the rest is text.
+
+    Values reach the settings model as text, so a wrong one is reported by kmsgate in the
+    user's words (`client_count: 'many' is not a whole number`), not by the CLI parser.
+    """
+    if _is_list(annotation):
+        # A list-typed option repeats (--allow A --allow B) and accumulates.
         return list[str] | None
-    if get_origin(annotation) is Literal or (args and get_origin(args[0]) is Literal):
-        return str | None
-    base = args[0] if args else annotation
-    # Nested models (the account backend) travel as JSON text, parsed by the settings model.
-    return (base if base in (str, int, float, bool, Path) else str) | None
+    return (bool if _unwrap(annotation) is bool else str) | None
+
+
+def _metavar(name: str, annotation: Any) -> str | None:
+    """What the help shows after a flag: the choices of a Literal, else the value's type."""
+    if _is_list(annotation):
+        return "<str>"
+    inner = _unwrap(annotation)
+    args = [a for a in get_args(inner) if a is not type(None)] or [inner]
+    literal = next((a for a in args if get_origin(a) is Literal), None)
+    if literal is not None:
+        return "|".join(str(choice) for choice in get_args(literal))
+    if name == "accounts":
+        return "JSON"
+    labels = {int: "<int>", float: "<float>", Path: "<path>", bool: None}
+    return labels.get(args[0], "<str>")
 
 
 def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:
@@ -132,7 +172,10 @@ def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:
             ],
         )
     ]
-    for name, field in model.model_fields.items():
+    order = list(PANELS)
+    # Grouped by help panel, in the panels' order; within a panel, the model's order.
+    fields = sorted(model.model_fields.items(), key=lambda item: order.index(field_panel(item[0])))
+    for name, field in fields:
         flag = "--" + name.replace("_", "-")
         # A field named no_x is a plain switch (--no-web), not --no-web/--no-no-web.
         is_switch = field.annotation is bool and not name.startswith("no_")
@@ -148,7 +191,8 @@ def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:
                         *decls,
                         help=field.description,
                         show_default=False,
-                        metavar="TEXT" if get_origin(_unwrap(field.annotation)) is list else None,
+                        metavar=_metavar(name, field.annotation),
+                        rich_help_panel=PANELS[field_panel(name)],
                     ),
                 ],
             )
@@ -167,23 +211,25 @@ def register(app: typer.Typer) -> None:
             for key, value in options.items()
         }
         settings = _settings_or_exit(config, **cli)
-        try:
-            check_startable(settings)
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        _preflight_or_exit(settings)
         _configure_logging(settings)
+        for warning in settings.warnings():
+            log.warning("%s", warning)
+        if settings.db_note and not settings.no_store:
+            log.info("%s", settings.db_note)
         try:
             _run(settings, config, cli)
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             raise typer.Exit(1) from None
         except StoreError as exc:
-            log.error("cannot open the store: %s", exc)
+            from kmsgate.cli.common import store_failure
+
+            log.error("cannot open the store: %s", store_failure(settings.db_url, exc))
             raise typer.Exit(1) from None
         except ValueError as exc:  # e.g. --user names nobody on this machine
             log.error("cannot start: %s", exc)
             raise typer.Exit(1) from None
 
     serve.__signature__ = inspect.Signature(settings_parameters(ServeSettings))  # type: ignore[attr-defined]
-    app.command()(serve)
+    app.command(cls=SettingsHelpCommand)(serve)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel, TypeAdapter
 from rich.console import Console
 from rich.table import Table
 
-from kmsgate.auth.passwords import hash_password
+from kmsgate.auth.passwords import MAX_PASSWORD_LENGTH, hash_password
 from kmsgate.cli.common import (
     ConfigOption,
     DataDirOption,
     DbOption,
     JsonOption,
     fail,
-    print_json,
+    require_db_folder,
     resolve_settings,
     with_store,
 )
@@ -30,15 +32,42 @@ NameArgument = Annotated[str, typer.Argument(help="user name")]
 StdinOption = Annotated[
     bool, typer.Option("--password-stdin", help="read the password from standard input")
 ]
+# Text, checked by the settings model, so a bad value is worded as for serve.
+MinLengthOption = Annotated[
+    str | None,
+    typer.Option(
+        "--min-password-length",
+        metavar="<int>",
+        help="characters a password needs at least (as serve; default 12)",
+    ),
+]
 
 
-def _read_password(from_stdin: bool) -> str:
+class UserModel(BaseModel):
+    """One account as `users list --json` prints it (never its password hash)."""
+
+    name: str
+    admin: bool
+    disabled: bool
+    created: datetime
+
+
+def _read_password(from_stdin: bool, min_length: int) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     if not password:
         raise fail("the password must not be empty", 2)
+    if len(password) < min_length:
+        raise fail(
+            f"the password has {len(password)} characters; it needs at least {min_length} "
+            "(min_password_length: --min-password-length, KMSGATE_MIN_PASSWORD_LENGTH or the "
+            "config file)",
+            2,
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise fail(f"the password has more than {MAX_PASSWORD_LENGTH} characters", 2)
     return password
 
 
@@ -54,7 +83,7 @@ def _for_existing_user(
 ) -> None:
     """Run `action` on the store; an unknown user name exits with a clear message."""
     try:
-        with_store(settings, action)
+        with_store(settings, action, must_exist=True)
     except UserNotFound:
         raise fail(f"no user {name!r}") from None
 
@@ -68,14 +97,18 @@ def register(app: typer.Typer) -> None:
         name: NameArgument,
         admin: Annotated[bool, typer.Option("--admin", help="may use the dashboard")] = False,
         password_stdin: StdinOption = False,
+        min_password_length: MinLengthOption = None,
         config: ConfigOption = None,
         db: DbOption = None,
         data_dir: DataDirOption = None,
     ) -> None:
-        """Create a user with an argon2-hashed password."""
+        """Create a user with an argon2-hashed password (creates the database if need be)."""
         name = _valid_name(name)
-        settings = resolve_settings(config, db, data_dir)
-        hashed = hash_password(_read_password(password_stdin))
+        settings = resolve_settings(config, db, data_dir, min_password_length=min_password_length)
+        require_db_folder(settings)
+        hashed = hash_password(_read_password(password_stdin, settings.min_password_length))
+        path = settings.db_path
+        created = path is not None and not path.exists()
 
         async def action(store: Store) -> None:
             await store.add_user(name, hashed, is_admin=admin)
@@ -84,19 +117,22 @@ def register(app: typer.Typer) -> None:
             with_store(settings, action)
         except UserExists:
             raise fail(f"user {name!r} already exists") from None
+        if created:
+            typer.echo(f"created the database {path}", err=True)
         typer.echo(f"added {'admin ' if admin else ''}user {name}")
 
     @group.command("passwd")
     def passwd(
         name: NameArgument,
         password_stdin: StdinOption = False,
+        min_password_length: MinLengthOption = None,
         config: ConfigOption = None,
         db: DbOption = None,
         data_dir: DataDirOption = None,
     ) -> None:
         """Set a user's password."""
-        settings = resolve_settings(config, db, data_dir)
-        hashed = hash_password(_read_password(password_stdin))
+        settings = resolve_settings(config, db, data_dir, min_password_length=min_password_length)
+        hashed = hash_password(_read_password(password_stdin, settings.min_password_length))
 
         async def action(store: Store) -> None:
             await store.set_password(name, hashed)
@@ -129,15 +165,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List users (never their password hashes)."""
         settings = resolve_settings(config, db, data_dir)
-        users = with_store(settings, lambda store: store.list_users())
+        users = with_store(settings, lambda store: store.list_users(), must_exist=True)
         if json_output:
-            print_json(
-                [
-                    {"name": u.name, "admin": u.is_admin, "disabled": u.disabled,
-                     "created": u.created}
-                    for u in users
-                ]
-            )  # fmt: skip
+            models = [
+                UserModel(
+                    name=u.name,
+                    admin=u.is_admin,
+                    disabled=u.disabled,
+                    # SQLite hands back naive datetimes; the store writes UTC.
+                    created=u.created if u.created.tzinfo else u.created.replace(tzinfo=UTC),
+                )
+                for u in users
+            ]
+            typer.echo(TypeAdapter(list[UserModel]).dump_json(models, indent=2).decode())
             return
         table = Table("user", "admin", "disabled", "created")
         for user in users:

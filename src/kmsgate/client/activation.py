@@ -53,6 +53,7 @@ __all__ = [
     "NoHostReachableError",
     "RequestTemplate",
     "ResponseVerificationError",
+    "WrongProtocolError",
     "activate_first_reachable",
     "describe_error",
     "format_endpoint",
@@ -91,6 +92,31 @@ class KmsTimeoutError(KmsConnectionError):
 
 class ConnectionClosedError(KmsConnectionError):
     """The host closed the connection before answering."""
+
+
+class WrongProtocolError(KmsConnectionError):
+    """The port answered in another protocol (HTTP, TLS, SSH): it is not a KMS host."""
+
+    def __init__(self, where: str, protocol: str) -> None:
+        hint = _WRONG_PROTOCOL_HINTS.get(protocol, "")
+        super().__init__(f"{where}: that port speaks {protocol}, not KMS{hint}")
+        self.protocol = protocol
+
+
+# First bytes of other protocols' replies to our bind; a KMS host answers with RPC version 5.
+_FOREIGN_REPLIES = ((b"HTTP/", "HTTP"), (b"SSH-", "SSH"), (b"\x15\x03", "TLS"))
+_WRONG_PROTOCOL_HINTS = {
+    "HTTP": " (a web server, such as the kmsgate dashboard? KMS hosts listen on port 1688)",
+    "TLS": " (a TLS service; KMS is plain RPC over TCP, usually on port 1688)",
+}
+
+
+def foreign_protocol(first_bytes: bytes) -> str | None:
+    """The protocol a reply's first bytes belong to when it is not DCE-RPC, else None."""
+    for prefix, name in _FOREIGN_REPLIES:
+        if first_bytes.startswith(prefix):
+            return name
+    return None
 
 
 class NoHostReachableError(KmsConnectionError):
@@ -264,6 +290,7 @@ class ClientConnection:
         self._pending_connect_latency: float | None = None
         # Warnings already handed out; the first result also carries the bind's warnings.
         self._warnings_reported = 0
+        self._answered = False
 
     @classmethod
     async def open(
@@ -336,6 +363,12 @@ class ClientConnection:
                             f"{format_endpoint(self.host, self.port)} closed the connection "
                             f"without answering the {what}"
                         )
+                    if not self._answered:
+                        self._answered = True
+                        protocol = foreign_protocol(data)
+                        if protocol is not None:
+                            where = format_endpoint(self.host, self.port)
+                            raise WrongProtocolError(where, protocol)
                     session.receive_data(data)
         except TimeoutError:
             raise KmsTimeoutError(

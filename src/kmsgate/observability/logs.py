@@ -334,6 +334,27 @@ class MininfoFilter(logging.Filter):
 
 # --- setup -------------------------------------------------------------------------------
 
+_QUIET_LIBRARIES: Final = ("alembic", "uvicorn")
+# uvicorn logs its server's own messages (bind failures included) as "uvicorn.error".
+_LIBRARY_LOGGER_NAMES: Final = {"uvicorn.error": "kmsgate.web", "uvicorn": "kmsgate.web"}
+
+
+class _RenameLibraryLoggers(logging.Filter):
+    """Shows uvicorn's server messages as kmsgate.web: they are about our web listener."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        renamed = _LIBRARY_LOGGER_NAMES.get(record.name)
+        if renamed is not None:
+            record.name = renamed
+        return True
+
+
+class _OwnLinesBelowWarning(logging.Filter):
+    """Below WARNING, only kmsgate's own records pass (other libraries' INFO is routine)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith("kmsgate")
+
 
 def _level_number(level: str) -> int:
     number = logging.getLevelNamesMapping().get(level.upper())
@@ -377,7 +398,15 @@ def setup_logging(
         number = min(number, logging.INFO)
     else:
         handler.setFormatter(_text_formatter())
+    handler.addFilter(_RenameLibraryLoggers())
     handler.set_name(_HANDLER_NAME)
+    # Alembic's plugin and context lines and uvicorn's banners are routine, not the admin's
+    # business at INFO: only their warnings and errors show, unless the level is debug.
+    verbose = _level_number(level) <= logging.DEBUG
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    if not verbose:
+        handler.addFilter(_OwnLinesBelowWarning())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -345,8 +345,8 @@ class KmsHost:
                 await self.stop()
                 raise
             self._servers.append(server)
-        for address in self.addresses:
-            log.info("listening on %s", address)
+        for host, port in self.addresses:
+            log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if upstream is not None:
             log.info("relaying every connection to %s", self.settings.upstream)
             return
@@ -361,15 +361,20 @@ class KmsHost:
             "on" if self.settings.ndr64 else "off",
             "on" if self.settings.btfn else "off",
         )
-        for held in identity.keys:
-            log.info(
-                "host key %s (%s, group %d): ePID %s",
+        # The Windows key at info; the Office keys only at debug (`kmsgate identity show`).
+        for index, held in enumerate(identity.keys):
+            log.log(
+                logging.INFO if index == 0 else logging.DEBUG,
+                "host key %s (%s, group %d): ePID %s%s",
                 held.name,
                 held.csvlk.name,
                 held.csvlk.group_id,
                 "new for every answer"
                 if identity.per_request and held.source != "configured"
                 else held.epid,
+                f"; {len(identity.keys) - 1} Office host keys (`kmsgate identity show`)"
+                if index == 0 and len(identity.keys) > 1
+                else "",
             )
 
     def _warn_about_the_count(self) -> None:

@@ -62,14 +62,6 @@ def load_catalog(settings: ServeSettings) -> Catalog:
     return Catalog.from_file(settings.catalog)
 
 
-def check_startable(settings: ServeSettings) -> None:
-    """Fail before anything starts when the catalogue or the host identity cannot be built."""
-    from kmsgate.server.identity import choose_host_build
-
-    catalog = load_catalog(settings)
-    choose_host_build(catalog, settings.host_build, settings.ndr64)
-
-
 class Service:
     """Starts and stops the parts of a node in the right order."""
 
@@ -103,7 +95,8 @@ class Service:
             from kmsgate.store.database import Store
 
             self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
-            log.info("store %s", self.store.url)
+            path = settings.db_path
+            log.info("store %s", f"{path} (SQLite)" if path is not None else self.store.url)
             if ids is not None:
                 # The writer process makes itself the service user before it opens these.
                 hand_over(settings.data_dir, *ids)
@@ -245,7 +238,8 @@ class Service:
             key=str(settings.web_key) if settings.web_key else None,
         )
         scheme = "https" if settings.web_cert else "http"
-        log.info("web dashboard on %s://%s:%d/", scheme, host, self.web_port)
+        shown = f"[{host}]" if ":" in host else host
+        log.info("web dashboard on %s://%s:%d/", scheme, shown, self.web_port)
         if not await self.store.has_admin():
             log.warning(
                 "no administrator account yet: create one with `kmsgate users add NAME --admin` "
