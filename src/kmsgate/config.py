@@ -84,8 +84,21 @@ class ServeSettings(BaseSettings):
     ndr64: bool = Field(True, description="accept the NDR64 transfer syntax")
     btfn: bool = Field(True, description="acknowledge bind-time feature negotiation")
     max_connections: int = Field(10000, ge=1, description="open connections at most")
+    max_connections_per_source: int = Field(
+        64, ge=0, description="open connections from one client address at most (0: no limit)"
+    )
+    connection_lifetime: float = Field(
+        300.0,
+        ge=0,
+        description="seconds a connection may stay open, however busy (0: no limit)",
+    )
+    max_requests_per_connection: int = Field(
+        1000,
+        ge=0,
+        description="KMS requests answered on one connection before closing it (0: no limit)",
+    )
     idle_timeout: float = Field(
-        30.0, gt=0, description="seconds a connection may stay without a complete PDU"
+        30.0, gt=0, description="seconds a connection may stay without a KMS request"
     )
     max_clock_skew: int | None = Field(
         None, ge=60, description="refuse requests whose clock differs more (seconds; off)"
@@ -111,7 +124,9 @@ class ServeSettings(BaseSettings):
     db_upgrade: bool = Field(True, description="apply database migrations on start")
     no_store: bool = Field(False, description="record nothing (no database; implies --no-web)")
     store_queue: int = Field(
-        10000, ge=1, description="records waiting for the database at most before dropping"
+        10000,
+        ge=1,
+        description="records waiting for the database at most; beyond, answers wait for room",
     )
     store_flush_interval: float = Field(
         0.2,

@@ -87,7 +87,13 @@ async def test_five_hundred_idle_connections_do_not_block_an_activation() -> Non
     if soft < 1200:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
     async with KmsHost(settings(idle_timeout=60.0)) as host:
-        idle = [await asyncio.open_connection("127.0.0.1", host.port) for _ in range(500)]
+        # From ten loopback addresses: the default per-source cap (64) would refuse the rest.
+        idle = [
+            await asyncio.open_connection(
+                "127.0.0.1", host.port, local_addr=(f"127.0.1.{index % 10 + 1}", 0)
+            )
+            for index in range(500)
+        ]
         await asyncio.sleep(0.1)
         assert host.stats.connections_open == 500
         assert (await activate_once(host.port)).ok

@@ -179,9 +179,7 @@ class RelayConnection(asyncio.Protocol):
             self._host.gateway.forget(self.peer)
         self._handle(self._observer.client_closed())
         self._shutdown()
-        self._host.metrics.connection_closed()
-        self._host.connections.discard(self)
-        self._host.stats.connections_open = len(self._host.connections)
+        self._host.release(self)
 
     def pause_writing(self) -> None:
         # The client reads slower than the host answers: stop reading the host.
