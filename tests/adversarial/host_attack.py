@@ -336,7 +336,10 @@ async def pipelined_connection(
 ) -> None:
     """Send requests `batch` at a time without waiting, read every answer; stops quietly
     when the host goes away. Answers are noted by the CMID of the request they answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    except OSError:
+        return  # the host is gone, or refused us
     pdus = PduReader()
     asked: dict[int, uuid.UUID] = {}
     call_id = 2
@@ -363,7 +366,7 @@ async def pipelined_connection(
                     continue
                 cmid = asked.pop(answer.call_id)
                 (received.served if answer.served else received.refused).add(cmid)
-    except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
         return
     finally:
         writer.close()
