@@ -75,6 +75,7 @@ async def test_drafts_land_with_every_field(db_url: str) -> None:
         async with WriterProcess(db_url, node="node-p", flush_interval=0.05) as writer:
             assert writer.pid is not None and writer.pid != os.getpid()
             assert all(writer.submit(draft) for draft in made)
+            assert writer.hand_over()  # in the pipe already
             await wait_for(lambda: writer.written == 40)
         assert (writer.depth, writer.dropped, writer.written) == (0, 0, 40)
         stored = (await store.list_activations(limit=100)).items
@@ -132,6 +133,7 @@ async def test_a_killed_child_is_restarted_and_its_unconfirmed_records_counted(
     first = writer.pid
     for draft in drafts(7):
         writer.submit(draft)
+    assert writer.hand_over()
     # The child holds them (the database is down) and its retries come back as failures.
     await wait_for(lambda: writer.failures >= 1 and writer._in_flight == 7)
     assert writer.depth == 7 and writer.written == 0
@@ -142,6 +144,7 @@ async def test_a_killed_child_is_restarted_and_its_unconfirmed_records_counted(
     assert (writer.dropped, writer.depth) == (7, 0)
     assert any("7 records unconfirmed" in r.getMessage() for r in caplog.records)
     writer.submit(drafts(1)[0])
+    assert writer.hand_over()
     await wait_for(lambda: writer._in_flight == 1)
     writer._close_timeout = 0.2
     await writer.close()
@@ -175,6 +178,7 @@ async def test_the_child_outlives_sigterm_and_sigint_until_its_input_ends(tmp_pa
         await asyncio.sleep(0.2)
         for draft in drafts(3):
             writer.submit(draft)
+        assert writer.hand_over()
         await wait_for(lambda: writer.written == 3)
         assert writer.restarts == 0
 
@@ -205,6 +209,7 @@ def test_records_survive_sigkill_of_the_serving_process(tmp_path: Path) -> None:
             await writer.start()
             for draft in drafts(50):
                 writer.submit(draft)
+            writer.hand_over()
             while writer._in_flight < 50:
                 await asyncio.sleep(0.01)
             print(writer.pid, flush=True)
@@ -240,6 +245,7 @@ async def test_an_unsendable_or_malformed_draft_is_dropped_alone(
     async with WriterProcess(url, node="n", flush_interval=0.05) as writer:
         for draft in (good[0], unsendable, good[1], wrong_shape, wrong_type, good[3]):
             assert writer.submit(draft)
+        assert writer.hand_over()
         await wait_for(lambda: writer.written == 3 and writer.dropped == 3)
     messages = [r.getMessage() for r in caplog.records]
     assert any("cannot be sent" in m for m in messages)

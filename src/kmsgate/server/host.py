@@ -85,6 +85,11 @@ def _peer_text(transport: asyncio.BaseTransport) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _source_of(address: str) -> str:
+    """The canonical form of a peer address; IPv4 text from the kernel already is one."""
+    return address if ":" not in address else canonical_address(address)
+
+
 class KmsConnection(asyncio.Protocol):
     """One client connection: feeds bytes to a ServerSession and acts on its events."""
 
@@ -336,7 +341,7 @@ class KmsHost:
             log.warning("%s refused: %d connections open", peer_text, len(self.connections))
             transport.abort()
             return False
-        if not self._admit_source(connection, canonical_address(str(peer[0])), peer_text):
+        if not self._admit_source(connection, _source_of(str(peer[0])), peer_text):
             transport.abort()
             return False
         self.connections.add(connection)
@@ -441,8 +446,22 @@ class KmsHost:
 
     def record(self, peer: str, event: Event) -> None:
         """Count, log and pass on one session event."""
+        stats = self.stats
         try:
-            self._count_and_log(peer, event)
+            if isinstance(event, ActivationServed):
+                stats.activations += 1
+                version = event.request.major_version
+                stats.by_version[version] = stats.by_version.get(version, 0) + 1
+                log_activation(peer, event, self.catalog, self.settings.node_name)
+            elif isinstance(event, ActivationRefused):
+                stats.refusals += 1
+                log_activation(peer, event, self.catalog, self.settings.node_name)
+            elif isinstance(event, FaultSent):
+                stats.faults += 1
+                log.info("%s fault 0x%08X: %s", peer, event.status, event.reason)
+            elif isinstance(event, ConnectionClosed):
+                stats.protocol_closes += 1
+                log.info("%s closed: %s", peer, event.reason)
         # Whatever the request's field values, the event must still reach the recorder.
         except Exception:
             log.exception("%s: logging %s failed", peer, type(event).__name__)
@@ -453,23 +472,6 @@ class KmsHost:
             # them, from seeing an event whose answer is already built.
             except Exception:
                 log.exception("%s: event hook %r failed on %s", peer, hook, type(event).__name__)
-
-    def _count_and_log(self, peer: str, event: Event) -> None:
-        stats = self.stats
-        if isinstance(event, ActivationServed):
-            stats.activations += 1
-            version = event.request.major_version
-            stats.by_version[version] = stats.by_version.get(version, 0) + 1
-            log_activation(peer, event, self.catalog, self.settings.node_name)
-        elif isinstance(event, ActivationRefused):
-            stats.refusals += 1
-            log_activation(peer, event, self.catalog, self.settings.node_name)
-        elif isinstance(event, FaultSent):
-            stats.faults += 1
-            log.info("%s fault 0x%08X: %s", peer, event.status, event.reason)
-        elif isinstance(event, ConnectionClosed):
-            stats.protocol_closes += 1
-            log.info("%s closed: %s", peer, event.reason)
 
     async def start(self) -> None:
         """Open every listener; the default IPv6 one is skipped where IPv6 is unavailable."""

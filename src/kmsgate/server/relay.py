@@ -281,6 +281,9 @@ class RelayConnection(asyncio.Protocol):
                 elapsed = time.perf_counter() - self._asked_at.popleft()
                 self._host.metrics.observe_request(elapsed)
             self._host.record(self.peer, event)
+        gate = self._host.record_gate
+        if gate is not None:  # relayed answers are not held: the records follow them
+            gate.hand_over()
         # Like the host, only complete PDUs count as activity (or any bytes the observer
         # could no longer frame), so a client dribbling bytes still times out.
         if self._observer.progress != self._progress:

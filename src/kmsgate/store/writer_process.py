@@ -30,8 +30,6 @@ from kmsgate.store.errors import StoreError
 from kmsgate.store.frames import FrameError, encode_frame, read_frame
 
 log = logging.getLogger("kmsgate.store")
-# Drafts submitted without a hand_over() (the relay's) still leave within this delay.
-SEND_DELAY = 0.01
 START_TIMEOUT = 30.0
 MAX_RESTART_DELAY = 30.0
 # The pipe is the kernel-held part of the queue: 1 MiB holds about 7 000 drafts (the
@@ -88,7 +86,6 @@ class WriterProcess:
         self._fd: int | None = None  # write end of the current child's stdin pipe
         self._watching_fd = False
         self._pumping = False
-        self._send_handle: asyncio.TimerHandle | None = None
         # Drafts submitted, and of those the ones in the pipe (or resolved otherwise):
         # a waiter registered at `submitted` = n is released once `handed` >= n.
         self._submitted = 0
@@ -149,15 +146,14 @@ class WriterProcess:
         """Queue a draft for the next hand_over(); False (and dropped + 1) once closed.
 
         Never refused for lack of room: the queue's bound holds at hand-over, where the
-        host keeps the draft's answer until there is room.
+        host keeps the draft's answer until there is room. Call hand_over() after a
+        submit: once it is called, what waits leaves as soon as the pipe and child allow.
         """
         if self._closing:
             self._base_dropped += 1
             return False
         self._pending.append(draft)
         self._submitted += 1
-        if self._send_handle is None:
-            self._send_handle = asyncio.get_running_loop().call_later(SEND_DELAY, self._send)
         return True
 
     def hand_over(self) -> bool:
@@ -176,10 +172,6 @@ class WriterProcess:
             callback()
             return
         self._waiters.append((self._submitted, callback))
-
-    def _send(self) -> None:
-        self._send_handle = None
-        self._pump()
 
     def _pump(self) -> None:
         """Write what waits, frame by frame, as far as the pipe and the child's queue allow."""
@@ -414,9 +406,6 @@ class WriterProcess:
             return
         self._closing = True
         self._closing_event.set()
-        if self._send_handle is not None:
-            self._send_handle.cancel()
-            self._send_handle = None
         watcher = self._watcher
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._close_timeout
