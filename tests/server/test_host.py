@@ -497,6 +497,8 @@ async def test_the_per_source_cap_refuses_one_address_not_the_others() -> None:
             )
             assert await read_until_closed(reader) == b""
         assert host.stats.connections_source_limited == 3
+        rejected = host.metrics.connections.labels("rejected_source_limit")._value.get()
+        assert rejected == 3
         other = await RawClient.connect(host.port, "127.0.0.1")  # another source still gets in
         await other.bind()
         assert (await other.activate()).ok
@@ -510,3 +512,20 @@ async def test_the_per_source_cap_refuses_one_address_not_the_others() -> None:
         assert (await asyncio.to_thread(again.ask, Fields(version=5).message())).served
         again.close()
         held[1][1].close()
+
+
+async def test_a_failing_hook_does_not_keep_the_event_from_the_next_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+
+    def broken(peer: str, event: object) -> None:
+        raise ValueError("year 60056 is out of range")
+
+    async with KmsHost(settings()) as host:
+        host.event_hooks[:0] = [broken]
+        host.event_hooks.append(lambda peer, event: seen.append(type(event).__name__))
+        assert (await activate_once(host.port)).ok
+        assert (await activate_once(host.port)).ok  # the host goes on serving
+    assert seen.count("ActivationServed") == 2 and host.stats.activations == 2
+    assert any("event hook" in r.getMessage() and r.exc_info for r in caplog.records)
