@@ -49,6 +49,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex((HOST, port)) == 0
+
+
 def build_requests(
     count: int, protocol: int, clients: int = 0
 ) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
@@ -201,6 +208,10 @@ def main() -> None:
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     quota_group = CPU_CGROUP / f"kmsgate-bench-{os.getpid()}"
     try:
+        # Started and settled: on a busy machine the node may need more than a moment to listen.
+        deadline = time.monotonic() + 60
+        while not listening(port) and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.1)
         time.sleep(2.5)
         rss = Path(f"/proc/{server.pid}/status").read_text().split("VmRSS:")[1].split()[0]
         ticks = os.sysconf("SC_CLK_TCK")

@@ -317,10 +317,28 @@ class ServeSettings(BaseSettings):
     max_connections: int = Field(
         10000, ge=1, description="open connections at most", json_schema_extra=PANEL_LIMITS
     )
+    max_connections_per_source: int = Field(
+        64,
+        ge=0,
+        description="open connections from one client address at most (0: no limit)",
+        json_schema_extra=PANEL_LIMITS,
+    )
+    connection_lifetime: float = Field(
+        300.0,
+        ge=0,
+        description="seconds a connection may stay open, however busy (0: no limit)",
+        json_schema_extra=PANEL_LIMITS,
+    )
+    max_requests_per_connection: int = Field(
+        1000,
+        ge=0,
+        description="KMS requests answered on one connection before closing it (0: no limit)",
+        json_schema_extra=PANEL_LIMITS,
+    )
     idle_timeout: float = Field(
         30.0,
         gt=0,
-        description="seconds a connection may stay without a complete PDU",
+        description="seconds a connection may stay without a KMS request",
         json_schema_extra=PANEL_LIMITS,
     )
     max_clock_skew: int = Field(
@@ -367,7 +385,7 @@ class ServeSettings(BaseSettings):
     store_queue: int = Field(
         10000,
         ge=1,
-        description="records waiting for the database at most before dropping",
+        description="records waiting for the database at most; beyond, answers wait for room",
         json_schema_extra=PANEL_STORE,
     )
     store_flush_interval: float = Field(

@@ -121,7 +121,8 @@ def test_help_at_80_columns_shows_every_flag_whole(command: list[str], tmp_path:
     titles = [m[1] for m in re.finditer(r"╭─ (.+?) ─", text)]
     assert titles == ["Options", *PANELS.values()]
     # The issue counted 217 lines; the grouped help must be clearly shorter.
-    assert len(lines) < 160
+    # 217 lines in the issue; panels keep it well below that as settings are added.
+    assert len(lines) < 190
 
 
 def test_the_man_page_is_current_and_lists_every_option() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ from kmsgate.observability.logs import (
     activation_fields,
     activation_line,
     activation_log,
+    client_time_text,
     license_status_name,
     log_activation,
     mask_secrets,
@@ -84,6 +86,52 @@ def test_client_chosen_names_cannot_forge_log_lines(catalog: Catalog) -> None:
     line = activation_line("10.1.2.3:1", event, catalog)
     assert len(line.splitlines()) == 1
     assert "evil?2024-01-01 fake 'line'?x" in line
+
+
+@given(
+    request_time=st.integers(0, 2**64 - 1),
+    license_status=st.integers(0, 2**32 - 1),
+    name=st.text(max_size=63),
+)
+def test_every_field_value_makes_one_line_and_fields(
+    request_time: int, license_status: int, name: str
+) -> None:
+    """Issue 11 H1: request_time 2^64-1 (the year 60056) raised after the answer was sent."""
+    request = dataclasses.replace(
+        make_request(name=name, license_status=license_status), request_time=request_time
+    )
+    for event in (served(request), refused(request)):
+        line = activation_line("10.1.2.3:1", event, default_catalog())
+        assert len(line.splitlines()) == 1
+        fields = activation_fields("10.1.2.3:1", event, default_catalog())
+        assert fields["license_status"] == license_status_name(license_status)
+        json.loads(JsonFormatter().format(_record_with(fields, line)))
+
+
+def _record_with(fields: object, line: str) -> logging.LogRecord:
+    record = logging.LogRecord("kmsgate.activation", logging.INFO, "", 0, line, None, None)
+    record.kms = fields
+    return record
+
+
+@pytest.mark.parametrize(
+    ("filetime", "text"),
+    [
+        (0, "1601-01-01T00:00:00Z"),
+        (116444736000000000, "1970-01-01T00:00:00Z"),
+        (2650467743990000000, "9999-12-31T23:59:59Z"),
+        (2650467744000000000, "filetime:2650467744000000000"),
+        (2**64 - 1, "filetime:18446744073709551615"),
+    ],
+)
+def test_client_time_shows_what_no_date_holds_as_a_tick_count(filetime: int, text: str) -> None:
+    assert client_time_text(filetime) == text
+    line = activation_line(
+        "10.1.2.3:1",
+        served(dataclasses.replace(make_request(), request_time=filetime)),
+        default_catalog(),
+    )
+    assert line.endswith(f"client-time={text}")
 
 
 @pytest.mark.parametrize(

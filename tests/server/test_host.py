@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import resource
+import signal
+import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +18,25 @@ from kmsgate.config import ServeSettings
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.server.host import KmsHost, ipv6_available
+from kmsgate.server.host import (
+    _PAUSED_FOR_WRITING,
+    WRITE_BUFFER_HIGH,
+    KmsConnection,
+    KmsHost,
+    ipv6_available,
+)
+from kmsgate.server.service import Service
+from kmsgate.store.writer import RecordWriter
+from kmsgate.store.writer_process import WriterProcess
+from tests.adversarial.host_attack import (
+    Answer,
+    BlockingKmsConnection,
+    Fields,
+    PduReader,
+    answer_of,
+    bind_pdu,
+    request_pdu,
+)
 from tests.server.util import RawClient, activate_once, make_request, read_until_closed
 
 
@@ -87,7 +109,13 @@ async def test_five_hundred_idle_connections_do_not_block_an_activation() -> Non
     if soft < 1200:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
     async with KmsHost(settings(idle_timeout=60.0)) as host:
-        idle = [await asyncio.open_connection("127.0.0.1", host.port) for _ in range(500)]
+        # From ten loopback addresses: the default per-source cap (64) would refuse the rest.
+        idle = [
+            await asyncio.open_connection(
+                "127.0.0.1", host.port, local_addr=(f"127.0.1.{index % 10 + 1}", 0)
+            )
+            for index in range(500)
+        ]
         await asyncio.sleep(0.1)
         assert host.stats.connections_open == 500
         assert (await activate_once(host.port)).ok
@@ -271,3 +299,233 @@ async def test_unknown_products_are_activated_and_logged_as_unknown(
     assert result.response.current_client_count == 10
     lines = [r.getMessage() for r in caplog.records if r.name == "kmsgate.activation"]
     assert len(lines) == 1 and f'"unknown ({sku})"' in lines[0] and "activated" in lines[0]
+
+
+# --- backpressure, records before answers, per-connection limits (issue 11 H2-H4, S3) ------
+
+
+def _flood(count: int) -> bytes:
+    """A bind and `count` pipelined v4 requests (distinct machines)."""
+    return bind_pdu() + b"".join(
+        request_pdu(call_id, Fields(version=4).message()) for call_id in range(3, count + 3)
+    )
+
+
+async def _read_answers(reader: asyncio.StreamReader, count: int) -> list[Answer]:
+    pdus, answers = PduReader(), []
+    async with asyncio.timeout(30):
+        while len(answers) < count:
+            data = await reader.read(1 << 16)
+            if not data:
+                break
+            answers += [a for pdu in pdus.feed(data) if (a := answer_of(pdu)) is not None]
+    return answers
+
+
+async def test_a_client_that_does_not_read_its_answers_stops_being_read() -> None:
+    total = 60_000  # 17 MB of requests, 14 MB of answers: more than the kernel buffers hold
+    async with KmsHost(settings(max_requests_per_connection=0)) as host:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", host.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(_flood(total))
+        async with asyncio.timeout(30):
+            while not host.connections:
+                await asyncio.sleep(0.01)
+            [conn] = host.connections
+            assert isinstance(conn, KmsConnection)
+            while not conn._paused_for & _PAUSED_FOR_WRITING:
+                await asyncio.sleep(0.01)
+        served = host.stats.activations
+        await asyncio.sleep(0.5)  # would it read on? it must not
+        assert host.stats.activations == served < total
+        transport = conn._transport
+        assert transport is not None
+        # At most one read (256 KiB of requests) past the high-water mark, not megabytes.
+        assert transport.get_write_buffer_size() <= WRITE_BUFFER_HIGH + 300 * 1024
+        answers = await _read_answers(reader, total)  # reading resumes: everything comes
+        assert len(answers) == total and all(a.served for a in answers)
+        assert host.stats.activations == total
+        writer.close()
+
+
+@pytest.mark.parametrize("writer_kind", ["process", "inline"])
+async def test_answers_wait_until_their_records_are_handed_over(
+    tmp_path: Path, writer_kind: str
+) -> None:
+    """A store that takes nothing more holds the answers; they leave once it takes them."""
+    config = ServeSettings.model_validate(
+        {
+            "listen": ["127.0.0.1:0"],
+            "db": f"sqlite:///{tmp_path / 'kms.db'}",
+            "data_dir": tmp_path,
+            "no_web": True,
+            "store_queue": 4,
+            "store_flush_interval": 0.01,
+            "store_writer": writer_kind,
+        }
+    )
+    async with Service(config) as service:
+        assert service.host is not None and service.writer is not None
+        writer = service.writer
+        stuck = _stall(writer)
+        connection = await asyncio.to_thread(BlockingKmsConnection, service.host.port)
+        try:
+            await asyncio.to_thread(connection.bind)
+            first = [
+                await asyncio.to_thread(connection.ask, Fields(version=4).message())
+                for _ in range(4)
+            ]
+            assert all(a.served for a in first)  # the queue had room for these
+            fifth = asyncio.ensure_future(
+                asyncio.to_thread(connection.ask, Fields(version=6).message())
+            )
+            await asyncio.sleep(0.5)
+            assert not fifth.done()  # its record has no room: its answer waits with it
+            assert service.host.stats.activations == 5 and writer.dropped == 0
+            stuck.release()
+            assert (await asyncio.wait_for(fifth, 15)).served
+        finally:
+            connection.close()
+        async with asyncio.timeout(15):
+            while writer.written < 5:
+                await asyncio.sleep(0.02)
+        assert (writer.written, writer.dropped) == (5, 0)
+
+
+class _Stall:
+    """Keeps a record writer from writing: a stopped child process, or an inline writer
+    not started yet. release() lets it go."""
+
+    def __init__(self, writer: object) -> None:
+        self._writer = writer
+        if isinstance(writer, WriterProcess):
+            os.kill(writer.pid or 0, signal.SIGSTOP)
+        else:
+            assert isinstance(writer, RecordWriter)
+            self._task = writer._task
+            writer._task = None  # start() again later; the running one is parked below
+            assert self._task is not None
+            self._task.cancel()
+
+    def release(self) -> None:
+        writer = self._writer
+        if isinstance(writer, WriterProcess):
+            os.kill(writer.pid or 0, signal.SIGCONT)
+        else:
+            assert isinstance(writer, RecordWriter)
+            asyncio.get_running_loop().create_task(writer.start())
+
+
+def _stall(writer: object) -> _Stall:
+    return _Stall(writer)
+
+
+async def test_binds_alone_do_not_keep_a_connection_open() -> None:
+    async with KmsHost(settings(idle_timeout=0.5)) as host:
+        client = await RawClient.connect(host.port)
+        closed = False
+        async with asyncio.timeout(10):
+            while not closed:
+                try:
+                    await client.bind()  # a valid bind (and alter_context) every 0.1 s
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    closed = True
+                    break
+                client.session = type(client.session)()
+                await asyncio.sleep(0.1)
+        assert host.stats.idle_closes == 1
+
+
+async def test_requests_keep_a_connection_open_past_the_idle_timeout() -> None:
+    async with KmsHost(settings(idle_timeout=0.4)) as host:
+        client = await _bound_client(host.port)
+        for _ in range(8):  # 1.6 s in all, four idle timeouts
+            assert (await client.activate()).ok
+            await asyncio.sleep(0.2)
+        await client.close()
+        assert host.stats.idle_closes == 0
+
+
+async def test_the_lifetime_closes_a_busy_connection() -> None:
+    async with KmsHost(settings(connection_lifetime=0.5, idle_timeout=30)) as host:
+        client = await _bound_client(host.port)
+        answered = 0
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    assert (await client.activate()).ok
+                except ConnectionError:
+                    break
+                answered += 1
+                await asyncio.sleep(0.05)
+        assert answered >= 1
+        assert (host.stats.lifetime_closes, host.stats.idle_closes) == (1, 0)
+        assert host.stats.activations == answered
+
+
+async def test_the_request_cap_closes_after_the_last_answer() -> None:
+    async with KmsHost(settings(max_requests_per_connection=3)) as host:
+        client = await _bound_client(host.port)
+        for _ in range(3):
+            assert (await client.activate()).ok
+        with pytest.raises(ConnectionError):
+            await client.activate()
+        assert host.stats.request_limit_closes == 1
+        # Pipelined past the cap: what was read with the last allowed request is still
+        # answered (and counted), then the connection ends.
+        reader, writer = await asyncio.open_connection("127.0.0.1", host.port)
+        writer.write(_flood(10))
+        answers = await _read_answers(reader, 10)
+        assert await reader.read() == b""
+        assert len(answers) >= 3 and all(a.served for a in answers)
+        assert host.stats.activations == 3 + len(answers)
+        writer.close()
+
+
+async def test_the_per_source_cap_refuses_one_address_not_the_others() -> None:
+    async with KmsHost(settings(max_connections_per_source=2)) as host:
+        held = [
+            await asyncio.open_connection("127.0.0.1", host.port, local_addr=("127.0.0.2", 0))
+            for _ in range(2)
+        ]
+        for _ in range(3):  # refused each time, with one warning, not three
+            reader, _ = await asyncio.open_connection(
+                "127.0.0.1", host.port, local_addr=("127.0.0.2", 0)
+            )
+            assert await read_until_closed(reader) == b""
+        assert host.stats.connections_source_limited == 3
+        rejected = host.metrics.connections.labels("rejected_source_limit")._value.get()
+        assert rejected == 3
+        other = await RawClient.connect(host.port, "127.0.0.1")  # another source still gets in
+        await other.bind()
+        assert (await other.activate()).ok
+        await other.close()
+        held[0][1].close()
+        async with asyncio.timeout(5):
+            while host.stats.connections_open > 1:
+                await asyncio.sleep(0.02)
+        again = await asyncio.to_thread(BlockingKmsConnection, host.port, source="127.0.0.2")
+        await asyncio.to_thread(again.bind)  # its slot was given back
+        assert (await asyncio.to_thread(again.ask, Fields(version=5).message())).served
+        again.close()
+        held[1][1].close()
+
+
+async def test_a_failing_hook_does_not_keep_the_event_from_the_next_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+
+    def broken(peer: str, event: object) -> None:
+        raise ValueError("year 60056 is out of range")
+
+    async with KmsHost(settings()) as host:
+        host.event_hooks[:0] = [broken]
+        host.event_hooks.append(lambda peer, event: seen.append(type(event).__name__))
+        assert (await activate_once(host.port)).ok
+        assert (await activate_once(host.port)).ok  # the host goes on serving
+    assert seen.count("ActivationServed") == 2 and host.stats.activations == 2
+    assert any("event hook" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -81,9 +81,16 @@ async def test_activation_is_recorded_and_counted(tmp_path: Path, writer: str) -
             ("activated", "node-a", 0)
         ]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.web_port}") as web:
-            response = await web.get("/metrics")
-            assert response.status_code == 200
-            text = response.text
+            # The writer's status (written count) may come a moment after the row is stored.
+            deadline = time.monotonic() + 10
+            while True:
+                response = await web.get("/metrics")
+                assert response.status_code == 200
+                text = response.text
+                written = metric_value(text, "kmsgate_store_written_records_total")
+                if written >= 1 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
     labels = {"family": "windows-server", "protocol": "v6", "result": "activated"}
     assert metric_value(text, "kmsgate_activations_total", **labels) == 1
     assert metric_value(text, "kmsgate_store_written_records_total") >= 1

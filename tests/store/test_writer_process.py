@@ -75,6 +75,7 @@ async def test_drafts_land_with_every_field(db_url: str) -> None:
         async with WriterProcess(db_url, node="node-p", flush_interval=0.05) as writer:
             assert writer.pid is not None and writer.pid != os.getpid()
             assert all(writer.submit(draft) for draft in made)
+            assert writer.hand_over()  # in the pipe already
             await wait_for(lambda: writer.written == 40)
         assert (writer.depth, writer.dropped, writer.written) == (0, 0, 40)
         stored = (await store.list_activations(limit=100)).items
@@ -132,6 +133,7 @@ async def test_a_killed_child_is_restarted_and_its_unconfirmed_records_counted(
     first = writer.pid
     for draft in drafts(7):
         writer.submit(draft)
+    assert writer.hand_over()
     # The child holds them (the database is down) and its retries come back as failures.
     await wait_for(lambda: writer.failures >= 1 and writer._in_flight == 7)
     assert writer.depth == 7 and writer.written == 0
@@ -142,6 +144,7 @@ async def test_a_killed_child_is_restarted_and_its_unconfirmed_records_counted(
     assert (writer.dropped, writer.depth) == (7, 0)
     assert any("7 records unconfirmed" in r.getMessage() for r in caplog.records)
     writer.submit(drafts(1)[0])
+    assert writer.hand_over()
     await wait_for(lambda: writer._in_flight == 1)
     writer._close_timeout = 0.2
     await writer.close()
@@ -151,13 +154,19 @@ async def test_a_killed_child_is_restarted_and_its_unconfirmed_records_counted(
 async def test_the_queue_bound_holds_across_the_pipe() -> None:
     writer = WriterProcess(unreachable_postgres(), node="n", max_queue=5, close_timeout=0.2)
     await writer.start()
-    results = [writer.submit(draft) for draft in drafts(8)]
-    assert results == [True] * 5 + [False] * 3
-    assert (writer.depth, writer.dropped) == (5, 3)
+    released: list[str] = []
+    assert all(writer.submit(draft) for draft in drafts(8))
+    assert not writer.hand_over()  # room for 5 in the child: 3 wait here, and their answers
+    writer.when_handed_over(lambda: released.append("answers"))
     await wait_for(lambda: writer._in_flight == 5)  # sent: the bound still counts them
-    assert not writer.submit(drafts(1)[0])
+    await asyncio.sleep(0.2)
+    assert (writer.depth, writer.dropped, released) == (8, 0, [])
+    assert not writer.hand_over()
     await writer.close()
-    assert (writer.written, writer.dropped, writer.depth) == (0, 9, 0)
+    # Nothing will carry them now: counted as dropped, and whoever waited is let go.
+    assert (writer.written, writer.dropped, writer.depth, released) == (0, 8, 0, ["answers"])
+    assert not writer.submit(drafts(1)[0])
+    assert writer.dropped == 9
 
 
 async def test_the_child_outlives_sigterm_and_sigint_until_its_input_ends(tmp_path: Path) -> None:
@@ -169,6 +178,7 @@ async def test_the_child_outlives_sigterm_and_sigint_until_its_input_ends(tmp_pa
         await asyncio.sleep(0.2)
         for draft in drafts(3):
             writer.submit(draft)
+        assert writer.hand_over()
         await wait_for(lambda: writer.written == 3)
         assert writer.restarts == 0
 
@@ -199,6 +209,7 @@ def test_records_survive_sigkill_of_the_serving_process(tmp_path: Path) -> None:
             await writer.start()
             for draft in drafts(50):
                 writer.submit(draft)
+            writer.hand_over()
             while writer._in_flight < 50:
                 await asyncio.sleep(0.01)
             print(writer.pid, flush=True)
@@ -234,6 +245,7 @@ async def test_an_unsendable_or_malformed_draft_is_dropped_alone(
     async with WriterProcess(url, node="n", flush_interval=0.05) as writer:
         for draft in (good[0], unsendable, good[1], wrong_shape, wrong_type, good[3]):
             assert writer.submit(draft)
+        assert writer.hand_over()
         await wait_for(lambda: writer.written == 3 and writer.dropped == 3)
     messages = [r.getMessage() for r in caplog.records]
     assert any("cannot be sent" in m for m in messages)
@@ -281,22 +293,107 @@ def test_oversized_frames_are_refused_before_reading_them() -> None:
         asyncio.run(read())
 
 
-async def test_a_full_queue_says_so_once_and_again_when_it_drains(
+async def test_a_full_queue_holds_drafts_says_so_once_and_again_when_it_drains(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"sqlite:///{tmp_path / 'kms.db'}"
     await (await Store.open(url)).close()
     made = drafts(9)
+    released: list[int] = []
     async with WriterProcess(url, node="n", max_queue=4, flush_interval=0.05) as writer:
-        assert [writer.submit(draft) for draft in made[:6]] == [True] * 4 + [False] * 2
-        await wait_for(lambda: writer.written == 4)
+        assert all(writer.submit(draft) for draft in made[:6])
+        assert not writer.hand_over()
+        writer.when_handed_over(lambda: released.append(writer.written))
+        await wait_for(lambda: writer.written == 6)
+        assert released and released[0] >= 2  # let go only once the child made room
         assert all(writer.submit(draft) for draft in made[6:])
-        await wait_for(lambda: writer.written == 7)
+        assert writer.hand_over()
+        await wait_for(lambda: writer.written == 9)
+    assert writer.dropped == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
-        "store queue full (4 records): dropping new activation records",
-        "store queue has room again; 2 records were dropped",
+        "store queue full (4 records): answers wait until the store catches up",
+        "store queue has room again; answers no longer wait",
     ]
+    with sqlite3.connect(tmp_path / "kms.db") as db:
+        assert db.execute("SELECT count(DISTINCT cmid) FROM activations").fetchone() == (9,)
+
+
+def test_handed_over_drafts_survive_an_immediate_sigkill(tmp_path: Path) -> None:
+    """hand_over() True means in the kernel's pipe: a SIGKILL right after loses none."""
+    url = f"sqlite:///{tmp_path / 'kms.db'}"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from kmsgate.store import Store
+        from kmsgate.store.writer_process import WriterProcess
+        from tests.store.test_writer_process import drafts
+
+        async def main():
+            await (await Store.open({url!r})).close()
+            writer = WriterProcess({url!r}, node="n", flush_interval=1.0)
+            await writer.start()
+            os.kill(writer.pid, signal.SIGSTOP)  # it reads nothing until we are gone
+            for draft in drafts(300):
+                writer.submit(draft)
+            assert writer.hand_over()
+            print(writer.pid, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """
+    )
+    # Not subprocess.run: the stopped child holds the script's stderr open.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline() or 0)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert child
+    os.kill(child, signal.SIGCONT)
+    deadline = time.monotonic() + 15
+    count = 0
+    while time.monotonic() < deadline:
+        with sqlite3.connect(tmp_path / "kms.db") as db:
+            (count,) = db.execute("SELECT count(*) FROM activations").fetchone()
+        if count == 300:
+            break
+        time.sleep(0.05)
+    assert count == 300
+
+
+async def test_a_frame_the_dead_child_got_only_part_of_goes_whole_to_the_next(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'kms.db'}"
+    await (await Store.open(url)).close()
+    made = drafts(12_000)
+    async with WriterProcess(
+        url, node="n", max_queue=20_000, flush_interval=0.05, restart_delay=0.05
+    ) as writer:
+        assert writer.pipe_size >= 65536
+        first = writer.pid or 0
+        os.kill(first, signal.SIGSTOP)  # a stuck child: the pipe fills up
+        sent = 0
+        while writer.hand_over():
+            for draft in made[sent : sent + 500]:
+                writer.submit(draft)
+            sent += 500
+            assert sent <= len(made), "the pipe never filled"
+        assert writer._out and writer._out_batch  # one frame only partly in the pipe
+        waiting = len(writer._out_batch) + len(writer._pending)
+        released: list[bool] = []
+        writer.when_handed_over(lambda: released.append(True))
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: writer.restarts == 1 and bool(released), timeout=15)
+        lost = writer.dropped  # what the dead child had whole in its pipe, unconfirmed
+        assert lost == sent - waiting
+        await wait_for(lambda: writer.written == waiting, timeout=15)
+    assert (writer.written, writer.dropped) == (waiting, lost)
+    with sqlite3.connect(tmp_path / "kms.db") as db:
+        rows = db.execute("SELECT count(*), count(DISTINCT time) FROM activations")
+        assert rows.fetchone() == (waiting, waiting)  # each once: no half frame, no double
 
 
 async def test_the_child_logs_at_the_level_it_is_given_later(

@@ -93,6 +93,18 @@ def _describe_request(request: KmsRequest, catalog: Catalog) -> str:
     )
 
 
+def client_time_text(filetime: int) -> str:
+    """A client's FILETIME as `2024-05-01T12:00:00Z`; `filetime:N` when no date holds it.
+
+    Clients choose any 64-bit value: 2^64-1 is the year 60056, which datetime refuses.
+    """
+    try:
+        when = datetime.fromtimestamp(unix_from_filetime(filetime), UTC)
+    except (ValueError, OverflowError, OSError):
+        return f"filetime:{filetime}"
+    return f"{when:%Y-%m-%dT%H:%M:%SZ}"
+
+
 def activation_line(
     peer: str, event: ActivationServed | ActivationRefused, catalog: Catalog
 ) -> str:
@@ -101,10 +113,9 @@ def activation_line(
         return f"{peer} - refused {describe(event.hresult)}: {_printable(event.reason)}"
     text = f"{peer} {_describe_request(event.request, catalog)}"
     if isinstance(event, ActivationServed):
-        when = datetime.fromtimestamp(unix_from_filetime(event.request.request_time), UTC)
         return (
             f"{text} activated count={event.response.current_client_count} "
-            f"client-time={when:%Y-%m-%dT%H:%M:%SZ}"
+            f"client-time={client_time_text(event.request.request_time)}"
         )
     return f"{text} refused {describe(event.hresult)}: {_printable(event.reason)}"
 

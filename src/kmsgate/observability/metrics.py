@@ -70,7 +70,12 @@ _CLOSE_PATTERNS: Final = (
     ("truncated", re.compile(r"too short|truncated|bytes given|missing")),
 )
 CLOSE_REASONS: Final = (*(label for label, _ in _CLOSE_PATTERNS), "other")
-CONNECTION_OUTCOMES: Final = ("accepted", "rejected_limit", "denied_source")
+CONNECTION_OUTCOMES: Final = (
+    "accepted",
+    "rejected_limit",
+    "rejected_source_limit",
+    "denied_source",
+)
 
 StoreStats = tuple[int, int, int, int]
 """(queue depth, dropped, written, failures) as the activation store reports them."""
@@ -348,7 +353,8 @@ class Metrics:
         self.connections_open.dec()
 
     def connection_rejected(self, outcome: str) -> None:
-        """A connection was turned away; outcome is "rejected_limit" or "denied_source"."""
+        """A connection was turned away: "rejected_limit", "rejected_source_limit" or
+        "denied_source"."""
         child = self._outcomes.get(outcome)
         if child is None or outcome == "accepted":
             raise ValueError(f"unknown rejection outcome {outcome!r}")

@@ -19,6 +19,7 @@ from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
+from kmsgate.net import canonical_address
 from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.counting import SeenClients
@@ -38,10 +39,18 @@ from kmsgate.server.systemd import inherited_sockets
 
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
+    from kmsgate.server.recording import RecordGate
 
 log = logging.getLogger("kmsgate.server")
 
 EventHook = Callable[[str, Event], None]
+# Reading a connection stops while more than HIGH bytes of answers wait to be sent to it and
+# resumes below LOW: a client that never reads holds one read's worth of answers, not all.
+WRITE_BUFFER_HIGH = 64 * 1024
+WRITE_BUFFER_LOW = 16 * 1024
+# Why a connection's reading is paused (both may hold at once).
+_PAUSED_FOR_WRITING = 1
+_PAUSED_FOR_RECORDS = 2
 
 
 class HostConnection(Protocol):
@@ -63,6 +72,9 @@ class HostStats:
     faults: int = 0
     protocol_closes: int = 0
     idle_closes: int = 0
+    connections_source_limited: int = 0
+    lifetime_closes: int = 0
+    request_limit_closes: int = 0
     by_version: dict[int, int] = field(default_factory=dict)
 
 
@@ -72,6 +84,11 @@ def _peer_text(transport: asyncio.BaseTransport) -> str:
         return "unknown"
     host, port = peer[0], peer[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _source_of(address: str) -> str:
+    """The canonical form of a peer address; IPv4 text from the kernel already is one."""
+    return address if ":" not in address else canonical_address(address)
 
 
 class KmsConnection(asyncio.Protocol):
@@ -85,6 +102,9 @@ class KmsConnection(asyncio.Protocol):
         self._answered = 0
         self._early: bytearray | None = None
         self._admission: asyncio.Task[None] | None = None
+        self._paused_for = 0
+        self._held: bytes | None = None  # answers waiting until their records are handed over
+        self._backlog: bytearray | None = None  # bytes read while answers were held
         self.peer = "unknown"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,6 +115,7 @@ class KmsConnection(asyncio.Protocol):
         host = self._host
         if not host.accept(self, transport, self.peer):
             return
+        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         loop = asyncio.get_running_loop()
         self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle)
         if host.gateway is None:
@@ -130,7 +151,7 @@ class KmsConnection(asyncio.Protocol):
         self._host.stats.idle_closes += 1
         self._host.metrics.connection_idle()
         log.debug(
-            "%s closed after %.0f s without a complete PDU",
+            "%s closed after %.0f s without a KMS request",
             self.peer,
             self._host.settings.idle_timeout,
         )
@@ -147,22 +168,96 @@ class KmsConnection(asyncio.Protocol):
                 if len(self._early) > 65536:
                     transport.close()
             return
+        if self._held is not None:
+            # A read already under way when reading paused: it waits with the answers.
+            if self._backlog is None:
+                self._backlog = bytearray()
+            self._backlog += data
+            return
         started = time.perf_counter()
-        served_before = session.pdus_handled
         events = session.receive_data(data, filetime_from_unix(time.time()))
         out = session.data_to_send()
-        if out:
-            transport.write(out)
-            if session.requests_answered != self._answered:
-                self._answered = session.requests_answered
-                self._host.metrics.observe_request(time.perf_counter() - started)
-        # Only complete PDUs count as activity, so a client dribbling bytes still times out.
-        if session.pdus_handled != served_before and self._idle_timer is not None:
-            self._idle_timer.touch()
+        host = self._host
         for event in events:
-            self._host.record(self.peer, event)
+            host.record(self.peer, event)
+        answered = session.requests_answered
+        if answered != self._answered:
+            self._answered = answered
+            # Only KMS requests count as activity: binds alone, or bytes dribbled without
+            # completing a PDU, keep no connection open past the idle timeout.
+            if self._idle_timer is not None:
+                self._idle_timer.touch()
+            gate = host.record_gate
+            if gate is not None and not gate.hand_over():
+                self._hold(out, gate)
+                host.metrics.observe_request(time.perf_counter() - started)
+                return
+            if out:
+                transport.write(out)
+            host.metrics.observe_request(time.perf_counter() - started)
+        elif out:
+            transport.write(out)
+        self._after_answers(session, transport)
+
+    def _after_answers(self, session: ServerSession, transport: asyncio.Transport) -> None:
+        """Close once the protocol broke or the connection used up its requests."""
         if session.closed:
             transport.close()
+            return
+        limit = self._host.settings.max_requests_per_connection
+        if limit and self._answered >= limit:
+            self._host.stats.request_limit_closes += 1
+            log.debug("%s closed after %d requests", self.peer, self._answered)
+            transport.close()
+
+    # -- backpressure: reading stops while answers cannot leave ------------------------------
+
+    def pause_writing(self) -> None:
+        self._pause_reading(_PAUSED_FOR_WRITING)
+
+    def resume_writing(self) -> None:
+        self._resume_reading(_PAUSED_FOR_WRITING)
+
+    def _pause_reading(self, reason: int) -> None:
+        transport = self._transport
+        if not self._paused_for and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        self._paused_for |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        self._paused_for &= ~reason
+        transport = self._transport
+        if not self._paused_for and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _hold(self, out: bytes, gate: RecordGate) -> None:
+        """Keep these answers until their records are handed over; read nothing meanwhile."""
+        self._held = out
+        self._pause_reading(_PAUSED_FOR_RECORDS)
+        gate.when_handed_over(self._records_handed_over)
+
+    def _records_handed_over(self) -> None:
+        out, self._held = self._held, None
+        transport, session = self._transport, self._session
+        if transport is None or session is None or transport.is_closing():
+            return
+        if out:
+            transport.write(out)
+        self._after_answers(session, transport)
+        if transport.is_closing():
+            return
+        if self._backlog:
+            # Served from the loop, not from inside the record writer's hand-over.
+            asyncio.get_running_loop().call_soon(self._serve_backlog)
+            return
+        self._resume_reading(_PAUSED_FOR_RECORDS)
+
+    def _serve_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        if backlog:
+            self.data_received(bytes(backlog))
+        if self._held is None:
+            self._resume_reading(_PAUSED_FOR_RECORDS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_timer is not None:
@@ -171,10 +266,8 @@ class KmsConnection(asyncio.Protocol):
             self._admission.cancel()
         if self._host.gateway is not None:
             self._host.gateway.forget(self.peer)
-        if self._session is not None:
-            self._host.metrics.connection_closed()
-        self._host.connections.discard(self)
-        self._host.stats.connections_open = len(self._host.connections)
+        self._held = self._backlog = None
+        self._host.release(self)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -231,7 +324,12 @@ class KmsHost:
         self.stats = HostStats()
         self.connections: set[HostConnection] = set()
         self.event_hooks: list[EventHook] = [self.metrics.hook]
+        self.record_gate: RecordGate | None = None
         self.gateway: Gateway | None = None
+        # Per accepted connection: its source (canonical address) and its lifetime timer.
+        self._limits: dict[HostConnection, tuple[str, asyncio.TimerHandle | None]] = {}
+        self._per_source: dict[str, int] = {}
+        self._capped_sources: set[str] = set()
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
 
@@ -252,11 +350,66 @@ class KmsHost:
             log.warning("%s refused: %d connections open", peer_text, len(self.connections))
             transport.abort()
             return False
+        if not self._admit_source(connection, _source_of(str(peer[0])), peer_text):
+            transport.abort()
+            return False
         self.connections.add(connection)
         self.stats.connections_accepted += 1
         self.stats.connections_open = len(self.connections)
         self.metrics.connection_opened()
         return True
+
+    def _admit_source(self, connection: HostConnection, source: str, peer_text: str) -> bool:
+        """The per-source cap, then the connection's lifetime timer (one per connection)."""
+        settings = self.settings
+        open_now = self._per_source.get(source, 0)
+        cap = settings.max_connections_per_source
+        if cap and open_now >= cap:
+            self.stats.connections_source_limited += 1
+            self.metrics.connection_rejected("rejected_source_limit")
+            # One warning each time a source reaches its cap, not one per refused connection.
+            if source in self._capped_sources:
+                log.debug("%s refused: %d connections open from it", peer_text, open_now)
+            else:
+                self._capped_sources.add(source)
+                log.warning(
+                    "%s refused: %d connections open from %s (--max-connections-per-source)",
+                    peer_text,
+                    open_now,
+                    source,
+                )
+            return False
+        self._per_source[source] = open_now + 1
+        lifetime = None
+        if settings.connection_lifetime:
+            loop = asyncio.get_running_loop()
+            lifetime = loop.call_at(
+                loop.time() + settings.connection_lifetime, self._lifetime_over, connection
+            )
+        self._limits[connection] = (source, lifetime)
+        return True
+
+    def _lifetime_over(self, connection: HostConnection) -> None:
+        self.stats.lifetime_closes += 1
+        log.debug("closing a connection open for %g s", self.settings.connection_lifetime)
+        connection.close()
+
+    def release(self, connection: HostConnection) -> None:
+        """Forget a connection accept() took (call once, when it is lost)."""
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        self.stats.connections_open = len(self.connections)
+        self.metrics.connection_closed()
+        source, lifetime = self._limits.pop(connection, ("", None))
+        if lifetime is not None:
+            lifetime.cancel()
+        left = self._per_source.get(source, 1) - 1
+        if left > 0:
+            self._per_source[source] = left
+        else:
+            self._per_source.pop(source, None)
+        self._capped_sources.discard(source)
 
     def apply_policies(self, settings: ServeSettings) -> None:
         """Swap source and product policies in place (SIGHUP); open connections keep going."""
@@ -304,22 +457,31 @@ class KmsHost:
     def record(self, peer: str, event: Event) -> None:
         """Count, log and pass on one session event."""
         stats = self.stats
-        if isinstance(event, ActivationServed):
-            stats.activations += 1
-            version = event.request.major_version
-            stats.by_version[version] = stats.by_version.get(version, 0) + 1
-            log_activation(peer, event, self.catalog, self.settings.node_name)
-        elif isinstance(event, ActivationRefused):
-            stats.refusals += 1
-            log_activation(peer, event, self.catalog, self.settings.node_name)
-        elif isinstance(event, FaultSent):
-            stats.faults += 1
-            log.info("%s fault 0x%08X: %s", peer, event.status, event.reason)
-        elif isinstance(event, ConnectionClosed):
-            stats.protocol_closes += 1
-            log.info("%s closed: %s", peer, event.reason)
+        try:
+            if isinstance(event, ActivationServed):
+                stats.activations += 1
+                version = event.request.major_version
+                stats.by_version[version] = stats.by_version.get(version, 0) + 1
+                log_activation(peer, event, self.catalog, self.settings.node_name)
+            elif isinstance(event, ActivationRefused):
+                stats.refusals += 1
+                log_activation(peer, event, self.catalog, self.settings.node_name)
+            elif isinstance(event, FaultSent):
+                stats.faults += 1
+                log.info("%s fault 0x%08X: %s", peer, event.status, event.reason)
+            elif isinstance(event, ConnectionClosed):
+                stats.protocol_closes += 1
+                log.info("%s closed: %s", peer, event.reason)
+        # Whatever the request's field values, the event must still reach the recorder.
+        except Exception:
+            log.exception("%s: logging %s failed", peer, type(event).__name__)
         for hook in self.event_hooks:
-            hook(peer, event)
+            try:
+                hook(peer, event)
+            # A failing hook (a bug) must not keep the ones after it, the recorder among
+            # them, from seeing an event whose answer is already built.
+            except Exception:
+                log.exception("%s: event hook %r failed on %s", peer, hook, type(event).__name__)
 
     async def start(self) -> None:
         """Open every listener; the default IPv6 one is skipped where IPv6 is unavailable."""

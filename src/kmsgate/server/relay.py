@@ -179,9 +179,7 @@ class RelayConnection(asyncio.Protocol):
             self._host.gateway.forget(self.peer)
         self._handle(self._observer.client_closed())
         self._shutdown()
-        self._host.metrics.connection_closed()
-        self._host.connections.discard(self)
-        self._host.stats.connections_open = len(self._host.connections)
+        self._host.release(self)
 
     def pause_writing(self) -> None:
         # The client reads slower than the host answers: stop reading the host.
@@ -283,6 +281,9 @@ class RelayConnection(asyncio.Protocol):
                 elapsed = time.perf_counter() - self._asked_at.popleft()
                 self._host.metrics.observe_request(elapsed)
             self._host.record(self.peer, event)
+        gate = self._host.record_gate
+        if gate is not None:  # relayed answers are not held: the records follow them
+            gate.hand_over()
         # Like the host, only complete PDUs count as activity (or any bytes the observer
         # could no longer frame), so a client dribbling bytes still times out.
         if self._observer.progress != self._progress:

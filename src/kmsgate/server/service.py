@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,10 +26,10 @@ from kmsgate.server.systemd import drop_privileges, hand_over, resolve_ids
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
     from kmsgate.server.dns_publish import DnsPublisher
+    from kmsgate.server.recording import InlineRecordGate, RecordGate
     from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
-    from kmsgate.store.drafts import RecordDraft
     from kmsgate.store.writer import RecordWriter
     from kmsgate.store.writer_process import WriterProcess
 
@@ -77,6 +76,7 @@ class Service:
         self._web_task: asyncio.Task[None] | None = None
         self.dns_publisher: DnsPublisher | None = None
         self.seen_sync: SeenCountSync | None = None
+        self._inline_gate: InlineRecordGate | None = None
 
     @property
     def web_port(self) -> int | None:
@@ -100,14 +100,16 @@ class Service:
             if ids is not None:
                 # The writer process makes itself the service user before it opens these.
                 hand_over(settings.data_dir, *ids)
-            writer, submit = self._make_writer(self.store, ids)
+            writer, gate = self._make_writer(self.store, ids)
             self.writer = writer
             # Running before the host listens: an answer given is a record that can be kept.
             await writer.start()
             self.metrics.set_store_source(
                 lambda: (writer.depth, writer.dropped, writer.written, writer.failures)
             )
-            self.host.event_hooks.append(ActivationRecorder(submit, self.catalog))
+            self.host.event_hooks.append(ActivationRecorder(gate.submit, self.catalog))
+            # Answers wait until their records are handed over (see recording.RecordGate).
+            self.host.record_gate = gate
             if settings.gateway:
                 await self._start_gateway(self.store)
             seen = self.host.engine.seen_clients
@@ -137,8 +139,8 @@ class Service:
 
     def _make_writer(
         self, store: Store, ids: tuple[int, int] | None
-    ) -> tuple[RecordWriter | WriterProcess, Callable[[RecordDraft], bool]]:
-        """The record writer --store-writer asks for, and how the recorder hands it a draft."""
+    ) -> tuple[RecordWriter | WriterProcess, RecordGate]:
+        """The record writer --store-writer asks for, and the gate the host hands drafts to."""
         settings = self.settings
         if settings.store_writer == "process":
             from kmsgate.store.writer_process import WriterProcess
@@ -150,15 +152,17 @@ class Service:
                 flush_interval=settings.store_flush_interval,
                 run_as=ids,
             )
-            return process, process.submit
-        from kmsgate.store.drafts import record_from_draft
+            return process, process
+        from kmsgate.server.recording import InlineRecordGate
         from kmsgate.store.writer import RecordWriter
 
         inline = RecordWriter(
             store, max_queue=settings.store_queue, flush_interval=settings.store_flush_interval
         )
-        node = settings.node_name
-        return inline, lambda draft: inline.submit(record_from_draft(draft, node))
+        self._inline_gate = InlineRecordGate(
+            inline, node=settings.node_name, max_queue=settings.store_queue
+        )
+        return inline, self._inline_gate
 
     def reload(self, settings: ServeSettings) -> None:
         """Apply what can change without dropping connections: policies, quotas, windows."""
@@ -263,6 +267,8 @@ class Service:
             self._web.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await self._web_task
+        if self._inline_gate is not None:
+            self._inline_gate.close()
         if self.writer is not None:
             await self.writer.close()
             if self.writer.dropped:

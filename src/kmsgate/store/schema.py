@@ -62,6 +62,9 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 # SQLite only auto-numbers an INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# A client-chosen unsigned 32-bit field (the license status): beyond PostgreSQL's INTEGER.
+# SQLite's INTEGER already holds 64 bits.
+Unsigned32 = BigInteger().with_variant(Integer(), "sqlite")
 
 clients = Table(
     "clients",
@@ -72,7 +75,7 @@ clients = Table(
     Column("sku_id", Uuid(), nullable=True),
     Column("sku_name", String(), nullable=False),
     Column("kms_id", Uuid(), nullable=True),
-    Column("license_status", Integer(), nullable=True),
+    Column("license_status", Unsigned32, nullable=True),
     Column("first_seen", UtcDateTime(), nullable=False),
     Column("last_seen", UtcDateTime(), nullable=False),
     Column("request_count", BigInteger(), nullable=False),
@@ -98,7 +101,7 @@ activations = Table(
     Column("address", String(), nullable=False),
     Column("sku_id", Uuid(), nullable=True),
     Column("sku_name", String(), nullable=False),
-    Column("license_status", Integer(), nullable=True),
+    Column("license_status", Unsigned32, nullable=True),
     Column("protocol", Integer(), nullable=True),
     Column("result", String(), nullable=False),
     # HRESULTs are unsigned 32-bit (0xC004F074 > 2**31): too big for INTEGER.
