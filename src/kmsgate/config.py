@@ -125,6 +125,12 @@ class ServeSettings(BaseSettings):
         description="where records are written: a child process (database work off the KMS "
         "host's core) or inline in the serving process (one process, less memory)",
     )
+    retention_days: int = Field(
+        400,
+        ge=0,
+        description="delete activations, refusals, audit rows and clients not seen for this "
+        "many days, hourly (0: keep everything)",
+    )
     web: str = Field("127.0.0.1:8080", description="ADDR:PORT of the dashboard, API and /metrics")
     no_web: bool = Field(False, description="do not start the web listener")
     web_cert: Path | None = Field(

@@ -131,13 +131,19 @@ class Service:
                 max_queue=settings.store_queue,
                 flush_interval=settings.store_flush_interval,
                 run_as=ids,
+                retention_days=settings.retention_days,
             )
             return process, process.submit
         from kmsgate.store.drafts import record_from_draft
+        from kmsgate.store.retention import Retention
         from kmsgate.store.writer import RecordWriter
 
+        days = settings.retention_days
         inline = RecordWriter(
-            store, max_queue=settings.store_queue, flush_interval=settings.store_flush_interval
+            store,
+            max_queue=settings.store_queue,
+            flush_interval=settings.store_flush_interval,
+            retention=Retention(store, days) if days else None,
         )
         node = settings.node_name
         return inline, lambda draft: inline.submit(record_from_draft(draft, node))
@@ -190,6 +196,7 @@ class Service:
     async def _start_web(self) -> None:
         from kmsgate.server.web_listener import start_web_listener
         from kmsgate.web.app import create_app
+        from kmsgate.web.health import StoreHealth
 
         assert self.store is not None
         settings = self.settings
@@ -203,6 +210,7 @@ class Service:
             node_name=settings.node_name,
             gateway=self.gateway,
             trust_proxy=[ipaddress.ip_network(cidr, strict=False) for cidr in settings.trust_proxy],
+            store_health=StoreHealth(self.writer) if self.writer is not None else None,
         )
         host, port = parse_listen(settings.web)
         self._web, self._web_task = await start_web_listener(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from typing import Any
 
 from kmsgate.store.drafts import RecordDraft
@@ -40,10 +41,12 @@ class WriterProcess:
         restart_delay: float = 1.0,
         close_timeout: float = 5.0,
         run_as: tuple[int, int] | None = None,
+        retention_days: int = 0,
     ) -> None:
         """`close_timeout` bounds the child's last write once its input ends (close, or
         this process killed); `restart_delay` is the first pause before restarting a child;
-        `run_as` (uid, gid): the child, started by root, becomes that user before writing."""
+        `run_as` (uid, gid): the child, started by root, becomes that user before writing;
+        `retention_days` > 0: the child prunes older rows (kmsgate.store.retention)."""
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
         self._url = url
@@ -54,6 +57,7 @@ class WriterProcess:
         self._restart_delay = self._first_restart_delay = restart_delay
         self._close_timeout = close_timeout
         self._run_as = run_as
+        self._retention_days = retention_days
         self._log_level = logging.getLogger("kmsgate").getEffectiveLevel()
         self._pending: list[RecordDraft] = []
         self._send_handle: asyncio.TimerHandle | None = None
@@ -73,6 +77,10 @@ class WriterProcess:
         self._base_failures = 0
         self.pid: int | None = None  # of the running child, set once the first one is ready
         self.restarts = 0
+        # (Unix time, message) of the latest failed write or child exit; since when writes
+        # fail (None while they succeed): the child's report, for /healthz.
+        self.last_error: tuple[float, str] | None = None
+        self.failing_since: float | None = None
 
     # ---------------------------------------------------------------- counters
 
@@ -206,6 +214,7 @@ class WriterProcess:
             "close_timeout": self._close_timeout,
             "log_level": self._log_level,
             "run_as": self._run_as,
+            "retention_days": self._retention_days,
         }
         process.stdin.write(encode_frame(("config", config)))
         self._watcher = asyncio.create_task(self._watch(process), name="kmsgate-writer-watch")
@@ -226,6 +235,7 @@ class WriterProcess:
                 log.error("record writer process exited with status %s before it was ready", code)
             return  # close() or start() takes it from here
         lost = self._in_flight
+        self.last_error = (time.time(), f"record writer process exited with status {code}")
         log.error(
             "record writer process %s exited with status %s; %d records unconfirmed, "
             "restarting in %.1f s",
@@ -244,10 +254,17 @@ class WriterProcess:
 
     def _on_message(self, message: tuple[object, ...]) -> None:
         match message:
-            case ("status", int(written), int(dropped), int(failures)):
+            case ("status", int(written), int(dropped), int(failures), trouble):
                 self._child_written = written
                 self._child_dropped = dropped
                 self._child_failures = failures
+                match trouble:
+                    case (float(at), str(text), float() | None as since):
+                        self.last_error, self.failing_since = (at, text), since
+                    case None:
+                        self.failing_since = None
+                    case _:
+                        raise FrameError(f"malformed status {trouble!r:.80}")
             case ("log", int(level), str(name), str(text)):
                 logging.getLogger(name).log(level, "%s", text)
             case ("ready", int(pid)):
