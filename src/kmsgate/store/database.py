@@ -44,6 +44,7 @@ from kmsgate.store.engine import (
     WRITE_OPTION,
     FileId,
     file_id,
+    held_sidecars,
     make_engine,
     masked,
     recreate_sqlite_file,
@@ -337,9 +338,10 @@ class Store:
                 return  # another task of this process recovered meanwhile
             log.warning("database file %s was %s while in use: reopening it", self._path, why)
             self._file_suspect = True  # until this succeeds: the next check tries again
+            stale = held_sidecars(self._path)
             await self._engine.dispose()
             self._file = None
-            created = await asyncio.to_thread(recreate_sqlite_file, self._path)
+            created = await asyncio.to_thread(recreate_sqlite_file, self._path, stale)
             # Alembic is imported only now: the writer process does not migrate otherwise.
             from kmsgate.store.migrate import run_upgrade
 

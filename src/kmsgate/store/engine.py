@@ -85,6 +85,7 @@ def create_sqlite_file(path: Path) -> None:
 
 
 FileId = tuple[int, int]
+SIDECARS = ("-wal", "-shm")
 
 
 def file_id(path: Path) -> FileId | None:
@@ -96,13 +97,32 @@ def file_id(path: Path) -> FileId | None:
     return info.st_dev, info.st_ino
 
 
-def recreate_sqlite_file(path: Path) -> bool:
-    """Create the database file if it is missing; True when this call created it.
+def held_sidecars(path: Path) -> set[FileId]:
+    """(device, inode) of the -wal and -shm files this process has open for `path`."""
+    names = {os.path.realpath(path) + suffix for suffix in SIDECARS}
+    held: set[FileId] = set()
+    try:
+        descriptors = list(Path("/proc/self/fd").iterdir())
+    except OSError:
+        return held
+    for descriptor in descriptors:
+        try:
+            if str(descriptor.readlink()).removesuffix(" (deleted)") in names:
+                info = descriptor.stat()  # the open file itself, even if unlinked
+                held.add((info.st_dev, info.st_ino))
+        except OSError:
+            continue  # closed meanwhile
+    return held
 
-    Sidecars left at the path (-wal, -shm) belong to the deleted file: a new file would
-    otherwise be read through the old file's log. The serving process and its writer
-    process may recover at once: they take turns under a lock on the folder, so one never
-    removes the sidecars of a file the other has just created.
+
+def recreate_sqlite_file(path: Path, stale: set[FileId]) -> bool:
+    """Make the path usable again after its file was deleted or replaced; True if created.
+
+    Sidecars (-wal, -shm) of the lost file must go: SQLite would read a new file through
+    the old file's log. When the file is missing, any sidecar at the path is the lost file's;
+    when it was replaced, only those in `stale` (held_sidecars() before closing) are. The
+    serving process and its writer process may recover at once: they take turns under a
+    lock on the folder, so one never removes the sidecars of a file the other just opened.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,15 +131,17 @@ def recreate_sqlite_file(path: Path) -> bool:
         raise StoreUnavailable(f"cannot create the database file {path}: {exc}") from exc
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        if path.exists():
-            return False
-        for suffix in ("-wal", "-shm", "-journal"):
+        missing = not path.exists()
+        for suffix in (*SIDECARS, "-journal"):
+            sidecar = path.with_name(path.name + suffix)
             with contextlib.suppress(FileNotFoundError):
-                path.with_name(path.name + suffix).unlink()
-        create_sqlite_file(path)
-        return True
+                if missing or file_id(sidecar) in stale:
+                    sidecar.unlink()
+        if missing:
+            create_sqlite_file(path)
+        return missing
     except OSError as exc:
-        raise StoreUnavailable(f"cannot create the database file {path}: {exc}") from exc
+        raise StoreUnavailable(f"cannot recreate the database file {path}: {exc}") from exc
     finally:
         os.close(folder)  # also releases the lock
 
