@@ -54,7 +54,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> floa
 class Node:
     """`kmsgate serve` on loopback ports with its data folder in a fresh temporary folder."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, seed: Callable[[Path], None] | None = None) -> None:
+        """`seed(db_path)` runs before the node starts, to prepare its database."""
         # Not pytest's tmp_path: its root-only parents would hide the data from the node
         # once it runs without DAC override.
         self.base = Path(tempfile.mkdtemp(prefix="kmsgate-store-attack-"))
@@ -65,6 +66,9 @@ class Node:
         self.web = free_port()
         self.log_path = self.base / "serve.log"
         self.output: str | None = None
+        if seed is not None:
+            self.data.mkdir(mode=0o755)
+            seed(self.db)
         prefix = NO_DAC_OVERRIDE if os.geteuid() == 0 else []
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
@@ -154,8 +158,8 @@ class Node:
 
 
 @contextlib.contextmanager
-def node(*args: str) -> Iterator[Node]:
-    started = Node(*args)
+def node(*args: str, seed: Callable[[Path], None] | None = None) -> Iterator[Node]:
+    started = Node(*args, seed=seed)
     try:
         yield started
     finally:

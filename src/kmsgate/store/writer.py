@@ -217,9 +217,11 @@ class RecordWriter:
                 suspect += 1
             else:
                 streak = suspect = 0
-                if self._retention is not None and self._retention.running and not self._closing:
-                    # One small delete between batches: records never wait for a whole pass.
-                    await self._retention.step()
+                retention = self._retention
+                if retention is not None and retention.due_in() == 0 and not self._closing:
+                    # One small delete between batches: records never wait for a whole pass,
+                    # and a pass still runs under a load that never leaves the queue empty.
+                    await retention.step()
 
     async def _idle(self) -> None:
         """Wait for records; prune meanwhile when retention is due."""
