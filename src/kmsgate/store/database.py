@@ -44,10 +44,10 @@ from kmsgate.store.engine import (
     WRITE_OPTION,
     FileId,
     file_id,
-    held_sidecars,
     make_engine,
     masked,
     recreate_sqlite_file,
+    sidecar_ids,
     sqlite_path,
     translated,
 )
@@ -238,6 +238,7 @@ class Store:
         self._path = sqlite_path(url) if self.dialect == "sqlite" else None
         self._clock = clock
         self._file: FileId | None = None
+        self._sidecars: set[FileId] = set()  # the -wal and -shm the connections met
         self._file_suspect = False  # a connection met another file, or a recovery failed
         self._next_file_check = 0.0
         self._recovering = asyncio.Lock()
@@ -246,14 +247,16 @@ class Store:
             event.listen(engine.sync_engine, "connect", self._on_connect)
 
     @classmethod
-    async def open(cls, url: str, *, upgrade: bool = True) -> Store:
+    async def open(
+        cls, url: str, *, upgrade: bool = True, clock: Callable[[], float] = time.monotonic
+    ) -> Store:
         """Connect (creating a SQLite file and its folder); upgrade=True migrates to head first.
 
         With upgrade=False nothing is contacted or created yet, so a node can start while its
         database is down: the RecordWriter queues until it is back.
         """
         engine = make_engine(url, create=upgrade)
-        store = cls(url, engine)
+        store = cls(url, engine, clock=clock)
         if upgrade:
             # Alembic is imported only here: the writer process never migrates.
             from kmsgate.store.migrate import run_upgrade
@@ -291,14 +294,20 @@ class Store:
     # ---------------------------------------------------------------- the SQLite file
 
     def _on_connect(self, _dbapi_connection: Any, _record: Any) -> None:
+        if self._path is None:
+            return
         try:
-            current = file_id(self._path) if self._path is not None else None
+            current = file_id(self._path)
         except OSError:
             return
         if self._file is None:
             self._file = current
         elif current != self._file:
             self._file_suspect = True  # the pool now holds connections to two files
+            return
+        # Remembered per Store, not looked up per process: another Store of this process
+        # may already use a new file's sidecars, which are not the lost file's.
+        self._sidecars |= sidecar_ids(self._path)
 
     def _moved(self) -> str | None:
         """'deleted' or 'replaced' when the path no longer names the file we write to."""
@@ -324,6 +333,8 @@ class Store:
         self._next_file_check = now + FILE_CHECK_INTERVAL
         if self._moved() is not None:
             await self._recover()
+        elif self._file is not None:
+            self._sidecars |= sidecar_ids(self._path)
 
     async def _recover(self) -> None:
         """Close the connections to the lost file, recreate it if missing, migrate, reopen.
@@ -338,9 +349,9 @@ class Store:
                 return  # another task of this process recovered meanwhile
             log.warning("database file %s was %s while in use: reopening it", self._path, why)
             self._file_suspect = True  # until this succeeds: the next check tries again
-            stale = held_sidecars(self._path)
+            stale = self._sidecars
             await self._engine.dispose()
-            self._file = None
+            self._file, self._sidecars = None, set()
             created = await asyncio.to_thread(recreate_sqlite_file, self._path, stale)
             # Alembic is imported only now: the writer process does not migrate otherwise.
             from kmsgate.store.migrate import run_upgrade

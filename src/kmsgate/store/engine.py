@@ -97,22 +97,14 @@ def file_id(path: Path) -> FileId | None:
     return info.st_dev, info.st_ino
 
 
-def held_sidecars(path: Path) -> set[FileId]:
-    """(device, inode) of the -wal and -shm files this process has open for `path`."""
-    names = {os.path.realpath(path) + suffix for suffix in SIDECARS}
-    held: set[FileId] = set()
-    try:
-        descriptors = list(Path("/proc/self/fd").iterdir())
-    except OSError:
-        return held
-    for descriptor in descriptors:
-        try:
-            if str(descriptor.readlink()).removesuffix(" (deleted)") in names:
-                info = descriptor.stat()  # the open file itself, even if unlinked
-                held.add((info.st_dev, info.st_ino))
-        except OSError:
-            continue  # closed meanwhile
-    return held
+def sidecar_ids(path: Path) -> set[FileId]:
+    """(device, inode) of the -wal and -shm files now at `path`'s side."""
+    found = set()
+    for suffix in SIDECARS:
+        with contextlib.suppress(OSError):
+            if (sidecar := file_id(path.with_name(path.name + suffix))) is not None:
+                found.add(sidecar)
+    return found
 
 
 def recreate_sqlite_file(path: Path, stale: set[FileId]) -> bool:
@@ -120,7 +112,7 @@ def recreate_sqlite_file(path: Path, stale: set[FileId]) -> bool:
 
     Sidecars (-wal, -shm) of the lost file must go: SQLite would read a new file through
     the old file's log. When the file is missing, any sidecar at the path is the lost file's;
-    when it was replaced, only those in `stale` (held_sidecars() before closing) are. The
+    when it was replaced, only those in `stale` (those of the lost file) are. The
     serving process and its writer process may recover at once: they take turns under a
     lock on the folder, so one never removes the sidecars of a file the other just opened.
     """
