@@ -2,7 +2,9 @@
 
 The record writer runs one pass at start and then hourly, as a series of short transactions
 of at most `batch_size` rows each, between its own batches: a pass never holds the database
-(or SQLite's single write lock) for longer than one small delete. Several nodes sharing
+(or SQLite's single write lock) for longer than one small delete. A batch that takes longer
+than BATCH_SECONDS halves the next one (SQLite deletes clients slowly: six indexes and the
+search index's trigger), and quick ones let it grow back. Several nodes sharing
 PostgreSQL may prune at once: each takes rows the others have not locked (SKIP LOCKED).
 """
 
@@ -26,6 +28,9 @@ from kmsgate.store.schema import activations, audit_events, clients, counters, w
 log = logging.getLogger("kmsgate.store")
 
 DEFAULT_BATCH = 2000
+BATCH_SECONDS = 0.1
+SMALLEST_BATCH = 50
+FIRST_BATCH = 250  # per table, until its own pace is known
 PASS_INTERVAL = 3600.0
 RETRY_INTERVAL = 300.0
 # Quotas count the windows consumed in the last 30 days (access/gateway.py's MONTH): a window
@@ -66,6 +71,8 @@ class Retention:
         self._store = store
         self.days = days
         self._batch_size = batch_size
+        # Rows per delete, per table, adapted to how long the last one took.
+        self._batches = dict.fromkeys(TABLES, min(batch_size, FIRST_BATCH))
         self._now = now
         self._clock = clock
         self._interval = interval
@@ -76,6 +83,7 @@ class Retention:
         self._started = 0.0
         self.passes = 0  # completed passes
         self.last = PruneCounts()  # what the last completed pass deleted
+        self._limit = batch_size
 
     @property
     def running(self) -> bool:
@@ -122,9 +130,15 @@ class Retention:
     async def _delete_next(self) -> None:
         assert self._table is not None
         name = TABLES[self._table]
-        deleted = await self._delete_batch(name)
+        batch, started = self._batches[name], time.monotonic()
+        deleted = await self._delete_batch(name, batch)
         self._counts.deleted[name] += deleted
-        if deleted < self._batch_size:  # this table is done
+        took = time.monotonic() - started
+        if took > BATCH_SECONDS:
+            self._batches[name] = max(min(SMALLEST_BATCH, self._batch_size), batch // 2)
+        elif took < BATCH_SECONDS / 4 and deleted == batch:
+            self._batches[name] = min(self._batch_size, batch * 2)
+        if deleted < batch:  # this table is done
             self._table += 1
             if self._table == len(TABLES):
                 self._finish()
@@ -150,7 +164,8 @@ class Retention:
 
     # ------------------------------------------------------------------ one batch per table
 
-    async def _delete_batch(self, name: str) -> int:
+    async def _delete_batch(self, name: str, limit: int) -> int:
+        self._limit = limit
         async with self._store._write() as conn:
             match name:
                 case "activations":
@@ -171,15 +186,15 @@ class Retention:
                     )
                     return await self._ids(conn, windows, query.order_by(windows.c.expires_at))
 
-    def _batch(self, query: Select[Any]) -> Select[Any]:
+    def _limited(self, query: Select[Any]) -> Select[Any]:
         """The oldest rows first, and on PostgreSQL only rows no other node is deleting."""
-        query = query.limit(self._batch_size)
+        query = query.limit(self._limit)
         if self._store.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         return query
 
     async def _ids(self, conn: AsyncConnection, table: Any, query: Select[Any]) -> int:
-        ids = [row[0] for row in await conn.execute(self._batch(query))]
+        ids = [row[0] for row in await conn.execute(self._limited(query))]
         if ids:
             await conn.execute(delete(table).where(table.c.id.in_(ids)))
         return len(ids)
@@ -190,7 +205,7 @@ class Retention:
             .where(activations.c.time < self._cutoff)
             .order_by(activations.c.time, activations.c.id)
         )
-        rows = list(await conn.execute(self._batch(query)))
+        rows = list(await conn.execute(self._limited(query)))
         if not rows:
             return 0
         await conn.execute(delete(activations).where(activations.c.id.in_([r.id for r in rows])))
@@ -214,7 +229,7 @@ class Retention:
             .where(clients.c.last_seen < self._cutoff)
             .order_by(clients.c.last_seen, clients.c.cmid)
         )
-        cmids = [row[0] for row in await conn.execute(self._batch(query))]
+        cmids = [row[0] for row in await conn.execute(self._limited(query))]
         if not cmids:
             return 0
         await conn.execute(delete(clients).where(clients.c.cmid.in_(cmids)))
