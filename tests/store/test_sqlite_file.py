@@ -118,7 +118,8 @@ async def test_reads_follow_the_new_file_within_a_second(db: Path) -> None:
 
 
 async def test_a_writer_started_without_a_file_creates_it_at_its_first_write(db: Path) -> None:
-    store = await Store.open(f"sqlite:///{db}", upgrade=False)
+    # As the writer process opens it: its file may be deleted before it starts.
+    store = await Store.open(f"sqlite:///{db}", upgrade=False, recreate=True)
     try:
         assert not db.exists()  # opening contacts nothing
         await store.record_activations([make_record(machine_name="FIRST")])
@@ -127,6 +128,16 @@ async def test_a_writer_started_without_a_file_creates_it_at_its_first_write(db:
             assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
                 migrate.head(),
             )
+    finally:
+        await store.close()
+
+
+async def test_a_store_that_may_not_migrate_creates_no_file_it_never_had(db: Path) -> None:
+    store = await Store.open(f"sqlite:///{db}", upgrade=False)
+    try:
+        with pytest.raises(StoreUnavailable, match=f"there is no database file {db}"):
+            await store.list_activations()
+        assert not db.exists()
     finally:
         await store.close()
 

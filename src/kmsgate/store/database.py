@@ -219,7 +219,12 @@ class Store:
     """Repository functions over one database; every method is a short transaction."""
 
     def __init__(
-        self, url: str, engine: AsyncEngine, *, clock: Callable[[], float] = time.monotonic
+        self,
+        url: str,
+        engine: AsyncEngine,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        recreate: bool = True,
     ) -> None:
         """Use Store.open(); this wraps an engine made by make_engine()."""
         self._engine = engine
@@ -237,6 +242,7 @@ class Store:
         # ever read: its identity at connect time is compared with the path's (issue 11, S2).
         self._path = sqlite_path(url) if self.dialect == "sqlite" else None
         self._clock = clock
+        self._recreate = recreate  # may create a file that was missing from the start
         self._file: FileId | None = None
         self._sidecars: set[FileId] = set()  # the -wal and -shm the connections met
         self._file_suspect = False  # a connection met another file, or a recovery failed
@@ -248,15 +254,22 @@ class Store:
 
     @classmethod
     async def open(
-        cls, url: str, *, upgrade: bool = True, clock: Callable[[], float] = time.monotonic
+        cls,
+        url: str,
+        *,
+        upgrade: bool = True,
+        recreate: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Store:
         """Connect (creating a SQLite file and its folder); upgrade=True migrates to head first.
 
         With upgrade=False nothing is contacted or created yet, so a node can start while its
-        database is down: the RecordWriter queues until it is back.
+        database is down: the RecordWriter queues until it is back. A SQLite file deleted
+        while in use is always created anew; one missing from the start only with recreate
+        (default: upgrade), else using the Store raises StoreUnavailable.
         """
         engine = make_engine(url, create=upgrade)
-        store = cls(url, engine, clock=clock)
+        store = cls(url, engine, clock=clock, recreate=upgrade if recreate is None else recreate)
         if upgrade:
             # Alembic is imported only here: the writer process never migrates.
             from kmsgate.store.migrate import run_upgrade
@@ -310,7 +323,8 @@ class Store:
         self._sidecars |= sidecar_ids(self._path)
 
     def _moved(self) -> str | None:
-        """'deleted' or 'replaced' when the path no longer names the file we write to."""
+        """'deleted' or 'replaced' when the path no longer names the file we write to;
+        'missing' when there never was one and this Store may not create it."""
         if self._path is None:
             return None
         try:
@@ -318,7 +332,7 @@ class Store:
         except OSError:
             return None  # the folder cannot be searched: the next statement will say why
         if current is None:
-            return "deleted"
+            return "deleted" if self._file is not None or self._recreate else "missing"
         if self._file is not None and current != self._file:
             return "replaced"
         return "replaced" if self._file_suspect else None
@@ -328,13 +342,18 @@ class Store:
         if self._path is None:
             return
         now = self._clock()
-        if now < self._next_file_check and not self._file_suspect:
+        if now < self._next_file_check and not self._file_suspect and self._file is not None:
             return
         self._next_file_check = now + FILE_CHECK_INTERVAL
-        if self._moved() is not None:
-            await self._recover()
-        elif self._file is not None:
-            self._sidecars |= sidecar_ids(self._path)
+        match self._moved():
+            case "missing":
+                # Said here: SQLite's own "unable to open database file" names no file.
+                raise StoreUnavailable(f"there is no database file {self._path}")
+            case None:
+                if self._file is not None:
+                    self._sidecars |= sidecar_ids(self._path)
+            case _:
+                await self._recover()
 
     async def _recover(self) -> None:
         """Close the connections to the lost file, recreate it if missing, migrate, reopen.

@@ -84,7 +84,8 @@ async def serve(outbox: Outbox) -> None:
     config = _config(await read_frame(reader))
     logging.getLogger().setLevel(int(config["log_level"]))
     node = str(config["node"])
-    store = await Store.open(str(config["url"]), upgrade=False)
+    # Its file, if missing (deleted since the serving process opened it), it creates anew.
+    store = await Store.open(str(config["url"]), upgrade=False, recreate=True)
     if config.get("run_as") is not None:
         from kmsgate.server.systemd import drop_privileges
 
