@@ -402,6 +402,13 @@ class ServeSettings(BaseSettings):
         "host's core) or inline in the serving process (one process, less memory)",
         json_schema_extra=PANEL_STORE,
     )
+    retention_days: int = Field(
+        400,
+        ge=0,
+        description="delete activations, refusals, audit rows and clients not seen for this "
+        "many days, hourly (0: keep everything)",
+        json_schema_extra=PANEL_STORE,
+    )
     web: str = Field(
         "127.0.0.1:8080",
         description="ADDR:PORT of the dashboard, API and /metrics",

@@ -43,6 +43,10 @@ class FakeStore:
         self.fail_with: Exception | None = None
         self.reject_name: str | None = None  # a "poison" record the database refuses
         self.delay = 0.0
+        self.reconnects = 0
+
+    async def reconnect(self) -> None:
+        self.reconnects += 1
 
     async def record_activations(self, records: Sequence[ActivationRecord]) -> None:
         if self.delay:

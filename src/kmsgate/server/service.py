@@ -151,13 +151,19 @@ class Service:
                 max_queue=settings.store_queue,
                 flush_interval=settings.store_flush_interval,
                 run_as=ids,
+                retention_days=settings.retention_days,
             )
             return process, process
         from kmsgate.server.recording import InlineRecordGate
+        from kmsgate.store.retention import Retention
         from kmsgate.store.writer import RecordWriter
 
+        days = settings.retention_days
         inline = RecordWriter(
-            store, max_queue=settings.store_queue, flush_interval=settings.store_flush_interval
+            store,
+            max_queue=settings.store_queue,
+            flush_interval=settings.store_flush_interval,
+            retention=Retention(store, days) if days else None,
         )
         self._inline_gate = InlineRecordGate(
             inline, node=settings.node_name, max_queue=settings.store_queue
@@ -212,6 +218,7 @@ class Service:
     async def _start_web(self) -> None:
         from kmsgate.server.web_listener import start_web_listener
         from kmsgate.web.app import create_app
+        from kmsgate.web.health import StoreHealth
         from kmsgate.web.pages import KmsAddress
 
         assert self.store is not None and self.host is not None
@@ -232,6 +239,7 @@ class Service:
             gateway=self.gateway,
             trust_proxy=[ipaddress.ip_network(cidr, strict=False) for cidr in settings.trust_proxy],
             kms_address=KmsAddress(public_host, public_port or self.host.port),
+            store_health=StoreHealth(self.writer) if self.writer is not None else None,
         )
         host, port = parse_listen(settings.web)
         self._web, self._web_task = await start_web_listener(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -13,7 +16,9 @@ from sqlalchemy import (
     ColumnElement,
     Row,
     Select,
+    case,
     delete,
+    event,
     func,
     insert,
     literal,
@@ -28,16 +33,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from kmsgate.store import cursor as cursors
 from kmsgate.store.activation_batch import (
     BatchWriter,
+    FoldedBatch,
     PostgresBatchWriter,
     SqliteBatchWriter,
     aware,
     fold,
     hour_of,
 )
-from kmsgate.store.engine import WRITE_OPTION, make_engine, masked, translated
+from kmsgate.store.engine import (
+    WRITE_OPTION,
+    FileId,
+    file_id,
+    make_engine,
+    masked,
+    recreate_sqlite_file,
+    sidecar_ids,
+    sqlite_path,
+    translated,
+)
 from kmsgate.store.errors import (
     InvalidCursor,
     StoreError,
+    StoreUnavailable,
     UserExists,
     UserNotFound,
 )
@@ -59,12 +76,18 @@ from kmsgate.store.schema import (
 )
 from kmsgate.store.search import ClientSearch, has_index, sqlite_search
 
+log = logging.getLogger("kmsgate.store")
+
 Dialect = Literal["sqlite", "postgresql"]
 ClientSort = Literal["last_seen", "first_seen", "machine_name", "sku_name", "request_count"]
 CLIENT_SORTS: tuple[str, ...] = get_args(ClientSort)
 MAX_LIMIT = 1000
 STATS_HOURS = 7 * 24
 TOP_PRODUCTS = 20
+# How often at most a SQLite file's identity is compared with the path's (one stat call).
+FILE_CHECK_INTERVAL = 1.0
+# A batch whose file was deleted while it was written is written again, this often at most.
+REWRITES = 2
 T = TypeVar("T")
 
 
@@ -195,7 +218,14 @@ class _Keyset:
 class Store:
     """Repository functions over one database; every method is a short transaction."""
 
-    def __init__(self, url: str, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        url: str,
+        engine: AsyncEngine,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        recreate: bool = True,
+    ) -> None:
         """Use Store.open(); this wraps an engine made by make_engine()."""
         self._engine = engine
         name = engine.dialect.name
@@ -208,16 +238,38 @@ class Store:
         self.url: str = masked(url)
         # Whether SQLite search has its trigram index; looked up at the first search.
         self._search_indexed: bool | None = None
+        # A SQLite file deleted or replaced while open keeps taking writes that nobody will
+        # ever read: its identity at connect time is compared with the path's (issue 11, S2).
+        self._path = sqlite_path(url) if self.dialect == "sqlite" else None
+        self._clock = clock
+        self._recreate = recreate  # may create a file that was missing from the start
+        self._file: FileId | None = None
+        self._sidecars: set[FileId] = set()  # the -wal and -shm the connections met
+        self._file_suspect = False  # a connection met another file, or a recovery failed
+        self._next_file_check = 0.0
+        self._recovering = asyncio.Lock()
+        self.recreated = 0  # files found deleted or replaced, and reopened
+        if self._path is not None:
+            event.listen(engine.sync_engine, "connect", self._on_connect)
 
     @classmethod
-    async def open(cls, url: str, *, upgrade: bool = True) -> Store:
-        """Connect (creating a SQLite file's folder); upgrade=True migrates to head first.
+    async def open(
+        cls,
+        url: str,
+        *,
+        upgrade: bool = True,
+        recreate: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Store:
+        """Connect (creating a SQLite file and its folder); upgrade=True migrates to head first.
 
-        With upgrade=False nothing is contacted yet, so a node can start while its database
-        is down: the RecordWriter queues until it is back.
+        With upgrade=False nothing is contacted or created yet, so a node can start while its
+        database is down: the RecordWriter queues until it is back. A SQLite file deleted
+        while in use is always created anew; one missing from the start only with recreate
+        (default: upgrade), else using the Store raises StoreUnavailable.
         """
-        engine = make_engine(url)
-        store = cls(url, engine)
+        engine = make_engine(url, create=upgrade)
+        store = cls(url, engine, clock=clock, recreate=upgrade if recreate is None else recreate)
         if upgrade:
             # Alembic is imported only here: the writer process never migrates.
             from kmsgate.store.migrate import run_upgrade
@@ -244,6 +296,96 @@ class Store:
         """Close every pooled connection."""
         await self._engine.dispose()
 
+    async def reconnect(self) -> None:
+        """Drop every pooled connection: the next use connects afresh.
+
+        A SQLite connection opened while the file was read-only stays read-only after the
+        file is writable again, and a PostgreSQL connection may be half dead.
+        """
+        await self._engine.dispose()
+
+    # ---------------------------------------------------------------- the SQLite file
+
+    def _on_connect(self, _dbapi_connection: Any, _record: Any) -> None:
+        if self._path is None:
+            return
+        try:
+            current = file_id(self._path)
+        except OSError:
+            return
+        if self._file is None:
+            self._file = current
+        elif current != self._file:
+            self._file_suspect = True  # the pool now holds connections to two files
+            return
+        # Remembered per Store, not looked up per process: another Store of this process
+        # may already use a new file's sidecars, which are not the lost file's.
+        self._sidecars |= sidecar_ids(self._path)
+
+    def _moved(self) -> str | None:
+        """'deleted' or 'replaced' when the path no longer names the file we write to;
+        'missing' when there never was one and this Store may not create it."""
+        if self._path is None:
+            return None
+        try:
+            current = file_id(self._path)
+        except OSError:
+            return None  # the folder cannot be searched: the next statement will say why
+        if current is None:
+            return "deleted" if self._file is not None or self._recreate else "missing"
+        if self._file is not None and current != self._file:
+            return "replaced"
+        return "replaced" if self._file_suspect else None
+
+    async def _check_file(self) -> None:
+        """Reopen the database if its file was deleted or replaced (a stat, once a second)."""
+        if self._path is None:
+            return
+        now = self._clock()
+        if now < self._next_file_check and not self._file_suspect and self._file is not None:
+            return
+        self._next_file_check = now + FILE_CHECK_INTERVAL
+        match self._moved():
+            case "missing":
+                # Said here: SQLite's own "unable to open database file" names no file.
+                raise StoreUnavailable(f"there is no database file {self._path}")
+            case None:
+                if self._file is not None:
+                    self._sidecars |= sidecar_ids(self._path)
+            case _:
+                await self._recover()
+
+    async def _recover(self) -> None:
+        """Close the connections to the lost file, recreate it if missing, migrate, reopen.
+
+        Records that reached the lost file before this are gone with it; the writer's batch
+        in flight is written again (see record_activations).
+        """
+        assert self._path is not None
+        async with self._recovering:
+            why = self._moved()
+            if why is None:
+                return  # another task of this process recovered meanwhile
+            log.warning("database file %s was %s while in use: reopening it", self._path, why)
+            self._file_suspect = True  # until this succeeds: the next check tries again
+            stale = self._sidecars
+            await self._engine.dispose()
+            self._file, self._sidecars = None, set()
+            created = await asyncio.to_thread(recreate_sqlite_file, self._path, stale)
+            # Alembic is imported only now: the writer process does not migrate otherwise.
+            from kmsgate.store.migrate import run_upgrade
+
+            with translated():
+                await run_upgrade(self._engine)
+            self._file_suspect = False
+            self._search_indexed = None
+            self.recreated += 1
+            log.warning(
+                "database file %s %s; writing there from now on",
+                self._path,
+                "created anew with an empty schema" if created else "reopened",
+            )
+
     async def optimize(self) -> None:
         """Refresh the query planner's statistics (VACUUM ANALYZE / ANALYZE) after bulk loads."""
         with translated():
@@ -265,17 +407,33 @@ class Store:
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         with translated():
+            await self._check_file()
             async with self._engine.connect() as conn:
-                yield conn
+                try:
+                    yield conn
+                except sa_exc.OperationalError:
+                    await self._discard(conn)
+                    raise
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         with translated():
+            await self._check_file()
             async with self._engine.connect() as conn:
                 if self.dialect == "sqlite":
                     await conn.execution_options(**{WRITE_OPTION: True})
-                async with conn.begin():
-                    yield conn
+                try:
+                    async with conn.begin():
+                        yield conn
+                except sa_exc.OperationalError:
+                    await self._discard(conn)
+                    raise
+
+    async def _discard(self, conn: AsyncConnection) -> None:
+        """Keep a failed SQLite connection out of the pool: it may have been opened read-only
+        (SQLite silently falls back to that) and would stay so after the file is writable."""
+        if self.dialect == "sqlite":
+            await conn.invalidate()
 
     def _insert(self, table: Any) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
@@ -305,6 +463,18 @@ class Store:
         if not records:
             return
         batch = fold(records, self._batch_writer.driver)
+        for attempt in range(REWRITES + 1):
+            await self._write_batch(batch)
+            # Committed into a file deleted meanwhile? Nobody would ever read it: once a new
+            # file is in place, write the batch again. (A file still at its path after the
+            # commit held the batch when it was deleted later, along with the rest.)
+            if self._moved() is None:
+                return
+            if attempt < REWRITES:
+                await self._recover()
+        raise StoreUnavailable(f"database file {self._path} keeps disappearing")
+
+    async def _write_batch(self, batch: FoldedBatch) -> None:
         async with self._write() as conn:
             new = await self._batch_writer.write(conn, batch)
             deltas = batch.counters | ({"clients": new} if new else {})
@@ -422,6 +592,14 @@ class Store:
     def _counter(name: str) -> Select[Any]:
         return select(counters.c.value).where(counters.c.name == name)
 
+    @staticmethod
+    def _retained(name: str) -> Select[Any]:
+        """A lifetime counter less the rows --retention-days deleted of it ("pruned:" name)."""
+        signed = case((counters.c.name == name, counters.c.value), else_=-counters.c.value)
+        return select(func.coalesce(func.sum(signed), 0)).where(
+            counters.c.name.in_((name, f"pruned:{name}"))
+        )
+
     async def list_clients(
         self,
         *,
@@ -529,7 +707,7 @@ class Store:
         )
         total_query = None
         if since is None and until is None and node is None:
-            total_query = self._counter("activations" if result is None else f"result:{result}")
+            total_query = self._retained("activations" if result is None else f"result:{result}")
         return await self._page(
             keyset, select(activations), conditions, cursor, limit, _activation_row, total_query
         )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -19,7 +24,6 @@ from kmsgate.store.errors import StoreError, StoreUnavailable
 SQLITE_BUSY_TIMEOUT_MS = 5000
 CONNECT_TIMEOUT = 10.0
 SQLITE_CACHE_KIB = 16 * 1024
-SQLITE_MMAP_BYTES = 256 * 2**20
 # Pages the WAL may hold before a commit copies them back (SQLite's default is 1000). Every
 # commit appends each page it dirtied; the checkpoint writes a page once however often it was
 # appended, so a larger WAL means fewer writes per record (about 40 MiB at most here).
@@ -56,16 +60,99 @@ def masked(url: str) -> str:
         return "<invalid database URL>"
 
 
-def _sqlite_path(url: URL) -> Path | None:
-    """File path of a SQLite URL, None for in-memory databases."""
-    database = url.database
+def sqlite_path(url: str | URL) -> Path | None:
+    """File path of a SQLite URL; None for in-memory databases, file: URIs and PostgreSQL."""
+    parsed = async_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return Path(database)
+    return Path(database).expanduser()
 
 
-def make_engine(url: str) -> AsyncEngine:
-    """An AsyncEngine for a plain URL; SQLite gets WAL, NORMAL sync and a busy timeout."""
+def create_sqlite_file(path: Path) -> None:
+    """Create an empty database file (and its folder) if there is none yet."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Through SQLite, never a plain open(): closing any other descriptor of the file
+            # would drop the locks this process's connections hold on it.
+            with contextlib.closing(sqlite3.connect(path)):
+                pass
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot create the database file {path}: {exc}") from exc
+
+
+FileId = tuple[int, int]
+SIDECARS = ("-wal", "-shm")
+
+
+def file_id(path: Path) -> FileId | None:
+    """(device, inode) of the file at `path`, None when there is none; OSError if unknowable."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def sidecar_ids(path: Path) -> set[FileId]:
+    """(device, inode) of the -wal and -shm files now at `path`'s side."""
+    found = set()
+    for suffix in SIDECARS:
+        with contextlib.suppress(OSError):
+            if (sidecar := file_id(path.with_name(path.name + suffix))) is not None:
+                found.add(sidecar)
+    return found
+
+
+def recreate_sqlite_file(path: Path, stale: set[FileId]) -> bool:
+    """Make the path usable again after its file was deleted or replaced; True if created.
+
+    Sidecars (-wal, -shm) of the lost file must go: SQLite would read a new file through
+    the old file's log. When the file is missing, any sidecar at the path is the lost file's;
+    when it was replaced, only those in `stale` (those of the lost file) are. The
+    serving process and its writer process may recover at once: they take turns under a
+    lock on the folder, so one never removes the sidecars of a file the other just opened.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create the database file {path}: {exc}") from exc
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        missing = not path.exists()
+        for suffix in (*SIDECARS, "-journal"):
+            sidecar = path.with_name(path.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                if missing or file_id(sidecar) in stale:
+                    sidecar.unlink()
+        if missing:
+            create_sqlite_file(path)
+        return missing
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot recreate the database file {path}: {exc}") from exc
+    finally:
+        os.close(folder)  # also releases the lock
+
+
+def _existing_file_url(target: URL, path: Path) -> URL:
+    """The same database opened with mode=rw: a connection never creates a missing file.
+
+    Without it, a connection opened after the file was deleted would silently start a new,
+    empty database (possibly paired with the old file's -wal): only Store's recovery, which
+    knows what happened, creates a new file.
+    """
+    return target.set(database=f"file:{quote(str(path), safe='/')}?mode=rw", query={"uri": "true"})
+
+
+def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
+    """An AsyncEngine for a plain URL; SQLite gets WAL, NORMAL sync and a busy timeout.
+
+    create: make a missing SQLite file now (connections themselves never create one).
+    """
     target = async_url(url)
     if target.get_backend_name() == "postgresql":
         return create_async_engine(
@@ -77,10 +164,11 @@ def make_engine(url: str) -> AsyncEngine:
             # A filtered port would otherwise stall each attempt for asyncpg's default 60 s.
             connect_args={"timeout": CONNECT_TIMEOUT},
         )
-    path = _sqlite_path(target)
+    path = sqlite_path(target)
     if path is not None:
-        path.expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(target)
+        if create:
+            create_sqlite_file(path)
+        engine = create_async_engine(_existing_file_url(target, path))
     else:
         # An in-memory database lives in one connection. SQLAlchemy's default StaticPool
         # would hand it to concurrent coroutines at once (one shared transaction); a
@@ -106,10 +194,12 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             # WAL + NORMAL: a crash of the process loses nothing committed; power loss may
             # lose the last transactions but never corrupts the file.
             cur.execute("PRAGMA synchronous = NORMAL")
-            # The 2 MiB default page cache thrashes on a million clients; reads through
-            # mmap share the OS page cache instead of copying pages per connection.
+            # The 2 MiB default page cache thrashes on a million clients.
             cur.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-            cur.execute(f"PRAGMA mmap_size = {SQLITE_MMAP_BYTES}")
+            # No memory-mapped reads of the database file: an I/O error on a mapped page
+            # (a file made unreadable, truncated or on a failing disk) is a SIGBUS that kills
+            # the process, where read() returns an error the writer retries (issue 11, S1).
+            cur.execute("PRAGMA mmap_size = 0")
             cur.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT}")
         finally:
             cur.close()

@@ -9,10 +9,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreUnavailable
 from kmsgate.store.records import ActivationRecord
+
+if TYPE_CHECKING:
+    from kmsgate.store.retention import Retention
 
 log = logging.getLogger("kmsgate.store")
 
@@ -21,6 +25,10 @@ log = logging.getLogger("kmsgate.store")
 POISON_ATTEMPTS = 3
 FIRST_BACKOFF = 0.05
 CLOSING_RETRY = 0.1
+# After this many failed attempts in a row every further attempt starts from fresh
+# connections: a SQLite connection opened while the file was read-only would otherwise stay
+# read-only for good (issue 11, S1), and a PostgreSQL one may be half dead.
+RECONNECT_AFTER = 2
 
 
 class RecordWriter:
@@ -38,10 +46,13 @@ class RecordWriter:
         batch_size: int = 5000,
         on_drop: Callable[[ActivationRecord], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         max_backoff: float = 2.0,
+        retention: Retention | None = None,
     ) -> None:
         """`flush_interval` caps how long a batch waits for more records; `max_backoff`
-        caps the pause between retries while the database is unavailable."""
+        caps the pause between retries while the database is unavailable; `retention`
+        prunes between batches."""
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
         self._store = store
@@ -50,7 +61,9 @@ class RecordWriter:
         self._batch_size = batch_size
         self._on_drop = on_drop
         self._clock = clock
+        self._wall_clock = wall_clock
         self._max_backoff = max_backoff
+        self._retention = retention
         self._queue: deque[ActivationRecord] = deque()
         self._wake = asyncio.Event()
         self._closing_event = asyncio.Event()
@@ -64,6 +77,10 @@ class RecordWriter:
         self._down_since: float | None = None
         self._full = False
         self._dropped_at_full = 0
+        # For /healthz, in wall-clock seconds: the latest failure, and since when writes fail.
+        self._last_error: tuple[float, str] | None = None
+        self._failing_since: float | None = None
+        self.reconnects = 0
 
     # ---------------------------------------------------------------- counters
 
@@ -91,6 +108,16 @@ class RecordWriter:
     def failures(self) -> int:
         """Failed write attempts (each retry counts)."""
         return self._failures
+
+    @property
+    def last_error(self) -> tuple[float, str] | None:
+        """(Unix time, message) of the latest failed write; kept after the store is back."""
+        return self._last_error
+
+    @property
+    def failing_since(self) -> float | None:
+        """Unix time of the first failure of the current outage; None while writes succeed."""
+        return self._failing_since
 
     # ---------------------------------------------------------------- host side
 
@@ -158,19 +185,21 @@ class RecordWriter:
     # ---------------------------------------------------------------- flushing task
 
     async def _run(self) -> None:
-        streak = 0  # consecutive failed attempts: drives the backoff
+        streak = 0  # consecutive failed attempts: drives the backoff and reconnection
         suspect = 0  # of those, non-transient ones: the head batch may hold a bad record
         while True:
             if not self._queue:
                 if self._closing:
                     return
-                self._wake.clear()
-                await self._wake.wait()
+                await self._idle()
                 continue
             if not self._closing and self._down_since is None:
                 await self._gather()
             batch = list(itertools.islice(self._queue, self._batch_size))
             try:
+                if streak >= RECONNECT_AFTER:
+                    self.reconnects += 1
+                    await self._store.reconnect()
                 if suspect >= POISON_ATTEMPTS:
                     await self._write_one_by_one(batch)
                 else:
@@ -188,6 +217,22 @@ class RecordWriter:
                 suspect += 1
             else:
                 streak = suspect = 0
+                retention = self._retention
+                if retention is not None and retention.due_in() == 0 and not self._closing:
+                    # One small delete between batches: records never wait for a whole pass,
+                    # and a pass still runs under a load that never leaves the queue empty.
+                    await retention.step()
+
+    async def _idle(self) -> None:
+        """Wait for records; prune meanwhile when retention is due."""
+        retention = self._retention
+        if retention is not None and retention.due_in() == 0:
+            await retention.step()
+            return
+        self._wake.clear()
+        timeout = None if retention is None else retention.due_in()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _gather(self) -> None:
         """Let more records join the batch, for at most flush_interval or until it is full.
@@ -208,6 +253,7 @@ class RecordWriter:
         for _ in range(count):
             self._queue.popleft()
         self._written += count
+        self._failing_since = None
         if self._down_since is not None:
             log.warning(
                 "store back after %.1f s: writing %d queued records",
@@ -224,6 +270,10 @@ class RecordWriter:
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
+        now = self._wall_clock()
+        self._last_error = (now, f"{exc}"[:500] or type(exc).__name__)
+        if self._failing_since is None:
+            self._failing_since = now
         if self._down_since is None:
             self._down_since = self._clock()
             state = "unavailable" if isinstance(exc, StoreUnavailable) else "write failed"

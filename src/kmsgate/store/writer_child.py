@@ -84,7 +84,8 @@ async def serve(outbox: Outbox) -> None:
     config = _config(await read_frame(reader))
     logging.getLogger().setLevel(int(config["log_level"]))
     node = str(config["node"])
-    store = await Store.open(str(config["url"]), upgrade=False)
+    # Its file, if missing (deleted since the serving process opened it), it creates anew.
+    store = await Store.open(str(config["url"]), upgrade=False, recreate=True)
     if config.get("run_as") is not None:
         from kmsgate.server.systemd import drop_privileges
 
@@ -93,16 +94,27 @@ async def serve(outbox: Outbox) -> None:
         # (which may live where that user cannot read) but before connecting.
         uid, gid = config["run_as"]
         drop_privileges(int(uid), int(gid))
+    retention = None
+    if int(config.get("retention_days", 0)) > 0:
+        from kmsgate.store.retention import Retention
+
+        retention = Retention(store, int(config["retention_days"]))
     writer = RecordWriter(
         store,
         max_queue=int(config["max_queue"]),
         flush_interval=float(config["flush_interval"]),
         batch_size=int(config["batch_size"]),
+        retention=retention,
     )
     malformed = 0
 
     def status() -> tuple[object, ...]:
-        return ("status", writer.written, writer.dropped + malformed, writer.failures)
+        # The last field, for /healthz: None, or (time of the latest failure, its message,
+        # since when writes fail or None once they succeed again), times in Unix seconds.
+        trouble = None
+        if writer.last_error is not None:
+            trouble = (*writer.last_error, writer.failing_since)
+        return ("status", writer.written, writer.dropped + malformed, writer.failures, trouble)
 
     async def report() -> None:
         last: tuple[object, ...] | None = None

@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,11 +64,13 @@ class WriterProcess:
         restart_delay: float = 1.0,
         close_timeout: float = 5.0,
         run_as: tuple[int, int] | None = None,
+        retention_days: int = 0,
     ) -> None:
         """`max_queue` bounds the records the child holds unwritten (the pipe included);
         `close_timeout` bounds the child's last write once its input ends (close, or
         this process killed); `restart_delay` is the first pause before restarting a child;
-        `run_as` (uid, gid): the child, started by root, becomes that user before writing."""
+        `run_as` (uid, gid): the child, started by root, becomes that user before writing;
+        `retention_days` > 0: the child prunes older rows (kmsgate.store.retention)."""
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
         self._url = url
@@ -78,6 +81,7 @@ class WriterProcess:
         self._restart_delay = self._first_restart_delay = restart_delay
         self._close_timeout = close_timeout
         self._run_as = run_as
+        self._retention_days = retention_days
         self._log_level = logging.getLogger("kmsgate").getEffectiveLevel()
         # Drafts flow pending -> out (one frame being written) -> pipe -> child.
         self._pending: list[RecordDraft] = []
@@ -107,6 +111,10 @@ class WriterProcess:
         self.pid: int | None = None  # of the running child, set once the first one is ready
         self.restarts = 0
         self.pipe_size = 0  # bytes the kernel granted the pipe (0 where unknown)
+        # (Unix time, message) of the latest failed write or child exit; since when writes
+        # fail (None while they succeed): the child's report, for /healthz.
+        self.last_error: tuple[float, str] | None = None
+        self.failing_since: float | None = None
 
     # ---------------------------------------------------------------- counters
 
@@ -334,6 +342,7 @@ class WriterProcess:
             "close_timeout": self._close_timeout,
             "log_level": self._log_level,
             "run_as": self._run_as,
+            "retention_days": self._retention_days,
         }
         self._out += encode_frame(("config", config))
         self._pump()
@@ -357,6 +366,7 @@ class WriterProcess:
                 log.error("record writer process exited with status %s before it was ready", code)
             return  # close() or start() takes it from here
         lost = self._in_flight
+        self.last_error = (time.time(), f"record writer process exited with status {code}")
         log.error(
             "record writer process %s exited with status %s; %d records unconfirmed, "
             "restarting in %.1f s",
@@ -375,10 +385,17 @@ class WriterProcess:
 
     def _on_message(self, message: tuple[object, ...]) -> None:
         match message:
-            case ("status", int(written), int(dropped), int(failures)):
+            case ("status", int(written), int(dropped), int(failures), trouble):
                 self._child_written = written
                 self._child_dropped = dropped
                 self._child_failures = failures
+                match trouble:
+                    case (float(at), str(text), float() | None as since):
+                        self.last_error, self.failing_since = (at, text), since
+                    case None:
+                        self.failing_since = None
+                    case _:
+                        raise FrameError(f"malformed status {trouble!r:.80}")
                 if self._pending:  # the child made room: hand over what waits for it
                     self._pump()
             case ("log", int(level), str(name), str(text)):

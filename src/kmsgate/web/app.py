@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -33,6 +32,7 @@ from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.api import build_api_router
 from kmsgate.web.audit import build_audit_router
 from kmsgate.web.auth import Authenticator, LoginLimiter, SessionCodec, client_ip
+from kmsgate.web.health import StoreHealth, health_response
 from kmsgate.web.pages import (
     KmsAddress,
     LoginRequired,
@@ -48,7 +48,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 # The exposition format generate_latest() writes; prometheus_client's CONTENT_TYPE_LATEST
 # names a newer version in recent releases, which older scrapers reject.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-HEALTH_TIMEOUT = 3.0
 # uvicorn's h11 parser accepts request lines far longer than this; nothing we serve needs more.
 MAX_REQUEST_TARGET = 8192
 CSP = (
@@ -160,13 +159,15 @@ def create_app(
     trust_proxy: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
     portal_limiter: PortalLimiter | None = None,
     kms_address: KmsAddress | None = None,
+    store_health: StoreHealth | None = None,
 ) -> FastAPI:
     """Build the dashboard over an open store; metrics_registry None serves the default registry.
 
     With a gateway, / is the user portal and the overview moves to /dashboard. trust_proxy:
     proxies whose X-Forwarded-For names the client. kms_address: the KMS host and port the
-    portal tells clients to use (default: its own host name, 1688). login_limiter, portal_limiter,
-    password_hasher and clock exist for tests; the defaults suit production.
+    portal tells clients to use (default: its own host name, 1688). store_health: the record
+    writer's state, which /healthz reports. login_limiter, portal_limiter, password_hasher and
+    clock exist for tests; the defaults suit production.
     """
     now = clock or (lambda: datetime.now(UTC))
     registry = metrics_registry if metrics_registry is not None else prometheus_client.REGISTRY
@@ -218,15 +219,10 @@ def create_app(
             return JSONResponse({"detail": "authentication required: log in at /login"}, 401)
         return JSONResponse(app.openapi())
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness and database check")
+    @app.get("/healthz", tags=["ops"], summary="Liveness, database and recording check")
     async def healthz() -> JSONResponse:
-        """200 {"status": "ok"} when the store answers a ping, else 503."""
-        try:
-            await asyncio.wait_for(store.ping(), HEALTH_TIMEOUT)
-        except (StoreError, TimeoutError) as exc:
-            log.warning("health check: store unavailable: %s", exc or "timeout")
-            return JSONResponse({"status": "unavailable", "detail": "store unavailable"}, 503)
-        return JSONResponse({"status": "ok"})
+        """200 while the store answers and keeps every record, else 503 (web/health.py)."""
+        return await health_response(store, store_health)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:

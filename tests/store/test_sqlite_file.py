@@ -1,0 +1,165 @@
+"""The SQLite file under a Store: deleted, replaced or missing, and never created by accident."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from kmsgate.store import Store, StoreUnavailable, migrate
+from kmsgate.store.database import FILE_CHECK_INTERVAL
+from kmsgate.store.engine import make_engine
+from tests.store import make_record
+
+
+def names(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return {row[0] for row in conn.execute("SELECT machine_name FROM activations")}
+
+
+def remove_all(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).unlink()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "kmsgate.db"
+
+
+async def test_a_deleted_file_is_recreated_at_the_next_write(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await Store.open(f"sqlite:///{db}")
+    try:
+        await store.record_activations([make_record(machine_name="FIRST")])
+        remove_all(db)
+        with caplog.at_level(logging.WARNING, logger="kmsgate.store"):
+            await store.record_activations([make_record(machine_name="SECOND")])
+        assert names(db) == {"SECOND"}
+        assert store.recreated == 1
+        assert f"database file {db} was deleted while in use" in caplog.text
+        assert f"database file {db} created anew with an empty schema" in caplog.text
+        assert (await store.stats(make_record().time)).activations == 1
+    finally:
+        await store.close()
+
+
+async def test_a_batch_committed_into_a_file_deleted_meanwhile_is_written_again(
+    db: Path,
+) -> None:
+    store = await Store.open(f"sqlite:///{db}")
+    deleted = []
+
+    def delete_at_commit(_conn: Any) -> None:
+        # Deleted while the batch commits: it lands in the lost file, then in the new one.
+        if not deleted:
+            deleted.append(True)
+            remove_all(db)
+
+    try:
+        await store.record_activations([make_record(machine_name="BEFORE")])
+        event.listen(store.engine.sync_engine, "commit", delete_at_commit)
+        await store.record_activations([make_record(machine_name="DURING")])
+        assert deleted and names(db) == {"DURING"}
+    finally:
+        await store.close()
+
+
+async def test_a_replaced_file_is_reopened_without_the_old_sidecars(
+    db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await Store.open(f"sqlite:///{db}")
+    backup = tmp_path / "data" / "backup.db"
+    try:
+        await store.record_activations([make_record(machine_name="KEPT")])
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as live,
+            contextlib.closing(sqlite3.connect(backup)) as copy,
+        ):
+            live.backup(copy)
+        await store.record_activations([make_record(machine_name="LOST")])
+        assert db.with_name("kmsgate.db-wal").stat().st_size > 0  # LOST is in this log
+        backup.replace(db)
+        with caplog.at_level(logging.WARNING, logger="kmsgate.store"):
+            await store.record_activations([make_record(machine_name="AFTER")])
+        assert names(db) == {"KEPT", "AFTER"}
+        assert f"database file {db} was replaced while in use" in caplog.text
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        await store.close()
+
+
+async def test_reads_follow_the_new_file_within_a_second(db: Path) -> None:
+    writer = await Store.open(f"sqlite:///{db}")
+    clock = [0.0]
+    reader = await Store.open(f"sqlite:///{db}", upgrade=False, clock=lambda: clock[0])
+    try:
+        await writer.record_activations([make_record(machine_name="OLD")])
+        assert [r.machine_name for r in (await reader.list_activations()).items] == ["OLD"]
+        remove_all(db)
+        await writer.record_activations([make_record(machine_name="NEW")])
+        # The dashboard's store checks the file at most once a second (one stat call)...
+        clock[0] += FILE_CHECK_INTERVAL
+        # ...and then reads the new file instead of the lost one.
+        assert [r.machine_name for r in (await reader.list_activations()).items] == ["NEW"]
+        assert names(db) == {"NEW"}
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_a_writer_started_without_a_file_creates_it_at_its_first_write(db: Path) -> None:
+    # As the writer process opens it: its file may be deleted before it starts.
+    store = await Store.open(f"sqlite:///{db}", upgrade=False, recreate=True)
+    try:
+        assert not db.exists()  # opening contacts nothing
+        await store.record_activations([make_record(machine_name="FIRST")])
+        assert names(db) == {"FIRST"}
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
+                migrate.head(),
+            )
+    finally:
+        await store.close()
+
+
+async def test_a_store_that_may_not_migrate_creates_no_file_it_never_had(db: Path) -> None:
+    store = await Store.open(f"sqlite:///{db}", upgrade=False)
+    try:
+        with pytest.raises(StoreUnavailable, match=f"there is no database file {db}"):
+            await store.list_activations()
+        assert not db.exists()
+    finally:
+        await store.close()
+
+
+async def test_connections_never_create_a_missing_file(db: Path) -> None:
+    engine = make_engine(f"sqlite:///{db}", create=False)
+    try:
+        with pytest.raises(Exception, match="unable to open database file"):
+            async with engine.connect():
+                pass
+        assert not db.exists()
+    finally:
+        await engine.dispose()
+        # aiosqlite's thread of the failed connection reports its stop to this loop: let it,
+        # before the loop closes.
+        for thread in threading.enumerate():
+            if "_connection_worker_thread" in thread.name:
+                thread.join(timeout=10)
+
+
+async def test_a_folder_that_cannot_hold_the_file_is_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreUnavailable, match="cannot create the database file"):
+        await Store.open(f"sqlite:///{blocker}/kmsgate.db")
