@@ -8,7 +8,19 @@ from typing import Any
 
 import typer
 
-COMMANDS = ("serve", "client", "products", "records", "users", "audit", "db", "dns", "config_cmd")
+COMMANDS = (
+    "serve",
+    "client",
+    "products",
+    "records",
+    "users",
+    "audit",
+    "db",
+    "dns",
+    "config_cmd",
+    "diagnose",
+    "report",
+)
 # Top-level command name -> module; `clients` and `stats` live in records, `config` in config_cmd.
 _MODULE_OF = {"clients": "records", "stats": "records", "config": "config_cmd"}
 
