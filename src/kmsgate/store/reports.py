@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, literal, select, tuple_
 
+from kmsgate.catalog import Catalog
 from kmsgate.store import cursor as cursors
 from kmsgate.store.database import Store
 from kmsgate.store.errors import InvalidCursor
@@ -174,10 +175,20 @@ def _stale_boundary(token: str, days: int) -> tuple[datetime, uuid.UUID]:
 
 
 class ReportStore:
-    """Report queries over an open Store (same engine, both dialects)."""
+    """Report queries over an open Store (same engine, both dialects).
 
-    def __init__(self, store: Store) -> None:
+    With a catalogue, products are named by their SKU's current catalogue name, so a SKU
+    renamed mid-month by a catalogue update keeps one name; else by the name recorded last
+    in alphabetical order.
+    """
+
+    def __init__(self, store: Store, catalog: Catalog | None = None) -> None:
         self._store = store
+        self._catalog = catalog
+
+    def _product_name(self, sku_id: uuid.UUID | None, recorded: str) -> str:
+        sku = self._catalog.sku(sku_id) if self._catalog is not None and sku_id else None
+        return sku.name if sku is not None else recorded
 
     async def monthly(self, month: Month) -> MonthlyReport:
         """Distinct machines per product and per gateway user, served in `month` (UTC)."""
@@ -226,7 +237,10 @@ class ReportStore:
             user_rows = list(await conn.execute(per_user))
             total_rows = list(await conn.execute(user_totals))
         products = sorted(
-            (ProductMachines(r.sku_id, r.product, int(r.machines)) for r in product_rows),
+            (
+                ProductMachines(r.sku_id, self._product_name(r.sku_id, r.product), int(r.machines))
+                for r in product_rows
+            ),
             key=lambda p: (-p.machines, p.product, str(p.sku_id)),
         )
         users = sorted(
