@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from kmsgate.catalog import default_catalog
-from kmsgate.store import ActivationRecord, InvalidCursor, Store
+from kmsgate.store import ActivationRecord, InvalidCursor, Store, migrate
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.store.reports import Month, ReportStore
 
@@ -213,6 +214,60 @@ async def test_refusals_never_count(store: Store) -> None:
     assert (report.machines, report.products) == (0, [])
 
 
+def test_upgrade_folds_in_the_activations_already_stored(empty_db_url: str) -> None:
+    """A database written before migration 0009 reports the same as one written after."""
+    migrate.upgrade(empty_db_url, "0004")
+
+    async def write_old() -> None:
+        store = await Store.open(empty_db_url, upgrade=False)
+        try:
+            await store.record_activations(report_records())
+        finally:
+            await store.close()
+
+    async def read_new() -> tuple[dict[str, int], int, dict[str, int]]:
+        store = await Store.open(empty_db_url, upgrade=False)
+        try:
+            reports = ReportStore(store, default_catalog())
+            before = await reports.monthly(NOV)
+            # The trigger keeps it up after the upgrade: a new machine, and a renewal.
+            await store.record_activations(
+                [record(NOV_START + timedelta(days=3), 30), record(NOV_START, 2)]
+            )
+            after = await reports.monthly(NOV)
+        finally:
+            await store.close()
+        return (
+            {p.product: p.machines for p in before.products},
+            before.machines,
+            {p.product: p.machines for p in after.products},
+        )
+
+    asyncio.run(write_old())
+    migrate.upgrade(empty_db_url)
+    products, total, later = asyncio.run(read_new())
+    assert (products, total) == (NOV_EXPECTED, NOV_TOTAL)
+    assert later == {**NOV_EXPECTED, PRO: NOV_EXPECTED[PRO] + 1}
+
+
+async def test_nodes_writing_the_same_machines_at_once(store: Store, db_url: str) -> None:
+    """Two nodes recording overlapping batches in opposite orders: no deadlock, exact counts."""
+    other = await Store.open(db_url)
+    mid = datetime(2026, 11, 15, tzinfo=UTC)
+    try:
+        for round_ in range(6):
+            batch = [record(mid + timedelta(minutes=round_), n) for n in range(40)]
+            await asyncio.gather(
+                store.record_activations(batch),
+                other.record_activations(batch[::-1]),
+            )
+    finally:
+        await other.close()
+    report = await ReportStore(store).monthly(NOV)
+    assert [(p.product, p.machines) for p in report.products] == [(PRO, 40)]
+    assert report.machines == 40
+
+
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 
@@ -282,20 +337,18 @@ async def test_stale_rejects_bad_arguments(store: Store) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-async def test_monthly_query_reads_the_time_index(store: Store) -> None:
-    """The month is one range of ix_activations_time_id, not a scan of every request."""
-    start = "2026-11-01 00:00:00.000000"
-    end = "2026-12-01 00:00:00.000000"
+async def test_monthly_query_reads_one_month_of_keys(store: Store) -> None:
+    """The month is one range of machine_months' primary key, not a scan of every request."""
     async with store.engine.connect() as conn:
         plan = (
             await conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT sku_id, max(sku_name), count(DISTINCT cmid) "
-                f"FROM activations WHERE time >= '{start}' AND time < '{end}' "
-                "AND result = 'activated' AND cmid IS NOT NULL GROUP BY sku_id"
+                "EXPLAIN QUERY PLAN SELECT sku_id, max(sku_name), count(*) FROM machine_months "
+                "WHERE month = '2026-11' GROUP BY sku_id"
             )
         ).all()
     details = " ".join(str(row[-1]) for row in plan)
-    assert "USING INDEX ix_activations_time_id (time>? AND time<?)" in details
+    assert "SEARCH machine_months USING PRIMARY KEY (month=?)" in details
+    assert "activations" not in details
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,9 @@
 """Licence reports: distinct machines per product and month, per gateway user, stale machines.
 
-Every query reads one bounded range of an existing index: a month of `activations` through
-ix_activations_time_id (rows are inserted in time order, so the table reads that follow it
-are nearly sequential), a month of `audit_events` through ix_audit_events_time_id, and the
-clients not seen since a cutoff through ix_clients_last_seen_cmid. docs/records.md has the
-measured times.
+Every query reads one bounded key range: a month of `machine_months` (one row per machine,
+SKU and month, kept by a trigger on activations: no renewal is read again), a month of
+`audit_events` through ix_audit_events_time_id, and the clients not seen since a cutoff
+through ix_clients_last_seen_cmid. docs/records.md has the measured times.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from kmsgate.catalog import Catalog
 from kmsgate.store import cursor as cursors
 from kmsgate.store.database import Store
 from kmsgate.store.errors import InvalidCursor
-from kmsgate.store.schema import activations, audit_events, clients
+from kmsgate.store.schema import audit_events, clients, machine_months
 
 MAX_STALE_DAYS = 36500
 MAX_STALE_LIMIT = 1000
@@ -192,23 +191,18 @@ class ReportStore:
 
     async def monthly(self, month: Month) -> MonthlyReport:
         """Distinct machines per product and per gateway user, served in `month` (UTC)."""
-        in_month = and_(
-            activations.c.time >= month.start,
-            activations.c.time < month.end,
-            activations.c.result == SERVED,
-            activations.c.cmid.is_not(None),
-        )
+        in_month = machine_months.c.month == str(month)
         per_product = (
             select(
-                activations.c.sku_id,
+                machine_months.c.sku_id,
                 # A catalogue update may rename a SKU mid-month; one row per SKU id regardless.
-                func.max(activations.c.sku_name).label("product"),
-                func.count(activations.c.cmid.distinct()).label("machines"),
+                func.max(machine_months.c.sku_name).label("product"),
+                func.count().label("machines"),
             )
             .where(in_month)
-            .group_by(activations.c.sku_id)
+            .group_by(machine_months.c.sku_id)
         )
-        overall = select(func.count(activations.c.cmid.distinct())).where(in_month)
+        overall = select(func.count(machine_months.c.cmid.distinct())).where(in_month)
         audited = and_(
             audit_events.c.time >= month.start,
             audit_events.c.time < month.end,

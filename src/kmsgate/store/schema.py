@@ -195,3 +195,16 @@ audit_events = Table(
     Index("ix_audit_events_kind_id", "kind", "id"),
     Index("ix_audit_events_time_id", "time", "id"),
 )
+
+# Licence reports: each machine once per (UTC month, SKU) it was served in. Filled by a
+# database trigger on activations (migration 0009), so the report reads one month's keys
+# instead of sorting every renewal of the month.
+machine_months = Table(
+    "machine_months",
+    metadata,
+    Column("month", String(7), primary_key=True),  # "YYYY-MM"
+    Column("sku_id", Uuid(), primary_key=True),
+    Column("cmid", Uuid(), primary_key=True),
+    Column("sku_name", String(), nullable=False),  # as first served in the month
+    sqlite_with_rowid=False,
+)
