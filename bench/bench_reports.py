@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.store.pg (the throwaway server)
 
 from kmsgate.catalog import default_catalog  # noqa: E402
-from kmsgate.store import Store  # noqa: E402
+from kmsgate.store import ActivationRecord, Store  # noqa: E402
 from kmsgate.store.reports import Month, ReportStore  # noqa: E402
 from kmsgate.store.schema import activations, clients  # noqa: E402
 
@@ -159,19 +159,23 @@ async def seed(store: Store, count: int, months: int) -> int:
     for start in range(0, len(client_batch), CHUNK):
         await bulk_insert(store, clients, client_batch[start : start + CHUNK])
     await store.optimize()
-    print(f"  seeded {total:,} activations, {count:,} clients in {time.perf_counter() - started:.1f} s")
+    print(
+        f"  seeded {total:,} activations, {count:,} clients "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return total
 
 
 async def timed(label: str, call: Callable[[], Awaitable[object]]) -> None:
     samples = []
-    result: object = None
     for _ in range(RUNS):
         begin = time.perf_counter()
-        result = await call()
+        await call()
         samples.append(time.perf_counter() - begin)
-    print(f"  {label:<44} median {statistics.median(samples) * 1000:9.1f} ms   max {max(samples) * 1000:9.1f} ms")
-    return None if result is None else None
+    print(
+        f"  {label:<46} median {statistics.median(samples) * 1000:9.1f} ms"
+        f"   max {max(samples) * 1000:9.1f} ms"
+    )
 
 
 async def explain(store: Store, sql: str) -> None:
@@ -180,6 +184,75 @@ async def explain(store: Store, sql: str) -> None:
         rows = (await conn.exec_driver_sql(prefix + sql)).all()
     for row in rows:
         print("    " + " | ".join(str(v) for v in row))
+
+
+def write_batches(count: int, rng: random.Random) -> list[list[ActivationRecord]]:
+    """Batches of 500 renewals (80 % known machines) like a host's writer flushes."""
+    catalog = default_catalog()
+    skus = [catalog.resolve_product(name) for name in SKUS]
+    when = START + timedelta(days=70)
+    batches = []
+    for b in range(count):
+        batch = []
+        for k in range(500):
+            sku = skus[k % len(skus)]
+            batch.append(
+                ActivationRecord(
+                    time=when + timedelta(seconds=b * 500 + k),
+                    client_machine_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+                    machine_name=f"NEW-{b}-{k}",
+                    address="10.200.0.1",
+                    application_id=sku.application_id,
+                    sku_id=sku.id,
+                    sku_name=sku.name,
+                    kms_id=sku.kms_id,
+                    product_family="Windows",
+                    license_status=1,
+                    protocol=6,
+                    result="activated",
+                    hresult=0,
+                    epid=EPID,
+                    node="bench",
+                )
+            )
+        batches.append(batch)
+    return batches
+
+
+async def write_cost(store: Store) -> None:
+    """CPU per recorded activation with and without the machine_months trigger."""
+    trigger = "activations_machine_months"
+    if store.dialect == "sqlite":
+        async with store.engine.connect() as conn:
+            create = (
+                await conn.exec_driver_sql(
+                    f"SELECT sql FROM sqlite_master WHERE name = '{trigger}'"
+                )
+            ).scalar_one()
+        drop = f"DROP TRIGGER {trigger}"
+    else:
+        create = (
+            f"CREATE TRIGGER {trigger} AFTER INSERT ON activations REFERENCING NEW TABLE "
+            "AS inserted FOR EACH STATEMENT EXECUTE FUNCTION kmsgate_machine_months()"
+        )
+        drop = f"DROP TRIGGER {trigger} ON activations"
+    rng = random.Random(5)
+    batches = write_batches(40, rng)
+    spent = {"with trigger": 0.0, "without": 0.0}
+    for i, batch in enumerate(batches):
+        label = "with trigger" if i % 2 == 0 else "without"
+        if label == "without":
+            async with store.engine.begin() as conn:
+                await conn.exec_driver_sql(drop)
+        started = time.perf_counter()
+        await store.record_activations(batch)
+        spent[label] += time.perf_counter() - started
+        if label == "without":
+            async with store.engine.begin() as conn:
+                await conn.exec_driver_sql(create)
+    for label, seconds in spent.items():
+        per = seconds / (len(batches) // 2 * 500) * 1e6
+        print(f"  record_activations {label:<13} {per:8.1f} us per record (wall)")
 
 
 async def run(url: str, count: int, months: int) -> None:
@@ -206,13 +279,24 @@ async def run(url: str, count: int, months: int) -> None:
             start_text, end_text = (v.replace(tzinfo=None).isoformat(" ") for v in (start, end))
         else:
             start_text, end_text = start.isoformat(), end.isoformat()
+        raw = (
+            "SELECT sku_id, max(sku_name), count(DISTINCT cmid) FROM activations "
+            f"WHERE time >= '{start_text}' AND time < '{end_text}' AND result = 'activated' "
+            "AND cmid IS NOT NULL GROUP BY sku_id"
+        )
+
+        async def scan() -> object:
+            async with store.engine.connect() as conn:
+                return (await conn.exec_driver_sql(raw)).all()
+
+        await timed("the same from activations (no machine_months)", scan)
         print("  plan of the per-product query:")
         await explain(
             store,
-            "SELECT sku_id, max(sku_name), count(DISTINCT cmid) FROM activations "
-            f"WHERE time >= '{start_text}' AND time < '{end_text}' AND result = 'activated' "
-            "AND cmid IS NOT NULL GROUP BY sku_id",
+            "SELECT sku_id, max(sku_name), count(*) FROM machine_months "
+            f"WHERE month = '{month}' GROUP BY sku_id",
         )
+        await write_cost(store)
     finally:
         await store.close()
 

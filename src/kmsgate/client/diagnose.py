@@ -280,7 +280,7 @@ async def check_dns(
                 f"{host} resolves to {', '.join(addresses)}",
                 details={"host": host, "addresses": addresses},
             )
-        ], [(host, port)]
+        ], [(address, port) for address in addresses]
 
     where = f"{SRV_SERVICE}.{domain}" if domain else f"{SRV_SERVICE} in the DNS search domains"
     try:
