@@ -96,7 +96,6 @@ _NOT_IN_REFUSAL = {
 DIAGNOSE_MACHINE_NAME = "kmsgate-diagnose"
 # A genuine client's activation lasts 180 days; a longer renewal interval lets it lapse.
 ACTIVATION_VALIDITY_MINUTES = 180 * 24 * 60
-GENUINE_MAX_SKEW = 4 * 3600
 _READ_SIZE = 4096
 _SNIFF_BYTES = 512
 
