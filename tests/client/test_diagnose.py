@@ -233,6 +233,20 @@ def test_epid_that_does_not_fit_the_product(tmp_path: Path) -> None:
         assert code == 0 and steps(doc)["identity"][0]["status"] == "ok"
 
 
+def test_client_count_below_the_n_count(tmp_path: Path) -> None:
+    with serve(tmp_path, "--client-count", "5") as low:
+        code, doc = run_json(f"{LOOPBACK}:{low.port}")
+        assert code == EXIT_CODES["count"] == 9
+        found = steps(doc)
+        assert found["answer"][0]["status"] == "ok"  # the answer itself verifies
+        count = found["count"][0]
+        assert (count["status"], count["hresult"]) == ("error", "0xC004F038")
+        assert count["title"] == "the host counts 5 client(s); this product needs 25"
+        assert count["details"] == {"current_client_count": 5, "required": 25}
+        # Office needs 5: the same host is enough for it.
+        assert run_json(f"{LOOPBACK}:{low.port}", "--product", REFUSED_PRODUCT)[0] == 0
+
+
 def test_human_output(host: Serve) -> None:
     code, out = run(f"{LOOPBACK}:{host.port}")
     assert code == 0
@@ -377,6 +391,8 @@ def test_host_closing_connections_from_a_denied_address(tmp_path: Path) -> None:
         ["127.0.0.1", "--product", "no such product at all"],
         ["127.0.0.1", "--protocol", "7"],
         ["127.0.0.1", "--dns-server", "not-an-address"],
+        ["127.0.0.1", "--clock-offset", "1e12"],
+        ["-", "--domain", "x.test", "--timeout", "0"],
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:

@@ -38,6 +38,7 @@ _MARKS = {
     "skipped": ("–", "dim"),
 }
 _LABEL_WIDTH = 10
+MAX_CLOCK_OFFSET = 100 * 365 * 86400
 
 
 def _print_finding(console: Console, finding: Finding) -> None:
@@ -110,8 +111,10 @@ def register(app: typer.Typer) -> None:
         clock_offset: Annotated[
             float,
             typer.Option(
+                min=-MAX_CLOCK_OFFSET,
+                max=MAX_CLOCK_OFFSET,
                 help="shift the request's time stamp by SECONDS, to reproduce a client whose "
-                "clock is off (e.g. 21600 for 6 hours ahead)"
+                "clock is off (e.g. 21600 for 6 hours ahead)",
             ),
         ] = 0.0,
         clock_probe: Annotated[
@@ -136,6 +139,8 @@ def register(app: typer.Typer) -> None:
         """
         host: str | None = None
         port = 1688
+        if target == "-":
+            target = None
         if target is not None and target.startswith("."):
             domain = domain or target[1:]
             target = None
