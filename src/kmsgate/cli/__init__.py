@@ -21,6 +21,8 @@ COMMANDS = (
     "dns",
     "config_cmd",
     "identity",
+    "diagnose",
+    "report",
 )
 # Top-level command name -> module; `clients` and `stats` live in records, `config` in config_cmd.
 _MODULE_OF = {"clients": "records", "stats": "records", "config": "config_cmd"}

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from kmsgate.config import ServeSettings, explain, load_settings
 from kmsgate.store.database import Store
-from kmsgate.store.engine import masked, translated
+from kmsgate.store.engine import create_sqlite_file, masked, translated
 from kmsgate.store.errors import StoreError, UserExists, UserNotFound
 
 T = TypeVar("T")
@@ -128,6 +128,9 @@ def with_store(
             with path.open("rb") as handle:
                 if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
                     raise MissingDatabaseError(f"{path} is not a SQLite database")
+        if upgrade and not must_exist and path is not None:
+            # Connections never create a missing SQLite file; a command that may, does here.
+            create_sqlite_file(path)
         store = await Store.open(settings.db_url, upgrade=False)
         try:
             if must_exist or upgrade:

@@ -210,3 +210,16 @@ seen_machines = Table(
     Index("ix_seen_machines_counter_last_seen", "counter", "last_seen"),
     Index("ix_seen_machines_last_seen", "last_seen"),
 )
+
+# Licence reports: each machine once per (UTC month, SKU) it was served in. Filled by a
+# database trigger on activations (migration 0007), so the report reads one month's keys
+# instead of sorting every renewal of the month.
+machine_months = Table(
+    "machine_months",
+    metadata,
+    Column("month", String(7), primary_key=True),  # "YYYY-MM"
+    Column("sku_id", Uuid(), primary_key=True),
+    Column("cmid", Uuid(), primary_key=True),
+    Column("sku_name", String(), nullable=False),  # as first served in the month
+    sqlite_with_rowid=False,
+)

@@ -41,6 +41,7 @@ from kmsgate.web.pages import (
     build_pages_router,
 )
 from kmsgate.web.portal import Portal, PortalLimiter, build_portal_router, client_address
+from kmsgate.web.reports import build_reports_router
 
 log = logging.getLogger("kmsgate.web")
 
@@ -210,6 +211,7 @@ def create_app(
     app.include_router(api)
     audit_store = gateway.store if gateway is not None else GatewayStore(store)
     app.include_router(build_audit_router(audit_store, authenticator, renderer))
+    app.include_router(build_reports_router(store, catalog, authenticator, renderer, now=now))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/openapi.json", include_in_schema=False)
