@@ -92,7 +92,9 @@ async def test_login_opens_one_activation_and_the_audit_links_it(node: Service) 
     assert activation.product == "Windows Server 2019 Datacenter"
     assert activation.window_id == outcome.window.id and activation.address == "127.0.0.1"
     refusals = await audit_kinds(node.gateway, kind="connection_refused")
-    assert len(refusals) == 2 and refusals[0].username is None
+    # Counted per source and minute: one row, or two when the minute turned in between.
+    assert sum(e.count for e in refusals) == 2 and len(refusals) <= 2
+    assert all(e.username is None and e.address == "127.0.0.1" for e in refusals)
 
 
 async def test_wrong_password_and_unknown_user_are_audited(node: Service) -> None:
@@ -139,7 +141,7 @@ async def test_unused_window_expires_and_is_audited(tmp_path: Path) -> None:
         expired = await gateway.sweep()
         assert [w.id for w in expired] == [outcome.window.id]  # type: ignore[union-attr]
         kinds = [e.kind for e in await audit_kinds(gateway)]
-        assert kinds[-2:] == ["connection_refused", "window_expired"]
+        assert sorted(kinds[-2:]) == ["connection_refused", "window_expired"]
         await gateway.audit.close()
     finally:
         await store.close()

@@ -195,3 +195,10 @@ audit_events = Table(
     Index("ix_audit_events_kind_id", "kind", "id"),
     Index("ix_audit_events_time_id", "time", "id"),
 )
+
+# Migration 0006: a window is spent by its first served activation (only spent windows count
+# against the quota once they end), and one audit row may stand for a counted burst
+# (refused connections per source and minute).
+windows.append_column(Column("spent_at", UtcDateTime(), nullable=True))
+Index("ix_windows_username_spent_at", windows.c.username, windows.c.spent_at)
+audit_events.append_column(Column("count", Integer(), nullable=False, server_default=text("1")))
