@@ -7,7 +7,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -56,7 +58,7 @@ def office_request(cmid: uuid.UUID, product: str) -> KmsRequest:
 
 
 async def outcome(client: RawClient, request: KmsRequest) -> str | int:
-    """ "served", the HRESULT of a refusal, or "closed" when the host hung up."""
+    """The outcome of one request: "served", a refusal's HRESULT, or "closed" (hung up)."""
     try:
         result = await client.activate(request=request)
     except ActivationError as exc:
@@ -65,6 +67,24 @@ async def outcome(client: RawClient, request: KmsRequest) -> str | int:
         return "closed"
     assert result.ok, result
     return "served"
+
+
+async def activate_from(
+    port: int, request: KmsRequest, *, source: str = "127.0.0.1", host: str = "127.0.0.1"
+) -> str | int:
+    """One connection: bind and one request; its outcome ("closed" if refused at any step)."""
+    try:
+        client = await connect(port, source=source, host=host)
+    except (OSError, TimeoutError):
+        return "closed"
+    try:
+        await client.bind()
+    except (ConnectionError, OSError, TimeoutError):
+        await client.close()
+        return "closed"
+    result = await outcome(client, request)
+    await client.close()
+    return result
 
 
 def kmsgate(
@@ -99,17 +119,21 @@ class Node:
     kms_port: int
     web_port: int
     data_dir: Path
-    output: str = ""
+    log: Path
 
     @property
     def web(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
+    @property
+    def output(self) -> str:
+        """The service log so far (a file: a pipe nobody reads would block the node)."""
+        return self.log.read_text(errors="replace")
+
     def stop(self) -> str:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=STOP_TIMEOUT)
-        self.output += out
+        self.proc.wait(STOP_TIMEOUT)
         return self.output
 
 
@@ -119,21 +143,35 @@ def gateway_node(
     *args: str,
     listen: Sequence[str] | None = None,
     kms_port: int | None = None,
-    popen: dict[str, Any] | None = None,
+    inherit: socket.socket | None = None,
     wait_kms: bool = True,
 ) -> Iterator[Node]:
-    """Run a gateway node until the block ends (then SIGTERM, which flushes the audit trail)."""
-    kms_port = kms_port or free_port()
+    """Run a gateway node until the block ends (then SIGTERM, which flushes the audit trail).
+
+    With `inherit`, the node gets that listening socket the way systemd's kmsgate.socket
+    hands it over (descriptor 3, LISTEN_PID, LISTEN_FDS) instead of binding its own.
+    """
     web_port = free_port()
+    if inherit is not None:
+        kms_port = inherit.getsockname()[1]
+    kms_port = kms_port or free_port()
     listen_args: list[str] = []
     for address in listen or [f"127.0.0.1:{kms_port}"]:
         listen_args += ["--listen", address]
-    proc = subprocess.Popen(
-        [str(KMSGATE), "serve", "--gateway", *listen_args, "--web", f"127.0.0.1:{web_port}",
-         "--data-dir", str(data_dir), "--log-level", "info", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **(popen or {}),
-    )  # fmt: skip
-    node = Node(proc, kms_port, web_port, data_dir)
+    argv = [str(KMSGATE), "serve", "--gateway", *listen_args, "--web", f"127.0.0.1:{web_port}",
+            "--data-dir", str(data_dir), "--log-level", "info", *args]  # fmt: skip
+    popen: dict[str, Any] = {}
+    if inherit is not None:
+        fd = inherit.fileno()
+        # LISTEN_PID must be the server's own pid: the shell sets it to $$ and execs in place.
+        argv = ["sh", "-c", f"LISTEN_PID=$$ LISTEN_FDS=1 exec {shlex.join(argv)}"]
+        # close_fds runs after preexec_fn: descriptor 3 must be on the keep list too.
+        popen = {"pass_fds": (fd, 3), "preexec_fn": lambda: os.dup2(fd, 3)}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / f"node-{web_port}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, **popen)
+    node = Node(proc, kms_port, web_port, data_dir, log)
     try:
         wait_listening(proc, web_port)
         if wait_kms:

@@ -376,8 +376,8 @@ class Gateway:
 
     async def admit(self, peer: str) -> Admission | None:
         """Consume the window of the peer's address; None (audited) when there is none."""
-        peer = str(Peer.parse(peer))
-        address = Peer.parse(peer).address
+        parsed = Peer.parse(peer)
+        peer, address = str(parsed), parsed.address
         try:
             window = await self.store.consume_window(address, self.clock(), self.node)
         except StoreError as exc:
@@ -415,9 +415,10 @@ class Gateway:
         """KmsHost event hook: link each activation to the login that admitted it."""
         if not isinstance(event, ActivationServed | ActivationRefused):
             return
-        admission = self._admitted.get(peer)
+        parsed = Peer.parse(peer)
+        admission = self._admitted.get(str(parsed))
         window = admission.window if admission is not None else None
-        address = Peer.parse(peer).address
+        address = parsed.address
         request = event.request
         if isinstance(event, ActivationServed):
             detail = ""

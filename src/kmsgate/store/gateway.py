@@ -239,7 +239,7 @@ class GatewayStore:
         (PostgreSQL re-evaluates it after the row lock; SQLite serialises writers).
         """
         address = canonical_address(address)
-        newest = (
+        open_windows = (
             select(windows.c.id)
             .where(
                 windows.c.address == address,
@@ -248,8 +248,13 @@ class GatewayStore:
             )
             .order_by(windows.c.granted_at.desc(), windows.c.id.desc())
             .limit(1)
-            .scalar_subquery()
         )
+        # A read first: a flood of connections without a window then never queues for the
+        # write lock (SQLite has one per database), which real admissions need.
+        async with self._store._read() as conn:
+            if (await conn.execute(open_windows)).first() is None:
+                return None
+        newest = open_windows.scalar_subquery()
         async with self._store._write() as conn:
             result = await conn.execute(
                 update(windows)
