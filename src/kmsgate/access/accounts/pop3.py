@@ -116,7 +116,16 @@ class Pop3Backend:
                 client.close()
 
     def _xclient(self, client: poplib.POP3, address: str) -> None:
-        """Name the client whose login follows (Dovecot answers +OK to trusted front ends)."""
+        """Name the client whose login follows (Dovecot's XCLIENT, for trusted front ends)."""
+        # Dovecot says "+OK [XCLIENT] ..." in its greeting to trusted front ends only, and
+        # answers XCLIENT from anyone else with "+OK ... ignoring": check the greeting.
+        if b"[XCLIENT]" not in client.getwelcome():
+            # Going on would put every user back behind one shared penalty: make it loud.
+            raise BackendUnavailable(
+                self.name,
+                "the server does not offer XCLIENT to kmsgate: is kmsgate's address in "
+                "its login_trusted_networks?",
+            )
         # poplib has no public way to send an extension command: write the line ourselves.
         try:
             client.sock.sendall(f"XCLIENT ADDR={address}\r\n".encode("ascii"))
@@ -124,12 +133,7 @@ class Pop3Backend:
         except OSError as exc:
             raise BackendUnavailable(self.name, _describe(exc)) from None
         if not reply.startswith(b"+OK"):
-            # Going on would put every user back behind one shared penalty: make it loud.
-            raise BackendUnavailable(
-                self.name,
-                f"XCLIENT refused ({_printable(reply.rstrip())}): is kmsgate in the server's "
-                "login_trusted_networks?",
-            )
+            raise BackendUnavailable(self.name, f"XCLIENT refused: {_printable(reply.rstrip())}")
 
     def _refusal(self, name: str, exc: poplib.error_proto) -> AuthResult:
         response = exc.args[0] if exc.args else b""
