@@ -128,6 +128,7 @@ class RelayConnection(asyncio.Protocol):
         self._closing = False
         # Gateway mode: the admitted window's request policy, its end, and why we closed.
         self._policy: RequestPolicy | None = None
+        self._admitting = False
         self._window_end: asyncio.TimerHandle | None = None
         self._end_reason = ""
         self.peer = "unknown"
@@ -235,7 +236,13 @@ class RelayConnection(asyncio.Protocol):
 
     async def _admit(self, gateway: Gateway) -> bool:
         """Take the address's window; False (and the connection closed) when there is none."""
-        admission = await gateway.admit(self.peer)
+        # Not cancelled by _shutdown meanwhile: the window may be taken already, and it must
+        # then be handed back below.
+        self._admitting = True
+        try:
+            admission = await gateway.admit(self.peer)
+        finally:
+            self._admitting = False
         if admission is None:
             log.info("%s refused: no open activation window", self.peer)
             self._shutdown()
@@ -374,8 +381,9 @@ class RelayConnection(asyncio.Protocol):
     def _shutdown(self) -> None:
         """Close both sides; each transport still flushes what it holds for its peer."""
         self._closing = True
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
+        connecting = self._connecting
+        if connecting is not None and not connecting.done() and not self._admitting:
+            connecting.cancel()
         for transport in (self._client, self._upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()
