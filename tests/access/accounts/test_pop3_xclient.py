@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -31,10 +32,20 @@ def backend(server: DovecotServer, *, forward: bool = True, mode: str = "stls") 
     )
 
 
-def last_rip(server: DovecotServer, user: str) -> str:
-    found = re.findall(rf"user=<{re.escape(user)}>.*?rip=([^,]+),", server.log.read_text())
-    assert found, server.log.read_text()[-2000:]
-    return str(found[-1])
+def last_rip(server: DovecotServer, user: str, seen_before: int = 0) -> str:
+    """The remote address Dovecot logged for `user`'s latest login (it logs a failure when
+    the connection ends, so wait for the line, within bounds)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = re.findall(rf"user=<{re.escape(user)}>.*?rip=([^,]+),", server.log.read_text())
+        if len(found) > seen_before:
+            return str(found[-1])
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        time.sleep(0.05)
+
+
+def logged(server: DovecotServer, user: str) -> int:
+    return len(re.findall(rf"user=<{re.escape(user)}>.*?rip=", server.log.read_text()))
 
 
 @pytest.mark.parametrize(
@@ -49,25 +60,28 @@ def last_rip(server: DovecotServer, user: str) -> str:
 async def test_the_server_sees_the_portal_client(
     trusting: DovecotServer, client: str, seen: str
 ) -> None:
+    before = logged(trusting, "bob")
     result = await backend(trusting).authenticate(
         "bob", trusting.users["bob"], client_address=client
     )
     assert result.ok
-    assert last_rip(trusting, "bob") == seen
+    assert last_rip(trusting, "bob", before) == seen
 
 
 async def test_failures_are_charged_to_the_client_too(trusting: DovecotServer) -> None:
+    before = logged(trusting, "alice")
     result = await backend(trusting, mode="plain").authenticate(
         "alice", "typo", client_address="10.20.30.50"
     )
     assert not result.ok and result.reason.startswith("login refused")
-    assert last_rip(trusting, "alice") == "10.20.30.50"
+    assert last_rip(trusting, "alice", before) == "10.20.30.50"
 
 
 async def test_without_the_option_nothing_is_forwarded(trusting: DovecotServer) -> None:
+    before = logged(trusting, "admin")
     plain = backend(trusting, forward=False)
     result = await plain.authenticate("admin", trusting.users["admin"], client_address="10.9.9.9")
-    assert result.ok and last_rip(trusting, "admin") == "127.0.0.1"
+    assert result.ok and last_rip(trusting, "admin", before) == "127.0.0.1"
 
 
 async def test_an_untrusting_server_makes_forwarding_fail_loudly() -> None:
