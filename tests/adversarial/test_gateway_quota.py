@@ -88,3 +88,9 @@ def test_quota_of_one_holds_across_two_nodes(tmp_path: Path) -> None:
     assert activated == dict.fromkeys(USERS, 1)
     # One window per user was ever granted.
     assert counted.split() == [f"{user}|1" for user in USERS]
+    attempts = sum(len(results) for results in outcomes)
+    print(
+        f"\n{len(USERS) * SOURCES} concurrent logins on 2 nodes: "
+        f"{sum(codes.count(200) for codes in statuses)} windows; {attempts} requests: "
+        f"{sum(results.count('served') for results in outcomes)} served"
+    )
