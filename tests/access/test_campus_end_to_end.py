@@ -65,7 +65,9 @@ def test_portal_login_in_chromium_opens_exactly_one_activation(tmp_path: Path) -
     trail = kmsgate("audit", "--json", "--limit", "50", *store)
     events = list(reversed(json.loads(trail.stdout)["items"]))
     kinds = [e["kind"] for e in events]
-    assert kinds.count("connection_refused") == 2
+    # Refused connections are counted per source and minute: the two refused activations and
+    # wait_listening's probe of the KMS port (a connection without a window, too).
+    assert sum(e["count"] for e in events if e["kind"] == "connection_refused") == 3
     linked = [e for e in events if e["kind"] == "activation"]
     assert len(linked) == 1
     activation = linked[0]

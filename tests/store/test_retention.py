@@ -104,6 +104,7 @@ async def test_windows_stay_as_long_as_quotas_count_them(store: Store) -> None:
         "alice", "10.9.0.1", NOW - timedelta(days=20), timedelta(minutes=2)
     )
     assert await gateway.consume_window("10.9.0.1", window.granted_at, "n") is not None
+    assert await gateway.spend_window(window.id, window.granted_at)  # a served activation
     await gateway.grant_window("bob", "10.9.0.2", NOW - timedelta(days=40), timedelta(minutes=2))
     counts = await Retention(store, 7, now=lambda: NOW).run_pass()
     # A 7-day retention would hand alice's monthly quota back: her window stays 32 days.

@@ -232,11 +232,12 @@ async def test_portal_wrong_password_is_401_and_escaped(
 async def test_portal_over_quota_is_403_with_reset_time(tmp_path: Path) -> None:
     async with portal_env(tmp_path, quota_week=1) as env:
         assert (await portal_login(env.client)).status_code == 200
-        assert await env.gateway.store.consume_window(PEER, NOW, "n1") is not None
+        taken = await env.gateway.store.consume_window(PEER, NOW, "n1")
+        assert taken is not None and await env.gateway.store.spend_window(taken.id, NOW)
         response = await portal_login(env.client)
         assert response.status_code == 403
         shown = text_of(response.text)
-        assert "weekly quota of 1 activations is used up" in shown
+        assert "weekly quota of 1 activation is used up" in shown
         assert "resets 2024-05-13 12:30 UTC" in shown
         assert "This week 1 of 1 used" in shown
         assert "the oldest stops counting at 2024-05-13 12:30:00" in shown
@@ -383,9 +384,11 @@ async def test_api_login_ok(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         assert body["quota"] == {
             "week": {"used": 0, "limit": 5, "resets_at": None},
             "month": {"used": 0, "limit": 10, "resets_at": None},
+            "open_windows": 0,
         }
-        assert (
-            body["message"] == f"Activate within 300 seconds from {PEER}; the window serves once."
+        assert body["message"] == (
+            f"Activate within 300 seconds from {PEER}; the window serves one connection of "
+            "one machine."
         )
         assert "set-cookie" not in response.headers
         consumed = await env.gateway.store.consume_window(PEER, NOW, NODE)
@@ -402,7 +405,8 @@ async def test_api_login_failures(tmp_path: Path) -> None:
         assert (
             await api.post("/api/login", json={"username": USER, "password": USER_PASSWORD})
         ).status_code == 200
-        await env.gateway.store.consume_window(PEER, NOW, "n1")
+        taken = await env.gateway.store.consume_window(PEER, NOW, "n1")
+        assert taken is not None and await env.gateway.store.spend_window(taken.id, NOW)
         over = await api.post("/api/login", json={"username": USER, "password": USER_PASSWORD})
         assert over.status_code == 403
         assert over.json()["detail"].endswith("it resets 2024-05-13 12:30 UTC.")

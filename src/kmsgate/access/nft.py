@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Final, Literal, get_args
 
+from kmsgate.net import canonical_address
 from kmsgate.protocol.errors import KmsgateError
 
 log = logging.getLogger("kmsgate.nft")
@@ -69,17 +70,13 @@ def check_hooks(hooks: Iterable[str]) -> tuple[Hook, ...]:
 
 def normalize_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """Parse an IP address for a set element; IPv4-mapped IPv6 becomes IPv4, scope ids go."""
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d, but the packets the kernel
+    # filters are IPv4 (canonical_address); a scope id (fe80::1%eth0) is not part of the address.
     try:
-        parsed = ipaddress.ip_address(address)
+        parsed = ipaddress.ip_address(address)  # strictly an address: no brackets, no port
     except ValueError:
         raise ValueError(f"invalid IP address {address!r}") from None
-    if isinstance(parsed, ipaddress.IPv6Address):
-        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d, but the packets the
-        # kernel filters are IPv4; a scope id (fe80::1%eth0) is not part of the address.
-        if parsed.ipv4_mapped is not None:
-            return parsed.ipv4_mapped
-        return ipaddress.IPv6Address(parsed.packed)
-    return parsed
+    return ipaddress.ip_address(canonical_address(str(parsed)).partition("%")[0])
 
 
 def seconds_left(expires_at: datetime, now: datetime) -> int:

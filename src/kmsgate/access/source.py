@@ -6,6 +6,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kmsgate.net import canonical_address
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -46,13 +48,11 @@ class SourcePolicy:
 
     def allows(self, address: str) -> bool:
         """True when `address` is in an allowed network and in no denied one."""
+        # An IPv4 client reaching an IPv6 socket shows up as ::ffff:a.b.c.d: judge it as IPv4.
         try:
-            ip: Address = ipaddress.ip_address(address.split("%", 1)[0])
+            ip: Address = ipaddress.ip_address(canonical_address(address).split("%", 1)[0])
         except ValueError:
             return False
-        # An IPv4 client reaching an IPv6 socket shows up as ::ffff:a.b.c.d.
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         if any(ip in net for net in self.deny):
             return False
         return any(ip in net for net in self.allow)

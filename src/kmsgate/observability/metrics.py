@@ -275,6 +275,12 @@ class Metrics:
             "kmsgate_build_info", "kmsgate build; the value is always 1.", ["version"], registry=reg
         )
         self.build_info.labels(version).set(1)
+        self.account_backend_up = Gauge(
+            "kmsgate_account_backend_up",
+            "Whether the gateway's account server answered the last portal login (1) or not (0).",
+            ["backend"],
+            registry=reg,
+        )
         self._store = _StoreCollector()
         reg.register(self._store)
 
@@ -363,6 +369,10 @@ class Metrics:
     def connection_idle(self) -> None:
         """A connection was closed by the idle timeout."""
         self.idle_closes.inc()
+
+    def set_account_backend_up(self, backend: str, up: bool) -> None:
+        """The account backend (local, ldap, pop3, sql) answered a login, or could not."""
+        self.account_backend_up.labels(backend).set(1 if up else 0)
 
     # --- store and output -----------------------------------------------------------------
 

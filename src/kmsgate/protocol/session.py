@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kmsgate.protocol import ndr, rpc
@@ -86,6 +87,23 @@ class ConnectionClosed:
 Event = BindCompleted | ActivationServed | ActivationRefused | FaultSent | ConnectionClosed
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyRefusal:
+    """A request policy's verdict against one request: the HRESULT to answer, and why."""
+
+    hresult: int
+    reason: str
+
+
+RequestPolicy = Callable[[KmsRequest, int], PolicyRefusal | None]
+"""Asked about every decoded request before the engine, with the host clock as FILETIME.
+
+It sees one connection's requests in order and may keep state (e.g. the first client machine
+id); it must not do I/O. A PolicyRefusal is answered as an error stub and reported as an
+ActivationRefused carrying the decoded request.
+"""
+
+
 @functools.lru_cache(maxsize=512)
 def _negotiate_bind(raw: bytes, ndr64: bool, btfn: bool) -> tuple[rpc.Bind, rpc.Negotiation]:
     """Decode and answer a bind; cached because a client fleet sends identical binds."""
@@ -105,8 +123,10 @@ class ServerSession:
         *,
         random_bytes: RandomBytes,
         assoc_group_id: int,
+        request_policy: RequestPolicy | None = None,
     ) -> None:
         self._engine = engine
+        self._request_policy = request_policy
         self._settings = settings
         self._random_bytes = random_bytes
         self._assoc_group_id = assoc_group_id or 1
@@ -221,6 +241,11 @@ class ServerSession:
         decoded: DecodedRequest | None = None
         try:
             decoded = decode_request(ndr.unwrap_request(stub, syntax))
+            if self._request_policy is not None:
+                # Before the engine: a refused request must not count as a client either.
+                refusal = self._request_policy(decoded.request, now)
+                if refusal is not None:
+                    return [self._refuse(request, syntax, decoded, refusal.hresult, refusal.reason)]
             response = self._engine.respond(decoded, now)
             reply = encode_response(
                 decoded, response, random_bytes=self._random_bytes, hwid=self._settings.hwid

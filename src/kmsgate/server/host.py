@@ -19,7 +19,7 @@ from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
-from kmsgate.net import canonical_address
+from kmsgate.net import Peer, canonical_address
 from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.counting import SeenClients
@@ -30,6 +30,7 @@ from kmsgate.protocol.session import (
     ConnectionClosed,
     Event,
     FaultSent,
+    RequestPolicy,
     ServerSession,
     SessionSettings,
 )
@@ -79,11 +80,9 @@ class HostStats:
 
 
 def _peer_text(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if not peer:
-        return "unknown"
-    host, port = peer[0], peer[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # Canonical (IPv4-mapped IPv6 as IPv4): a dual-stack listener must not give an IPv4
+    # client another identity than the portal, the policies and the audit trail see.
+    return str(Peer.from_socket_name(transport.get_extra_info("peername")))
 
 
 def _source_of(address: str) -> str:
@@ -105,6 +104,7 @@ class KmsConnection(asyncio.Protocol):
         self._paused_for = 0
         self._held: bytes | None = None  # answers waiting until their records are handed over
         self._backlog: bytearray | None = None  # bytes read while answers were held
+        self._window_end: asyncio.TimerHandle | None = None
         self.peer = "unknown"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,26 +126,40 @@ class KmsConnection(asyncio.Protocol):
         transport.pause_reading()
         self._admission = loop.create_task(self._admit(host.gateway))
 
-    def _start_session(self) -> None:
+    def _start_session(self, request_policy: RequestPolicy | None = None) -> None:
         assert self._transport is not None
         sockname = self._transport.get_extra_info("sockname")
-        self._session = self._host.new_session(sockname[1] if sockname else 1688)
+        self._session = self._host.new_session(
+            sockname[1] if sockname else 1688, request_policy=request_policy
+        )
 
     async def _admit(self, gateway: Gateway) -> None:
-        window = await gateway.admit(self.peer)
+        admission = await gateway.admit(self.peer)
         transport = self._transport
         if transport is None or transport.is_closing():
+            if admission is not None:
+                gateway.forget(self.peer, "the client left before it was admitted")
             return
-        if window is None:
+        if admission is None:
             log.info("%s refused: no open activation window", self.peer)
             transport.close()
             return
+        window = admission.window
         log.info("%s admitted by the window of %s", self.peer, window.username)
-        self._start_session()
+        # The policy refuses requests after the window's end; this closes the connection then.
+        self._window_end = asyncio.get_running_loop().call_later(
+            admission.seconds_left(gateway.clock()), self._window_ended
+        )
+        self._start_session(admission.policy)
         early, self._early = bytes(self._early or b""), None
         transport.resume_reading()
         if early:
             self.data_received(early)
+
+    def _window_ended(self) -> None:
+        log.info("%s closed: its activation window has ended", self.peer)
+        if self._transport is not None:
+            self._transport.close()
 
     def _idle(self) -> None:
         self._host.stats.idle_closes += 1
@@ -262,8 +276,10 @@ class KmsConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        if self._admission is not None and not self._admission.done():
-            self._admission.cancel()
+        if self._window_end is not None:
+            self._window_end.cancel()
+        # A pending admission is not cancelled: its window may be taken already, and _admit
+        # hands it back once it sees the connection gone.
         if self._host.gateway is not None:
             self._host.gateway.forget(self.peer)
         self._held = self._backlog = None
@@ -437,7 +453,9 @@ class KmsHost:
             verdict = self._source_verdicts[address] = self.source_policy.allows(address)
         return verdict
 
-    def new_session(self, port: int) -> ServerSession:
+    def new_session(
+        self, port: int, *, request_policy: RequestPolicy | None = None
+    ) -> ServerSession:
         settings = self._session_settings.get(port)
         if settings is None:
             settings = SessionSettings(
@@ -452,6 +470,7 @@ class KmsHost:
             settings,
             random_bytes=self._random_bytes,
             assoc_group_id=self._rng.getrandbits(32),
+            request_policy=request_policy,
         )
 
     def record(self, peer: str, event: Event) -> None:

@@ -13,8 +13,9 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
+from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.observer import (
     MAX_PENDING_CALLS,
     ConversationObserver,
@@ -26,9 +27,14 @@ from kmsgate.protocol.session import (
     ActivationServed,
     ConnectionClosed,
     FaultSent,
+    PolicyRefusal,
+    RequestPolicy,
 )
 from kmsgate.server.host import KmsHost, _peer_text
 from kmsgate.server.idle import IdleTimer
+
+if TYPE_CHECKING:
+    from kmsgate.access.gateway import Gateway
 
 log = logging.getLogger("kmsgate.relay")
 
@@ -120,6 +126,11 @@ class RelayConnection(asyncio.Protocol):
         self._early = bytearray()
         self._admitted = False
         self._closing = False
+        # Gateway mode: the admitted window's request policy, its end, and why we closed.
+        self._policy: RequestPolicy | None = None
+        self._admitting = False
+        self._window_end: asyncio.TimerHandle | None = None
+        self._end_reason = ""
         self.peer = "unknown"
 
     # -- client side -----------------------------------------------------------------------
@@ -173,10 +184,12 @@ class RelayConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._window_end is not None:
+            self._window_end.cancel()
         if not self._admitted:
             return
         if self._host.gateway is not None:
-            self._host.gateway.forget(self.peer)
+            self._host.gateway.forget(self.peer, self._end_reason)
         self._handle(self._observer.client_closed())
         self._shutdown()
         self._host.release(self)
@@ -207,9 +220,7 @@ class RelayConnection(asyncio.Protocol):
 
     async def _open_upstream(self) -> None:
         gateway = self._host.gateway
-        if gateway is not None and await gateway.admit(self.peer) is None:
-            log.info("%s refused: no open activation window", self.peer)
-            self._shutdown()
+        if gateway is not None and not await self._admit(gateway):
             return
         address, port = self._relay.upstream
         loop = asyncio.get_running_loop()
@@ -221,12 +232,40 @@ class RelayConnection(asyncio.Protocol):
         except OSError as exc:
             self._upstream_failed(_os_error_text(exc))
 
+    async def _admit(self, gateway: Gateway) -> bool:
+        """Take the address's window; False (and the connection closed) when there is none."""
+        # Not cancelled by _shutdown meanwhile: the window may be taken already, and it must
+        # then be handed back below.
+        self._admitting = True
+        try:
+            admission = await gateway.admit(self.peer)
+        finally:
+            self._admitting = False
+        if admission is None:
+            log.info("%s refused: no open activation window", self.peer)
+            self._shutdown()
+            return False
+        if self._closing:
+            # The client left while its window was being taken: hand the window back.
+            gateway.forget(self.peer, "the client left before it was admitted")
+            return False
+        self._policy = admission.policy
+        self._window_end = asyncio.get_running_loop().call_later(
+            admission.seconds_left(gateway.clock()), self._window_ended
+        )
+        return True
+
+    def _window_ended(self) -> None:
+        log.info("%s relay closed: its activation window has ended", self.peer)
+        self._shutdown()
+
     def _upstream_failed(self, why: str) -> None:
         if self._closing:
             return
         self._relay.stats.upstream_failures += 1
         reason = f"upstream {self._relay.upstream_text} unreachable: {why}"
         log.warning("%s %s", self.peer, reason)
+        self._end_reason = reason
         self._host.record(self.peer, ConnectionClosed(reason))
         self._shutdown()
 
@@ -243,13 +282,52 @@ class RelayConnection(asyncio.Protocol):
         self.set_client_reading(True)
 
     def upstream_data(self, data: bytes) -> None:
-        """Bytes from the upstream host: forward them, then decode them."""
+        """Bytes from the upstream host: decode them, then forward them (unless withheld)."""
         client = self._client
         if client is None or self._closing:
             return
-        client.write(data)
-        self._relay.stats.bytes_to_clients += len(data)
-        self._handle(self._observer.server_data(data))
+        events = self._observer.server_data(data)
+        withheld = self._police(events) if self._policy is not None else None
+        if withheld is None:
+            client.write(data)
+            self._relay.stats.bytes_to_clients += len(data)
+        self._handle(events)
+        if withheld is not None:
+            log.warning("%s relay closed, an answer withheld: %s", self.peer, withheld)
+            self._end_reason = f"an answer was withheld: {withheld}"
+            self._shutdown()
+
+    def _police(self, events: list[ObserverEvent]) -> str | None:
+        """Apply the window's request policy to the answers in `events` (in place).
+
+        An activation the policy refuses (another machine, or after the window's end) must not
+        reach the client: its answer is withheld and it is reported as refused. Returns why,
+        or None when everything may pass.
+        """
+        policy = self._policy
+        assert policy is not None
+        now = filetime_from_unix(time.time())
+        withheld: PolicyRefusal | None = None
+        for event in events:
+            if not isinstance(event, ActivationServed | ActivationRefused):
+                continue
+            if event.request is not None:
+                refusal = policy(event.request, now)
+                if refusal is not None and isinstance(event, ActivationServed):
+                    withheld = withheld or refusal
+        if withheld is None:
+            return None
+        # The whole read is withheld, so no answer in it reached the client.
+        for index, event in enumerate(events):
+            if isinstance(event, ActivationServed):
+                events[index] = ActivationRefused(
+                    event.call_id,
+                    event.syntax,
+                    event.request,
+                    withheld.hresult,
+                    f"upstream answer withheld: {withheld.reason}",
+                )
+        return withheld.reason
 
     def upstream_lost(self) -> None:
         """The upstream closed: so does the client, once it got what is buffered for it."""
@@ -304,8 +382,9 @@ class RelayConnection(asyncio.Protocol):
     def _shutdown(self) -> None:
         """Close both sides; each transport still flushes what it holds for its peer."""
         self._closing = True
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
+        connecting = self._connecting
+        if connecting is not None and not connecting.done() and not self._admitting:
+            connecting.cancel()
         for transport in (self._client, self._upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()

@@ -206,6 +206,7 @@ class Service:
             quota_week=settings.quota_week,
             quota_month=settings.quota_month,
             nft=nft,
+            metrics=self.metrics,
         )
         await self.gateway.start()
         assert self.host is not None

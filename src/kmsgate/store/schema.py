@@ -223,3 +223,10 @@ machine_months = Table(
     Column("sku_name", String(), nullable=False),  # as first served in the month
     sqlite_with_rowid=False,
 )
+
+# Migration 0008: a window is spent by its first served activation (only spent windows count
+# against the quota once they end), and one audit row may stand for a counted burst
+# (refused connections per source and minute).
+windows.append_column(Column("spent_at", UtcDateTime(), nullable=True))
+Index("ix_windows_username_spent_at", windows.c.username, windows.c.spent_at)
+audit_events.append_column(Column("count", Integer(), nullable=False, server_default=text("1")))

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, get_args
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import APIKeyCookie
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from kmsgate.access.audit_csv import CSV_COLUMNS, csv_row
@@ -37,6 +37,7 @@ AuditKind = Literal[
     "window_granted",
     "window_consumed",
     "window_expired",
+    "window_released",
     "connection_refused",
     "activation",
 ]
@@ -84,6 +85,7 @@ class AuditEventModel(BaseModel):
     product: str | None
     result: str | None
     detail: str
+    count: int = Field(1, description="Events the row stands for (refused connections per minute)")
 
     @classmethod
     def from_event(cls, event: AuditEvent) -> AuditEventModel:
@@ -102,6 +104,7 @@ class AuditEventModel(BaseModel):
             product=event.product,
             result=event.result,
             detail=event.detail,
+            count=event.count,
         )
 
 

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
 from kmsgate.access.gateway import Gateway, LoginOutcome
 from kmsgate.auth.passwords import MAX_PASSWORD_LENGTH
+from kmsgate.net import canonical_address
 from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import AuditEvent, QuotaUsage, Window
 from kmsgate.web.api import ErrorModel
@@ -60,9 +61,7 @@ def parse_address(text: str) -> IPAddress | None:
     except ValueError:
         return None
     # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d; the KMS host sees a.b.c.d.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return ipaddress.ip_address(canonical_address(str(address)))
 
 
 def _is_port(text: str) -> bool:
@@ -271,6 +270,11 @@ class QuotaModel(BaseModel):
 
     week: QuotaPeriod
     month: QuotaPeriod
+    open_windows: int = Field(
+        0,
+        description="Other windows of the user still open or in use: they count against "
+        "both limits until they end unused.",
+    )
 
 
 class LoginResponse(BaseModel):
@@ -295,6 +299,7 @@ def quota_model(usage: QuotaUsage | None, week: int | None, month: int | None) -
             limit=month,
             resets_at=_utc(usage.month_resets_at) if usage.month_resets_at else None,
         ),
+        open_windows=usage.open_windows,
     )
 
 

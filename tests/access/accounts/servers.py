@@ -395,6 +395,21 @@ def ldapwhoami(server: SlapdServer, dn: str, password: str) -> subprocess.Comple
 # ---------------------------------------------------------------- Dovecot POP3
 
 
+_NO_AUTH_DELAY = """\
+# Dovecot waits 2 s after each failed login; the tests make many on purpose.
+auth_failure_delay = 0
+"""
+_NO_AUTH_PENALTY = """\
+# Dovecot also slows down repeated failures per IP (anvil's auth penalty, up to 15 s);
+# a socket the auth process cannot open turns that off (Dovecot's documented switch).
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+"""
+
+
 @dataclass
 class DovecotServer:
     """A running Dovecot with POP3 (STLS offered) and POP3S; `users` maps name -> password."""
@@ -406,9 +421,21 @@ class DovecotServer:
     users: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
+    argv: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.log = self.root / "dovecot.log"
+
+    def start(self) -> None:
+        """(Re)start Dovecot with its config, on the same ports."""
+        self.process = _start(
+            self.argv, self.log, [("127.0.0.1", self.pop3_port), ("127.0.0.1", self.pop3s_port)]
+        )
+
+    def stop(self) -> None:
+        """Stop Dovecot (an outage of the account server); start() brings it back."""
+        if self.process is not None:
+            _stop(self.process)
 
 
 def _existing_user(*names: str) -> pwd.struct_passwd:
@@ -419,8 +446,15 @@ def _existing_user(*names: str) -> pwd.struct_passwd:
 
 
 @contextlib.contextmanager
-def running_dovecot() -> Iterator[DovecotServer]:
-    """`dovecot -F` with a passwd-file, POP3 + STLS and POP3S on 127.0.0.1, no auth delay."""
+def running_dovecot(
+    *, stock_throttling: bool = False, login_trusted_networks: str | None = None
+) -> Iterator[DovecotServer]:
+    """`dovecot -F` with a passwd-file, POP3 + STLS and POP3S on 127.0.0.1, no auth delay.
+
+    stock_throttling keeps Dovecot's defaults instead: a failed login answers after
+    auth_failure_delay (2 s), and anvil delays the next logins from the same address.
+    login_trusted_networks: front ends allowed to name their client (XCLIENT).
+    """
     dovecot = require_binary("dovecot", "dovecot-pop3d")
     if not Path("/usr/lib/dovecot/pop3").exists():
         missing("/usr/lib/dovecot/pop3", "dovecot-pop3d")
@@ -445,6 +479,11 @@ def running_dovecot() -> Iterator[DovecotServer]:
         passwd = root / "users"
         passwd.write_text("".join(f"{name}:{{PLAIN}}{pw}\n" for name, pw in users.items()))
         passwd.chmod(0o644)  # read by the auth process, which runs as the internal user
+        throttling = "" if stock_throttling else _NO_AUTH_DELAY
+        anvil = "" if stock_throttling else _NO_AUTH_PENALTY
+        trusted = (
+            f"login_trusted_networks = {login_trusted_networks}\n" if login_trusted_networks else ""
+        )
         config = root / "dovecot.conf"
         config.write_text(
             f"""\
@@ -461,12 +500,10 @@ ssl_key = <{tls.key}
 # Loopback counts as secure anyway; say it so the "plain" mode test is explicit.
 disable_plaintext_auth = no
 auth_mechanisms = plain
-# Dovecot waits 2 s after each failed login; the tests make many on purpose.
-auth_failure_delay = 0
 # Empty: every character allowed, so odd names reach the passdb lookup instead of
 # being refused early by Dovecot (which also delays that refusal by half a second).
 auth_username_chars =
-mail_location = maildir:{mail}/%u
+{throttling}mail_location = maildir:{mail}/%u
 passdb {{
   driver = passwd-file
   args = {passwd}
@@ -475,14 +512,7 @@ userdb {{
   driver = static
   args = uid={mail_owner.pw_uid} gid={mail_owner.pw_gid} home={mail}/%u
 }}
-# Dovecot also slows down repeated failures per IP (anvil's auth penalty, up to 15 s);
-# a socket the auth process cannot open turns that off (Dovecot's documented switch).
-service anvil {{
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
-service pop3-login {{
+{anvil}{trusted}service pop3-login {{
   inet_listener pop3 {{
     port = {server.pop3_port}
   }}
@@ -493,14 +523,11 @@ service pop3-login {{
 }}
 """
         )
-        server.process = _start(
-            [dovecot, "-F", "-c", str(config)],
-            server.log,
-            [("127.0.0.1", server.pop3_port), ("127.0.0.1", server.pop3s_port)],
-        )
+        server.argv = [dovecot, "-F", "-c", str(config)]
+        server.start()
         try:
             yield server
         finally:
-            _stop(server.process)
+            server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -83,8 +83,14 @@ class AccountBackend(Protocol):
 
     name: str
 
-    async def authenticate(self, username: str, password: str) -> AuthResult:
-        """AuthResult for the credentials; BackendUnavailable when the server cannot answer."""
+    async def authenticate(
+        self, username: str, password: str, *, client_address: str | None = None
+    ) -> AuthResult:
+        """AuthResult for the credentials; BackendUnavailable when the server cannot answer.
+
+        `client_address` is the portal client's IP address, for servers that throttle failed
+        logins per address and can be told whom a front end logs in for (POP3 XCLIENT).
+        """
         ...
 
     async def close(self) -> None:
@@ -258,6 +264,12 @@ class Pop3Settings(_Settings):
     verify_tls: bool = True
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT)
     username_template: str = Field(default="{user}", description="e.g. {user}@example.org")
+    forward_client_address: bool = Field(
+        default=False,
+        description="send XCLIENT ADDR=<portal client> before logging in, so that the server "
+        "throttles failed logins per client rather than per kmsgate (Dovecot: list kmsgate "
+        "in login_trusted_networks)",
+    )
 
     @field_validator("username_template")
     @classmethod

@@ -100,8 +100,14 @@ class LdapBackend:
 
     # ------------------------------------------------------------ public API
 
-    async def authenticate(self, username: str, password: str) -> AuthResult:
-        """Bind as the user; BackendUnavailable when the directory cannot be asked."""
+    async def authenticate(
+        self, username: str, password: str, *, client_address: str | None = None
+    ) -> AuthResult:
+        """Bind as the user; BackendUnavailable when the directory cannot be asked.
+
+        `client_address` is unused: an LDAP bind cannot name the client, and slapd does not
+        delay failed binds (ppolicy lockouts, where enabled, are per account).
+        """
         checked = precheck(self.name, username, password)
         if isinstance(checked, AuthResult):
             return checked

@@ -27,8 +27,10 @@ class LocalBackend:
         """Use `store` (owned by the caller, who also closes it)."""
         self._store = store
 
-    async def authenticate(self, username: str, password: str) -> AuthResult:
-        """Check the password against the stored argon2 hash."""
+    async def authenticate(
+        self, username: str, password: str, *, client_address: str | None = None
+    ) -> AuthResult:
+        """Check the password against the stored argon2 hash (`client_address` is unused)."""
         checked = precheck(self.name, username, password)
         if isinstance(checked, AuthResult):
             return checked

@@ -102,8 +102,14 @@ class SqlBackend:
             options["pool_timeout"] = timeout
         return options
 
-    async def authenticate(self, username: str, password: str) -> AuthResult:
-        """Fetch the hash for the user and verify it; BackendUnavailable on database errors."""
+    async def authenticate(
+        self, username: str, password: str, *, client_address: str | None = None
+    ) -> AuthResult:
+        """Fetch the hash for the user and verify it; BackendUnavailable on database errors.
+
+        `client_address` is unused: the password is checked here, after the pooled connection
+        went back, so a failure holds no connection or lock that others wait for.
+        """
         checked = precheck(self.name, username, password)
         if isinstance(checked, AuthResult):
             return checked
