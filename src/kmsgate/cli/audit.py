@@ -19,10 +19,10 @@ from kmsgate.cli.common import (
     DbOption,
     JsonOption,
     fail,
-    print_json,
     resolve_settings,
     with_store,
 )
+from kmsgate.observability.display import json_text, rich_cell, shown
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent, GatewayStore
 
@@ -67,22 +67,27 @@ def register(app: typer.Typer) -> None:
 
         events = with_store(settings, action)
         if json_output:
-            print_json([dataclasses.asdict(e) for e in events])
+            typer.echo(json_text([dataclasses.asdict(e) for e in events]))
             return
         if csv_output:
             writer = csv.writer(sys.stdout)
             writer.writerow(CSV_COLUMNS)
-            writer.writerows(csv_row(event) for event in events)
+            # Exact cells for a file or a pipe; a terminal gets the escaped, harmless form.
+            raw = not sys.stdout.isatty()
+            for event in events:
+                cells = csv_row(event)
+                writer.writerow(cells if raw else [shown(cell) for cell in cells])
             return
         table = Table("time (UTC)", "event", "user", "address", "machine", "product", "detail")
         for e in events:
+            # User names (failed logins too), machine names and details are attacker-chosen.
             table.add_row(
                 f"{e.time:%Y-%m-%d %H:%M:%S}",
-                e.kind,
-                e.username or "",
-                e.address or "",
-                e.machine_name or "",
-                e.product or "",
-                e.detail or (e.result or ""),
+                rich_cell(e.kind),
+                rich_cell(e.username),
+                rich_cell(e.address),
+                rich_cell(e.machine_name),
+                rich_cell(e.product),
+                rich_cell(e.detail or e.result),
             )
         Console(width=200).print(table)

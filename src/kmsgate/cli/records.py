@@ -15,10 +15,10 @@ from kmsgate.cli.common import (
     DataDirOption,
     DbOption,
     JsonOption,
-    print_json,
     resolve_settings,
     with_store,
 )
+from kmsgate.observability.display import json_text, rich_cell
 from kmsgate.observability.logs import license_status_name
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow, Page, Stats
@@ -46,19 +46,20 @@ def register(app: typer.Typer) -> None:
 
         page = with_store(settings, action)
         if json_output:
-            print_json([dataclasses.asdict(row) for row in page.items])
+            typer.echo(json_text([dataclasses.asdict(row) for row in page.items]))
             return
         if not page.items:
             typer.echo("no clients recorded" + (f" matching {search!r}" if search else ""))
             raise typer.Exit(1 if search else 0)
         table = Table("last seen (UTC)", "machine", "product", "status", "address", "requests")
         for row in page.items:
+            # Machine names and products come from clients: shown literally, never as markup.
             table.add_row(
                 f"{row.last_seen:%Y-%m-%d %H:%M:%S}",
-                row.machine_name,
-                row.sku_name,
+                rich_cell(row.machine_name),
+                rich_cell(row.sku_name),
                 license_status_name(row.license_status or 0),
-                row.last_address,
+                rich_cell(row.last_address),
                 str(row.request_count),
             )
         Console(width=200).print(table)
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
 
         figures = with_store(settings, action)
         if json_output:
-            print_json(dataclasses.asdict(figures))
+            typer.echo(json_text(dataclasses.asdict(figures)))
             return
         console = Console(width=120)
         totals = Table("clients", "requests", "refusals", "last request (UTC)")
@@ -94,7 +95,7 @@ def register(app: typer.Typer) -> None:
         console.print(totals)
         products = Table("product", "requests")
         for name, count in figures.per_product:
-            products.add_row(name, str(count))
+            products.add_row(rich_cell(name), str(count))
         console.print(products)
         protocols = Table("protocol", "requests")
         for version, count in sorted(figures.per_protocol.items()):
