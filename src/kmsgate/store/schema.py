@@ -195,3 +195,17 @@ audit_events = Table(
     Index("ix_audit_events_kind_id", "kind", "id"),
     Index("ix_audit_events_time_id", "time", "id"),
 )
+
+# Dashboard sessions: the cookie names a row here, so logging out (deleting it) ends the
+# session on every node sharing the database, and across restarts. `id` is the SHA-256 of
+# the cookie's random token: the table alone opens no session.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("username", String(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_web_sessions_expires_at", "expires_at"),
+    Index("ix_web_sessions_username", "username"),
+)

@@ -26,15 +26,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kmsgate import __version__
 from kmsgate.access.gateway import Gateway
+from kmsgate.access.throttle import LoginThrottle
+from kmsgate.auth.passwords import HashingPool
 from kmsgate.catalog import Catalog
 from kmsgate.store.database import Store
 from kmsgate.store.errors import InvalidCursor, StoreError, StoreUnavailable
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.api import build_api_router
 from kmsgate.web.audit import build_audit_router
-from kmsgate.web.auth import Authenticator, LoginLimiter, SessionCodec, client_ip
+from kmsgate.web.auth import Authenticator, SessionCodec, client_ip
 from kmsgate.web.pages import LoginRequired, Renderer, build_login_router, build_pages_router
-from kmsgate.web.portal import Portal, PortalLimiter, build_portal_router, client_address
+from kmsgate.web.portal import Portal, build_portal_router, client_address
 
 log = logging.getLogger("kmsgate.web")
 
@@ -147,23 +149,31 @@ def create_app(
     secret_key: bytes,
     secure_cookies: bool,
     node_name: str,
-    login_limiter: LoginLimiter | None = None,
+    login_limiter: LoginThrottle | None = None,
     password_hasher: PasswordHasher | None = None,
+    password_pool: HashingPool | None = None,
     clock: Callable[[], datetime] | None = None,
     gateway: Gateway | None = None,
     trust_proxy: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
-    portal_limiter: PortalLimiter | None = None,
+    portal_limiter: LoginThrottle | None = None,
 ) -> FastAPI:
     """Build the dashboard over an open store; metrics_registry None serves the default registry.
 
     With a gateway, / is the user portal and the overview moves to /dashboard. trust_proxy:
     proxies whose X-Forwarded-For names the client. login_limiter, portal_limiter,
-    password_hasher and clock exist for tests; the defaults suit production.
+    password_hasher, password_pool and clock exist for tests; the defaults suit production.
     """
     now = clock or (lambda: datetime.now(UTC))
     registry = metrics_registry if metrics_registry is not None else prometheus_client.REGISTRY
     codec = SessionCodec(secret_key, secure=secure_cookies)
-    authenticator = Authenticator(store, codec, limiter=login_limiter, hasher=password_hasher)
+    authenticator = Authenticator(
+        store,
+        codec,
+        limiter=login_limiter,
+        hasher=password_hasher,
+        pool=password_pool,
+        node=node_name,
+    )
     renderer = Renderer(node_name=node_name, home="/dashboard" if gateway else "/")
     proxies = tuple(trust_proxy)
 
@@ -185,7 +195,7 @@ def create_app(
     )
     app.include_router(build_login_router(authenticator, renderer, client_address=limiter_key))
     if gateway is not None:
-        portal = Portal(gateway, portal_limiter or PortalLimiter())
+        portal = Portal(gateway, portal_limiter or LoginThrottle())
         app.include_router(
             build_portal_router(portal, codec, renderer, resolve_address=resolve_address)
         )
