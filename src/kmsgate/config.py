@@ -131,6 +131,18 @@ class ServeSettings(BaseSettings):
         None, description="PEM certificate (chain) for HTTPS on the web listener"
     )
     web_key: Path | None = Field(None, description="PEM private key for --web-cert")
+    web_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="web connections open at once, at most (also at most a quarter of the "
+        "open-files limit); at the limit the oldest one still waiting for a request is closed",
+    )
+    web_request_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a web client has to send a complete request (headers and body) "
+        "after connecting or after its previous answer; then the connection is closed",
+    )
     dns_publish: bool = Field(
         False,
         description="keep a _vlmcs._tcp SRV record for this host in DNS (RFC 2136 update on "
