@@ -22,11 +22,11 @@ import uvicorn
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
+from kmsgate.access.throttle import LoginThrottle
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
 from kmsgate.store import ActivationRecord, Store
 from kmsgate.web import create_app
-from kmsgate.access.throttle import LoginThrottle
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

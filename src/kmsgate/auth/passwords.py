@@ -92,9 +92,7 @@ class HashingPool:
     ) -> concurrent.futures.Future[T]:
         """Queue func(*args); wait=False raises HashingBusyError when the queue is full."""
         if not self._places.acquire(blocking=wait):
-            raise HashingBusyError(
-                f"{self.workers + self.max_waiting} password checks in progress"
-            )
+            raise HashingBusyError(f"{self.workers + self.max_waiting} password checks in progress")
         try:
             future = self._executor.submit(func, *args)
         except RuntimeError:  # shut down

@@ -38,9 +38,7 @@ def shown(text: str) -> str:
     # as U+00A0), so ordinary names take this fast path.
     if text.isprintable():
         return text
-    return "".join(
-        _escape(c) if unicodedata.category(c) in _HIDDEN_CATEGORIES else c for c in text
-    )
+    return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN_CATEGORIES else c for c in text)
 
 
 def rich_cell(value: object) -> Text:

@@ -240,8 +240,7 @@ async def start_web_listener(
     limit = connection_limit(max_connections, open_files)
     if limit < max_connections:
         log.warning(
-            "web listener: at most %d connections (a quarter of the open-files limit %d), "
-            "not %d",
+            "web listener: at most %d connections (a quarter of the open-files limit %d), not %d",
             limit,
             open_files,
             max_connections,
