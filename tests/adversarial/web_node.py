@@ -51,8 +51,10 @@ class Node:
         *args: str,
         db: str | None = None,
         open_files: tuple[int, int] | None = None,
+        web: bool = True,
     ) -> None:
         """args: more serve options; open_files: (soft, hard) RLIMIT_NOFILE to start with."""
+        self.web = web
         self.data_dir = data_dir
         self.args = args
         self.db = db
@@ -87,9 +89,9 @@ class Node:
         """Start and wait (bounded) until both the KMS and the web port accept."""
         argv = [
             str(KMSGATE), "serve", "--listen", f"127.0.0.1:{self.kms_port}",
-            "--web", f"127.0.0.1:{self.web_port}", "--data-dir", str(self.data_dir),
-            "--log-level", "info", *self.args,
+            "--data-dir", str(self.data_dir), "--log-level", "info", *self.args,
         ]  # fmt: skip
+        argv += ["--web", f"127.0.0.1:{self.web_port}"] if self.web else ["--no-web"]
         if self.db is not None:
             argv += ["--db", self.db]
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,7 @@ class Node:
             argv, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=self._limits
         )
         deadline = time.monotonic() + START_TIMEOUT
-        for port in (self.kms_port, self.web_port):
+        for port in (self.kms_port, self.web_port) if self.web else (self.kms_port,):
             while True:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"serve exited early:\n{self.log()[-3000:]}")
