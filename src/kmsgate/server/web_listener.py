@@ -193,7 +193,7 @@ def _guarded_protocol(web_guard: WebGuard) -> type[GuardedH11Protocol]:
 
 def connection_limit(configured: int, open_files: int) -> int:
     """The web listener's connection limit: configured, but at most its share of descriptors."""
-    return max(MIN_WEB_CONNECTIONS, min(configured, open_files // FD_SHARE))
+    return min(configured, max(MIN_WEB_CONNECTIONS, open_files // FD_SHARE))
 
 
 class EmbeddedUvicorn(uvicorn.Server):
