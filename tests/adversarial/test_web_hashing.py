@@ -162,7 +162,7 @@ def test_a_login_flood_against_a_real_node_is_cut_at_the_pool(tmp_path: Path) ->
             assert admin_login(owner).status_code == 303
     assert set(statuses) <= {401, 503}, statuses
     assert statuses.count(503) >= 1 and statuses.count(401) >= 1, statuses
-    assert "refused: hashing pool full" in log
+    assert "dashboard logins refused, hashing pool full" in log
     # The event loop (the main thread) stays at normal priority. The hashing ran niced: the
     # pool's worker and argon2's lane threads, which it starts for every check (parallelism 4).
     assert sampler.seen[main_thread] == 0

@@ -37,9 +37,10 @@ T = TypeVar("T")
 
 # Argon2 hashes the whole input; a cap stops a huge form field from becoming a CPU/memory sink.
 MAX_PASSWORD_LENGTH = 1024
-# The KMS host's event loop runs at nice 0: at 10 a hashing thread gets about a tenth of a
-# core it shares with the host, and all of an idle one.
-HASHING_NICE = 10
+# The KMS host's event loop runs at nice 0. A check runs on argon2's 4 lane threads, which
+# inherit the worker's nice value: at 19 (weight 15 against 1024) all four together get
+# about 6 % of a core the host needs, and all of an idle one.
+HASHING_NICE = 19
 HASHING_WORKERS = 1
 HASHING_QUEUE = 8
 
@@ -64,7 +65,9 @@ class HashingPool:
         self.workers = workers
         self.max_waiting = max_waiting
         self.nice = nice
-        self._places = threading.BoundedSemaphore(workers + max_waiting)
+        self.places = workers + max_waiting
+        self._taken = 0
+        self._freed = threading.Condition()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             workers, thread_name_prefix="kmsgate-hash", initializer=self._lower_priority
         )
@@ -83,6 +86,23 @@ class HashingPool:
         except OSError as exc:
             log.warning("password hashing runs at normal priority: %s", exc)
 
+    def has_room(self) -> bool:
+        """Whether a check submitted now would be taken (a hint to skip work before it)."""
+        return self._taken < self.places
+
+    def _take_place(self, wait: bool) -> None:
+        with self._freed:
+            while self._taken >= self.places:
+                if not wait:
+                    raise HashingBusyError(f"{self.places} password checks in progress")
+                self._freed.wait()
+            self._taken += 1
+
+    def _free_place(self, _: object = None) -> None:
+        with self._freed:
+            self._taken -= 1
+            self._freed.notify()
+
     def in_pool(self) -> bool:
         """Whether the calling thread is one of this pool's workers."""
         return threading.get_ident() in self._idents
@@ -91,15 +111,14 @@ class HashingPool:
         self, func: Callable[..., T], *args: Any, wait: bool
     ) -> concurrent.futures.Future[T]:
         """Queue func(*args); wait=False raises HashingBusyError when the queue is full."""
-        if not self._places.acquire(blocking=wait):
-            raise HashingBusyError(f"{self.workers + self.max_waiting} password checks in progress")
+        self._take_place(wait)
         try:
             future = self._executor.submit(func, *args)
         except RuntimeError:  # shut down
-            self._places.release()
+            self._free_place()
             raise
         # Also when the caller gave up (cancelled): the place is free once the job is.
-        future.add_done_callback(lambda _: self._places.release())
+        future.add_done_callback(self._free_place)
         return future
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:

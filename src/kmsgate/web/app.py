@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,7 +34,7 @@ from kmsgate.store.errors import InvalidCursor, StoreError, StoreUnavailable
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.api import build_api_router
 from kmsgate.web.audit import build_audit_router
-from kmsgate.web.auth import Authenticator, SessionCodec, client_ip
+from kmsgate.web.auth import BUSY_RETRY, Authenticator, SessionCodec, client_ip
 from kmsgate.web.pages import LoginRequired, Renderer, build_login_router, build_pages_router
 from kmsgate.web.portal import Portal, build_portal_router, client_address
 
@@ -121,6 +121,38 @@ class RequestLineLimit:
                 response = JSONResponse({"detail": "request URI too long"}, 414)
                 await response(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class ShedLoginsWhenBusy:
+    """Answers POST /login with a bare 503 at once while the password-hashing pool is full.
+
+    A flood of logins is then refused before its body is read, its form parsed or a page
+    rendered: each refusal costs the event loop, which the KMS host shares, as little as it
+    can.
+    """
+
+    def __init__(self, app: ASGIApp, *, authenticator: Authenticator) -> None:
+        """authenticator: the admin login, with its hashing pool."""
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse the login cheaply when no check could be taken now."""
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and scope.get("path") == "/login"
+            and not self.authenticator.pool.has_room()
+        ):
+            self.authenticator.note_busy()
+            response = PlainTextResponse(
+                "Too many logins are being checked right now. Try again in a few seconds.\n",
+                503,
+                headers={"Retry-After": str(BUSY_RETRY), "Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -292,6 +324,7 @@ def create_app(
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
     # The middleware added last runs outermost: the 414s get the security headers too.
+    app.add_middleware(ShedLoginsWhenBusy, authenticator=authenticator)
     app.add_middleware(DropEmptyQueryParams)
     app.add_middleware(RequestLineLimit)
     app.add_middleware(SecurityHeaders, hsts=secure_cookies)

@@ -12,6 +12,7 @@ import hmac
 import logging
 import math
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,7 @@ LOGIN_CSRF_MAX_AGE = 2 * 3600
 MAX_USERNAME_LENGTH = 64
 MAX_NEXT_LENGTH = 1024
 BUSY_RETRY = 5
+BUSY_LOG_INTERVAL = 10.0
 # The backend name of dashboard logins in the audit trail.
 AUDIT_BACKEND = "dashboard"
 
@@ -197,6 +199,8 @@ class Authenticator:
         self.node = node
         self.clock = clock
         self._dummy_hash: str | None = None
+        self._busy_count = 0
+        self._busy_logged_at = -BUSY_LOG_INTERVAL
 
     async def _dummy(self) -> str:
         # Unknown users still cost one verification, so timing does not reveal which exist.
@@ -216,6 +220,27 @@ class Authenticator:
             wait,
         )
 
+    def note_busy(self) -> None:
+        """Count a login refused because the hashing pool was full; log now and then."""
+        # A flood makes one WARNING per interval, not one per refused login.
+        self._busy_count += 1
+        now = time.monotonic()
+        if now - self._busy_logged_at >= BUSY_LOG_INTERVAL:
+            log.warning(
+                "dashboard logins refused, hashing pool full: %d since the last report",
+                self._busy_count,
+            )
+            self._busy_count, self._busy_logged_at = 0, now
+
+    def _busy(self) -> LoginResult:
+        self.note_busy()
+        return LoginResult(
+            None,
+            503,
+            "Too many logins are being checked right now. Try again in a few seconds.",
+            BUSY_RETRY,
+        )
+
     async def login(self, ip: str, username: str, password: str) -> LoginResult:
         """Verify an admin login; on success return a new session cookie value."""
         denied = LoginResult(None, 401, "Invalid user name or password.")
@@ -225,6 +250,9 @@ class Authenticator:
         if wait > 0:
             # Refused without looking at the password: during a lockout the right one fails too.
             return self._locked(wait)
+        if not self.pool.has_room():
+            # Cheap refusal before any database work: a flood is answered at the door.
+            return self._busy()
         self.limiter.begin(ip, username)
         # This attempt reached a limit: if it fails too, it is the one that locks.
         locks = self.limiter.retry_after(ip, username) > 0
@@ -234,13 +262,7 @@ class Authenticator:
             ok = await check_password(stored, password, hasher=self.hasher, pool=self.pool)
         except HashingBusyError:
             self.limiter.release(ip, username)
-            log.warning("dashboard login of %r from %s refused: hashing pool full", username, ip)
-            return LoginResult(
-                None,
-                503,
-                "Too many logins are being checked right now. Try again in a few seconds.",
-                BUSY_RETRY,
-            )
+            return self._busy()
         except StoreError:
             self.limiter.release(ip, username)
             raise
