@@ -97,9 +97,16 @@ def test_activation_records_are_logged_as_sent_other_records_are_masked(tmp_path
             assert time.monotonic() < deadline, node.log()[-2000:]
             time.sleep(0.1)
     log_file = tmp_path / "other.log"
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     setup_logging("info", file=log_file)
     try:
         logging.getLogger("kmsgate.web").warning("login with password=hunter2 failed")
     finally:
-        setup_logging("warning")
+        # Put pytest's handlers back: ours would mask other tests' captured records.
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert "password=***" in log_file.read_text()
