@@ -1,1 +1,1 @@
-"""Attacks on kmsgate's promises, run against real processes on loopback (bounded in count and time)."""
+"""Attacks on kmsgate's promises, against real processes on loopback (bounded in count and time)."""
