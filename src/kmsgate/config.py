@@ -425,6 +425,20 @@ class ServeSettings(BaseSettings):
     web_key: Path | None = Field(
         None, description="PEM private key for --web-cert", json_schema_extra=PANEL_WEB
     )
+    web_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="web connections open at once, at most (also at most a quarter of the "
+        "open-files limit); at the limit the oldest one still waiting for a request is closed",
+        json_schema_extra=PANEL_WEB,
+    )
+    web_request_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a web client has to send a complete request (headers and body) "
+        "after connecting or after its previous answer; then the connection is closed",
+        json_schema_extra=PANEL_WEB,
+    )
     dns_publish: bool = Field(
         False,
         description="keep a _vlmcs._tcp SRV record for this host in DNS (RFC 2136 update on "

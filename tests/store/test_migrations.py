@@ -174,4 +174,4 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (location / "env.py").is_file()
     assert (location / "versions" / "0001_initial.py").is_file()
     assert "kmsgate" in location.parts and "store" in location.parts
-    assert migrate.head() == "0008"
+    assert migrate.head() == "0009"

@@ -22,11 +22,11 @@ import uvicorn
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
+from kmsgate.access.throttle import LoginThrottle
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
 from kmsgate.store import ActivationRecord, Store
 from kmsgate.web import create_app
-from kmsgate.web.auth import LoginLimiter
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -183,7 +183,7 @@ async def open_store(tmp_path: Path, *, seed: bool = True, busy: bool = False) -
 def make_app(
     store: Store,
     *,
-    limiter: LoginLimiter | None = None,
+    limiter: LoginThrottle | None = None,
     registry: prometheus_client.CollectorRegistry | None = None,
     secure_cookies: bool = False,
 ) -> FastAPI:

@@ -20,11 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.routing import BaseRoute, Mount
 
+from kmsgate.access.throttle import LoginLimiter, LoginThrottle
 from kmsgate.auth.passwords import hash_password, needs_rehash, verify_password
 from kmsgate.catalog import default_catalog
 from kmsgate.store import Store, User
 from kmsgate.web import create_app
-from kmsgate.web.auth import LoginLimiter, SessionCodec, safe_next
+from kmsgate.web.auth import SessionCodec, safe_next
 from tests.web.browser import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -221,7 +222,7 @@ async def test_bad_credentials_get_401_page(
 
 async def test_lockout_after_repeated_failures(store: Store) -> None:
     now = [1000.0]
-    limiter = LoginLimiter(max_failures=3, window=60, lockout=300, clock=lambda: now[0])
+    limiter = LoginThrottle(max_failures=3, window=60, lockout=300, clock=lambda: now[0])
     async with client_for(make_app(store, limiter=limiter)) as client:
         for _ in range(3):
             assert (await login(client, ADMIN, "guess")).status_code == 401
@@ -236,7 +237,7 @@ async def test_lockout_after_repeated_failures(store: Store) -> None:
 
 
 async def test_parallel_guesses_cannot_outrun_the_lockout(store: Store) -> None:
-    limiter = LoginLimiter(max_failures=3, window=60, lockout=300)
+    limiter = LoginThrottle(max_failures=3, window=60, lockout=300)
     async with client_for(make_app(store, limiter=limiter)) as client:
         token = csrf_from((await client.get("/login")).text)
 
@@ -789,7 +790,7 @@ async def test_healthz_503_when_the_store_is_down(tmp_path: Path) -> None:
             # With a signed session cookie every page needs the store: 503, never 500.
             codec = SessionCodec(SECRET, secure=False)
             fake = User(ADMIN, "$argon2id$x", is_admin=True, created=NOW, disabled=False)
-            client.cookies.set(codec.session_cookie, codec.issue(fake))
+            client.cookies.set(codec.session_cookie, codec.issue(fake, "some-session"))
             assert (await client.get("/")).status_code == 503
             assert (await client.get("/api/clients")).status_code == 503
             assert (await client.get("/no-such-page")).status_code == 404

@@ -1,22 +1,147 @@
-"""Argon2id password hashing shared by the dashboard login and `kmsgate users`."""
+"""Argon2id password hashing shared by the dashboard login, portal accounts and `kmsgate users`.
+
+Each check costs ~64 MiB and tens of milliseconds of CPU on several threads. Run by a login
+flood on the event loop's default executor, that CPU came out of the KMS host's share. Checks
+therefore run on a `HashingPool`: one worker thread by default, at a lower scheduling priority
+(nice), with a bounded number of waiting checks; past that bound an async caller gets
+`HashingBusyError` at once (the web answers 503) instead of queueing more work.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-__all__ = ["default_hasher", "hash_password", "needs_rehash", "verify_password"]
+__all__ = [
+    "HashingBusyError",
+    "HashingPool",
+    "check_password",
+    "default_hasher",
+    "default_pool",
+    "hash_password",
+    "needs_rehash",
+    "verify_password",
+]
+
+log = logging.getLogger("kmsgate.auth")
+T = TypeVar("T")
 
 # Argon2 hashes the whole input; a cap stops a huge form field from becoming a CPU/memory sink.
 MAX_PASSWORD_LENGTH = 1024
+# The KMS host's event loop runs at nice 0. A check runs on argon2's 4 lane threads, which
+# inherit the worker's nice value: at 19 (weight 15 against 1024) all four together get
+# about 6 % of a core the host needs, and all of an idle one.
+HASHING_NICE = 19
+HASHING_WORKERS = 1
+HASHING_QUEUE = 8
+
+
+class HashingBusyError(Exception):
+    """Every place in the hashing pool is taken; the caller should answer 'try again soon'."""
+
+
+class HashingPool:
+    """A few low-priority threads for password hashing, with a bounded queue in front."""
+
+    def __init__(
+        self,
+        *,
+        workers: int = HASHING_WORKERS,
+        max_waiting: int = HASHING_QUEUE,
+        nice: int = HASHING_NICE,
+    ) -> None:
+        """workers: checks at once; max_waiting: checks queued behind them before refusing."""
+        if workers < 1 or max_waiting < 0:
+            raise ValueError("a hashing pool needs a worker and a non-negative queue")
+        self.workers = workers
+        self.max_waiting = max_waiting
+        self.nice = nice
+        self.places = workers + max_waiting
+        self._taken = 0
+        self._freed = threading.Condition()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="kmsgate-hash", initializer=self._lower_priority
+        )
+        self._idents: set[int] = set()
+        #: Kernel thread ids of the workers (for /proc and tests).
+        self.native_ids: set[int] = set()
+
+    def _lower_priority(self) -> None:
+        self._idents.add(threading.get_ident())
+        tid = threading.get_native_id()
+        self.native_ids.add(tid)
+        try:
+            # Per thread on Linux; argon2's own lane threads, started from here, inherit it.
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, max(current, self.nice))
+        except OSError as exc:
+            log.warning("password hashing runs at normal priority: %s", exc)
+
+    def has_room(self) -> bool:
+        """Whether a check submitted now would be taken (a hint to skip work before it)."""
+        return self._taken < self.places
+
+    def _take_place(self, wait: bool) -> None:
+        with self._freed:
+            while self._taken >= self.places:
+                if not wait:
+                    raise HashingBusyError(f"{self.places} password checks in progress")
+                self._freed.wait()
+            self._taken += 1
+
+    def _free_place(self, _: object = None) -> None:
+        with self._freed:
+            self._taken -= 1
+            self._freed.notify()
+
+    def in_pool(self) -> bool:
+        """Whether the calling thread is one of this pool's workers."""
+        return threading.get_ident() in self._idents
+
+    def submit(
+        self, func: Callable[..., T], *args: Any, wait: bool
+    ) -> concurrent.futures.Future[T]:
+        """Queue func(*args); wait=False raises HashingBusyError when the queue is full."""
+        self._take_place(wait)
+        try:
+            future = self._executor.submit(func, *args)
+        except RuntimeError:  # shut down
+            self._free_place()
+            raise
+        # Also when the caller gave up (cancelled): the place is free once the job is.
+        future.add_done_callback(self._free_place)
+        return future
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """func(*args) on the pool, awaited; HashingBusyError at once when the queue is full."""
+        return await asyncio.wrap_future(self.submit(func, *args, wait=False))
+
+    def call(self, func: Callable[..., T], *args: Any) -> T:
+        """func(*args) on the pool from a blocking caller, waiting for a place if need be."""
+        if self.in_pool():
+            return func(*args)
+        return self.submit(func, *args, wait=True).result()
 
 
 @functools.cache
 def default_hasher() -> PasswordHasher:
     """The process-wide hasher with argon2-cffi's recommended (RFC 9106 low-memory) costs."""
     return PasswordHasher()
+
+
+@functools.cache
+def default_pool() -> HashingPool:
+    """The process-wide hashing pool (threads start at its first use)."""
+    return HashingPool()
 
 
 def hash_password(password: str, *, hasher: PasswordHasher | None = None) -> str:
@@ -28,16 +153,37 @@ def hash_password(password: str, *, hasher: PasswordHasher | None = None) -> str
     return (hasher or default_hasher()).hash(password)
 
 
-def verify_password(
-    password_hash: str, password: str, *, hasher: PasswordHasher | None = None
-) -> bool:
-    """True when password matches the hash; False on mismatch or an unreadable hash."""
-    if not password or len(password) > MAX_PASSWORD_LENGTH:
-        return False
+def _verify(password_hash: str, password: str, hasher: PasswordHasher | None) -> bool:
     try:
         return (hasher or default_hasher()).verify(password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+
+
+def verify_password(
+    password_hash: str, password: str, *, hasher: PasswordHasher | None = None
+) -> bool:
+    """True when password matches the hash; False on mismatch or an unreadable hash.
+
+    Blocking: the check runs on the default pool (waiting for a place), so call it from a
+    worker thread; async code should await check_password() instead.
+    """
+    if not password or len(password) > MAX_PASSWORD_LENGTH:
+        return False
+    return default_pool().call(_verify, password_hash, password, hasher)
+
+
+async def check_password(
+    password_hash: str,
+    password: str,
+    *,
+    hasher: PasswordHasher | None = None,
+    pool: HashingPool | None = None,
+) -> bool:
+    """verify_password() awaited on a pool; HashingBusyError when its queue is full."""
+    if not password or len(password) > MAX_PASSWORD_LENGTH:
+        return False
+    return await (pool or default_pool()).run(_verify, password_hash, password, hasher)
 
 
 def needs_rehash(password_hash: str, *, hasher: PasswordHasher | None = None) -> bool:

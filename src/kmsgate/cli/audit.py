@@ -22,6 +22,7 @@ from kmsgate.cli.common import (
     resolve_settings,
     with_store,
 )
+from kmsgate.observability.display import rich_cell, shown
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent, GatewayStore
 from kmsgate.store.records import Page
@@ -76,17 +77,22 @@ def register(app: typer.Typer) -> None:
         if csv_output:
             writer = csv.writer(sys.stdout)
             writer.writerow(CSV_COLUMNS)
-            writer.writerows(csv_row(event) for event in events)
+            # Exact cells for a file or a pipe; a terminal gets the escaped, harmless form.
+            raw = not sys.stdout.isatty()
+            for event in events:
+                cells = csv_row(event)
+                writer.writerow(cells if raw else [shown(cell) for cell in cells])
             return
         table = Table("time (UTC)", "event", "user", "address", "machine", "product", "detail")
         for e in events:
+            # User names (failed logins too), machine names and details are attacker-chosen.
             table.add_row(
                 f"{e.time:%Y-%m-%d %H:%M:%S}",
-                e.kind,
-                e.username or "",
-                e.address or "",
-                e.machine_name or "",
-                e.product or "",
-                e.detail or (e.result or ""),
+                rich_cell(e.kind),
+                rich_cell(e.username),
+                rich_cell(e.address),
+                rich_cell(e.machine_name),
+                rich_cell(e.product),
+                rich_cell(e.detail or e.result),
             )
         Console(width=200).print(table)

@@ -14,6 +14,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from kmsgate.config import ServeSettings, explain, load_settings
+from kmsgate.observability.display import json_text
 from kmsgate.store.database import Store
 from kmsgate.store.engine import create_sqlite_file, masked, translated
 from kmsgate.store.errors import StoreError, UserExists, UserNotFound
@@ -166,5 +167,6 @@ def print_json(value: Any) -> None:
 
 
 def print_model(model: BaseModel) -> None:
-    """A response model of the JSON API as the API serialises it (ISO 8601 `...Z` times)."""
-    typer.echo(model.model_dump_json(indent=2))
+    """A response model of the JSON API as the API serialises it (ISO 8601 `...Z` times),
+    every non-ASCII character escaped so that stored text cannot act on the terminal."""
+    typer.echo(json_text(model.model_dump(mode="json")))

@@ -18,6 +18,7 @@ from kmsgate.cli.common import (
     resolve_settings,
     with_store,
 )
+from kmsgate.observability.display import rich_cell
 from kmsgate.observability.logs import license_status_name
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow, Page, Stats
@@ -54,12 +55,13 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1 if search else 0)
         table = Table("last seen (UTC)", "machine", "product", "status", "address", "requests")
         for row in page.items:
+            # Machine names and products come from clients: shown literally, never as markup.
             table.add_row(
                 f"{row.last_seen:%Y-%m-%d %H:%M:%S}",
-                row.machine_name,
-                row.sku_name,
+                rich_cell(row.machine_name),
+                rich_cell(row.sku_name),
                 license_status_name(row.license_status or 0),
-                row.last_address,
+                rich_cell(row.last_address),
                 str(row.request_count),
             )
         Console(width=200).print(table)
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
         console.print(totals)
         products = Table("product", "requests")
         for name, count in figures.per_product:
-            products.add_row(name, str(count))
+            products.add_row(rich_cell(name), str(count))
         console.print(products)
         protocols = Table("protocol", "requests")
         for version, count in sorted(figures.per_protocol.items()):

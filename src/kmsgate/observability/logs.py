@@ -195,23 +195,32 @@ def log_activation(
 
 # --- masking -----------------------------------------------------------------------------
 
+# Every pattern runs in linear time: a key or scheme is only tried where its run of name
+# characters starts (a look-behind), runs are matched possessively (*+, ++), and a quoted value
+# without its closing quote is masked to the end instead of failing after a scan to the end.
+# Names such as token-token-token-... made the earlier, backtracking forms quadratic.
 _SECRET_PATTERNS: Final = (
     # scheme://user:password@host -> scheme://user:***@host
     # (greedy up to the last @ before any /: an unescaped @ in a password stays hidden)
-    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*):[^\s/]*@"), rf"\1:{MASK}@"),
+    (
+        re.compile(r"((?<![a-zA-Z0-9+.-])[a-zA-Z0-9+.-]*+://[^\s:/@]*+):[^\s/]*@"),
+        rf"\1:{MASK}@",
+    ),
     # password=x, client_secret: "x", "api_key": "x", token=x ...
     (
         re.compile(
             r"""(?ix)
-            (["']?)\b([\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key)[\w.-]*)\1
-            (\s*[=:]\s*)
-            ("(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&'"}\]]+)
+            (["']?)
+            (?<![\w.-])(?=[\w.-]*?(?:password|passwd|pwd|secret|token|api[_-]?key))
+            ([\w.-]++)\1
+            (\s*+[=:]\s*+)
+            ("(?:[^"\\]|\\.)*+"?|'[^']*+'?|[^\s,;&'"}\]]++)
             """
         ),
         rf"\1\2\1\3{MASK}",
     ),
     # Authorization: Bearer x / Basic x
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {MASK}"),
+    (re.compile(r"(?i)\b(bearer|basic)\s++[A-Za-z0-9._~+/=-]{8,}+"), rf"\1 {MASK}"),
 )
 
 
@@ -240,9 +249,16 @@ def mask_secrets(text: str) -> str:
 
 
 class SecretMaskingFilter(logging.Filter):
-    """Masks secrets in a record's message and traceback; never drops a record."""
+    """Masks secrets in a record's message and traceback; never drops a record.
+
+    Activation records are left alone: their text is only what a client sent about itself
+    (machine name, product), which holds none of our secrets, and masking it would alter
+    the record on the hot path.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(getattr(record, "kms", None), dict) and not record.exc_info:
+            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):

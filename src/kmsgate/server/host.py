@@ -354,7 +354,13 @@ class KmsHost:
     ) -> bool:
         """Source policy and connection limit for a new connection; counts and logs refusals."""
         peer = transport.get_extra_info("peername")
-        if not peer or not self.source_allowed(peer[0]):
+        if not peer:
+            # The client reset the connection before we got to it: there is no address to
+            # judge, so this is no policy decision (and must not read like one in the log).
+            log.info("a connection was reset by its client before it was accepted")
+            transport.abort()
+            return False
+        if not self.source_allowed(peer[0]):
             self.stats.connections_denied += 1
             self.metrics.connection_rejected("denied_source")
             log.warning("%s denied by the source policy", peer_text)

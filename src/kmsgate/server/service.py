@@ -17,9 +17,15 @@ from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings, parse_listen, parse_public_address
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
+from kmsgate.server.fdlimit import raise_open_files_limit
 from kmsgate.server.host import KmsHost
 from kmsgate.server.selftest import run_self_test
-from kmsgate.server.systemd import drop_privileges, hand_over, resolve_ids
+from kmsgate.server.systemd import (
+    drop_privileges,
+    hand_over,
+    protect_inherited_sockets,
+    resolve_ids,
+)
 
 # The store (SQLAlchemy), the web stack (FastAPI, uvicorn), the gateway and DNS publishing are
 # imported where they are started, so a node runs with only the memory its options need.
@@ -86,6 +92,9 @@ class Service:
     async def start(self) -> None:
         """Open the store, start recording, listen for KMS clients, then serve the dashboard."""
         settings = self.settings
+        # Before any child process starts: it must not inherit the listening sockets.
+        protect_inherited_sockets()
+        raise_open_files_limit()
         ids = None
         if settings.user is not None and os.geteuid() == 0:
             ids = resolve_ids(settings.user, settings.group)
@@ -249,6 +258,8 @@ class Service:
             port,
             cert=str(settings.web_cert) if settings.web_cert else None,
             key=str(settings.web_key) if settings.web_key else None,
+            max_connections=settings.web_max_connections,
+            request_timeout=settings.web_request_timeout,
         )
         scheme = "https" if settings.web_cert else "http"
         shown = f"[{host}]" if ":" in host else host

@@ -15,17 +15,37 @@ log = logging.getLogger("kmsgate.server")
 SD_LISTEN_FDS_START = 3
 
 
-def inherited_sockets(environ: dict[str, str] | None = None) -> list[socket.socket]:
-    """Listening sockets passed by systemd socket activation (LISTEN_FDS), else []."""
-    env = os.environ if environ is None else environ
+def _listen_fds(env: Mapping[str, str]) -> range:
+    """The descriptors socket activation passed to this very process (empty if none)."""
     if env.get("LISTEN_PID") != str(os.getpid()):
-        return []
+        return range(0)
     try:
         count = int(env.get("LISTEN_FDS", "0"))
     except ValueError:
-        return []
+        return range(0)
+    return range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + max(0, count))
+
+
+def protect_inherited_sockets(environ: Mapping[str, str] | None = None) -> int:
+    """Make the descriptors systemd passed close-on-exec now; returns how many there are.
+
+    systemd hands them over inheritable. Call this before starting any child process:
+    uvloop's subprocesses ignore close_fds, so an inheritable listening socket would stay
+    open in the record writer, and keep the port bound after the service stopped.
+    """
+    fds = _listen_fds(os.environ if environ is None else environ)
+    for fd in fds:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError as exc:  # not open: inherited_sockets() reports it when it gets there
+            log.debug("inherited descriptor %d: %s", fd, exc)
+    return len(fds)
+
+
+def inherited_sockets(environ: dict[str, str] | None = None) -> list[socket.socket]:
+    """Listening sockets passed by systemd socket activation (LISTEN_FDS), else []."""
     sockets = []
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+    for fd in _listen_fds(os.environ if environ is None else environ):
         os.set_inheritable(fd, False)
         sock = socket.socket(fileno=fd)
         if sock.type != socket.SOCK_STREAM:

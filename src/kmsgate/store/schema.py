@@ -230,3 +230,17 @@ machine_months = Table(
 windows.append_column(Column("spent_at", UtcDateTime(), nullable=True))
 Index("ix_windows_username_spent_at", windows.c.username, windows.c.spent_at)
 audit_events.append_column(Column("count", Integer(), nullable=False, server_default=text("1")))
+
+# Dashboard sessions: the cookie names a row here, so logging out (deleting it) ends the
+# session on every node sharing the database, and across restarts. `id` is the SHA-256 of
+# the cookie's random token: the table alone opens no session.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("username", String(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_web_sessions_expires_at", "expires_at"),
+    Index("ix_web_sessions_username", "username"),
+)

@@ -16,7 +16,7 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,13 +25,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kmsgate import __version__
 from kmsgate.access.gateway import Gateway
+from kmsgate.access.throttle import LoginThrottle
+from kmsgate.auth.passwords import HashingPool
 from kmsgate.catalog import Catalog
 from kmsgate.store.database import Store
 from kmsgate.store.errors import InvalidCursor, StoreError, StoreUnavailable
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.api import build_api_router
 from kmsgate.web.audit import build_audit_router
-from kmsgate.web.auth import Authenticator, LoginLimiter, SessionCodec, client_ip
+from kmsgate.web.auth import BUSY_RETRY, Authenticator, SessionCodec, client_ip
 from kmsgate.web.health import StoreHealth, health_response
 from kmsgate.web.pages import (
     KmsAddress,
@@ -40,7 +42,7 @@ from kmsgate.web.pages import (
     build_login_router,
     build_pages_router,
 )
-from kmsgate.web.portal import Portal, PortalLimiter, build_portal_router, client_address
+from kmsgate.web.portal import Portal, build_portal_router, client_address
 from kmsgate.web.reports import build_reports_router
 
 log = logging.getLogger("kmsgate.web")
@@ -128,6 +130,38 @@ class RequestLineLimit:
         await self.app(scope, receive, send)
 
 
+class ShedLoginsWhenBusy:
+    """Answers POST /login with a bare 503 at once while the password-hashing pool is full.
+
+    A flood of logins is then refused before its body is read, its form parsed or a page
+    rendered: each refusal costs the event loop, which the KMS host shares, as little as it
+    can.
+    """
+
+    def __init__(self, app: ASGIApp, *, authenticator: Authenticator) -> None:
+        """authenticator: the admin login, with its hashing pool."""
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse the login cheaply when no check could be taken now."""
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and scope.get("path") == "/login"
+            and not self.authenticator.pool.has_room()
+        ):
+            self.authenticator.note_busy()
+            response = PlainTextResponse(
+                "Too many logins are being checked right now. Try again in a few seconds.\n",
+                503,
+                headers={"Retry-After": str(BUSY_RETRY), "Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _is_json_path(path: str) -> bool:
     return path == "/api" or path.startswith(("/api/", "/openapi.json", "/healthz"))
 
@@ -153,12 +187,13 @@ def create_app(
     secret_key: bytes,
     secure_cookies: bool,
     node_name: str,
-    login_limiter: LoginLimiter | None = None,
+    login_limiter: LoginThrottle | None = None,
     password_hasher: PasswordHasher | None = None,
+    password_pool: HashingPool | None = None,
     clock: Callable[[], datetime] | None = None,
     gateway: Gateway | None = None,
     trust_proxy: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
-    portal_limiter: PortalLimiter | None = None,
+    portal_limiter: LoginThrottle | None = None,
     kms_address: KmsAddress | None = None,
     store_health: StoreHealth | None = None,
 ) -> FastAPI:
@@ -167,13 +202,20 @@ def create_app(
     With a gateway, / is the user portal and the overview moves to /dashboard. trust_proxy:
     proxies whose X-Forwarded-For names the client. kms_address: the KMS host and port the
     portal tells clients to use (default: its own host name, 1688). store_health: the record
-    writer's state, which /healthz reports. login_limiter, portal_limiter, password_hasher and
-    clock exist for tests; the defaults suit production.
+    writer's state, which /healthz reports. login_limiter, portal_limiter, password_hasher,
+    password_pool and clock exist for tests; the defaults suit production.
     """
     now = clock or (lambda: datetime.now(UTC))
     registry = metrics_registry if metrics_registry is not None else prometheus_client.REGISTRY
     codec = SessionCodec(secret_key, secure=secure_cookies)
-    authenticator = Authenticator(store, codec, limiter=login_limiter, hasher=password_hasher)
+    authenticator = Authenticator(
+        store,
+        codec,
+        limiter=login_limiter,
+        hasher=password_hasher,
+        pool=password_pool,
+        node=node_name,
+    )
     renderer = Renderer(node_name=node_name, home="/dashboard" if gateway else "/")
     proxies = tuple(trust_proxy)
 
@@ -195,7 +237,7 @@ def create_app(
     )
     app.include_router(build_login_router(authenticator, renderer, client_address=limiter_key))
     if gateway is not None:
-        portal = Portal(gateway, portal_limiter or PortalLimiter())
+        portal = Portal(gateway, portal_limiter or LoginThrottle())
         app.include_router(
             build_portal_router(
                 portal, codec, renderer, resolve_address=resolve_address, kms_address=kms_address
@@ -290,6 +332,7 @@ def create_app(
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
     # The middleware added last runs outermost: the 414s get the security headers too.
+    app.add_middleware(ShedLoginsWhenBusy, authenticator=authenticator)
     app.add_middleware(DropEmptyQueryParams)
     app.add_middleware(RequestLineLimit)
     app.add_middleware(SecurityHeaders, hsts=secure_cookies)

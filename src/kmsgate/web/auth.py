@@ -1,29 +1,44 @@
-"""Admin login for the dashboard: signed session cookies, login CSRF, and a login rate limit."""
+"""Admin login for the dashboard: sessions held in the database, login CSRF, lockouts.
+
+The session cookie is signed and names a row of `web_sessions`; logging out deletes the row,
+so the cookie stops working at once, on every node sharing the database and after restarts.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kmsgate.auth.passwords import default_hasher, hash_password, needs_rehash, verify_password
+from kmsgate.access.throttle import LoginThrottle
+from kmsgate.auth.passwords import (
+    HashingBusyError,
+    HashingPool,
+    check_password,
+    default_hasher,
+    default_pool,
+    hash_password,
+    needs_rehash,
+)
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
+from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.store.records import User
+from kmsgate.store.sessions import SessionStore
 
 log = logging.getLogger("kmsgate.web.auth")
 _UNRESOLVED = object()
@@ -32,8 +47,10 @@ SESSION_MAX_AGE = 8 * 3600
 LOGIN_CSRF_MAX_AGE = 2 * 3600
 MAX_USERNAME_LENGTH = 64
 MAX_NEXT_LENGTH = 1024
-# Each argon2 verification takes ~64 MiB and a core for ~0.1 s: bound how many run at once.
-MAX_CONCURRENT_VERIFICATIONS = 4
+BUSY_RETRY = 5
+BUSY_LOG_INTERVAL = 10.0
+# The backend name of dashboard logins in the audit trail.
+AUDIT_BACKEND = "dashboard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +59,7 @@ class Admin:
 
     name: str
     csrf_token: str
+    session_token: str = field(default="", repr=False)
 
 
 class SessionCodec:
@@ -67,27 +85,28 @@ class SessionCodec:
         digest = hmac.new(self._secret, password_hash.encode(), hashlib.sha256).hexdigest()
         return digest[:32]
 
-    def issue(self, user: User) -> str:
-        """A new session cookie value for user, with a fresh CSRF token."""
+    def issue(self, user: User, session_token: str) -> str:
+        """A cookie value for user's session `session_token`, with a fresh CSRF token."""
         payload = {
             "u": user.name,
             "f": self.fingerprint(user.password_hash),
             "c": secrets.token_urlsafe(24),
+            "s": session_token,
         }
         return self._session.dumps(payload)
 
-    def read(self, value: str) -> tuple[str, str, str] | None:
-        """(user, fingerprint, csrf) from a cookie value; None when forged, expired or odd."""
+    def read(self, value: str) -> tuple[str, str, str, str] | None:
+        """(user, fingerprint, csrf, session token) from a cookie; None if forged, expired, odd."""
         try:
             data: Any = self._session.loads(value, max_age=self.max_age)
         except BadSignature:  # SignatureExpired is a subclass
             return None
         if not isinstance(data, dict):
             return None
-        parts = (data.get("u"), data.get("f"), data.get("c"))
-        if not all(isinstance(p, str) for p in parts):
+        parts = (data.get("u"), data.get("f"), data.get("c"), data.get("s"))
+        if not all(isinstance(p, str) and p for p in parts):
             return None
-        return (str(parts[0]), str(parts[1]), str(parts[2]))
+        return (str(parts[0]), str(parts[1]), str(parts[2]), str(parts[3]))
 
     def new_login_csrf(self) -> tuple[str, str]:
         """(token for the form, signed value for the cookie) of a login form."""
@@ -143,90 +162,6 @@ class SessionCodec:
         )
 
 
-@dataclass(slots=True)
-class _Attempts:
-    times: deque[float] = field(default_factory=deque)
-    locked_until: float = 0.0
-
-
-class LoginLimiter:
-    """Failed-login counter per (client IP, user name) and per IP, with temporary lockout."""
-
-    def __init__(
-        self,
-        *,
-        max_failures: int = 5,
-        max_failures_per_ip: int = 30,
-        window: float = 900.0,
-        lockout: float = 900.0,
-        max_entries: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        """Lock a key for `lockout` s after max_failures failures within `window` s."""
-        self.max_failures = max_failures
-        self.max_failures_per_ip = max_failures_per_ip
-        self.window = window
-        self.lockout = lockout
-        self.max_entries = max_entries
-        self.clock = clock
-        self._entries: OrderedDict[tuple[str, str | None], _Attempts] = OrderedDict()
-
-    def _get(self, key: tuple[str, str | None]) -> _Attempts:
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Attempts()
-            # Bounded memory: forget the least recently touched keys first.
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(key)
-        return entry
-
-    def _keys(self, ip: str, user: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
-        return (ip, user.casefold()), (ip, None)
-
-    def retry_after(self, ip: str, user: str) -> float:
-        """Seconds until (ip, user) may try again; 0 when not locked out."""
-        now = self.clock()
-        wait = 0.0
-        for key in self._keys(ip, user):
-            entry = self._entries.get(key)
-            if entry is not None and entry.locked_until > now:
-                wait = max(wait, entry.locked_until - now)
-        return wait
-
-    def begin(self, ip: str, user: str) -> None:
-        """Count an attempt as a failure until success() says otherwise."""
-        # Counting at the start, not on failure, means a burst of parallel guesses cannot all
-        # slip in while the first ones are still being verified.
-        now = self.clock()
-        for key, limit in zip(
-            self._keys(ip, user), (self.max_failures, self.max_failures_per_ip), strict=True
-        ):
-            entry = self._get(key)
-            while entry.times and entry.times[0] <= now - self.window:
-                entry.times.popleft()
-            entry.times.append(now)
-            if len(entry.times) >= limit:
-                entry.locked_until = now + self.lockout
-                entry.times.clear()
-
-    def release(self, ip: str, user: str) -> None:
-        """Take back the attempt begin() counted when it got no verdict (server unavailable)."""
-        for key in self._keys(ip, user):
-            entry = self._entries.get(key)
-            if entry is not None and entry.times:
-                entry.times.pop()
-
-    def success(self, ip: str, user: str) -> None:
-        """Forget the failures of (ip, user) and this attempt's count against the IP."""
-        pair, per_ip = self._keys(ip, user)
-        self._entries.pop(pair, None)
-        entry = self._entries.get(per_ip)
-        if entry is not None and entry.times:
-            entry.times.pop()
-
-
 @dataclass(frozen=True, slots=True)
 class LoginResult:
     """Outcome of a login attempt: a session value on success, else a reason and status."""
@@ -245,30 +180,66 @@ class Authenticator:
         store: Store,
         codec: SessionCodec,
         *,
-        limiter: LoginLimiter | None = None,
+        limiter: LoginThrottle | None = None,
         hasher: PasswordHasher | None = None,
+        pool: HashingPool | None = None,
+        node: str = "",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """hasher: argon2 costs for new hashes and rehash checks (tests pass cheap ones)."""
+        """hasher, pool: argon2 costs and the threads checks run on (tests pass cheap ones).
+
+        node names this node in audit rows; clock gives session times (real UTC time).
+        """
         self.store = store
         self.codec = codec
-        self.limiter = limiter or LoginLimiter()
+        self.sessions = SessionStore(store)
+        self.limiter = limiter or LoginThrottle()
         self.hasher = hasher or default_hasher()
-        self._verify_slots = asyncio.Semaphore(MAX_CONCURRENT_VERIFICATIONS)
+        self.pool = pool or default_pool()
+        self.node = node
+        self.clock = clock
         self._dummy_hash: str | None = None
-
-    async def _verify(self, password_hash: str, password: str) -> bool:
-        async with self._verify_slots:
-            return await run_in_threadpool(
-                verify_password, password_hash, password, hasher=self.hasher
-            )
+        self._busy_count = 0
+        self._busy_logged_at = -BUSY_LOG_INTERVAL
 
     async def _dummy(self) -> str:
         # Unknown users still cost one verification, so timing does not reveal which exist.
         if self._dummy_hash is None:
-            self._dummy_hash = await run_in_threadpool(
-                hash_password, secrets.token_urlsafe(16), hasher=self.hasher
+            self._dummy_hash = await self.pool.run(
+                functools.partial(hash_password, secrets.token_urlsafe(16), hasher=self.hasher)
             )
         return self._dummy_hash
+
+    def _locked(self, wait: float) -> LoginResult:
+        minutes = max(1, round(wait / 60))
+        return LoginResult(
+            None,
+            429,
+            f"Too many failed logins. Try again in about {minutes} minute"
+            f"{'s' if minutes != 1 else ''}.",
+            wait,
+        )
+
+    def note_busy(self) -> None:
+        """Count a login refused because the hashing pool was full; log now and then."""
+        # A flood makes one WARNING per interval, not one per refused login.
+        self._busy_count += 1
+        now = time.monotonic()
+        if now - self._busy_logged_at >= BUSY_LOG_INTERVAL:
+            log.warning(
+                "dashboard logins refused, hashing pool full: %d since the last report",
+                self._busy_count,
+            )
+            self._busy_count, self._busy_logged_at = 0, now
+
+    def _busy(self) -> LoginResult:
+        self.note_busy()
+        return LoginResult(
+            None,
+            503,
+            "Too many logins are being checked right now. Try again in a few seconds.",
+            BUSY_RETRY,
+        )
 
     async def login(self, ip: str, username: str, password: str) -> LoginResult:
         """Verify an admin login; on success return a new session cookie value."""
@@ -277,31 +248,72 @@ class Authenticator:
             return denied
         wait = self.limiter.retry_after(ip, username)
         if wait > 0:
-            minutes = max(1, round(wait / 60))
-            return LoginResult(
-                None,
-                429,
-                f"Too many failed logins. Try again in about {minutes} minute"
-                f"{'s' if minutes != 1 else ''}.",
-                wait,
-            )
+            # Refused without looking at the password: during a lockout the right one fails too.
+            return self._locked(wait)
+        if not self.pool.has_room():
+            # Cheap refusal before any database work: a flood is answered at the door.
+            return self._busy()
         self.limiter.begin(ip, username)
-        user = await self.store.get_user(username)
-        stored = user.password_hash if user is not None else await self._dummy()
-        ok = await self._verify(stored, password)
+        # This attempt reached a limit: if it fails too, it is the one that locks.
+        locks = self.limiter.retry_after(ip, username) > 0
+        try:
+            user = await self.store.get_user(username)
+            stored = user.password_hash if user is not None else await self._dummy()
+            ok = await check_password(stored, password, hasher=self.hasher, pool=self.pool)
+        except HashingBusyError:
+            self.limiter.release(ip, username)
+            return self._busy()
+        except StoreError:
+            self.limiter.release(ip, username)
+            raise
         if user is None or not ok or not user.is_admin or user.disabled:
             # The user name is attacker-controlled: %r keeps the log line one line.
             log.warning("dashboard login failed for %r from %s", username[:64], ip)
+            if locks:
+                await self._audit_lockout(ip, username)
             return denied
         self.limiter.success(ip, username)
         if needs_rehash(user.password_hash, hasher=self.hasher):
             user = await self._rehash(user, password)
+        token = secrets.token_urlsafe(32)
+        now = self.clock()
+        await self.sessions.create(
+            token, user.name, now, now + timedelta(seconds=self.codec.max_age)
+        )
         log.info("dashboard login: %r from %s", user.name, ip)
-        return LoginResult(self.codec.issue(user), 303, "")
+        return LoginResult(self.codec.issue(user, token), 303, "")
+
+    async def _audit_lockout(self, ip: str, username: str) -> None:
+        wait = self.limiter.retry_after(ip, username)
+        name = username.strip()[:MAX_USERNAME_LENGTH]
+        if self.limiter.user_locked(username):
+            scope = "the account is locked from every address"
+        else:
+            scope = f"logins from {ip} are locked"
+        detail = f"too many failed dashboard logins: {scope} for {math.ceil(wait)} s"
+        log.warning("dashboard login of %r from %s: %s", name, ip, detail)
+        event = AuditEvent(
+            time=self.clock(),
+            kind="login_locked",
+            node=self.node,
+            username=name,
+            address=ip,
+            backend=AUDIT_BACKEND,
+            detail=detail,
+        )
+        try:
+            await GatewayStore(self.store).add_audit([event])
+        except StoreError as exc:
+            log.warning("could not audit the lockout of %r: %s", name, exc)
 
     async def _rehash(self, user: User, password: str) -> User:
         """Upgrade a hash made with older costs; keep the old one if the store refuses."""
-        new_hash = await run_in_threadpool(hash_password, password, hasher=self.hasher)
+        try:
+            new_hash = await self.pool.run(
+                functools.partial(hash_password, password, hasher=self.hasher)
+            )
+        except HashingBusyError:
+            return user  # next time
         try:
             await self.store.set_password(user.name, new_hash)
         except StoreError as exc:
@@ -314,6 +326,11 @@ class Authenticator:
             created=user.created,
             disabled=user.disabled,
         )
+
+    async def end_session(self, admin: Admin) -> None:
+        """Log out: the session's row goes, so its cookie no longer opens anything, anywhere."""
+        if admin.session_token and await self.sessions.revoke(admin.session_token):
+            log.info("dashboard logout: %r", admin.name)
 
     async def current_admin(self, request: Request) -> Admin | None:
         """The admin of the request's session cookie, or None; cached on the request."""
@@ -330,15 +347,18 @@ class Authenticator:
         parsed = self.codec.read(cookie)
         if parsed is None:
             return None
-        name, fingerprint, csrf = parsed
+        name, fingerprint, csrf, token = parsed
+        # Logged out (row deleted) or expired: the signature alone opens nothing.
+        if await self.sessions.user_of(token, self.clock()) != name:
+            return None
         user = await self.store.get_user(name)
         # Re-checked on every request: removing, disabling, demoting or changing the password
-        # of an admin ends their sessions at once, despite the stateless cookie.
+        # of an admin ends their sessions at once.
         if user is None or not user.is_admin or user.disabled:
             return None
         if not hmac.compare_digest(fingerprint, self.codec.fingerprint(user.password_hash)):
             return None
-        return Admin(user.name, csrf)
+        return Admin(user.name, csrf, token)
 
 
 def safe_next(target: str | None) -> str:

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from kmsgate import __version__
 from kmsgate.catalog import Catalog
+from kmsgate.observability.display import template_value
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import GatewayStore
@@ -248,6 +249,8 @@ def template_environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,  # package data does not change under a running server
+        # Stored strings show bidi marks, separators and controls as escapes (\u202e).
+        finalize=template_value,
     )
     env.filters.update(
         time=fmt_time,
@@ -709,6 +712,8 @@ def build_login_router(
             admin.csrf_token.encode(), form.get("csrf_token", "").encode()
         ):
             raise HTTPException(400, "invalid CSRF token; reload the page and try again")
+        if admin is not None:
+            await authenticator.end_session(admin)
         response = RedirectResponse("/login", status_code=303)
         codec.clear_session(response)
         return response

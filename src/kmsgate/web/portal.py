@@ -6,8 +6,6 @@ import asyncio
 import ipaddress
 import logging
 import math
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,12 +18,13 @@ from starlette.responses import Response
 
 from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
 from kmsgate.access.gateway import Gateway, LoginOutcome
+from kmsgate.access.throttle import LoginThrottle as PortalLimiter
 from kmsgate.auth.passwords import MAX_PASSWORD_LENGTH
 from kmsgate.net import canonical_address
 from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import AuditEvent, QuotaUsage, Window
 from kmsgate.web.api import ErrorModel
-from kmsgate.web.auth import LoginLimiter, SessionCodec
+from kmsgate.web.auth import SessionCodec
 from kmsgate.web.pages import KmsAddress, Renderer, _read_form
 
 log = logging.getLogger("kmsgate.web.portal")
@@ -93,70 +92,6 @@ def client_address(request: Request, trust_proxy: Sequence[IPNetwork] = ()) -> s
             return str(address)
     # Every hop is a trusted proxy: the left-most one is where the request started.
     return str(hops[0] if hops else peer)
-
-
-# ---------------------------------------------------------------- rate limit
-
-
-class PortalLimiter:
-    """Failed portal logins per (address, user) and per address like the admin login, and per user.
-
-    The per-user count spans all addresses, against guessing one password from many machines.
-    """
-
-    def __init__(
-        self,
-        *,
-        max_failures: int = 5,
-        max_failures_per_ip: int = 30,
-        max_failures_per_user: int = 50,
-        window: float = 900.0,
-        lockout: float = 900.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        """Lock a key for `lockout` s after its failure limit within `window` s."""
-        self.by_address = LoginLimiter(
-            max_failures=max_failures,
-            max_failures_per_ip=max_failures_per_ip,
-            window=window,
-            lockout=lockout,
-            clock=clock,
-        )
-        # Keyed (user, "") and (user, None): the first one locks; the second never does.
-        self.by_user = LoginLimiter(
-            max_failures=max_failures_per_user,
-            max_failures_per_ip=sys.maxsize,
-            window=window,
-            lockout=lockout,
-            clock=clock,
-        )
-
-    @staticmethod
-    def _user(user: str) -> str:
-        return user.strip()[:MAX_USERNAME_LENGTH].casefold()
-
-    def retry_after(self, ip: str, user: str) -> float:
-        """Seconds until (ip, user) may try again; 0 when not locked out."""
-        name = self._user(user)
-        return max(self.by_address.retry_after(ip, name), self.by_user.retry_after(name, ""))
-
-    def begin(self, ip: str, user: str) -> None:
-        """Count an attempt as a failure until success() or release() says otherwise."""
-        name = self._user(user)
-        self.by_address.begin(ip, name)
-        self.by_user.begin(name, "")
-
-    def success(self, ip: str, user: str) -> None:
-        """The password was right: forget the user's failures."""
-        name = self._user(user)
-        self.by_address.success(ip, name)
-        self.by_user.success(name, "")
-
-    def release(self, ip: str, user: str) -> None:
-        """No verdict (account server unavailable): the attempt does not count."""
-        name = self._user(user)
-        self.by_address.release(ip, name)
-        self.by_user.release(name, "")
 
 
 # ---------------------------------------------------------------- login

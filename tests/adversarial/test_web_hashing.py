@@ -1,0 +1,170 @@
+"""W4: password checks run off the event loop, on a small niced pool that refuses overflow.
+
+A login flood must queue no more argon2 work than the pool holds: past that, 503 at once.
+The KMS throughput ratio under a flood is measured by bench/bench_login_flood.py (no timing
+is asserted here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import httpx
+import prometheus_client
+import pytest
+from argon2 import PasswordHasher
+
+from kmsgate.access.throttle import LoginThrottle
+from kmsgate.auth.passwords import HashingPool
+from kmsgate.catalog import default_catalog
+from kmsgate.web import create_app
+from tests.adversarial.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client
+from tests.web.browser import ADMIN, NODE, SECRET, client_for, open_store
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class GatedHasher(PasswordHasher):
+    """Cheap real argon2 whose checks wait at a gate, and which notes the thread of each."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.gate = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.threads: list[tuple[int, int]] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.threads.append((threading.get_ident(), threading.get_native_id()))
+        self.started.release()
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().verify(hash, password)
+
+
+async def test_checks_beyond_the_pool_bound_get_503_and_never_run_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(tmp_path, seed=False)
+    hasher = GatedHasher()
+    pool = HashingPool(workers=1, max_waiting=2, nice=7)
+    limiter = LoginThrottle(max_failures=100, max_failures_per_ip=100)
+    app = create_app(
+        store,
+        catalog=default_catalog(),
+        metrics_registry=prometheus_client.CollectorRegistry(),
+        secret_key=SECRET,
+        secure_cookies=False,
+        node_name=NODE,
+        login_limiter=limiter,
+        password_hasher=hasher,
+        password_pool=pool,
+    )
+    try:
+        async with client_for(app) as client:
+            token = csrf_of((await client.get("/login")).text)
+
+            async def guess(n: int) -> httpx.Response:
+                data = {"username": ADMIN, "password": f"guess-{n}", "csrf_token": token}
+                return await client.post("/login", data=data)
+
+            # One check running, two queued: the pool is full.
+            held = [asyncio.create_task(guess(n)) for n in range(3)]
+            assert await asyncio.to_thread(hasher.started.acquire, True, 30)
+            await asyncio.sleep(0.2)  # the two others reach the queue
+            refused = await asyncio.gather(*(guess(n) for n in range(3, 9)))
+            assert [r.status_code for r in refused] == [503] * 6
+            assert all(r.headers["Retry-After"] == "5" for r in refused)
+            assert "Too many logins are being checked" in refused[0].text
+            assert not any(task.done() for task in held)
+            hasher.gate.set()
+            answered = await asyncio.gather(*held)
+            assert [r.status_code for r in answered] == [401] * 3
+            # The refused attempts did not count as failures; the checked ones did.
+            assert len(limiter.by_user._entries[(ADMIN, "")].times) == 3
+    finally:
+        hasher.gate.set()
+        await store.close()
+    loop_thread = threading.get_ident()
+    assert len(hasher.threads) == 3
+    assert all(ident != loop_thread for ident, _ in hasher.threads)
+    assert {native for _, native in hasher.threads} <= pool.native_ids
+    for native in pool.native_ids:
+        assert os.getpriority(os.PRIO_PROCESS, native) >= 7
+
+
+def thread_priorities(pid: int) -> dict[int, int]:
+    """{tid: nice} of every thread of a process (threads may come and go meanwhile)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # Fields after the command name: state is the 3rd field of the line, nice the 19th.
+        found[int(task.name)] = int(stat.rsplit(")", 1)[1].split()[16])
+    return found
+
+
+class PrioritySampler(threading.Thread):
+    """Notes the nice value of every thread of a process seen while it runs (bounded)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.seen: dict[int, int] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        for _ in range(20_000):  # about 100 s at most
+            if self.done.wait(0.005):
+                return
+            self.seen.update(thread_priorities(self.pid))
+
+
+def test_a_login_flood_against_a_real_node_is_cut_at_the_pool(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node")
+    node.data_dir.mkdir()
+    seed_admin(node.db_url, cheap=False)  # production argon2 costs
+    sources = [f"127.0.0.{n}" for n in range(2, 17)]
+    names = [ADMIN, "ghost-1", "ghost-2", "ghost-3"]  # unknown names cost a check too
+    with running(node):
+        main_thread = node.pid
+        with web_client(node) as browser:
+            token_page = browser.get("/login")
+            token, cookie = csrf_of(token_page.text), dict(browser.cookies)
+
+        async def flood() -> list[int]:
+            async def one(source: str, name: str) -> int:
+                transport = httpx.AsyncHTTPTransport(local_address=source)
+                async with httpx.AsyncClient(
+                    base_url=node.url, transport=transport, cookies=cookie, timeout=60
+                ) as client:
+                    data = {"username": name, "password": "wrong", "csrf_token": token}
+                    answer = await client.post("/login", data=data)
+                    if answer.status_code == 503:
+                        assert answer.headers["Retry-After"] == "5"
+                    return answer.status_code
+
+            return await asyncio.gather(*(one(s, n) for s in sources for n in names))
+
+        sampler = PrioritySampler(node.pid)
+        sampler.start()
+        try:
+            statuses = asyncio.run(flood())
+        finally:
+            sampler.done.set()
+            sampler.join(10)
+        log = node.log()
+        # The service still answers (and the right password still works) after the flood.
+        with web_client(node, source="127.0.0.99") as owner:
+            assert admin_login(owner).status_code == 303
+    assert set(statuses) <= {401, 503}, statuses
+    assert statuses.count(503) >= 1 and statuses.count(401) >= 1, statuses
+    assert "dashboard logins refused, hashing pool full" in log
+    # The event loop (the main thread) stays at normal priority. The hashing ran niced: the
+    # pool's worker and argon2's lane threads, which it starts for every check (parallelism 4).
+    assert sampler.seen[main_thread] == 0
+    niced = [tid for tid, nice in sampler.seen.items() if nice >= 10]
+    assert len(niced) >= 2, sampler.seen
