@@ -42,7 +42,7 @@ def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             listed = run_piped("clients", "--db", node.db_url, "--json")
-            if listed.returncode == 0 and len(json.loads(listed.stdout)) == len(HOSTILE_NAMES):
+            if listed.returncode == 0 and len(json.loads(listed.stdout)["items"]) == len(HOSTILE_NAMES):
                 break
             assert time.monotonic() < deadline, "the activations were not recorded"
             time.sleep(0.2)
@@ -78,7 +78,7 @@ def test_clients_in_a_pipe_carry_no_escape_and_json_keeps_the_exact_names(db_url
         assert shown in text
     listed = run_piped("clients", "--db", db_url, "--json")
     assert listed.stdout.isascii()  # every control, bidi and separator escaped as \uXXXX
-    names = {row["machine_name"] for row in json.loads(listed.stdout)}
+    names = {row["machine_name"] for row in json.loads(listed.stdout)["items"]}
     assert names == set(HOSTILE_NAMES)  # and a JSON reader gets the stored strings back
 
 
@@ -94,7 +94,7 @@ def test_audit_table_shows_hostile_user_names_literally(db_url: str) -> None:
         assert shown in text
     users = run_piped("audit", "--db", db_url, "--kind", "login_failed", "--json")
     assert users.stdout.isascii()
-    assert {e["username"] for e in json.loads(users.stdout)} == set(HOSTILE_USERS)
+    assert {e["username"] for e in json.loads(users.stdout)["items"]} == set(HOSTILE_USERS)
 
 
 def test_audit_csv_neutralises_formulas_and_keeps_exact_cells_in_a_file(db_url: str) -> None:

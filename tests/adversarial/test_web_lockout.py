@@ -26,7 +26,7 @@ def audit_events(node: Node, kind: str) -> list[dict[str, object]]:
         [str(KMSGATE), "audit", "--db", node.db_url, "--kind", kind, "--json"],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
-    events: list[dict[str, object]] = json.loads(out.stdout)
+    events: list[dict[str, object]] = json.loads(out.stdout)["items"]
     return events
 
 
