@@ -24,6 +24,7 @@ from kmsgate.cli.common import (
     with_store,
 )
 from kmsgate.config import ServeSettings
+from kmsgate.observability.display import rich_cell
 from kmsgate.store.database import Store
 from kmsgate.store.errors import UserExists, UserNotFound
 from kmsgate.store.gateway import GatewayStore
@@ -182,7 +183,7 @@ def register(app: typer.Typer) -> None:
         table = Table("user", "admin", "disabled", "created")
         for user in users:
             table.add_row(
-                user.name,
+                rich_cell(user.name),  # a stored name is text, never Rich markup
                 "yes" if user.is_admin else "no",
                 "yes" if user.disabled else "no",
                 f"{user.created:%Y-%m-%d %H:%M}",
