@@ -201,3 +201,19 @@ async def test_audit_rows_keep_their_count_and_canonical_addresses(store: Store)
         "10.0.6.2"
     )
     assert await gateway.consume_window("10.0.6.2", NOW, "n1") is not None
+
+
+async def test_refused_connections_are_a_lifetime_total_in_stats(store: Store) -> None:
+    gateway = GatewayStore(store)
+    assert (await store.stats(NOW)).refused_connections == 0
+    await gateway.add_audit(
+        [
+            AuditEvent(NOW, "connection_refused", "n1", address="10.0.7.1", count=1500),
+            AuditEvent(NOW, "connection_refused", "n1", address="10.0.7.2", count=3),
+            AuditEvent(NOW, "login_failed", "n1", username="eve", address="10.0.7.3"),
+        ]
+    )
+    await gateway.add_audit([AuditEvent(NOW, "connection_refused", "n2", count=7)])
+    stats = await store.stats(NOW)
+    assert stats.refused_connections == 1510
+    assert stats.refusals == 0  # refused KMS requests are counted apart

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import time
@@ -174,4 +175,22 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (location / "env.py").is_file()
     assert (location / "versions" / "0001_initial.py").is_file()
     assert "kmsgate" in location.parts and "store" in location.parts
-    assert migrate.head() == "0009"
+    assert migrate.head() == "0010"
+
+
+def test_the_refused_connections_counter_is_filled_from_the_audit_trail(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/kms.db"
+    migrate.upgrade(url, "0009")
+    with sqlite3.connect(tmp_path / "kms.db") as conn:
+        conn.executemany(
+            "INSERT INTO audit_events (time, kind, node, detail, count) VALUES (?, ?, 'n', '', ?)",
+            [("2026-11-01 10:00:00", "connection_refused", 40),
+             ("2026-11-01 10:01:00", "connection_refused", 2),
+             ("2026-11-01 10:02:00", "login_failed", 1)],
+        )  # fmt: skip
+    migrate.upgrade(url)
+    with sqlite3.connect(tmp_path / "kms.db") as conn:
+        rows = conn.execute(
+            "SELECT value FROM counters WHERE name = 'gateway:refused_connections'"
+        ).fetchall()
+    assert rows == [(42,)]

@@ -754,6 +754,7 @@ class Store:
             per_product=sorted(per_label.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_PRODUCTS],
             per_protocol=dict(sorted(per_protocol.items())),
             last_activation=last,
+            refused_connections=found.get("gateway:refused_connections", 0),
         )
 
     # ---------------------------------------------------------------- users

@@ -23,7 +23,7 @@ from kmsgate.store import cursor as cursors
 from kmsgate.store.database import Store
 from kmsgate.store.errors import InvalidCursor, UserNotFound
 from kmsgate.store.records import Page
-from kmsgate.store.schema import audit_events, users, windows
+from kmsgate.store.schema import audit_events, counters, users, windows
 
 WEEK = timedelta(days=7)
 MONTH = timedelta(days=30)
@@ -90,6 +90,9 @@ class AuditEvent:
     id: int | None = None
     count: int = 1  # events this row stands for (refused connections of one source and minute)
 
+
+# The counters row totalling gateway connections refused without a window.
+REFUSED_CONNECTIONS = "gateway:refused_connections"
 
 AUDIT_KINDS = (
     "login_ok",
@@ -403,14 +406,16 @@ class GatewayStore:
             }
             for e in events
         ]
+        refused = sum(e.count for e in events if e.kind == "connection_refused")
         async with self._store._write() as conn:
             await conn.execute(audit_events.insert(), rows)
-
-    async def count_audit(self, kind: str) -> int:
-        """How many audit events of one kind exist (answered from the (kind, id) index)."""
-        query = select(func.count()).select_from(audit_events).where(audit_events.c.kind == kind)
-        async with self._store._read() as conn:
-            return int((await conn.execute(query)).scalar_one())
+            if refused:
+                # A lifetime total, like the activation counters: the dashboard and /api/stats
+                # read it in O(1), and retention pruning old audit rows does not lower it.
+                await self._store._add_counts(
+                    conn, counters, ["name"], "value",
+                    [{"name": REFUSED_CONNECTIONS, "value": refused}],
+                )  # fmt: skip
 
     async def list_audit(
         self,

@@ -89,6 +89,8 @@ class Stats:
     per_product: list[tuple[str, int]]  # product family (or SKU name) -> requests, top 20
     per_protocol: dict[int, int]
     last_activation: datetime | None
+    # Gateway connections refused without a window (before any KMS request), lifetime.
+    refused_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -266,6 +266,9 @@ class StatsModel(BaseModel):
     clients: int
     activations: int
     refusals: int
+    refused_connections: int = Field(
+        description="gateway connections refused without an activation window (no KMS request)"
+    )
     last_activation: datetime | None
     per_hour: list[HourCount]
     per_product: list[ProductCount]
@@ -279,6 +282,7 @@ class StatsModel(BaseModel):
             clients=stats.clients,
             activations=stats.activations,
             refusals=stats.refusals,
+            refused_connections=stats.refused_connections,
             last_activation=_utc(stats.last_activation) if stats.last_activation else None,
             per_hour=[HourCount(hour=_utc(h), count=c) for h, c in stats.per_hour],
             per_product=[ProductCount(product=p, count=c) for p, c in stats.per_product],

@@ -23,7 +23,6 @@ from kmsgate.catalog import Catalog
 from kmsgate.observability.display import template_value
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
-from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.api import (
     DEFAULT_LIMIT,
     CmidParam,
@@ -346,15 +345,11 @@ def build_pages_router(
         return admin
 
     router = APIRouter(dependencies=[Depends(require_admin)], include_in_schema=False)
-    audit_store = GatewayStore(store)
 
     async def overview(request: Request) -> Response:
         """Counts, requests per hour, products, latest requests."""
         stats = await store.stats(now())
         recent = await store.list_activations(limit=10)
-        # A gateway refuses connections without a window before any KMS request: those are in
-        # the audit trail, not among the requests, and count as refusals too.
-        refused_connections = await audit_store.count_audit("connection_refused")
         return renderer.page(
             request,
             "overview.html",
@@ -362,7 +357,9 @@ def build_pages_router(
                 "active": "overview",
                 "title": "Overview",
                 "stats": stats,
-                "refusals": Refusals(kms=stats.refusals, gateway=refused_connections),
+                # A gateway refuses connections without a window before any KMS request: those
+                # are no requests, yet they count as refusals too.
+                "refusals": Refusals(kms=stats.refusals, gateway=stats.refused_connections),
                 "chart": hour_chart(stats.per_hour),
                 "products": product_bars(stats.per_product),
                 "protocols": sorted(stats.per_protocol.items()),
