@@ -42,7 +42,8 @@ def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             listed = run_piped("clients", "--db", node.db_url, "--json")
-            if listed.returncode == 0 and len(json.loads(listed.stdout)["items"]) == len(HOSTILE_NAMES):
+            recorded = json.loads(listed.stdout)["items"] if listed.returncode == 0 else []
+            if len(recorded) == len(HOSTILE_NAMES):
                 break
             assert time.monotonic() < deadline, "the activations were not recorded"
             time.sleep(0.2)
