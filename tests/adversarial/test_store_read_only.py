@@ -38,8 +38,22 @@ BACKLOG_BOUND = 60.0
 
 
 def settle(server: Node) -> None:
-    """Until the node holds nothing unwritten."""
-    wait_until(lambda: server.store_figures()["queued"] == 0, 30, "queue drained")
+    """Until the node holds nothing unwritten, and takes nothing new for a second.
+
+    A request whose client gave up waiting (a loaded machine) may still be answered and
+    recorded after the load paused: killing the writer then would lose it by design.
+    """
+    last: list[int] = []
+
+    def quiet() -> bool:
+        figures = server.store_figures()
+        now = [figures["queued"], figures["written"], figures["dropped"]]
+        steady, last[:] = now == last and now[0] == 0, now
+        if not steady:
+            time.sleep(1.0)
+        return steady
+
+    wait_until(quiet, 60, "queue drained and quiet")
 
 
 def outage(server: Node, load: Load, prefix: str) -> int:

@@ -20,6 +20,7 @@ import pytest
 
 from kmsgate.store import ActivationRecord, RecordWriter, Store, StoreError, StoreUnavailable
 from kmsgate.store import engine as store_engine
+from kmsgate.store.writer import POISON_ATTEMPTS
 from tests.store import make_record
 from tests.store.pg import PostgresServer
 
@@ -42,17 +43,24 @@ class FakeStore:
         self.batches: list[list[ActivationRecord]] = []
         self.fail_with: Exception | None = None
         self.reject_name: str | None = None  # a "poison" record the database refuses
+        self.refuse_writes = False  # every write fails, with an error that looks permanent
         self.delay = 0.0
         self.reconnects = 0
 
     async def reconnect(self) -> None:
         self.reconnects += 1
 
+    async def probe_write(self) -> None:
+        if self.fail_with is not None or self.refuse_writes:
+            raise StoreUnavailable("the store takes no writes")
+
     async def record_activations(self, records: Sequence[ActivationRecord]) -> None:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_with is not None:
             raise self.fail_with
+        if self.refuse_writes:
+            raise StoreError("attempt to write a readonly database")
         if self.reject_name is not None and any(
             r.machine_name == self.reject_name for r in records
         ):
@@ -271,6 +279,18 @@ async def test_backoff_is_capped() -> None:
     await writer.close()
 
 
+async def test_probe_write_changes_a_row_of_a_writable_store(store: Store) -> None:
+    await store.probe_write()
+    await store.probe_write()
+    async with store._read() as conn:
+        probes = (
+            await conn.exec_driver_sql(
+                "SELECT value FROM counters WHERE name = 'store:write_probes'"
+            )
+        ).scalar_one()
+    assert probes == 2
+
+
 async def test_a_poison_record_is_dropped_and_the_rest_written() -> None:
     fake = FakeStore()
     fake.reject_name = "BAD"
@@ -282,6 +302,24 @@ async def test_a_poison_record_is_dropped_and_the_rest_written() -> None:
     await wait_for(lambda: writer.written == 4)
     assert writer.dropped == 1
     assert fake.stored == good
+    await writer.close()
+
+
+async def test_an_outage_with_permanent_looking_errors_drops_nothing() -> None:
+    # Errors that do not look transient make the writer isolate records one by one; while
+    # the store takes no write at all, none of them may be judged poison and dropped.
+    fake = FakeStore()
+    fake.refuse_writes = True
+    writer = writer_for(fake)
+    await writer.start()
+    records = [make_record(machine_name=f"PC-{i}") for i in range(5)]
+    for record in records:
+        writer.submit(record)
+    await wait_for(lambda: writer.failures >= POISON_ATTEMPTS + 3)
+    assert (writer.dropped, writer.written) == (0, 0)
+    fake.refuse_writes = False
+    await wait_for(lambda: writer.written == 5)
+    assert fake.stored == records and writer.dropped == 0
     await writer.close()
 
 

@@ -88,6 +88,8 @@ TOP_PRODUCTS = 20
 FILE_CHECK_INTERVAL = 1.0
 # A batch whose file was deleted while it was written is written again, this often at most.
 REWRITES = 2
+# The counter probe_write() bumps: a write that proves the store takes writes.
+_PROBE_ROW = {"name": "store:write_probes", "value": 1}
 T = TypeVar("T")
 
 
@@ -401,6 +403,21 @@ class Store:
         """Round-trip to the database; StoreUnavailable when it does not answer."""
         async with self._read() as conn:
             await conn.execute(select(1))
+
+    async def probe_write(self) -> None:
+        """Run a write transaction that changes nothing; StoreUnavailable if none can run.
+
+        Tells a record the database rejects from a database that takes no writes at all
+        (read-only file, full disk), whatever error class the driver chose for the latter.
+        """
+        try:
+            async with self._write() as conn:
+                # A real row change: a no-op statement may pass where a write cannot.
+                await self._add_counts(conn, counters, ["name"], "value", [_PROBE_ROW])
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # any failure here means: not writable
+            raise StoreUnavailable(f"the store takes no writes: {exc}"[:300]) from exc
 
     # ---------------------------------------------------------------- plumbing
 

@@ -297,6 +297,9 @@ class RecordWriter:
             except StoreUnavailable:
                 raise  # the database went away: back to plain retrying
             except Exception as exc:  # noqa: BLE001 (this one record cannot be stored)
+                # Poison only if the store takes other writes: an outage whose errors do
+                # not look transient must not cost a record (StoreUnavailable: retry all).
+                await self._store.probe_write()
                 bad += 1
                 self._queue.popleft()
                 self._drop(record)
