@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kmsgate.config import ServeSettings
 from kmsgate.protocol.hresult import HResult
 from kmsgate.server.service import Service
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from tests.adversarial.host_attack import (
     WIN_PRO,
     Answer,

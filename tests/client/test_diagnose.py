@@ -36,7 +36,7 @@ from kmsgate.client.diagnose import (
 )
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.protocol.hresult import KMS_HRESULTS, HResult, describe, explain, markdown_table
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from tests.client.dns_server import knot_server
 
 LOOPBACK = "127.0.0.1"

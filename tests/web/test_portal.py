@@ -26,7 +26,7 @@ from kmsgate.access.accounts import LocalSettings, SqlSettings, build_backend
 from kmsgate.access.gateway import Gateway
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.web import create_app
 from kmsgate.web.portal import PortalLimiter, client_address, parse_address

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from kmsgate.catalog import default_catalog
 from kmsgate.cli import app as cli_app
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.web import create_app
 from kmsgate.web.reports import MONTHLY_CSV_COLUMNS, STALE_CSV_COLUMNS

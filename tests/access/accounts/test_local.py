@@ -27,7 +27,7 @@ from kmsgate.access.accounts import (
     normalize_username,
 )
 from kmsgate.auth.passwords import hash_password, verify_password
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from kmsgate.store.schema import users
 
 
