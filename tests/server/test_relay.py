@@ -30,10 +30,10 @@ from kmsgate.protocol.session import (
     Event,
     FaultSent,
 )
+from kmsgate.recording.drafts import RecordDraft, record_from_draft
 from kmsgate.server.host import KmsHost
 from kmsgate.server.recording import ActivationRecorder
 from kmsgate.server.relay import Relay, RelayConnection, relay_factory
-from kmsgate.store.drafts import RecordDraft, record_from_draft
 from kmsgate.store.records import ActivationRecord
 from tests.server.util import (
     SERVER_2019_DC_SKU,

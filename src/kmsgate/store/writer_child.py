@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from kmsgate.store.drafts import DraftError, RecordDraft, record_from_draft
+from kmsgate.recording.drafts import DraftError, RecordDraft, record_from_draft
 from kmsgate.store.errors import StoreError
 from kmsgate.store.frames import FrameError, encode_frame, read_frame
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kmsgate.store.drafts import RecordDraft
+from kmsgate.recording.drafts import RecordDraft
 from kmsgate.store.errors import StoreError
 from kmsgate.store.frames import FrameError, encode_frame, read_frame
 
