@@ -25,10 +25,10 @@ from kmsgate.protocol.messages import KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ActivationRefused, ActivationServed
 from kmsgate.recording.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft
+from kmsgate.recording.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
 from kmsgate.server.recording import ActivationRecorder
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
-from kmsgate.store.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
 from kmsgate.store.writer_process import WriterProcess
 from tests.store.test_writer import wait_for
 

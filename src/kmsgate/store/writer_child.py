@@ -17,8 +17,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from kmsgate.recording.drafts import DraftError, RecordDraft, record_from_draft
+from kmsgate.recording.frames import FrameError, encode_frame, read_frame
 from kmsgate.store.errors import StoreError
-from kmsgate.store.frames import FrameError, encode_frame, read_frame
 
 if TYPE_CHECKING:
     from kmsgate.store.writer import RecordWriter

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kmsgate.recording.drafts import RecordDraft
+from kmsgate.recording.frames import FrameError, encode_frame, read_frame
 from kmsgate.store.errors import StoreError
-from kmsgate.store.frames import FrameError, encode_frame, read_frame
 
 log = logging.getLogger("kmsgate.store")
 START_TIMEOUT = 30.0
