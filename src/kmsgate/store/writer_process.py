@@ -323,7 +323,7 @@ class WriterProcess:
             self._process = process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "kmsgate.store.writer_child",
+                "kmsgate.recording.child",
                 stdin=read_fd,
                 stdout=asyncio.subprocess.PIPE,
             )

@@ -1,6 +1,6 @@
 """The record writer process: reads drafts on stdin, writes them through a RecordWriter.
 
-Started by WriterProcess as `python -m kmsgate.store.writer_child`. It ignores SIGINT and
+Started by WriterProcess as `python -m kmsgate.recording.child`. It ignores SIGINT and
 SIGTERM (a Ctrl-C or `systemctl stop` reaches the whole group) and ends when its stdin closes,
 after writing what it holds — also when the serving process was killed outright.
 """
