@@ -21,11 +21,11 @@ from kmsgate.config import ServeSettings
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.recording.process import WriterProcess
 from kmsgate.server.service import Service, load_web_secret
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow
 from kmsgate.store.writer import RecordWriter
-from kmsgate.store.writer_process import WriterProcess
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
 from tests.server.util import RawClient, activate_once, make_request
 from tests.store.pg import PostgresServer, running_postgres

@@ -26,10 +26,10 @@ from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ActivationRefused, ActivationServed
 from kmsgate.recording.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft
 from kmsgate.recording.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
+from kmsgate.recording.process import WriterProcess
 from kmsgate.server.recording import ActivationRecorder
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
-from kmsgate.store.writer_process import WriterProcess
 from tests.store.test_writer import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,7 +201,7 @@ def test_records_survive_sigkill_of_the_serving_process(tmp_path: Path) -> None:
         f"""
         import asyncio, os, signal
         from kmsgate.store.database import Store
-        from kmsgate.store.writer_process import WriterProcess
+        from kmsgate.recording.process import WriterProcess
         from tests.store.test_writer_process import drafts
 
         async def main():
@@ -327,7 +327,7 @@ def test_handed_over_drafts_survive_an_immediate_sigkill(tmp_path: Path) -> None
         f"""
         import asyncio, os, signal
         from kmsgate.store.database import Store
-        from kmsgate.store.writer_process import WriterProcess
+        from kmsgate.recording.process import WriterProcess
         from tests.store.test_writer_process import drafts
 
         async def main():

@@ -31,13 +31,13 @@ from kmsgate.server.systemd import (
 # imported where they are started, so a node runs with only the memory its options need.
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
+    from kmsgate.recording.process import WriterProcess
     from kmsgate.server.dns_publish import DnsPublisher
     from kmsgate.server.recording import InlineRecordGate, RecordGate
     from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
     from kmsgate.store.writer import RecordWriter
-    from kmsgate.store.writer_process import WriterProcess
 
 log = logging.getLogger("kmsgate.server")
 SESSION_KEY_FILE = "web-secret.key"
@@ -152,7 +152,7 @@ class Service:
         """The record writer --store-writer asks for, and the gate the host hands drafts to."""
         settings = self.settings
         if settings.store_writer == "process":
-            from kmsgate.store.writer_process import WriterProcess
+            from kmsgate.recording.process import WriterProcess
 
             process = WriterProcess(
                 settings.db_url,
@@ -187,7 +187,7 @@ class Service:
             self.gateway.window = timedelta(seconds=settings.window)
             self.gateway.quota_week = settings.quota_week
             self.gateway.quota_month = settings.quota_month
-        from kmsgate.store.writer_process import WriterProcess
+        from kmsgate.recording.process import WriterProcess
 
         if isinstance(self.writer, WriterProcess):  # its child logs at the reloaded level too
             self.writer.set_log_level(logging.getLogger("kmsgate").getEffectiveLevel())
