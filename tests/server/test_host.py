@@ -19,6 +19,7 @@ from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.recording.process import WriterProcess
+from kmsgate.recording.writer import RecordWriter
 from kmsgate.server.host import (
     _PAUSED_FOR_WRITING,
     WRITE_BUFFER_HIGH,
@@ -27,7 +28,6 @@ from kmsgate.server.host import (
     ipv6_available,
 )
 from kmsgate.server.service import Service
-from kmsgate.store.writer import RecordWriter
 from tests.adversarial.host_attack import (
     Answer,
     BlockingKmsConnection,

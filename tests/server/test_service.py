@@ -22,10 +22,10 @@ from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.recording.process import WriterProcess
+from kmsgate.recording.writer import RecordWriter
 from kmsgate.server.service import Service, load_web_secret
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow
-from kmsgate.store.writer import RecordWriter
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
 from tests.server.util import RawClient, activate_once, make_request
 from tests.store.pg import PostgresServer, running_postgres

@@ -18,11 +18,11 @@ from typing import cast
 
 import pytest
 
+from kmsgate.recording.writer import RecordWriter
 from kmsgate.store import engine as store_engine
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError, StoreUnavailable
 from kmsgate.store.records import ActivationRecord
-from kmsgate.store.writer import RecordWriter
 from tests.store import make_record
 from tests.store.pg import PostgresServer
 
@@ -107,7 +107,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys, uuid
     from kmsgate.store.database import Store
-    from kmsgate.store.writer import RecordWriter
+    from kmsgate.recording.writer import RecordWriter
     from tests.store import make_record
 
     async def main() -> None:

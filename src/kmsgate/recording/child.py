@@ -21,7 +21,7 @@ from kmsgate.recording.frames import FrameError, encode_frame, read_frame
 from kmsgate.store.errors import StoreError
 
 if TYPE_CHECKING:
-    from kmsgate.store.writer import RecordWriter
+    from kmsgate.recording.writer import RecordWriter
 
 log = logging.getLogger("kmsgate.store")
 STATUS_PERIOD = 0.05
@@ -77,8 +77,8 @@ async def _stdin_reader() -> asyncio.StreamReader:
 
 async def serve(outbox: Outbox) -> None:
     """Configure from the first frame, then write every batch of drafts until end of input."""
+    from kmsgate.recording.writer import RecordWriter
     from kmsgate.store.database import Store
-    from kmsgate.store.writer import RecordWriter
 
     reader = await _stdin_reader()
     config = _config(await read_frame(reader))

@@ -18,7 +18,7 @@ from kmsgate.protocol.session import ActivationRefused, ActivationServed, Event
 from kmsgate.recording.drafts import DraftError, RecordDraft, record_from_draft
 
 if TYPE_CHECKING:
-    from kmsgate.store.writer import RecordWriter
+    from kmsgate.recording.writer import RecordWriter
 
 log = logging.getLogger("kmsgate.store")
 

@@ -32,12 +32,12 @@ from kmsgate.server.systemd import (
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
     from kmsgate.recording.process import WriterProcess
+    from kmsgate.recording.writer import RecordWriter
     from kmsgate.server.dns_publish import DnsPublisher
     from kmsgate.server.recording import InlineRecordGate, RecordGate
     from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
-    from kmsgate.store.writer import RecordWriter
 
 log = logging.getLogger("kmsgate.server")
 SESSION_KEY_FILE = "web-secret.key"
@@ -163,9 +163,9 @@ class Service:
                 retention_days=settings.retention_days,
             )
             return process, process
+        from kmsgate.recording.writer import RecordWriter
         from kmsgate.server.recording import InlineRecordGate
         from kmsgate.store.retention import Retention
-        from kmsgate.store.writer import RecordWriter
 
         days = settings.retention_days
         inline = RecordWriter(
