@@ -31,8 +31,8 @@ from kmsgate.protocol.session import (
     FaultSent,
 )
 from kmsgate.recording.drafts import RecordDraft, record_from_draft
+from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.server.host import KmsHost
-from kmsgate.server.recording import ActivationRecorder
 from kmsgate.server.relay import Relay, RelayConnection, relay_factory
 from kmsgate.store.records import ActivationRecord
 from tests.server.util import (

@@ -27,7 +27,7 @@ from kmsgate.protocol.session import ActivationRefused, ActivationServed
 from kmsgate.recording.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft
 from kmsgate.recording.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
 from kmsgate.recording.process import WriterProcess
-from kmsgate.server.recording import ActivationRecorder
+from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
 from tests.store.test_writer import wait_for

@@ -40,7 +40,7 @@ from kmsgate.server.systemd import inherited_sockets
 
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
-    from kmsgate.server.recording import RecordGate
+    from kmsgate.recording.recorder import RecordGate
 
 log = logging.getLogger("kmsgate.server")
 

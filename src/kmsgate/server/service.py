@@ -32,9 +32,9 @@ from kmsgate.server.systemd import (
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
     from kmsgate.recording.process import WriterProcess
+    from kmsgate.recording.recorder import InlineRecordGate, RecordGate
     from kmsgate.recording.writer import RecordWriter
     from kmsgate.server.dns_publish import DnsPublisher
-    from kmsgate.server.recording import InlineRecordGate, RecordGate
     from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
@@ -100,7 +100,7 @@ class Service:
             ids = resolve_ids(settings.user, settings.group)
         self.host = KmsHost(settings, catalog=self.catalog, metrics=self.metrics)
         if not settings.no_store:
-            from kmsgate.server.recording import ActivationRecorder
+            from kmsgate.recording.recorder import ActivationRecorder
             from kmsgate.store.database import Store
 
             self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
@@ -163,8 +163,8 @@ class Service:
                 retention_days=settings.retention_days,
             )
             return process, process
+        from kmsgate.recording.recorder import InlineRecordGate
         from kmsgate.recording.writer import RecordWriter
-        from kmsgate.server.recording import InlineRecordGate
         from kmsgate.store.retention import Retention
 
         days = settings.retention_days
