@@ -20,8 +20,8 @@ from kmsgate.net import Peer
 from kmsgate.observability.logs import setup_logging
 from kmsgate.server.preflight import preflight
 from kmsgate.server.service import Service
-from kmsgate.server.systemd import notify_socket, sd_notify, watchdog_interval, watchdog_pings
 from kmsgate.store.errors import StoreError
+from kmsgate.systemd import notify_socket, sd_notify, watchdog_interval, watchdog_pings
 
 log = logging.getLogger("kmsgate.server")
 

@@ -87,7 +87,7 @@ async def serve(outbox: Outbox) -> None:
     # Its file, if missing (deleted since the serving process opened it), it creates anew.
     store = await Store.open(str(config["url"]), upgrade=False, recreate=True)
     if config.get("run_as") is not None:
-        from kmsgate.server.systemd import drop_privileges
+        from kmsgate.systemd import drop_privileges
 
         # Started by root, as the serving process could not exec the interpreter once it
         # is the service user; becomes that user too, after importing the database driver

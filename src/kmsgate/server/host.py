@@ -36,7 +36,7 @@ from kmsgate.protocol.session import (
 )
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.idle import IdleTimer
-from kmsgate.server.systemd import inherited_sockets
+from kmsgate.systemd import inherited_sockets
 
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway

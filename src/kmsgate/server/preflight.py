@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kmsgate.access.accounts.base import LdapSettings, Pop3Settings, SqlSettings
 from kmsgate.config import ServeSettings, parse_listen
-from kmsgate.server.systemd import resolve_ids
+from kmsgate.systemd import resolve_ids
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.server.fdlimit import raise_open_files_limit
 from kmsgate.server.host import KmsHost
 from kmsgate.server.selftest import run_self_test
-from kmsgate.server.systemd import (
+from kmsgate.systemd import (
     drop_privileges,
     hand_over,
     protect_inherited_sockets,
