@@ -17,8 +17,8 @@ from kmsgate.access.gateway import Gateway
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
 from kmsgate.config import ServeSettings
+from kmsgate.node import Service
 from kmsgate.server.host import KmsHost
-from kmsgate.server.service import Service
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from tests.server.util import RawClient, activate_once, make_request

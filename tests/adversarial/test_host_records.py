@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmsgate.config import ServeSettings
+from kmsgate.node import Service
 from kmsgate.protocol.hresult import HResult
-from kmsgate.server.service import Service
 from kmsgate.store.database import Store
 from tests.adversarial.host_attack import (
     WIN_PRO,

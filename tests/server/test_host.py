@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kmsgate.config import ServeSettings
+from kmsgate.node import Service
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
@@ -27,7 +28,6 @@ from kmsgate.server.host import (
     KmsHost,
     ipv6_available,
 )
-from kmsgate.server.service import Service
 from tests.adversarial.host_attack import (
     Answer,
     BlockingKmsConnection,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from kmsgate.config import ServeSettings
+from kmsgate.node import Service
 from kmsgate.protocol.messages import KmsRequest
-from kmsgate.server.service import Service
 from kmsgate.store.database import Store
 from kmsgate.store.seen import SeenMachines
 from tests.server.util import RawClient, make_request

@@ -12,8 +12,8 @@ import typer
 
 from kmsgate.cli.common import ConfigOption, DataDirOption, JsonOption, fail, print_json
 from kmsgate.config import ServeSettings, load_settings
+from kmsgate.node import load_catalog
 from kmsgate.server.identity import IdentityError, build_identity, read_identity_file
-from kmsgate.server.service import load_catalog
 
 identity_app = typer.Typer(
     name="identity", help="The host's identity (HWID, ePIDs) kept across restarts.",

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from kmsgate.cli.help import SettingsHelpCommand
 from kmsgate.config import PANELS, ServeSettings, explain, field_panel, load_settings
 from kmsgate.net import Peer
+from kmsgate.node import Service
 from kmsgate.observability.logs import setup_logging
 from kmsgate.server.preflight import preflight
-from kmsgate.server.service import Service
 from kmsgate.store.errors import StoreError
 from kmsgate.systemd import notify_socket, sd_notify, watchdog_interval, watchdog_pings
 

@@ -185,8 +185,8 @@ def _identity(settings: ServeSettings) -> list[Problem]:
 
 def _host_keys(settings: ServeSettings) -> list[Problem]:
     """The catalogue must load and hold host keys for the host build the host claims."""
+    from kmsgate.node import load_catalog
     from kmsgate.server.identity import choose_host_build
-    from kmsgate.server.service import load_catalog
 
     try:
         catalog = load_catalog(settings)

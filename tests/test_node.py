@@ -18,12 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kmsgate.config import ServeSettings
+from kmsgate.node import Service, load_web_secret
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.recording.process import WriterProcess
 from kmsgate.recording.writer import RecordWriter
-from kmsgate.server.service import Service, load_web_secret
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
