@@ -13,7 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.catalog import Catalog
+from kmsgate.catalog.lookup import load_catalog
 from kmsgate.config import ServeSettings, parse_listen, parse_public_address
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
@@ -60,19 +61,12 @@ def load_web_secret(data_dir: Path) -> bytes:
     return secret
 
 
-def load_catalog(settings: ServeSettings) -> Catalog:
-    """The catalogue `--catalog` names, else the built-in one; ValueError naming the file."""
-    if settings.catalog is None:
-        return default_catalog()
-    return Catalog.from_file(settings.catalog)
-
-
 class Service:
     """Starts and stops the parts of a node in the right order."""
 
     def __init__(self, settings: ServeSettings, *, catalog: Catalog | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog or load_catalog(settings)
+        self.catalog = catalog or load_catalog(settings.catalog)
         self.metrics = Metrics(self.catalog)
         self.store: Store | None = None
         self.writer: RecordWriter | WriterProcess | None = None

@@ -185,11 +185,11 @@ def _identity(settings: ServeSettings) -> list[Problem]:
 
 def _host_keys(settings: ServeSettings) -> list[Problem]:
     """The catalogue must load and hold host keys for the host build the host claims."""
-    from kmsgate.node import load_catalog
+    from kmsgate.catalog.lookup import load_catalog
     from kmsgate.server.identity import choose_host_build
 
     try:
-        catalog = load_catalog(settings)
+        catalog = load_catalog(settings.catalog)
     except ValueError as exc:
         return [Problem(f"catalog: {exc}")]
     try:
