@@ -123,7 +123,13 @@ class Service:
                 # Loaded before the host listens: the first answers already count history.
                 self.seen_sync = SeenCountSync(seen, SeenMachines(self.store))
                 await self.seen_sync.start()
-        await self.host.start()
+        upstream = settings.upstream_address
+        if upstream is None:
+            await self.host.start()
+        else:
+            from kmsgate.server.relay import relay_factory
+
+            await self.host.start(relay_factory(self.host, upstream))
         if self.store is not None and not settings.no_web:
             await self._start_web()
         # Proves the protocol core works here, and imports what the hot path needs.
