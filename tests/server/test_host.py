@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kmsgate.config import ServeSettings
-from kmsgate.node import Service
+from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
@@ -367,7 +367,7 @@ async def test_answers_wait_until_their_records_are_handed_over(
             "store_writer": writer_kind,
         }
     )
-    async with Service(config) as service:
+    async with Node(config) as service:
         assert service.host is not None and service.writer is not None
         writer = service.writer
         stuck = _stall(writer)

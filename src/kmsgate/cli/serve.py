@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from kmsgate.cli.help import SettingsHelpCommand
 from kmsgate.config import PANELS, ServeSettings, explain, field_panel, load_settings
 from kmsgate.net import Peer
-from kmsgate.node import Service
+from kmsgate.node import Node
 from kmsgate.observability.logs import setup_logging
 from kmsgate.server.preflight import preflight
 from kmsgate.store.errors import StoreError
@@ -60,7 +60,7 @@ def _configure_logging(settings: ServeSettings) -> None:
     )
 
 
-def _reload(service: Service, config: Path | None, cli: dict[str, Any]) -> None:
+def _reload(service: Node, config: Path | None, cli: dict[str, Any]) -> None:
     """SIGHUP: read the settings again; apply policies and logging, keep connections."""
     try:
         settings = load_settings(config, **cli)
@@ -81,7 +81,7 @@ async def run_service(
     settings: ServeSettings, config: Path | None = None, cli: dict[str, Any] | None = None
 ) -> None:
     """Serve until SIGINT/SIGTERM, then drain and flush; SIGHUP reloads the settings."""
-    service = Service(settings)
+    service = Node(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
