@@ -8,7 +8,9 @@ import ipaddress
 import logging
 import os
 import secrets
+import signal
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 from kmsgate.catalog import Catalog
 from kmsgate.catalog.lookup import load_catalog
 from kmsgate.config import ServeSettings, parse_listen, parse_public_address
+from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.server.fdlimit import raise_open_files_limit
@@ -24,8 +27,12 @@ from kmsgate.server.selftest import run_self_test
 from kmsgate.systemd import (
     drop_privileges,
     hand_over,
+    notify_socket,
     protect_inherited_sockets,
     resolve_ids,
+    sd_notify,
+    watchdog_interval,
+    watchdog_pings,
 )
 
 # The store (SQLAlchemy), the web stack (FastAPI, uvicorn), the gateway and DNS publishing are
@@ -311,3 +318,46 @@ class Node:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+async def run_node(settings: ServeSettings, reload: Callable[[], ServeSettings | None]) -> None:
+    """Serve until SIGINT/SIGTERM, then drain and flush; on SIGHUP apply what `reload` reads.
+
+    systemd (Type=notify) hears READY once everything listens, STOPPING when draining, and
+    watchdog pings from the event loop in between.
+    """
+    node = Node(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+
+    def on_sighup() -> None:
+        reloaded = reload()
+        if reloaded is not None:
+            node.reload(reloaded)
+            log.info("settings reloaded")
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    notify = notify_socket()
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        async with node:
+            assert node.host is not None
+            # Listeners bound, privileges dropped, store and web up: systemd may go on.
+            addresses = ", ".join(str(Peer(host, port)) for host, port in node.host.addresses)
+            sd_notify(notify, "READY=1", f"STATUS=serving KMS on {addresses}")
+            interval = watchdog_interval()
+            if interval is not None:
+                watchdog = asyncio.create_task(watchdog_pings(notify, interval))
+            await stop.wait()
+            sd_notify(notify, "STOPPING=1", "STATUS=stopping: draining connections")
+            log.info("stopping: draining %d connections", len(node.host.connections))
+    finally:
+        # Pings go on while draining and flushing, which TimeoutStopSec bounds instead.
+        if watchdog is not None:
+            watchdog.cancel()
+    stats = node.host.stats
+    log.info("stopped after %d activations, %d refusals", stats.activations, stats.refusals)
