@@ -222,7 +222,7 @@ class Node:
         self.settings = settings
 
     async def _start_gateway(self, store: Store, parts: contextlib.AsyncExitStack) -> None:
-        from kmsgate.access.accounts import build_backend
+        from kmsgate.access.accounts.backends import build_backend
         from kmsgate.access.gateway import Gateway
         from kmsgate.access.nft import NftWindowSet
         from kmsgate.store.gateway import GatewayStore

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.access.accounts import build_backend
+from kmsgate.access.accounts.backends import build_backend
 from kmsgate.access.accounts.base import LocalSettings
 from kmsgate.access.gateway import Gateway
 from kmsgate.auth.passwords import hash_password
