@@ -14,7 +14,14 @@ import typer
 from pydantic import ValidationError
 
 from kmsgate.cli.help import SettingsHelpCommand
-from kmsgate.config import PANELS, ServeSettings, explain, field_panel, load_settings
+from kmsgate.config import (
+    PANELS,
+    ServeSettings,
+    effective_config_file,
+    explain,
+    field_panel,
+    load_settings,
+)
 from kmsgate.node import run_node
 from kmsgate.observability.logs import setup_logging
 from kmsgate.server.preflight import preflight
@@ -25,8 +32,6 @@ log = logging.getLogger("kmsgate.server")
 
 def _settings_or_exit(config: Path | None, **cli: object) -> ServeSettings:
     """Load settings; on a bad value print one line per problem and exit with status 2."""
-    from kmsgate.cli.config_cmd import effective_config_file
-
     try:
         return load_settings(config, **cli)
     except ValidationError as exc:
