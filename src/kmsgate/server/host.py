@@ -36,7 +36,7 @@ from kmsgate.protocol.session import (
 )
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.idle import IdleTimer
-from kmsgate.server.transport import peer_text
+from kmsgate.server.transport import peer_of
 from kmsgate.systemd import inherited_sockets
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class KmsConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        self.peer = peer_text(transport)
+        self.peer = peer_of(transport)
         host = self._host
         if not host.accept(self, transport, self.peer):
             return

@@ -32,7 +32,7 @@ from kmsgate.protocol.session import (
 )
 from kmsgate.server.host import KmsHost
 from kmsgate.server.idle import IdleTimer
-from kmsgate.server.transport import peer_text
+from kmsgate.server.transport import peer_of
 
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
@@ -140,7 +140,7 @@ class RelayConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
         client = cast(asyncio.Transport, transport)
         self._client = client
-        self.peer = peer_text(client)
+        self.peer = peer_of(client)
         host = self._host
         if not host.accept(self, client, self.peer):
             return

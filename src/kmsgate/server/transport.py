@@ -7,7 +7,7 @@ import asyncio
 from kmsgate.net import Peer
 
 
-def peer_text(transport: asyncio.BaseTransport) -> str:
+def peer_of(transport: asyncio.BaseTransport) -> str:
     """The client's address as the policies, the portal and the audit trail spell it."""
     # Canonical (IPv4-mapped IPv6 as IPv4): a dual-stack listener must not give an IPv4
     # client another identity than the portal, the policies and the audit trail see.
