@@ -82,8 +82,9 @@ class Node:
         self._web: EmbeddedUvicorn | None = None
         self.dns_publisher: DnsPublisher | None = None
         self.seen_sync: SeenCountSync | None = None
-        # Each part pushes its own shutdown as it starts: a failed start and stop() both
-        # undo exactly what was started, last started first.
+        # Each part pushes its own shutdown just before it starts (a part that failed to
+        # start may hold something already): a failed start and stop() both undo what was
+        # started, last started first.
         self._parts = contextlib.AsyncExitStack()
 
     @property
@@ -122,8 +123,8 @@ class Node:
             writer, gate = self._make_writer(store, ids)
             self.writer = writer
             # Running before the host listens: an answer given is a record that can be kept.
-            await writer.start()
             parts.push_async_callback(self._close_writer, writer)
+            await writer.start()
             if isinstance(gate, InlineRecordGate):  # closed before its writer flushes
                 parts.callback(gate.close)
             self.metrics.set_store_source(
@@ -141,16 +142,16 @@ class Node:
 
                 # Loaded before the host listens: the first answers already count history.
                 seen_sync = self.seen_sync = SeenCountSync(seen, SeenMachines(store))
-                await seen_sync.start()
                 parts.push_async_callback(seen_sync.stop)
+                await seen_sync.start()
         upstream = settings.upstream_address
+        parts.push_async_callback(host.stop)
         if upstream is None:
             await host.start()
         else:
             from kmsgate.server.relay import relay_factory
 
             await host.start(relay_factory(host, upstream))
-        parts.push_async_callback(host.stop)
         if self.store is not None and not settings.no_web:
             await self._start_web(self.store, host, parts)
         # Proves the protocol core works here, and imports what the hot path needs.
@@ -165,9 +166,9 @@ class Node:
 
             # Announce the host only once it listens; failures are logged and retried.
             publisher = self.dns_publisher = DnsPublisher(settings)
-            await publisher.start()
             # Stopped first: withdraw the SRV record, so clients stop being sent here.
             parts.push_async_callback(publisher.stop, unpublish=True)
+            await publisher.start()
 
     @staticmethod
     async def _close_writer(writer: RecordWriter | WriterProcess) -> None:
@@ -245,8 +246,8 @@ class Node:
             nft=nft,
             metrics=self.metrics,
         )
-        await self.gateway.start()
         parts.push_async_callback(self.gateway.close)
+        await self.gateway.start()
         assert self.host is not None
         self.host.gateway = self.gateway
         self.host.event_hooks.append(self.gateway.hook)
