@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.store.pg (the throwaway server)
 
 from kmsgate.catalog import default_catalog  # noqa: E402
-from kmsgate.store import ActivationRecord, Store  # noqa: E402
+from kmsgate.store.database import Store  # noqa: E402
+from kmsgate.store.records import ActivationRecord  # noqa: E402
 from kmsgate.store.schema import (  # noqa: E402
     activation_hours,
     activations,

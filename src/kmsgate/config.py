@@ -805,6 +805,13 @@ class ServeSettings(BaseSettings):
         return tuple(sources)
 
 
+def effective_config_file(config: Path | None) -> Path | None:
+    """The file `load_settings` reads: the given one, else the default when it exists."""
+    if config is not None:
+        return config
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
 def load_settings(config_file: Path | None = None, **cli: Any) -> ServeSettings:
     """Merge the TOML file (explicit, else /etc/kmsgate/kmsgate.toml if present), env and CLI."""
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():

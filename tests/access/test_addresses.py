@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.access.accounts import build_backend
+from kmsgate.access.accounts.backends import build_backend
 from kmsgate.access.accounts.base import LocalSettings
 from kmsgate.access.gateway import Gateway
 from kmsgate.access.nft import normalize_address

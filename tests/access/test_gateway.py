@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.access.accounts import build_backend
+from kmsgate.access.accounts.backends import build_backend
 from kmsgate.access.accounts.base import LocalSettings
 from kmsgate.access.gateway import Gateway
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
 from kmsgate.config import ServeSettings
+from kmsgate.node import Node
 from kmsgate.server.host import KmsHost
-from kmsgate.server.service import Service
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from tests.server.util import RawClient, activate_once, make_request
@@ -60,15 +60,15 @@ async def audit_kinds(gateway: Gateway, **filters: object) -> list[AuditEvent]:
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Service]:
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
     settings = gateway_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, quota_week=2)
-    async with Service(settings) as service:
+    async with Node(settings) as service:
         assert service.store is not None
         await add_user(service.store, "alice")
         yield service
 
 
-async def test_login_opens_one_activation_and_the_audit_links_it(node: Service) -> None:
+async def test_login_opens_one_activation_and_the_audit_links_it(node: Node) -> None:
     assert node.host is not None and node.gateway is not None
     port = node.host.port
     assert await refused(port)  # no login yet
@@ -97,7 +97,7 @@ async def test_login_opens_one_activation_and_the_audit_links_it(node: Service) 
     assert all(e.username is None and e.address == "127.0.0.1" for e in refusals)
 
 
-async def test_wrong_password_and_unknown_user_are_audited(node: Service) -> None:
+async def test_wrong_password_and_unknown_user_are_audited(node: Node) -> None:
     assert node.gateway is not None
     assert (await node.gateway.login("alice", "wrong", "127.0.0.1")).status == 401
     assert (await node.gateway.login("mallory", PASSWORD, "127.0.0.1")).status == 401
@@ -109,7 +109,7 @@ async def test_wrong_password_and_unknown_user_are_audited(node: Service) -> Non
     assert all(PASSWORD not in e.detail for e in failed)
 
 
-async def test_quota_exhaustion_blocks_the_next_login(node: Service) -> None:
+async def test_quota_exhaustion_blocks_the_next_login(node: Node) -> None:
     assert node.host is not None and node.gateway is not None
     for _ in range(2):
         assert (await node.gateway.login("alice", PASSWORD, "127.0.0.1")).ok
@@ -156,7 +156,7 @@ async def test_gateway_in_front_of_a_relayed_upstream(tmp_path: Path) -> None:
         settings = gateway_settings(
             f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, upstream=f"127.0.0.1:{upstream.port}"
         )
-        async with Service(settings) as gateway_node:
+        async with Node(settings) as gateway_node:
             assert gateway_node.host is not None and gateway_node.gateway is not None
             assert gateway_node.store is not None
             await add_user(gateway_node.store, "carol")
@@ -178,8 +178,8 @@ def postgres() -> Iterator[PostgresServer]:
 
 async def test_two_nodes_race_for_one_window(postgres: PostgresServer, tmp_path: Path) -> None:
     url = postgres.create_database(f"gw_{uuid.uuid4().hex[:8]}")
-    node_a = Service(gateway_settings(url, tmp_path / "a", node_name="gw-a"))
-    node_b = Service(gateway_settings(url, tmp_path / "b", node_name="gw-b"))
+    node_a = Node(gateway_settings(url, tmp_path / "a", node_name="gw-a"))
+    node_b = Node(gateway_settings(url, tmp_path / "b", node_name="gw-b"))
     async with node_a, node_b:
         assert node_a.host and node_b.host and node_a.gateway and node_a.store
         await add_user(node_a.store, "dave")
@@ -192,7 +192,7 @@ async def test_two_nodes_race_for_one_window(postgres: PostgresServer, tmp_path:
             assert time.monotonic() - started < 30
 
 
-async def test_a_connection_closed_unserved_gives_the_window_back(node: Service) -> None:
+async def test_a_connection_closed_unserved_gives_the_window_back(node: Node) -> None:
     assert node.host is not None and node.gateway is not None
     outcome = await node.gateway.login("alice", PASSWORD, "127.0.0.1")
     assert outcome.window is not None
@@ -221,7 +221,7 @@ async def test_the_relay_withholds_answers_for_another_machine(tmp_path: Path) -
         settings = gateway_settings(
             f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, upstream=f"127.0.0.1:{upstream.port}"
         )
-        async with Service(settings) as relay_node:
+        async with Node(settings) as relay_node:
             assert relay_node.host and relay_node.gateway and relay_node.store
             await add_user(relay_node.store, "erin")
             assert (await relay_node.gateway.login("erin", PASSWORD, "127.0.0.1")).ok

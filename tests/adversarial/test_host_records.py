@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmsgate.config import ServeSettings
+from kmsgate.node import Node
 from kmsgate.protocol.hresult import HResult
-from kmsgate.server.service import Service
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from tests.adversarial.host_attack import (
     WIN_PRO,
     Answer,
@@ -229,7 +229,7 @@ async def test_extreme_values_reach_every_store(
             "max_clock_skew": 0,
         }
     )
-    async with Service(settings_) as service:
+    async with Node(settings_) as service:
         assert service.host is not None and service.store is not None and service.writer
         store, writer = service.store, service.writer
 

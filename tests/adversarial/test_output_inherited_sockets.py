@@ -72,7 +72,7 @@ def test_the_record_writer_does_not_inherit_the_activated_socket(tmp_path: Path)
         assert asyncio.run(activate_once(port)).response.current_client_count > 0
         listening = socket_inodes(proc.pid)[3]  # the serving process holds it as fd 3
         [writer] = children(proc.pid)
-        assert "kmsgate.store.writer_child" in Path(f"/proc/{writer}/cmdline").read_text()
+        assert "kmsgate.recording.child" in Path(f"/proc/{writer}/cmdline").read_text()
         held = socket_inodes(writer)
         assert listening not in held.values(), f"writer holds the listener: {held}"
         assert 3 not in held

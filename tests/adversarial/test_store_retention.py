@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from tests.adversarial.store_node import activate_named, node, wait_until
 from tests.store import make_record

@@ -18,8 +18,8 @@ from typing import IO
 import httpx
 
 from kmsgate.auth.passwords import hash_password
-from kmsgate.server.service import SESSION_KEY_FILE
-from kmsgate.store import Store
+from kmsgate.node import SESSION_KEY_FILE
+from kmsgate.store.database import Store
 from tests.server.test_serve_cli import KMSGATE, free_port
 from tests.web.browser import ADMIN, ADMIN_PASSWORD, FAST_HASHER
 

@@ -12,7 +12,7 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from tests.server.test_serve_cli import KMSGATE
 from tests.server.util import RawClient, make_request

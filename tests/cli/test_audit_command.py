@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kmsgate.cli import app
+from kmsgate.cli import create_app
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
+
+app = create_app()
 
 runner = CliRunner()
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

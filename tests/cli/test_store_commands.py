@@ -12,9 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from kmsgate.auth.passwords import verify_password
-from kmsgate.cli import app
+from kmsgate.cli import create_app
 from kmsgate.store.database import Store
 from kmsgate.store.records import ActivationRecord
+
+app = create_app()
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kmsgate.cli import app
+from kmsgate.cli import create_app
 from kmsgate.cli.client import DEFAULT_SKU, parse_target
 from kmsgate.config import ServeSettings
 from kmsgate.protocol.engine import KmsEngine
@@ -27,6 +27,8 @@ from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.server.host import KmsHost, ipv6_available
 from tests.client.dns_server import knot_server
+
+app = create_app()
 
 LOOPBACK = "127.0.0.1"
 EPID = "03612-00206-556-123727-03-1033-17763.0000-2972018"

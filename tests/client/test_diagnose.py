@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from kmsgate.catalog import default_catalog
-from kmsgate.cli import app
+from kmsgate.cli import create_app
 from kmsgate.client.diagnose import (
     COARSE_SHIFTS,
     EXIT_CODES,
@@ -36,8 +36,10 @@ from kmsgate.client.diagnose import (
 )
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.protocol.hresult import KMS_HRESULTS, HResult, describe, explain, markdown_table
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from tests.client.dns_server import knot_server
+
+app = create_app()
 
 LOOPBACK = "127.0.0.1"
 KMSGATE = Path(sys.executable).with_name("kmsgate")

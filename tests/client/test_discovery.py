@@ -26,7 +26,7 @@ from kmsgate.client.discovery import (
     order_srv_records,
     srv_name,
 )
-from kmsgate.protocol.errors import KmsgateError
+from kmsgate.errors import KmsgateError
 from tests.client import dns_server
 from tests.client.dns_server import KnotServer, TsigKey, knot_server
 

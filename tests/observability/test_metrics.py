@@ -21,7 +21,6 @@ from kmsgate.observability.metrics import (
     Metrics,
     close_reason,
     family_label,
-    fault_reason,
     product_family,
     product_family_label,
     protocol_label,
@@ -53,9 +52,11 @@ PROTOCOL_LABELS = {"v4", "v5", "v6", "other", "unknown"}
 
 
 def samples(metrics: Metrics) -> Samples:
-    """Every sample of render(), parsed by prometheus_client's own parser."""
+    """Every sample of the registry's exposition, parsed by prometheus_client's own parser."""
     out: Samples = {}
-    for family in text_string_to_metric_families(metrics.render().decode()):
+    for family in text_string_to_metric_families(
+        prometheus_client.generate_latest(metrics.registry).decode()
+    ):
         for sample in family.samples:
             out[sample.name, frozenset(sample.labels.items())] = sample.value
     return out
@@ -139,9 +140,6 @@ def test_protocol_and_fault_labels() -> None:
         "other",
     ]
     assert protocol_label(None) == "unknown"
-    assert fault_reason(rpc.NCA_UNK_IF) == "unknown_context"
-    assert fault_reason(rpc.NCA_OP_RNG_ERROR) == "bad_opnum"
-    assert fault_reason(0x12345678) == "other"
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.server.systemd import notify_socket, sd_notify, watchdog_interval
+from kmsgate.systemd import notify_socket, sd_notify, watchdog_interval
 from tests.server.util import activate_once
 
 KMSGATE = Path(sys.executable).parent / "kmsgate"

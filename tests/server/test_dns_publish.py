@@ -26,7 +26,7 @@ from kmsgate import config as config_module
 from kmsgate.cli import dns as dns_cli
 from kmsgate.client.discovery import KmsHostCandidate, discover_kms_hosts
 from kmsgate.config import ServeSettings
-from kmsgate.protocol.errors import KmsgateError
+from kmsgate.errors import KmsgateError
 from kmsgate.server.dns_publish import (
     DnsPublisher,
     DnsPublishError,

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from kmsgate.config import ServeSettings
+from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.recording.process import WriterProcess
+from kmsgate.recording.writer import RecordWriter
 from kmsgate.server.host import (
     _PAUSED_FOR_WRITING,
     WRITE_BUFFER_HIGH,
@@ -25,9 +28,6 @@ from kmsgate.server.host import (
     KmsHost,
     ipv6_available,
 )
-from kmsgate.server.service import Service
-from kmsgate.store.writer import RecordWriter
-from kmsgate.store.writer_process import WriterProcess
 from tests.adversarial.host_attack import (
     Answer,
     BlockingKmsConnection,
@@ -367,7 +367,7 @@ async def test_answers_wait_until_their_records_are_handed_over(
             "store_writer": writer_kind,
         }
     )
-    async with Service(config) as service:
+    async with Node(config) as service:
         assert service.host is not None and service.writer is not None
         writer = service.writer
         stuck = _stall(writer)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.server.systemd import inherited_sockets
+from kmsgate.systemd import inherited_sockets
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
 from tests.server.util import RawClient, activate_once
 

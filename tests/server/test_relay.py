@@ -30,10 +30,10 @@ from kmsgate.protocol.session import (
     Event,
     FaultSent,
 )
+from kmsgate.recording.drafts import RecordDraft, record_from_draft
+from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.server.host import KmsHost
-from kmsgate.server.recording import ActivationRecorder
 from kmsgate.server.relay import Relay, RelayConnection, relay_factory
-from kmsgate.store.drafts import RecordDraft, record_from_draft
 from kmsgate.store.records import ActivationRecord
 from tests.server.util import (
     SERVER_2019_DC_SKU,
@@ -248,18 +248,28 @@ async def test_half_closed_client_still_gets_its_answer() -> None:
 @pytest.mark.skipif(
     "upstream" not in ServeSettings.model_fields, reason="needs the settings.upstream field"
 )
-async def test_host_started_with_upstream_relays_its_listeners() -> None:
-    async with (
-        KmsHost(settings(epid=EPID)) as upstream,
+async def test_host_started_with_the_relay_factory_relays_its_listeners() -> None:
+    async with KmsHost(settings(epid=EPID)) as upstream:
         # Its own HWID: hosts sharing a data directory would share a saved identity.
-        KmsHost(
-            settings(upstream=f"127.0.0.1:{upstream.port}", hwid="0011223344556677")
-        ) as relaying,
-    ):
-        result = await activate_once(relaying.port, 6)
+        relaying = KmsHost(settings(upstream=f"127.0.0.1:{upstream.port}", hwid="0011223344556677"))
+        await relaying.start(relay_factory(relaying, ("127.0.0.1", upstream.port)))
+        try:
+            result = await activate_once(relaying.port, 6)
+        finally:
+            await relaying.stop(drain_timeout=0)
         assert result.ok and result.response.epid == EPID
         assert result.hwid == upstream.identity.hwid != relaying.identity.hwid
         assert (relaying.stats.activations, upstream.stats.activations) == (1, 1)
+
+
+async def test_a_host_with_an_upstream_but_no_relay_refuses_to_serve_locally() -> None:
+    """Answering with its own keys while configured to relay would hand out the wrong host."""
+    host = KmsHost(settings(upstream="127.0.0.1:1688", hwid="0011223344556677"))
+    with pytest.raises(ValueError, match="upstream"):
+        await host.start()
+    assert host.addresses == []
+    with pytest.raises(ValueError, match="upstream"):
+        await KmsHost(settings()).start(relay_factory(host, ("127.0.0.1", 1688)))
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from kmsgate.config import ServeSettings
+from kmsgate.node import Node
 from kmsgate.protocol.messages import KmsRequest
-from kmsgate.server.service import Service
 from kmsgate.store.database import Store
 from kmsgate.store.seen import SeenMachines
 from tests.server.util import RawClient, make_request
@@ -25,7 +25,7 @@ OFFICE_2019_KMS = uuid.UUID("617d9eb1-ef36-4f82-86e0-a65ae07b96c6")
 OFFICE_2019_PRO_PLUS = uuid.UUID("85dd8b5f-eaa4-4af3-a628-cce9e77c9a03")
 
 
-def node(db: str | None, tmp_path: Path, name: str = "node-a", **overrides: object) -> Service:
+def node(db: str | None, tmp_path: Path, name: str = "node-a", **overrides: object) -> Node:
     settings: dict[str, object] = {
         "listen": ["127.0.0.1:0"],
         "data_dir": tmp_path / name,
@@ -38,7 +38,7 @@ def node(db: str | None, tmp_path: Path, name: str = "node-a", **overrides: obje
     else:
         settings["db"] = db
     settings.update(overrides)
-    return Service(ServeSettings(**settings))  # type: ignore[arg-type]
+    return Node(ServeSettings(**settings))  # type: ignore[arg-type]
 
 
 async def counts(port: int, requests: list[KmsRequest]) -> list[int]:

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from kmsgate.store import ActivationRecord
+from kmsgate.store.records import ActivationRecord
 
 T0 = datetime(2024, 5, 6, 12, 30, 15, 123456, tzinfo=UTC)
 WIN10_PRO = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from kmsgate.store import Store, migrate
+from kmsgate.store import migrate
+from kmsgate.store.database import Store
 from kmsgate.store.schema import metadata
 from tests.store.pg import PostgresServer, require_bindir
 

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kmsgate.store import InvalidCursor, Store, UserNotFound
+from kmsgate.store.database import Store
+from kmsgate.store.errors import InvalidCursor, UserNotFound
 from kmsgate.store.gateway import SPEND_GRACE, AuditEvent, GatewayStore, Grant
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)

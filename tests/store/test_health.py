@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from kmsgate.catalog import default_catalog
-from kmsgate.store import Store, StoreUnavailable
+from kmsgate.store.database import Store
+from kmsgate.store.errors import StoreUnavailable
 from kmsgate.web.app import create_app
 from kmsgate.web.health import StoreHealth
 from tests.store import make_record

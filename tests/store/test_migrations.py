@@ -16,8 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, Table, insert, inspect
 from sqlalchemy.engine import Connection
 
-from kmsgate.store import Store, StoreError, migrate
+from kmsgate.store import migrate
+from kmsgate.store.database import Store
 from kmsgate.store.engine import make_engine
+from kmsgate.store.errors import StoreError
 from kmsgate.store.schema import metadata
 from kmsgate.store.search import FTS_TABLE
 from tests.store import make_record

@@ -11,7 +11,8 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from kmsgate.store import ActivationRecord, Store
+from kmsgate.store.database import Store
+from kmsgate.store.records import ActivationRecord
 from kmsgate.store.schema import activation_hours, activations, clients, product_counts
 from tests.store import T0, make_record
 from tests.store.conftest import empty_tables

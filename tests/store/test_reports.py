@@ -9,8 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kmsgate.catalog import default_catalog
-from kmsgate.store import ActivationRecord, InvalidCursor, Store, migrate
+from kmsgate.store import migrate
+from kmsgate.store.database import Store
+from kmsgate.store.errors import InvalidCursor
 from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.records import ActivationRecord
 from kmsgate.store.reports import Month, ReportStore
 
 OCT, NOV, DEC = Month(2026, 10), Month(2026, 11), Month(2026, 12)

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kmsgate.store import RecordWriter, Store
+from kmsgate.recording.writer import RecordWriter
+from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.store.retention import Retention
 from tests.store import make_record

@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 
-from kmsgate.store import ClientRow, Store, migrate
+from kmsgate.store import migrate
 from kmsgate.store import search as store_search
-from kmsgate.store.database import ClientSort
+from kmsgate.store.database import ClientSort, Store
 from kmsgate.store.engine import make_engine
+from kmsgate.store.records import ClientRow
 from kmsgate.store.search import FTS_TABLE
 from tests.store import T0, make_record
 

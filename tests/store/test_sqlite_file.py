@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from kmsgate.store import Store, StoreUnavailable, migrate
-from kmsgate.store.database import FILE_CHECK_INTERVAL
+from kmsgate.store import migrate
+from kmsgate.store.database import FILE_CHECK_INTERVAL, Store
 from kmsgate.store.engine import make_engine
+from kmsgate.store.errors import StoreUnavailable
 from tests.store import make_record
 
 

@@ -14,18 +14,17 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from kmsgate.store import (
-    ActivationRecord,
-    ClientRow,
+from kmsgate.store import search as store_search
+from kmsgate.store.database import Store
+from kmsgate.store.engine import async_url, masked
+from kmsgate.store.errors import (
     InvalidCursor,
-    Store,
     StoreError,
     StoreUnavailable,
     UserExists,
     UserNotFound,
 )
-from kmsgate.store import search as store_search
-from kmsgate.store.engine import async_url, masked
+from kmsgate.store.records import ActivationRecord, ClientRow
 from tests.store import T0, WIN10_KMS, WIN10_PRO, WINDOWS_APP, make_record
 
 HOUR = timedelta(hours=1)

@@ -18,9 +18,11 @@ from typing import cast
 
 import pytest
 
-from kmsgate.store import ActivationRecord, RecordWriter, Store, StoreError, StoreUnavailable
+from kmsgate.recording.writer import POISON_ATTEMPTS, RecordWriter
 from kmsgate.store import engine as store_engine
-from kmsgate.store.writer import POISON_ATTEMPTS
+from kmsgate.store.database import Store
+from kmsgate.store.errors import StoreError, StoreUnavailable
+from kmsgate.store.records import ActivationRecord
 from tests.store import make_record
 from tests.store.pg import PostgresServer
 
@@ -111,7 +113,8 @@ async def test_close_flushes_everything_queued(store: Store) -> None:
 _KILL_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys, uuid
-    from kmsgate.store import RecordWriter, Store
+    from kmsgate.store.database import Store
+    from kmsgate.recording.writer import RecordWriter
     from tests.store import make_record
 
     async def main() -> None:

@@ -24,11 +24,12 @@ from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ActivationRefused, ActivationServed
-from kmsgate.server.recording import ActivationRecorder
-from kmsgate.store import Store, StoreError
-from kmsgate.store.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft
-from kmsgate.store.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
-from kmsgate.store.writer_process import WriterProcess
+from kmsgate.recording.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft
+from kmsgate.recording.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
+from kmsgate.recording.process import WriterProcess
+from kmsgate.recording.recorder import ActivationRecorder
+from kmsgate.store.database import Store
+from kmsgate.store.errors import StoreError
 from tests.store.test_writer import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,8 +200,8 @@ def test_records_survive_sigkill_of_the_serving_process(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, os, signal
-        from kmsgate.store import Store
-        from kmsgate.store.writer_process import WriterProcess
+        from kmsgate.store.database import Store
+        from kmsgate.recording.process import WriterProcess
         from tests.store.test_writer_process import drafts
 
         async def main():
@@ -325,8 +326,8 @@ def test_handed_over_drafts_survive_an_immediate_sigkill(tmp_path: Path) -> None
     script = textwrap.dedent(
         f"""
         import asyncio, os, signal
-        from kmsgate.store import Store
-        from kmsgate.store.writer_process import WriterProcess
+        from kmsgate.store.database import Store
+        from kmsgate.recording.process import WriterProcess
         from tests.store.test_writer_process import drafts
 
         async def main():

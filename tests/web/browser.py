@@ -25,7 +25,8 @@ from fastapi import FastAPI
 from kmsgate.access.throttle import LoginThrottle
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
-from kmsgate.store import ActivationRecord, Store
+from kmsgate.store.database import Store
+from kmsgate.store.records import ActivationRecord
 from kmsgate.web import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")

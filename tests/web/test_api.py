@@ -23,7 +23,8 @@ from starlette.routing import BaseRoute, Mount
 from kmsgate.access.throttle import LoginLimiter, LoginThrottle
 from kmsgate.auth.passwords import hash_password, needs_rehash, verify_password
 from kmsgate.catalog import default_catalog
-from kmsgate.store import Store, User
+from kmsgate.store.database import Store
+from kmsgate.store.records import User
 from kmsgate.web import create_app
 from kmsgate.web.auth import SessionCodec, safe_next
 from tests.web.browser import (

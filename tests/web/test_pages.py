@@ -19,7 +19,7 @@ from kmsgate import __version__
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
 from kmsgate.config import parse_public_address
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.web.pages import KmsAddress, _nice_ceiling, hour_chart, product_bars, url_with
 from tests.web.browser import (

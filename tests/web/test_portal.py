@@ -22,11 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from kmsgate.access.accounts import LocalSettings, SqlSettings, build_backend
+from kmsgate.access.accounts.backends import build_backend
+from kmsgate.access.accounts.base import LocalSettings, SqlSettings
 from kmsgate.access.gateway import Gateway
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.web import create_app
 from kmsgate.web.portal import PortalLimiter, client_address, parse_address

@@ -20,8 +20,8 @@ import pytest_asyncio
 from typer.testing import CliRunner
 
 from kmsgate.catalog import default_catalog
-from kmsgate.cli import app as cli_app
-from kmsgate.store import Store
+from kmsgate.cli import create_app as create_cli_app
+from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.web import create_app
 from kmsgate.web.reports import MONTHLY_CSV_COLUMNS, STALE_CSV_COLUMNS
@@ -51,6 +51,8 @@ from tests.web.browser import (
     open_store,
     require_chromium,
 )
+
+cli_app = create_cli_app()
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)

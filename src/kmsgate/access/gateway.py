@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from kmsgate.access.accounts import AccountBackend, BackendUnavailable
+from kmsgate.access.accounts.base import AccountBackend, BackendUnavailable
 from kmsgate.access.nft import NftError, NftWindowSet, seconds_left
 from kmsgate.catalog import Catalog
 from kmsgate.net import Peer, canonical_address

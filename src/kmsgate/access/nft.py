@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Final, Literal, get_args
 
+from kmsgate.errors import KmsgateError
 from kmsgate.net import canonical_address
-from kmsgate.protocol.errors import KmsgateError
 
 log = logging.getLogger("kmsgate.nft")
 

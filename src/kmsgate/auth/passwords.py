@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from kmsgate.errors import KmsgateError
+
 __all__ = [
     "HashingBusyError",
     "HashingPool",
@@ -45,7 +47,7 @@ HASHING_WORKERS = 1
 HASHING_QUEUE = 8
 
 
-class HashingBusyError(Exception):
+class HashingBusyError(KmsgateError):
     """Every place in the hashing pool is taken; the caller should answer 'try again soon'."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from kmsgate.catalog.lookup import DATA_FILE, SCHEMA, Catalog
+from kmsgate.errors import KmsgateError
 
 KMD_MAGIC = b"KMD\x00"
 _KMD_HEADER = struct.Struct("<4sHHB3x3i3Q")
@@ -24,7 +25,7 @@ _PROTOCOLS = {"4.0": 4, "5.0": 5, "6.0": 6}
 NIL = uuid.UUID(int=0)
 
 
-class ForeignFileError(ValueError):
+class ForeignFileError(KmsgateError, ValueError):
     """The file is not a product file of the named format; the message says where."""
 
 

@@ -499,3 +499,8 @@ def default_catalog() -> Catalog:
 
     data = importlib.resources.files("kmsgate.catalog").joinpath(DATA_FILE).read_bytes()
     return Catalog.from_json(data)
+
+
+def load_catalog(path: Path | None) -> Catalog:
+    """The catalogue in `path` (`--catalog`), else the built-in one; ValueError naming the file."""
+    return default_catalog() if path is None else Catalog.from_file(path)

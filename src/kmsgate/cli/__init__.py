@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -62,13 +62,6 @@ def create_app(commands: tuple[str, ...] = COMMANDS) -> typer.Typer:
     for name in commands:
         importlib.import_module(f"kmsgate.cli.{name}").register(app)
     return app
-
-
-def __getattr__(name: str) -> Any:
-    # `from kmsgate.cli import app` (tests, embedding) gets every command.
-    if name == "app":
-        return create_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:

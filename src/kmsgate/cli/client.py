@@ -33,9 +33,10 @@ from kmsgate.client.activation import (
 )
 from kmsgate.client.discovery import DiscoveryError, KmsHostCandidate, discover_kms_hosts
 from kmsgate.client.loadgen import LoadResult, LoadSettings, run_load, run_sync
+from kmsgate.errors import KmsgateError
 from kmsgate.observability.logs import license_status_name
 from kmsgate.protocol.engine import unix_from_filetime
-from kmsgate.protocol.errors import ActivationError, KmsgateError, RpcFaultError, VerificationError
+from kmsgate.protocol.errors import ActivationError, RpcFaultError, VerificationError
 from kmsgate.protocol.messages import Check, KmsRequest
 
 #: Default product: the most common volume client, Windows 10/11 Pro (GVLK W269N-...;

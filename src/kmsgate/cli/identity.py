@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
+from kmsgate.catalog.lookup import load_catalog
 from kmsgate.cli.common import ConfigOption, DataDirOption, JsonOption, fail, print_json
 from kmsgate.config import ServeSettings, load_settings
 from kmsgate.server.identity import IdentityError, build_identity, read_identity_file
-from kmsgate.server.service import load_catalog
 
 identity_app = typer.Typer(
     name="identity", help="The host's identity (HWID, ePIDs) kept across restarts.",
@@ -34,7 +34,7 @@ def describe(settings: ServeSettings) -> dict[str, Any]:
     if read_identity_file(path) is None:
         raise IdentityError(f"no identity saved in {path} yet: `kmsgate serve` creates it")
     identity = build_identity(
-        load_catalog(settings),
+        load_catalog(settings.catalog),
         epid=settings.epid,
         hwid=settings.hwid,
         lcid=settings.lcid,

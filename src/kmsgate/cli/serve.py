@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import inspect
 import logging
-import signal
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -15,12 +14,17 @@ import typer
 from pydantic import ValidationError
 
 from kmsgate.cli.help import SettingsHelpCommand
-from kmsgate.config import PANELS, ServeSettings, explain, field_panel, load_settings
-from kmsgate.net import Peer
+from kmsgate.config import (
+    PANELS,
+    ServeSettings,
+    effective_config_file,
+    explain,
+    field_panel,
+    load_settings,
+)
+from kmsgate.node import run_node
 from kmsgate.observability.logs import setup_logging
 from kmsgate.server.preflight import preflight
-from kmsgate.server.service import Service
-from kmsgate.server.systemd import notify_socket, sd_notify, watchdog_interval, watchdog_pings
 from kmsgate.store.errors import StoreError
 
 log = logging.getLogger("kmsgate.server")
@@ -28,8 +32,6 @@ log = logging.getLogger("kmsgate.server")
 
 def _settings_or_exit(config: Path | None, **cli: object) -> ServeSettings:
     """Load settings; on a bad value print one line per problem and exit with status 2."""
-    from kmsgate.cli.config_cmd import effective_config_file
-
     try:
         return load_settings(config, **cli)
     except ValidationError as exc:
@@ -60,55 +62,27 @@ def _configure_logging(settings: ServeSettings) -> None:
     )
 
 
-def _reload(service: Service, config: Path | None, cli: dict[str, Any]) -> None:
-    """SIGHUP: read the settings again; apply policies and logging, keep connections."""
+def _reloaded_settings(config: Path | None, cli: dict[str, Any]) -> ServeSettings | None:
+    """SIGHUP: the settings read again with logging reconfigured, or None when they are bad."""
     try:
         settings = load_settings(config, **cli)
     except ValidationError as exc:
         log.error("reload refused, keeping the running settings: %s", "; ".join(explain(exc)))
-        return
+        return None
     except (FileNotFoundError, ValueError) as exc:
         log.error("reload refused, keeping the running settings: %s", exc)
-        return
+        return None
     _configure_logging(settings)
     for warning in settings.warnings():
         log.warning("%s", warning)
-    service.reload(settings)
-    log.info("settings reloaded")
+    return settings
 
 
 async def run_service(
     settings: ServeSettings, config: Path | None = None, cli: dict[str, Any] | None = None
 ) -> None:
     """Serve until SIGINT/SIGTERM, then drain and flush; SIGHUP reloads the settings."""
-    service = Service(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, _reload, service, config, cli or {})
-    notify = notify_socket()
-    watchdog: asyncio.Task[None] | None = None
-    try:
-        async with service:
-            assert service.host is not None
-            # Listeners bound, privileges dropped, store and web up: systemd may go on.
-            addresses = ", ".join(str(Peer(host, port)) for host, port in service.host.addresses)
-            sd_notify(notify, "READY=1", f"STATUS=serving KMS on {addresses}")
-            interval = watchdog_interval()
-            if interval is not None:
-                watchdog = asyncio.create_task(watchdog_pings(notify, interval))
-            await stop.wait()
-            sd_notify(notify, "STOPPING=1", "STATUS=stopping: draining connections")
-            log.info("stopping: draining %d connections", len(service.host.connections))
-    finally:
-        # Pings go on while draining and flushing, which TimeoutStopSec bounds instead.
-        if watchdog is not None:
-            watchdog.cancel()
-    stats = service.host.stats
-    log.info("stopped after %d activations, %d refusals", stats.activations, stats.refusals)
+    await run_node(settings, functools.partial(_reloaded_settings, config, cli or {}))
 
 
 def _run(settings: ServeSettings, config: Path | None, cli: dict[str, Any]) -> None:

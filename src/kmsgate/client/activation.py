@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kmsgate.catalog import Sku
+from kmsgate.errors import KmsgateError
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.errors import (
     ActivationError,
-    KmsgateError,
     LocalProtocolError,
     ProtocolError,
     RpcFaultError,

@@ -20,7 +20,7 @@ import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.IN.SRV import SRV
 
-from kmsgate.protocol.errors import KmsgateError
+from kmsgate.errors import KmsgateError
 
 __all__ = [
     "SRV_SERVICE",

@@ -21,9 +21,9 @@ from kmsgate.client.activation import (
     KmsConnectionError,
     KmsTimeoutError,
 )
+from kmsgate.errors import KmsgateError
 from kmsgate.protocol.errors import (
     ActivationError,
-    KmsgateError,
     ProtocolError,
     RpcFaultError,
     VerificationError,

@@ -15,7 +15,6 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -154,11 +153,6 @@ def protocol_label(request: KmsRequest | None) -> str:
     if request is None:
         return "unknown"
     return PROTOCOLS.get(request.major_version, "other")
-
-
-def fault_reason(status: int) -> str:
-    """Bounded label of an RPC fault status."""
-    return FAULT_REASONS.get(status, "other")
 
 
 def close_reason(reason: str) -> str:
@@ -379,7 +373,3 @@ class Metrics:
     def set_store_source(self, source: Callable[[], StoreStats] | None) -> None:
         """Read (depth, dropped, written, failures) from `source` at each scrape; None: none."""
         self._store.source = source
-
-    def render(self) -> bytes:
-        """The registry in the Prometheus text exposition format."""
-        return generate_latest(self.registry)

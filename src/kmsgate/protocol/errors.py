@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
-class KmsgateError(Exception):
-    """Base of every kmsgate error."""
+from kmsgate.errors import KmsgateError
 
 
 class ProtocolError(KmsgateError):

@@ -29,7 +29,7 @@ from dns.rdtypes.IN.SRV import SRV
 
 from kmsgate.client.discovery import SRV_SERVICE
 from kmsgate.config import ServeSettings, parse_listen
-from kmsgate.protocol.errors import KmsgateError
+from kmsgate.errors import KmsgateError
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -19,7 +19,7 @@ from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
-from kmsgate.net import Peer, canonical_address
+from kmsgate.net import canonical_address
 from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.counting import SeenClients
@@ -36,11 +36,12 @@ from kmsgate.protocol.session import (
 )
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.idle import IdleTimer
-from kmsgate.server.systemd import inherited_sockets
+from kmsgate.server.transport import peer_of
+from kmsgate.systemd import inherited_sockets
 
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
-    from kmsgate.server.recording import RecordGate
+    from kmsgate.recording.recorder import RecordGate
 
 log = logging.getLogger("kmsgate.server")
 
@@ -79,12 +80,6 @@ class HostStats:
     by_version: dict[int, int] = field(default_factory=dict)
 
 
-def _peer_text(transport: asyncio.BaseTransport) -> str:
-    # Canonical (IPv4-mapped IPv6 as IPv4): a dual-stack listener must not give an IPv4
-    # client another identity than the portal, the policies and the audit trail see.
-    return str(Peer.from_socket_name(transport.get_extra_info("peername")))
-
-
 def _source_of(address: str) -> str:
     """The canonical form of a peer address; IPv4 text from the kernel already is one."""
     return address if ":" not in address else canonical_address(address)
@@ -111,7 +106,7 @@ class KmsConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        self.peer = _peer_text(transport)
+        self.peer = peer_of(transport)
         host = self._host
         if not host.accept(self, transport, self.peer):
             return
@@ -508,15 +503,17 @@ class KmsHost:
             except Exception:
                 log.exception("%s: event hook %r failed on %s", peer, hook, type(event).__name__)
 
-    async def start(self) -> None:
-        """Open every listener; the default IPv6 one is skipped where IPv6 is unavailable."""
-        loop = asyncio.get_running_loop()
-        factory: Callable[[], asyncio.Protocol] = functools.partial(KmsConnection, self)
-        upstream = self.settings.upstream_address
-        if upstream is not None:
-            from kmsgate.server.relay import relay_factory  # relay.py imports this module
+    async def start(self, relay: Callable[[], asyncio.Protocol] | None = None) -> None:
+        """Open every listener; the default IPv6 one is skipped where IPv6 is unavailable.
 
-            factory = relay_factory(self, upstream)
+        In relay mode (`--upstream`) the caller passes the relay's protocol factory.
+        """
+        loop = asyncio.get_running_loop()
+        upstream = self.settings.upstream_address
+        if (upstream is None) != (relay is None):
+            # relay.py builds on this module, so the host cannot build the relay itself.
+            raise ValueError("a relay factory is given exactly when an upstream is set")
+        factory: Callable[[], asyncio.Protocol] = relay or functools.partial(KmsConnection, self)
         for sock in inherited_sockets():
             server = await loop.create_server(factory, sock=sock, backlog=1024)
             self._servers.append(server)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kmsgate.catalog import Catalog, Csvlk, HostBuild
+from kmsgate.errors import KmsgateError
 from kmsgate.protocol.engine import EpidProvider
 from kmsgate.protocol.epid import (
     parse_epid,
@@ -36,7 +37,7 @@ DEFAULT_HOST_BUILD = 26100
 IDENTITY_FORMAT = "kmsgate-identity/1"
 
 
-class IdentityError(ValueError):
+class IdentityError(KmsgateError, ValueError):
     """The identity settings cannot describe a host (unknown build, bad override...)."""
 
 

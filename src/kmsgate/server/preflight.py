@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kmsgate.access.accounts.base import LdapSettings, Pop3Settings, SqlSettings
 from kmsgate.config import ServeSettings, parse_listen
-from kmsgate.server.systemd import resolve_ids
+from kmsgate.systemd import resolve_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +185,11 @@ def _identity(settings: ServeSettings) -> list[Problem]:
 
 def _host_keys(settings: ServeSettings) -> list[Problem]:
     """The catalogue must load and hold host keys for the host build the host claims."""
+    from kmsgate.catalog.lookup import load_catalog
     from kmsgate.server.identity import choose_host_build
-    from kmsgate.server.service import load_catalog
 
     try:
-        catalog = load_catalog(settings)
+        catalog = load_catalog(settings.catalog)
     except ValueError as exc:
         return [Problem(f"catalog: {exc}")]
     try:

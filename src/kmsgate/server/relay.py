@@ -30,8 +30,9 @@ from kmsgate.protocol.session import (
     PolicyRefusal,
     RequestPolicy,
 )
-from kmsgate.server.host import KmsHost, _peer_text
+from kmsgate.server.host import KmsHost
 from kmsgate.server.idle import IdleTimer
+from kmsgate.server.transport import peer_of
 
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
@@ -84,7 +85,7 @@ def _os_error_text(exc: OSError) -> str:
 
 
 def relay_factory(host: KmsHost, upstream: tuple[str, int]) -> Relay:
-    """The protocol factory KmsHost.start() uses instead of KmsConnection in relay mode."""
+    """The protocol factory the node passes to KmsHost.start() in relay mode."""
     return Relay(host, upstream)
 
 
@@ -139,7 +140,7 @@ class RelayConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
         client = cast(asyncio.Transport, transport)
         self._client = client
-        self.peer = _peer_text(client)
+        self.peer = peer_of(client)
         host = self._host
         if not host.accept(self, client, self.peer):
             return

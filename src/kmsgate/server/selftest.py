@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import uuid
 
+from kmsgate.errors import KmsgateError
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import EngineConfig, KmsEngine
-from kmsgate.protocol.errors import KmsgateError
 from kmsgate.protocol.messages import KmsRequest, encode_request, verify_response
 from kmsgate.protocol.session import ServerSession, SessionSettings
 

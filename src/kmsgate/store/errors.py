@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kmsgate.protocol.errors import KmsgateError
+from kmsgate.errors import KmsgateError
 
 
 class StoreError(KmsgateError):

@@ -9,13 +9,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from kmsgate.access.accounts import (
-    AuthResult,
-    BackendUnavailable,
-    LdapBackend,
-    LdapSettings,
-    build_backend,
-)
+from kmsgate.access.accounts.backends import build_backend
+from kmsgate.access.accounts.base import AuthResult, BackendUnavailable, LdapSettings
+from kmsgate.access.accounts.ldap import LdapBackend
 from tests.access.accounts.servers import (
     BASE_DN,
     OTHER_LOOPBACK,

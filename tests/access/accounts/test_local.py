@@ -10,24 +10,24 @@ import pytest
 from pydantic import TypeAdapter
 from sqlalchemy import update
 
-from kmsgate.access.accounts import (
+from kmsgate.access.accounts.backends import build_backend
+from kmsgate.access.accounts.base import (
     AccountBackend,
     AccountSettings,
     AuthResult,
     BackendUnavailable,
-    LdapBackend,
     LdapSettings,
-    LocalBackend,
     LocalSettings,
-    Pop3Backend,
     Pop3Settings,
-    SqlBackend,
     SqlSettings,
-    build_backend,
     normalize_username,
 )
+from kmsgate.access.accounts.ldap import LdapBackend
+from kmsgate.access.accounts.local import LocalBackend
+from kmsgate.access.accounts.pop3 import Pop3Backend
+from kmsgate.access.accounts.sql import SqlBackend
 from kmsgate.auth.passwords import hash_password, verify_password
-from kmsgate.store import Store
+from kmsgate.store.database import Store
 from kmsgate.store.schema import users
 
 

@@ -12,13 +12,9 @@ from typing import Any, Literal
 import pytest
 from pydantic import ValidationError
 
-from kmsgate.access.accounts import (
-    AuthResult,
-    BackendUnavailable,
-    Pop3Backend,
-    Pop3Settings,
-    build_backend,
-)
+from kmsgate.access.accounts.backends import build_backend
+from kmsgate.access.accounts.base import AuthResult, BackendUnavailable, Pop3Settings
+from kmsgate.access.accounts.pop3 import Pop3Backend
 from tests.access.accounts.servers import (
     OTHER_LOOPBACK,
     DovecotServer,

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kmsgate.access.accounts import BackendUnavailable, Pop3Backend, Pop3Settings
+from kmsgate.access.accounts.base import BackendUnavailable, Pop3Settings
+from kmsgate.access.accounts.pop3 import Pop3Backend
 from tests.access.accounts.servers import DovecotServer, running_dovecot
 
 

@@ -12,14 +12,9 @@ import bcrypt
 import pytest
 from pydantic import ValidationError
 
-from kmsgate.access.accounts import (
-    AuthResult,
-    BackendUnavailable,
-    SqlBackend,
-    SqlSettings,
-    build_backend,
-)
-from kmsgate.access.accounts.sql import async_url, verify_hash
+from kmsgate.access.accounts.backends import build_backend
+from kmsgate.access.accounts.base import AuthResult, BackendUnavailable, SqlSettings
+from kmsgate.access.accounts.sql import SqlBackend, async_url, verify_hash
 from kmsgate.auth.passwords import hash_password
 from tests.access.accounts.servers import closed_port, silent_listener
 from tests.store.pg import PostgresServer, running_postgres

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from kmsgate.auth.passwords import MAX_PASSWORD_LENGTH, hash_password, verify_password
-from kmsgate.protocol.errors import KmsgateError
+from kmsgate.errors import KmsgateError
 
 __all__ = [
     "MAX_PASSWORD_LENGTH",

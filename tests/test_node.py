@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -18,17 +19,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kmsgate.config import ServeSettings
+from kmsgate.node import Node, load_web_secret
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.server.service import Service, load_web_secret
+from kmsgate.recording.process import WriterProcess
+from kmsgate.recording.writer import RecordWriter
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow
-from kmsgate.store.writer import RecordWriter
-from kmsgate.store.writer_process import WriterProcess
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
 from tests.server.util import RawClient, activate_once, make_request
+from tests.store import make_record
 from tests.store.pg import PostgresServer, running_postgres
+from tests.store.test_writer_process import drafts
 
 
 def node_settings(db: str, tmp_path: Path, **overrides: object) -> ServeSettings:
@@ -67,7 +70,7 @@ WRITERS = {"process": WriterProcess, "inline": RecordWriter}
 @pytest.mark.parametrize("writer", sorted(WRITERS))
 async def test_activation_is_recorded_and_counted(tmp_path: Path, writer: str) -> None:
     settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, store_writer=writer)
-    async with Service(settings) as service:
+    async with Node(settings) as service:
         assert service.host is not None and service.store is not None
         assert type(service.writer) is WRITERS[writer]
         result = await activate_once(service.host.port, 6)
@@ -101,7 +104,7 @@ async def test_store_flush_interval_reaches_the_writer(tmp_path: Path) -> None:
     settings = node_settings(
         f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True, store_flush_interval=0.8
     )
-    async with Service(settings) as service:
+    async with Node(settings) as service:
         assert service.writer is not None
         assert service.writer.flush_interval == 0.8
     with pytest.raises(ValueError, match="less than or equal to 1"):
@@ -113,7 +116,7 @@ async def test_refusals_are_recorded_too(tmp_path: Path, writer: str) -> None:
     settings = node_settings(
         f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True, store_writer=writer
     )
-    async with Service(settings) as service:
+    async with Node(settings) as service:
         assert service.host is not None and service.store is not None
         client = await RawClient.connect(service.host.port)
         await client.bind()
@@ -176,8 +179,8 @@ def postgres() -> Iterator[PostgresServer]:
 
 async def test_two_nodes_share_one_postgresql(postgres: PostgresServer, tmp_path: Path) -> None:
     url = postgres.create_database(f"nodes_{uuid.uuid4().hex[:8]}")
-    node_a = Service(node_settings(url, tmp_path / "a", node_name="node-a", no_web=True))
-    node_b = Service(node_settings(url, tmp_path / "b", node_name="node-b", no_web=True))
+    node_a = Node(node_settings(url, tmp_path / "a", node_name="node-a", no_web=True))
+    node_b = Node(node_settings(url, tmp_path / "b", node_name="node-b", no_web=True))
     async with node_a, node_b:
         assert node_a.host is not None and node_b.host is not None
         assert node_a.store is not None
@@ -239,7 +242,7 @@ async def test_web_listener_speaks_https_with_secure_cookies(tmp_path: Path) -> 
     settings = node_settings(
         f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, web_cert=cert, web_key=key, gateway=True
     )
-    async with Service(settings) as service:
+    async with Node(settings) as service:
         base = f"https://127.0.0.1:{service.web_port}"
         async with httpx.AsyncClient(base_url=base, verify=str(cert)) as web:
             assert (await web.get("/healthz")).status_code == 200
@@ -258,7 +261,38 @@ async def test_a_reload_reaches_the_writer_process_log_level(
 ) -> None:
     settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True)
     caplog.set_level(logging.WARNING, logger="kmsgate")
-    async with Service(settings) as service:
+    async with Node(settings) as service:
         caplog.set_level(logging.INFO, logger="kmsgate")  # what a reloaded log_level does
         service.reload(settings)
     assert any("record writer process done" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+async def test_a_failed_start_undoes_what_it_started(tmp_path: Path, writer: str) -> None:
+    """The web port is taken: the KMS listener, the writer (and its child) and the store close."""
+    kms_port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = node_settings(
+            f"sqlite:///{tmp_path / 'kms.db'}",
+            tmp_path,
+            listen=[f"127.0.0.1:{kms_port}"],
+            web=f"127.0.0.1:{taken.getsockname()[1]}",
+            store_writer=writer,
+        )
+        node = Node(settings)
+        with pytest.raises(OSError, match="web listener"):
+            await node.start()
+    assert node.host is not None and node.host.addresses == []
+    with socket.socket() as again:  # nothing listens on the KMS port any more
+        again.bind(("127.0.0.1", kms_port))
+    if isinstance(node.writer, WriterProcess):
+        assert not node.writer.submit(drafts(1)[0])  # closed
+        assert node.writer.pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(node.writer.pid, 0)
+    else:
+        assert isinstance(node.writer, RecordWriter)
+        assert not node.writer.submit(make_record())  # closed
+    await node.stop()  # a second stop finds nothing left to undo

@@ -1,6 +1,6 @@
 """The record writer process: reads drafts on stdin, writes them through a RecordWriter.
 
-Started by WriterProcess as `python -m kmsgate.store.writer_child`. It ignores SIGINT and
+Started by WriterProcess as `python -m kmsgate.recording.child`. It ignores SIGINT and
 SIGTERM (a Ctrl-C or `systemctl stop` reaches the whole group) and ends when its stdin closes,
 after writing what it holds — also when the serving process was killed outright.
 """
@@ -16,12 +16,12 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from kmsgate.store.drafts import DraftError, RecordDraft, record_from_draft
+from kmsgate.recording.drafts import DraftError, RecordDraft, record_from_draft
+from kmsgate.recording.frames import FrameError, encode_frame, read_frame
 from kmsgate.store.errors import StoreError
-from kmsgate.store.frames import FrameError, encode_frame, read_frame
 
 if TYPE_CHECKING:
-    from kmsgate.store.writer import RecordWriter
+    from kmsgate.recording.writer import RecordWriter
 
 log = logging.getLogger("kmsgate.store")
 STATUS_PERIOD = 0.05
@@ -77,8 +77,8 @@ async def _stdin_reader() -> asyncio.StreamReader:
 
 async def serve(outbox: Outbox) -> None:
     """Configure from the first frame, then write every batch of drafts until end of input."""
+    from kmsgate.recording.writer import RecordWriter
     from kmsgate.store.database import Store
-    from kmsgate.store.writer import RecordWriter
 
     reader = await _stdin_reader()
     config = _config(await read_frame(reader))
@@ -87,7 +87,7 @@ async def serve(outbox: Outbox) -> None:
     # Its file, if missing (deleted since the serving process opened it), it creates anew.
     store = await Store.open(str(config["url"]), upgrade=False, recreate=True)
     if config.get("run_as") is not None:
-        from kmsgate.server.systemd import drop_privileges
+        from kmsgate.systemd import drop_privileges
 
         # Started by root, as the serving process could not exec the interpreter once it
         # is the service user; becomes that user too, after importing the database driver

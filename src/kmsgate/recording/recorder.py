@@ -15,10 +15,10 @@ from kmsgate.observability.logs import split_peer
 from kmsgate.observability.metrics import product_family_label
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.protocol.session import ActivationRefused, ActivationServed, Event
-from kmsgate.store.drafts import DraftError, RecordDraft, record_from_draft
+from kmsgate.recording.drafts import DraftError, RecordDraft, record_from_draft
 
 if TYPE_CHECKING:
-    from kmsgate.store.writer import RecordWriter
+    from kmsgate.recording.writer import RecordWriter
 
 log = logging.getLogger("kmsgate.store")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from kmsgate.errors import KmsgateError
 from kmsgate.store.records import ActivationRecord
 
 # (unix time, client address, CMID bytes, machine name, application id bytes,
@@ -33,7 +34,7 @@ RecordDraft = tuple[
 DRAFT_FIELDS = 13
 
 
-class DraftError(ValueError):
+class DraftError(KmsgateError, ValueError):
     """A draft that is not a RecordDraft (wrong shape or types)."""
 
 

@@ -1,4 +1,4 @@
-"""The whole `kmsgate serve` process: store, write-behind recorder, KMS host and web listener."""
+"""The whole `kmsgate serve` node: store, recording, KMS host or relay, web listener, DNS."""
 
 from __future__ import annotations
 
@@ -8,36 +8,44 @@ import ipaddress
 import logging
 import os
 import secrets
+import signal
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.catalog import Catalog
+from kmsgate.catalog.lookup import load_catalog
 from kmsgate.config import ServeSettings, parse_listen, parse_public_address
+from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.server.fdlimit import raise_open_files_limit
 from kmsgate.server.host import KmsHost
 from kmsgate.server.selftest import run_self_test
-from kmsgate.server.systemd import (
+from kmsgate.systemd import (
     drop_privileges,
     hand_over,
+    notify_socket,
     protect_inherited_sockets,
     resolve_ids,
+    sd_notify,
+    watchdog_interval,
+    watchdog_pings,
 )
 
 # The store (SQLAlchemy), the web stack (FastAPI, uvicorn), the gateway and DNS publishing are
 # imported where they are started, so a node runs with only the memory its options need.
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
+    from kmsgate.recording.process import WriterProcess
+    from kmsgate.recording.recorder import RecordGate
+    from kmsgate.recording.writer import RecordWriter
     from kmsgate.server.dns_publish import DnsPublisher
-    from kmsgate.server.recording import InlineRecordGate, RecordGate
     from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
-    from kmsgate.store.writer import RecordWriter
-    from kmsgate.store.writer_process import WriterProcess
 
 log = logging.getLogger("kmsgate.server")
 SESSION_KEY_FILE = "web-secret.key"
@@ -60,29 +68,24 @@ def load_web_secret(data_dir: Path) -> bytes:
     return secret
 
 
-def load_catalog(settings: ServeSettings) -> Catalog:
-    """The catalogue `--catalog` names, else the built-in one; ValueError naming the file."""
-    if settings.catalog is None:
-        return default_catalog()
-    return Catalog.from_file(settings.catalog)
-
-
-class Service:
-    """Starts and stops the parts of a node in the right order."""
+class Node:
+    """Starts the parts of a node in order and stops them in the reverse order."""
 
     def __init__(self, settings: ServeSettings, *, catalog: Catalog | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog or load_catalog(settings)
+        self.catalog = catalog or load_catalog(settings.catalog)
         self.metrics = Metrics(self.catalog)
         self.store: Store | None = None
         self.writer: RecordWriter | WriterProcess | None = None
         self.host: KmsHost | None = None
         self.gateway: Gateway | None = None
         self._web: EmbeddedUvicorn | None = None
-        self._web_task: asyncio.Task[None] | None = None
         self.dns_publisher: DnsPublisher | None = None
         self.seen_sync: SeenCountSync | None = None
-        self._inline_gate: InlineRecordGate | None = None
+        # Each part pushes its own shutdown just before it starts (a part that failed to
+        # start may hold something already): a failed start and stop() both undo what was
+        # started, last started first.
+        self._parts = contextlib.AsyncExitStack()
 
     @property
     def web_port(self) -> int | None:
@@ -91,6 +94,13 @@ class Service:
 
     async def start(self) -> None:
         """Open the store, start recording, listen for KMS clients, then serve the dashboard."""
+        try:
+            await self._start(self._parts)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, parts: contextlib.AsyncExitStack) -> None:
         settings = self.settings
         # Before any child process starts: it must not inherit the listening sockets.
         protect_inherited_sockets()
@@ -98,40 +108,52 @@ class Service:
         ids = None
         if settings.user is not None and os.geteuid() == 0:
             ids = resolve_ids(settings.user, settings.group)
-        self.host = KmsHost(settings, catalog=self.catalog, metrics=self.metrics)
+        host = self.host = KmsHost(settings, catalog=self.catalog, metrics=self.metrics)
         if not settings.no_store:
-            from kmsgate.server.recording import ActivationRecorder
+            from kmsgate.recording.recorder import ActivationRecorder, InlineRecordGate
             from kmsgate.store.database import Store
 
-            self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
+            store = self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
+            parts.push_async_callback(store.close)
             path = settings.db_path
-            log.info("store %s", f"{path} (SQLite)" if path is not None else self.store.url)
+            log.info("store %s", f"{path} (SQLite)" if path is not None else store.url)
             if ids is not None:
                 # The writer process makes itself the service user before it opens these.
                 hand_over(settings.data_dir, *ids)
-            writer, gate = self._make_writer(self.store, ids)
+            writer, gate = self._make_writer(store, ids)
             self.writer = writer
             # Running before the host listens: an answer given is a record that can be kept.
+            parts.push_async_callback(self._close_writer, writer)
             await writer.start()
+            if isinstance(gate, InlineRecordGate):  # closed before its writer flushes
+                parts.callback(gate.close)
             self.metrics.set_store_source(
                 lambda: (writer.depth, writer.dropped, writer.written, writer.failures)
             )
-            self.host.event_hooks.append(ActivationRecorder(gate.submit, self.catalog))
-            # Answers wait until their records are handed over (see recording.RecordGate).
-            self.host.record_gate = gate
+            host.event_hooks.append(ActivationRecorder(gate.submit, self.catalog))
+            # Answers wait until their records are handed over (see recorder.RecordGate).
+            host.record_gate = gate
             if settings.gateway:
-                await self._start_gateway(self.store)
-            seen = self.host.engine.seen_clients
+                await self._start_gateway(store, parts)
+            seen = host.engine.seen_clients
             if seen is not None:
                 from kmsgate.server.seen_sync import SeenCountSync
                 from kmsgate.store.seen import SeenMachines
 
                 # Loaded before the host listens: the first answers already count history.
-                self.seen_sync = SeenCountSync(seen, SeenMachines(self.store))
-                await self.seen_sync.start()
-        await self.host.start()
+                seen_sync = self.seen_sync = SeenCountSync(seen, SeenMachines(store))
+                parts.push_async_callback(seen_sync.stop)
+                await seen_sync.start()
+        upstream = settings.upstream_address
+        parts.push_async_callback(host.stop)
+        if upstream is None:
+            await host.start()
+        else:
+            from kmsgate.server.relay import relay_factory
+
+            await host.start(relay_factory(host, upstream))
         if self.store is not None and not settings.no_web:
-            await self._start_web()
+            await self._start_web(self.store, host, parts)
         # Proves the protocol core works here, and imports what the hot path needs.
         run_self_test(filetime_from_unix(time.time()))
         if ids is not None:
@@ -143,8 +165,16 @@ class Service:
             from kmsgate.server.dns_publish import DnsPublisher
 
             # Announce the host only once it listens; failures are logged and retried.
-            self.dns_publisher = DnsPublisher(settings)
-            await self.dns_publisher.start()
+            publisher = self.dns_publisher = DnsPublisher(settings)
+            # Stopped first: withdraw the SRV record, so clients stop being sent here.
+            parts.push_async_callback(publisher.stop, unpublish=True)
+            await publisher.start()
+
+    @staticmethod
+    async def _close_writer(writer: RecordWriter | WriterProcess) -> None:
+        await writer.close()
+        if writer.dropped:
+            log.warning("%d records were dropped while the store lagged", writer.dropped)
 
     def _make_writer(
         self, store: Store, ids: tuple[int, int] | None
@@ -152,7 +182,7 @@ class Service:
         """The record writer --store-writer asks for, and the gate the host hands drafts to."""
         settings = self.settings
         if settings.store_writer == "process":
-            from kmsgate.store.writer_process import WriterProcess
+            from kmsgate.recording.process import WriterProcess
 
             process = WriterProcess(
                 settings.db_url,
@@ -163,9 +193,9 @@ class Service:
                 retention_days=settings.retention_days,
             )
             return process, process
-        from kmsgate.server.recording import InlineRecordGate
+        from kmsgate.recording.recorder import InlineRecordGate
+        from kmsgate.recording.writer import RecordWriter
         from kmsgate.store.retention import Retention
-        from kmsgate.store.writer import RecordWriter
 
         days = settings.retention_days
         inline = RecordWriter(
@@ -174,10 +204,9 @@ class Service:
             flush_interval=settings.store_flush_interval,
             retention=Retention(store, days) if days else None,
         )
-        self._inline_gate = InlineRecordGate(
+        return inline, InlineRecordGate(
             inline, node=settings.node_name, max_queue=settings.store_queue
         )
-        return inline, self._inline_gate
 
     def reload(self, settings: ServeSettings) -> None:
         """Apply what can change without dropping connections: policies, quotas, windows."""
@@ -187,14 +216,14 @@ class Service:
             self.gateway.window = timedelta(seconds=settings.window)
             self.gateway.quota_week = settings.quota_week
             self.gateway.quota_month = settings.quota_month
-        from kmsgate.store.writer_process import WriterProcess
+        from kmsgate.recording.process import WriterProcess
 
         if isinstance(self.writer, WriterProcess):  # its child logs at the reloaded level too
             self.writer.set_log_level(logging.getLogger("kmsgate").getEffectiveLevel())
         self.settings = settings
 
-    async def _start_gateway(self, store: Store) -> None:
-        from kmsgate.access.accounts import build_backend
+    async def _start_gateway(self, store: Store, parts: contextlib.AsyncExitStack) -> None:
+        from kmsgate.access.accounts.backends import build_backend
         from kmsgate.access.gateway import Gateway
         from kmsgate.access.nft import NftWindowSet
         from kmsgate.store.gateway import GatewayStore
@@ -217,6 +246,7 @@ class Service:
             nft=nft,
             metrics=self.metrics,
         )
+        parts.push_async_callback(self.gateway.close)
         await self.gateway.start()
         assert self.host is not None
         self.host.gateway = self.gateway
@@ -225,13 +255,14 @@ class Service:
             "gateway mode: %s accounts, %d s windows", settings.accounts.backend, settings.window
         )
 
-    async def _start_web(self) -> None:
+    async def _start_web(
+        self, store: Store, kms_host: KmsHost, parts: contextlib.AsyncExitStack
+    ) -> None:
         from kmsgate.server.web_listener import start_web_listener
         from kmsgate.web.app import create_app
         from kmsgate.web.health import StoreHealth
         from kmsgate.web.pages import KmsAddress
 
-        assert self.store is not None and self.host is not None
         settings = self.settings
         public_host, public_port = (
             parse_public_address(settings.public_address)
@@ -239,7 +270,7 @@ class Service:
             else (None, None)
         )
         app = create_app(
-            self.store,
+            store,
             catalog=self.catalog,
             metrics_registry=self.metrics.registry,
             secret_key=load_web_secret(settings.data_dir),
@@ -248,11 +279,11 @@ class Service:
             node_name=settings.node_name,
             gateway=self.gateway,
             trust_proxy=[ipaddress.ip_network(cidr, strict=False) for cidr in settings.trust_proxy],
-            kms_address=KmsAddress(public_host, public_port or self.host.port),
+            kms_address=KmsAddress(public_host, public_port or kms_host.port),
             store_health=StoreHealth(self.writer) if self.writer is not None else None,
         )
         host, port = parse_listen(settings.web)
-        self._web, self._web_task = await start_web_listener(
+        web, task = await start_web_listener(
             app,
             host,
             port,
@@ -261,48 +292,73 @@ class Service:
             max_connections=settings.web_max_connections,
             request_timeout=settings.web_request_timeout,
         )
+        self._web = web
+        parts.push_async_callback(self._stop_web, web, task)
         scheme = "https" if settings.web_cert else "http"
         shown = f"[{host}]" if ":" in host else host
-        log.info("web dashboard on %s://%s:%d/", scheme, shown, self.web_port)
-        if not await self.store.has_admin():
+        log.info("web dashboard on %s://%s:%d/", scheme, shown, web.port)
+        if not await store.has_admin():
             log.warning(
                 "no administrator account yet: create one with `kmsgate users add NAME --admin` "
                 "(with this server's --config, --db or --data-dir) to log in to the dashboard"
             )
 
-    async def stop(self) -> None:
-        """Stop accepting, drain connections, flush queued records, close the store."""
-        if self.dns_publisher is not None:
-            # Withdraw the SRV record first, so clients stop being sent here.
-            await self.dns_publisher.stop(unpublish=True)
-            self.dns_publisher = None
-        if self.host is not None:
-            await self.host.stop()
-        if self.seen_sync is not None:
-            await self.seen_sync.stop()
-            self.seen_sync = None
-        if self.gateway is not None:
-            await self.gateway.close()
-        if self._web is not None and self._web_task is not None:
-            self._web.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._web_task
-        if self._inline_gate is not None:
-            self._inline_gate.close()
-        if self.writer is not None:
-            await self.writer.close()
-            if self.writer.dropped:
-                log.warning("%d records were dropped while the store lagged", self.writer.dropped)
-        if self.store is not None:
-            await self.store.close()
+    @staticmethod
+    async def _stop_web(web: EmbeddedUvicorn, task: asyncio.Task[None]) -> None:
+        web.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
-    async def __aenter__(self) -> Service:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
+    async def stop(self) -> None:
+        """Withdraw the DNS record, stop the web, drain connections, flush records, close."""
+        await self._parts.aclose()
+
+    async def __aenter__(self) -> Node:
+        await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+async def run_node(settings: ServeSettings, reload: Callable[[], ServeSettings | None]) -> None:
+    """Serve until SIGINT/SIGTERM, then drain and flush; on SIGHUP apply what `reload` reads.
+
+    systemd (Type=notify) hears READY once everything listens, STOPPING when draining, and
+    watchdog pings from the event loop in between.
+    """
+    node = Node(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+
+    def on_sighup() -> None:
+        reloaded = reload()
+        if reloaded is not None:
+            node.reload(reloaded)
+            log.info("settings reloaded")
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    notify = notify_socket()
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        async with node:
+            assert node.host is not None
+            # Listeners bound, privileges dropped, store and web up: systemd may go on.
+            addresses = ", ".join(str(Peer(host, port)) for host, port in node.host.addresses)
+            sd_notify(notify, "READY=1", f"STATUS=serving KMS on {addresses}")
+            interval = watchdog_interval()
+            if interval is not None:
+                watchdog = asyncio.create_task(watchdog_pings(notify, interval))
+            await stop.wait()
+            sd_notify(notify, "STOPPING=1", "STATUS=stopping: draining connections")
+            log.info("stopping: draining %d connections", len(node.host.connections))
+    finally:
+        # Pings go on while draining and flushing, which TimeoutStopSec bounds instead.
+        if watchdog is not None:
+            watchdog.cancel()
+    stats = node.host.stats
+    log.info("stopped after %d activations, %d refusals", stats.activations, stats.refusals)

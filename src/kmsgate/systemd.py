@@ -1,4 +1,4 @@
-"""Process integration: sockets inherited from systemd and dropping root after binding."""
+"""Process integration with systemd: inherited sockets, dropping root, sd_notify, watchdog."""
 
 from __future__ import annotations
 

@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kmsgate.store.drafts import RecordDraft
+from kmsgate.recording.drafts import RecordDraft
+from kmsgate.recording.frames import FrameError, encode_frame, read_frame
 from kmsgate.store.errors import StoreError
-from kmsgate.store.frames import FrameError, encode_frame, read_frame
 
 log = logging.getLogger("kmsgate.store")
 START_TIMEOUT = 30.0
@@ -323,7 +323,7 @@ class WriterProcess:
             self._process = process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "kmsgate.store.writer_child",
+                "kmsgate.recording.child",
                 stdin=read_fd,
                 stdout=asyncio.subprocess.PIPE,
             )
