@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kmsgate.catalog import default_catalog
+from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import ActivationRefused, ActivationServed
 from kmsgate.server.recording import ActivationRecorder
 from kmsgate.store import Store, StoreError
 from kmsgate.store.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft

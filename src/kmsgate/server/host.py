@@ -24,16 +24,14 @@ from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.counting import SeenClients
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
-from kmsgate.protocol.session import (
+from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
     ConnectionClosed,
     Event,
     FaultSent,
-    RequestPolicy,
-    ServerSession,
-    SessionSettings,
 )
+from kmsgate.protocol.session import RequestPolicy, ServerSession, SessionSettings
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.idle import IdleTimer
 from kmsgate.server.systemd import inherited_sockets
