@@ -33,7 +33,6 @@ __all__ = [
     "kms_v4_mac",
     "pkcs7_pad",
     "pkcs7_unpad",
-    "rijndael",
     "sha256",
     "v4_cipher",
     "v5_cipher",
@@ -203,7 +202,7 @@ def _load_accelerator() -> _CipherModule | None:
 
 
 _ACCEL = _load_accelerator()
-# The default backend for ciphers built by rijndael() and the v4/v6 singletons.
+# The default backend of RijndaelCipher and of the v4/v6 singletons.
 ACCELERATED: bool = _ACCEL is not None
 
 
@@ -419,11 +418,6 @@ class _AesLibraryCipher(BlockCipher):
         _check_cbc(iv, data)
         ctx = self._cbc(bytes(iv)).decryptor()
         return ctx.update(data) + ctx.finalize()
-
-
-def rijndael(key: bytes, *, round_key_tweaks: Mapping[int, int] | None = None) -> BlockCipher:
-    """Rijndael with a 128-bit block and a 16..32-byte key; tweaks XOR bytes of the schedule."""
-    return RijndaelCipher(key, round_key_tweaks)
 
 
 # Cached per backend so that flipping ACCELERATED (tests, benchmarks) picks the matching one.
