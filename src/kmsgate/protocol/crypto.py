@@ -22,6 +22,7 @@ from kmsgate.protocol.errors import LocalProtocolError, ProtocolError
 
 __all__ = [
     "ACCELERATED",
+    "CIPHER_BACKEND",
     "V4_KEY",
     "V5_KEY",
     "V6_KEY",
@@ -190,18 +191,20 @@ class _CipherModule(Protocol):
     def cbc_decrypt(self, round_keys: bytes, nrounds: int, iv: bytes, data: bytes, /) -> bytes: ...
 
 
-def _load_accelerator() -> _CipherModule | None:
-    """Import the C extension unless it is missing or disabled by KMSGATE_PURE_PYTHON_CIPHER=1."""
+def _load_accelerator() -> tuple[_CipherModule | None, str]:
+    """The C extension unless missing or disabled by KMSGATE_PURE_PYTHON_CIPHER=1, and why."""
     if os.environ.get("KMSGATE_PURE_PYTHON_CIPHER") == "1":
-        return None
+        return None, "pure Python (KMSGATE_PURE_PYTHON_CIPHER=1)"
     try:
         module = importlib.import_module("kmsgate.protocol._cipher")
     except ImportError:
-        return None
-    return cast(_CipherModule, module)
+        return None, "pure Python (C accelerator not built)"
+    abi = "abi3" if ".abi3." in str(getattr(module, "__file__", "")) else "version-specific build"
+    return cast(_CipherModule, module), f"C accelerator ({abi})"
 
 
-_ACCEL = _load_accelerator()
+# CIPHER_BACKEND says which block-cipher path this process runs (the start-up log names it).
+_ACCEL, CIPHER_BACKEND = _load_accelerator()
 # The default backend of RijndaelCipher and of the v4/v6 singletons.
 ACCELERATED: bool = _ACCEL is not None
 

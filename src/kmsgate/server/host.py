@@ -22,6 +22,7 @@ from kmsgate.config import ServeSettings
 from kmsgate.net import Peer, canonical_address
 from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics
+from kmsgate.protocol import crypto
 from kmsgate.protocol.counting import SeenClients
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
 from kmsgate.protocol.events import (
@@ -532,6 +533,7 @@ class KmsHost:
             self._servers.append(server)
         for host, port in self.addresses:
             log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        log.info("cipher: %s", crypto.CIPHER_BACKEND)
         if upstream is not None:
             log.info("relaying every connection to %s", self.settings.upstream)
             return
