@@ -590,4 +590,4 @@ def test_missing_extension_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv("KMSGATE_PURE_PYTHON_CIPHER", raising=False)
     monkeypatch.setattr(importlib, "import_module", missing)
-    assert crypto._load_accelerator() is None
+    assert crypto._load_accelerator() == (None, "pure Python (C accelerator not built)")
