@@ -9,6 +9,9 @@ setup(
             sources=["src/kmsgate/protocol/_cipher.c"],
             optional=True,
             extra_compile_args=["-O2"],
+            # Built against the stable ABI (Py_LIMITED_API in the source): one wheel per platform.
+            py_limited_api=True,
         )
-    ]
+    ],
+    options={"bdist_wheel": {"py_limited_api": "cp311"}},
 )

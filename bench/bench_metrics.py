@@ -16,9 +16,9 @@ from kmsgate.catalog import default_catalog
 from kmsgate.observability.logs import JsonFormatter, SecretMaskingFilter, log_activation
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol import rpc
+from kmsgate.protocol.events import ActivationRefused, ActivationServed, FaultSent
 from kmsgate.protocol.messages import KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import ActivationRefused, ActivationServed, FaultSent
 
 PEER = "10.1.2.3:49152"
 

@@ -76,7 +76,8 @@ def build_requests(
     ] or [RequestTemplate.from_sku(sku, protocol=protocol)]
     now = time.time()
     session = ClientSession()
-    bind = session.bind()
+    session.send_bind()
+    bind = session.data_to_send()
     alter = rpc.encode_pdu(rpc.Bind(2, (session._contexts[0],), alter=True))
     requests = []
     for index in range(count):

@@ -22,17 +22,11 @@ from kmsgate.protocol.engine import (
     unix_from_filetime,
 )
 from kmsgate.protocol.errors import ActivationError
+from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.messages import encode_request
-from kmsgate.protocol.session import (
-    ActivationRefused,
-    ActivationServed,
-    PolicyRefusal,
-    RequestPolicy,
-    ServerSession,
-    SessionSettings,
-)
+from kmsgate.protocol.session import PolicyRefusal, RequestPolicy, ServerSession, SessionSettings
 from tests.protocol.test_messages import EPID, HWID, IV, NOW, make_request, seeded
-from tests.protocol.test_session import activate, handshake, pump
+from tests.protocol.test_session import activate, answer_of, handshake, pump, request_of
 
 EXCEL_2016 = uuid.UUID("c3e65d36-141f-4d2f-a303-a842ee756a29")
 OFFICE_APP = uuid.UUID("0ff1ce15-a989-479d-af46-f275c6370663")
@@ -95,9 +89,9 @@ def test_session_refuses_other_machines_with_an_event_carrying_the_request() -> 
     for n in range(5):
         request = make_request(client_machine_id=machine(n))
         message = encode_request(request, IV)
-        events, reply = pump(server, client.request(message))
+        events, reply = pump(server, request_of(client, message))
         try:
-            client.handle_response(reply)
+            answer_of(client, reply)
         except ActivationError as exc:
             assert exc.hresult == 0xC004F042
         else:

@@ -224,7 +224,9 @@ class Fields:
 
 def bind_pdu() -> bytes:
     """A vlmcs-style bind; context 0 is NDR32."""
-    return ClientSession().bind()
+    client = ClientSession()
+    client.send_bind()
+    return client.data_to_send()
 
 
 def request_pdu(call_id: int, message: bytes) -> bytes:

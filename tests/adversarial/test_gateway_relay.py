@@ -78,7 +78,7 @@ async def upstream_hangs(
     login = await portal_login(web, "student1")
     expires = datetime.fromisoformat(login.json()["window"]["expires_at"]).timestamp()
     client: RawClient = await connect(kms_port)
-    client.writer.write(client.session.bind())
+    client.writer.write(client.bind_pdu())
     # The upstream never answers; the relay hangs up at the window's end.
     ended = await asyncio.wait_for(client.reader.read(), WINDOW + 10)
     await client.close()

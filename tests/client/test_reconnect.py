@@ -19,7 +19,8 @@ from kmsgate.catalog import default_catalog
 from kmsgate.client.activation import ConnectionClosedError, KmsClient, RequestTemplate
 from kmsgate.client.loadgen import LoadSettings, run_load
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
-from kmsgate.protocol.session import ActivationServed, ServerSession, SessionSettings
+from kmsgate.protocol.events import ActivationServed
+from kmsgate.protocol.session import ServerSession, SessionSettings
 
 EPID = "03612-00206-556-123727-03-1033-17763.0000-2972018"
 KMSGATE = Path(sys.executable).with_name("kmsgate")

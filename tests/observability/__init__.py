@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.messages import KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import ActivationRefused, ActivationServed
 
 WINDOWS_APP = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")
 OFFICE_APP = uuid.UUID("0ff1ce15-a989-479d-af46-f275c6370663")

@@ -28,8 +28,8 @@ from kmsgate.observability.metrics import (
 from kmsgate.protocol import rpc
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import filetime_from_unix
+from kmsgate.protocol.events import BindCompleted, ConnectionClosed, Event, FaultSent
 from kmsgate.protocol.messages import KmsRequest
-from kmsgate.protocol.session import BindCompleted, ConnectionClosed, Event, FaultSent
 from kmsgate.server.host import KmsHost
 from tests.observability import OFFICE_APP, make_request, refused, served
 from tests.server.util import activate_once
@@ -179,7 +179,9 @@ def _session_close_reasons(*payloads: bytes) -> list[str]:
 
 
 def test_closes_of_a_real_session_get_specific_labels() -> None:
-    bind = ClientSession().bind()
+    client = ClientSession()
+    client.send_bind()
+    bind = client.data_to_send()
     bad_version = b"\x04" + bind[1:]
     oversized = bind[:8] + (60000).to_bytes(2, "little") + bind[10:]
     response = rpc.encode_pdu(rpc.Response(2, 0, b"\x00" * 8))

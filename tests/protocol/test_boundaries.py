@@ -12,21 +12,19 @@ from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import EngineConfig, KmsEngine
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.protocol.errors import KmsMessageError
-from kmsgate.protocol.hresult import HResult
-from kmsgate.protocol.messages import DecodedRequest, encode_request
-from kmsgate.protocol.session import (
-    DEFAULT_MAX_PDU,
-    MAX_REASSEMBLED_STUB,
+from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
     BindCompleted,
     ConnectionClosed,
     FaultSent,
-    ServerSession,
-    SessionSettings,
 )
+from kmsgate.protocol.framing import DEFAULT_MAX_PDU, MAX_REASSEMBLED_STUB
+from kmsgate.protocol.hresult import HResult
+from kmsgate.protocol.messages import DecodedRequest, encode_request
+from kmsgate.protocol.session import ServerSession, SessionSettings
 from tests.protocol.test_messages import EPID, HWID, IV, NOW, make_request, seeded
-from tests.protocol.test_session import bound_server, ndr32_bind, pump, request_pdu
+from tests.protocol.test_session import bind_of, bound_server, ndr32_bind, pump, request_pdu
 
 NDR32 = ndr.TransferSyntax.NDR32
 
@@ -87,7 +85,7 @@ def test_a_reassembled_stub_of_exactly_the_limit_is_answered(total: int, closes:
 @pytest.mark.parametrize(("xmit", "recv"), [(4280, 1024), (1024, 5840), (65535, 2048)])
 def test_bind_ack_echoes_the_clients_fragment_sizes(xmit: int, recv: int) -> None:
     server = default_server()
-    bind = rpc.decode_pdu(ClientSession(ndr64=False, btfn=False).bind())
+    bind = rpc.decode_pdu(bind_of(ClientSession(ndr64=False, btfn=False)))
     assert isinstance(bind, rpc.Bind)
     raw = rpc.encode_pdu(dataclasses.replace(bind, max_xmit_frag=xmit, max_recv_frag=recv))
     _, out = pump(server, raw)

@@ -96,7 +96,7 @@ def _ndr32_response_message(pdu: bytes) -> bytes:
 
 def test_backend_selection_is_effective(impl: bool) -> None:
     assert crypto.ACCELERATED is impl
-    cipher = crypto.rijndael(crypto.V4_KEY)
+    cipher = crypto.RijndaelCipher(crypto.V4_KEY)
     assert isinstance(cipher, crypto.RijndaelCipher)
     assert cipher.accelerated is impl
     for singleton in (crypto.v4_cipher(), crypto.v6_cipher()):
@@ -138,7 +138,7 @@ FIPS_PT = bytes.fromhex("00112233445566778899aabbccddeeff")
     ],
 )
 def test_fips197_appendix_c(impl: bool, key_len: int, ciphertext: str) -> None:
-    cipher = crypto.rijndael(bytes(range(key_len)))
+    cipher = crypto.RijndaelCipher(bytes(range(key_len)))
     assert cipher.encrypt_block(FIPS_PT).hex() == ciphertext
     assert cipher.decrypt_block(bytes.fromhex(ciphertext)) == FIPS_PT
 
@@ -169,7 +169,7 @@ def test_fips197_key_expansion(key: str, last_round_key: str) -> None:
 @given(block=blocks)
 def test_v5_key_matches_library_aes(impl: bool, block: bytes) -> None:
     expected = _aes_lib_encrypt(crypto.V5_KEY, block)
-    ours = crypto.rijndael(crypto.V5_KEY)
+    ours = crypto.RijndaelCipher(crypto.V5_KEY)
     assert ours.encrypt_block(block) == expected
     assert ours.decrypt_block(expected) == block
     assert crypto.v5_cipher().encrypt_block(block) == expected
@@ -185,7 +185,7 @@ def test_v5_key_matches_library_aes(impl: bool, block: bytes) -> None:
 def test_random_aes_keys_match_library_cbc(impl: bool, key: bytes, iv: bytes, data: bytes) -> None:
     enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
     expected = enc.update(data) + enc.finalize()
-    ours = crypto.rijndael(key)
+    ours = crypto.RijndaelCipher(key)
     assert ours.cbc_encrypt(iv, data) == expected
     assert ours.cbc_decrypt(iv, expected) == data
 
@@ -220,8 +220,8 @@ KNOWN_ANSWERS: list[tuple[str, Callable[[], bytes], str]] = [
         "ec7c7e75b1923978eac4b2d2260235d5",
     ),
     (
-        "rijndael E(K5, 0)",
-        lambda: crypto.rijndael(crypto.V5_KEY).encrypt_block(ZERO),
+        "RijndaelCipher E(K5, 0)",
+        lambda: crypto.RijndaelCipher(crypto.V5_KEY).encrypt_block(ZERO),
         "ec7c7e75b1923978eac4b2d2260235d5",
     ),
     (
@@ -241,12 +241,12 @@ KNOWN_ANSWERS: list[tuple[str, Callable[[], bytes], str]] = [
     ),
     (
         "plain AES E(K6, 0)",
-        lambda: crypto.rijndael(crypto.V6_KEY).encrypt_block(ZERO),
+        lambda: crypto.RijndaelCipher(crypto.V6_KEY).encrypt_block(ZERO),
         "b4c3c015f6fb320c9b64aecd52fa58c8",
     ),
     (
-        "v6 via rijndael(tweaks)",
-        lambda: crypto.rijndael(
+        "v6 via RijndaelCipher(tweaks)",
+        lambda: crypto.RijndaelCipher(
             crypto.V6_KEY, round_key_tweaks={64: 0x73, 96: 0x09, 128: 0xE4}
         ).decrypt_block(ZERO),
         "8a1a5b385caaff8dd0ce3913d2cbc26f",
@@ -266,7 +266,7 @@ def test_appendix_a1_known_answers(
 
 
 def test_appendix_a1_v4_schedule_shape() -> None:
-    cipher = crypto.rijndael(crypto.V4_KEY)
+    cipher = crypto.RijndaelCipher(crypto.V4_KEY)
     assert isinstance(cipher, crypto.RijndaelCipher)
     assert cipher.rounds == 11
     assert len(cipher.round_keys) == 48 * 4
@@ -300,8 +300,8 @@ def _all_ciphers() -> list[crypto.BlockCipher]:
         crypto.v4_cipher(),
         crypto.v5_cipher(),
         crypto.v6_cipher(),
-        crypto.rijndael(bytes(range(28))),  # Nk = 7, the only size without another check
-        crypto.rijndael(bytes(range(32)), round_key_tweaks={17: 0x5A, 239: 0xFF}),
+        crypto.RijndaelCipher(bytes(range(28))),  # Nk = 7, the only size without another check
+        crypto.RijndaelCipher(bytes(range(32)), round_key_tweaks={17: 0x5A, 239: 0xFF}),
     ]
 
 
@@ -380,13 +380,13 @@ def test_c_extension_rejects_bad_arguments() -> None:
 @pytest.mark.parametrize("key_len", [0, 15, 17, 21, 33])
 def test_bad_key_length(impl: bool, key_len: int) -> None:
     with pytest.raises(LocalProtocolError, match="key"):
-        crypto.rijndael(bytes(key_len))
+        crypto.RijndaelCipher(bytes(key_len))
 
 
 @pytest.mark.parametrize("tweaks", [{176: 1}, {-1: 1}, {0: 256}, {0: -1}])
 def test_bad_tweaks(tweaks: dict[int, int]) -> None:
     with pytest.raises(LocalProtocolError, match="tweak"):
-        crypto.rijndael(crypto.V5_KEY, round_key_tweaks=tweaks)
+        crypto.RijndaelCipher(crypto.V5_KEY, round_key_tweaks=tweaks)
 
 
 def test_bad_lengths(impl: bool) -> None:
@@ -504,7 +504,7 @@ def test_v6_exchange_appendix_a2(impl: bool) -> None:
     assert crypto.pkcs7_unpad(base)[:4] == bytes.fromhex("00000600")
     assert base[84:92].hex() == "004a75a29e7add01"
     # Plain AES-128 with the same key does not yield valid padding: the tweak is required.
-    plain = crypto.rijndael(crypto.V6_KEY).cbc_decrypt(iv, request[20:])
+    plain = crypto.RijndaelCipher(crypto.V6_KEY).cbc_decrypt(iv, request[20:])
     assert plain[-4:] != b"\x04\x04\x04\x04"
 
     # Response (§12.5, §12.6).
@@ -544,7 +544,7 @@ def test_v5_exchange(impl: bool) -> None:
     assert base[:4] == bytes.fromhex("00000500")
     assert crypto.pkcs7_unpad(base)[:4] == base[:4] and len(crypto.pkcs7_unpad(base)) == 236
     # The same decryption through our own Rijndael must agree with the library.
-    assert crypto.rijndael(crypto.V5_KEY).cbc_decrypt(request[4:20], request[20:260]) == base
+    assert crypto.RijndaelCipher(crypto.V5_KEY).cbc_decrypt(request[4:20], request[20:260]) == base
     # v5 response: ResponseIV = S = D(request IV), so the wire IVs are equal.
     salt = v5.decrypt_block(request[4:20])
     assert response[4:20] == request[4:20]
@@ -590,4 +590,4 @@ def test_missing_extension_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv("KMSGATE_PURE_PYTHON_CIPHER", raising=False)
     monkeypatch.setattr(importlib, "import_module", missing)
-    assert crypto._load_accelerator() is None
+    assert crypto._load_accelerator() == (None, "pure Python (C accelerator not built)")

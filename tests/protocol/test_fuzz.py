@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from kmsgate.protocol import ndr, rpc
-from kmsgate.protocol.client_session import ClientSession
+from kmsgate.protocol.client_session import ClientSession, expect_response
 from kmsgate.protocol.errors import KmsMessageError, ProtocolError, RpcDecodeError
+from kmsgate.protocol.events import BindAccepted, ConnectionClosed
 from kmsgate.protocol.messages import (
     DecodedRequest,
     KmsResponse,
@@ -19,9 +20,17 @@ from kmsgate.protocol.messages import (
     verify_response,
 )
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import ConnectionClosed, ServerSession
+from kmsgate.protocol.session import ServerSession
 from tests.protocol.test_messages import IV, exchange, make_request
-from tests.protocol.test_session import handshake, make_server, pump, split_raw
+from tests.protocol.test_session import (
+    answer_of,
+    bind_of,
+    handshake,
+    make_server,
+    pump,
+    request_of,
+    split_raw,
+)
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HEAVY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -158,14 +167,15 @@ def test_tampering_with_v4_and_v6_responses_is_always_detected(
 def _conversation(major: int) -> bytes:
     """Every byte a vlmcs-like client sends: bind, alter_context, NDR32 and NDR64 requests."""
     server, client = make_server(), ClientSession()
-    stream = client.bind()
-    alter = client.handle_bind_reply(pump(server, stream)[1])
-    assert alter is not None
+    stream = bind_of(client)
+    assert client.receive_data(pump(server, stream)[1]) == []
+    alter = client.data_to_send()
+    assert alter
     stream += alter
-    client.handle_bind_reply(pump(server, alter)[1])
+    assert [type(e) for e in client.receive_data(pump(server, alter)[1])] == [BindAccepted]
     for _ in range(2):
-        request = client.request(encode_request(make_request(major), IV))
-        client.handle_response(pump(server, request)[1])
+        request = request_of(client, encode_request(make_request(major), IV))
+        answer_of(client, pump(server, request)[1])
         stream += request
     return stream
 
@@ -239,13 +249,15 @@ def test_unmutated_conversations_are_fully_served() -> None:
 @given(st.binary(max_size=200) | framed_pdus())
 def test_client_session_raises_only_protocol_errors(reply: bytes) -> None:
     binding = ClientSession()
-    binding.bind()
+    binding.send_bind()
     waiting = ClientSession(ndr64=False, btfn=False)
-    waiting.bind()
-    waiting.handle_bind_reply(
+    waiting.send_bind()
+    waiting.receive_data(
         rpc.encode_pdu(rpc.BindAck(2, (rpc.ContextResult(0, 0, rpc.NDR32),), flags=0x13))
     )
-    waiting.request(b"")
-    for handler in (binding.handle_bind_reply, waiting.handle_response):
-        with contextlib.suppress(ProtocolError):
-            handler(reply)
+    waiting.send_request(b"")
+    with contextlib.suppress(ProtocolError):
+        binding.receive_data(reply)
+    with contextlib.suppress(ProtocolError):
+        for event in waiting.receive_data(reply):
+            expect_response(event)

@@ -13,6 +13,17 @@ from hypothesis import strategies as st
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.errors import ActivationError, ProtocolError
+from kmsgate.protocol.events import (
+    ActivationRefused,
+    ActivationServed,
+    BindAccepted,
+    BindCompleted,
+    ConnectionClosed,
+    Direction,
+    FaultSent,
+    ObserverEvent,
+    ObserverNote,
+)
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import (
     KmsRequest,
@@ -21,24 +32,11 @@ from kmsgate.protocol.messages import (
     encode_response,
 )
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.observer import (
-    MAX_PENDING_CALLS,
-    ConversationObserver,
-    ObserverEvent,
-    ObserverNote,
-    decode_response,
-)
-from kmsgate.protocol.session import (
-    ActivationRefused,
-    ActivationServed,
-    BindCompleted,
-    ConnectionClosed,
-    FaultSent,
-)
+from kmsgate.protocol.observer import MAX_PENDING_CALLS, ConversationObserver, decode_response
 from tests import vectors
 from tests.protocol.test_fuzz import framed_pdus
 from tests.protocol.test_messages import HWID, IV, exchange, make_request, make_response, seeded
-from tests.protocol.test_session import make_server, pump
+from tests.protocol.test_session import answer_of, bind_of, make_server, pump, request_of
 
 NAMES = vectors.conversation_names()
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -91,11 +89,11 @@ def observe(conv: vectors.Conversation, rng: random.Random | None = None) -> lis
     events: list[ObserverEvent] = []
     for direction, data in _runs(conv):
         if data is None:
-            events += observer.server_closed()
+            events += observer.connection_closed("server")
             continue
-        feed = observer.client_data if direction == "c2s" else observer.server_data
+        side: Direction = "client" if direction == "c2s" else "server"
         for chunk in _cut(data, rng) if rng else [data]:
-            events += feed(chunk)
+            events += observer.receive_data(side, chunk)
     assert observer.buffered == 0
     return events
 
@@ -229,20 +227,22 @@ def test_events_equal_those_of_the_host_that_answered(ndr64: bool) -> None:
     def send(data: bytes) -> bytes:
         events, reply = pump(server, data)
         host_events.extend(events)
-        seen.extend(observer.client_data(data))
-        seen.extend(observer.server_data(reply))
+        seen.extend(observer.receive_data("client", data))
+        seen.extend(observer.receive_data("server", reply))
         return reply
 
-    alter = client.handle_bind_reply(send(client.bind()))
-    if alter is not None:
-        client.handle_bind_reply(send(alter))
+    answered = client.receive_data(send(bind_of(client)))
+    if alter := client.data_to_send():
+        assert answered == []
+        answered = client.receive_data(send(alter))
+    assert [type(e) for e in answered] == [BindAccepted]
     for request in (make_request(4), make_request(5), refused, make_request(6)):
-        reply = send(client.request(encode_request(request, IV)))
+        reply = send(request_of(client, encode_request(request, IV)))
         if request is refused:
             with pytest.raises(ActivationError):
-                client.handle_response(reply)
+                answer_of(client, reply)
         else:
-            client.handle_response(reply)
+            answer_of(client, reply)
     stub = ndr.wrap_request(encode_request(make_request(6), IV), TransferSyntax.NDR32)
     send(rpc.encode_pdu(rpc.Request(40, 9, 0, stub)))  # unbound context: fault
     _mirror(host_events, seen)
@@ -259,9 +259,9 @@ def test_request_on_an_unknown_context_is_decoded_from_its_stub_layout() -> None
     observer = ConversationObserver()
     for syntax in TransferSyntax:
         request = rpc.Request(3, 5, 0, ndr.wrap_request(message, syntax))
-        assert observer.client_data(rpc.encode_pdu(request)) == []
+        assert observer.receive_data("client", rpc.encode_pdu(request)) == []
         response = rpc.Response(3, 5, ndr.wrap_response(reply, syntax))
-        [event] = observer.server_data(rpc.encode_pdu(response))
+        [event] = observer.receive_data("server", rpc.encode_pdu(response))
         assert isinstance(event, ActivationServed)
         assert (event.syntax, event.request) == (syntax, decoded.request)
 
@@ -270,9 +270,9 @@ def test_answer_with_another_call_id_is_paired_and_noted() -> None:
     message, reply = exchange(4)
     observer = ConversationObserver()
     stub = ndr.wrap_request(message, TransferSyntax.NDR32)
-    observer.client_data(rpc.encode_pdu(rpc.Request(5, 0, 0, stub)))
+    observer.receive_data("client", rpc.encode_pdu(rpc.Request(5, 0, 0, stub)))
     wrapped = ndr.wrap_response(reply, TransferSyntax.NDR32)
-    note, served = observer.server_data(rpc.encode_pdu(rpc.Response(6, 0, wrapped)))
+    note, served = observer.receive_data("server", rpc.encode_pdu(rpc.Response(6, 0, wrapped)))
     assert isinstance(served, ActivationServed) and served.call_id == 5
     assert isinstance(note, ObserverNote) and "differs" in note.reason
 
@@ -284,12 +284,15 @@ def test_fragmented_request_and_response_are_reassembled() -> None:
     flags = (rpc.PFC_FIRST_FRAG, 0, rpc.PFC_LAST_FRAG)
     parts = [stub[:100], stub[100:200], stub[200:]]
     for part, flag in zip(parts, flags, strict=True):
-        assert observer.client_data(rpc.encode_pdu(rpc.Request(2, 0, 0, part, flags=flag))) == []
+        pdu = rpc.encode_pdu(rpc.Request(2, 0, 0, part, flags=flag))
+        assert observer.receive_data("client", pdu) == []
     wrapped = ndr.wrap_response(reply, TransferSyntax.NDR32)
     halves = [(wrapped[:50], rpc.PFC_FIRST_FRAG), (wrapped[50:], rpc.PFC_LAST_FRAG)]
     events: list[ObserverEvent] = []
     for part, flag in halves:
-        events += observer.server_data(rpc.encode_pdu(rpc.Response(2, 0, part, flags=flag)))
+        events += observer.receive_data(
+            "server", rpc.encode_pdu(rpc.Response(2, 0, part, flags=flag))
+        )
     assert [type(e) for e in events] == [ActivationServed]
 
 
@@ -297,34 +300,35 @@ def test_unanswered_calls_are_bounded_and_reported_on_close() -> None:
     observer = ConversationObserver()
     stub = ndr.wrap_request(encode_request(make_request(4), IV), TransferSyntax.NDR32)
     stream = b"".join(rpc.encode_pdu(rpc.Request(n, 0, 0, stub)) for n in range(200))
-    events = observer.client_data(stream)
+    events = observer.receive_data("client", stream)
     assert len(events) == 200 - MAX_PENDING_CALLS
     assert all(isinstance(e, ObserverNote) and "too many" in e.reason for e in events)
-    [closed] = observer.server_closed()
+    [closed] = observer.connection_closed("server")
     assert isinstance(closed, ConnectionClosed)
     assert f"{MAX_PENDING_CALLS} unanswered" in closed.reason
-    assert observer.client_data(stream) == [] and observer.server_closed() == []
+    assert observer.receive_data("client", stream) == []
+    assert observer.connection_closed("server") == []
 
 
 def test_garbage_stops_framing_that_direction_only() -> None:
     observer = ConversationObserver()
-    [note] = observer.client_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    [note] = observer.receive_data("client", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert isinstance(note, ObserverNote) and note.direction == "client"
     assert "unsupported RPC version" in note.reason
     progress = observer.progress
-    assert observer.client_data(b"more junk" * 1000) == []
+    assert observer.receive_data("client", b"more junk" * 1000) == []
     assert observer.progress > progress  # opaque bytes still count as activity
     assert observer.buffered == 0
-    [closed] = observer.server_closed()
+    [closed] = observer.connection_closed("server")
     assert isinstance(closed, ConnectionClosed) and "unsupported RPC version" in closed.reason
 
 
 def test_buffer_of_one_huge_fragment_is_bounded() -> None:
     observer = ConversationObserver()
     header = struct.pack("<BBBB4sHHI", 5, 0, 0, 3, b"\x10\x00\x00\x00", 0xFFFF, 0, 2)
-    assert observer.server_data(header) == []
+    assert observer.receive_data("server", header) == []
     for _ in range(100):
-        observer.server_data(bytes(4096))
+        observer.receive_data("server", bytes(4096))
     assert observer.buffered < 0x10000
 
 
@@ -333,9 +337,9 @@ def test_clean_close_reports_nothing() -> None:
     observer = ConversationObserver()
     for direction, raw in conv.pdus:
         assert raw is not None
-        (observer.client_data if direction == "c2s" else observer.server_data)(raw)
-    assert observer.server_closed() == []
-    assert observer.client_closed() == []
+        observer.receive_data("client" if direction == "c2s" else "server", raw)
+    assert observer.connection_closed("server") == []
+    assert observer.connection_closed("client") == []
 
 
 # --- fuzzing ------------------------------------------------------------------------------
@@ -356,9 +360,9 @@ def _check_events(events: list[ObserverEvent]) -> None:
 def test_arbitrary_bytes_in_both_directions_never_raise(chunks: list[tuple[bool, bytes]]) -> None:
     observer = ConversationObserver()
     for from_client, data in chunks:
-        _check_events(observer.client_data(data) if from_client else observer.server_data(data))
+        _check_events(observer.receive_data("client" if from_client else "server", data))
         assert observer.buffered < 2 * 0x10000
-    _check_events(observer.server_closed() + observer.client_closed())
+    _check_events(observer.connection_closed("server") + observer.connection_closed("client"))
 
 
 @FUZZ
@@ -376,10 +380,10 @@ def test_tampered_conversations_never_raise(
         raw[position % len(raw)] ^= 1 << bit
     observer = ConversationObserver()
     for from_client, raw in tampered:
-        feed = observer.client_data if from_client else observer.server_data
+        side: Direction = "client" if from_client else "server"
         for start in range(0, len(raw), size):
-            _check_events(feed(bytes(raw[start : start + size])))
-    _check_events(observer.server_closed())
+            _check_events(observer.receive_data(side, bytes(raw[start : start + size])))
+    _check_events(observer.connection_closed("server"))
 
 
 @FUZZ
@@ -387,8 +391,9 @@ def test_tampered_conversations_never_raise(
 def test_responses_with_arbitrary_stubs_never_raise(syntax: TransferSyntax, stub: bytes) -> None:
     observer = ConversationObserver()
     message = encode_request(make_request(6), IV)
-    observer.client_data(rpc.encode_pdu(rpc.Request(2, 0, 0, ndr.wrap_request(message, syntax))))
-    _check_events(observer.server_data(rpc.encode_pdu(rpc.Response(2, 0, stub))))
+    request = rpc.Request(2, 0, 0, ndr.wrap_request(message, syntax))
+    observer.receive_data("client", rpc.encode_pdu(request))
+    _check_events(observer.receive_data("server", rpc.encode_pdu(rpc.Response(2, 0, stub))))
 
 
 @FUZZ
@@ -409,6 +414,7 @@ def test_an_observer_bug_becomes_a_note_and_decoding_stops(monkeypatch: pytest.M
     monkeypatch.setattr("kmsgate.protocol.observer.decode_request", broken)
     observer = ConversationObserver()
     stub = ndr.wrap_request(encode_request(make_request(4), IV), TransferSyntax.NDR32)
-    [note] = observer.client_data(rpc.encode_pdu(rpc.Request(2, 0, 0, stub)))
+    [note] = observer.receive_data("client", rpc.encode_pdu(rpc.Request(2, 0, 0, stub)))
     assert isinstance(note, ObserverNote) and "observer error" in note.reason
-    assert observer.server_data(b"anything") == [] and observer.server_closed() == []
+    assert observer.receive_data("server", b"anything") == []
+    assert observer.connection_closed("server") == []

@@ -8,23 +8,23 @@ from typing import Any
 import pytest
 
 from kmsgate.protocol import ndr, rpc
-from kmsgate.protocol.client_session import ClientSession
+from kmsgate.protocol.client_session import ClientSession, expect_response
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, ProductPolicy
 from kmsgate.protocol.errors import ActivationError, RpcFaultError
-from kmsgate.protocol.hresult import HResult
-from kmsgate.protocol.messages import KmsRequest, encode_request, verify_response
-from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import (
-    MAX_REASSEMBLED_STUB,
+from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
+    BindAccepted,
     BindCompleted,
     ConnectionClosed,
     Event,
     FaultSent,
-    ServerSession,
-    SessionSettings,
 )
+from kmsgate.protocol.framing import MAX_REASSEMBLED_STUB
+from kmsgate.protocol.hresult import HResult
+from kmsgate.protocol.messages import KmsRequest, encode_request, verify_response
+from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.protocol.session import ServerSession, SessionSettings
 from tests.protocol.test_messages import EPID, HWID, IV, NOW, make_request, seeded
 
 NDR32, NDR64 = TransferSyntax.NDR32, TransferSyntax.NDR64
@@ -59,14 +59,35 @@ def pump(server: ServerSession, data: bytes) -> tuple[list[Event], bytes]:
     return events, server.data_to_send()
 
 
+def bind_of(client: ClientSession) -> bytes:
+    """The bind `client` queues."""
+    client.send_bind()
+    return client.data_to_send()
+
+
+def request_of(client: ClientSession, message: bytes) -> bytes:
+    """The request PDU `client` queues for `message`."""
+    client.send_request(message)
+    return client.data_to_send()
+
+
+def answer_of(client: ClientSession, reply: bytes) -> bytes:
+    """The KMS message of the reply to the client's request (or its typed error)."""
+    [event] = client.receive_data(reply)
+    return expect_response(event).message
+
+
 def handshake(server: ServerSession, client: ClientSession) -> list[Event]:
     """bind (and alter_context if the client needs it) until the client is ready."""
-    events, reply = pump(server, client.bind())
-    alter = client.handle_bind_reply(reply)
-    if alter is not None:
+    events, reply = pump(server, bind_of(client))
+    answered = client.receive_data(reply)
+    alter = client.data_to_send()
+    if alter:
+        assert answered == []
         more, reply = pump(server, alter)
-        assert client.handle_bind_reply(reply) is None
+        answered = client.receive_data(reply)
         events += more
+    assert [type(e) for e in answered] == [BindAccepted]
     return events
 
 
@@ -75,8 +96,8 @@ def activate(
 ) -> tuple[list[Event], bool]:
     """One request through the client; return the events and whether it verified."""
     message = encode_request(request, IV)
-    events, reply = pump(server, client.request(message))
-    return events, verify_response(message, client.handle_response(reply)).ok
+    events, reply = pump(server, request_of(client, message))
+    return events, verify_response(message, answer_of(client, reply)).ok
 
 
 def request_pdu(
@@ -95,7 +116,7 @@ def request_pdu(
 
 def ndr32_bind(call_id: int = 2) -> bytes:
     """The bind of a client that offers NDR32 only (accepted straight away)."""
-    return ClientSession(ndr64=False, btfn=False, first_call_id=call_id).bind()
+    return bind_of(ClientSession(ndr64=False, btfn=False, first_call_id=call_id))
 
 
 def bound_server(**kwargs: Any) -> ServerSession:
@@ -178,28 +199,29 @@ def test_v6_response_carries_the_configured_hwid() -> None:
     server, client = make_server(), ClientSession()
     handshake(server, client)
     message = encode_request(make_request(6), IV)
-    _, reply = pump(server, client.request(message))
-    assert verify_response(message, client.handle_response(reply)).hwid == HWID
+    _, reply = pump(server, request_of(client, message))
+    assert verify_response(message, answer_of(client, reply)).hwid == HWID
 
 
 def test_bind_ack_echoes_the_bind_and_names_the_port() -> None:
     server = make_server(port=41688, assoc_group_id=0)
-    _, reply = pump(server, ClientSession(first_call_id=77).bind())
+    _, reply = pump(server, bind_of(ClientSession(first_call_id=77)))
     ack = rpc.decode_pdu(reply)
     assert isinstance(ack, rpc.BindAck) and not ack.alter
     assert (ack.call_id, ack.secondary_address, ack.flags) == (77, "41688", 0x13)
     assert (ack.max_xmit_frag, ack.max_recv_frag) == (5840, 5840)
     assert ack.assoc_group_id != 0
-    no_mux = ClientSession(conc_mpx=False).bind()
+    no_mux = bind_of(ClientSession(conc_mpx=False))
     _, reply = pump(make_server(), no_mux)
     assert rpc.decode_pdu(reply).flags == 0x03
 
 
 def test_alter_context_resp_has_no_address_and_keeps_the_assoc_group() -> None:
     server, client = make_server(assoc_group_id=0xF27E5A9B), ClientSession()
-    _, ack_raw = pump(server, client.bind())
-    alter = client.handle_bind_reply(ack_raw)
-    assert alter is not None
+    _, ack_raw = pump(server, bind_of(client))
+    assert client.receive_data(ack_raw) == []
+    alter = client.data_to_send()
+    assert alter
     _, resp_raw = pump(server, alter)
     ack, resp = rpc.decode_pdu(ack_raw), rpc.decode_pdu(resp_raw)
     assert isinstance(ack, rpc.BindAck) and isinstance(resp, rpc.BindAck)
@@ -252,14 +274,14 @@ def test_two_pdus_in_one_read_are_both_answered() -> None:
     server = make_server()
     client = ClientSession(ndr64=False, btfn=False)
     message = encode_request(make_request(5), IV)
-    events, out = pump(server, client.bind() + request_pdu(message))
+    events, out = pump(server, bind_of(client) + request_pdu(message))
     assert [type(e) for e in events] == [BindCompleted, ActivationServed]
-    client.receive_data(out)
-    ack, response = client.next_pdu(), client.next_pdu()
-    assert ack is not None and response is not None and client.next_pdu() is None
-    assert client.handle_bind_reply(ack) is None
-    client.request(message)
-    assert verify_response(message, client.handle_response(response)).ok
+    # The response waits in the client's buffer until its request is sent.
+    assert [type(e) for e in client.receive_data(out)] == [BindAccepted]
+    client.send_request(message)
+    [response] = client.receive_data(b"")
+    assert verify_response(message, expect_response(response).message).ok
+    assert client.receive_data(b"") == []
 
 
 @pytest.mark.parametrize("call_id", [0, 1, 9, 0xDEADBEEF])
@@ -341,10 +363,10 @@ def test_opnum_other_than_0_is_a_range_fault(opnum: int) -> None:
 
 def test_client_session_reports_a_fault_as_rpc_fault_error() -> None:
     server, client = make_server(), ClientSession()
-    client.request(encode_request(make_request(6), IV))  # no bind: the host faults
+    client.send_request(encode_request(make_request(6), IV))  # no bind: the host faults
     _, out = pump(server, request_pdu())
     with pytest.raises(RpcFaultError) as info:
-        client.handle_response(out)
+        answer_of(client, out)
     assert info.value.status == rpc.NCA_UNK_IF
 
 
@@ -396,10 +418,10 @@ def test_engine_refusals_reach_the_client_as_activation_error(
     server, client = make_server(config=config), ClientSession()
     handshake(server, client)
     message = encode_request(make_request(6, **request_fields), IV)
-    events, out = pump(server, client.request(message))
+    events, out = pump(server, request_of(client, message))
     assert isinstance(events[0], ActivationRefused) and events[0].hresult == hresult
     with pytest.raises(ActivationError) as info:
-        client.handle_response(out)
+        answer_of(client, out)
     assert info.value.hresult == hresult
     assert activate(server, client, make_request(6))[1]  # the connection goes on
 
@@ -467,7 +489,7 @@ def test_authenticated_pdu_closes_the_connection() -> None:
 
 
 def test_truncated_bind_body_closes_the_connection() -> None:
-    raw = bytearray(ClientSession().bind()[:100])
+    raw = bytearray(bind_of(ClientSession())[:100])
     raw[8:10] = (100).to_bytes(2, "little")
     server = make_server()
     assert_closed_silently(*pump(server, bytes(raw)), server)

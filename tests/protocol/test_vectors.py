@@ -10,18 +10,17 @@ import pytest
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.engine import EngineConfig, KmsEngine
 from kmsgate.protocol.errors import KmsMessageError
-from kmsgate.protocol.hresult import HResult
-from kmsgate.protocol.messages import KmsRequest, decode_request, verify_response
-from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import (
+from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
     BindCompleted,
     ConnectionClosed,
     FaultSent,
-    ServerSession,
-    SessionSettings,
 )
+from kmsgate.protocol.hresult import HResult
+from kmsgate.protocol.messages import KmsRequest, decode_request, verify_response
+from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.protocol.session import ServerSession, SessionSettings
 from tests import vectors
 
 NAMES = vectors.conversation_names()

@@ -147,7 +147,7 @@ async def test_idle_client_is_closed_after_the_timeout() -> None:
 async def test_slow_client_dribbling_bytes_is_closed() -> None:
     async with KmsHost(settings(idle_timeout=0.4)) as host:
         client = await RawClient.connect(host.port)
-        bind = client.session.bind()
+        bind = client.bind_pdu()
         closed = False
         for byte in bind[:-1]:  # never completes the PDU
             try:
@@ -188,7 +188,7 @@ async def test_garbage_is_closed_without_answer_and_host_keeps_serving(payload: 
 async def test_truncated_pdu_then_close_does_not_disturb_the_host() -> None:
     async with KmsHost(settings()) as host:
         client = await RawClient.connect(host.port)
-        client.writer.write(client.session.bind()[:40])
+        client.writer.write(client.bind_pdu()[:40])
         await client.close()
         assert (await activate_once(host.port)).ok
 
@@ -278,7 +278,7 @@ async def test_graceful_stop_closes_idle_connections() -> None:
 async def test_source_policy_closes_before_reading_rpc(policy: dict[str, list[str]]) -> None:
     async with KmsHost(settings(**policy)) as host:
         client = await RawClient.connect(host.port)
-        client.writer.write(client.session.bind())
+        client.writer.write(client.bind_pdu())
         assert await read_until_closed(client.reader) == b""
         assert host.stats.connections_denied == 1
         assert host.stats.connections_accepted == 0

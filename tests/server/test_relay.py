@@ -18,11 +18,9 @@ import pytest
 from kmsgate.client.activation import KmsClient, RequestTemplate
 from kmsgate.config import ServeSettings
 from kmsgate.protocol import ndr, rpc
+from kmsgate.protocol.client_session import expect_response
 from kmsgate.protocol.errors import ActivationError
-from kmsgate.protocol.hresult import HResult
-from kmsgate.protocol.messages import encode_request
-from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import (
+from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
     BindCompleted,
@@ -30,6 +28,9 @@ from kmsgate.protocol.session import (
     Event,
     FaultSent,
 )
+from kmsgate.protocol.hresult import HResult
+from kmsgate.protocol.messages import encode_request
+from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.recording.drafts import RecordDraft, record_from_draft
 from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.server.host import KmsHost
@@ -237,9 +238,10 @@ async def test_half_closed_client_still_gets_its_answer() -> None:
         client = await RawClient.connect(relayed.port)
         await client.bind()
         message = encode_request(make_request(4), os.urandom(16))
-        client.writer.write(client.session.request(message))
+        client.session.send_request(message)
+        client.writer.write(client.session.data_to_send())
         client.writer.write_eof()
-        answer = client.session.handle_response(await client.read_pdu())
+        answer = expect_response(await client.read_event()).message
         assert answer[2] == 4
         assert await read_until_closed(client.reader) == b""
         assert relayed.host.stats.activations == 1
@@ -290,7 +292,7 @@ def test_bind_and_eof_sent_before_the_upstream_connects_are_both_delivered(
             relay_to(("127.0.0.1", upstream.port)) as relayed,
         ):
             client = await RawClient.connect(relayed.port)
-            client.writer.write(client.session.bind())
+            client.writer.write(client.bind_pdu())
             client.writer.write_eof()
             ack = rpc.decode_pdu(await client.read_pdu())
             assert isinstance(ack, rpc.BindAck)
@@ -313,7 +315,7 @@ async def test_unreachable_upstream_closes_the_client_with_a_logged_reason(
     caplog.set_level(logging.INFO, logger="kmsgate")
     async with relay_to(("127.0.0.1", closed_port())) as relayed:
         client = await RawClient.connect(relayed.port)
-        client.writer.write(client.session.bind())
+        client.writer.write(client.bind_pdu())
         assert await closed_by_relay(client.reader) == b""
         [closed] = relayed.of(ConnectionClosed)
         assert isinstance(closed, ConnectionClosed)

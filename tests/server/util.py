@@ -8,9 +8,11 @@ import os
 import time
 import uuid
 
-from kmsgate.protocol.client_session import ClientSession
+from kmsgate.protocol.client_session import ClientSession, expect_bind_accepted, expect_response
 from kmsgate.protocol.engine import filetime_from_unix
-from kmsgate.protocol.messages import KmsRequest, VerifiedResponse, encode_request, verify_response
+from kmsgate.protocol.events import ClientEvent
+from kmsgate.protocol.framing import PduFramer
+from kmsgate.protocol.messages import KmsRequest, VerifiedResponse, encode_request
 
 WINDOWS_APP = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")
 SERVER_2019_KMS = uuid.UUID("8449b1fb-f0ea-497a-99ab-66ca96e9a0f5")
@@ -36,34 +38,50 @@ class RawClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.session = ClientSession()
+        self._framer = PduFramer()
 
     @classmethod
     async def connect(cls, port: int, host: str = "127.0.0.1") -> RawClient:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer)
 
+    def bind_pdu(self) -> bytes:
+        """The session's bind, to be sent by hand (whole or in part)."""
+        self.session.send_bind()
+        return self.session.data_to_send()
+
     async def read_pdu(self, timeout: float = 5.0) -> bytes:
-        while (pdu := self.session.next_pdu()) is None:
+        """The next raw PDU, unchecked (for replies the session does not await)."""
+        while (pdu := self._framer.next_pdu()) is None:
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             if not data:
                 raise ConnectionError("server closed the connection")
-            self.session.receive_data(data)
+            self._framer.feed(data)
         return pdu
 
+    async def read_event(self, timeout: float = 5.0) -> ClientEvent:
+        """Send what the session queued (an alter_context too) until the server's answer."""
+        data = b""
+        while True:
+            events = self.session.receive_data(data)
+            if outgoing := self.session.data_to_send():
+                self.writer.write(outgoing)
+            if events:
+                return events[0]
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise ConnectionError("server closed the connection")
+
     async def bind(self) -> None:
-        self.writer.write(self.session.bind())
-        alter = self.session.handle_bind_reply(await self.read_pdu())
-        if alter:
-            self.writer.write(alter)
-            self.session.handle_bind_reply(await self.read_pdu())
+        self.session.send_bind()
+        expect_bind_accepted(await self.read_event())
 
     async def activate(
         self, version: int = 6, request: KmsRequest | None = None
     ) -> VerifiedResponse:
         message = encode_request(request or make_request(version), os.urandom(16))
-        self.writer.write(self.session.request(message))
-        answer = self.session.handle_response(await self.read_pdu())
-        return verify_response(message, answer)
+        self.session.send_request(message)
+        return expect_response(await self.read_event()).verify()
 
     async def close(self) -> None:
         self.writer.close()

@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kmsgate.catalog import default_catalog
+from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import ActivationRefused, ActivationServed
 from kmsgate.recording.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft
 from kmsgate.recording.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
 from kmsgate.recording.process import WriterProcess

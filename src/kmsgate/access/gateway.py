@@ -17,9 +17,10 @@ from kmsgate.access.nft import NftError, NftWindowSet, seconds_left
 from kmsgate.catalog import Catalog
 from kmsgate.net import Peer, canonical_address
 from kmsgate.protocol.engine import filetime_from_unix
+from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest
-from kmsgate.protocol.session import ActivationRefused, ActivationServed, Event, PolicyRefusal
+from kmsgate.protocol.session import PolicyRefusal
 from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import AuditEvent, GatewayStore, QuotaUsage, Window
 

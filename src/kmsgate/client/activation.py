@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 
 from kmsgate.catalog import Sku
 from kmsgate.errors import KmsgateError
-from kmsgate.protocol.client_session import ClientSession
+from kmsgate.protocol.client_session import (
+    ClientSession,
+    expect_bind_accepted,
+    expect_response,
+)
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.errors import (
     ActivationError,
@@ -27,6 +31,7 @@ from kmsgate.protocol.errors import (
     RpcFaultError,
     VerificationError,
 )
+from kmsgate.protocol.events import ClientEvent
 from kmsgate.protocol.hresult import HResult, describe
 from kmsgate.protocol.messages import (
     NIL_UUID,
@@ -35,7 +40,6 @@ from kmsgate.protocol.messages import (
     KmsResponse,
     encode_request,
     sent_request,
-    verify_response,
 )
 from kmsgate.protocol.ndr import TransferSyntax
 
@@ -345,18 +349,23 @@ class ClientConnection:
         )
 
     async def _bind(self) -> None:
-        reply = await self._round_trip(self.session.bind(), "bind")
-        alter = self.session.handle_bind_reply(reply)
-        if alter is not None:
-            reply = await self._round_trip(alter, "alter_context")
-            self.session.handle_bind_reply(reply)
+        self.session.send_bind()
+        expect_bind_accepted(await self._round_trip("bind"))
 
-    async def _round_trip(self, pdu: bytes, what: str) -> bytes:
-        self._writer.write(pdu)
+    async def _round_trip(self, what: str) -> ClientEvent:
+        """Send what the session queued (an alter_context too) until the host's answer."""
         session = self.session
+        data = b""  # first: a reply that arrived before it was awaited
         try:
             async with asyncio.timeout(self.timeout):
-                while (raw := session.next_pdu()) is None:
+                while True:
+                    events = session.receive_data(data)
+                    if outgoing := session.data_to_send():
+                        self._writer.write(outgoing)
+                    if events:
+                        return events[0]
+                    if session.awaiting_alter_context:
+                        what = "alter_context"
                     data = await self._reader.read(_READ_SIZE)
                     if not data:
                         raise ConnectionClosedError(
@@ -369,7 +378,6 @@ class ClientConnection:
                         if protocol is not None:
                             where = format_endpoint(self.host, self.port)
                             raise WrongProtocolError(where, protocol)
-                    session.receive_data(data)
         except TimeoutError:
             raise KmsTimeoutError(
                 f"{format_endpoint(self.host, self.port)} did not answer the {what} "
@@ -381,7 +389,6 @@ class ClientConnection:
                 f"{format_endpoint(self.host, self.port)} dropped the connection during the "
                 f"{what}: {reason.lower()}"
             ) from None
-        return raw
 
     async def request(
         self, request: KmsRequest, iv: bytes | None = None, *, strict: bool = True
@@ -396,12 +403,11 @@ class ClientConnection:
         """Send an already encoded request message (of `request`) and verify the answer."""
         session = self.session
         started = time.perf_counter()
-        pdu = session.request(message)
+        session.send_request(message)
         call_id, syntax = session.call_id, session.syntax
         self.requests_sent += 1
-        reply = await self._round_trip(pdu, f"request (call {call_id})")
-        kms_message = session.handle_response(reply)
-        verified = verify_response(message, kms_message, sent=sent_request(request, message))
+        answer = expect_response(await self._round_trip(f"request (call {call_id})"))
+        verified = answer.verify(sent_request(request, message))
         latency = time.perf_counter() - started
         connect_latency, self._pending_connect_latency = self._pending_connect_latency, None
         result = ActivationResult(

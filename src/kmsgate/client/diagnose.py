@@ -35,17 +35,17 @@ from kmsgate.client.activation import (
     format_endpoint,
 )
 from kmsgate.client.discovery import SRV_SERVICE, DiscoveryError, discover_kms_hosts
-from kmsgate.protocol import rpc
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import unix_from_filetime
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.protocol.errors import (
     ActivationError,
+    FramingError,
     ProtocolError,
-    RpcDecodeError,
     RpcFaultError,
     VerificationError,
 )
+from kmsgate.protocol.events import BindRejected, ClientEvent
 from kmsgate.protocol.hresult import HResult, describe, explain
 from kmsgate.protocol.messages import encode_request
 
@@ -518,44 +518,41 @@ async def check_bind(
     """Send the RPC bind (NDR32, NDR64, BTFN) and say what came back."""
     seen = bytearray()
 
-    async def reply(pdu: bytes, what: str) -> bytes | None:
-        writer.write(pdu)
+    async def answer(what: str) -> ClientEvent | None:
+        """Send what the session queued until its answer; None when the reply is not RPC."""
+        data = b""
         while True:
             try:
-                raw = session.next_pdu()
-            except RpcDecodeError:
+                events = session.receive_data(data)
+            except FramingError:
                 return None
-            if raw is not None:
-                return raw
+            if outgoing := session.data_to_send():
+                writer.write(outgoing)
+            if events:
+                return events[0]
+            if session.awaiting_alter_context:
+                what = "alter_context"
             data = await reader.read(_READ_SIZE)
             if not data:
                 raise ConnectionResetError(f"closed during the {what}")
             if len(seen) < _SNIFF_BYTES:
                 seen.extend(data[: _SNIFF_BYTES - len(seen)])
-            session.receive_data(data)
 
     hresult = HResult.RPC_SERVER_UNAVAILABLE
     try:
         async with asyncio.timeout(timeout):
-            raw = await reply(session.bind(), "bind")
-            if raw is not None and rpc.parse_header(raw).ptype == rpc.PType.BIND_NAK:
-                nak = rpc.decode_pdu(raw)
-                reason = nak.reason if isinstance(nak, rpc.BindNak) else -1
+            session.send_bind()
+            event = await answer("bind")
+            if isinstance(event, BindRejected):
                 return _error(
                     "rpc",
-                    f"{where} refused the RPC bind (bind_nak, reason {reason})",
+                    f"{where} refused the RPC bind (bind_nak, reason {event.reason})",
                     "An RPC server answered but refused the bind as a whole: it is not a KMS "
                     "host, or it is overloaded (reason 1 or 2).",
                     "Point the client at the KMS host's address and port.",
                     hresult=hresult,
-                    details={"bind_nak_reason": reason},
+                    details={"bind_nak_reason": event.reason},
                 )
-            if raw is not None:
-                alter = session.handle_bind_reply(raw)
-                if alter is not None:
-                    raw = await reply(alter, "alter_context")
-                    if raw is not None:
-                        session.handle_bind_reply(raw)
     except TimeoutError:
         if seen:
             kind, why = classify_non_rpc(bytes(seen))
@@ -590,7 +587,7 @@ async def check_bind(
             "Point the client at the KMS host's address and port.",
             hresult=hresult,
         )
-    if raw is None:
+    if event is None:
         kind, why = classify_non_rpc(bytes(seen))
         return _not_kms(where, kind, why, bytes(seen))
     details: dict[str, Any] = {

@@ -26,9 +26,9 @@ from typing import Final, Literal, TypedDict
 
 from kmsgate.catalog import Catalog
 from kmsgate.protocol.engine import unix_from_filetime
+from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.hresult import describe
 from kmsgate.protocol.messages import KmsRequest
-from kmsgate.protocol.session import ActivationRefused, ActivationServed
 
 LICENSE_STATUS = {
     0: "unlicensed",

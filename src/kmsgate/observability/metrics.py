@@ -23,14 +23,14 @@ from prometheus_client.registry import Collector
 import kmsgate
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.protocol import rpc
-from kmsgate.protocol.messages import KmsRequest
-from kmsgate.protocol.session import (
+from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
     ConnectionClosed,
     Event,
     FaultSent,
 )
+from kmsgate.protocol.messages import KmsRequest
 
 log = logging.getLogger("kmsgate.metrics")
 

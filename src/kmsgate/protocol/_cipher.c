@@ -8,6 +8,8 @@
  * zero IV is the bare block function.  Results are byte-for-byte those of the Python path.
  */
 #define PY_SSIZE_T_CLEAN
+/* Stable ABI of CPython 3.11 (the oldest supported): one abi3 build serves every later version. */
+#define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
@@ -175,7 +177,7 @@ static PyObject *run_cbc(PyObject *args, int decrypt)
     PyObject *out = PyBytes_FromStringAndSize(NULL, data_buf.len);
     if (out != NULL) {
         const uint8_t *in = (const uint8_t *)data_buf.buf;
-        uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+        uint8_t *dst = (uint8_t *)PyBytes_AsString(out);
         uint32_t chain[4], s[4], c[4];
         for (int j = 0; j < 4; j++)
             chain[j] = load32((const uint8_t *)iv_buf.buf + 4 * j);

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.errors import ActivationError, ProtocolError, RpcFaultError
+from kmsgate.protocol.events import (
+    BindAccepted,
+    BindRejected,
+    ClientEvent,
+    ErrorReceived,
+    FaultReceived,
+    ResponseReceived,
+)
+from kmsgate.protocol.framing import PduFramer
 from kmsgate.protocol.hresult import describe
 from kmsgate.protocol.ndr import TransferSyntax
 
@@ -16,6 +25,9 @@ class ClientSession:
 
     Like vlmcs, the first request of a connection travels as NDR32 (after an alter_context
     when the host preferred NDR64) and later requests use NDR64 when it was accepted.
+    `send_*` queue PDUs for `data_to_send()`; `receive_data` answers with events, and raises
+    ProtocolError when the host breaks the protocol. Replies arriving while nothing is awaited
+    stay buffered until the next `send_request` (feed b"" then to read them).
     """
 
     def __init__(
@@ -34,32 +46,48 @@ class ClientSession:
         self.ndr32_accepted = False
         self.ndr64_accepted = False
         self.btfn_bits: int | None = None
-        self._buffer = bytearray()
+        self._framer = PduFramer()
+        self._outgoing = bytearray()
+        self._request_message = b""
         self._bind_flags = rpc.PFC_SINGLE | (rpc.PFC_CONC_MPX if conc_mpx else 0)
         self._contexts: tuple[rpc.ContextElement, ...] = ()
         self._awaiting: int | None = None
         self._requests_sent = 0
         self._last_context = NDR32_CONTEXT
 
-    # -- framing -------------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
-        """Buffer bytes from the host."""
-        self._buffer += data
+    # -- bytes in, bytes out ---------------------------------------------------------------
+    def data_to_send(self) -> bytes:
+        """Take the bytes queued for the host."""
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
 
-    def next_pdu(self) -> bytes | None:
-        """One complete PDU from the buffer, or None if more bytes are needed."""
-        if len(self._buffer) < rpc.HEADER_SIZE:
-            return None
-        header = rpc.parse_header(self._buffer)
-        if len(self._buffer) < header.frag_length:
-            return None
-        raw = bytes(self._buffer[: header.frag_length])
-        del self._buffer[: header.frag_length]
-        return raw
+    def receive_data(self, data: bytes) -> list[ClientEvent]:
+        """Feed bytes from the host; the events of every reply that was awaited.
+
+        A stream that is not DCE-RPC raises FramingError; a reply that breaks the protocol
+        raises ProtocolError.
+        """
+        framer = self._framer
+        framer.feed(data)
+        events: list[ClientEvent] = []
+        while self._awaiting is not None and (raw := framer.next_pdu()) is not None:
+            if self._awaiting == rpc.PType.RESPONSE:
+                events.append(self._response(raw))
+            else:
+                event = self._bind_reply(raw)
+                if event is not None:
+                    events.append(event)
+        return events
+
+    @property
+    def awaiting_alter_context(self) -> bool:
+        """Whether the host's bind_ack asked for the alter_context now queued or sent."""
+        return self._awaiting == rpc.PType.ALTER_CONTEXT_RESP
 
     # -- bind ----------------------------------------------------------------------------
-    def bind(self) -> bytes:
-        """The bind PDU offering NDR32, optionally NDR64, optionally BTFN."""
+    def send_bind(self) -> None:
+        """Queue the bind PDU offering NDR32, optionally NDR64, optionally BTFN."""
         contexts = [rpc.ContextElement(NDR32_CONTEXT, rpc.KMS_INTERFACE_SYNTAX, (rpc.NDR32,))]
         if self.offer_ndr64:
             contexts.append(
@@ -72,11 +100,20 @@ class ClientSession:
             contexts.append(rpc.ContextElement(len(contexts), rpc.KMS_INTERFACE_SYNTAX, (btfn,)))
         self._contexts = tuple(contexts)
         self._awaiting = rpc.PType.BIND_ACK
-        return rpc.encode_pdu(rpc.Bind(self.call_id, self._contexts, flags=self._bind_flags))
+        self._outgoing += rpc.encode_pdu(
+            rpc.Bind(self.call_id, self._contexts, flags=self._bind_flags)
+        )
 
-    def handle_bind_reply(self, raw: bytes) -> bytes | None:
-        """Check a bind_ack/alter_context_resp; return an alter_context to send, or None."""
-        pdu = self._expect(raw, self._awaiting or rpc.PType.BIND_ACK)
+    def _bind_reply(self, raw: bytes) -> ClientEvent | None:
+        """Check a bind_ack/alter_context_resp; None when it asks for an alter_context."""
+        expected = self._awaiting or rpc.PType.BIND_ACK
+        if raw[2] == rpc.PType.BIND_NAK:
+            # Refusing the bind as a whole is an answer (from any RPC server), not a violation.
+            nak = rpc.decode_pdu(raw)
+            assert isinstance(nak, rpc.BindNak)
+            self._awaiting = None
+            return BindRejected(nak.call_id, nak.reason)
+        pdu = self._expect(raw, expected)
         if not isinstance(pdu, rpc.BindAck):
             raise ProtocolError(f"expected bind_ack, got {type(pdu).__name__}")
         if len(pdu.results) != len(self._contexts):
@@ -94,11 +131,12 @@ class ClientSession:
         if not self.ndr32_accepted and not pdu.alter:
             self._contexts = (self._contexts[0],)
             self._awaiting = rpc.PType.ALTER_CONTEXT_RESP
-            return rpc.encode_pdu(
+            self._outgoing += rpc.encode_pdu(
                 rpc.Bind(self.call_id, self._contexts, flags=self._bind_flags, alter=True)
             )
+            return None
         self._awaiting = None
-        return None
+        return BindAccepted(self.ndr32_accepted, self.ndr64_accepted, self.btfn_bits)
 
     def _check_result(self, ctx: rpc.ContextElement, result: rpc.ContextResult) -> None:
         syntax = ctx.transfer_syntaxes[0]
@@ -128,8 +166,10 @@ class ClientSession:
             self.ndr64_accepted = True
 
     # -- requests ------------------------------------------------------------------------
-    def request(self, message: bytes) -> bytes:
-        """A request PDU carrying a KMS request message."""
+    def send_request(self, message: bytes) -> None:
+        """Queue a request PDU carrying a KMS request message (after the bind, if any)."""
+        if self._awaiting == rpc.PType.RESPONSE:
+            raise ProtocolError("the previous request is still unanswered")
         if self._awaiting is not None:
             raise ProtocolError("bind is not complete")
         if self._requests_sent:
@@ -138,22 +178,22 @@ class ClientSession:
         self._last_context = NDR64_CONTEXT if use_ndr64 else NDR32_CONTEXT
         self._requests_sent += 1
         self._awaiting = rpc.PType.RESPONSE
+        self._request_message = message
         stub = ndr.wrap_request(message, self.syntax)
-        return rpc.encode_pdu(rpc.Request(self.call_id, self._last_context, 0, stub))
+        self._outgoing += rpc.encode_pdu(rpc.Request(self.call_id, self._last_context, 0, stub))
 
     @property
     def syntax(self) -> TransferSyntax:
         """Transfer syntax of the current (last built) request."""
         return TransferSyntax.NDR64 if self._last_context == NDR64_CONTEXT else TransferSyntax.NDR32
 
-    def handle_response(self, raw: bytes) -> bytes:
-        """Check a response PDU and return the KMS response message it carries."""
-        header = rpc.parse_header(raw)
-        if header.ptype == rpc.PType.FAULT:
+    def _response(self, raw: bytes) -> ClientEvent:
+        """Check the reply to a request: its KMS response message, an HRESULT or a fault."""
+        if raw[2] == rpc.PType.FAULT:
             fault = rpc.decode_pdu(raw)
             assert isinstance(fault, rpc.Fault)
             self._awaiting = None
-            raise RpcFaultError(fault.status)
+            return FaultReceived(fault.call_id, fault.status)
         pdu = self._expect(raw, rpc.PType.RESPONSE)
         assert isinstance(pdu, rpc.Response)
         self._awaiting = None
@@ -164,10 +204,10 @@ class ClientSession:
         stub = ndr.unwrap_response(pdu.stub, self.syntax)
         self.warnings.extend(stub.warnings)
         if stub.message is None or stub.hresult:
-            raise ActivationError(stub.hresult, f"host returned {describe(stub.hresult)}")
+            return ErrorReceived(pdu.call_id, self.syntax, stub.hresult)
         if pdu.alloc_hint != len(pdu.stub):
             self.warnings.append(f"alloc_hint {pdu.alloc_hint} for a {len(pdu.stub)}-byte stub")
-        return stub.message
+        return ResponseReceived(pdu.call_id, self.syntax, self._request_message, stub.message)
 
     def _expect(self, raw: bytes, ptype: int) -> rpc.Pdu:
         header = rpc.parse_header(raw)
@@ -185,3 +225,23 @@ class ClientSession:
         if ptype != rpc.PType.BIND_ACK and header.flags & rpc.PFC_CONC_MPX:
             self.warnings.append(f"CONC_MPX set on PDU type {ptype}")
         return rpc.decode_pdu(raw)
+
+
+def expect_response(event: ClientEvent) -> ResponseReceived:
+    """The answer to a request as a ResponseReceived, or the typed error it amounts to."""
+    if isinstance(event, ResponseReceived):
+        return event
+    if isinstance(event, FaultReceived):
+        raise RpcFaultError(event.status)
+    if isinstance(event, ErrorReceived):
+        raise ActivationError(event.hresult, f"host returned {describe(event.hresult)}")
+    raise ProtocolError(f"expected the answer to a request, got {type(event).__name__}")
+
+
+def expect_bind_accepted(event: ClientEvent) -> BindAccepted:
+    """The end of a bind as a BindAccepted, or a ProtocolError saying why it is not one."""
+    if isinstance(event, BindAccepted):
+        return event
+    if isinstance(event, BindRejected):
+        raise ProtocolError(f"host refused the bind (bind_nak, reason {event.reason})")
+    raise ProtocolError(f"expected the answer to the bind, got {type(event).__name__}")

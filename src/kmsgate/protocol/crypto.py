@@ -22,6 +22,7 @@ from kmsgate.protocol.errors import LocalProtocolError, ProtocolError
 
 __all__ = [
     "ACCELERATED",
+    "CIPHER_BACKEND",
     "V4_KEY",
     "V5_KEY",
     "V6_KEY",
@@ -33,7 +34,6 @@ __all__ = [
     "kms_v4_mac",
     "pkcs7_pad",
     "pkcs7_unpad",
-    "rijndael",
     "sha256",
     "v4_cipher",
     "v5_cipher",
@@ -191,19 +191,21 @@ class _CipherModule(Protocol):
     def cbc_decrypt(self, round_keys: bytes, nrounds: int, iv: bytes, data: bytes, /) -> bytes: ...
 
 
-def _load_accelerator() -> _CipherModule | None:
-    """Import the C extension unless it is missing or disabled by KMSGATE_PURE_PYTHON_CIPHER=1."""
+def _load_accelerator() -> tuple[_CipherModule | None, str]:
+    """The C extension unless missing or disabled by KMSGATE_PURE_PYTHON_CIPHER=1, and why."""
     if os.environ.get("KMSGATE_PURE_PYTHON_CIPHER") == "1":
-        return None
+        return None, "pure Python (KMSGATE_PURE_PYTHON_CIPHER=1)"
     try:
         module = importlib.import_module("kmsgate.protocol._cipher")
     except ImportError:
-        return None
-    return cast(_CipherModule, module)
+        return None, "pure Python (C accelerator not built)"
+    abi = "abi3" if ".abi3." in str(getattr(module, "__file__", "")) else "version-specific build"
+    return cast(_CipherModule, module), f"C accelerator ({abi})"
 
 
-_ACCEL = _load_accelerator()
-# The default backend for ciphers built by rijndael() and the v4/v6 singletons.
+# CIPHER_BACKEND says which block-cipher path this process runs (the start-up log names it).
+_ACCEL, CIPHER_BACKEND = _load_accelerator()
+# The default backend of RijndaelCipher and of the v4/v6 singletons.
 ACCELERATED: bool = _ACCEL is not None
 
 
@@ -419,11 +421,6 @@ class _AesLibraryCipher(BlockCipher):
         _check_cbc(iv, data)
         ctx = self._cbc(bytes(iv)).decryptor()
         return ctx.update(data) + ctx.finalize()
-
-
-def rijndael(key: bytes, *, round_key_tweaks: Mapping[int, int] | None = None) -> BlockCipher:
-    """Rijndael with a 128-bit block and a 16..32-byte key; tweaks XOR bytes of the schedule."""
-    return RijndaelCipher(key, round_key_tweaks)
 
 
 # Cached per backend so that flipping ACCELERATED (tests, benchmarks) picks the matching one.

@@ -49,3 +49,7 @@ class ActivationError(ProtocolError):
     def __init__(self, hresult: int, text: str) -> None:
         super().__init__(text)
         self.hresult = hresult
+
+
+class FramingError(RpcDecodeError):
+    """A byte stream is not DCE-RPC: no trustworthy PDU header where one must start."""

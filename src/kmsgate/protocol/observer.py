@@ -9,10 +9,21 @@ understand must still pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.errors import KmsMessageError, ProtocolError
+from kmsgate.protocol.events import (
+    ActivationRefused,
+    ActivationServed,
+    BindCompleted,
+    ConnectionClosed,
+    Direction,
+    FaultSent,
+    ObserverEvent,
+    ObserverNote,
+)
+from kmsgate.protocol.framing import FragmentReassembler, PduFramer
 from kmsgate.protocol.messages import (
     Check,
     DecodedRequest,
@@ -21,17 +32,6 @@ from kmsgate.protocol.messages import (
     verify_response,
 )
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.session import (
-    MAX_REASSEMBLED_STUB,
-    ActivationRefused,
-    ActivationServed,
-    BindCompleted,
-    ConnectionClosed,
-    Event,
-    FaultSent,
-)
-
-Direction = Literal["client", "server"]
 
 # A client has at most a handful of calls in flight; more means garbage or a flood, and
 # remembering them all would let a peer grow the observer without bound.
@@ -39,18 +39,6 @@ MAX_PENDING_CALLS = 64
 MAX_PENDING_BINDS = 8
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class ObserverNote:
-    """Something in `direction`'s bytes the observer could not follow; they were relayed anyway."""
-
-    direction: Direction
-    reason: str
-    call_id: int | None = None
-
-
-ObserverEvent = Event | ObserverNote
 
 
 def decode_response(
@@ -73,34 +61,6 @@ class _Call:
     syntax: TransferSyntax
     decoded: DecodedRequest | None
     error: str | None
-
-
-class _Framer:
-    """Splits one direction's byte stream into PDUs by their frag_length."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.failed = False
-
-    def feed(self, data: bytes) -> tuple[list[bytes], str | None]:
-        """Complete PDUs in `data` (after what is buffered) and the reason framing was lost."""
-        if self.failed:
-            return [], None
-        self.buffer += data
-        pdus: list[bytes] = []
-        while len(self.buffer) >= rpc.HEADER_SIZE:
-            try:
-                header = rpc.parse_header(self.buffer)
-            except ProtocolError as exc:
-                # Without a trustworthy frag_length no later PDU boundary can be found.
-                self.failed = True
-                self.buffer.clear()
-                return pdus, str(exc)
-            if len(self.buffer) < header.frag_length:
-                break
-            pdus.append(bytes(self.buffer[: header.frag_length]))
-            del self.buffer[: header.frag_length]
-        return pdus, None
 
 
 def _take(pending: dict[int, _T], call_id: int) -> tuple[_T, bool] | None:
@@ -128,15 +88,19 @@ def _syntax_of(syntax: rpc.SyntaxId) -> TransferSyntax | None:
 
 
 class ConversationObserver:
-    """Watches one relayed connection; feed each direction's bytes as they pass."""
+    """Watches one relayed connection; feed each direction's bytes as they pass (sans-IO)."""
 
     def __init__(self) -> None:
-        self._client = _Framer()
-        self._server = _Framer()
+        self._framers: dict[Direction, PduFramer] = {"client": PduFramer(), "server": PduFramer()}
+        self._fragments: dict[Direction, FragmentReassembler] = {
+            "client": FragmentReassembler(),
+            "server": FragmentReassembler(),
+        }
+        # Directions whose framing was lost: their bytes pass undecoded from then on.
+        self._opaque: set[Direction] = set()
         self._binds: dict[int, tuple[rpc.ContextElement, ...]] = {}
         self._contexts: dict[int, TransferSyntax] = {}
         self._calls: dict[int, _Call] = {}
-        self._fragments: dict[Direction, tuple[int, bytearray]] = {}
         self._client_problem: str | None = None
         self._closed = False
         self.progress = 0
@@ -146,23 +110,35 @@ class ConversationObserver:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for incomplete PDUs: below 64 KiB per direction (frag_length is a u16)."""
-        fragments = sum(len(buffer) for _, buffer in self._fragments.values())
-        return len(self._client.buffer) + len(self._server.buffer) + fragments
+        """Bytes held for incomplete PDUs and calls: bounded per direction by the framing."""
+        framers = sum(framer.buffered for framer in self._framers.values())
+        return framers + sum(fragments.buffered for fragments in self._fragments.values())
 
-    def client_data(self, data: bytes) -> list[ObserverEvent]:
-        """Bytes the client sent towards the host."""
-        return self._guarded("client", data)
+    def receive_data(self, direction: Direction, data: bytes) -> list[ObserverEvent]:
+        """Bytes `direction` (the client, or the host) sent towards the other side."""
+        if self._closed:
+            return []
+        try:
+            return self._feed(direction, data)
+        except Exception as exc:  # noqa: BLE001
+            # A bug here must not cut genuine traffic: stop watching, keep relaying.
+            self._closed = True
+            return [ObserverNote(direction, f"observer error, no longer decoding: {exc!r}")]
 
-    def server_data(self, data: bytes) -> list[ObserverEvent]:
-        """Bytes the host sent towards the client."""
-        return self._guarded("server", data)
+    def connection_closed(self, by: Direction) -> list[ObserverEvent]:
+        """`by` closed the connection: what it leaves unanswered, once per conversation.
 
-    def server_closed(self) -> list[ObserverEvent]:
-        """The host closed the connection: a ConnectionClosed if it did so on a broken call."""
+        The host closing on a broken or pending call is a ConnectionClosed; the client leaving
+        with calls in flight is only noted.
+        """
         if self._closed:
             return []
         self._closed = True
+        if by == "client":
+            if self._calls:
+                note = f"client left with {len(self._calls)} unanswered call(s)"
+                return [ObserverNote("client", note)]
+            return []
         if self._calls:
             problem = f" after: {self._client_problem}" if self._client_problem else ""
             return [
@@ -174,44 +150,30 @@ class ConversationObserver:
             return [ConnectionClosed(f"upstream closed after: {self._client_problem}")]
         return []
 
-    def client_closed(self) -> list[ObserverEvent]:
-        """The client closed the connection; unanswered calls are noted."""
-        if self._closed:
-            return []
-        self._closed = True
-        if self._calls:
-            return [
-                ObserverNote("client", f"client left with {len(self._calls)} unanswered call(s)")
-            ]
-        return []
-
     # -- framing ---------------------------------------------------------------------------
 
-    def _guarded(self, direction: Direction, data: bytes) -> list[ObserverEvent]:
-        if self._closed:
-            return []
-        try:
-            return self._feed(direction, data)
-        except Exception as exc:  # noqa: BLE001
-            # A bug here must not cut genuine traffic: stop watching, keep relaying.
-            self._closed = True
-            return [ObserverNote(direction, f"observer error, no longer decoding: {exc!r}")]
-
     def _feed(self, direction: Direction, data: bytes) -> list[ObserverEvent]:
-        framer = self._client if direction == "client" else self._server
-        if framer.failed:
+        if direction in self._opaque:
             # Opaque bytes still count as life on the connection (see `progress`).
             self.progress += 1
             return []
-        pdus, failure = framer.feed(data)
+        framer = self._framers[direction]
+        framer.feed(data)
         events: list[ObserverEvent] = []
-        for raw in pdus:
+        while True:
+            try:
+                raw = framer.next_pdu()
+            except ProtocolError as exc:
+                # Without a trustworthy frag_length no later PDU boundary can be found.
+                self._opaque.add(direction)
+                self._fragments[direction] = FragmentReassembler()
+                self._problem(direction, str(exc))
+                events.append(ObserverNote(direction, f"{exc}; the rest passes undecoded"))
+                return events
+            if raw is None:
+                return events
             self.progress += 1
             events.extend(self._pdu(direction, raw))
-        if failure is not None:
-            self._problem(direction, failure)
-            events.append(ObserverNote(direction, f"{failure}; the rest passes undecoded"))
-        return events
 
     def _problem(
         self, direction: Direction, reason: str, call_id: int | None = None
@@ -250,26 +212,10 @@ class ConversationObserver:
         self, direction: Direction, call_id: int, flags: int, stub: bytes
     ) -> tuple[bytes | None, str | None]:
         """Join a multi-fragment call: (stub, None) when complete, (None, problem|None) else."""
-        first, last = bool(flags & rpc.PFC_FIRST_FRAG), bool(flags & rpc.PFC_LAST_FRAG)
-        if first and last:
-            self._fragments.pop(direction, None)
-            return stub, None
-        if first:
-            self._fragments[direction] = (call_id, bytearray(stub))
-            return None, None
-        started = self._fragments.get(direction)
-        if started is None or started[0] != call_id:
-            self._fragments.pop(direction, None)
-            return None, f"continuation fragment of call {call_id} without a first fragment"
-        buffer = started[1]
-        buffer += stub
-        if len(buffer) > MAX_REASSEMBLED_STUB:
-            del self._fragments[direction]
-            return None, f"fragmented call {call_id} too large to follow"
-        if not last:
-            return None, None
-        del self._fragments[direction]
-        return bytes(buffer), None
+        try:
+            return self._fragments[direction].add((call_id,), flags, stub), None
+        except ProtocolError as exc:
+            return None, str(exc)
 
     # -- client PDUs -----------------------------------------------------------------------
 

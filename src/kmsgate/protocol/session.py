@@ -9,20 +9,24 @@ from dataclasses import dataclass
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.engine import KmsEngine
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, RpcDecodeError
+from kmsgate.protocol.events import (
+    ActivationRefused,
+    ActivationServed,
+    BindCompleted,
+    ConnectionClosed,
+    Event,
+    FaultSent,
+)
+from kmsgate.protocol.framing import DEFAULT_MAX_PDU, FragmentReassembler, PduFramer
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import (
     DecodedRequest,
     KmsRequest,
-    KmsResponse,
     RandomBytes,
     decode_request,
     encode_response,
 )
 from kmsgate.protocol.ndr import TransferSyntax
-
-DEFAULT_MAX_PDU = 5840
-# A KMS request is a few hundred bytes; fragments beyond this are an attack, not a client.
-MAX_REASSEMBLED_STUB = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,57 +38,6 @@ class SessionSettings:
     btfn: bool = True
     hwid: bytes = bytes(8)
     max_pdu_size: int = DEFAULT_MAX_PDU
-
-
-@dataclass(frozen=True, slots=True)
-class BindCompleted:
-    """A bind or alter_context was answered."""
-
-    call_id: int
-    alter: bool
-    results: tuple[rpc.ContextResult, ...]
-    ndr64: bool
-    btfn_bits: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ActivationServed:
-    """A KMS request was answered with a response message."""
-
-    call_id: int
-    syntax: TransferSyntax
-    request: KmsRequest
-    response: KmsResponse
-
-
-@dataclass(frozen=True, slots=True)
-class ActivationRefused:
-    """A KMS request got an HRESULT error stub; `request` is None when it did not decode."""
-
-    call_id: int
-    syntax: TransferSyntax
-    request: KmsRequest | None
-    hresult: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class FaultSent:
-    """An RPC fault PDU was queued."""
-
-    call_id: int
-    status: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
-    """The peer broke the protocol: flush `data_to_send()` and close the connection."""
-
-    reason: str
-
-
-Event = BindCompleted | ActivationServed | ActivationRefused | FaultSent | ConnectionClosed
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +83,11 @@ class ServerSession:
         self._settings = settings
         self._random_bytes = random_bytes
         self._assoc_group_id = assoc_group_id or 1
-        self._buffer = bytearray()
+        self._framer = PduFramer(settings.max_pdu_size)
+        self._fragments = FragmentReassembler()
         self._outgoing = bytearray()
         self._ndr32_context: int | None = None
         self._ndr64_context: int | None = None
-        self._fragments: bytearray | None = None
-        self._fragment_call: tuple[int, int, int] | None = None
         self.closed = False
         self.requests_served = 0
         self.requests_answered = 0
@@ -151,27 +103,23 @@ class ServerSession:
         """Feed bytes from the peer; `now` is the host clock as FILETIME."""
         if self.closed:
             return []
-        self._buffer += data
+        framer = self._framer
+        framer.feed(data)
         events: list[Event] = []
-        while not self.closed and len(self._buffer) >= rpc.HEADER_SIZE:
+        while not self.closed:
             try:
-                header = rpc.parse_header(self._buffer)
+                raw = framer.next_pdu()
             except RpcDecodeError as exc:
                 events.append(self._close(str(exc)))
                 break
-            if header.frag_length > self._settings.max_pdu_size:
-                events.append(self._close(f"PDU of {header.frag_length} bytes is too large"))
+            if raw is None:
                 break
-            if len(self._buffer) < header.frag_length:
-                break
-            raw = bytes(self._buffer[: header.frag_length])
-            del self._buffer[: header.frag_length]
             events.extend(self._handle(raw, now))
         return events
 
     def _close(self, reason: str) -> ConnectionClosed:
         self.closed = True
-        self._buffer.clear()
+        self._framer.clear()
         return ConnectionClosed(reason)
 
     def _handle(self, raw: bytes, now: int) -> list[Event]:
@@ -225,7 +173,9 @@ class ServerSession:
 
     def _request(self, request: rpc.Request, now: int) -> list[Event]:
         try:
-            stub = self._reassemble(request)
+            stub = self._fragments.add(
+                (request.call_id, request.context_id, request.opnum), request.flags, request.stub
+            )
         except RpcDecodeError as exc:
             return [self._close(str(exc))]
         if stub is None:
@@ -275,25 +225,3 @@ class ServerSession:
         self.requests_answered += 1
         parsed = decoded.request if decoded else None
         return ActivationRefused(request.call_id, syntax, parsed, hresult, reason)
-
-    def _reassemble(self, request: rpc.Request) -> bytes | None:
-        """Join multi-fragment requests; None while more fragments are due."""
-        first = bool(request.flags & rpc.PFC_FIRST_FRAG)
-        last = bool(request.flags & rpc.PFC_LAST_FRAG)
-        if first and last and self._fragments is None:
-            return request.stub
-        if first:
-            self._fragments = bytearray()
-            self._fragment_call = (request.call_id, request.context_id, request.opnum)
-        if self._fragments is None:
-            raise RpcDecodeError("continuation fragment without a first fragment")
-        if self._fragment_call != (request.call_id, request.context_id, request.opnum):
-            raise RpcDecodeError("fragments of one call disagree on call_id, context or opnum")
-        self._fragments += request.stub
-        if len(self._fragments) > MAX_REASSEMBLED_STUB:
-            raise RpcDecodeError("fragmented request too large")
-        if not last:
-            return None
-        stub = bytes(self._fragments)
-        self._fragments = None
-        return stub

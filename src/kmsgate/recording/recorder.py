@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Protocol
 from kmsgate.catalog import Catalog
 from kmsgate.observability.logs import split_peer
 from kmsgate.observability.metrics import product_family_label
+from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.messages import KmsRequest
-from kmsgate.protocol.session import ActivationRefused, ActivationServed, Event
 from kmsgate.recording.drafts import DraftError, RecordDraft, record_from_draft
 
 if TYPE_CHECKING:

@@ -22,18 +22,17 @@ from kmsgate.config import ServeSettings
 from kmsgate.net import canonical_address
 from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics
+from kmsgate.protocol import crypto
 from kmsgate.protocol.counting import SeenClients
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
-from kmsgate.protocol.session import (
+from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
     ConnectionClosed,
     Event,
     FaultSent,
-    RequestPolicy,
-    ServerSession,
-    SessionSettings,
 )
+from kmsgate.protocol.session import RequestPolicy, ServerSession, SessionSettings
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.idle import IdleTimer
 from kmsgate.server.transport import peer_of
@@ -531,6 +530,7 @@ class KmsHost:
             self._servers.append(server)
         for host, port in self.addresses:
             log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        log.info("cipher: %s", crypto.CIPHER_BACKEND)
         if upstream is not None:
             log.info("relaying every connection to %s", self.settings.upstream)
             return

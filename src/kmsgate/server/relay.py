@@ -16,20 +16,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from kmsgate.protocol.engine import filetime_from_unix
-from kmsgate.protocol.observer import (
-    MAX_PENDING_CALLS,
-    ConversationObserver,
-    ObserverEvent,
-    ObserverNote,
-)
-from kmsgate.protocol.session import (
+from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
     ConnectionClosed,
     FaultSent,
-    PolicyRefusal,
-    RequestPolicy,
+    ObserverEvent,
+    ObserverNote,
 )
+from kmsgate.protocol.observer import MAX_PENDING_CALLS, ConversationObserver
+from kmsgate.protocol.session import PolicyRefusal, RequestPolicy
 from kmsgate.server.host import KmsHost
 from kmsgate.server.idle import IdleTimer
 from kmsgate.server.transport import peer_of
@@ -167,7 +163,7 @@ class RelayConnection(asyncio.Protocol):
         self._relay.stats.bytes_to_upstream += len(data)
         observer = self._observer
         before = observer.requests_seen
-        events = observer.client_data(data)
+        events = observer.receive_data("client", data)
         if observer.requests_seen != before:
             now = time.perf_counter()
             self._asked_at.extend([now] * (observer.requests_seen - before))
@@ -191,7 +187,7 @@ class RelayConnection(asyncio.Protocol):
             return
         if self._host.gateway is not None:
             self._host.gateway.forget(self.peer, self._end_reason)
-        self._handle(self._observer.client_closed())
+        self._handle(self._observer.connection_closed("client"))
         self._shutdown()
         self._host.release(self)
 
@@ -287,7 +283,7 @@ class RelayConnection(asyncio.Protocol):
         client = self._client
         if client is None or self._closing:
             return
-        events = self._observer.server_data(data)
+        events = self._observer.receive_data("server", data)
         withheld = self._police(events) if self._policy is not None else None
         if withheld is None:
             client.write(data)
@@ -333,7 +329,7 @@ class RelayConnection(asyncio.Protocol):
     def upstream_lost(self) -> None:
         """The upstream closed: so does the client, once it got what is buffered for it."""
         if not self._closing:  # a close of our own making says nothing about the upstream
-            self._handle(self._observer.server_closed())
+            self._handle(self._observer.connection_closed("server"))
         self._shutdown()
 
     def set_client_reading(self, reading: bool) -> None:

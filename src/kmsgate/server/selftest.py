@@ -10,9 +10,14 @@ import os
 import uuid
 
 from kmsgate.errors import KmsgateError
-from kmsgate.protocol.client_session import ClientSession
+from kmsgate.protocol.client_session import (
+    ClientSession,
+    expect_bind_accepted,
+    expect_response,
+)
 from kmsgate.protocol.engine import EngineConfig, KmsEngine
-from kmsgate.protocol.messages import KmsRequest, encode_request, verify_response
+from kmsgate.protocol.events import ClientEvent
+from kmsgate.protocol.messages import KmsRequest, encode_request
 from kmsgate.protocol.session import ServerSession, SessionSettings
 
 _EPID = "03612-00206-556-123727-03-1033-17763.0000-2972018"
@@ -27,17 +32,18 @@ def run_self_test(now: int) -> None:
     )
     client = ClientSession()
 
-    def exchange(data: bytes) -> bytes:
-        server.receive_data(data, now)
-        client.receive_data(server.data_to_send())
-        reply = client.next_pdu()
-        if reply is None:
+    def exchange() -> ClientEvent:
+        server.receive_data(client.data_to_send(), now)
+        events = client.receive_data(server.data_to_send())
+        if client.awaiting_alter_context:
+            server.receive_data(client.data_to_send(), now)
+            events = client.receive_data(server.data_to_send())
+        if not events:
             raise KmsgateError("self-test: the host did not answer")
-        return reply
+        return events[0]
 
-    alter = client.handle_bind_reply(exchange(client.bind()))
-    if alter is not None:
-        client.handle_bind_reply(exchange(alter))
+    client.send_bind()
+    expect_bind_accepted(exchange())
     for version in (4, 5, 6):
         request = KmsRequest(
             major_version=version,
@@ -49,6 +55,5 @@ def run_self_test(now: int) -> None:
             request_time=now,
             machine_name="kmsgate-self-test",
         )
-        message = encode_request(request, os.urandom(16))
-        answer = client.handle_response(exchange(client.request(message)))
-        verify_response(message, answer).raise_for_failure()
+        client.send_request(encode_request(request, os.urandom(16)))
+        expect_response(exchange()).verify().raise_for_failure()

@@ -1,0 +1,131 @@
+"""What the sans-IO sessions report: the host's and observer's events, and the client's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kmsgate.protocol import rpc
+from kmsgate.protocol.messages import DecodedRequest, KmsRequest, KmsResponse, VerifiedResponse
+from kmsgate.protocol.messages import verify_response as _verify_response
+from kmsgate.protocol.ndr import TransferSyntax
+
+# --- a conversation as the host sees it (ServerSession, ConversationObserver) -------------
+
+
+@dataclass(frozen=True, slots=True)
+class BindCompleted:
+    """A bind or alter_context was answered."""
+
+    call_id: int
+    alter: bool
+    results: tuple[rpc.ContextResult, ...]
+    ndr64: bool
+    btfn_bits: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationServed:
+    """A KMS request was answered with a response message."""
+
+    call_id: int
+    syntax: TransferSyntax
+    request: KmsRequest
+    response: KmsResponse
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationRefused:
+    """A KMS request got an HRESULT error stub; `request` is None when it did not decode."""
+
+    call_id: int
+    syntax: TransferSyntax
+    request: KmsRequest | None
+    hresult: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSent:
+    """An RPC fault PDU was queued."""
+
+    call_id: int
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer broke the protocol: flush `data_to_send()` and close the connection."""
+
+    reason: str
+
+
+Event = BindCompleted | ActivationServed | ActivationRefused | FaultSent | ConnectionClosed
+
+Direction = Literal["client", "server"]
+
+
+@dataclass(frozen=True, slots=True)
+class ObserverNote:
+    """Something in `direction`'s bytes the observer could not follow; they were relayed anyway."""
+
+    direction: Direction
+    reason: str
+    call_id: int | None = None
+
+
+ObserverEvent = Event | ObserverNote
+
+# --- a conversation as the client sees it (ClientSession) ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BindAccepted:
+    """The bind (and the alter_context it needed) is complete: requests may follow."""
+
+    ndr32: bool
+    ndr64: bool
+    btfn_bits: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BindRejected:
+    """The host answered the bind with a bind_nak."""
+
+    call_id: int
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The host answered a request with a KMS response message (not yet verified)."""
+
+    call_id: int
+    syntax: TransferSyntax
+    request_message: bytes
+    message: bytes
+
+    def verify(self, sent: DecodedRequest | None = None) -> VerifiedResponse:
+        """Decode the response and run every strict check against the request it answers."""
+        return _verify_response(self.request_message, self.message, sent=sent)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReceived:
+    """The host answered a request with an HRESULT other than success."""
+
+    call_id: int
+    syntax: TransferSyntax
+    hresult: int
+
+
+@dataclass(frozen=True, slots=True)
+class FaultReceived:
+    """The host answered a request with an RPC fault PDU."""
+
+    call_id: int
+    status: int
+
+
+ClientEvent = BindAccepted | BindRejected | ResponseReceived | ErrorReceived | FaultReceived
