@@ -229,7 +229,7 @@ class Service:
         from kmsgate.server.web_listener import start_web_listener
         from kmsgate.web.app import create_app
         from kmsgate.web.health import StoreHealth
-        from kmsgate.web.pages import KmsAddress
+        from kmsgate.web.portal import KmsAddress
 
         assert self.store is not None and self.host is not None
         settings = self.settings
