@@ -12,20 +12,20 @@ from starlette.responses import Response
 
 from kmsgate.store.errors import StoreError
 from kmsgate.web.auth import client_ip, safe_next
-from kmsgate.web.context import Web
+from kmsgate.web.context import Web, WebContext
 from kmsgate.web.forms import read_form
 from kmsgate.web.proxies import client_address
 
 router = APIRouter(include_in_schema=False)
 
 
-def _landing(web: Web, next_url: str | None) -> str:
+def _landing(web: WebContext, next_url: str | None) -> str:
     # A bare "/" means "the dashboard", which is not / when the user portal owns it.
     target = safe_next(next_url)
     return web.renderer.home if target == "/" else target
 
 
-async def _has_admin(web: Web) -> bool:
+async def _has_admin(web: WebContext) -> bool:
     # Only a hint for the very first login: a store that does not answer shows none.
     try:
         return await web.authenticator.store.has_admin()
@@ -35,7 +35,7 @@ async def _has_admin(web: Web) -> bool:
 
 async def _login_page(
     request: Request,
-    web: Web,
+    web: WebContext,
     next_url: str,
     *,
     status: int = 200,

@@ -235,7 +235,8 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 async def _portal(web: Web) -> Portal:
-    assert web.portal is not None, "the portal routes are only served in gateway mode"
+    # create_app includes these routes only in gateway mode, where the context has a portal.
+    assert web.portal is not None
     return web.portal
 
 
@@ -246,6 +247,7 @@ router = APIRouter()
 def _form_page(
     request: Request,
     web: WebContext,
+    portal: Portal,
     *,
     status: int = 200,
     message: str = "",
@@ -261,7 +263,6 @@ def _form_page(
     quota = None
     if outcome is not None and outcome.usage is not None:
         quota = quota_model(outcome.usage, outcome.quota_week, outcome.quota_month)
-    assert web.portal is not None
     response = web.renderer.page(
         request,
         "portal.html",
@@ -271,7 +272,7 @@ def _form_page(
             "message": message,
             "username": username,
             "address": client_address(request),
-            "seconds": int(web.portal.gateway.window.total_seconds()),
+            "seconds": int(portal.gateway.window.total_seconds()),
             "quota": quota,
         },
         status=status,
@@ -292,7 +293,7 @@ def _retry_headers(attempt: PortalAttempt) -> dict[str, str] | None:
 async def portal_form(request: Request, web: Web, portal: PortalDep) -> Response:
     """The login form of the user portal."""
     request.state.admin = None
-    return _form_page(request, web)
+    return _form_page(request, web, portal)
 
 
 @router.post("/", response_class=HTMLResponse, include_in_schema=False)
@@ -306,17 +307,18 @@ async def portal_login(request: Request, web: Web, portal: PortalDep) -> Respons
         request.cookies.get(codec.csrf_cookie), form.get("csrf_token", "")
     ):
         message = "The login form expired. Please try again."
-        return _form_page(request, web, status=400, message=message, username=username)
+        return _form_page(request, web, portal, status=400, message=message, username=username)
     address = client_address(request)
     if address is None:
         message = "Your IP address cannot be determined, so no window can be opened."
-        return _form_page(request, web, status=400, message=message, username=username)
+        return _form_page(request, web, portal, status=400, message=message, username=username)
     attempt = await portal.login(address, form.get("username", ""), form.get("password", ""))
     outcome = attempt.outcome
     if outcome is None or outcome.window is None:
         return _form_page(
             request,
             web,
+            portal,
             status=attempt.status,
             message=attempt.message,
             username=username,
