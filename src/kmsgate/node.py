@@ -261,7 +261,7 @@ class Node:
         from kmsgate.server.web_listener import start_web_listener
         from kmsgate.web.app import create_app
         from kmsgate.web.health import StoreHealth
-        from kmsgate.web.pages import KmsAddress
+        from kmsgate.web.portal_login import KmsAddress
 
         settings = self.settings
         public_host, public_port = (

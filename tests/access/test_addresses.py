@@ -16,8 +16,7 @@ from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
-from kmsgate.web.portal import client_address
-from tests.web.test_portal import request_from
+from tests.web.test_portal import forwarded_client
 
 PROXY = [ipaddress.ip_network("127.0.0.0/8")]
 
@@ -29,12 +28,13 @@ PROXY = [ipaddress.ip_network("127.0.0.0/8")]
         ("::ffff:127.0.0.1", ("::ffff:10.1.2.4",), "10.1.2.4"),  # a proxy forwarding mapped
         ("127.0.0.1", ("[::ffff:10.1.2.5]:5555",), "10.1.2.5"),
         ("::ffff:127.0.0.1", ("10.1.2.6", "127.0.0.9"), "10.1.2.6"),  # trusted hop skipped
+        ("127.0.0.1", ("10.1.2.7, ::ffff:127.0.0.8",), "10.1.2.7"),  # mapped trusted hop
     ],
 )
-def test_portal_addresses_are_canonical(
+async def test_portal_addresses_are_canonical(
     peer: str, forwarded: tuple[str, ...], expected: str
 ) -> None:
-    assert client_address(request_from(peer, *forwarded), PROXY) == expected
+    assert await forwarded_client(peer, *forwarded, proxies=PROXY) == expected
 
 
 def test_policies_and_nftables_see_the_ipv4_address() -> None:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from kmsgate.access.audit_csv import CSV_COLUMNS, csv_cell
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent
-from kmsgate.web.audit import AuditKind
+from kmsgate.web.filters import AuditKind
 from tests.web.browser import NODE, NOW, login
 from tests.web.test_portal import (
     PEER,

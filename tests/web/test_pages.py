@@ -21,7 +21,9 @@ from kmsgate.catalog import default_catalog
 from kmsgate.config import parse_public_address
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
-from kmsgate.web.pages import KmsAddress, _nice_ceiling, hour_chart, product_bars, url_with
+from kmsgate.web.charts import hour_chart, nice_ceiling, product_bars
+from kmsgate.web.portal_login import KmsAddress
+from kmsgate.web.render import url_with
 from tests.web.browser import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -286,8 +288,8 @@ async def test_hour_chart_geometry() -> None:
     ("value", "expected"),
     [(0, 1), (1, 1), (3, 5), (7, 10), (10, 10), (11, 20), (250, 500), (999, 1000)],
 )
-async def test_nice_ceiling(value: int, expected: int) -> None:
-    assert _nice_ceiling(value) == expected
+async def testnice_ceiling(value: int, expected: int) -> None:
+    assert nice_ceiling(value) == expected
 
 
 async def test_product_bars_and_urls() -> None:

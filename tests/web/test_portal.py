@@ -21,6 +21,8 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from kmsgate.access.accounts.backends import build_backend
 from kmsgate.access.accounts.base import LocalSettings, SqlSettings
@@ -30,7 +32,8 @@ from kmsgate.catalog import default_catalog
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.web import create_app
-from kmsgate.web.portal import PortalLimiter, client_address, parse_address
+from kmsgate.web.portal_login import PortalLimiter
+from kmsgate.web.proxies import client_address, trusted_hosts
 from tests.web.browser import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -504,17 +507,29 @@ async def fuzz_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 # ---------------------------------------------------------------- client address
 
 
-def request_from(peer: str | None, *forwarded: str) -> Request:
-    """A bare Starlette request from `peer` with X-Forwarded-For headers."""
-    headers = [(b"x-forwarded-for", value.encode("latin-1")) for value in forwarded]
+async def forwarded_client(
+    peer: str | None, *forwarded: str, proxies: Sequence[Network] = ()
+) -> str | None:
+    """The client address the app sees for a request from `peer` with these X-Forwarded-For
+    headers, behind the same proxy-headers middleware create_app installs."""
+    seen: list[str | None] = []
+
+    async def record(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(client_address(Request(scope)))
+
+    app = (
+        ProxyHeadersMiddleware(record, trusted_hosts=trusted_hosts(proxies)) if proxies else record
+    )
     scope: dict[str, Any] = {
         "type": "http",
         "method": "GET",
         "path": "/",
-        "headers": headers,
+        "headers": [(b"x-forwarded-for", value.encode("latin-1")) for value in forwarded],
         "client": (peer, 1234) if peer is not None else None,
     }
-    return Request(scope)
+    await app(scope, None, None)  # type: ignore[arg-type]
+    [address] = seen
+    return address
 
 
 PROXIES = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ff::/48")]
@@ -532,33 +547,57 @@ PROXIES = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ff
         ("10.0.0.5", ["192.0.2.66, 198.51.100.1"], "198.51.100.1"),
         ("10.0.0.5", ["192.0.2.66, 198.51.100.1, 10.1.1.1"], "198.51.100.1"),
         ("10.0.0.5", ["192.0.2.66", "198.51.100.1, 10.9.9.9"], "198.51.100.1"),
-        ("10.0.0.5", ["198.51.100.1, garbage, , 999.1.1.1, unknown"], "198.51.100.1"),
         ("10.0.0.5", ["[2001:db8::7]:443, 10.2.2.2"], "2001:db8::7"),
         ("10.0.0.5", ["198.51.100.1:5555"], "198.51.100.1"),
         ("10.0.0.5", ["::ffff:198.51.100.1"], "198.51.100.1"),
+        ("10.0.0.5", ["198.51.100.1, ::ffff:10.7.7.7"], "198.51.100.1"),  # a mapped proxy hop
+        ("::ffff:10.0.0.5", ["198.51.100.1"], "198.51.100.1"),  # a dual-stack listener's peer
         ("2001:db8:ff::2", ["2001:db8::9"], "2001:db8::9"),
         # Only proxies in the chain: the left-most hop started it; none at all: the peer.
         ("10.0.0.5", ["10.3.3.3, 10.4.4.4"], "10.3.3.3"),
         ("10.0.0.5", [], "10.0.0.5"),
-        ("10.0.0.5", ["garbage"], "10.0.0.5"),
+        ("10.0.0.5", [""], "10.0.0.5"),
+        # No address where the client should be: unknown, and nothing further left (which
+        # anyone can write) is believed instead.
+        ("10.0.0.5", ["198.51.100.1, garbage, , 999.1.1.1, unknown"], None),
+        ("10.0.0.5", ["198.51.100.1, 10.1.1.1:x"], None),
+        ("10.0.0.5", ["garbage"], None),
         # Not an address at all.
         ("testclient", ["198.51.100.1"], None),
         (None, [], None),
     ],
 )
-def test_client_address(peer: str | None, forwarded: list[str], expected: str | None) -> None:
-    assert client_address(request_from(peer, *forwarded), PROXIES) == expected
+async def test_client_address(peer: str | None, forwarded: list[str], expected: str | None) -> None:
+    assert await forwarded_client(peer, *forwarded, proxies=PROXIES) == expected
 
 
-def test_client_address_without_trusted_proxies() -> None:
-    assert client_address(request_from("10.0.0.5", "198.51.100.1")) == "10.0.0.5"
+async def test_client_address_without_trusted_proxies() -> None:
+    assert await forwarded_client("10.0.0.5", "198.51.100.1") == "10.0.0.5"
 
 
-@pytest.mark.parametrize(
-    "text", ["", "1.2.3", "1.2.3.4:", "1.2.3.4:x", "[::1", "[::1]x", "[::1]:99999999", "a" * 70]
-)
-def test_parse_address_rejects_malformed(text: str) -> None:
-    assert parse_address(text) is None
+@pytest.mark.parametrize("text", ["1.2.3", "1.2.3.4:", "1.2.3.4:x", "[::1", "[::1]x", "a" * 70])
+async def test_malformed_forwarded_client_is_unknown(text: str) -> None:
+    assert await forwarded_client("10.0.0.5", f"192.0.2.1, {text}", proxies=PROXIES) is None
+
+
+async def test_spoofed_entry_left_of_a_malformed_one_opens_no_window(tmp_path: Path) -> None:
+    # A proxy that writes no address for its peer (nginx writes "unix:" for a Unix socket)
+    # leaves only the client's own header to the left: believing it would open a window
+    # for whatever address the client names.
+    proxies = [ipaddress.ip_network("10.0.0.0/8")]
+    async with portal_env(tmp_path, trust_proxy=proxies, peer="10.0.0.5") as env:
+        spoofed = {"x-forwarded-for": "192.0.2.99, unix:"}
+        api = await env.client.post(
+            "/api/login", json={"username": USER, "password": USER_PASSWORD}, headers=spoofed
+        )
+        assert api.status_code == 400
+        assert api.json() == {"detail": "cannot determine the client address"}
+        form = await portal_login(env.client, headers=spoofed)
+        assert form.status_code == 400
+        assert "Your IP address cannot be determined" in text_of(form.text)
+        for address in ("192.0.2.99", "10.0.0.5"):
+            assert await env.gateway.store.consume_window(address, NOW, NODE) is None
+        assert [e.kind for e in await env.audit()] == []
 
 
 async def test_trust_proxy_decides_the_window_address(tmp_path: Path) -> None:

@@ -255,7 +255,7 @@ async def start_web_listener(
         access_log=False,
         lifespan="off",
         server_header=False,
-        # Only --trust-proxy decides whose X-Forwarded-For is believed.
+        # The app applies --trust-proxy itself (web/proxies.py), so only those proxies count.
         proxy_headers=False,
         ssl_certfile=cert,
         ssl_keyfile=key,

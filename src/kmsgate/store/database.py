@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, get_args
 
@@ -93,41 +93,21 @@ _PROBE_ROW = {"name": "store:write_probes", "value": 1}
 T = TypeVar("T")
 
 
-def _client_row(row: Row[Any]) -> ClientRow:
+_Row = TypeVar("_Row", ClientRow, ActivationRow)
+
+
+def _from_columns(cls: type[_Row], row: Row[Any]) -> _Row:
+    """A records.py row from the selected columns named like its fields."""
     m = row._mapping
-    return ClientRow(
-        cmid=m["cmid"],
-        machine_name=m["machine_name"],
-        application_id=m["application_id"],
-        sku_id=m["sku_id"],
-        sku_name=m["sku_name"],
-        kms_id=m["kms_id"],
-        license_status=m["license_status"],
-        first_seen=m["first_seen"],
-        last_seen=m["last_seen"],
-        request_count=m["request_count"],
-        last_epid=m["last_epid"],
-        last_address=m["last_address"],
-        last_protocol=m["last_protocol"],
-    )
+    return cls(**{f.name: m[f.name] for f in fields(cls)})
+
+
+def _client_row(row: Row[Any]) -> ClientRow:
+    return _from_columns(ClientRow, row)
 
 
 def _activation_row(row: Row[Any]) -> ActivationRow:
-    m = row._mapping
-    return ActivationRow(
-        id=m["id"],
-        time=m["time"],
-        cmid=m["cmid"],
-        machine_name=m["machine_name"],
-        address=m["address"],
-        sku_id=m["sku_id"],
-        sku_name=m["sku_name"],
-        license_status=m["license_status"],
-        protocol=m["protocol"],
-        result=m["result"],
-        hresult=m["hresult"],
-        node=m["node"],
-    )
+    return _from_columns(ActivationRow, row)
 
 
 def _user(row: Row[Any]) -> User:

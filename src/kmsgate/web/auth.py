@@ -376,5 +376,5 @@ def safe_next(target: str | None) -> str:
 
 
 def client_ip(request: Request) -> str:
-    """The peer address, ignoring proxies (create_app resolves --trust-proxy on top of this)."""
+    """The request's client as given (behind a trusted proxy: its client), or "unknown"."""
     return request.client.host if request.client else "unknown"

@@ -2,177 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response
 
 from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
-from kmsgate.access.gateway import Gateway, LoginOutcome
-from kmsgate.access.throttle import LoginThrottle as PortalLimiter
+from kmsgate.access.gateway import LoginOutcome
 from kmsgate.auth.passwords import MAX_PASSWORD_LENGTH
-from kmsgate.net import canonical_address
-from kmsgate.store.errors import StoreError
-from kmsgate.store.gateway import AuditEvent, QuotaUsage, Window
-from kmsgate.web.api import ErrorModel
-from kmsgate.web.auth import SessionCodec
-from kmsgate.web.pages import KmsAddress, Renderer, _read_form
+from kmsgate.store.gateway import QuotaUsage
+from kmsgate.web.context import Web, WebContext
+from kmsgate.web.errors import ErrorModel
+from kmsgate.web.forms import read_form, read_json
+from kmsgate.web.portal_login import (
+    Portal,
+    PortalAttempt,
+    as_utc,
+    window_seconds,
+)
+from kmsgate.web.proxies import client_address
 
 log = logging.getLogger("kmsgate.web.portal")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-MAX_JSON_BYTES = 8192
-# Account backends run argon2 or a network round trip per login: bound how many run at once.
-MAX_CONCURRENT_LOGINS = 8
-UNAVAILABLE_RETRY = 30
-
-
-# ---------------------------------------------------------------- client address
-
-
-def parse_address(text: str) -> IPAddress | None:
-    """An IP of a peer or X-Forwarded-For entry (`[v6]:port`, `v4:port` too); None if malformed."""
-    text = text.strip()
-    if not text or len(text) > 64:
-        return None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not _is_port(rest)):
-            return None
-        text = host
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-        if not _is_port(":" + port):
-            return None
-        text = host
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d; the KMS host sees a.b.c.d.
-    return ipaddress.ip_address(canonical_address(str(address)))
-
-
-def _is_port(text: str) -> bool:
-    return text.startswith(":") and 1 < len(text) <= 6 and text[1:].isascii() and text[1:].isdigit()
-
-
-def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
-    return any(address in network for network in proxies)
-
-
-def client_address(request: Request, trust_proxy: Sequence[IPNetwork] = ()) -> str | None:
-    """The client's IP: the peer, or behind a trusted proxy the right-most untrusted XFF entry.
-
-    Malformed X-Forwarded-For entries are skipped; None when the peer itself is no IP address.
-    """
-    peer = parse_address(request.client.host) if request.client else None
-    if peer is None:
-        return None
-    if not _trusted(peer, trust_proxy):
-        return str(peer)
-    hops = [
-        address
-        for header in request.headers.getlist("x-forwarded-for")
-        for entry in header.split(",")
-        if (address := parse_address(entry)) is not None
-    ]
-    for address in reversed(hops):
-        if not _trusted(address, trust_proxy):
-            return str(address)
-    # Every hop is a trusted proxy: the left-most one is where the request started.
-    return str(hops[0] if hops else peer)
-
-
-# ---------------------------------------------------------------- login
-
-
-@dataclass(frozen=True, slots=True)
-class PortalAttempt:
-    """A portal login's answer: HTTP status, message, the gateway's outcome when it was asked."""
-
-    status: int
-    message: str
-    outcome: LoginOutcome | None = None
-    retry_after: float = 0.0
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def window_seconds(window: Window) -> int:
-    """How long the window stays open, in whole seconds."""
-    return max(0, int((_utc(window.expires_at) - _utc(window.granted_at)).total_seconds()))
-
-
-class Portal:
-    """Rate limits logins, asks the gateway, and audits lockouts."""
-
-    def __init__(self, gateway: Gateway, limiter: PortalLimiter) -> None:
-        """gateway: opens windows and audits logins; limiter: the portal's failure counts."""
-        self.gateway = gateway
-        self.limiter = limiter
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOGINS)
-
-    def _locked(self, wait: float) -> PortalAttempt:
-        minutes = max(1, round(wait / 60))
-        plural = "s" if minutes != 1 else ""
-        return PortalAttempt(
-            429, f"Too many failed logins. Try again in about {minutes} minute{plural}.", None, wait
-        )
-
-    def _audit_lockout(self, address: str, username: str, wait: float) -> None:
-        gateway = self.gateway
-        log.warning("portal logins of %r from %s locked out", username[:64], address)
-        gateway.audit.submit(
-            AuditEvent(
-                time=gateway.clock(),
-                kind="login_locked",
-                node=gateway.node,
-                username=username.strip()[:MAX_USERNAME_LENGTH],
-                address=address,
-                backend=gateway.backend.name,
-                detail=f"too many failed logins: locked for {math.ceil(wait)} s",
-            )
-        )
-
-    async def login(self, address: str, username: str, password: str) -> PortalAttempt:
-        """Check the limiter, then the gateway; the password goes nowhere but the gateway."""
-        wait = self.limiter.retry_after(address, username)
-        if wait > 0:
-            return self._locked(wait)
-        self.limiter.begin(address, username)
-        try:
-            async with self._slots:
-                outcome = await self.gateway.login(username, password, address)
-        except StoreError as exc:
-            self.limiter.release(address, username)
-            log.warning("portal login failed: store unavailable: %s", exc)
-            message = "The service is unavailable; try again shortly."
-            return PortalAttempt(503, message, None, UNAVAILABLE_RETRY)
-        if outcome.status in (200, 403):
-            self.limiter.success(address, username)
-        elif outcome.status == 503:
-            self.limiter.release(address, username)
-            return PortalAttempt(503, outcome.message, outcome, UNAVAILABLE_RETRY)
-        else:
-            wait = self.limiter.retry_after(address, username)
-            if wait > 0:  # this failure started the lockout: audit it once
-                self._audit_lockout(address, username, wait)
-        return PortalAttempt(outcome.status, outcome.message, outcome)
-
-
 # ---------------------------------------------------------------- JSON models
 
 
@@ -227,12 +82,12 @@ def quota_model(usage: QuotaUsage | None, week: int | None, month: int | None) -
         week=QuotaPeriod(
             used=usage.week_used,
             limit=week,
-            resets_at=_utc(usage.week_resets_at) if usage.week_resets_at else None,
+            resets_at=as_utc(usage.week_resets_at) if usage.week_resets_at else None,
         ),
         month=QuotaPeriod(
             used=usage.month_used,
             limit=month,
-            resets_at=_utc(usage.month_resets_at) if usage.month_resets_at else None,
+            resets_at=as_utc(usage.month_resets_at) if usage.month_resets_at else None,
         ),
         open_windows=usage.open_windows,
     )
@@ -265,20 +120,6 @@ _LOGIN_RESPONSES: dict[int | str, dict[str, Any]] = {
 # ---------------------------------------------------------------- routes
 
 
-async def _read_json(request: Request) -> bytes | JSONResponse:
-    """The raw body, or the error response for a wrong type or an oversized body."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        # Requiring JSON also stops other sites from posting here with a plain HTML form.
-        return JSONResponse({"detail": "expected an application/json body"}, 415)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            return JSONResponse({"detail": "body too large"}, 413)
-    return bytes(body)
-
-
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """Error locations and messages without the input (which may be a password)."""
     return [
@@ -287,148 +128,150 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def build_portal_router(
+async def _portal(web: Web) -> Portal:
+    # create_app includes these routes only in gateway mode, where the context has a portal.
+    assert web.portal is not None
+    return web.portal
+
+
+PortalDep = Annotated[Portal, Depends(_portal)]
+router = APIRouter()
+
+
+def _form_page(
+    request: Request,
+    web: WebContext,
     portal: Portal,
-    codec: SessionCodec,
-    renderer: Renderer,
     *,
-    resolve_address: Callable[[Request], str | None],
-    kms_address: KmsAddress | None = None,
-) -> APIRouter:
-    """GET/POST / (the user portal's login form) and POST /api/login (the same, as JSON).
-
-    kms_address: the KMS host and port shown in the slmgr and ospp.vbs lines.
-    """
-    kms_address = kms_address or KmsAddress()
-    router = APIRouter()
-    gateway = portal.gateway
-
-    def form_page(
-        request: Request,
-        *,
-        status: int = 200,
-        message: str = "",
-        username: str = "",
-        outcome: LoginOutcome | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        token = codec.login_csrf_token(request.cookies.get(codec.csrf_cookie))
-        signed = None
-        if token is None:
-            token, signed = codec.new_login_csrf()
-        quota = None
-        if outcome is not None and outcome.usage is not None:
-            quota = quota_model(outcome.usage, outcome.quota_week, outcome.quota_month)
-        response = renderer.page(
-            request,
-            "portal.html",
-            {
-                "title": "Activate",
-                "csrf_token": token,
-                "message": message,
-                "username": username,
-                "address": resolve_address(request),
-                "seconds": int(gateway.window.total_seconds()),
-                "quota": quota,
-            },
-            status=status,
-            headers=headers,
-        )
-        if signed is not None:
-            codec.set_login_csrf(response, signed)
-        return response
-
-    def retry_headers(attempt: PortalAttempt) -> dict[str, str] | None:
-        if attempt.retry_after <= 0:
-            return None
-        return {"Retry-After": str(math.ceil(attempt.retry_after))}
-
-    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def portal_form(request: Request) -> Response:
-        """The login form of the user portal."""
-        request.state.admin = None
-        return form_page(request)
-
-    @router.post("/", response_class=HTMLResponse, include_in_schema=False)
-    async def portal_login(request: Request) -> Response:
-        """Check CSRF, rate limit and credentials; show the window or why there is none."""
-        request.state.admin = None
-        form = await _read_form(request)
-        username = form.get("username", "").strip()[:MAX_USERNAME_LENGTH]
-        if not codec.check_login_csrf(
-            request.cookies.get(codec.csrf_cookie), form.get("csrf_token", "")
-        ):
-            message = "The login form expired. Please try again."
-            return form_page(request, status=400, message=message, username=username)
-        address = resolve_address(request)
-        if address is None:
-            message = "Your IP address cannot be determined, so no window can be opened."
-            return form_page(request, status=400, message=message, username=username)
-        attempt = await portal.login(address, form.get("username", ""), form.get("password", ""))
-        outcome = attempt.outcome
-        if outcome is None or outcome.window is None:
-            return form_page(
-                request,
-                status=attempt.status,
-                message=attempt.message,
-                username=username,
-                outcome=outcome,
-                headers=retry_headers(attempt),
-            )
-        window = outcome.window
-        return renderer.page(
-            request,
-            "portal_result.html",
-            {
-                "title": "Activate now",
-                "window": window,
-                "seconds": window_seconds(window),
-                "message": outcome.message,
-                "quota": quota_model(outcome.usage, outcome.quota_week, outcome.quota_month),
-                "kms": kms_address.commands(request.url.hostname),
-            },
-        )
-
-    @router.post(
-        "/api/login",
-        tags=["portal"],
-        summary="Open an activation window",
-        response_model=LoginResponse,
-        responses=_LOGIN_RESPONSES,
-        openapi_extra=_login_schema(),
+    status: int = 200,
+    message: str = "",
+    username: str = "",
+    outcome: LoginOutcome | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    codec = web.authenticator.codec
+    token = codec.login_csrf_token(request.cookies.get(codec.csrf_cookie))
+    signed = None
+    if token is None:
+        token, signed = codec.new_login_csrf()
+    quota = None
+    if outcome is not None and outcome.usage is not None:
+        quota = quota_model(outcome.usage, outcome.quota_week, outcome.quota_month)
+    response = web.renderer.page(
+        request,
+        "portal.html",
+        {
+            "title": "Activate",
+            "csrf_token": token,
+            "message": message,
+            "username": username,
+            "address": client_address(request),
+            "seconds": int(portal.gateway.window.total_seconds()),
+            "quota": quota,
+        },
+        status=status,
+        headers=headers,
     )
-    async def api_login(request: Request) -> Response:
-        """Log in with a portal account: the caller's address may then activate once, soon.
+    if signed is not None:
+        codec.set_login_csrf(response, signed)
+    return response
 
-        For scripts; no cookie and no CSRF token, but the same rate limit as the login form.
-        """
-        body = await _read_json(request)
-        if isinstance(body, JSONResponse):
-            return body
-        try:
-            credentials = LoginRequest.model_validate_json(body)
-        except ValidationError as exc:
-            return JSONResponse({"detail": _validation_errors(exc)}, 422)
-        address = resolve_address(request)
-        if address is None:
-            return JSONResponse({"detail": "cannot determine the client address"}, 400)
-        attempt = await portal.login(address, credentials.username, credentials.password)
-        outcome = attempt.outcome
-        if outcome is None or outcome.window is None:
-            return JSONResponse(
-                {"detail": attempt.message}, attempt.status, headers=retry_headers(attempt)
-            )
-        window = outcome.window
-        answer = LoginResponse(
-            window=WindowModel(
-                id=window.id,
-                address=window.address,
-                expires_at=_utc(window.expires_at),
-                seconds=window_seconds(window),
-            ),
-            quota=quota_model(outcome.usage, outcome.quota_week, outcome.quota_month),
-            message=outcome.message,
+
+def _retry_headers(attempt: PortalAttempt) -> dict[str, str] | None:
+    if attempt.retry_after <= 0:
+        return None
+    return {"Retry-After": str(math.ceil(attempt.retry_after))}
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def portal_form(request: Request, web: Web, portal: PortalDep) -> Response:
+    """The login form of the user portal."""
+    request.state.admin = None
+    return _form_page(request, web, portal)
+
+
+@router.post("/", response_class=HTMLResponse, include_in_schema=False)
+async def portal_login(request: Request, web: Web, portal: PortalDep) -> Response:
+    """Check CSRF, rate limit and credentials; show the window or why there is none."""
+    request.state.admin = None
+    codec = web.authenticator.codec
+    form = await read_form(request)
+    username = form.get("username", "").strip()[:MAX_USERNAME_LENGTH]
+    if not codec.check_login_csrf(
+        request.cookies.get(codec.csrf_cookie), form.get("csrf_token", "")
+    ):
+        message = "The login form expired. Please try again."
+        return _form_page(request, web, portal, status=400, message=message, username=username)
+    address = client_address(request)
+    if address is None:
+        message = "Your IP address cannot be determined, so no window can be opened."
+        return _form_page(request, web, portal, status=400, message=message, username=username)
+    attempt = await portal.login(address, form.get("username", ""), form.get("password", ""))
+    outcome = attempt.outcome
+    if outcome is None or outcome.window is None:
+        return _form_page(
+            request,
+            web,
+            portal,
+            status=attempt.status,
+            message=attempt.message,
+            username=username,
+            outcome=outcome,
+            headers=_retry_headers(attempt),
         )
-        return JSONResponse(answer.model_dump(mode="json"))
+    window = outcome.window
+    return web.renderer.page(
+        request,
+        "portal_result.html",
+        {
+            "title": "Activate now",
+            "window": window,
+            "seconds": window_seconds(window),
+            "message": outcome.message,
+            "quota": quota_model(outcome.usage, outcome.quota_week, outcome.quota_month),
+            "kms": web.kms_address.commands(request.url.hostname),
+        },
+    )
 
-    return router
+
+@router.post(
+    "/api/login",
+    tags=["portal"],
+    summary="Open an activation window",
+    response_model=LoginResponse,
+    responses=_LOGIN_RESPONSES,
+    openapi_extra=_login_schema(),
+)
+async def api_login(request: Request, portal: PortalDep) -> Response:
+    """Log in with a portal account: the caller's address may then activate once, soon.
+
+    For scripts; no cookie and no CSRF token, but the same rate limit as the login form.
+    """
+    body = await read_json(request)
+    if isinstance(body, JSONResponse):
+        return body
+    try:
+        credentials = LoginRequest.model_validate_json(body)
+    except ValidationError as exc:
+        return JSONResponse({"detail": _validation_errors(exc)}, 422)
+    address = client_address(request)
+    if address is None:
+        return JSONResponse({"detail": "cannot determine the client address"}, 400)
+    attempt = await portal.login(address, credentials.username, credentials.password)
+    outcome = attempt.outcome
+    if outcome is None or outcome.window is None:
+        return JSONResponse(
+            {"detail": attempt.message}, attempt.status, headers=_retry_headers(attempt)
+        )
+    window = outcome.window
+    answer = LoginResponse(
+        window=WindowModel(
+            id=window.id,
+            address=window.address,
+            expires_at=as_utc(window.expires_at),
+            seconds=window_seconds(window),
+        ),
+        quota=quota_model(outcome.usage, outcome.quota_week, outcome.quota_month),
+        message=outcome.message,
+    )
+    return JSONResponse(answer.model_dump(mode="json"))

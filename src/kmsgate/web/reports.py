@@ -9,34 +9,36 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
-from fastapi.security import APIKeyCookie
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from kmsgate.access.audit_csv import csv_cell
-from kmsgate.catalog import Catalog
-from kmsgate.store.database import Store
 from kmsgate.store.reports import (
-    MAX_STALE_DAYS,
     MAX_STALE_LIMIT,
     Month,
     MonthlyReport,
-    ReportStore,
     StaleMachine,
     StaleReport,
 )
-from kmsgate.web.api import PRINTABLE_ASCII, CursorParam, ErrorModel
-from kmsgate.web.auth import Admin, Authenticator
-from kmsgate.web.pages import LoginRequired, Renderer, product_bars, url_with
+from kmsgate.web.charts import product_bars
+from kmsgate.web.context import Web
+from kmsgate.web.errors import ErrorModel
+from kmsgate.web.filters import (
+    DEFAULT_STALE_DAYS,
+    PAGE_STALE,
+    MonthQuery,
+    ReportsQuery,
+    StalePaging,
+    StaleQuery,
+)
+from kmsgate.web.render import UtcTime, url_with
 
-DEFAULT_STALE_DAYS = 30
-PAGE_STALE = 50
 CSV_BATCH = MAX_STALE_LIMIT
 MONTHLY_CSV_COLUMNS = ("month", "product", "sku_id", "machines")
 USERS_CSV_COLUMNS = ("month", "username", "product", "machines")
@@ -51,30 +53,11 @@ STALE_CSV_COLUMNS = (
     "request_count",
 )
 
-MonthParam = Annotated[
-    str | None,
-    Query(
-        max_length=7,
-        pattern=PRINTABLE_ASCII,
-        description="Calendar month in UTC, YYYY-MM (default: the current month).",
-        examples=["2026-11"],
-    ),
-]
-DaysParam = Annotated[
-    int,
-    Query(ge=1, le=MAX_STALE_DAYS, description="Machines not seen for this many days."),
-]
-StaleLimitParam = Annotated[int, Query(ge=1, le=MAX_STALE_LIMIT, description="Machines per page.")]
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 class ProductMachinesModel(BaseModel):
     """Distinct machines served for one product (SKU) in the month."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     sku_id: uuid.UUID | None
     product: str
@@ -84,7 +67,7 @@ class ProductMachinesModel(BaseModel):
 class UserMachinesModel(BaseModel):
     """Distinct machines one gateway user activated for one product in the month."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     username: str
     product: str
@@ -94,7 +77,7 @@ class UserMachinesModel(BaseModel):
 class UserTotalModel(BaseModel):
     """Distinct machines one gateway user activated in the month, all products."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     username: str
     machines: int
@@ -103,70 +86,49 @@ class UserTotalModel(BaseModel):
 class MonthlyReportModel(BaseModel):
     """A month's true-up figures: served requests only, each machine counted once per row."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     month: str
-    start: datetime
-    end: datetime
+    start: datetime = Field(validation_alias=AliasPath("month", "start"))
+    end: datetime = Field(validation_alias=AliasPath("month", "end"))
     machines: int
     products: list[ProductMachinesModel]
     users: list[UserMachinesModel]
     user_totals: list[UserTotalModel]
 
+    @field_validator("month", mode="before")
+    @classmethod
+    def _month_text(cls, month: Month | str) -> str:
+        return str(month)
+
     @classmethod
     def from_report(cls, report: MonthlyReport) -> MonthlyReportModel:
         """Build from the store's report."""
-        return cls(
-            month=str(report.month),
-            start=report.month.start,
-            end=report.month.end,
-            machines=report.machines,
-            products=[
-                ProductMachinesModel(sku_id=p.sku_id, product=p.product, machines=p.machines)
-                for p in report.products
-            ],
-            users=[
-                UserMachinesModel(username=u.username, product=u.product, machines=u.machines)
-                for u in report.users
-            ],
-            user_totals=[
-                UserTotalModel(username=t.username, machines=t.machines) for t in report.user_totals
-            ],
-        )
+        return cls.model_validate(report)
 
 
 class StaleMachineModel(BaseModel):
     """A machine not seen since the cutoff; last_result says whether it was still served."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     cmid: uuid.UUID
     machine_name: str
     product: str
-    first_seen: datetime
-    last_seen: datetime
+    first_seen: UtcTime
+    last_seen: UtcTime
     last_address: str
     last_result: str
     request_count: int
-
-    @classmethod
-    def from_machine(cls, machine: StaleMachine) -> StaleMachineModel:
-        """Build from the store's row."""
-        return cls(
-            cmid=machine.cmid,
-            machine_name=machine.machine_name,
-            product=machine.product,
-            first_seen=_utc(machine.first_seen),
-            last_seen=_utc(machine.last_seen),
-            last_address=machine.last_address,
-            last_result=machine.last_result,
-            request_count=machine.request_count,
-        )
 
 
 class StaleReportModel(BaseModel):
     """Machines with no request for `days` days, most recently seen first."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     days: int
-    cutoff: datetime
+    cutoff: UtcTime
     total: int
     machines: list[StaleMachineModel]
     next_cursor: str | None
@@ -174,13 +136,7 @@ class StaleReportModel(BaseModel):
     @classmethod
     def from_report(cls, report: StaleReport) -> StaleReportModel:
         """Build from one page of the store's report."""
-        return cls(
-            days=report.days,
-            cutoff=_utc(report.cutoff),
-            total=report.total,
-            machines=[StaleMachineModel.from_machine(m) for m in report.machines],
-            next_cursor=report.next_cursor,
-        )
+        return cls.model_validate(report)
 
 
 def monthly_csv_rows(report: MonthlyReport) -> list[list[str]]:
@@ -232,154 +188,116 @@ def parse_month(text: str | None, now: datetime) -> Month:
         raise HTTPException(400, str(exc)) from None
 
 
-def build_reports_router(
-    store: Store,
-    catalog: Catalog,
-    authenticator: Authenticator,
-    renderer: Renderer,
-    *,
-    now: Callable[[], datetime],
-) -> APIRouter:
-    """The admin-only report routes: the /reports page, its CSV exports and the JSON API."""
-    reports = ReportStore(store, catalog)
-    session_cookie = APIKeyCookie(
-        name=authenticator.codec.session_cookie,
-        auto_error=False,
-        description="Session cookie set by POST /login (admin users only).",
+pages = APIRouter(include_in_schema=False)
+api = APIRouter(
+    prefix="/api/reports",
+    tags=["reports"],
+    responses={
+        400: {"model": ErrorModel, "description": "Bad month, paging cursor or parameter"},
+        401: {"model": ErrorModel, "description": "Not logged in as an administrator"},
+        503: {"model": ErrorModel, "description": "Database unavailable"},
+    },
+)
+
+
+@api.get("/monthly", response_model=MonthlyReportModel, summary="Machines per month")
+async def api_monthly(web: Web, query: Annotated[MonthQuery, Query()]) -> MonthlyReportModel:
+    """Distinct machines served per product in a UTC month, and per gateway user."""
+    report = await web.reports.monthly(parse_month(query.month, web.now()))
+    return MonthlyReportModel.model_validate(report)
+
+
+@api.get("/stale", response_model=StaleReportModel, summary="Machines that stopped renewing")
+async def api_stale(web: Web, query: Annotated[StalePaging, Query()]) -> StaleReportModel:
+    """Machines with no request for `days` days; pass next_cursor back as `cursor`."""
+    page = await web.reports.stale(
+        days=query.days, now=web.now(), cursor=query.cursor, limit=query.limit
     )
+    return StaleReportModel.model_validate(page)
 
-    async def admin_page(request: Request) -> Admin:
-        admin = await authenticator.current_admin(request)
-        if admin is None:
-            target = request.url.path
-            if request.url.query:
-                target += "?" + request.url.query
-            raise LoginRequired(target)
-        return admin
 
-    async def admin_api(request: Request) -> Admin:
-        admin = await authenticator.current_admin(request)
-        if admin is None:
-            raise HTTPException(401, "authentication required: log in at /login")
-        return admin
-
-    pages = APIRouter(dependencies=[Depends(admin_page)], include_in_schema=False)
-    api = APIRouter(
-        prefix="/api/reports",
-        tags=["reports"],
-        dependencies=[Security(session_cookie), Depends(admin_api)],
-        responses={
-            400: {"model": ErrorModel, "description": "Bad month, paging cursor or parameter"},
-            401: {"model": ErrorModel, "description": "Not logged in as an administrator"},
-            503: {"model": ErrorModel, "description": "Database unavailable"},
+@pages.get("/reports", response_class=HTMLResponse)
+async def reports_page(
+    request: Request, web: Web, query: Annotated[ReportsQuery, Query()]
+) -> Response:
+    """The month's machines per product (chart and table), per user, and stale machines."""
+    now = web.now()
+    chosen = parse_month(query.month, now)
+    report = await web.reports.monthly(chosen)
+    days = query.days
+    stale = await web.reports.stale(days=days, now=now, cursor=query.cursor, limit=PAGE_STALE)
+    keep = {"month": str(chosen), "days": days if days != DEFAULT_STALE_DAYS else None}
+    return web.renderer.page(
+        request,
+        "reports.html",
+        {
+            "active": "reports",
+            "title": "Reports",
+            "month": str(chosen),
+            "report": report,
+            "bars": product_bars([(p.product, p.machines) for p in report.products]),
+            "prev_month_url": url_with("/reports", {**keep, "month": chosen.previous()}),
+            "next_month_url": url_with("/reports", {**keep, "month": chosen.next()})
+            if chosen < Month.containing(now)
+            else None,
+            "days": days,
+            "stale": stale,
+            "first_stale_url": url_with("/reports", keep) if query.cursor else None,
+            "next_stale_url": url_with("/reports", {**keep, "cursor": stale.next_cursor})
+            if stale.next_cursor
+            else None,
+            "monthly_csv_url": url_with("/reports/monthly.csv", {"month": chosen}),
+            "users_csv_url": url_with("/reports/users.csv", {"month": chosen}),
+            "monthly_json_url": url_with("/api/reports/monthly", {"month": chosen}),
+            "stale_csv_url": url_with("/reports/stale.csv", {"days": days}),
         },
     )
 
-    @api.get("/monthly", response_model=MonthlyReportModel, summary="Machines per month")
-    async def api_monthly(month: MonthParam = None) -> MonthlyReportModel:
-        """Distinct machines served per product in a UTC month, and per gateway user."""
-        return MonthlyReportModel.from_report(await reports.monthly(parse_month(month, now())))
 
-    @api.get("/stale", response_model=StaleReportModel, summary="Machines that stopped renewing")
-    async def api_stale(
-        days: DaysParam = DEFAULT_STALE_DAYS,
-        cursor: CursorParam = None,
-        limit: StaleLimitParam = PAGE_STALE,
-    ) -> StaleReportModel:
-        """Machines with no request for `days` days; pass next_cursor back as `cursor`."""
-        page = await reports.stale(days=days, now=now(), cursor=cursor, limit=limit)
-        return StaleReportModel.from_report(page)
+def _download(text: str, name: str) -> Response:
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
-    @pages.get("/reports", response_class=HTMLResponse)
-    async def reports_page(
-        request: Request,
-        month: MonthParam = None,
-        days: DaysParam = DEFAULT_STALE_DAYS,
-        cursor: CursorParam = None,
-    ) -> Response:
-        """The month's machines per product (chart and table), per user, and stale machines."""
-        chosen = parse_month(month, now())
-        report = await reports.monthly(chosen)
-        stale = await reports.stale(days=days, now=now(), cursor=cursor, limit=PAGE_STALE)
-        current = Month.containing(now())
-        keep = {
-            "month": str(chosen),
-            "days": days if days != DEFAULT_STALE_DAYS else None,
-        }
-        return renderer.page(
-            request,
-            "reports.html",
-            {
-                "active": "reports",
-                "title": "Reports",
-                "month": str(chosen),
-                "report": report,
-                "bars": product_bars([(p.product, p.machines) for p in report.products]),
-                "prev_month_url": url_with("/reports", {**keep, "month": chosen.previous()}),
-                "next_month_url": url_with("/reports", {**keep, "month": chosen.next()})
-                if chosen < current
-                else None,
-                "days": days,
-                "stale": stale,
-                "first_stale_url": url_with("/reports", keep) if cursor else None,
-                "next_stale_url": url_with("/reports", {**keep, "cursor": stale.next_cursor})
-                if stale.next_cursor
-                else None,
-                "monthly_csv_url": url_with("/reports/monthly.csv", {"month": chosen}),
-                "users_csv_url": url_with("/reports/users.csv", {"month": chosen}),
-                "monthly_json_url": url_with("/api/reports/monthly", {"month": chosen}),
-                "stale_csv_url": url_with("/reports/stale.csv", {"days": days}),
-            },
-        )
 
-    def download(text: str, name: str) -> Response:
-        return Response(
-            text,
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )
+@pages.get("/reports/monthly.csv")
+async def monthly_csv(web: Web, query: Annotated[MonthQuery, Query()]) -> Response:
+    """Machines per product of the month as CSV."""
+    report = await web.reports.monthly(parse_month(query.month, web.now()))
+    text = csv_text(MONTHLY_CSV_COLUMNS, monthly_csv_rows(report))
+    return _download(text, f"kmsgate-machines-{report.month}.csv")
 
-    @pages.get("/reports/monthly.csv")
-    async def monthly_csv(month: MonthParam = None) -> Response:
-        """Machines per product of the month as CSV."""
-        report = await reports.monthly(parse_month(month, now()))
-        text = csv_text(MONTHLY_CSV_COLUMNS, monthly_csv_rows(report))
-        return download(text, f"kmsgate-machines-{report.month}.csv")
 
-    @pages.get("/reports/users.csv")
-    async def users_csv(month: MonthParam = None) -> Response:
-        """Machines per gateway user and product of the month as CSV."""
-        report = await reports.monthly(parse_month(month, now()))
-        text = csv_text(USERS_CSV_COLUMNS, users_csv_rows(report))
-        return download(text, f"kmsgate-users-{report.month}.csv")
+@pages.get("/reports/users.csv")
+async def users_csv(web: Web, query: Annotated[MonthQuery, Query()]) -> Response:
+    """Machines per gateway user and product of the month as CSV."""
+    report = await web.reports.monthly(parse_month(query.month, web.now()))
+    text = csv_text(USERS_CSV_COLUMNS, users_csv_rows(report))
+    return _download(text, f"kmsgate-users-{report.month}.csv")
 
-    @pages.get("/reports/stale.csv")
-    async def stale_csv(days: DaysParam = DEFAULT_STALE_DAYS) -> Response:
-        """Every machine not seen for `days` days as CSV, streamed in batches."""
-        at = now()
-        # Read the first batch before answering: a failing database gets a real status.
-        first = await reports.stale(days=days, now=at, limit=CSV_BATCH)
 
-        async def lines() -> AsyncIterator[str]:
-            page = first
-            yield csv_text(STALE_CSV_COLUMNS, (stale_csv_row(m) for m in page.machines))
-            while page.next_cursor is not None:
-                page = await reports.stale(
-                    days=days, now=at, cursor=page.next_cursor, limit=CSV_BATCH
-                )
-                buffer = io.StringIO()
-                csv.writer(buffer, lineterminator="\r\n").writerows(
-                    stale_csv_row(m) for m in page.machines
-                )
-                yield buffer.getvalue()
+@pages.get("/reports/stale.csv")
+async def stale_csv(web: Web, query: Annotated[StaleQuery, Query()]) -> Response:
+    """Every machine not seen for `days` days as CSV, streamed in batches."""
+    at, days, reports = web.now(), query.days, web.reports
+    # Read the first batch before answering: a failing database gets a real status.
+    first = await reports.stale(days=days, now=at, limit=CSV_BATCH)
 
-        return StreamingResponse(
-            lines(),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="kmsgate-stale-{days}d.csv"'},
-        )
+    async def lines() -> AsyncIterator[str]:
+        page = first
+        yield csv_text(STALE_CSV_COLUMNS, (stale_csv_row(m) for m in page.machines))
+        while page.next_cursor is not None:
+            page = await reports.stale(days=days, now=at, cursor=page.next_cursor, limit=CSV_BATCH)
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\r\n").writerows(
+                stale_csv_row(m) for m in page.machines
+            )
+            yield buffer.getvalue()
 
-    router = APIRouter()
-    router.include_router(pages)
-    router.include_router(api)
-    return router
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="kmsgate-stale-{days}d.csv"'},
+    )

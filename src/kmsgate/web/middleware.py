@@ -1,0 +1,124 @@
+"""The web app's ASGI middleware: security headers, request-target limit, login shedding."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kmsgate.web.auth import BUSY_RETRY, Authenticator
+
+# uvicorn's h11 parser accepts request lines far longer than this; nothing we serve needs more.
+MAX_REQUEST_TARGET = 8192
+CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """Adds security headers to every response; pure ASGI so streaming is untouched."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        """hsts: also send Strict-Transport-Security (only behind HTTPS)."""
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Wrap send() to add the headers to the response start message."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", CSP)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Referrer-Policy", "same-origin")
+                headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+                # Everything but the static assets is per-admin data: keep it out of caches.
+                headers.setdefault(
+                    "Cache-Control", "public, max-age=3600" if static else "no-store"
+                )
+                if self.hsts:
+                    headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class DropEmptyQueryParams:
+    """Drops `name=` pairs from the query of HTML pages, so a filter form left blank is valid."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Wrap app; JSON routes keep their query exactly as sent."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Rewrite the query string of GET requests for pages before routing."""
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if query and scope.get("method") == "GET" and not is_json_path(str(scope["path"])):
+            pairs = query.split(b"&")
+            kept = [p for p in pairs if p and (b"=" not in p or p.partition(b"=")[2])]
+            if len(kept) != len(pairs):
+                scope = {**scope, "query_string": b"&".join(kept)}
+        await self.app(scope, receive, send)
+
+
+class RequestLineLimit:
+    """Answers 414 when path plus query exceed max_bytes, whatever the route or server."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_REQUEST_TARGET) -> None:
+        """max_bytes: the longest accepted path + query string, in bytes."""
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse oversized request targets before routing or parsing them."""
+        if scope["type"] == "http":
+            path = scope.get("raw_path") or str(scope.get("path", "")).encode()
+            if len(path) + len(scope.get("query_string", b"")) > self.max_bytes:
+                response = JSONResponse({"detail": "request URI too long"}, 414)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ShedLoginsWhenBusy:
+    """Answers POST /login with a bare 503 at once while the password-hashing pool is full.
+
+    A flood of logins is then refused before its body is read, its form parsed or a page
+    rendered: each refusal costs the event loop, which the KMS host shares, as little as it
+    can.
+    """
+
+    def __init__(self, app: ASGIApp, *, authenticator: Authenticator) -> None:
+        """authenticator: the admin login, with its hashing pool."""
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse the login cheaply when no check could be taken now."""
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and scope.get("path") == "/login"
+            and not self.authenticator.pool.has_room()
+        ):
+            self.authenticator.note_busy()
+            response = PlainTextResponse(
+                "Too many logins are being checked right now. Try again in a few seconds.\n",
+                503,
+                headers={"Retry-After": str(BUSY_RETRY), "Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def is_json_path(path: str) -> bool:
+    """Whether path is answered in JSON (errors too): the API, OpenAPI and health check."""
+    return path == "/api" or path.startswith(("/api/", "/openapi.json", "/healthz"))

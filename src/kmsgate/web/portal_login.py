@@ -1,0 +1,127 @@
+"""The portal's login logic (limiter, gateway, lockout audit) and the KMS address it shows.
+
+The routes are in portal.py; this module knows nothing of HTTP, so the web context can hold
+a Portal without importing the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
+from kmsgate.access.gateway import Gateway, LoginOutcome
+from kmsgate.access.throttle import LoginThrottle as PortalLimiter
+from kmsgate.store.errors import StoreError
+from kmsgate.store.gateway import AuditEvent, Window
+
+log = logging.getLogger("kmsgate.web.portal")
+
+# Account backends run argon2 or a network round trip per login: bound how many run at once.
+MAX_CONCURRENT_LOGINS = 8
+UNAVAILABLE_RETRY = 30
+
+
+# ---------------------------------------------------------------- login
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCommands:
+    """What the portal tells a Windows or Office client to set, to activate against us."""
+
+    skms: str  # slmgr /skms HOST:PORT ([V6]:PORT)
+    sethst: str  # ospp.vbs /sethst:HOST
+    setprt: int  # ospp.vbs /setprt:PORT
+
+
+@dataclass(frozen=True, slots=True)
+class KmsAddress:
+    """Where clients reach the KMS listener: --public-address, else the portal's own name."""
+
+    host: str | None = None  # None: the host name the browser used for the portal
+    port: int = 1688
+
+    def commands(self, browser_host: str | None) -> ClientCommands:
+        """The commands for a browser that reached the portal as `browser_host`."""
+        host = (self.host or browser_host or "this-server").strip("[]")
+        skms_host = f"[{host}]" if ":" in host else host
+        return ClientCommands(skms=f"{skms_host}:{self.port}", sethst=host, setprt=self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class PortalAttempt:
+    """A portal login's answer: HTTP status, message, the gateway's outcome when it was asked."""
+
+    status: int
+    message: str
+    outcome: LoginOutcome | None = None
+    retry_after: float = 0.0
+
+
+def as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def window_seconds(window: Window) -> int:
+    """How long the window stays open, in whole seconds."""
+    return max(0, int((as_utc(window.expires_at) - as_utc(window.granted_at)).total_seconds()))
+
+
+class Portal:
+    """Rate limits logins, asks the gateway, and audits lockouts."""
+
+    def __init__(self, gateway: Gateway, limiter: PortalLimiter) -> None:
+        """gateway: opens windows and audits logins; limiter: the portal's failure counts."""
+        self.gateway = gateway
+        self.limiter = limiter
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOGINS)
+
+    def _locked(self, wait: float) -> PortalAttempt:
+        minutes = max(1, round(wait / 60))
+        plural = "s" if minutes != 1 else ""
+        return PortalAttempt(
+            429, f"Too many failed logins. Try again in about {minutes} minute{plural}.", None, wait
+        )
+
+    def _audit_lockout(self, address: str, username: str, wait: float) -> None:
+        gateway = self.gateway
+        log.warning("portal logins of %r from %s locked out", username[:64], address)
+        gateway.audit.submit(
+            AuditEvent(
+                time=gateway.clock(),
+                kind="login_locked",
+                node=gateway.node,
+                username=username.strip()[:MAX_USERNAME_LENGTH],
+                address=address,
+                backend=gateway.backend.name,
+                detail=f"too many failed logins: locked for {math.ceil(wait)} s",
+            )
+        )
+
+    async def login(self, address: str, username: str, password: str) -> PortalAttempt:
+        """Check the limiter, then the gateway; the password goes nowhere but the gateway."""
+        wait = self.limiter.retry_after(address, username)
+        if wait > 0:
+            return self._locked(wait)
+        self.limiter.begin(address, username)
+        try:
+            async with self._slots:
+                outcome = await self.gateway.login(username, password, address)
+        except StoreError as exc:
+            self.limiter.release(address, username)
+            log.warning("portal login failed: store unavailable: %s", exc)
+            message = "The service is unavailable; try again shortly."
+            return PortalAttempt(503, message, None, UNAVAILABLE_RETRY)
+        if outcome.status in (200, 403):
+            self.limiter.success(address, username)
+        elif outcome.status == 503:
+            self.limiter.release(address, username)
+            return PortalAttempt(503, outcome.message, outcome, UNAVAILABLE_RETRY)
+        else:
+            wait = self.limiter.retry_after(address, username)
+            if wait > 0:  # this failure started the lockout: audit it once
+                self._audit_lockout(address, username, wait)
+        return PortalAttempt(outcome.status, outcome.message, outcome)
