@@ -564,124 +564,124 @@ def run_load_command(
     return 0
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `client` command."""
+app = typer.Typer()
 
-    @app.command()
-    def client(
-        target: Annotated[
-            str | None,
-            typer.Argument(
-                metavar="HOST[:PORT]",
-                help="KMS host (IPv6 as [ADDR]:PORT); omit, '-' or '.DOMAIN' for DNS discovery",
-                show_default=False,
-            ),
-        ] = None,
-        product: Annotated[
-            str | None,
-            typer.Option(help="product: SKU name, GVLK, SKU id or unique name part"),
-        ] = None,
-        sku: Annotated[str | None, typer.Option(help="SKU (activation) id GUID")] = None,
-        protocol: Annotated[
-            int | None,
-            typer.Option(min=4, max=6, help="KMS protocol 4, 5 or 6 (default: the product's)"),
-        ] = None,
-        ndr64: Annotated[bool, typer.Option("--ndr64/--no-ndr64", help="offer NDR64")] = True,
-        btfn: Annotated[
-            bool, typer.Option("--btfn/--no-btfn", help="offer bind-time feature negotiation")
-        ] = True,
-        cmid: Annotated[
-            str | None, typer.Option(help="client machine id GUID (default: random per request)")
-        ] = None,
-        machine_name: Annotated[
-            str | None, typer.Option(help="machine name (default: random DNS-like per request)")
-        ] = None,
-        count: Annotated[
-            int,
-            typer.Option(
-                min=1,
-                help="requests per connection (first NDR32, then NDR64 when the host accepts)",
-            ),
-        ] = 1,
-        fresh_connections: Annotated[
-            bool, typer.Option("--fresh-connections", help="a new TCP connection per request")
-        ] = False,
-        timeout: Annotated[
-            float, typer.Option(min=0.001, help="seconds per connect, bind or request")
-        ] = 5.0,
-        domain: Annotated[
-            str | None,
-            typer.Option(help="DNS domain whose _vlmcs._tcp SRV records name the KMS hosts"),
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-        load: Annotated[
-            int | None,
-            typer.Option(min=1, help="load generator: this many activations in total"),
-        ] = None,
-        concurrency: Annotated[
-            int, typer.Option(min=1, help="load generator: activations in flight")
-        ] = 8,
-        duration_limit: Annotated[
-            float, typer.Option(min=0.001, help="load generator: stop after this many seconds")
-        ] = 30.0,
-        dns_server: Annotated[
-            str | None,
-            typer.Option(envvar=DNS_SERVER_ENV, hidden=True, help="only nameserver to ask"),
-        ] = None,
-    ) -> None:
-        """Activate against a KMS host and verify every answer strictly (like vlmcs)."""
-        catalog = default_catalog()
-        chosen = _resolve_sku(catalog, product, sku)
+
+@app.command()
+def client(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="HOST[:PORT]",
+            help="KMS host (IPv6 as [ADDR]:PORT); omit, '-' or '.DOMAIN' for DNS discovery",
+            show_default=False,
+        ),
+    ] = None,
+    product: Annotated[
+        str | None,
+        typer.Option(help="product: SKU name, GVLK, SKU id or unique name part"),
+    ] = None,
+    sku: Annotated[str | None, typer.Option(help="SKU (activation) id GUID")] = None,
+    protocol: Annotated[
+        int | None,
+        typer.Option(min=4, max=6, help="KMS protocol 4, 5 or 6 (default: the product's)"),
+    ] = None,
+    ndr64: Annotated[bool, typer.Option("--ndr64/--no-ndr64", help="offer NDR64")] = True,
+    btfn: Annotated[
+        bool, typer.Option("--btfn/--no-btfn", help="offer bind-time feature negotiation")
+    ] = True,
+    cmid: Annotated[
+        str | None, typer.Option(help="client machine id GUID (default: random per request)")
+    ] = None,
+    machine_name: Annotated[
+        str | None, typer.Option(help="machine name (default: random DNS-like per request)")
+    ] = None,
+    count: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="requests per connection (first NDR32, then NDR64 when the host accepts)",
+        ),
+    ] = 1,
+    fresh_connections: Annotated[
+        bool, typer.Option("--fresh-connections", help="a new TCP connection per request")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="seconds per connect, bind or request")
+    ] = 5.0,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="DNS domain whose _vlmcs._tcp SRV records name the KMS hosts"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    load: Annotated[
+        int | None,
+        typer.Option(min=1, help="load generator: this many activations in total"),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="load generator: activations in flight")
+    ] = 8,
+    duration_limit: Annotated[
+        float, typer.Option(min=0.001, help="load generator: stop after this many seconds")
+    ] = 30.0,
+    dns_server: Annotated[
+        str | None,
+        typer.Option(envvar=DNS_SERVER_ENV, hidden=True, help="only nameserver to ask"),
+    ] = None,
+) -> None:
+    """Activate against a KMS host and verify every answer strictly (like vlmcs)."""
+    catalog = default_catalog()
+    chosen = _resolve_sku(catalog, product, sku)
+    try:
+        fixed_cmid = None if cmid is None else uuid.UUID(cmid)
+    except ValueError:
+        raise typer.BadParameter(f"--cmid {cmid!r} is not a GUID") from None
+    if target is not None and target not in ("-",) and not target.startswith("."):
         try:
-            fixed_cmid = None if cmid is None else uuid.UUID(cmid)
-        except ValueError:
-            raise typer.BadParameter(f"--cmid {cmid!r} is not a GUID") from None
-        if target is not None and target not in ("-",) and not target.startswith("."):
-            try:
-                parse_target(target)
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc)) from None
-        if dns_server is not None:
-            try:
-                _parse_nameserver(dns_server)
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc)) from None
-        try:
-            template = RequestTemplate.from_sku(
-                chosen, protocol=protocol, client_machine_id=fixed_cmid, machine_name=machine_name
-            )
+            parse_target(target)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        if load is not None:
-            settings = LoadSettings(
-                total=load,
-                concurrency=concurrency,
-                duration_limit=duration_limit,
-                requests_per_connection=1 if fresh_connections else count,
-            )
-            run_load_command(
-                target_text=target,
-                template=template,
-                ndr64=ndr64,
-                btfn=btfn,
-                timeout=timeout,
-                settings=settings,
-                domain=domain,
-                nameserver=dns_server,
-                as_json=as_json,
-            )
-            return
-        run_client(
+    if dns_server is not None:
+        try:
+            _parse_nameserver(dns_server)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    try:
+        template = RequestTemplate.from_sku(
+            chosen, protocol=protocol, client_machine_id=fixed_cmid, machine_name=machine_name
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if load is not None:
+        settings = LoadSettings(
+            total=load,
+            concurrency=concurrency,
+            duration_limit=duration_limit,
+            requests_per_connection=1 if fresh_connections else count,
+        )
+        run_load_command(
             target_text=target,
-            sku=chosen,
             template=template,
-            catalog=catalog,
             ndr64=ndr64,
             btfn=btfn,
             timeout=timeout,
-            count=count,
-            fresh=fresh_connections,
+            settings=settings,
             domain=domain,
             nameserver=dns_server,
             as_json=as_json,
         )
+        return
+    run_client(
+        target_text=target,
+        sku=chosen,
+        template=template,
+        catalog=catalog,
+        ndr64=ndr64,
+        btfn=btfn,
+        timeout=timeout,
+        count=count,
+        fresh=fresh_connections,
+        domain=domain,
+        nameserver=dns_server,
+        as_json=as_json,
+    )
