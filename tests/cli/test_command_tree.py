@@ -20,9 +20,8 @@ from tests.cli.traps import clean_env, free_port
 
 STORE_FLAGS = ("--config", "--db", "--data-dir")
 # What only other commands need; a long-running serve must not hold any of it.
-OTHER_COMMANDS = {f"kmsgate.cli.{module}" for module in set(kmsgate.cli.COMMANDS.values())} - {
-    "kmsgate.cli.serve",
-    "kmsgate.cli.config_cmd",  # serve words a bad config file with its helpers
+OTHER_COMMANDS = {f"kmsgate.cli.{module}" for module in kmsgate.cli.COMMANDS.values()} - {
+    "kmsgate.cli.serve"
 }
 NOT_FOR_SERVE = OTHER_COMMANDS | {"kmsgate.client.loadgen", "kmsgate.client.diagnose"}
 

@@ -15,9 +15,8 @@ import typer
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-import kmsgate.config as settings_module
 from kmsgate.cli.help import SettingsHelpCommand
-from kmsgate.cli.serve import settings_parameters
+from kmsgate.cli.serve import effective_config_file, settings_parameters
 from kmsgate.config import (
     ServeSettings,
     describe_error,
@@ -83,14 +82,6 @@ def _text(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- sources
-
-
-def effective_config_file(config: Path | None) -> Path | None:
-    """The file `load_settings` reads: the given one, else the default when it exists."""
-    if config is not None:
-        return config
-    default = settings_module.DEFAULT_CONFIG_FILE
-    return default if default.is_file() else None
 
 
 def value_sources(

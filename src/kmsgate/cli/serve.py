@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import typer
 from pydantic import ValidationError
 
+import kmsgate.config
 from kmsgate.cli.help import SettingsHelpCommand
 from kmsgate.config import PANELS, ServeSettings, explain, field_panel, load_settings
 from kmsgate.net import Peer
@@ -26,10 +27,16 @@ from kmsgate.store.errors import StoreError
 log = logging.getLogger("kmsgate.server")
 
 
+def effective_config_file(config: Path | None) -> Path | None:
+    """The file `load_settings` reads: the given one, else the default when it exists."""
+    if config is not None:
+        return config
+    default = kmsgate.config.DEFAULT_CONFIG_FILE
+    return default if default.is_file() else None
+
+
 def _settings_or_exit(config: Path | None, **cli: object) -> ServeSettings:
     """Load settings; on a bad value print one line per problem and exit with status 2."""
-    from kmsgate.cli.config_cmd import effective_config_file
-
     try:
         return load_settings(config, **cli)
     except ValidationError as exc:
