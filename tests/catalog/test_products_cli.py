@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from kmsgate.catalog import default_catalog
-from kmsgate.cli.products import register
+from kmsgate.cli import products
 
 FIELDS = {
     "id",
@@ -36,7 +36,7 @@ def app() -> typer.Typer:
     def main() -> None:
         """Stand-in for the kmsgate root command, so `products` is a subcommand."""
 
-    register(app)
+    app.add_typer(products.app)
     return app
 
 

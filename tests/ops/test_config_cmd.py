@@ -30,7 +30,7 @@ def make_app(*modules: Any) -> typer.Typer:
         """Test application."""
 
     for module in modules or (config_cmd,):
-        module.register(app)
+        app.add_typer(module.app)
     return app
 
 

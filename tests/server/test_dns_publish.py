@@ -438,7 +438,7 @@ async def test_publisher_survives_failures_and_retries(caplog: pytest.LogCapture
 @pytest.fixture
 def cli() -> typer.Typer:
     app = typer.Typer()
-    dns_cli.register(app)
+    app.add_typer(dns_cli.app)
     return app
 
 

@@ -13,13 +13,11 @@ from rich.table import Table
 
 from kmsgate.access.audit_csv import CSV_COLUMNS, csv_row
 from kmsgate.cli.common import (
-    ConfigOption,
-    DataDirOption,
-    DbOption,
     JsonOption,
+    StoreOptions,
     fail,
     print_model,
-    resolve_settings,
+    store_command,
     with_store,
 )
 from kmsgate.observability.display import rich_cell, shown
@@ -38,61 +36,60 @@ def _parse_time(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `audit` command."""
+app = typer.Typer()
 
-    @app.command()
-    def audit(
-        user: Annotated[str | None, typer.Option(help="only this user")] = None,
-        address: Annotated[str | None, typer.Option(help="only this client address")] = None,
-        kind: Annotated[str | None, typer.Option(help=f"one of {', '.join(AUDIT_KINDS)}")] = None,
-        since: Annotated[str | None, typer.Option(help="from this time (ISO 8601, UTC)")] = None,
-        limit: Annotated[int, typer.Option(min=1, max=1000, help="events at most")] = 100,
-        json_output: JsonOption = False,
-        csv_output: Annotated[bool, typer.Option("--csv", help="CSV on standard output")] = False,
-        config: ConfigOption = None,
-        db: DbOption = None,
-        data_dir: DataDirOption = None,
-    ) -> None:
-        """Logins, windows and activations, newest first, linked by user, address and CMID."""
-        if kind is not None and kind not in AUDIT_KINDS:
-            raise fail(f"--kind must be one of {', '.join(AUDIT_KINDS)}", 2)
-        start = _parse_time(since)
-        settings = resolve_settings(config, db, data_dir)
 
-        async def action(store: Store) -> Page[AuditEvent]:
-            return await GatewayStore(store).list_audit(
-                username=user, address=address, kind=kind, since=start, limit=limit
-            )
+@app.command()
+@store_command
+def audit(
+    store_options: StoreOptions,
+    user: Annotated[str | None, typer.Option(help="only this user")] = None,
+    address: Annotated[str | None, typer.Option(help="only this client address")] = None,
+    kind: Annotated[str | None, typer.Option(help=f"one of {', '.join(AUDIT_KINDS)}")] = None,
+    since: Annotated[str | None, typer.Option(help="from this time (ISO 8601, UTC)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="events at most")] = 100,
+    json_output: JsonOption = False,
+    csv_output: Annotated[bool, typer.Option("--csv", help="CSV on standard output")] = False,
+) -> None:
+    """Logins, windows and activations, newest first, linked by user, address and CMID."""
+    if kind is not None and kind not in AUDIT_KINDS:
+        raise fail(f"--kind must be one of {', '.join(AUDIT_KINDS)}", 2)
+    start = _parse_time(since)
+    settings = store_options.settings()
 
-        page = with_store(settings, action, must_exist=True)
-        events = page.items
-        if json_output:
-            from kmsgate.web.audit import AuditEventModel, AuditPage
+    async def action(store: Store) -> Page[AuditEvent]:
+        return await GatewayStore(store).list_audit(
+            username=user, address=address, kind=kind, since=start, limit=limit
+        )
 
-            # Exactly what /api/audit answers for the same filters.
-            items = [AuditEventModel.from_event(event) for event in events]
-            print_model(AuditPage(items=items, next_cursor=page.next_cursor))
-            return
-        if csv_output:
-            writer = csv.writer(sys.stdout)
-            writer.writerow(CSV_COLUMNS)
-            # Exact cells for a file or a pipe; a terminal gets the escaped, harmless form.
-            raw = not sys.stdout.isatty()
-            for event in events:
-                cells = csv_row(event)
-                writer.writerow(cells if raw else [shown(cell) for cell in cells])
-            return
-        table = Table("time (UTC)", "event", "user", "address", "machine", "product", "detail")
-        for e in events:
-            # User names (failed logins too), machine names and details are attacker-chosen.
-            table.add_row(
-                f"{e.time:%Y-%m-%d %H:%M:%S}",
-                rich_cell(e.kind),
-                rich_cell(e.username),
-                rich_cell(e.address),
-                rich_cell(e.machine_name),
-                rich_cell(e.product),
-                rich_cell(e.detail or e.result),
-            )
-        Console(width=200).print(table)
+    page = with_store(settings, action, must_exist=True)
+    events = page.items
+    if json_output:
+        from kmsgate.web.audit import AuditEventModel, AuditPage
+
+        # Exactly what /api/audit answers for the same filters.
+        items = [AuditEventModel.from_event(event) for event in events]
+        print_model(AuditPage(items=items, next_cursor=page.next_cursor))
+        return
+    if csv_output:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(CSV_COLUMNS)
+        # Exact cells for a file or a pipe; a terminal gets the escaped, harmless form.
+        raw = not sys.stdout.isatty()
+        for event in events:
+            cells = csv_row(event)
+            writer.writerow(cells if raw else [shown(cell) for cell in cells])
+        return
+    table = Table("time (UTC)", "event", "user", "address", "machine", "product", "detail")
+    for e in events:
+        # User names (failed logins too), machine names and details are attacker-chosen.
+        table.add_row(
+            f"{e.time:%Y-%m-%d %H:%M:%S}",
+            rich_cell(e.kind),
+            rich_cell(e.username),
+            rich_cell(e.address),
+            rich_cell(e.machine_name),
+            rich_cell(e.product),
+            rich_cell(e.detail or e.result),
+        )
+    Console(width=200).print(table)

@@ -7,18 +7,18 @@ import json
 import sys
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import dns.asyncresolver
 import dns.exception
 import dns.rdatatype
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from kmsgate.catalog import Catalog, Sku, default_catalog
+from kmsgate.cli.client_output import print_header, print_load, print_result
+from kmsgate.cli.client_records import error_record, product_record, result_record
 from kmsgate.client.activation import (
     DEFAULT_PORT,
     ActivationResult,
@@ -34,10 +34,6 @@ from kmsgate.client.activation import (
 from kmsgate.client.discovery import DiscoveryError, KmsHostCandidate, discover_kms_hosts
 from kmsgate.client.loadgen import LoadResult, LoadSettings, run_load, run_sync
 from kmsgate.errors import KmsgateError
-from kmsgate.observability.logs import license_status_name
-from kmsgate.protocol.engine import unix_from_filetime
-from kmsgate.protocol.errors import ActivationError, RpcFaultError, VerificationError
-from kmsgate.protocol.messages import Check, KmsRequest
 
 #: Default product: the most common volume client, Windows 10/11 Pro (GVLK W269N-...;
 #: KMS id "Windows 10/11 2015 (Volume)", protocol v6, N-count 25).
@@ -181,222 +177,6 @@ def _resolve_sku(catalog: Catalog, product: str | None, sku_id: str | None) -> S
         raise typer.BadParameter(str(exc)) from None
 
 
-# -- JSON --------------------------------------------------------------------------------
-
-
-def _utc(filetime: int) -> str | None:
-    try:
-        when = datetime.fromtimestamp(unix_from_filetime(filetime), UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
-    return when.isoformat().replace("+00:00", "Z")
-
-
-def request_record(request: KmsRequest) -> dict[str, Any]:
-    """Every field of a request as JSON values."""
-    return {
-        "version": f"{request.major_version}.{request.minor_version}",
-        "is_client_vm": request.is_client_vm,
-        "license_status": request.license_status,
-        "license_status_name": license_status_name(request.license_status),
-        "grace_time": request.grace_time,
-        "application_id": str(request.application_id),
-        "sku_id": str(request.sku_id),
-        "kms_counted_id": str(request.kms_counted_id),
-        "client_machine_id": str(request.client_machine_id),
-        "required_client_count": request.required_client_count,
-        "request_time": request.request_time,
-        "request_time_utc": _utc(request.request_time),
-        "previous_client_machine_id": str(request.previous_client_machine_id),
-        "machine_name": request.machine_name,
-    }
-
-
-def check_record(check: Check) -> dict[str, Any]:
-    return {
-        "name": check.name,
-        "passed": check.passed,
-        "fatal": check.fatal,
-        "detail": "" if check.passed else check.detail,
-    }
-
-
-def result_record(index: int, result: ActivationResult) -> dict[str, Any]:
-    """One request/answer pair with every check, warning and timing."""
-    response = result.response
-    return {
-        "index": index,
-        "host": result.host,
-        "port": result.port,
-        "call_id": result.call_id,
-        "syntax": result.syntax.value,
-        "latency_ms": round(result.latency * 1000, 3),
-        "connect_latency_ms": (
-            None if result.connect_latency is None else round(result.connect_latency * 1000, 3)
-        ),
-        "request": request_record(result.request),
-        "request_message": result.request_message.hex(),
-        "response": {
-            "version": f"{response.major_version}.{response.minor_version}",
-            "epid": response.epid,
-            "client_machine_id": str(response.client_machine_id),
-            "response_time": response.response_time,
-            "current_client_count": response.current_client_count,
-            "activation_interval": response.activation_interval,
-            "renewal_interval": response.renewal_interval,
-            "hwid": None if result.hwid is None else result.hwid.hex().upper(),
-        },
-        "checks": [check_record(c) for c in result.checks],
-        "warnings": list(result.warnings),
-        "ok": result.ok,
-    }
-
-
-def error_record(exc: BaseException) -> dict[str, Any]:
-    """A failure as JSON: type, one-line reason and the code behind it."""
-    record: dict[str, Any] = {"type": type(exc).__name__, "message": describe_error(exc)}
-    if isinstance(exc, VerificationError):
-        record["check"] = exc.check
-    if isinstance(exc, RpcFaultError):
-        record["status"] = f"0x{exc.status:08X}"
-    if isinstance(exc, ActivationError):
-        record["hresult"] = f"0x{exc.hresult:08X}"
-    if isinstance(exc, KmsConnectionError):
-        record["hresult"] = f"0x{exc.hresult:08X}"
-    return record
-
-
-def _product_record(catalog: Catalog, sku: Sku, template: RequestTemplate) -> dict[str, Any]:
-    kms = catalog.kms_id(sku.kms_id)
-    app = catalog.application(sku.application_id)
-    return {
-        "sku_id": str(sku.id),
-        "name": sku.name,
-        "kms_id": str(sku.kms_id),
-        "kms_name": kms.name if kms else None,
-        "application_id": str(sku.application_id),
-        "application_name": app.name if app else None,
-        "n_count_policy": template.required_client_count,
-        "protocol": template.major_version,
-    }
-
-
-# -- human output ------------------------------------------------------------------------
-
-
-def _mark(check: Check) -> Text:
-    if check.passed:
-        return Text(f"✓ {check.name}", style="green")
-    if not check.fatal:
-        return Text(f"! {check.name} ({check.detail})", style="yellow")
-    return Text(f"✗ {check.name} ({check.detail})", style="bold red")
-
-
-def _row(console: Console, label: str, value: str | Text) -> None:
-    console.print(Text.assemble((f"  {label:<10} ", "bold"), value))
-
-
-def _print_result(console: Console, index: int, result: ActivationResult) -> None:
-    request, response = result.request, result.response
-    console.print(
-        Text(
-            f"Request {index}: v{request.major_version}.{request.minor_version} "
-            f"{result.syntax.value} call {result.call_id} → "
-            f"{format_endpoint(result.host, result.port)}",
-            style="bold",
-        )
-    )
-    _row(console, "machine", request.machine_name)
-    _row(console, "CMID", str(request.client_machine_id))
-    _row(
-        console,
-        "sent",
-        f"N-count {request.required_client_count}, license status {request.license_status} "
-        f"({license_status_name(request.license_status)}), grace {request.grace_time} min, "
-        f"time {_utc(request.request_time)}",
-    )
-    _row(console, "ePID", response.epid)
-    if result.hwid is not None:
-        _row(console, "HWID", result.hwid.hex().upper())
-    _row(
-        console,
-        "count",
-        f"{response.current_client_count} (N-count {request.required_client_count})",
-    )
-    _row(
-        console,
-        "intervals",
-        f"activation {response.activation_interval} min, renewal {response.renewal_interval} min",
-    )
-    _row(console, "checks", Text("  ").join(_mark(c) for c in result.checks))
-    timing = f"{result.latency * 1000:.2f} ms"
-    if result.connect_latency is not None:
-        timing += f" (+ {result.connect_latency * 1000:.2f} ms connect and bind)"
-    _row(console, "latency", timing)
-    for warning in result.warnings:
-        _row(console, "warning", Text(warning, style="yellow"))
-
-
-def _print_header(
-    console: Console, catalog: Catalog, sku: Sku, template: RequestTemplate, target: Target
-) -> None:
-    kms = catalog.kms_id(sku.kms_id)
-    console.print(
-        Text.assemble(
-            ("Product ", "bold"),
-            f"{sku.name} ({sku.id}), KMS id {kms.name if kms else sku.kms_id}, "
-            f"N-count {template.required_client_count}, protocol v{template.major_version}",
-        )
-    )
-    if target.discovered_via:
-        found = ", ".join(
-            f"{format_endpoint(c.host, c.port)} (priority {c.priority}, weight {c.weight})"
-            for c in target.candidates
-        )
-        console.print(Text.assemble(("Discovered ", "bold"), f"{target.discovered_via}: {found}"))
-
-
-def _print_load(console: Console, result: LoadResult, where: str) -> None:
-    summary = result.summary()
-    lat = summary["latency_ms"]
-    table = Table(title=f"Load against {where}", title_justify="left")
-    for column in (
-        "activations",
-        "failed",
-        "activations/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "max ms",
-    ):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{result.succeeded}/{result.attempted}",
-        str(result.failed),
-        f"{result.activations_per_second:.1f}",
-        f"{lat['p50']:.2f}",
-        f"{lat['p90']:.2f}",
-        f"{lat['p99']:.2f}",
-        f"{lat['max']:.2f}",
-    )
-    console.print(table)
-    mode = (
-        "a fresh connection per activation"
-        if result.settings.requests_per_connection == 1
-        else f"up to {result.settings.requests_per_connection} requests per connection"
-    )
-    console.print(
-        f"concurrency {result.settings.concurrency}, {mode}, {result.connections} connections, "
-        f"{result.elapsed:.2f} s"
-        + (" (stopped by the time limit)" if result.stopped_by_time else "")
-    )
-    for key, count in sorted(result.errors.items()):
-        console.print(Text(f"  {count} × {key}", style="red"))
-
-
-# -- command -----------------------------------------------------------------------------
-
-
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -487,7 +267,7 @@ def run_client(
     if as_json:
         doc = {
             "ok": ok,
-            "product": _product_record(catalog, sku, template),
+            "product": product_record(catalog, sku, template),
             "settings": {
                 "protocol": template.major_version,
                 "ndr64": ndr64,
@@ -512,11 +292,12 @@ def run_client(
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         console = Console(highlight=False, soft_wrap=True)
-        _print_header(console, catalog, sku, template, run.target or Target([]))
+        target = run.target or Target([])
+        print_header(console, catalog, sku, template, target.discovered_via, target.candidates)
         for where, exc in run.failures:
             console.print(Text(f"unreachable {where}: {exc}", style="yellow"))
         for index, result in enumerate(run.results, 1):
-            _print_result(console, index, result)
+            print_result(console, index, result)
         if ok:
             console.print(Text(f"✓ activated {count}/{count}", style="bold green"))
     if run.error is not None:
@@ -557,7 +338,7 @@ def run_load_command(
         doc = {"ok": result.failed == 0, "host": host, "port": port, **result.summary()}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        _print_load(Console(highlight=False, soft_wrap=True), result, where)
+        print_load(Console(highlight=False, soft_wrap=True), result, where)
     if result.succeeded == 0 or result.failed:
         top = result.errors.most_common(1)
         reason = f"{top[0][1]} × {top[0][0]}" if top else "nothing activated"
@@ -565,124 +346,124 @@ def run_load_command(
     return 0
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `client` command."""
+app = typer.Typer()
 
-    @app.command()
-    def client(
-        target: Annotated[
-            str | None,
-            typer.Argument(
-                metavar="HOST[:PORT]",
-                help="KMS host (IPv6 as [ADDR]:PORT); omit, '-' or '.DOMAIN' for DNS discovery",
-                show_default=False,
-            ),
-        ] = None,
-        product: Annotated[
-            str | None,
-            typer.Option(help="product: SKU name, GVLK, SKU id or unique name part"),
-        ] = None,
-        sku: Annotated[str | None, typer.Option(help="SKU (activation) id GUID")] = None,
-        protocol: Annotated[
-            int | None,
-            typer.Option(min=4, max=6, help="KMS protocol 4, 5 or 6 (default: the product's)"),
-        ] = None,
-        ndr64: Annotated[bool, typer.Option("--ndr64/--no-ndr64", help="offer NDR64")] = True,
-        btfn: Annotated[
-            bool, typer.Option("--btfn/--no-btfn", help="offer bind-time feature negotiation")
-        ] = True,
-        cmid: Annotated[
-            str | None, typer.Option(help="client machine id GUID (default: random per request)")
-        ] = None,
-        machine_name: Annotated[
-            str | None, typer.Option(help="machine name (default: random DNS-like per request)")
-        ] = None,
-        count: Annotated[
-            int,
-            typer.Option(
-                min=1,
-                help="requests per connection (first NDR32, then NDR64 when the host accepts)",
-            ),
-        ] = 1,
-        fresh_connections: Annotated[
-            bool, typer.Option("--fresh-connections", help="a new TCP connection per request")
-        ] = False,
-        timeout: Annotated[
-            float, typer.Option(min=0.001, help="seconds per connect, bind or request")
-        ] = 5.0,
-        domain: Annotated[
-            str | None,
-            typer.Option(help="DNS domain whose _vlmcs._tcp SRV records name the KMS hosts"),
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-        load: Annotated[
-            int | None,
-            typer.Option(min=1, help="load generator: this many activations in total"),
-        ] = None,
-        concurrency: Annotated[
-            int, typer.Option(min=1, help="load generator: activations in flight")
-        ] = 8,
-        duration_limit: Annotated[
-            float, typer.Option(min=0.001, help="load generator: stop after this many seconds")
-        ] = 30.0,
-        dns_server: Annotated[
-            str | None,
-            typer.Option(envvar=DNS_SERVER_ENV, hidden=True, help="only nameserver to ask"),
-        ] = None,
-    ) -> None:
-        """Activate against a KMS host and verify every answer strictly (like vlmcs)."""
-        catalog = default_catalog()
-        chosen = _resolve_sku(catalog, product, sku)
+
+@app.command()
+def client(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="HOST[:PORT]",
+            help="KMS host (IPv6 as [ADDR]:PORT); omit, '-' or '.DOMAIN' for DNS discovery",
+            show_default=False,
+        ),
+    ] = None,
+    product: Annotated[
+        str | None,
+        typer.Option(help="product: SKU name, GVLK, SKU id or unique name part"),
+    ] = None,
+    sku: Annotated[str | None, typer.Option(help="SKU (activation) id GUID")] = None,
+    protocol: Annotated[
+        int | None,
+        typer.Option(min=4, max=6, help="KMS protocol 4, 5 or 6 (default: the product's)"),
+    ] = None,
+    ndr64: Annotated[bool, typer.Option("--ndr64/--no-ndr64", help="offer NDR64")] = True,
+    btfn: Annotated[
+        bool, typer.Option("--btfn/--no-btfn", help="offer bind-time feature negotiation")
+    ] = True,
+    cmid: Annotated[
+        str | None, typer.Option(help="client machine id GUID (default: random per request)")
+    ] = None,
+    machine_name: Annotated[
+        str | None, typer.Option(help="machine name (default: random DNS-like per request)")
+    ] = None,
+    count: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="requests per connection (first NDR32, then NDR64 when the host accepts)",
+        ),
+    ] = 1,
+    fresh_connections: Annotated[
+        bool, typer.Option("--fresh-connections", help="a new TCP connection per request")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="seconds per connect, bind or request")
+    ] = 5.0,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="DNS domain whose _vlmcs._tcp SRV records name the KMS hosts"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    load: Annotated[
+        int | None,
+        typer.Option(min=1, help="load generator: this many activations in total"),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="load generator: activations in flight")
+    ] = 8,
+    duration_limit: Annotated[
+        float, typer.Option(min=0.001, help="load generator: stop after this many seconds")
+    ] = 30.0,
+    dns_server: Annotated[
+        str | None,
+        typer.Option(envvar=DNS_SERVER_ENV, hidden=True, help="only nameserver to ask"),
+    ] = None,
+) -> None:
+    """Activate against a KMS host and verify every answer strictly (like vlmcs)."""
+    catalog = default_catalog()
+    chosen = _resolve_sku(catalog, product, sku)
+    try:
+        fixed_cmid = None if cmid is None else uuid.UUID(cmid)
+    except ValueError:
+        raise typer.BadParameter(f"--cmid {cmid!r} is not a GUID") from None
+    if target is not None and target not in ("-",) and not target.startswith("."):
         try:
-            fixed_cmid = None if cmid is None else uuid.UUID(cmid)
-        except ValueError:
-            raise typer.BadParameter(f"--cmid {cmid!r} is not a GUID") from None
-        if target is not None and target not in ("-",) and not target.startswith("."):
-            try:
-                parse_target(target)
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc)) from None
-        if dns_server is not None:
-            try:
-                _parse_nameserver(dns_server)
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc)) from None
-        try:
-            template = RequestTemplate.from_sku(
-                chosen, protocol=protocol, client_machine_id=fixed_cmid, machine_name=machine_name
-            )
+            parse_target(target)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        if load is not None:
-            settings = LoadSettings(
-                total=load,
-                concurrency=concurrency,
-                duration_limit=duration_limit,
-                requests_per_connection=1 if fresh_connections else count,
-            )
-            run_load_command(
-                target_text=target,
-                template=template,
-                ndr64=ndr64,
-                btfn=btfn,
-                timeout=timeout,
-                settings=settings,
-                domain=domain,
-                nameserver=dns_server,
-                as_json=as_json,
-            )
-            return
-        run_client(
+    if dns_server is not None:
+        try:
+            _parse_nameserver(dns_server)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    try:
+        template = RequestTemplate.from_sku(
+            chosen, protocol=protocol, client_machine_id=fixed_cmid, machine_name=machine_name
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if load is not None:
+        settings = LoadSettings(
+            total=load,
+            concurrency=concurrency,
+            duration_limit=duration_limit,
+            requests_per_connection=1 if fresh_connections else count,
+        )
+        run_load_command(
             target_text=target,
-            sku=chosen,
             template=template,
-            catalog=catalog,
             ndr64=ndr64,
             btfn=btfn,
             timeout=timeout,
-            count=count,
-            fresh=fresh_connections,
+            settings=settings,
             domain=domain,
             nameserver=dns_server,
             as_json=as_json,
         )
+        return
+    run_client(
+        target_text=target,
+        sku=chosen,
+        template=template,
+        catalog=catalog,
+        ndr64=ndr64,
+        btfn=btfn,
+        timeout=timeout,
+        count=count,
+        fresh=fresh_connections,
+        domain=domain,
+        nameserver=dns_server,
+        as_json=as_json,
+    )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import typer
@@ -20,6 +23,7 @@ from kmsgate.store.engine import create_sqlite_file, masked, translated
 from kmsgate.store.errors import StoreError, UserExists, UserNotFound
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="TOML config file (as for serve)")
@@ -62,6 +66,51 @@ def resolve_settings(
     if settings.db_note:
         typer.echo(f"note: {settings.db_note}", err=True)
     return settings
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """--config, --db and --data-dir of a command that opens the store."""
+
+    config: Path | None = None
+    db: str | None = None
+    data_dir: Path | None = None
+
+    def settings(self, **more: Any) -> ServeSettings:
+        """The settings these options select (file < env < CLI, as for serve)."""
+        return resolve_settings(self.config, self.db, self.data_dir, **more)
+
+
+_STORE_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+    for name, annotation in (
+        ("config", ConfigOption),
+        ("db", DbOption),
+        ("data_dir", DataDirOption),
+    )
+]
+
+
+def store_command(command: Callable[P, T]) -> Callable[..., T]:
+    """Give a command the store options after its own, passed to it as `store_options`.
+
+    The options stay on the command (`kmsgate users list --db X`), declared once here.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "store_options"]
+    if len(own) == len(signature.parameters):
+        raise TypeError(f"{command.__name__} needs a `store_options: StoreOptions` parameter")
+
+    @functools.wraps(command)
+    def run(
+        *args: Any, config: Path | None, db: str | None, data_dir: Path | None, **kwargs: Any
+    ) -> T:
+        return command(*args, store_options=StoreOptions(config, db, data_dir), **kwargs)  # type: ignore[arg-type]
+
+    # Typer reads the options from the signature; the annotations of `command` no longer apply.
+    run.__signature__ = signature.replace(parameters=[*own, *_STORE_PARAMETERS])  # type: ignore[attr-defined]
+    run.__annotations__ = {}
+    return run
 
 
 def _endpoint(host: str, port: int | str) -> str:

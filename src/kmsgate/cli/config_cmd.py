@@ -222,57 +222,54 @@ def check_file(path: Path) -> list[str]:
 # ---------------------------------------------------------------- commands
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `config` command group (`show`, `check`)."""
-    group = typer.Typer(
-        help="Show the effective settings or check a config file.", no_args_is_help=True
-    )
+app = typer.Typer(
+    name="config", help="Show the effective settings or check a config file.", no_args_is_help=True
+)
 
-    def show(**options: Any) -> None:
-        """Print every serve setting, where it came from (default/file/env/cli), secrets masked."""
-        config = options.pop("config")
-        as_json = options.pop("json_output")
-        cli = {
-            key: (value or None) if isinstance(value, list) else value
-            for key, value in options.items()
-        }
-        report = show_settings(config, cli)
-        for warning in report["warnings"]:
-            typer.echo(f"warning: {warning}", err=True)
-        if as_json:
-            typer.echo(json.dumps(report, indent=2))
-            return
-        rows = [
-            (name, item["source"], _text(item["value"]))
-            for name, item in report["settings"].items()
-        ]
-        width = max(len(name) for name, _, _ in rows)
-        typer.echo(f"# config file: {report['config_file'] or 'none'}")
-        for name, source, value in rows:
-            typer.echo(f"{name:<{width}}  {source:<7}  {value}")
 
-    json_param = inspect.Parameter(
-        "json_output",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=False,
-        annotation=Annotated[bool, typer.Option("--json", help="machine-readable output")],
-    )
-    show.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [*settings_parameters(ServeSettings), json_param]
-    )
-    group.command(cls=SettingsHelpCommand)(show)
+def show(**options: Any) -> None:
+    """Print every serve setting, where it came from (default/file/env/cli), secrets masked."""
+    config = options.pop("config")
+    as_json = options.pop("json_output")
+    cli = {
+        key: (value or None) if isinstance(value, list) else value for key, value in options.items()
+    }
+    report = show_settings(config, cli)
+    for warning in report["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    rows = [
+        (name, item["source"], _text(item["value"])) for name, item in report["settings"].items()
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    typer.echo(f"# config file: {report['config_file'] or 'none'}")
+    for name, source, value in rows:
+        typer.echo(f"{name:<{width}}  {source:<7}  {value}")
 
-    @group.command()
-    def check(
-        file: Annotated[Path, typer.Argument(help="TOML config file to validate")],
-    ) -> None:
-        """Validate a TOML config file on its own (no environment): syntax, keys, values."""
-        problems = check_file(file)
-        if problems:
-            raise _exit_with(problems, 1)
-        settings = _FileOnlySettings(**tomllib.loads(file.read_text(encoding="utf-8")))
-        for warning in settings.warnings():
-            typer.echo(f"warning: {file}: {warning}", err=True)
-        typer.echo(f"{file}: ok")
 
-    app.add_typer(group, name="config")
+json_param = inspect.Parameter(
+    "json_output",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[bool, typer.Option("--json", help="machine-readable output")],
+)
+show.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [*settings_parameters(ServeSettings), json_param]
+)
+app.command(cls=SettingsHelpCommand)(show)
+
+
+@app.command()
+def check(
+    file: Annotated[Path, typer.Argument(help="TOML config file to validate")],
+) -> None:
+    """Validate a TOML config file on its own (no environment): syntax, keys, values."""
+    problems = check_file(file)
+    if problems:
+        raise _exit_with(problems, 1)
+    settings = _FileOnlySettings(**tomllib.loads(file.read_text(encoding="utf-8")))
+    for warning in settings.warnings():
+        typer.echo(f"warning: {file}: {warning}", err=True)
+    typer.echo(f"{file}: ok")

@@ -79,72 +79,73 @@ def _update(action: str, options: dict[str, Any]) -> UpdateResult:
         raise fail(str(exc)) from None
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `dns` command group: record, publish, unpublish."""
-    dns_app = typer.Typer(
-        name="dns",
-        help="The _vlmcs._tcp SRV record clients use to find this host.",
-        no_args_is_help=True,
-    )
+app = typer.Typer(
+    name="dns",
+    help="The _vlmcs._tcp SRV record clients use to find this host.",
+    no_args_is_help=True,
+)
 
-    @dns_app.command("record")
-    def record(
-        domain: Annotated[str, typer.Option("--domain", help="DNS domain of the record")],
-        host: Annotated[str, typer.Option("--host", help="host name the record points at")],
-        port: Annotated[int, typer.Option("--port", help="KMS port")] = 1688,
-        ttl: Annotated[int, typer.Option("--ttl", help="TTL in seconds")] = 3600,
-        priority: Annotated[int, typer.Option("--priority", help="SRV priority")] = 0,
-        weight: Annotated[int, typer.Option("--weight", help="SRV weight")] = 0,
-        address: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--address",
-                help="address of the host for A/AAAA lines (repeatable; default: resolve --host)",
-            ),
-        ] = None,
-    ) -> None:
-        """Print zone-file lines for manual setup: the SRV record and the host's A/AAAA."""
-        addresses = address
-        if addresses is None:
-            try:
-                target = SrvRecord.make(domain, host).target.to_text(omit_final_dot=True)
-            except ValueError as exc:
-                raise fail(str(exc)) from None
-            addresses, skipped = resolve_addresses(target)
-            for text in skipped:
-                typer.echo(f"warning: skipped loopback address {text} of {target}", err=True)
-            if not addresses:
-                typer.echo(
-                    f"warning: {target} has no usable address; give --address for A/AAAA lines",
-                    err=True,
-                )
+
+@app.command("record")
+def record(
+    domain: Annotated[str, typer.Option("--domain", help="DNS domain of the record")],
+    host: Annotated[str, typer.Option("--host", help="host name the record points at")],
+    port: Annotated[int, typer.Option("--port", help="KMS port")] = 1688,
+    ttl: Annotated[int, typer.Option("--ttl", help="TTL in seconds")] = 3600,
+    priority: Annotated[int, typer.Option("--priority", help="SRV priority")] = 0,
+    weight: Annotated[int, typer.Option("--weight", help="SRV weight")] = 0,
+    address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--address",
+            help="address of the host for A/AAAA lines (repeatable; default: resolve --host)",
+        ),
+    ] = None,
+) -> None:
+    """Print zone-file lines for manual setup: the SRV record and the host's A/AAAA."""
+    addresses = address
+    if addresses is None:
         try:
-            lines = srv_records(domain, host, port, priority, weight, ttl, addresses)
+            target = SrvRecord.make(domain, host).target.to_text(omit_final_dot=True)
         except ValueError as exc:
             raise fail(str(exc)) from None
-        typer.echo("\n".join(lines))
+        addresses, skipped = resolve_addresses(target)
+        for text in skipped:
+            typer.echo(f"warning: skipped loopback address {text} of {target}", err=True)
+        if not addresses:
+            typer.echo(
+                f"warning: {target} has no usable address; give --address for A/AAAA lines",
+                err=True,
+            )
+    try:
+        lines = srv_records(domain, host, port, priority, weight, ttl, addresses)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    typer.echo("\n".join(lines))
 
-    def publish_command(**options: Any) -> None:
-        """Add or replace this host's SRV record on the DNS server (other hosts' stay)."""
-        result = _update("publish", options)
-        replaced = f" (replaced {', '.join(result.removed)})" if result.removed else ""
-        typer.echo(f"published {result.record.to_text()}{replaced}")
 
-    def unpublish_command(**options: Any) -> None:
-        """Delete this host's SRV record from the DNS server (other hosts' stay)."""
-        result = _update("unpublish", options)
-        if result.removed:
-            for rdata in result.removed:
-                typer.echo(f"removed {result.record.owner} SRV {rdata}")
-        else:
-            typer.echo(f"{result.record.owner} held no record for {result.record.target}")
+def publish_command(**options: Any) -> None:
+    """Add or replace this host's SRV record on the DNS server (other hosts' stay)."""
+    result = _update("publish", options)
+    replaced = f" (replaced {', '.join(result.removed)})" if result.removed else ""
+    typer.echo(f"published {result.record.to_text()}{replaced}")
 
-    parameters = [
-        param
-        for param in settings_parameters(ServeSettings)
-        if param.name == "config" or param.name in DNS_OPTIONS
-    ]
-    for function, name in ((publish_command, "publish"), (unpublish_command, "unpublish")):
-        function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-        dns_app.command(name)(function)
-    app.add_typer(dns_app, name="dns")
+
+def unpublish_command(**options: Any) -> None:
+    """Delete this host's SRV record from the DNS server (other hosts' stay)."""
+    result = _update("unpublish", options)
+    if result.removed:
+        for rdata in result.removed:
+            typer.echo(f"removed {result.record.owner} SRV {rdata}")
+    else:
+        typer.echo(f"{result.record.owner} held no record for {result.record.target}")
+
+
+parameters = [
+    param
+    for param in settings_parameters(ServeSettings)
+    if param.name == "config" or param.name in DNS_OPTIONS
+]
+for function, name in ((publish_command, "publish"), (unpublish_command, "unpublish")):
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    app.command(name)(function)

@@ -15,7 +15,7 @@ from kmsgate.cli.common import ConfigOption, DataDirOption, JsonOption, fail, pr
 from kmsgate.config import ServeSettings, load_settings
 from kmsgate.server.identity import IdentityError, build_identity, read_identity_file
 
-identity_app = typer.Typer(
+app = typer.Typer(
     name="identity", help="The host's identity (HWID, ePIDs) kept across restarts.",
     no_args_is_help=True,
 )  # fmt: skip
@@ -75,7 +75,7 @@ def _text(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@identity_app.command("show")
+@app.command("show")
 def show(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -96,8 +96,3 @@ def show(
         print_json(info)
     else:
         typer.echo(_text(info))
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `identity` command group."""
-    app.add_typer(identity_app)

@@ -209,13 +209,10 @@ def import_command(
         typer.echo(f"  note: {note}")
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `products` command (list, search) and `products import` to a Typer app."""
-    group = typer.Typer(
-        name="products",
-        invoke_without_command=True,
-        help="List and search the KMS products; import newer ones from py-kms or vlmcsd data.",
-    )
-    group.callback()(products_command)
-    group.command("import")(import_command)
-    app.add_typer(group)
+app = typer.Typer(
+    name="products",
+    invoke_without_command=True,
+    help="List and search the KMS products; import newer ones from py-kms or vlmcsd data.",
+)
+app.callback()(products_command)
+app.command("import")(import_command)

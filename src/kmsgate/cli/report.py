@@ -13,13 +13,11 @@ from rich.table import Table
 
 from kmsgate.catalog import default_catalog
 from kmsgate.cli.common import (
-    ConfigOption,
-    DataDirOption,
-    DbOption,
     JsonOption,
+    StoreOptions,
     fail,
     print_json,
-    resolve_settings,
+    store_command,
     with_store,
 )
 from kmsgate.config import ServeSettings
@@ -66,65 +64,62 @@ def _print_monthly(report: MonthlyReport, by_user: bool) -> None:
     typer.echo(f"{report.machines} distinct machines in {report.month} (all products)")
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `report` command."""
+app = typer.Typer()
 
-    @app.command()
-    def report(
-        month: Annotated[
-            str | None,
-            typer.Option(help="calendar month in UTC, YYYY-MM (default: the current month)"),
-        ] = None,
-        stale_days: Annotated[
-            int | None,
-            typer.Option(
-                min=1,
-                max=MAX_STALE_DAYS,
-                help="instead: machines with no request for this many days",
-            ),
-        ] = None,
-        by_user: Annotated[
-            bool, typer.Option("--by-user", help="per gateway user and product (CSV, table)")
-        ] = False,
-        json_output: JsonOption = False,
-        csv_output: Annotated[bool, typer.Option("--csv", help="CSV on standard output")] = False,
-        config: ConfigOption = None,
-        db: DbOption = None,
-        data_dir: DataDirOption = None,
-    ) -> None:
-        """Licence true-up: distinct machines served per product in a month, or stale ones.
 
-        A machine counts once per product however often it renewed; refused requests do not
-        count. In gateway mode --by-user attributes machines to the users who logged in.
-        """
-        if json_output and csv_output:
-            raise fail("give --json or --csv, not both", 2)
-        if stale_days is not None and (month is not None or by_user):
-            raise fail("--stale-days lists machines; it takes no --month or --by-user", 2)
-        try:
-            chosen = (
-                Month.parse(month) if month is not None else Month.containing(datetime.now(UTC))
-            )
-        except ValueError as exc:
-            raise fail(f"--month: {exc}", 2) from None
-        settings = resolve_settings(config, db, data_dir)
-        if stale_days is not None:
-            _stale(settings, stale_days, json_output=json_output, csv_output=csv_output)
-            return
+@app.command()
+@store_command
+def report(
+    store_options: StoreOptions,
+    month: Annotated[
+        str | None,
+        typer.Option(help="calendar month in UTC, YYYY-MM (default: the current month)"),
+    ] = None,
+    stale_days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_STALE_DAYS,
+            help="instead: machines with no request for this many days",
+        ),
+    ] = None,
+    by_user: Annotated[
+        bool, typer.Option("--by-user", help="per gateway user and product (CSV, table)")
+    ] = False,
+    json_output: JsonOption = False,
+    csv_output: Annotated[bool, typer.Option("--csv", help="CSV on standard output")] = False,
+) -> None:
+    """Licence true-up: distinct machines served per product in a month, or stale ones.
 
-        async def monthly(store: Store) -> MonthlyReport:
-            return await ReportStore(store, default_catalog()).monthly(chosen)
+    A machine counts once per product however often it renewed; refused requests do not
+    count. In gateway mode --by-user attributes machines to the users who logged in.
+    """
+    if json_output and csv_output:
+        raise fail("give --json or --csv, not both", 2)
+    if stale_days is not None and (month is not None or by_user):
+        raise fail("--stale-days lists machines; it takes no --month or --by-user", 2)
+    try:
+        chosen = Month.parse(month) if month is not None else Month.containing(datetime.now(UTC))
+    except ValueError as exc:
+        raise fail(f"--month: {exc}", 2) from None
+    settings = store_options.settings()
+    if stale_days is not None:
+        _stale(settings, stale_days, json_output=json_output, csv_output=csv_output)
+        return
 
-        result = with_store(settings, monthly)
-        if json_output:
-            print_json(MonthlyReportModel.from_report(result).model_dump(mode="json"))
-        elif csv_output:
-            if by_user:
-                sys.stdout.write(csv_text(USERS_CSV_COLUMNS, users_csv_rows(result)))
-            else:
-                sys.stdout.write(csv_text(MONTHLY_CSV_COLUMNS, monthly_csv_rows(result)))
+    async def monthly(store: Store) -> MonthlyReport:
+        return await ReportStore(store, default_catalog()).monthly(chosen)
+
+    result = with_store(settings, monthly)
+    if json_output:
+        print_json(MonthlyReportModel.from_report(result).model_dump(mode="json"))
+    elif csv_output:
+        if by_user:
+            sys.stdout.write(csv_text(USERS_CSV_COLUMNS, users_csv_rows(result)))
         else:
-            _print_monthly(result, by_user)
+            sys.stdout.write(csv_text(MONTHLY_CSV_COLUMNS, monthly_csv_rows(result)))
+    else:
+        _print_monthly(result, by_user)
 
 
 def _stale(settings: ServeSettings, days: int, *, json_output: bool, csv_output: bool) -> None:

@@ -174,36 +174,34 @@ def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:
     return params
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `serve` command."""
+def serve(**options: Any) -> None:
+    """Run the KMS host (TCP 1688 on IPv4 and IPv6 by default)."""
+    config = options.pop("config")
+    cli = {
+        key: (value or None) if isinstance(value, list) else value for key, value in options.items()
+    }
+    settings = _settings_or_exit(config, **cli)
+    _preflight_or_exit(settings)
+    _configure_logging(settings)
+    for warning in settings.warnings():
+        log.warning("%s", warning)
+    if settings.db_note and not settings.no_store:
+        log.info("%s", settings.db_note)
+    try:
+        _run(settings, config, cli)
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        raise typer.Exit(1) from None
+    except StoreError as exc:
+        from kmsgate.cli.common import store_failure
 
-    def serve(**options: Any) -> None:
-        """Run the KMS host (TCP 1688 on IPv4 and IPv6 by default)."""
-        config = options.pop("config")
-        cli = {
-            key: (value or None) if isinstance(value, list) else value
-            for key, value in options.items()
-        }
-        settings = _settings_or_exit(config, **cli)
-        _preflight_or_exit(settings)
-        _configure_logging(settings)
-        for warning in settings.warnings():
-            log.warning("%s", warning)
-        if settings.db_note and not settings.no_store:
-            log.info("%s", settings.db_note)
-        try:
-            _run(settings, config, cli)
-        except OSError as exc:
-            log.error("cannot listen: %s", exc)
-            raise typer.Exit(1) from None
-        except StoreError as exc:
-            from kmsgate.cli.common import store_failure
+        log.error("cannot open the store: %s", store_failure(settings.db_url, exc))
+        raise typer.Exit(1) from None
+    except ValueError as exc:  # e.g. --user names nobody on this machine
+        log.error("cannot start: %s", exc)
+        raise typer.Exit(1) from None
 
-            log.error("cannot open the store: %s", store_failure(settings.db_url, exc))
-            raise typer.Exit(1) from None
-        except ValueError as exc:  # e.g. --user names nobody on this machine
-            log.error("cannot start: %s", exc)
-            raise typer.Exit(1) from None
 
-    serve.__signature__ = inspect.Signature(settings_parameters(ServeSettings))  # type: ignore[attr-defined]
-    app.command(cls=SettingsHelpCommand)(serve)
+serve.__signature__ = inspect.Signature(settings_parameters(ServeSettings))  # type: ignore[attr-defined]
+app = typer.Typer()
+app.command(cls=SettingsHelpCommand)(serve)

@@ -14,13 +14,11 @@ from rich.table import Table
 
 from kmsgate.auth.passwords import MAX_PASSWORD_LENGTH, hash_password
 from kmsgate.cli.common import (
-    ConfigOption,
-    DataDirOption,
-    DbOption,
     JsonOption,
+    StoreOptions,
     fail,
     require_db_folder,
-    resolve_settings,
+    store_command,
     with_store,
 )
 from kmsgate.config import ServeSettings
@@ -89,131 +87,125 @@ def _for_existing_user(
         raise fail(f"no user {name!r}") from None
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `users` command group."""
-    group = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app = typer.Typer(name="users", help="Manage user accounts.", no_args_is_help=True)
 
-    @group.command("add")
-    def add(
-        name: NameArgument,
-        admin: Annotated[bool, typer.Option("--admin", help="may use the dashboard")] = False,
-        password_stdin: StdinOption = False,
-        min_password_length: MinLengthOption = None,
-        config: ConfigOption = None,
-        db: DbOption = None,
-        data_dir: DataDirOption = None,
-    ) -> None:
-        """Create a user with an argon2-hashed password (creates the database if need be)."""
-        name = _valid_name(name)
-        settings = resolve_settings(config, db, data_dir, min_password_length=min_password_length)
-        require_db_folder(settings)
-        hashed = hash_password(_read_password(password_stdin, settings.min_password_length))
-        path = settings.db_path
-        created = path is not None and not path.exists()
 
-        async def action(store: Store) -> None:
-            await store.add_user(name, hashed, is_admin=admin)
+@app.command("add")
+@store_command
+def add(
+    store_options: StoreOptions,
+    name: NameArgument,
+    admin: Annotated[bool, typer.Option("--admin", help="may use the dashboard")] = False,
+    password_stdin: StdinOption = False,
+    min_password_length: MinLengthOption = None,
+) -> None:
+    """Create a user with an argon2-hashed password (creates the database if need be)."""
+    name = _valid_name(name)
+    settings = store_options.settings(min_password_length=min_password_length)
+    require_db_folder(settings)
+    hashed = hash_password(_read_password(password_stdin, settings.min_password_length))
+    path = settings.db_path
+    created = path is not None and not path.exists()
 
-        try:
-            with_store(settings, action)
-        except UserExists:
-            raise fail(f"user {name!r} already exists") from None
-        if created:
-            typer.echo(f"created the database {path}", err=True)
-        typer.echo(f"added {'admin ' if admin else ''}user {name}")
+    async def action(store: Store) -> None:
+        await store.add_user(name, hashed, is_admin=admin)
 
-    @group.command("passwd")
-    def passwd(
-        name: NameArgument,
-        password_stdin: StdinOption = False,
-        min_password_length: MinLengthOption = None,
-        config: ConfigOption = None,
-        db: DbOption = None,
-        data_dir: DataDirOption = None,
-    ) -> None:
-        """Set a user's password."""
-        settings = resolve_settings(config, db, data_dir, min_password_length=min_password_length)
-        hashed = hash_password(_read_password(password_stdin, settings.min_password_length))
+    try:
+        with_store(settings, action)
+    except UserExists:
+        raise fail(f"user {name!r} already exists") from None
+    if created:
+        typer.echo(f"created the database {path}", err=True)
+    typer.echo(f"added {'admin ' if admin else ''}user {name}")
 
-        async def action(store: Store) -> None:
-            await store.set_password(name, hashed)
 
-        _for_existing_user(settings, name, action)
-        typer.echo(f"password of {name} changed")
+@app.command("passwd")
+@store_command
+def passwd(
+    store_options: StoreOptions,
+    name: NameArgument,
+    password_stdin: StdinOption = False,
+    min_password_length: MinLengthOption = None,
+) -> None:
+    """Set a user's password."""
+    settings = store_options.settings(min_password_length=min_password_length)
+    hashed = hash_password(_read_password(password_stdin, settings.min_password_length))
 
-    @group.command("remove")
-    def remove(
-        name: NameArgument,
-        config: ConfigOption = None,
-        db: DbOption = None,
-        data_dir: DataDirOption = None,
-    ) -> None:
-        """Delete a user."""
-        settings = resolve_settings(config, db, data_dir)
+    async def action(store: Store) -> None:
+        await store.set_password(name, hashed)
 
-        async def action(store: Store) -> None:
-            await store.remove_user(name)
+    _for_existing_user(settings, name, action)
+    typer.echo(f"password of {name} changed")
 
-        _for_existing_user(settings, name, action)
-        typer.echo(f"removed user {name}")
 
-    @group.command("list")
-    def list_users(
-        json_output: JsonOption = False,
-        config: ConfigOption = None,
-        db: DbOption = None,
-        data_dir: DataDirOption = None,
-    ) -> None:
-        """List users (never their password hashes)."""
-        settings = resolve_settings(config, db, data_dir)
-        users = with_store(settings, lambda store: store.list_users(), must_exist=True)
-        if json_output:
-            models = [
-                UserModel(
-                    name=u.name,
-                    admin=u.is_admin,
-                    disabled=u.disabled,
-                    # SQLite hands back naive datetimes; the store writes UTC.
-                    created=u.created if u.created.tzinfo else u.created.replace(tzinfo=UTC),
-                )
-                for u in users
-            ]
-            typer.echo(TypeAdapter(list[UserModel]).dump_json(models, indent=2).decode())
-            return
-        table = Table("user", "admin", "disabled", "created")
-        for user in users:
-            table.add_row(
-                rich_cell(user.name),  # a stored name is text, never Rich markup
-                "yes" if user.is_admin else "no",
-                "yes" if user.disabled else "no",
-                f"{user.created:%Y-%m-%d %H:%M}",
+@app.command("remove")
+@store_command
+def remove(
+    store_options: StoreOptions,
+    name: NameArgument,
+) -> None:
+    """Delete a user."""
+    settings = store_options.settings()
+
+    async def action(store: Store) -> None:
+        await store.remove_user(name)
+
+    _for_existing_user(settings, name, action)
+    typer.echo(f"removed user {name}")
+
+
+@app.command("list")
+@store_command
+def list_users(
+    store_options: StoreOptions,
+    json_output: JsonOption = False,
+) -> None:
+    """List users (never their password hashes)."""
+    settings = store_options.settings()
+    users = with_store(settings, lambda store: store.list_users(), must_exist=True)
+    if json_output:
+        models = [
+            UserModel(
+                name=u.name,
+                admin=u.is_admin,
+                disabled=u.disabled,
+                # SQLite hands back naive datetimes; the store writes UTC.
+                created=u.created if u.created.tzinfo else u.created.replace(tzinfo=UTC),
             )
-        Console().print(table)
-
-    @group.command("quota")
-    def quota(
-        name: NameArgument,
-        week: Annotated[
-            int | None, typer.Option(min=0, help="activations per rolling week")
-        ] = None,
-        month: Annotated[
-            int | None, typer.Option(min=0, help="activations per rolling 30 days")
-        ] = None,
-        config: ConfigOption = None,
-        db: DbOption = None,
-        data_dir: DataDirOption = None,
-    ) -> None:
-        """Set a user's quota overrides; without --week/--month the host-wide defaults apply."""
-        settings = resolve_settings(config, db, data_dir)
-
-        async def action(store: Store) -> None:
-            await GatewayStore(store).set_quota(name, week, month)
-
-        _for_existing_user(settings, name, action)
-        shown = ", ".join(
-            f"{label} {value if value is not None else 'default'}"
-            for label, value in (("week", week), ("month", month))
+            for u in users
+        ]
+        typer.echo(TypeAdapter(list[UserModel]).dump_json(models, indent=2).decode())
+        return
+    table = Table("user", "admin", "disabled", "created")
+    for user in users:
+        table.add_row(
+            rich_cell(user.name),  # a stored name is text, never Rich markup
+            "yes" if user.is_admin else "no",
+            "yes" if user.disabled else "no",
+            f"{user.created:%Y-%m-%d %H:%M}",
         )
-        typer.echo(f"quota of {name}: {shown}")
+    Console().print(table)
 
-    app.add_typer(group, name="users")
+
+@app.command("quota")
+@store_command
+def quota(
+    store_options: StoreOptions,
+    name: NameArgument,
+    week: Annotated[int | None, typer.Option(min=0, help="activations per rolling week")] = None,
+    month: Annotated[
+        int | None, typer.Option(min=0, help="activations per rolling 30 days")
+    ] = None,
+) -> None:
+    """Set a user's quota overrides; without --week/--month the host-wide defaults apply."""
+    settings = store_options.settings()
+
+    async def action(store: Store) -> None:
+        await GatewayStore(store).set_quota(name, week, month)
+
+    _for_existing_user(settings, name, action)
+    shown = ", ".join(
+        f"{label} {value if value is not None else 'default'}"
+        for label, value in (("week", week), ("month", month))
+    )
+    typer.echo(f"quota of {name}: {shown}")
