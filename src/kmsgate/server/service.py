@@ -31,7 +31,7 @@ from kmsgate.server.systemd import (
 # imported where they are started, so a node runs with only the memory its options need.
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
-    from kmsgate.server.dns_publish import DnsPublisher
+    from kmsgate.server.dns_task import DnsPublisher
     from kmsgate.server.recording import InlineRecordGate, RecordGate
     from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
@@ -140,7 +140,7 @@ class Service:
             hand_over(settings.data_dir, *ids)
             drop_privileges(*ids)
         if settings.dns_publish:
-            from kmsgate.server.dns_publish import DnsPublisher
+            from kmsgate.server.dns_task import DnsPublisher
 
             # Announce the host only once it listens; failures are logged and retried.
             self.dns_publisher = DnsPublisher(settings)
