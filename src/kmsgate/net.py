@@ -150,14 +150,6 @@ class Peer:
             return cls(canonical_address(str(name[0])), int(name[1]))
         return cls("unknown")
 
-    @classmethod
-    def parse(cls, text: str) -> Peer:
-        """From `a.b.c.d:port`, `[v6]:port` or a bare address (the form `str(peer)` gives)."""
-        host, sep, port = text.rpartition(":")
-        if sep and port.isdigit() and (not host.count(":") or host.startswith("[")):
-            return cls(canonical_address(host), int(port))
-        return cls(canonical_address(text))
-
     @property
     def is_ip(self) -> bool:
         """Whether the address is an IP address (not "unknown" or a socket path)."""

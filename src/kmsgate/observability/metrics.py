@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 import kmsgate
 from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.net import Peer
 from kmsgate.protocol import rpc
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.protocol.session import (
@@ -300,7 +301,7 @@ class Metrics:
 
     # --- events ---------------------------------------------------------------------------
 
-    def hook(self, peer: str, event: Event) -> None:
+    def hook(self, peer: Peer, event: Event) -> None:
         """Count one session event; signature matches KmsHost.event_hooks."""
         # Exact type tests: cheaper than isinstance, and the event classes are final.
         if type(event) is ActivationServed:

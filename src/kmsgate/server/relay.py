@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from kmsgate.net import Peer
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.observer import (
     MAX_PENDING_CALLS,
@@ -30,7 +31,7 @@ from kmsgate.protocol.session import (
     PolicyRefusal,
     RequestPolicy,
 )
-from kmsgate.server.host import KmsHost, _peer_text
+from kmsgate.server.host import KmsHost
 from kmsgate.server.idle import IdleTimer
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class RelayConnection(asyncio.Protocol):
         self._admitting = False
         self._window_end: asyncio.TimerHandle | None = None
         self._end_reason = ""
-        self.peer = "unknown"
+        self.peer = Peer("unknown")
 
     # -- client side -----------------------------------------------------------------------
 
@@ -139,7 +140,7 @@ class RelayConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
         client = cast(asyncio.Transport, transport)
         self._client = client
-        self.peer = _peer_text(client)
+        self.peer = Peer.from_socket_name(client.get_extra_info("peername"))
         host = self._host
         if not host.accept(self, client, self.peer):
             return
