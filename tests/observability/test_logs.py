@@ -22,11 +22,11 @@ from kmsgate.observability.logs import (
     activation_line,
     activation_log,
     client_time_text,
-    license_status_name,
     log_activation,
     mask_secrets,
     setup_logging,
 )
+from kmsgate.protocol.licensing import license_status_name
 from tests.observability import CMID, EPID, make_request, refused, served
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -79,6 +79,7 @@ def test_activation_line_keeps_its_format(catalog: Catalog) -> None:
     )
     assert license_status_name(1) == "licensed"
     assert license_status_name(42) == "status-42"
+    assert license_status_name(None) is None  # the API's rows without a status
 
 
 def test_client_chosen_names_cannot_forge_log_lines(catalog: Catalog) -> None:

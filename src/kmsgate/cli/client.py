@@ -35,9 +35,9 @@ from kmsgate.dns.discovery import (
     parse_nameserver,
 )
 from kmsgate.net import parse_endpoint
-from kmsgate.observability.logs import license_status_name
 from kmsgate.protocol.engine import unix_from_filetime
 from kmsgate.protocol.errors import ActivationError, KmsgateError, RpcFaultError, VerificationError
+from kmsgate.protocol.licensing import license_status_name
 from kmsgate.protocol.messages import Check, KmsRequest
 
 #: Default product: the most common volume client, Windows 10/11 Pro (GVLK W269N-...;

@@ -28,18 +28,9 @@ from kmsgate.catalog import Catalog
 from kmsgate.net import Peer
 from kmsgate.protocol.engine import unix_from_filetime
 from kmsgate.protocol.hresult import describe
+from kmsgate.protocol.licensing import license_status_name
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.protocol.session import ActivationRefused, ActivationServed
-
-LICENSE_STATUS = {
-    0: "unlicensed",
-    1: "licensed",
-    2: "oob-grace",
-    3: "oot-grace",
-    4: "non-genuine-grace",
-    5: "notification",
-    6: "extended-grace",
-}
 
 LogFormat = Literal["text", "json", "mininfo"]
 LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json", "mininfo")
@@ -72,10 +63,6 @@ class ActivationFields(TypedDict):
 
 
 # --- the activation record ---------------------------------------------------------------
-
-
-def license_status_name(status: int) -> str:
-    return LICENSE_STATUS.get(status, f"status-{status}")
 
 
 def _printable(text: str) -> str:

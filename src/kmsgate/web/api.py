@@ -12,7 +12,7 @@ from fastapi.security import APIKeyCookie
 from pydantic import BaseModel, ConfigDict, Field
 
 from kmsgate.catalog import Catalog, Sku
-from kmsgate.observability.logs import LICENSE_STATUS
+from kmsgate.protocol.licensing import license_status_name as license_status_name
 from kmsgate.store.database import Store
 from kmsgate.store.records import ActivationRow, ClientRow, Page, Stats
 from kmsgate.web.auth import Admin, Authenticator
@@ -70,13 +70,6 @@ NodeParam = Annotated[
         description="Only requests answered by this node.",
     ),
 ]
-
-
-def license_status_name(status: int | None) -> str | None:
-    """Readable name of a Windows license status code."""
-    if status is None:
-        return None
-    return LICENSE_STATUS.get(status, f"status-{status}")
 
 
 def as_utc(value: datetime | None, name: str) -> datetime | None:
