@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 
 from kmsgate.catalog import default_catalog
+from kmsgate.net import Peer
 from kmsgate.observability.logs import JsonFormatter, SecretMaskingFilter, log_activation
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol import rpc
@@ -20,7 +21,7 @@ from kmsgate.protocol.events import ActivationRefused, ActivationServed, FaultSe
 from kmsgate.protocol.messages import KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
 
-PEER = "10.1.2.3:49152"
+PEER = Peer("10.1.2.3", 49152)
 
 
 def per_call_us(fn: Callable[[], object], loops: int, repeats: int = 5) -> float:

@@ -46,7 +46,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 # Exceptions used as control flow, not errors: they need not derive from KmsgateError.
-NOT_ERRORS = {"kmsgate.web.pages.LoginRequired"}
+NOT_ERRORS = {"kmsgate.web.context.LoginRequired"}
 
 
 def modules(root: Path) -> dict[str, Path]:

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The family rule is kmsgate's own (imports add families by it too); take it from this tree.
+sys.path.insert(0, str(REPO_ROOT / "src"))
+from kmsgate.catalog.families import add_families  # noqa: E402
+
 DEFAULT_SOURCE = REPO_ROOT / "data" / "kms-products.json"
 DEFAULT_OUTPUT = REPO_ROOT / "src" / "kmsgate" / "catalog" / "products.json"
 
@@ -548,7 +552,7 @@ def build(doc: Mapping[str, Any], source_sha256: str) -> dict[str, Any]:
             ],
         },
     }
-    return {
+    catalog = {
         "schema": SCHEMA,
         "provenance": provenance,
         "applications": applications,
@@ -559,6 +563,8 @@ def build(doc: Mapping[str, Any], source_sha256: str) -> dict[str, Any]:
         "vlmcsd_csvlks": vlmcsd,
         "genuine_host_model": model,
     }
+    add_families(catalog)
+    return catalog
 
 
 def render(catalog: Mapping[str, Any]) -> str:

@@ -40,11 +40,11 @@ from kmsgate.access.accounts.base import (
 from kmsgate.access.products import ProductPattern
 from kmsgate.access.source import parse_network
 from kmsgate.auth.passwords import MAX_PASSWORD_LENGTH
+from kmsgate.net import parse_endpoint
 from kmsgate.protocol.epid import VALID_LCIDS, parse_epid_option, parse_hwid
 
 DEFAULT_CONFIG_FILE = Path("/etc/kmsgate/kmsgate.toml")
 DEFAULT_LISTEN = ["0.0.0.0:1688", "[::]:1688"]
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 _DB_SCHEME_NO_SLASHES = re.compile(r"^(sqlite|postgres|postgresql)(\+\w+)?:(?!//)", re.I)
 DB_FORMS = "a file path, sqlite:////ABSOLUTE/PATH or postgresql://USER@HOST[:PORT]/DB"
@@ -58,74 +58,23 @@ def default_data_dir() -> Path:
     return Path(base) / "kmsgate"
 
 
-def is_host_name(text: str) -> bool:
-    """Whether `text` is a syntactically valid DNS host name (RFC 1123; the last label not
-    all digits, so a mistyped IPv4 address is not taken for a name)."""
-    labels = text.removesuffix(".").split(".")
-    if len(text) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
-        return False
-    return not labels[-1].isdigit()
-
-
 def parse_listen(text: str) -> tuple[str, int]:
-    """Split `ADDR:PORT`, `[V6]:PORT` or a bare port into (host, port)."""
-    text = text.strip()
-    if text.isdigit():
-        host, port_text = "0.0.0.0", text
-    elif text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"listen address {text!r} must look like [ADDR]:PORT")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ValueError(f"listen address {text!r} must look like ADDR:PORT or [ADDR]:PORT")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not host:
-            raise ValueError(f"listen address {text!r} has no host") from None
-        if not is_host_name(host):
-            # 127.0.0.256 or 10.1.1 would otherwise go to the resolver as a "name".
-            raise ValueError(
-                f"listen address {text!r}: {host!r} is neither an IP address nor a host name"
-            ) from None
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"listen address {text!r} has an invalid port")
-    return host, int(port_text)
+    """Split `ADDR:PORT`, `[V6]:PORT` or a bare port (all addresses) into (host, port)."""
+    endpoint = parse_endpoint(
+        text,
+        port_required=True,
+        allow_port_zero=True,
+        bare_port_host="0.0.0.0",
+        what="listen address",
+    )
+    assert endpoint.port is not None  # port_required
+    return endpoint.host, endpoint.port
 
 
 def parse_public_address(text: str) -> tuple[str, int | None]:
     """Split `HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT` (a DNS name or an IP address)."""
-    text = text.strip()
-    if "/" in text:
-        raise ValueError(f"public address {text!r} must be HOST[:PORT], not a URL or path")
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or rest[:1] not in ("", ":"):
-            raise ValueError(f"public address {text!r} must look like [V6] or [V6]:PORT")
-        has_port, port_text = rest.startswith(":"), rest[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"public address {text!r}: {host!r} is no IPv6 address") from None
-    elif text.count(":") > 1:
-        raise ValueError(f"public address {text!r}: write an IPv6 address as [ADDR] or [ADDR]:PORT")
-    else:
-        host, colon, port_text = text.partition(":")
-        has_port = bool(colon)
-        labels = host.removesuffix(".").split(".")
-        if not host or not all(
-            0 < len(label) <= 63
-            and label.isascii()
-            and label.replace("-", "").isalnum()
-            and not label.startswith("-")
-            for label in labels
-        ):
-            raise ValueError(f"public address {text!r}: {host!r} is no host name or IP address")
-    if has_port and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
-        raise ValueError(f"public address {text!r} has an invalid port")
-    return host, int(port_text) if has_port else None
+    endpoint = parse_endpoint(text, allow_bare_ipv6=False, what="public address")
+    return endpoint.host, endpoint.port
 
 
 # Help panels of `kmsgate serve --help` and sections of the man page, in display order. Every

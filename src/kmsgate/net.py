@@ -1,10 +1,113 @@
-"""Typed network peers: one canonical address form wherever addresses are compared or stored."""
+"""Typed network addresses: the one `HOST:PORT` parser, and peers in one canonical form."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_host_name(text: str) -> bool:
+    """Whether `text` is a syntactically valid DNS host name (RFC 1123; the last label not
+    all digits, so a mistyped IPv4 address is not taken for a name)."""
+    labels = text.removesuffix(".").split(".")
+    if len(text) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return False
+    return not labels[-1].isdigit()
+
+
+def is_ip_address(text: str) -> bool:
+    """Whether `text` is an IPv4 or IPv6 address (an IPv6 zone such as `%eth0` allowed)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _bracketed(host: str, port: int | None) -> str:
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A host (DNS name or IP address, as written) and a port (None: not given, no default)."""
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        return _bracketed(self.host, self.port)
+
+
+def parse_endpoint(
+    text: str,
+    *,
+    default_port: int | None = None,
+    port_required: bool = False,
+    allow_port_zero: bool = False,
+    allow_names: bool = True,
+    allow_bare_ipv6: bool = True,
+    bare_port_host: str | None = None,
+    what: str = "address",
+) -> Endpoint:
+    """Parse `HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT`, a bare IPv6 address (`allow_bare_ipv6`)
+    or a bare `PORT` on `bare_port_host`; a missing port is `default_port`.
+
+    ValueError names `what` and the text."""
+    text = text.strip()
+    if bare_port_host is not None and text.isdigit():
+        return Endpoint(bare_port_host, _port(text, allow_port_zero, what))
+    bracket_form = "[ADDR]:PORT" if port_required else "[ADDR] or [ADDR]:PORT"
+    if "/" in text:
+        raise ValueError(f"{what} {text!r} must be HOST[:PORT], not a URL or path")
+    port_text: str | None = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or rest[:1] not in ("", ":"):
+            raise ValueError(f"{what} {text!r} must look like {bracket_form}")
+        if not _is_ipv6(host):
+            raise ValueError(f"{what} {text!r}: {host!r} is no IPv6 address")
+        if rest:
+            port_text = rest[1:]
+    elif text.count(":") > 1:
+        if not allow_bare_ipv6 or port_required:
+            raise ValueError(f"{what} {text!r}: write an IPv6 address as {bracket_form}")
+        if not _is_ipv6(text):
+            raise ValueError(f"{what} {text!r}: {text!r} is no IPv6 address")
+        host = text
+    else:
+        host, sep, after = text.partition(":")
+        if sep:
+            port_text = after
+        if not is_ip_address(host) and not (allow_names and is_host_name(host)):
+            kind = "host name or IP address" if allow_names else "IP address"
+            raise ValueError(f"{what} {text!r}: {host!r} is no {kind}")
+    if port_text is None:
+        if port_required:
+            raise ValueError(f"{what} {text!r} must look like ADDR:PORT or [ADDR]:PORT")
+        return Endpoint(host, default_port)
+    return Endpoint(host, _port(port_text, allow_port_zero, what, text))
+
+
+def _port(port_text: str, allow_zero: bool, what: str, text: str | None = None) -> int:
+    lowest = 0 if allow_zero else 1
+    if not (port_text.isascii() and port_text.isdigit()) or not lowest <= int(port_text) <= 65535:
+        raise ValueError(f"{what} {text or port_text!r} has an invalid port")
+    return int(port_text)
 
 
 def canonical_address(text: str) -> str:
@@ -47,14 +150,6 @@ class Peer:
             return cls(canonical_address(str(name[0])), int(name[1]))
         return cls("unknown")
 
-    @classmethod
-    def parse(cls, text: str) -> Peer:
-        """From `a.b.c.d:port`, `[v6]:port` or a bare address (the form `str(peer)` gives)."""
-        host, sep, port = text.rpartition(":")
-        if sep and port.isdigit() and (not host.count(":") or host.startswith("[")):
-            return cls(canonical_address(host), int(port))
-        return cls(canonical_address(text))
-
     @property
     def is_ip(self) -> bool:
         """Whether the address is an IP address (not "unknown" or a socket path)."""
@@ -65,8 +160,4 @@ class Peer:
         return True
 
     def __str__(self) -> str:
-        if self.port is None:
-            return self.address
-        if ":" in self.address:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+        return _bracketed(self.address, self.port)

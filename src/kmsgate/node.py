@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from kmsgate.recording.process import WriterProcess
     from kmsgate.recording.recorder import RecordGate
     from kmsgate.recording.writer import RecordWriter
-    from kmsgate.server.dns_publish import DnsPublisher
+    from kmsgate.server.dns_task import DnsPublisher
     from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
@@ -162,7 +162,7 @@ class Node:
             hand_over(settings.data_dir, *ids)
             drop_privileges(*ids)
         if settings.dns_publish:
-            from kmsgate.server.dns_publish import DnsPublisher
+            from kmsgate.server.dns_task import DnsPublisher
 
             # Announce the host only once it listens; failures are logged and retried.
             publisher = self.dns_publisher = DnsPublisher(settings)

@@ -14,6 +14,7 @@ from kmsgate.access.nft import normalize_address
 from kmsgate.access.source import SourcePolicy
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
+from kmsgate.net import Peer
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
 from tests.web.test_portal import forwarded_client
@@ -58,7 +59,7 @@ async def test_gateway_grants_and_admits_one_identity(tmp_path: Path) -> None:
         # The portal on a dual-stack socket, the KMS host on an IPv4 one, or the reverse.
         outcome = await gateway.login("gina", "pw-gina-1", "::ffff:10.7.7.7")
         assert outcome.window is not None and outcome.window.address == "10.7.7.7"
-        admission = await gateway.admit("[::ffff:10.7.7.7]:50123")
+        admission = await gateway.admit(Peer.from_socket_name(("::ffff:10.7.7.7", 50123, 0, 0)))
         assert admission is not None and admission.window.id == outcome.window.id
         await gateway.audit.close()
         page = await gateway.store.list_audit(limit=10)

@@ -17,6 +17,7 @@ from kmsgate.access.gateway import Gateway
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
 from kmsgate.config import ServeSettings
+from kmsgate.net import Peer
 from kmsgate.node import Node
 from kmsgate.server.host import KmsHost
 from kmsgate.store.database import Store
@@ -137,7 +138,7 @@ async def test_unused_window_expires_and_is_audited(tmp_path: Path) -> None:
         outcome = await gateway.login("bob", PASSWORD, "10.1.1.1")
         assert outcome.ok
         clock_now[0] += timedelta(seconds=61)
-        assert await gateway.admit("10.1.1.1:50000") is None
+        assert await gateway.admit(Peer("10.1.1.1", 50000)) is None
         expired = await gateway.sweep()
         assert [w.id for w in expired] == [outcome.window.id]  # type: ignore[union-attr]
         kinds = [e.kind for e in await audit_kinds(gateway)]

@@ -119,8 +119,8 @@ def assert_refused_before_start(
 @pytest.mark.parametrize(
     ("listen", "line"),
     [
-        ("10.0.0.300:1688", "listen: listen address '10.0.0.300:1688': '10.0.0.300' is neither "
-         "an IP address nor a host name"),
+        ("10.0.0.300:1688", "listen: listen address '10.0.0.300:1688': '10.0.0.300' is no host "
+         "name or IP address"),
         ("127.0.0.1:16888x", "listen: listen address '127.0.0.1:16888x' has an invalid port"),
         ("127.0.0.1:99999", "listen: listen address '127.0.0.1:99999' has an invalid port"),
         ("127.0.0.1", "listen: listen address '127.0.0.1' must look like ADDR:PORT or "
@@ -232,6 +232,6 @@ def test_the_config_file_of_the_environment_is_validated_the_same(tmp_path: Path
     env = clean_env(tmp_path, KMSGATE_LISTEN="127.0.0.1:1688,10.0.0.300:1688")
     done = kmsgate("serve", "--data-dir", str(data), tmp_path=tmp_path, env=env)
     assert_refused_before_start(
-        done, 2, "listen: listen address '10.0.0.300:1688': '10.0.0.300' is neither an IP "
-        "address nor a host name", data,
+        done, 2, "listen: listen address '10.0.0.300:1688': '10.0.0.300' is no host name "
+        "or IP address", data,
     )  # fmt: skip

@@ -6,6 +6,7 @@ import random
 import socket
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import dns.asyncquery
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kmsgate.client.discovery import (
+from kmsgate.dns.discovery import (
     DiscoveryError,
     KmsHostCandidate,
     discover_kms_hosts,
@@ -94,96 +95,91 @@ def test_discovery_error_is_a_kmsgate_error() -> None:
 
 
 # ---------------------------------------------------------------------------------
-# order_srv_records (pure)
+# order_srv_records: dnspython's RFC 2782 processing order, drawn from `random`
 # ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed the `random` module dnspython draws from; its state is restored afterwards."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def ordered_with(seed: int, records: Sequence[KmsHostCandidate], **kwargs: bool) -> list[C]:
+    with seeded(seed):
+        return order_srv_records(records, **kwargs)
 
 
 def test_priority_ascending() -> None:
     records = [C("c", 1, 30, 5), C("a", 1, 10, 5), C("b", 1, 20, 5), C("a2", 1, 10, 5)]
     for seed in range(50):
-        ordered = order_srv_records(records, random.Random(seed))
+        ordered = ordered_with(seed, records)
         assert [c.priority for c in ordered] == [10, 10, 20, 30]
         assert {c.host for c in ordered[:2]} == {"a", "a2"}
         assert [c.host for c in ordered[2:]] == ["b", "c"]
 
 
-class _ScriptedRandom(random.Random):
-    """Random whose shuffle keeps order and whose randint returns scripted values."""
-
-    def __init__(self, picks: list[int]) -> None:
-        super().__init__(0)
-        self.picks = list(picks)
-        self.calls: list[tuple[int, int]] = []
-
-    def shuffle(self, x: list[object]) -> None:  # type: ignore[override]
-        return None
-
-    def randint(self, a: int, b: int) -> int:
-        self.calls.append((a, b))
-        return self.picks.pop(0)
-
-
-def test_weighted_selection_follows_rfc2782_running_sums() -> None:
-    # Unordered list becomes [z(0), a(10), b(20)]: running sums 0, 10, 30.
-    a, b, z = C("a", 1, 0, 10), C("b", 1, 0, 20), C("z", 1, 0, 0)
-    rng = _ScriptedRandom([11, 0, 10])
-    assert order_srv_records([a, b, z], rng) == [b, z, a]
-    # Uniform number drawn from 0..sum inclusive, over the records not yet ordered.
-    assert rng.calls == [(0, 30), (0, 10), (0, 10)]
-
-    # A pick equal to a running sum selects that record; 0 selects the weight 0 one.
-    assert order_srv_records([a, b, z], _ScriptedRandom([10, 0, 0])) == [a, z, b]
-    assert order_srv_records([a, b, z], _ScriptedRandom([0, 0, 0])) == [z, a, b]
-    assert order_srv_records([a, b, z], _ScriptedRandom([30, 20, 0])) == [b, a, z]
-
-
 def _first_pick_ratio(records: list[KmsHostCandidate], host: str, seeds: int) -> float:
-    firsts = Counter(order_srv_records(records, random.Random(s))[0].host for s in range(seeds))
+    firsts = Counter(ordered_with(s, records)[0].host for s in range(seeds))
     return firsts[host] / seeds
 
 
 def test_weight_distribution_90_10() -> None:
     records = [C("heavy", 1688, 0, 90), C("light", 1688, 0, 10)]
-    # RFC 2782 draws from 0..100 inclusive, so "heavy" is first with p ~ 0.896.
+    # Selection proportional to weight: "heavy" is first with p = 0.9.
     ratio = _first_pick_ratio(records, "heavy", 3000)
-    assert 0.87 <= ratio <= 0.92
+    assert 0.87 <= ratio <= 0.93
     # Input order must not bias the result.
     ratio_reversed = _first_pick_ratio(records[::-1], "heavy", 3000)
-    assert 0.87 <= ratio_reversed <= 0.92
+    assert 0.87 <= ratio_reversed <= 0.93
+
+
+def test_weight_proportional_among_three() -> None:
+    records = [C("w60", 1688, 0, 60), C("w30", 1688, 0, 30), C("w10", 1688, 0, 10)]
+    firsts = Counter(ordered_with(s, records)[0].host for s in range(4000))
+    assert 2200 <= firsts["w60"] <= 2600
+    assert 1000 <= firsts["w30"] <= 1400
+    assert 250 <= firsts["w10"] <= 550
+    # Once the first is chosen, the rest are again weighted: w30 follows w60 3 times in 4.
+    after_w60 = Counter(
+        o[1].host for s in range(4000) if (o := ordered_with(s, records))[0].host == "w60"
+    )
+    assert 0.68 <= after_w60["w30"] / sum(after_w60.values()) <= 0.82
 
 
 def test_weight_zero_is_picked_rarely_but_not_never() -> None:
+    # RFC 2782: weight 0 records "should have a very small chance of being selected".
     records = [C("zero", 1688, 0, 0), C("ten", 1688, 0, 10)]
-    ratio = _first_pick_ratio(records, "zero", 3000)
-    assert 0.05 <= ratio <= 0.14  # expected 1/11
+    ratio = _first_pick_ratio(records, "zero", 5000)
+    assert 0 < ratio <= 0.03  # dnspython weighs them 0.1: about 1 in 100 here
     heavy = [C("zero", 1688, 0, 0), C("big", 1688, 0, 1000)]
     assert _first_pick_ratio(heavy, "zero", 3000) < 0.01
 
 
 def test_all_zero_weights_are_uniform() -> None:
     records = [C(h, 1688, 0, 0) for h in ("a", "b", "c")]
-    firsts = Counter(order_srv_records(records, random.Random(s))[0].host for s in range(3000))
+    firsts = Counter(ordered_with(s, records)[0].host for s in range(3000))
     assert set(firsts) == {"a", "b", "c"}
     for count in firsts.values():
         assert 850 <= count <= 1150
 
 
-def test_deterministic_given_seeded_rng() -> None:
+def test_deterministic_given_seeded_random() -> None:
     records = sorted(EXAMPLE_RECORDS, key=lambda c: c.host)
     for seed in range(20):
-        assert order_srv_records(records, random.Random(seed)) == order_srv_records(
-            records, random.Random(seed)
-        )
-    orders = {tuple(order_srv_records(records, random.Random(s))) for s in range(50)}
-    assert len(orders) > 1  # the rng really is used
+        assert ordered_with(seed, records) == ordered_with(seed, records)
+    orders = {tuple(ordered_with(s, records)) for s in range(50)}
+    assert len(orders) > 1  # the order really is random
 
 
 def test_ignoring_priority_shuffles_everything() -> None:
     records = [C(f"h{i}", 1688, i, 0) for i in range(5)]
-    orders = {
-        tuple(order_srv_records(records, random.Random(s), honour_priority=False))
-        for s in range(100)
-    }
+    orders = {tuple(ordered_with(s, records, honour_priority=False)) for s in range(100)}
     assert all(sorted(o, key=lambda c: c.host) == records for o in orders)
     assert any([c.priority for c in o] != sorted(c.priority for c in o) for o in orders)
     assert len({o[0].host for o in orders}) == 5
@@ -205,12 +201,13 @@ candidates_st = st.lists(
 def test_order_is_a_permutation_with_non_decreasing_priority(
     records: list[KmsHostCandidate], seed: int, honour: bool
 ) -> None:
-    ordered = order_srv_records(records, random.Random(seed), honour_priority=honour)
-    assert Counter(ordered) == Counter(records)
+    ordered = ordered_with(seed, records, honour_priority=honour)
+    # An RRset holds each record once: duplicates collapse, nothing else is lost.
+    assert sorted(ordered, key=repr) == sorted(set(records), key=repr)
     if honour:
         priorities = [c.priority for c in ordered]
         assert priorities == sorted(priorities)
-    assert ordered == order_srv_records(records, random.Random(seed), honour_priority=honour)
+    assert ordered == ordered_with(seed, records, honour_priority=honour)
 
 
 class _FixedAnswerResolver(dns.asyncresolver.Resolver):
@@ -233,12 +230,12 @@ async def test_discover_result_does_not_depend_on_answer_order() -> None:
         "0 0 1688 first.example.test.",
     ]
     for seed in range(10):
-        results = [
-            await discover_kms_hosts(
-                "example.test", resolver=_FixedAnswerResolver(order), rng=random.Random(seed)
-            )
-            for order in (texts, texts[::-1], texts[2:] + texts[:2])
-        ]
+        results = []
+        for order in (texts, texts[::-1], texts[2:] + texts[:2]):
+            with seeded(seed):
+                results.append(
+                    await discover_kms_hosts("example.test", resolver=_FixedAnswerResolver(order))
+                )
         assert results[0] == results[1] == results[2]
         assert results[0][0].host == "first.example.test"
 
@@ -251,16 +248,15 @@ async def test_discover_result_does_not_depend_on_answer_order() -> None:
 async def test_discover_returns_rfc2782_order(knot: KnotServer) -> None:
     canonical = sorted(EXAMPLE_RECORDS, key=lambda c: (c.priority, c.weight, c.host, c.port))
     for seed in range(5):
-        found = await discover_kms_hosts(
-            "example.test", resolver=knot.resolver(), rng=random.Random(seed)
-        )
+        with seeded(seed):
+            found = await discover_kms_hosts("example.test", resolver=knot.resolver())
         assert set(found) == EXAMPLE_RECORDS
         assert len(found) == len(EXAMPLE_RECORDS)
         assert found[0] == C("primary.example.test", 16880, 5, 100)
         assert {c.host for c in found[1:4]} == {f"kms{i}.example.test" for i in (1, 2, 3)}
         assert found[4] == C("backup.example.test", 1688, 20, 0)
-        # Deterministic for a given rng, whatever order the server answered in.
-        assert found == order_srv_records(canonical, random.Random(seed))
+        # Deterministic for a given random state, whatever order the server answered in.
+        assert found == ordered_with(seed, canonical)
 
 
 async def test_discover_trailing_dot_domain(knot: KnotServer) -> None:
@@ -272,12 +268,10 @@ async def test_discover_trailing_dot_domain(knot: KnotServer) -> None:
 async def test_discover_ignoring_priority(knot: KnotServer) -> None:
     orders = []
     for seed in range(10):
-        found = await discover_kms_hosts(
-            "example.test",
-            resolver=knot.resolver(),
-            rng=random.Random(seed),
-            honour_priority=False,
-        )
+        with seeded(seed):
+            found = await discover_kms_hosts(
+                "example.test", resolver=knot.resolver(), honour_priority=False
+            )
         assert set(found) == EXAMPLE_RECORDS
         orders.append([c.priority for c in found])
     assert any(p != sorted(p) for p in orders)
@@ -316,7 +310,7 @@ async def test_dot_target_means_no_service(knot: KnotServer) -> None:
 
 async def test_search_list_falls_back_to_next_domain(knot: KnotServer) -> None:
     resolver = knot.resolver(search=["missing.test", "example.test"])
-    found = await discover_kms_hosts(resolver=resolver, rng=random.Random(1))
+    found = await discover_kms_hosts(resolver=resolver)
     assert set(found) == EXAMPLE_RECORDS
     assert found[0].host == "primary.example.test"
 

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.net import Peer
 from kmsgate.observability.logs import (
     JsonFormatter,
     MininfoFormatter,
@@ -21,12 +22,11 @@ from kmsgate.observability.logs import (
     activation_line,
     activation_log,
     client_time_text,
-    license_status_name,
     log_activation,
     mask_secrets,
     setup_logging,
-    split_peer,
 )
+from kmsgate.protocol.licensing import license_status_name
 from tests.observability import CMID, EPID, make_request, refused, served
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -62,28 +62,29 @@ def lines(path: Path) -> list[str]:
 
 
 def test_activation_line_keeps_its_format(catalog: Catalog) -> None:
-    line = activation_line("10.1.2.3:49152", served(), catalog)
+    line = activation_line(Peer("10.1.2.3", 49152), served(), catalog)
     assert line == (
         f'10.1.2.3:49152 DESKTOP-42.corp.example "{PRODUCT}" oob-grace v6.0 activated '
         "count=10 client-time=2024-01-02T03:04:05Z"
     )
-    assert activation_line("10.1.2.3:1", refused(make_request(version=4)), catalog).endswith(
+    assert activation_line(Peer("10.1.2.3", 1), refused(make_request(version=4)), catalog).endswith(
         f'"{PRODUCT}" oob-grace v4.0 refused 0xC004F042 '
         "(the KMS host cannot activate this product): product not allowed"
     )
     assert activation_line(
-        "10.1.2.3:1", refused(None, hresult=0x8007000D, reason="x"), catalog
+        Peer("10.1.2.3", 1), refused(None, hresult=0x8007000D, reason="x"), catalog
     ) == (
         "10.1.2.3:1 - refused 0x8007000D (the data is invalid (malformed request or unsupported "
         "version)): x"
     )
     assert license_status_name(1) == "licensed"
     assert license_status_name(42) == "status-42"
+    assert license_status_name(None) is None  # the API's rows without a status
 
 
 def test_client_chosen_names_cannot_forge_log_lines(catalog: Catalog) -> None:
     event = served(make_request(name='evil\n2024-01-01 fake "line"\u2028x'))
-    line = activation_line("10.1.2.3:1", event, catalog)
+    line = activation_line(Peer("10.1.2.3", 1), event, catalog)
     assert len(line.splitlines()) == 1
     assert "evil?2024-01-01 fake 'line'?x" in line
 
@@ -101,9 +102,9 @@ def test_every_field_value_makes_one_line_and_fields(
         make_request(name=name, license_status=license_status), request_time=request_time
     )
     for event in (served(request), refused(request)):
-        line = activation_line("10.1.2.3:1", event, default_catalog())
+        line = activation_line(Peer("10.1.2.3", 1), event, default_catalog())
         assert len(line.splitlines()) == 1
-        fields = activation_fields("10.1.2.3:1", event, default_catalog())
+        fields = activation_fields(Peer("10.1.2.3", 1), event, default_catalog())
         assert fields["license_status"] == license_status_name(license_status)
         json.loads(JsonFormatter().format(_record_with(fields, line)))
 
@@ -127,7 +128,7 @@ def _record_with(fields: object, line: str) -> logging.LogRecord:
 def test_client_time_shows_what_no_date_holds_as_a_tick_count(filetime: int, text: str) -> None:
     assert client_time_text(filetime) == text
     line = activation_line(
-        "10.1.2.3:1",
+        Peer("10.1.2.3", 1),
         served(dataclasses.replace(make_request(), request_time=filetime)),
         default_catalog(),
     )
@@ -135,19 +136,25 @@ def test_client_time_shows_what_no_date_holds_as_a_tick_count(filetime: int, tex
 
 
 @pytest.mark.parametrize(
-    ("peer", "expected"),
+    ("name", "text", "address", "port"),
     [
-        ("10.1.2.3:49152", ("10.1.2.3", 49152)),
-        ("[2001:db8::1]:1688", ("2001:db8::1", 1688)),
-        ("unknown", ("unknown", None)),
+        (("10.1.2.3", 49152), "10.1.2.3:49152", "10.1.2.3", 49152),
+        (("::ffff:10.1.2.3", 49152, 0, 0), "10.1.2.3:49152", "10.1.2.3", 49152),
+        (("2001:db8::1", 1688, 0, 0), "[2001:db8::1]:1688", "2001:db8::1", 1688),
+        (None, "unknown", "unknown", None),
     ],
 )
-def test_split_peer(peer: str, expected: tuple[str, int | None]) -> None:
-    assert split_peer(peer) == expected
+def test_the_socket_peer_reaches_line_and_fields_unparsed(
+    catalog: Catalog, name: object, text: str, address: str, port: int | None
+) -> None:
+    peer = Peer.from_socket_name(name)
+    assert activation_line(peer, served(), catalog).startswith(f"{text} DESKTOP-42")
+    fields = activation_fields(peer, served(), catalog)
+    assert (fields["address"], fields["port"]) == (address, port)
 
 
 def test_activation_fields(catalog: Catalog) -> None:
-    fields = activation_fields("[2001:db8::1]:1688", served(), catalog, "node-a")
+    fields = activation_fields(Peer("2001:db8::1", 1688), served(), catalog, "node-a")
     assert fields == {
         "address": "2001:db8::1",
         "port": 1688,
@@ -165,7 +172,9 @@ def test_activation_fields(catalog: Catalog) -> None:
         "reason": None,
         "node": "node-a",
     }
-    bad = activation_fields("1.2.3.4:5", refused(None, hresult=0x8007000D, reason="short"), catalog)
+    bad = activation_fields(
+        Peer("1.2.3.4", 5), refused(None, hresult=0x8007000D, reason="short"), catalog
+    )
     assert bad["result"] == "refused" and bad["hresult"] == "0x8007000D"
     assert bad["reason"] == "short" and bad["machine_name"] is None and bad["epid"] is None
 
@@ -174,11 +183,11 @@ def test_log_activation_attaches_structured_fields(
     catalog: Catalog, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kmsgate.activation")
-    log_activation("10.1.2.3:49152", served(), catalog, "node-a")
-    log_activation("10.1.2.3:49152", refused(make_request()), catalog)
+    log_activation(Peer("10.1.2.3", 49152), served(), catalog, "node-a")
+    log_activation(Peer("10.1.2.3", 49152), refused(make_request()), catalog)
     ok, bad = caplog.records
     assert (ok.levelno, bad.levelno) == (logging.INFO, logging.WARNING)
-    assert ok.getMessage() == activation_line("10.1.2.3:49152", served(), catalog)
+    assert ok.getMessage() == activation_line(Peer("10.1.2.3", 49152), served(), catalog)
     assert ok.__dict__["kms"]["node"] == "node-a" and ok.__dict__["kms"]["epid"] == EPID
     assert bad.__dict__["kms"]["result"] == "refused"
 
@@ -194,7 +203,7 @@ def test_log_activation_does_no_work_when_disabled(
         return {}
 
     monkeypatch.setattr("kmsgate.observability.logs.activation_fields", spy)
-    log_activation("10.1.2.3:1", served(), catalog)
+    log_activation(Peer("10.1.2.3", 1), served(), catalog)
     assert calls == []
 
 
@@ -204,7 +213,7 @@ def test_log_activation_does_no_work_when_disabled(
 def test_text_format(tmp_path: Path, catalog: Catalog) -> None:
     log_file = tmp_path / "kms.log"
     setup_logging("info", file=log_file)
-    log_activation("10.1.2.3:49152", served(), catalog)
+    log_activation(Peer("10.1.2.3", 49152), served(), catalog)
     other_log.debug("hidden")
     (line,) = lines(log_file)
     assert re.fullmatch(
@@ -216,7 +225,7 @@ def test_text_format(tmp_path: Path, catalog: Catalog) -> None:
 def test_json_format(tmp_path: Path, catalog: Catalog) -> None:
     log_file = tmp_path / "kms.jsonl"
     setup_logging("debug", fmt="json", file=log_file)
-    log_activation("10.1.2.3:49152", served(), catalog, "node-a")
+    log_activation(Peer("10.1.2.3", 49152), served(), catalog, "node-a")
     other_log.debug("plain %s", "record")
     try:
         raise ValueError("boom")
@@ -229,7 +238,7 @@ def test_json_format(tmp_path: Path, catalog: Catalog) -> None:
         assert ISO_UTC.match(doc["ts"])
     assert activation["level"] == "INFO" and activation["logger"] == "kmsgate.activation"
     assert activation["msg"].startswith("10.1.2.3:49152 DESKTOP-42")
-    expected = activation_fields("10.1.2.3:49152", served(), catalog, "node-a")
+    expected = activation_fields(Peer("10.1.2.3", 49152), served(), catalog, "node-a")
     assert {key: activation[key] for key in expected} == expected
     assert plain == {
         "ts": plain["ts"],
@@ -258,7 +267,7 @@ def test_mininfo_line_is_exact(catalog: Catalog) -> None:
         "ignored",
         (),
         None,
-        extra={"kms": activation_fields("[2001:db8::1]:1688", served(), catalog)},
+        extra={"kms": activation_fields(Peer("2001:db8::1", 1688), served(), catalog)},
     )
     record.created, record.msecs = 1704164645.25, 250.0
     assert MininfoFormatter().format(record) == (
@@ -276,7 +285,7 @@ def test_mininfo_cells_stay_in_their_column(catalog: Catalog) -> None:
         "x",
         (),
         None,
-        extra={"kms": activation_fields("10.0.0.1:1", event, catalog)},
+        extra={"kms": activation_fields(Peer("10.0.0.1", 1), event, catalog)},
     )
     assert MininfoFormatter().format(record).split(" | ")[2] == "a/b?c"
 
@@ -284,9 +293,9 @@ def test_mininfo_cells_stay_in_their_column(catalog: Catalog) -> None:
 def test_mininfo_shows_activations_and_problems_only(tmp_path: Path, catalog: Catalog) -> None:
     log_file = tmp_path / "mininfo.log"
     setup_logging("warning", fmt="mininfo", file=log_file)
-    log_activation("10.1.2.3:49152", served(), catalog)
+    log_activation(Peer("10.1.2.3", 49152), served(), catalog)
     other_log.info("listening on 0.0.0.0:1688")
-    log_activation("10.1.2.3:49153", refused(make_request()), catalog)
+    log_activation(Peer("10.1.2.3", 49153), refused(make_request()), catalog)
     try:
         raise OSError("disk full")
     except OSError:
@@ -309,8 +318,8 @@ def test_mininfo_shows_activations_and_problems_only(tmp_path: Path, catalog: Ca
 def test_mininfo_at_error_level_still_lists_activations(tmp_path: Path, catalog: Catalog) -> None:
     log_file = tmp_path / "mininfo.log"
     setup_logging("error", fmt="mininfo", file=log_file)
-    log_activation("10.1.2.3:49152", served(), catalog)
-    log_activation("10.1.2.3:49153", refused(make_request()), catalog)
+    log_activation(Peer("10.1.2.3", 49152), served(), catalog)
+    log_activation(Peer("10.1.2.3", 49153), refused(make_request()), catalog)
     other_log.warning("a warning")
     assert [line.split(" | ")[1] for line in lines(log_file)] == ["10.1.2.3"]
 

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
+from kmsgate.net import Peer
 from kmsgate.observability.metrics import (
     CLOSE_REASONS,
     CONNECTION_OUTCOMES,
@@ -49,6 +50,8 @@ FAMILIES = {
     "unknown",
 }
 PROTOCOL_LABELS = {"v4", "v5", "v6", "other", "unknown"}
+
+PEER = Peer("10.0.0.1", 50000)
 
 
 def samples(metrics: Metrics) -> Samples:
@@ -198,11 +201,11 @@ def test_closes_of_a_real_session_get_specific_labels() -> None:
 def test_served_and_refused_activations_are_counted(catalog: Catalog) -> None:
     metrics = Metrics(catalog)
     for version in (4, 5, 6, 6):
-        metrics.hook("10.0.0.1:50000", served(make_request(version=version)))
+        metrics.hook(PEER, served(make_request(version=version)))
     office = sku_request(catalog, "Office Mondo 2016", 5)
-    metrics.hook("10.0.0.1:50000", served(office))
-    metrics.hook("10.0.0.1:50000", refused(make_request(version=4)))
-    metrics.hook("10.0.0.1:50000", refused(None, hresult=0x8007000D, reason="bad"))
+    metrics.hook(PEER, served(office))
+    metrics.hook(PEER, refused(make_request(version=4)))
+    metrics.hook(PEER, refused(None, hresult=0x8007000D, reason="bad"))
 
     def count(family: str, protocol: str, result: str) -> float:
         return value(
@@ -232,7 +235,7 @@ def test_faults_and_closes_count_by_reason() -> None:
         ConnectionClosed("something new"),
     ]
     for event in events:
-        metrics.hook("peer", event)
+        metrics.hook(PEER, event)
     assert value(metrics, "kmsgate_faults_total", reason="unknown_context") == 2
     assert value(metrics, "kmsgate_faults_total", reason="bad_opnum") == 1
     assert value(metrics, "kmsgate_faults_total", reason="other") == 1
@@ -307,7 +310,7 @@ def test_store_metrics_are_read_at_scrape_time(caplog: pytest.LogCaptureFixture)
 
 def test_build_info_and_private_registries() -> None:
     first, second = Metrics(version="1.2.3"), Metrics()
-    first.hook("p", served())
+    first.hook(PEER, served())
     assert value(first, "kmsgate_build_info", version="1.2.3") == 1
     assert value(second, "kmsgate_activations_total", family="windows-server", protocol="v6") == 0
     default = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
@@ -318,7 +321,7 @@ def test_build_info_and_private_registries() -> None:
 def test_bind_events_are_ignored() -> None:
     metrics = Metrics()
     before = samples(metrics)
-    metrics.hook("p", BindCompleted(1, False, (), True, None))
+    metrics.hook(PEER, BindCompleted(1, False, (), True, None))
     assert samples(metrics).keys() == before.keys()
 
 
@@ -358,7 +361,7 @@ _guids = st.uuids(version=4)
 def test_random_events_keep_label_sets_bounded(events: list[Event]) -> None:
     metrics = Metrics()
     for event in events:
-        metrics.hook("198.51.100.7:1", event)
+        metrics.hook(Peer("198.51.100.7", 1), event)
     assert label_values(metrics, "kmsgate_activations_total", "family") <= FAMILIES
     assert label_values(metrics, "kmsgate_activations_total", "protocol") <= PROTOCOL_LABELS
     assert label_values(metrics, "kmsgate_activations_total", "result") <= {

@@ -24,20 +24,12 @@ from typer.testing import CliRunner
 
 from kmsgate import config as config_module
 from kmsgate.cli import dns as dns_cli
-from kmsgate.client.discovery import KmsHostCandidate, discover_kms_hosts
 from kmsgate.config import ServeSettings
+from kmsgate.dns.discovery import KmsHostCandidate, discover_kms_hosts
+from kmsgate.dns.records import SrvRecord, build_removal, build_update, srv_records
+from kmsgate.dns.update import DnsPublishError, publish, server_from_settings, unpublish
 from kmsgate.errors import KmsgateError
-from kmsgate.server.dns_publish import (
-    DnsPublisher,
-    DnsPublishError,
-    SrvRecord,
-    build_removal,
-    build_update,
-    publish,
-    server_from_settings,
-    srv_records,
-    unpublish,
-)
+from kmsgate.server.dns_task import DnsPublisher
 from tests.client.dns_server import KnotServer, TsigKey, knot_server
 
 # One zone per test that writes, so tests stay independent on the shared server.

@@ -17,6 +17,7 @@ import pytest
 
 from kmsgate.client.activation import KmsClient, RequestTemplate
 from kmsgate.config import ServeSettings
+from kmsgate.net import Peer
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.client_session import expect_response
 from kmsgate.protocol.errors import ActivationError
@@ -64,7 +65,7 @@ class Relayed:
     host: KmsHost
     relay: Relay
     port: int
-    events: list[tuple[str, Event]] = field(default_factory=list)
+    events: list[tuple[Peer, Event]] = field(default_factory=list)
 
     def of(self, kind: type[E]) -> list[E]:
         return [event for _, event in self.events if isinstance(event, kind)]
@@ -74,8 +75,8 @@ class Relayed:
         return cast(RelayConnection, conn)
 
 
-def hooked(host: KmsHost) -> list[tuple[str, Event]]:
-    events: list[tuple[str, Event]] = []
+def hooked(host: KmsHost) -> list[tuple[Peer, Event]]:
+    events: list[tuple[Peer, Event]] = []
     host.event_hooks.append(lambda peer, event: events.append((peer, event)))
     return events
 

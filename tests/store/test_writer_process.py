@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kmsgate.catalog import default_catalog
+from kmsgate.net import Peer
 from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest, KmsResponse
@@ -47,7 +48,7 @@ def drafts(count: int, *, start: float = T0) -> list[RecordDraft]:
     for index in range(count):
         if index % 10 == 9:
             refused = ActivationRefused(1, TransferSyntax.NDR32, None, HResult.INVALID_DATA, "bad")
-            made.append(recorder.draft_for(f"[2001:db8::{index:x}]:50000", refused))
+            made.append(recorder.draft_for(Peer(f"2001:db8::{index:x}", 50000), refused))
             continue
         request = KmsRequest(
             6, WIN_PRO.application_id, WIN_PRO.id, WIN_PRO.kms_id, uuid.uuid4(), 25, 0,
@@ -55,7 +56,7 @@ def drafts(count: int, *, start: float = T0) -> list[RecordDraft]:
         )  # fmt: skip
         response = KmsResponse(6, EPID, request.client_machine_id, 0, 50, 120, 10080)
         served = ActivationServed(1, TransferSyntax.NDR32, request, response)
-        made.append(recorder.draft_for(f"192.0.2.{index % 250}:4{index:04d}", served))
+        made.append(recorder.draft_for(Peer(f"192.0.2.{index % 250}", 40000 + index), served))
     return made
 
 

@@ -295,7 +295,7 @@ class Gateway:
         self.nft = nft
         self.audit = AuditWriter(store, node=node, clock=clock)
         self.backend_health = BackendHealth(backend.name, metrics)
-        self._admitted: dict[str, Admission] = {}
+        self._admitted: dict[Peer, Admission] = {}
         self._updates: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -375,10 +375,9 @@ class Gateway:
         )
         return LoginOutcome(200, message, window, usage, week, month)
 
-    async def admit(self, peer: str) -> Admission | None:
+    async def admit(self, peer: Peer) -> Admission | None:
         """Consume the window of the peer's address; None (audited) when there is none."""
-        parsed = Peer.parse(peer)
-        peer, address = str(parsed), parsed.address
+        address = peer.address
         try:
             window = await self.store.consume_window(address, self.clock(), self.node)
         except StoreError as exc:
@@ -404,22 +403,21 @@ class Gateway:
         )  # fmt: skip
         return admission
 
-    def forget(self, peer: str, reason: str = "") -> None:
+    def forget(self, peer: Peer, reason: str = "") -> None:
         """The admitted connection closed: without a served activation, release its window."""
-        admission = self._admitted.pop(str(Peer.parse(peer)), None)
+        admission = self._admitted.pop(peer, None)
         if admission is None or admission.served:
             return
         why = reason or "the connection closed without a served activation"
         self._update(lambda: self._release(admission.window, why))
 
-    def hook(self, peer: str, event: Event) -> None:
+    def hook(self, peer: Peer, event: Event) -> None:
         """KmsHost event hook: link each activation to the login that admitted it."""
         if not isinstance(event, ActivationServed | ActivationRefused):
             return
-        parsed = Peer.parse(peer)
-        admission = self._admitted.get(str(parsed))
+        admission = self._admitted.get(peer)
         window = admission.window if admission is not None else None
-        address = parsed.address
+        address = peer.address
         request = event.request
         if isinstance(event, ActivationServed):
             detail = ""

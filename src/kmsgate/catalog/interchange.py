@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+from kmsgate.catalog.families import add_families
 from kmsgate.catalog.lookup import DATA_FILE, SCHEMA, Catalog
 from kmsgate.errors import KmsgateError
 
@@ -384,6 +385,7 @@ def merge(
             {"from": foreign.source, "on": today.isoformat(), "added": report.added},
         ],
     }
+    add_families(doc)  # the records just added
     try:
         Catalog.from_dict(doc)
     except ValueError as exc:

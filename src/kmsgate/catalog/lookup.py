@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import fnmatch
 import functools
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from kmsgate.catalog.families import UNKNOWN_FAMILY, add_families
 from kmsgate.catalog.model import (
     Application,
     Csvlk,
@@ -164,6 +166,10 @@ class Catalog:
 
     @classmethod
     def _from_dict(cls, doc: Mapping[str, Any]) -> Catalog:
+        if not all("family" in r for r in (*doc["kms_ids"], *doc["skus"])):
+            # A file `kmsgate products import` wrote before families were stored.
+            doc = copy.deepcopy(dict(doc))
+            add_families(doc)
         parsed: dict[str, uuid.UUID] = {}
 
         def guid(text: str) -> uuid.UUID:
@@ -199,6 +205,7 @@ class Catalog:
                 vlmcsd_csvlk_index=k["vlmcsd_csvlk_index"],
                 superseded_by=maybe_guid(k.get("superseded_by")),
                 in_microsoft_list=k.get("in_microsoft_list"),
+                family=k["family"],
             )
             for k in doc["kms_ids"]
         ]
@@ -221,6 +228,7 @@ class Catalog:
                         SkuRelease(r["release"], r["build"], guid(r["kms_id"]), r["verified"])
                         for r in s.get("kms_id_by_release", ())
                     ),
+                    family=s["family"],
                 )
             )
         csvlks = [
@@ -472,6 +480,14 @@ class Catalog:
         if record is None:
             raise LookupError("catalogue has no vlmcsd CSVLK table")
         return record
+
+    def family(self, sku_id: uuid.UUID, kms_id: uuid.UUID) -> str:
+        """Product family of a request: its SKU's, else its KMS id's, else "unknown"."""
+        if (sku := self._skus_by_id.get(sku_id)) is not None:
+            return sku.family
+        if (kms := self._kms_by_id.get(kms_id)) is not None:
+            return kms.family
+        return UNKNOWN_FAMILY
 
     def product_name(self, sku_id: uuid.UUID | None, kms_id: uuid.UUID | None) -> str:
         """Name for log lines: the SKU's, else the KMS id's, else 'unknown (<guid>)'."""

@@ -7,6 +7,8 @@ import datetime
 import uuid
 from dataclasses import dataclass
 
+from kmsgate.catalog.families import UNKNOWN_FAMILY
+
 
 @dataclass(frozen=True, slots=True)
 class Application:
@@ -38,6 +40,8 @@ class KmsId:
     superseded_by: uuid.UUID | None = None
     # Found in a Microsoft licence's KmsCountedIdList (None: not checked against one).
     in_microsoft_list: bool | None = None
+    # Metric label and stored product group: "windows", "windows-server", "office-2019", ...
+    family: str = UNKNOWN_FAMILY
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,8 @@ class Sku:
     # True when the data-set authors generated the key instead of Microsoft publishing it.
     gvlk_is_generated: bool = False
     kms_id_by_release: tuple[SkuRelease, ...] = ()
+    # As KmsId.family; a preview SKU may name itself a server under a client KMS id.
+    family: str = UNKNOWN_FAMILY
 
     @property
     def kms_ids(self) -> frozenset[uuid.UUID]:

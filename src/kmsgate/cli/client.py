@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import dns.asyncresolver
-import dns.exception
-import dns.rdatatype
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -31,9 +27,15 @@ from kmsgate.client.activation import (
     describe_error,
     format_endpoint,
 )
-from kmsgate.client.discovery import DiscoveryError, KmsHostCandidate, discover_kms_hosts
 from kmsgate.client.loadgen import LoadResult, LoadSettings, run_load, run_sync
+from kmsgate.dns.discovery import (
+    DiscoveryError,
+    KmsHostCandidate,
+    discover_endpoints,
+    parse_nameserver,
+)
 from kmsgate.errors import KmsgateError
+from kmsgate.net import parse_endpoint
 
 #: Default product: the most common volume client, Windows 10/11 Pro (GVLK W269N-...;
 #: KMS id "Windows 10/11 2015 (Volume)", protocol v6, N-count 25).
@@ -46,87 +48,10 @@ EXIT_NO_HOST = 3
 
 
 def parse_target(text: str) -> tuple[str, int]:
-    """Split `HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT` or a bare IPv6 literal."""
-    text = text.strip()
-    port_text = ""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r}: write IPv6 hosts as [ADDR] or [ADDR]:PORT")
-        port_text = rest[1:]
-        if rest and not port_text:
-            raise ValueError(f"{text!r}: port missing after ':'")
-    elif text.count(":") > 1:
-        host = text  # a bare IPv6 literal cannot carry a port
-    else:
-        host, _, port_text = text.partition(":")
-        if ":" in text and not port_text:
-            raise ValueError(f"{text!r}: port missing after ':'")
-    if not host:
-        raise ValueError(f"{text!r}: host missing")
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-    if not port_text:
-        return host, DEFAULT_PORT
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: port must be 1-65535")
-    return host, int(port_text)
-
-
-def _parse_nameserver(text: str) -> tuple[str, int]:
-    """`ADDR`, `ADDR:PORT` or `[V6]:PORT` of a nameserver (port 53 by default)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{DNS_SERVER_ENV} must be ADDR[:PORT], not {text!r}") from None
-    if not port_text:
-        return host, 53
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{DNS_SERVER_ENV}: port must be 1-65535, not {port_text!r}")
-    return host, int(port_text)
-
-
-def _make_resolver(nameserver: str | None, timeout: float) -> dns.asyncresolver.Resolver | None:
-    """Only `nameserver` when given, else None (discovery then reads the system config)."""
-    if nameserver is None:
-        return None
-    host, port = _parse_nameserver(nameserver)
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    resolver.nameservers = [host]
-    resolver.port = port
-    resolver.timeout = min(timeout, 2.0)
-    resolver.lifetime = timeout
-    resolver.cache = None
-    return resolver
-
-
-async def _addresses(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
-    """A and AAAA records of an SRV target through `resolver` (IP literals pass through)."""
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        pass
-    else:
-        return [name]
-    found: list[str] = []
-    for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-        try:
-            answer = await resolver.resolve(name, rdtype, search=False)
-        except dns.exception.DNSException:
-            continue
-        found.extend(rdata.address for rdata in answer)
-    return found
+    """Split `HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT` or a bare IPv6 literal (port 1688)."""
+    endpoint = parse_endpoint(text, default_port=DEFAULT_PORT, what="KMS host")
+    assert endpoint.port is not None  # default_port
+    return endpoint.host, endpoint.port
 
 
 @dataclass
@@ -139,19 +64,8 @@ class Target:
 
 
 async def _discover(domain: str | None, nameserver: str | None, timeout: float) -> Target:
-    resolver = _make_resolver(nameserver, timeout)
-    candidates = await discover_kms_hosts(domain, resolver=resolver)
-    endpoints: list[tuple[str, int]] = []
-    for candidate in candidates:
-        if resolver is None:
-            # The system resolver (getaddrinfo) resolves the target when connecting.
-            endpoints.append((candidate.host, candidate.port))
-            continue
-        endpoints.extend(
-            (addr, candidate.port) for addr in await _addresses(resolver, candidate.host)
-        )
-    via = f"_vlmcs._tcp.{domain}" if domain else "_vlmcs._tcp of the DNS search domains"
-    return Target(endpoints, via, candidates)
+    found = await discover_endpoints(domain, nameserver=nameserver, timeout=timeout)
+    return Target(found.endpoints, found.via, found.candidates)
 
 
 def _resolve_sku(catalog: Catalog, product: str | None, sku_id: str | None) -> Sku:
@@ -425,7 +339,7 @@ def client(
             raise typer.BadParameter(str(exc)) from None
     if dns_server is not None:
         try:
-            _parse_nameserver(dns_server)
+            parse_nameserver(dns_server)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
     try:

@@ -9,9 +9,9 @@ from rich.text import Text
 from kmsgate.catalog import Catalog, Sku
 from kmsgate.cli.client_records import utc_text
 from kmsgate.client.activation import ActivationResult, RequestTemplate, format_endpoint
-from kmsgate.client.discovery import KmsHostCandidate
 from kmsgate.client.loadgen import LoadResult
-from kmsgate.observability.logs import license_status_name
+from kmsgate.dns.discovery import KmsHostCandidate
+from kmsgate.protocol.licensing import license_status_name
 from kmsgate.protocol.messages import Check
 
 

@@ -12,9 +12,9 @@ from kmsgate.client.activation import (
     RequestTemplate,
     describe_error,
 )
-from kmsgate.observability.logs import license_status_name
 from kmsgate.protocol.engine import unix_from_filetime
 from kmsgate.protocol.errors import ActivationError, RpcFaultError, VerificationError
+from kmsgate.protocol.licensing import license_status_name
 from kmsgate.protocol.messages import Check, KmsRequest
 
 

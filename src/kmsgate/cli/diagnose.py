@@ -17,7 +17,6 @@ from rich.text import Text
 from kmsgate.catalog import default_catalog
 from kmsgate.cli.client import (
     DNS_SERVER_ENV,
-    _make_resolver,
     _resolve_sku,
     parse_target,
 )
@@ -30,6 +29,7 @@ from kmsgate.client.diagnose import (
     diagnose_cmid,
     diagnose_template,
 )
+from kmsgate.dns.discovery import make_resolver
 
 _MARKS = {
     "ok": ("✓", "green"),
@@ -150,7 +150,7 @@ def diagnose_command(
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
     try:
-        nameserver = _make_resolver(dns_server, timeout)
+        nameserver = make_resolver(dns_server, timeout)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     catalog = default_catalog()

@@ -15,14 +15,8 @@ from pydantic import ValidationError
 from kmsgate.cli.common import fail
 from kmsgate.cli.serve import settings_parameters
 from kmsgate.config import ServeSettings, explain, load_settings
-from kmsgate.server.dns_publish import (
-    DnsPublishError,
-    SrvRecord,
-    UpdateResult,
-    publish,
-    srv_records,
-    unpublish,
-)
+from kmsgate.dns.records import SrvRecord, srv_records
+from kmsgate.dns.update import DnsPublishError, UpdateResult, publish, unpublish
 
 #: The serve options `dns publish`/`unpublish` take (besides --config).
 DNS_OPTIONS = (

@@ -17,7 +17,7 @@ from kmsgate.cli.common import (
     with_store,
 )
 from kmsgate.observability.display import rich_cell
-from kmsgate.observability.logs import license_status_name
+from kmsgate.protocol.licensing import license_status_name
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow, Page, Stats
 

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import ipaddress
 import os
-import random
 import socket
 import time
 import uuid
@@ -34,7 +33,7 @@ from kmsgate.client.activation import (
     RequestTemplate,
     format_endpoint,
 )
-from kmsgate.client.discovery import SRV_SERVICE, DiscoveryError, discover_kms_hosts
+from kmsgate.dns.discovery import SRV_SERVICE, DiscoveryError, find_kms_hosts
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import unix_from_filetime
 from kmsgate.protocol.epid import parse_epid
@@ -206,8 +205,8 @@ class DnsResolver:
         self._resolver = nameserver_resolver
 
     async def srv(self, domain: str | None) -> list[tuple[str, int, int, int]]:
-        # A fixed rng: diagnose lists records in priority order, it does not pick one.
-        found = await discover_kms_hosts(domain, resolver=self._resolver, rng=random.Random(0))
+        # Diagnose lists the records in priority order, it does not pick one.
+        found = await find_kms_hosts(domain, resolver=self._resolver)
         return [(c.host, c.port, c.priority, c.weight) for c in found]
 
     async def addresses(self, name: str) -> list[str]:

@@ -25,20 +25,12 @@ from pathlib import Path
 from typing import Final, Literal, TypedDict
 
 from kmsgate.catalog import Catalog
+from kmsgate.net import Peer
 from kmsgate.protocol.engine import unix_from_filetime
 from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.hresult import describe
+from kmsgate.protocol.licensing import license_status_name
 from kmsgate.protocol.messages import KmsRequest
-
-LICENSE_STATUS = {
-    0: "unlicensed",
-    1: "licensed",
-    2: "oob-grace",
-    3: "oot-grace",
-    4: "non-genuine-grace",
-    5: "notification",
-    6: "extended-grace",
-}
 
 LogFormat = Literal["text", "json", "mininfo"]
 LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json", "mininfo")
@@ -73,10 +65,6 @@ class ActivationFields(TypedDict):
 # --- the activation record ---------------------------------------------------------------
 
 
-def license_status_name(status: int) -> str:
-    return LICENSE_STATUS.get(status, f"status-{status}")
-
-
 def _printable(text: str) -> str:
     """Replace control and separator characters: a client-chosen name must not forge lines."""
     if text.isprintable():
@@ -106,7 +94,7 @@ def client_time_text(filetime: int) -> str:
 
 
 def activation_line(
-    peer: str, event: ActivationServed | ActivationRefused, catalog: Catalog
+    peer: Peer, event: ActivationServed | ActivationRefused, catalog: Catalog
 ) -> str:
     """`client machine "product" status vN.M result`: one compact line per request."""
     if event.request is None:
@@ -120,28 +108,17 @@ def activation_line(
     return f"{text} refused {describe(event.hresult)}: {_printable(event.reason)}"
 
 
-def split_peer(peer: str) -> tuple[str, int | None]:
-    """("address", port) from the host's peer text `1.2.3.4:5` or `[::1]:5`."""
-    host, sep, port = peer.rpartition(":")
-    if not sep or not port.isdigit():
-        return peer, None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
 def activation_fields(
-    peer: str,
+    peer: Peer,
     event: ActivationServed | ActivationRefused,
     catalog: Catalog,
     node: str | None = None,
 ) -> ActivationFields:
     """The structured fields of one activation record (see ActivationFields)."""
-    address, port = split_peer(peer)
     request = event.request
     fields: ActivationFields = {
-        "address": address,
-        "port": port,
+        "address": peer.address,
+        "port": peer.port,
         "machine_name": None,
         "product": None,
         "sku_id": None,
@@ -175,7 +152,7 @@ def activation_fields(
 
 
 def log_activation(
-    peer: str,
+    peer: Peer,
     event: ActivationServed | ActivationRefused,
     catalog: Catalog,
     node: str | None = None,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -22,6 +20,8 @@ from prometheus_client.registry import Collector
 
 import kmsgate
 from kmsgate.catalog import Catalog, default_catalog
+from kmsgate.catalog.families import UNKNOWN_FAMILY, family_label
+from kmsgate.net import Peer
 from kmsgate.protocol import rpc
 from kmsgate.protocol.events import (
     ActivationRefused,
@@ -34,7 +34,6 @@ from kmsgate.protocol.messages import KmsRequest
 
 log = logging.getLogger("kmsgate.metrics")
 
-UNKNOWN_FAMILY: Final = "unknown"
 # Buckets from 100 µs to 100 ms: a cached v6 answer takes well under a millisecond.
 REQUEST_DURATION_BUCKETS: Final = (
     0.0001,
@@ -82,65 +81,12 @@ StoreStats = tuple[int, int, int, int]
 
 # --- product families --------------------------------------------------------------------
 
-_SERVER_WORD = re.compile(r"\bServer\b")
-_OFFICE_YEAR = re.compile(r"\b(20\d\d)\b")
-
-
-def _family_of(app_name: str, kms_name: str, sku_name: str = "") -> str:
-    """Family of one catalogue entry, from its application and KMS id (or SKU) names."""
-    if app_name.startswith("Office"):
-        year = _OFFICE_YEAR.search(kms_name)
-        return f"office-{year.group(1)}" if year else "office"
-    if app_name.startswith("Windows"):
-        # KMS ids group editions by host key, so they say "Server"; a few preview SKUs sit
-        # under a client id yet name themselves "Windows Server ...".
-        if _SERVER_WORD.search(kms_name) or sku_name.startswith("Windows Server "):
-            return "windows-server"
-        return "windows"
-    return UNKNOWN_FAMILY
-
-
-class _FamilyIndex:
-    """Precomputed family per SKU id and per KMS id of one catalogue."""
-
-    __slots__ = ("by_kms", "by_sku")
-
-    def __init__(self, catalog: Catalog) -> None:
-        apps = {app.id: app.name for app in catalog.applications}
-        self.by_kms: dict[uuid.UUID, str] = {
-            kms.id: _family_of(apps.get(kms.application_id, ""), kms.name)
-            for kms in catalog.kms_ids
-        }
-        self.by_sku: dict[uuid.UUID, str] = {}
-        for sku in catalog.skus:
-            kms = catalog.kms_id(sku.kms_id)
-            kms_name = kms.name if kms is not None else ""
-            self.by_sku[sku.id] = _family_of(apps.get(sku.application_id, ""), kms_name, sku.name)
-
-    def family(self, sku_id: uuid.UUID, kms_id: uuid.UUID) -> str:
-        return self.by_sku.get(sku_id) or self.by_kms.get(kms_id) or UNKNOWN_FAMILY
-
-
-@functools.lru_cache(maxsize=8)
-def _family_index(catalog: Catalog) -> _FamilyIndex:
-    # Catalogs are immutable and few (usually exactly one), so caching by identity is safe.
-    return _FamilyIndex(catalog)
-
 
 def product_family(catalog: Catalog, request: KmsRequest | None) -> str:
     """Bounded family label ("windows", "windows-server", "office-2016", ..., "unknown")."""
     if request is None:
         return UNKNOWN_FAMILY
-    return _family_index(catalog).family(request.sku_id, request.kms_counted_id)
-
-
-def family_label(family: str) -> str:
-    """Human label of a family for charts: "office-2016" → "Office 2016"."""
-    if family == "windows-server":
-        return "Windows Server"
-    if family.startswith("office-"):
-        return f"Office {family.removeprefix('office-')}"
-    return family.capitalize()
+    return catalog.family(request.sku_id, request.kms_counted_id)
 
 
 def product_family_label(catalog: Catalog, request: KmsRequest | None) -> str:
@@ -228,9 +174,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
         self.catalog = catalog = catalog if catalog is not None else default_catalog()
-        index = _family_index(catalog)
-        self._family_by_sku = index.by_sku
-        self._family_by_kms = index.by_kms
+        # Plain dicts of the catalogue's families: the hot path makes two lookups, no call.
+        self._family_by_sku = {sku.id: sku.family for sku in catalog.skus}
+        self._family_by_kms = {kms.id: kms.family for kms in catalog.kms_ids}
 
         self.activations = Counter(
             "kmsgate_activations",
@@ -294,7 +240,7 @@ class Metrics:
 
     # --- events ---------------------------------------------------------------------------
 
-    def hook(self, peer: str, event: Event) -> None:
+    def hook(self, peer: Peer, event: Event) -> None:
         """Count one session event; signature matches KmsHost.event_hooks."""
         # Exact type tests: cheaper than isinstance, and the event classes are final.
         if type(event) is ActivationServed:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from kmsgate.catalog import Catalog
-from kmsgate.observability.logs import split_peer
+from kmsgate.net import Peer
 from kmsgate.observability.metrics import product_family_label
 from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.messages import KmsRequest
@@ -134,14 +134,14 @@ class ActivationRecorder:
         self._names: dict[tuple[uuid.UUID, uuid.UUID], tuple[str, str]] = {}
         self._undecodable = ("undecodable request", product_family_label(catalog, None))
 
-    def __call__(self, peer: str, event: Event) -> None:
+    def __call__(self, peer: Peer, event: Event) -> None:
         # Called for every session event (binds, closes...): a tuple, not a union built per call.
         if isinstance(event, RECORDED):
             self._submit(self.draft_for(peer, event))
 
-    def draft_for(self, peer: str, event: ActivationServed | ActivationRefused) -> RecordDraft:
+    def draft_for(self, peer: Peer, event: ActivationServed | ActivationRefused) -> RecordDraft:
         """The record draft of one served or refused request."""
-        address, _ = split_peer(peer)
+        address = peer.address
         if isinstance(event, ActivationServed):
             hresult, epid = 0, event.response.epid
         else:

@@ -19,7 +19,7 @@ from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config import ServeSettings
-from kmsgate.net import canonical_address
+from kmsgate.net import Peer
 from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol import crypto
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kmsgate.server")
 
-EventHook = Callable[[str, Event], None]
+EventHook = Callable[[Peer, Event], None]
 # Reading a connection stops while more than HIGH bytes of answers wait to be sent to it and
 # resumes below LOW: a client that never reads holds one read's worth of answers, not all.
 WRITE_BUFFER_HIGH = 64 * 1024
@@ -79,11 +79,6 @@ class HostStats:
     by_version: dict[int, int] = field(default_factory=dict)
 
 
-def _source_of(address: str) -> str:
-    """The canonical form of a peer address; IPv4 text from the kernel already is one."""
-    return address if ":" not in address else canonical_address(address)
-
-
 class KmsConnection(asyncio.Protocol):
     """One client connection: feeds bytes to a ServerSession and acts on its events."""
 
@@ -99,7 +94,7 @@ class KmsConnection(asyncio.Protocol):
         self._held: bytes | None = None  # answers waiting until their records are handed over
         self._backlog: bytearray | None = None  # bytes read while answers were held
         self._window_end: asyncio.TimerHandle | None = None
-        self.peer = "unknown"
+        self.peer = Peer("unknown")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
@@ -343,30 +338,27 @@ class KmsHost:
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
 
-    def accept(
-        self, connection: HostConnection, transport: asyncio.Transport, peer_text: str
-    ) -> bool:
+    def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
         """Source policy and connection limit for a new connection; counts and logs refusals."""
-        peer = transport.get_extra_info("peername")
-        if not peer:
+        if peer.port is None:
             # The client reset the connection before we got to it: there is no address to
             # judge, so this is no policy decision (and must not read like one in the log).
             log.info("a connection was reset by its client before it was accepted")
             transport.abort()
             return False
-        if not self.source_allowed(peer[0]):
+        if not self.source_allowed(peer.address):
             self.stats.connections_denied += 1
             self.metrics.connection_rejected("denied_source")
-            log.warning("%s denied by the source policy", peer_text)
+            log.warning("%s denied by the source policy", peer)
             transport.abort()
             return False
         if len(self.connections) >= self.settings.max_connections:
             self.stats.connections_rejected += 1
             self.metrics.connection_rejected("rejected_limit")
-            log.warning("%s refused: %d connections open", peer_text, len(self.connections))
+            log.warning("%s refused: %d connections open", peer, len(self.connections))
             transport.abort()
             return False
-        if not self._admit_source(connection, _source_of(str(peer[0])), peer_text):
+        if not self._admit_source(connection, peer):
             transport.abort()
             return False
         self.connections.add(connection)
@@ -375,9 +367,10 @@ class KmsHost:
         self.metrics.connection_opened()
         return True
 
-    def _admit_source(self, connection: HostConnection, source: str, peer_text: str) -> bool:
+    def _admit_source(self, connection: HostConnection, peer: Peer) -> bool:
         """The per-source cap, then the connection's lifetime timer (one per connection)."""
         settings = self.settings
+        source = peer.address
         open_now = self._per_source.get(source, 0)
         cap = settings.max_connections_per_source
         if cap and open_now >= cap:
@@ -385,12 +378,12 @@ class KmsHost:
             self.metrics.connection_rejected("rejected_source_limit")
             # One warning each time a source reaches its cap, not one per refused connection.
             if source in self._capped_sources:
-                log.debug("%s refused: %d connections open from it", peer_text, open_now)
+                log.debug("%s refused: %d connections open from it", peer, open_now)
             else:
                 self._capped_sources.add(source)
                 log.warning(
                     "%s refused: %d connections open from %s (--max-connections-per-source)",
-                    peer_text,
+                    peer,
                     open_now,
                     source,
                 )
@@ -473,7 +466,7 @@ class KmsHost:
             request_policy=request_policy,
         )
 
-    def record(self, peer: str, event: Event) -> None:
+    def record(self, peer: Peer, event: Event) -> None:
         """Count, log and pass on one session event."""
         stats = self.stats
         try:

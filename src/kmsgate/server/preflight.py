@@ -214,11 +214,8 @@ def _log_file(settings: ServeSettings) -> list[Problem]:
 def _dns(settings: ServeSettings) -> list[Problem]:
     if not settings.dns_publish:
         return []
-    from kmsgate.server.dns_publish import (
-        SrvRecord,
-        keyring_from_settings,
-        server_from_settings,
-    )
+    from kmsgate.dns.records import SrvRecord
+    from kmsgate.dns.update import keyring_from_settings, server_from_settings
 
     found = []
     for key, check in (

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from kmsgate.net import Peer
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.events import (
     ActivationRefused,
@@ -128,7 +129,7 @@ class RelayConnection(asyncio.Protocol):
         self._admitting = False
         self._window_end: asyncio.TimerHandle | None = None
         self._end_reason = ""
-        self.peer = "unknown"
+        self.peer = Peer("unknown")
 
     # -- client side -----------------------------------------------------------------------
 

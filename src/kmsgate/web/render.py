@@ -17,7 +17,7 @@ from pydantic import AfterValidator
 
 from kmsgate import __version__
 from kmsgate.observability.display import template_value
-from kmsgate.web.api import license_status_name
+from kmsgate.protocol.licensing import license_status_name
 from kmsgate.web.auth import Admin
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"

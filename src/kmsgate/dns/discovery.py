@@ -3,36 +3,44 @@
 A KMS client that is not told which host to use looks up ``_vlmcs._tcp`` SRV
 records in its DNS search domain(s) and tries the targets in the order RFC 2782
 prescribes: lowest priority first, and within one priority a weighted random
-choice (weight 0 entries get a small but non-zero chance of being first).
+choice (weight 0 entries get a small but non-zero chance of being first). The
+order is dnspython's SRV processing order, drawn from the `random` module.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import groupby
+from dataclasses import dataclass, field
 
 import dns.asyncresolver
 import dns.exception
 import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.IN.SRV import SRV
 
+from kmsgate.dns.records import SRV_SERVICE
 from kmsgate.errors import KmsgateError
+from kmsgate.net import Endpoint, is_ip_address, parse_endpoint
 
 __all__ = [
     "SRV_SERVICE",
+    "Discovered",
     "DiscoveryError",
     "KmsHostCandidate",
+    "discover_endpoints",
     "discover_kms_hosts",
+    "find_kms_hosts",
+    "make_resolver",
     "order_srv_records",
+    "parse_nameserver",
+    "resolve_addresses",
     "srv_name",
 ]
-
-#: Service/protocol labels prepended to a domain to form the SRV owner name.
-SRV_SERVICE = "_vlmcs._tcp"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,15 @@ class KmsHostCandidate:
     port: int
     priority: int
     weight: int
+
+    @property
+    def rdata(self) -> SRV:
+        """The SRV rdata advertising this candidate."""
+        target = dns.name.from_text(self.host)
+        text = f"{self.priority} {self.weight} {self.port} {target}"
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SRV, text)
+        assert isinstance(rdata, SRV)
+        return rdata
 
 
 class DiscoveryError(KmsgateError):
@@ -85,51 +102,22 @@ def srv_name(domain: str) -> str:
     return _srv_dns_name(domain).to_text()
 
 
-def _weighted_order(group: list[KmsHostCandidate], rng: random.Random) -> list[KmsHostCandidate]:
-    """Order records of one priority by RFC 2782 weighted random selection."""
-    pending = list(group)
-    # RFC 2782 lets the unordered records be arranged in any order as long as the
-    # weight 0 ones come first; shuffling first spreads the (rare) picks of weight 0
-    # records fairly among them.
-    rng.shuffle(pending)
-    pending.sort(key=lambda c: c.weight != 0)
-    ordered: list[KmsHostCandidate] = []
-    while pending:
-        total = sum(c.weight for c in pending)
-        pick = rng.randint(0, total)  # inclusive on both ends, as RFC 2782 says
-        running = 0
-        chosen = len(pending) - 1
-        for index, candidate in enumerate(pending):
-            running += candidate.weight
-            if running >= pick:
-                chosen = index
-                break
-        ordered.append(pending.pop(chosen))
-    return ordered
-
-
 def order_srv_records(
-    records: Sequence[KmsHostCandidate],
-    rng: random.Random,
-    *,
-    honour_priority: bool = True,
+    records: Sequence[KmsHostCandidate], *, honour_priority: bool = True
 ) -> list[KmsHostCandidate]:
-    """Return ``records`` in the order a client should try them.
+    """Return the distinct ``records`` in the order a client should try them.
 
-    With ``honour_priority`` (the default) this is the RFC 2782 algorithm: ascending
-    priority, weighted random order within each priority. Without it the records are
-    simply shuffled (vlmcs ``-P``). Pure: the result depends only on the input order
-    and the state of ``rng``.
+    With ``honour_priority`` (the default) this is RFC 2782's order as dnspython processes
+    an SRV RRset: ascending priority, weighted random order within each priority. Without
+    it the records are simply shuffled (vlmcs ``-P``). Duplicates collapse, as in an RRset.
     """
-    items = list(records)
-    if not honour_priority:
-        rng.shuffle(items)
-        return items
-    items.sort(key=lambda c: c.priority)  # stable: keeps input order within a priority
-    ordered: list[KmsHostCandidate] = []
-    for _, group in groupby(items, key=lambda c: c.priority):
-        ordered.extend(_weighted_order(list(group), rng))
-    return ordered
+    distinct = list(dict.fromkeys(records))
+    if not honour_priority or not distinct:
+        random.shuffle(distinct)
+        return distinct
+    by_rdata = {candidate.rdata: candidate for candidate in distinct}
+    rdataset = dns.rdataset.from_rdata_list(0, list(by_rdata))
+    return [by_rdata[rdata] for rdata in rdataset.processing_order() if isinstance(rdata, SRV)]
 
 
 def _search_domains(resolver: dns.resolver.BaseResolver) -> list[dns.name.Name]:
@@ -195,29 +183,22 @@ async def _lookup(
     return [], "no answer (no SRV records in the response)"
 
 
-async def discover_kms_hosts(
-    domain: str | None = None,
-    *,
-    resolver: dns.asyncresolver.Resolver | None = None,
-    rng: random.Random | None = None,
-    honour_priority: bool = True,
+async def find_kms_hosts(
+    domain: str | None = None, *, resolver: dns.asyncresolver.Resolver | None = None
 ) -> list[KmsHostCandidate]:
-    """Find KMS hosts advertised as ``_vlmcs._tcp`` SRV records.
+    """The ``_vlmcs._tcp`` SRV records of ``domain``, sorted by (priority, weight, host, port).
 
     ``domain`` None means the resolver's search list (``search``/``domain`` from
     resolv.conf), tried in order; the first domain with usable records wins. A domain
     whose only record has target ``"."`` does not offer the service and the search
-    goes on. Returns candidates in the order they should be tried (see
-    :func:`order_srv_records`). Raises :class:`DiscoveryError` naming every SRV name
-    tried and why it gave nothing.
+    goes on. Raises :class:`DiscoveryError` naming every SRV name tried and why it gave
+    nothing.
     """
     if resolver is None:
         try:
             resolver = dns.asyncresolver.Resolver()
         except dns.exception.DNSException as exc:
             raise DiscoveryError(f"cannot read the DNS resolver configuration: {exc}") from exc
-    if rng is None:
-        rng = random.SystemRandom()
 
     if domain is None:
         domains = _search_domains(resolver)
@@ -240,11 +221,84 @@ async def discover_kms_hosts(
             continue
         candidates, reason = await _lookup(resolver, qname)
         if candidates:
-            # Canonical order first, so the result depends only on the rng and the
-            # record set, not on the order the server happened to return them in.
-            candidates.sort(key=lambda c: (c.priority, c.weight, c.host, c.port))
-            return order_srv_records(candidates, rng, honour_priority=honour_priority)
+            # Canonical order, so what follows depends on the record set, not on the order
+            # the server happened to return it in.
+            return sorted(candidates, key=lambda c: (c.priority, c.weight, c.host, c.port))
         attempts.append((qname.to_text(), reason))
 
     tried = "; ".join(f"{name} -> {reason}" for name, reason in attempts)
     raise DiscoveryError(f"no KMS host found via DNS SRV: {tried}", attempts)
+
+
+async def discover_kms_hosts(
+    domain: str | None = None,
+    *,
+    resolver: dns.asyncresolver.Resolver | None = None,
+    honour_priority: bool = True,
+) -> list[KmsHostCandidate]:
+    """The KMS hosts of :func:`find_kms_hosts` in the order to try them (see
+    :func:`order_srv_records`)."""
+    candidates = await find_kms_hosts(domain, resolver=resolver)
+    return order_srv_records(candidates, honour_priority=honour_priority)
+
+
+def parse_nameserver(text: str) -> Endpoint:
+    """`ADDR`, `ADDR:PORT`, `[V6]:PORT` or a bare IPv6 address of a nameserver (port 53)."""
+    return parse_endpoint(text, default_port=53, allow_names=False, what="nameserver")
+
+
+def make_resolver(nameserver: str | None, timeout: float) -> dns.asyncresolver.Resolver | None:
+    """A resolver asking only `nameserver`, bounded by `timeout`; None (the system's) if None."""
+    if nameserver is None:
+        return None
+    server = parse_nameserver(nameserver)
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [server.host]
+    resolver.port = server.port or 53
+    resolver.timeout = min(timeout, 2.0)
+    resolver.lifetime = timeout
+    resolver.cache = None
+    return resolver
+
+
+async def resolve_addresses(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
+    """A and AAAA records of an SRV target through `resolver` (IP literals pass through)."""
+    if is_ip_address(name):
+        return [name]
+    found: list[str] = []
+    for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        try:
+            answer = await resolver.resolve(name, rdtype, search=False)
+        except dns.exception.DNSException:
+            continue
+        found.extend(rdata.address for rdata in answer)
+    return found
+
+
+@dataclass
+class Discovered:
+    """The SRV candidates in try order and the endpoints to connect to, in the same order."""
+
+    endpoints: list[tuple[str, int]]
+    via: str
+    candidates: list[KmsHostCandidate] = field(default_factory=list)
+
+
+async def discover_endpoints(
+    domain: str | None, *, nameserver: str | None, timeout: float
+) -> Discovered:
+    """Discover KMS hosts; with `nameserver` their addresses are looked up there too."""
+    resolver = make_resolver(nameserver, timeout)
+    candidates = await discover_kms_hosts(domain, resolver=resolver)
+    endpoints: list[tuple[str, int]] = []
+    for candidate in candidates:
+        if resolver is None:
+            # The system resolver (getaddrinfo) resolves the target when connecting.
+            endpoints.append((candidate.host, candidate.port))
+            continue
+        endpoints.extend(
+            (address, candidate.port)
+            for address in await resolve_addresses(resolver, candidate.host)
+        )
+    via = f"{SRV_SERVICE}.{domain}" if domain else f"{SRV_SERVICE} of the DNS search domains"
+    return Discovered(endpoints, via, candidates)
