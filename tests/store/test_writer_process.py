@@ -125,7 +125,7 @@ async def test_close_writes_what_is_queued_and_ends_the_child(tmp_path: Path) ->
         assert db.execute("SELECT count(*) FROM activations").fetchone() == (25,)
 
 
-async def test_a_killed_child_is_restarted_and_its_unconfirmed_records_counted(
+async def test_a_killed_child_is_restarted_and_gets_no_record_less(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kmsgate")
@@ -143,14 +143,46 @@ async def test_a_killed_child_is_restarted_and_its_unconfirmed_records_counted(
     os.kill(first or 0, signal.SIGKILL)
     await wait_for(lambda: writer.restarts == 1 and writer._ready.is_set())
     assert writer.pid != first
-    assert (writer.dropped, writer.depth) == (7, 0)
-    assert any("7 records unconfirmed" in r.getMessage() for r in caplog.records)
+    # Nothing dropped: the successor holds the same seven.
+    await wait_for(lambda: writer._in_flight == 7)
+    assert (writer.dropped, writer.depth) == (0, 7)
+    assert any("its 7 unconfirmed records go to the next one" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
     writer.submit(drafts(1)[0])
     assert writer.hand_over()
-    await wait_for(lambda: writer._in_flight == 1)
+    await wait_for(lambda: writer._in_flight == 8)
     writer._close_timeout = 0.2
     await writer.close()
+    # No successor after close: what the database never took is counted, not hidden.
     assert (writer.dropped, writer.depth) == (8, 0)
+
+
+async def test_a_killed_child_s_records_reach_the_database_through_its_successor(
+    tmp_path: Path,
+) -> None:
+    # The child is stopped (SIGSTOP) so it confirms nothing, then killed: every draft it got
+    # must be written by the next child, in order, none twice (it had committed none).
+    url = f"sqlite:///{tmp_path}/kmsgate.db"
+    writer = WriterProcess(url, node="n", flush_interval=0.05, restart_delay=0.05)
+    await writer.start()
+    first = writer.pid or 0
+    os.kill(first, signal.SIGSTOP)
+    sent = drafts(25)
+    for draft in sent:
+        writer.submit(draft)
+    assert writer.hand_over()
+    os.kill(first, signal.SIGKILL)
+    await wait_for(lambda: writer.restarts == 1 and writer.written == 25, timeout=30)
+    assert writer.dropped == 0
+    await writer.close()
+    store = await Store.open(url)
+    try:
+        page = await store.list_activations(limit=100)
+    finally:
+        await store.close()
+    stored = sorted(str((row.time, row.machine_name)) for row in page.items)
+    expected = [record_from_draft(d, "n") for d in sent]
+    assert stored == sorted(str((r.time, r.machine_name)) for r in expected)
 
 
 async def test_the_queue_bound_holds_across_the_pipe() -> None:
@@ -365,7 +397,7 @@ def test_handed_over_drafts_survive_an_immediate_sigkill(tmp_path: Path) -> None
     assert count == 300
 
 
-async def test_a_frame_the_dead_child_got_only_part_of_goes_whole_to_the_next(
+async def test_a_dead_child_s_pipe_and_its_half_frame_go_whole_to_the_next(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'kms.db'}"
@@ -389,13 +421,13 @@ async def test_a_frame_the_dead_child_got_only_part_of_goes_whole_to_the_next(
         writer.when_handed_over(lambda: released.append(True))
         os.kill(first, signal.SIGKILL)
         await wait_for(lambda: writer.restarts == 1 and bool(released), timeout=15)
-        lost = writer.dropped  # what the dead child had whole in its pipe, unconfirmed
-        assert lost == sent - waiting
-        await wait_for(lambda: writer.written == waiting, timeout=15)
-    assert (writer.written, writer.dropped) == (waiting, lost)
+        # What the dead child had whole in its pipe goes to the next one too: none lost.
+        await wait_for(lambda: writer.written == sent, timeout=30)
+    assert (writer.written, writer.dropped) == (sent, 0)
     with sqlite3.connect(tmp_path / "kms.db") as db:
         rows = db.execute("SELECT count(*), count(DISTINCT time) FROM activations")
-        assert rows.fetchone() == (waiting, waiting)  # each once: no half frame, no double
+        assert rows.fetchone() == (sent, sent)  # each once: no half frame, no double
+    assert waiting < sent  # the stuck child's pipe really held records of its own
 
 
 async def test_the_child_logs_at_the_level_it_is_given_later(

@@ -10,7 +10,9 @@ os.write. Bytes in a pipe belong to the kernel, so a SIGKILL of the serving proc
 lose them: the child reads them, writes them and exits. When the pipe is full, or the child
 holds --store-queue records not yet written, the drafts wait here and the host holds their
 answers until they are handed over (when_handed_over): a slow store delays answers, it does
-not drop records. A dead child is restarted; records it had not confirmed count as dropped.
+not drop records. A dead child is restarted, and the records it had not confirmed go to
+its successor: at least once, so a child killed between a commit and its report makes
+duplicates of that batch, never a loss.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class WriterProcess:
         self._full = False
         # This child's counters, as last reported, and the totals of the children before it.
         self._sent = 0
+        # Drafts in this child's pipe or queue, oldest first, not yet reported written or
+        # dropped: a successor gets them again if the child dies (at least once, not lost).
+        self._unconfirmed: collections.deque[RecordDraft] = collections.deque()
+        self._confirmed = 0  # of this child's records, how many left _unconfirmed
         self._child_written = self._child_dropped = self._child_failures = 0
         self._base_written = 0
         self._base_dropped = 0
@@ -212,6 +218,7 @@ class WriterProcess:
                     return
                 self._out.clear()
                 self._handed += len(self._out_batch)
+                self._unconfirmed.extend(self._out_batch)
                 self._out_batch = []
             if not self._pending or not self._ready.is_set():
                 break
@@ -365,17 +372,18 @@ class WriterProcess:
             if self.pid is None:
                 log.error("record writer process exited with status %s before it was ready", code)
             return  # close() or start() takes it from here
-        lost = self._in_flight
+        again = self._resend_unconfirmed()
         self.last_error = (time.time(), f"record writer process exited with status {code}")
         log.error(
-            "record writer process %s exited with status %s; %d records unconfirmed, "
-            "restarting in %.1f s",
+            "record writer process %s exited with status %s; restarting in %.1f s, its %d "
+            "unconfirmed records go to the next one (a record it wrote but had not yet "
+            "confirmed is written twice)",
             self.pid,
             code,
-            lost,
             self._restart_delay,
+            again,
         )
-        self._retire_child(lost)
+        self._retire_child(0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing_event.wait(), self._restart_delay)
         self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_DELAY)
@@ -389,6 +397,7 @@ class WriterProcess:
                 self._child_written = written
                 self._child_dropped = dropped
                 self._child_failures = failures
+                self._confirm(written + dropped)
                 match trouble:
                     case (float(at), str(text), float() | None as since):
                         self.last_error, self.failing_since = (at, text), since
@@ -408,13 +417,33 @@ class WriterProcess:
             case _:
                 raise FrameError(f"unexpected message {message!r:.80}")
 
+    def _confirm(self, resolved: int) -> None:
+        """The child resolved its first `resolved` records: they need no successor.
+
+        Its queue is first in, first out, so what it wrote or dropped is the oldest part of
+        what it got (a draft it found malformed, a bug upstream, is the one exception).
+        """
+        settled = min(resolved - self._confirmed, len(self._unconfirmed))
+        for _ in range(max(0, settled)):
+            self._unconfirmed.popleft()
+        self._confirmed = max(self._confirmed, resolved)
+
+    def _resend_unconfirmed(self) -> int:
+        """Put the dead child's unconfirmed drafts back in front of what waits; how many."""
+        again = list(self._unconfirmed)
+        self._unconfirmed.clear()
+        self._pending[:0] = again
+        self._handed -= len(again)  # in no pipe now: answers after them wait for them again
+        return len(again)
+
     def _retire_child(self, unconfirmed: int) -> None:
         """Fold a finished child's counters into the totals."""
         self._base_written += self._child_written
         self._base_dropped += self._child_dropped + unconfirmed
         self._base_failures += self._child_failures
         self._child_written = self._child_dropped = self._child_failures = 0
-        self._sent = 0
+        self._sent = self._confirmed = 0
+        self._unconfirmed.clear()
 
     async def close(self) -> None:
         """Stop accepting, hand over what waits, let the child write it within
