@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import insert
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.store.pg (the throwaway server)
+sys.path.insert(0, str(ROOT))  # for tests.support.postgres (the throwaway server)
 
 from kmsgate.catalog import default_catalog  # noqa: E402
 from kmsgate.store.database import Store  # noqa: E402
@@ -333,7 +333,7 @@ def main() -> int:
             print(f"SQLite, {args.clients:,} clients, {args.months} months")
             asyncio.run(run(f"sqlite:///{workdir / 'reports.db'}", args.clients, args.months))
         if args.backend in ("postgresql", "both"):
-            from tests.store.pg import PostgresServer, find_bindir
+            from tests.support.postgres import PostgresServer, find_bindir
 
             bindir = find_bindir()
             if bindir is None:

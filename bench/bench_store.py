@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.store.pg (the throwaway server)
+sys.path.insert(0, str(ROOT))  # for tests.support.postgres (the throwaway server)
 
 from kmsgate.catalog import default_catalog  # noqa: E402
 from kmsgate.store.database import Store  # noqa: E402
@@ -436,7 +436,7 @@ async def run_backend(
 
 def pg_server(workdir: Path) -> Iterator[str]:
     """A throwaway server tuned like a small production box (durable: fsync stays on)."""
-    from tests.store.pg import PostgresServer, require_bindir
+    from tests.support.postgres import PostgresServer, require_bindir
 
     server = PostgresServer(
         require_bindir(),

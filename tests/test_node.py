@@ -28,10 +28,12 @@ from kmsgate.recording.writer import RecordWriter
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
-from tests.server.util import RawClient, activate_once, make_request
-from tests.store import make_record
-from tests.store.pg import PostgresServer, running_postgres
 from tests.store.test_writer_process import drafts
+from tests.support.kms import RawClient, activate_once, make_request
+from tests.support.postgres import PostgresServer, running_postgres
+from tests.support.records import make_record
+
+pytestmark = pytest.mark.integration
 
 
 def node_settings(db: str, tmp_path: Path, **overrides: object) -> ServeSettings:

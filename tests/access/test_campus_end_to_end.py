@@ -8,8 +8,12 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
-from tests.web.browser import chromium_browser
+from tests.support.browser import chromium_browser
+
+pytestmark = pytest.mark.integration
 
 PASSWORD = "Campus-Pass-42"
 

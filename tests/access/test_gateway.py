@@ -22,8 +22,10 @@ from kmsgate.node import Node
 from kmsgate.server.host import KmsHost
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
-from tests.server.util import RawClient, activate_once, make_request
-from tests.store.pg import PostgresServer, running_postgres
+from tests.support.kms import RawClient, activate_once, make_request
+from tests.support.postgres import PostgresServer, running_postgres
+
+pytestmark = pytest.mark.integration
 
 PASSWORD = "campus-pass-1"
 

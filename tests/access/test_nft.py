@@ -32,6 +32,8 @@ from kmsgate.access.nft import (
     seconds_left,
 )
 
+pytestmark = pytest.mark.integration
+
 # ---------------------------------------------------------------- ruleset text and validation
 
 DEFAULT_RULESET = """\

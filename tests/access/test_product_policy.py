@@ -13,7 +13,7 @@ from kmsgate.config import ServeSettings
 from kmsgate.protocol.errors import ActivationError
 from kmsgate.protocol.hresult import HResult
 from kmsgate.server.host import KmsHost
-from tests.server.util import activate_once, make_request
+from tests.support.kms import activate_once, make_request
 
 CATALOG = default_catalog()
 SERVER_2019 = make_request()  # Windows Server 2019 Datacenter

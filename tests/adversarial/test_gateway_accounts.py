@@ -11,8 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.access.accounts.servers import DovecotServer, running_dovecot
 from tests.adversarial.gateway_util import gateway_node, portal_login
+from tests.support.account_servers import DovecotServer, running_dovecot
+
+pytestmark = pytest.mark.integration
 
 # The POP3 backend's default timeout. Dovecot answers each failure after 2 s, and holds the
 # next login from the same address back for 2, 4, 8, then 15 s (anvil's auth penalty, which

@@ -19,6 +19,8 @@ from tests.adversarial.gateway_util import (
     windows_request,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def dual_stack_listener() -> socket.socket:
     """[::]:port accepting IPv4 too (IPv6-only off), like systemd's BindIPv6Only=default."""

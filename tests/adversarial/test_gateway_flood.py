@@ -7,7 +7,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.adversarial.gateway_util import audit, gateway_node
+
+pytestmark = pytest.mark.integration
 
 CONNECTIONS = 2000
 SOURCES = ("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13")

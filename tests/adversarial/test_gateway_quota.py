@@ -7,6 +7,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.adversarial.gateway_util import (
     Node,
     add_user,
@@ -17,7 +19,9 @@ from tests.adversarial.gateway_util import (
     portal_login,
     windows_request,
 )
-from tests.store.pg import running_postgres
+from tests.support.postgres import running_postgres
+
+pytestmark = pytest.mark.integration
 
 USERS = ("quota-a", "quota-b", "quota-c", "quota-d")
 SOURCES = 3  # addresses each user logs in from, at the same time

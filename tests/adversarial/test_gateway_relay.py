@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.access.accounts.servers import closed_port, silent_listener
 from tests.adversarial.gateway_util import (
     activate_from,
     add_user,
@@ -21,7 +21,10 @@ from tests.adversarial.gateway_util import (
     wait_for,
     windows_request,
 )
-from tests.server.util import RawClient
+from tests.support.account_servers import closed_port, silent_listener
+from tests.support.kms import RawClient
+
+pytestmark = pytest.mark.integration
 
 WINDOW = 10
 

@@ -8,6 +8,8 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from tests.adversarial.gateway_util import (
     add_user,
     audit,
@@ -18,6 +20,8 @@ from tests.adversarial.gateway_util import (
     portal_login,
     windows_request,
 )
+
+pytestmark = pytest.mark.integration
 
 REFUSED = 0xC004F042
 WINDOW = 10  # the shortest --window

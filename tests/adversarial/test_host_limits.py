@@ -18,6 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.adversarial.host_attack import (
     BlockingKmsConnection,
     Fields,
@@ -30,6 +32,8 @@ from tests.adversarial.host_attack import (
     rss_kib,
     v4_flood_chunk,
 )
+
+pytestmark = pytest.mark.integration
 
 MIB = 1024
 

@@ -26,7 +26,9 @@ from tests.adversarial.host_attack import (
     Serve,
     serving,
 )
-from tests.store.pg import PostgresServer, running_postgres
+from tests.support.postgres import PostgresServer, running_postgres
+
+pytestmark = pytest.mark.integration
 
 U32 = 2**32 - 1
 U64 = 2**64 - 1

@@ -22,6 +22,8 @@ from tests.adversarial.host_attack import (
     pipelined_connection,
 )
 
+pytestmark = pytest.mark.integration
+
 KILL_AFTER = 3000  # received answers, as in the attack
 CLIENTS = 8
 LIMIT_SECONDS = 60

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.adversarial.web_node import Node, running
 from tests.adversarial.web_output import (
     CSV_HOSTILE,
     HOSTILE_NAMES,
@@ -29,8 +28,9 @@ from tests.adversarial.web_output import (
     run_piped,
     seed_audit,
 )
+from tests.support.web_node import Node, running
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.adversarial.web_node import Node, admin_login, running, seed_admin, web_client
 from tests.adversarial.web_output import (
     HOSTILE_NAMES,
     RAW_DANGER,
@@ -23,8 +22,9 @@ from tests.adversarial.web_output import (
     activate_as,
     seed_audit,
 )
+from tests.support.web_node import Node, admin_login, running, seed_admin, web_client
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 CLIENT_LINK = re.compile(r'href="(/clients/[0-9a-f-]{36})"')
 
 

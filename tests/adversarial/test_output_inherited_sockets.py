@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.server.test_serve_cli import KMSGATE, free_port
-from tests.server.util import activate_once
+from tests.support.kms import activate_once
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.integration]
 ACTIVATOR = shutil.which("systemd-socket-activate")
 
 

@@ -17,8 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kmsgate.observability.logs import MASK, mask_secrets, setup_logging
-from tests.adversarial.web_node import Node, running
 from tests.adversarial.web_output import activate_as
+from tests.support.web_node import Node, running
+
+pytestmark = pytest.mark.integration
 
 KEYWORDS = ("password", "passwd", "pwd", "secret", "token", "api_key", "api-key", "apikey")
 NAME_CHARS = st.sampled_from("abcXYZ019_.-")

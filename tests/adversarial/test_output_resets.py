@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.web_node import Node, running
-from tests.server.util import activate_once
+from tests.support.kms import activate_once
+from tests.support.web_node import Node, running
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 ROUNDS, PER_ROUND = 2, 1000  # each round fits the listener's backlog of 1024
 RESET_LINE = "a connection was reset by its client before it was accepted"
 

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 KMSGATE = Path(sys.executable).with_name("kmsgate")
 
 

@@ -14,9 +14,9 @@ import sqlite3
 import pytest
 
 from kmsgate.store import migrate
-from tests.adversarial.store_node import Load, Node, machine_names, node, wait_until
+from tests.support.store_node import Load, Node, machine_names, node, wait_until
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 BOUND = 30.0
 
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.adversarial.store_node import (
+from tests.support.store_node import (
     Load,
     Node,
     machine_names,
@@ -27,6 +27,7 @@ from tests.adversarial.store_node import (
 )
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.timeout(300),
     pytest.mark.skipif(
         os.geteuid() == 0 and shutil.which("setpriv") is None,

@@ -16,10 +16,10 @@ import pytest
 
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
-from tests.adversarial.store_node import activate_named, node, wait_until
-from tests.store import make_record
+from tests.support.records import make_record
+from tests.support.store_node import activate_named, node, wait_until
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.integration]
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=500)
 RECENT = NOW - timedelta(days=300)

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.adversarial.web_node import Node, running
-from tests.server.util import activate_once
+from tests.support.kms import activate_once
+from tests.support.web_node import Node, running
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 ATTACKERS = 4000
 REQUEST_TIMEOUT = 3.0
 HARD_LIMIT = 2048

@@ -21,10 +21,10 @@ from kmsgate.access.throttle import LoginThrottle
 from kmsgate.auth.passwords import HashingPool
 from kmsgate.catalog import default_catalog
 from kmsgate.web import create_app
-from tests.adversarial.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client
-from tests.web.browser import ADMIN, NODE, SECRET, client_for, open_store
+from tests.support.browser import ADMIN, NODE, SECRET, client_for, open_store
+from tests.support.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 
 
 class GatedHasher(PasswordHasher):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.web_node import Node, admin_login, running, seed_admin, web_client
 from tests.server.test_serve_cli import KMSGATE
-from tests.web.browser import ADMIN
+from tests.support.browser import ADMIN
+from tests.support.web_node import Node, admin_login, running, seed_admin, web_client
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 SOURCES = [f"127.0.0.{n}" for n in range(2, 17)]
 PER_USER_LIMIT = 50  # the portal's default, which the dashboard now shares
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from kmsgate.web.auth import SessionCodec
-from tests.adversarial.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client
-from tests.store.pg import PostgresServer, running_postgres
+from tests.support.postgres import PostgresServer, running_postgres
+from tests.support.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
 COOKIE = SessionCodec(b"x" * 32, secure=False).session_cookie
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from tests.server.test_serve_cli import KMSGATE
-from tests.server.util import RawClient, make_request
+from tests.support.kms import RawClient, make_request
 
 # Machine names a client sends in its activation request (at most 63 UTF-16 units each).
 HOSTILE_NAMES = (

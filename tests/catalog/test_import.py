@@ -29,7 +29,9 @@ from kmsgate.config import ServeSettings
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.server.host import KmsHost
 from tests.catalog.peer_formats import pykms_xml, vlmcsd_kmd
-from tests.server.util import RawClient, make_request
+from tests.support.kms import RawClient, make_request
+
+pytestmark = pytest.mark.integration
 
 CATALOG = default_catalog()
 TODAY = datetime.date(2026, 12, 2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.traps import (
+from tests.support.cli import (
     clean_env,
     free_port,
     kmsgate,
@@ -16,6 +16,8 @@ from tests.cli.traps import (
     stop_serve,
     wait_listening,
 )
+
+pytestmark = pytest.mark.integration
 
 READ_COMMANDS = [
     ["stats"],
@@ -174,7 +176,7 @@ def test_an_unreachable_postgresql_is_named_by_host_and_port(host: str, tmp_path
 def test_read_commands_do_not_create_tables_in_an_empty_postgresql_database(
     tmp_path: Path,
 ) -> None:
-    from tests.store.pg import PostgresServer, require_bindir
+    from tests.support.postgres import PostgresServer, require_bindir
 
     server = PostgresServer(require_bindir())
     try:

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.store.records import ActivationRecord
-from tests.cli.traps import clean_env, free_port, kmsgate, start_serve, stop_serve, wait_listening
+from tests.support.cli import clean_env, free_port, kmsgate, start_serve, stop_serve, wait_listening
+
+pytestmark = pytest.mark.integration
 
 ADMIN, PASSWORD = "admin", "correct horse battery staple"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

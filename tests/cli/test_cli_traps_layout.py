@@ -20,7 +20,9 @@ import pytest
 from kmsgate.catalog import default_catalog
 from kmsgate.cli.manpage import render_manpage
 from kmsgate.config import PANELS, ServeSettings, field_panel
-from tests.cli.traps import KMSGATE, clean_env, kmsgate
+from tests.support.cli import KMSGATE, clean_env, kmsgate
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGE = ROOT / "packaging" / "man" / "kmsgate.1"

@@ -10,7 +10,7 @@ import pytest
 
 from kmsgate.cli.serve import _is_list
 from kmsgate.config import ServeSettings
-from tests.cli.traps import (
+from tests.support.cli import (
     clean_env,
     free_port,
     kmsgate,
@@ -19,7 +19,9 @@ from tests.cli.traps import (
     stop_serve,
     wait_listening,
 )
-from tests.server.util import activate_once
+from tests.support.kms import activate_once
+
+pytestmark = pytest.mark.integration
 
 # Two valid values per list setting; product names hold spaces on purpose.
 SAMPLES: dict[str, tuple[str, str]] = {

@@ -9,7 +9,9 @@ import pytest
 
 from kmsgate.auth.passwords import verify_password
 from kmsgate.store.database import Store
-from tests.cli.traps import clean_env, kmsgate
+from tests.support.cli import clean_env, kmsgate
+
+pytestmark = pytest.mark.integration
 
 
 def stored_hash(db: Path, name: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.traps import (
+from tests.support.cli import (
     clean_env,
     free_port,
     kmsgate,
@@ -18,6 +18,8 @@ from tests.cli.traps import (
     stop_serve,
     wait_listening,
 )
+
+pytestmark = pytest.mark.integration
 
 NOTHING_STARTED = ("record writer", "alembic", "Running upgrade", "listening on")
 

@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 import kmsgate.cli
 from kmsgate.cli.common import StoreOptions, store_command
 from kmsgate.cli.help import SettingsHelpCommand
-from tests.cli.traps import clean_env, free_port
+from tests.support.cli import clean_env, free_port
+
+pytestmark = pytest.mark.integration
 
 STORE_FLAGS = ("--config", "--db", "--data-dir")
 # What only other commands need; a long-running serve must not hold any of it.

@@ -50,6 +50,8 @@ from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ServerSession, SessionSettings
 from kmsgate.server.host import KmsHost, ipv6_available
 
+pytestmark = pytest.mark.integration
+
 LOOPBACK = "127.0.0.1"
 EPID = "03612-00206-556-123727-03-1033-17763.0000-2972018"
 HWID = bytes.fromhex("3A1C049600B60076")

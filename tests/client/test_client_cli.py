@@ -26,7 +26,9 @@ from kmsgate.protocol.engine import KmsEngine
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.server.host import KmsHost, ipv6_available
-from tests.client.dns_server import knot_server
+from tests.support.dns_server import knot_server
+
+pytestmark = pytest.mark.integration
 
 app = create_app()
 

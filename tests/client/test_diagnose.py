@@ -37,7 +37,9 @@ from kmsgate.client.diagnose import (
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.protocol.hresult import KMS_HRESULTS, HResult, describe, explain, markdown_table
 from kmsgate.store.database import Store
-from tests.client.dns_server import knot_server
+from tests.support.dns_server import knot_server
+
+pytestmark = pytest.mark.integration
 
 app = create_app()
 

@@ -28,8 +28,10 @@ from kmsgate.dns.discovery import (
     srv_name,
 )
 from kmsgate.errors import KmsgateError
-from tests.client import dns_server
-from tests.client.dns_server import KnotServer, TsigKey, knot_server
+from tests.support import dns_server
+from tests.support.dns_server import KnotServer, TsigKey, knot_server
+
+pytestmark = pytest.mark.integration
 
 C = KmsHostCandidate
 

@@ -22,6 +22,8 @@ from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
 from kmsgate.protocol.events import ActivationServed
 from kmsgate.protocol.session import ServerSession, SessionSettings
 
+pytestmark = pytest.mark.integration
+
 EPID = "03612-00206-556-123727-03-1033-17763.0000-2972018"
 KMSGATE = Path(sys.executable).with_name("kmsgate")
 

@@ -33,7 +33,7 @@ from kmsgate.protocol.events import BindCompleted, ConnectionClosed, Event, Faul
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.server.host import KmsHost
 from tests.observability import OFFICE_APP, make_request, refused, served
-from tests.server.util import activate_once
+from tests.support.kms import activate_once
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -17,6 +17,8 @@ from kmsgate.cli import config_cmd, serve
 from kmsgate.cli.config_cmd import check_text, mask_url
 from kmsgate.config import ServeSettings
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "kmsgate.toml"
 runner = CliRunner()

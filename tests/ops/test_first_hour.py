@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.integration
+
 KMSGATE = Path(sys.executable).parent / "kmsgate"
 HINT_LINE = re.compile(
     r"WARNING.*no administrator account yet: create one with `kmsgate users add NAME --admin`"

@@ -36,6 +36,8 @@ import pytest
 
 from tests.ops.test_readiness import NotifySocket
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "packaging" / "systemd"
 DOCKERFILE = ROOT / "Dockerfile"

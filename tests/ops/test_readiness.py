@@ -28,7 +28,9 @@ from pathlib import Path
 import pytest
 
 from kmsgate.systemd import notify_socket, sd_notify, watchdog_interval
-from tests.server.util import activate_once
+from tests.support.kms import activate_once
+
+pytestmark = pytest.mark.integration
 
 KMSGATE = Path(sys.executable).parent / "kmsgate"
 CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid

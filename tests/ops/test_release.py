@@ -9,8 +9,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import kmsgate
 from kmsgate.observability.metrics import Metrics
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -90,10 +94,10 @@ class Blocked(MetaPathFinder):
 sys.meta_path.insert(0, Blocked())
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from tests.web.browser import client_for, csrf_from, open_store, ADMIN, ADMIN_PASSWORD
+from tests.support.browser import client_for, csrf_from, open_store, ADMIN, ADMIN_PASSWORD
 from tests.web.test_portal import USER, USER_PASSWORD, client_from, make_gateway, make_portal_app
 from kmsgate.auth.passwords import hash_password
-from tests.web.browser import FAST_HASHER
+from tests.support.browser import FAST_HASHER
 
 async def main():
     store = await open_store(Path(sys.argv[2]), seed=False)

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from kmsgate.protocol import crypto
 from kmsgate.protocol.errors import LocalProtocolError, ProtocolError
 
+pytestmark = pytest.mark.integration
+
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 EXT_BUILT = importlib.util.find_spec("kmsgate.protocol._cipher") is not None
 HAVE_C = crypto._ACCEL is not None

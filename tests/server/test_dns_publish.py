@@ -30,7 +30,9 @@ from kmsgate.dns.records import SrvRecord, build_removal, build_update, srv_reco
 from kmsgate.dns.update import DnsPublishError, publish, server_from_settings, unpublish
 from kmsgate.errors import KmsgateError
 from kmsgate.server.dns_task import DnsPublisher
-from tests.client.dns_server import KnotServer, TsigKey, knot_server
+from tests.support.dns_server import KnotServer, TsigKey, knot_server
+
+pytestmark = pytest.mark.integration
 
 # One zone per test that writes, so tests stay independent on the shared server.
 WRITABLE = ("pub", "two", "multi", "same", "auth", "loop", "keep", "cli")

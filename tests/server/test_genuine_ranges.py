@@ -19,7 +19,9 @@ from kmsgate.protocol.errors import ActivationError
 from kmsgate.protocol.hresult import HResult
 from kmsgate.server.host import KmsHost
 from tests.server.test_serve_cli import KMSGATE, free_port, start_serve, stop, wait_listening
-from tests.server.util import RawClient, activate_once, make_request
+from tests.support.kms import RawClient, activate_once, make_request
+
+pytestmark = pytest.mark.integration
 
 HOUR = 3600
 

@@ -37,7 +37,9 @@ from tests.adversarial.host_attack import (
     bind_pdu,
     request_pdu,
 )
-from tests.server.util import RawClient, activate_once, make_request, read_until_closed
+from tests.support.kms import RawClient, activate_once, make_request, read_until_closed
+
+pytestmark = pytest.mark.integration
 
 
 def settings(**overrides: object) -> ServeSettings:

@@ -23,7 +23,7 @@ from kmsgate.server.identity import (
     build_identity,
     read_identity_file,
 )
-from tests.server.util import RawClient, make_request
+from tests.support.kms import RawClient, make_request
 
 U = uuid.UUID
 CATALOG = default_catalog()

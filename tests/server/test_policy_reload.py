@@ -9,7 +9,7 @@ import pytest
 from kmsgate.config import ServeSettings
 from kmsgate.protocol.errors import ActivationError
 from kmsgate.server.host import KmsHost
-from tests.server.util import RawClient, make_request
+from tests.support.kms import RawClient, make_request
 
 
 async def test_reloaded_product_policy_applies_to_an_open_connection(tmp_path: Path) -> None:

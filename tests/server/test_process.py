@@ -19,7 +19,9 @@ import pytest
 
 from kmsgate.systemd import inherited_sockets
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
-from tests.server.util import RawClient, activate_once
+from tests.support.kms import RawClient, activate_once
+
+pytestmark = pytest.mark.integration
 
 
 def serve(*args: str, **popen: object) -> subprocess.Popen[str]:

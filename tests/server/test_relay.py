@@ -37,7 +37,7 @@ from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.server.host import KmsHost
 from kmsgate.server.relay import Relay, RelayConnection, relay_factory
 from kmsgate.store.records import ActivationRecord
-from tests.server.util import (
+from tests.support.kms import (
     SERVER_2019_DC_SKU,
     SERVER_2019_KMS,
     WINDOWS_APP,

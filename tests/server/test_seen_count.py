@@ -17,8 +17,10 @@ from kmsgate.node import Node
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.store.database import Store
 from kmsgate.store.seen import SeenMachines
-from tests.server.util import RawClient, make_request
-from tests.store.pg import PostgresServer, running_postgres
+from tests.support.kms import RawClient, make_request
+from tests.support.postgres import PostgresServer, running_postgres
+
+pytestmark = pytest.mark.integration
 
 OFFICE_APP = uuid.UUID("0ff1ce15-a989-479d-af46-f275c6370663")
 OFFICE_2019_KMS = uuid.UUID("617d9eb1-ef36-4f82-86e0-a65ae07b96c6")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.util import activate_once
+from tests.support.kms import activate_once
+
+pytestmark = pytest.mark.integration
 
 KMSGATE = Path(sys.executable).with_name("kmsgate")
 

@@ -12,9 +12,10 @@ from sqlalchemy.engine import make_url
 from kmsgate.store import migrate
 from kmsgate.store.database import Store
 from kmsgate.store.schema import metadata
-from tests.store.pg import PostgresServer, require_bindir
+from tests.support.postgres import PostgresServer, require_bindir
 
-BACKENDS = ["sqlite", "postgresql"]
+# PostgreSQL runs a real server: those cases belong to the integration tests.
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 _names = itertools.count()
 
 

@@ -16,7 +16,7 @@ from kmsgate.store.activation_batch import SQLITE_VALUES, fold
 from kmsgate.store.database import Store
 from kmsgate.store.records import ActivationRecord
 from kmsgate.store.schema import activations, clients
-from tests.store import T0, make_record
+from tests.support.records import T0, make_record
 
 CMIDS = [uuid.UUID(int=n * 0x1111_0000_0000_0000_0000_0000_0001) for n in range(1, 6)]
 

@@ -15,8 +15,8 @@ from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreUnavailable
 from kmsgate.web.app import create_app
 from kmsgate.web.health import StoreHealth
-from tests.store import make_record
 from tests.store.test_writer import FakeStore, wait_for, writer_for
+from tests.support.records import make_record
 
 T = 1_800_000_000.0
 

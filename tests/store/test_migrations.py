@@ -22,7 +22,9 @@ from kmsgate.store.engine import make_engine
 from kmsgate.store.errors import StoreError
 from kmsgate.store.schema import metadata
 from kmsgate.store.search import FTS_TABLE
-from tests.store import make_record
+from tests.support.records import make_record
+
+pytestmark = pytest.mark.integration
 
 
 def revision_of(url: str) -> str | None:

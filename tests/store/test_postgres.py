@@ -8,15 +8,18 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from kmsgate.store.database import Store
 from kmsgate.store.records import ActivationRecord
 from kmsgate.store.schema import activation_hours, activations, clients, product_counts
-from tests.store import T0, make_record
 from tests.store.conftest import empty_tables
-from tests.store.pg import PostgresServer
+from tests.support.postgres import PostgresServer
+from tests.support.records import T0, make_record
+
+pytestmark = pytest.mark.integration
 
 NODES = 2
 TASKS_PER_NODE = 3  # each node flushes from several tasks at once, like a busy host

@@ -13,9 +13,9 @@ from kmsgate.recording.writer import RecordWriter
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.store.retention import Retention
-from tests.store import make_record
 from tests.store.test_writer import wait_for
 from tests.store.test_writer_process import unreachable_postgres
+from tests.support.records import make_record
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=500)

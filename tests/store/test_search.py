@@ -28,7 +28,7 @@ from kmsgate.store.database import ClientSort, Store
 from kmsgate.store.engine import make_engine
 from kmsgate.store.records import ClientRow
 from kmsgate.store.search import FTS_TABLE
-from tests.store import T0, make_record
+from tests.support.records import T0, make_record
 
 SORTS: tuple[ClientSort, ...] = get_args(ClientSort)
 ORDERS = [(sort, descending) for sort in SORTS for descending in (True, False)]
@@ -527,6 +527,7 @@ async def test_search_equals_brute_force(
         assert found_by > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS)
 async def test_every_path_agrees(fleet: tuple[Store, list[ClientRow]], path: str) -> None:
     store, everyone = fleet
@@ -560,6 +561,7 @@ def search_terms(draw: st.DrawFn) -> str:
     return draw(st.text(alphabet, min_size=1, max_size=6))
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None)
 @given(
     term=search_terms(),

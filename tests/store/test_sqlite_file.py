@@ -16,7 +16,7 @@ from kmsgate.store import migrate
 from kmsgate.store.database import FILE_CHECK_INTERVAL, Store
 from kmsgate.store.engine import make_engine
 from kmsgate.store.errors import StoreUnavailable
-from tests.store import make_record
+from tests.support.records import make_record
 
 
 def names(path: Path) -> set[str]:

@@ -25,7 +25,7 @@ from kmsgate.store.errors import (
     UserNotFound,
 )
 from kmsgate.store.records import ActivationRecord, ClientRow
-from tests.store import T0, WIN10_KMS, WIN10_PRO, WINDOWS_APP, make_record
+from tests.support.records import T0, WIN10_KMS, WIN10_PRO, WINDOWS_APP, make_record
 
 HOUR = timedelta(hours=1)
 
@@ -625,6 +625,7 @@ async def test_ping_and_repr(store: Store, backend: str) -> None:
     assert "Store(" in repr(store)
 
 
+@pytest.mark.integration
 async def test_password_is_masked(pg_database: str) -> None:
     secret = pg_database.replace("kmsgate@", "kmsgate:s3cr3t@")
     store = await Store.open(secret)

@@ -23,8 +23,10 @@ from kmsgate.store import engine as store_engine
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError, StoreUnavailable
 from kmsgate.store.records import ActivationRecord
-from tests.store import make_record
-from tests.store.pg import PostgresServer
+from tests.support.postgres import PostgresServer
+from tests.support.records import make_record
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +117,7 @@ _KILL_SCRIPT = textwrap.dedent(
     import asyncio, sys, uuid
     from kmsgate.store.database import Store
     from kmsgate.recording.writer import RecordWriter
-    from tests.store import make_record
+    from tests.support.records import make_record
 
     async def main() -> None:
         store = await Store.open(sys.argv[1])

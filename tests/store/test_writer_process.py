@@ -33,6 +33,8 @@ from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
 from tests.store.test_writer import wait_for
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_764_000_000.25
 CATALOG = default_catalog()

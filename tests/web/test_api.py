@@ -27,7 +27,7 @@ from kmsgate.store.database import Store
 from kmsgate.store.records import User
 from kmsgate.web import create_app
 from kmsgate.web.auth import SessionCodec, safe_next
-from tests.web.browser import (
+from tests.support.browser import (
     ADMIN,
     ADMIN_PASSWORD,
     FAST_HASHER,
@@ -55,7 +55,7 @@ PUBLIC = {"/login", "/logout", "/healthz", "/metrics", "/static"}
 
 
 # Everything runs on one loop per module so read-only tests can share one seeded app.
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.integration]
 
 
 @pytest_asyncio.fixture(loop_scope="module")

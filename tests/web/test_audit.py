@@ -22,7 +22,7 @@ from kmsgate.access.audit_csv import CSV_COLUMNS, csv_cell
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent
 from kmsgate.web.filters import AuditKind
-from tests.web.browser import NODE, NOW, login
+from tests.support.browser import NODE, NOW, login
 from tests.web.test_portal import (
     PEER,
     USER,
@@ -34,7 +34,7 @@ from tests.web.test_portal import (
     portal_login,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.integration]
 
 T0 = NOW - timedelta(days=3)
 USERS = ("alice", "bob", "carol")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from tests.web.browser import (
+from tests.support.browser import (
     ADMIN,
     ADMIN_PASSWORD,
     NODE,
@@ -24,6 +24,8 @@ from tests.web.browser import (
     open_store,
     require_chromium,
 )
+
+pytestmark = pytest.mark.integration
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TIMEOUT_MS = 10_000

@@ -24,7 +24,7 @@ from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.web.charts import hour_chart, nice_ceiling, product_bars
 from kmsgate.web.portal_login import KmsAddress
 from kmsgate.web.render import url_with
-from tests.web.browser import (
+from tests.support.browser import (
     ADMIN,
     ADMIN_PASSWORD,
     FAST_HASHER,
@@ -39,7 +39,7 @@ from tests.web.browser import (
     open_store,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.integration]
 HREF_RE = re.compile(r'(?:href|src|action)="([^"]*)"')
 
 

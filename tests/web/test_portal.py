@@ -34,7 +34,7 @@ from kmsgate.store.gateway import AuditEvent, GatewayStore
 from kmsgate.web import create_app
 from kmsgate.web.portal_login import PortalLimiter
 from kmsgate.web.proxies import client_address, trusted_hosts
-from tests.web.browser import (
+from tests.support.browser import (
     ADMIN,
     ADMIN_PASSWORD,
     FAST_HASHER,
@@ -45,6 +45,8 @@ from tests.web.browser import (
     login,
     open_store,
 )
+
+pytestmark = pytest.mark.integration
 
 USER, USER_PASSWORD = "alice", "alice's campus password 42"
 PEER = "203.0.113.7"

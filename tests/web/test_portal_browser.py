@@ -16,8 +16,7 @@ from fastapi import FastAPI
 from kmsgate.auth.passwords import hash_password
 from kmsgate.store.gateway import AuditEvent, GatewayStore
 from tests.ops.test_first_hour import KMSGATE, clean_env, serving
-from tests.server.util import activate_once
-from tests.web.browser import (
+from tests.support.browser import (
     ADMIN,
     ADMIN_PASSWORD,
     FAST_HASHER,
@@ -30,6 +29,7 @@ from tests.web.browser import (
     open_store,
     require_chromium,
 )
+from tests.support.kms import activate_once
 from tests.web.test_portal import (
     USER,
     USER_PASSWORD,
@@ -37,6 +37,8 @@ from tests.web.test_portal import (
     make_portal_app,
     open_portal_store,
 )
+
+pytestmark = pytest.mark.integration
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TIMEOUT_MS = 10_000

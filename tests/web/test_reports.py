@@ -37,7 +37,7 @@ from tests.store.test_reports import (
     report_audit,
     report_records,
 )
-from tests.web.browser import (
+from tests.support.browser import (
     ADMIN,
     ADMIN_PASSWORD,
     FAST_HASHER,
@@ -51,6 +51,8 @@ from tests.web.browser import (
     open_store,
     require_chromium,
 )
+
+pytestmark = pytest.mark.integration
 
 cli_app = create_cli_app()
 

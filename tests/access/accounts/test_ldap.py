@@ -12,7 +12,7 @@ from pydantic import SecretStr, ValidationError
 from kmsgate.access.accounts.backends import build_backend
 from kmsgate.access.accounts.base import AuthResult, BackendUnavailable, LdapSettings
 from kmsgate.access.accounts.ldap import LdapBackend
-from tests.access.accounts.servers import (
+from tests.support.account_servers import (
     BASE_DN,
     OTHER_LOOPBACK,
     PEOPLE_DN,
@@ -23,6 +23,8 @@ from tests.access.accounts.servers import (
     running_slapd,
     silent_listener,
 )
+
+pytestmark = pytest.mark.integration
 
 MODES = ["template", "search-service", "search-anonymous"]
 INJECTIONS = [

@@ -30,6 +30,8 @@ from kmsgate.auth.passwords import hash_password, verify_password
 from kmsgate.store.database import Store
 from kmsgate.store.schema import users
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def hashes() -> dict[str, str]:

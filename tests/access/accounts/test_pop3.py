@@ -15,13 +15,15 @@ from pydantic import ValidationError
 from kmsgate.access.accounts.backends import build_backend
 from kmsgate.access.accounts.base import AuthResult, BackendUnavailable, Pop3Settings
 from kmsgate.access.accounts.pop3 import Pop3Backend
-from tests.access.accounts.servers import (
+from tests.support.account_servers import (
     OTHER_LOOPBACK,
     DovecotServer,
     closed_port,
     running_dovecot,
     silent_listener,
 )
+
+pytestmark = pytest.mark.integration
 
 Mode = Literal["plain", "stls", "pop3s"]
 MODES: list[Mode] = ["plain", "stls", "pop3s"]

@@ -10,7 +10,9 @@ import pytest
 
 from kmsgate.access.accounts.base import BackendUnavailable, Pop3Settings
 from kmsgate.access.accounts.pop3 import Pop3Backend
-from tests.access.accounts.servers import DovecotServer, running_dovecot
+from tests.support.account_servers import DovecotServer, running_dovecot
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,10 @@ from kmsgate.access.accounts.backends import build_backend
 from kmsgate.access.accounts.base import AuthResult, BackendUnavailable, SqlSettings
 from kmsgate.access.accounts.sql import SqlBackend, async_url, verify_hash
 from kmsgate.auth.passwords import hash_password
-from tests.access.accounts.servers import closed_port, silent_listener
-from tests.store.pg import PostgresServer, running_postgres
+from tests.support.account_servers import closed_port, silent_listener
+from tests.support.postgres import PostgresServer, running_postgres
+
+pytestmark = pytest.mark.integration
 
 QUERY = "SELECT pw, login FROM accounts WHERE lower(login) = lower(:username) AND active = 1"
 LONG_PASSWORD = "L" * 80  # longer than bcrypt's 72 bytes

@@ -21,7 +21,7 @@ from kmsgate.auth.passwords import hash_password
 from kmsgate.node import SESSION_KEY_FILE
 from kmsgate.store.database import Store
 from tests.server.test_serve_cli import KMSGATE, free_port
-from tests.web.browser import ADMIN, ADMIN_PASSWORD, FAST_HASHER
+from tests.support.browser import ADMIN, ADMIN_PASSWORD, FAST_HASHER
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.server.test_serve_cli import KMSGATE
-from tests.server.util import RawClient, make_request
+from tests.support.kms import RawClient, make_request
 
 NO_DAC_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
 START_TIMEOUT = 30.0

@@ -1,0 +1,1 @@
+"""What the tests share: clients, nodes and real servers they start, record builders."""
