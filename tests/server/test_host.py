@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import resource
-import signal
 import socket
 import uuid
 from pathlib import Path
@@ -19,8 +17,6 @@ from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.recording.process import WriterProcess
-from kmsgate.recording.writer import RecordWriter
 from kmsgate.server.host import (
     _PAUSED_FOR_WRITING,
     WRITE_BUFFER_HIGH,
@@ -38,6 +34,7 @@ from tests.adversarial.host_attack import (
     request_pdu,
 )
 from tests.support.kms import RawClient, activate_once, make_request, read_until_closed
+from tests.support.stall import stall_writer as _stall
 
 pytestmark = pytest.mark.integration
 
@@ -395,34 +392,6 @@ async def test_answers_wait_until_their_records_are_handed_over(
             while writer.written < 5:
                 await asyncio.sleep(0.02)
         assert (writer.written, writer.dropped) == (5, 0)
-
-
-class _Stall:
-    """Keeps a record writer from writing: a stopped child process, or an inline writer
-    not started yet. release() lets it go."""
-
-    def __init__(self, writer: object) -> None:
-        self._writer = writer
-        if isinstance(writer, WriterProcess):
-            os.kill(writer.pid or 0, signal.SIGSTOP)
-        else:
-            assert isinstance(writer, RecordWriter)
-            self._task = writer._task
-            writer._task = None  # start() again later; the running one is parked below
-            assert self._task is not None
-            self._task.cancel()
-
-    def release(self) -> None:
-        writer = self._writer
-        if isinstance(writer, WriterProcess):
-            os.kill(writer.pid or 0, signal.SIGCONT)
-        else:
-            assert isinstance(writer, RecordWriter)
-            asyncio.get_running_loop().create_task(writer.start())
-
-
-def _stall(writer: object) -> _Stall:
-    return _Stall(writer)
 
 
 async def test_binds_alone_do_not_keep_a_connection_open() -> None:

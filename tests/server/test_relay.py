@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar, cast
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from kmsgate.client.activation import KmsClient, RequestTemplate
 from kmsgate.config import ServeSettings
 from kmsgate.net import Peer
+from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.client_session import expect_response
 from kmsgate.protocol.errors import ActivationError
@@ -37,6 +39,7 @@ from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.server.host import KmsHost
 from kmsgate.server.relay import Relay, RelayConnection, relay_factory
 from kmsgate.store.records import ActivationRecord
+from tests.adversarial.host_attack import Answer, BlockingKmsConnection, Fields
 from tests.support.kms import (
     SERVER_2019_DC_SKU,
     SERVER_2019_KMS,
@@ -46,6 +49,7 @@ from tests.support.kms import (
     make_request,
     read_until_closed,
 )
+from tests.support.stall import stall_writer as _stall
 
 E = TypeVar("E", bound=Event)
 PRODUCT = "Windows Server 2019 Datacenter"
@@ -568,3 +572,54 @@ def test_under_uvloop(scenario: Callable[[], Coroutine[None, None, None]]) -> No
     uvloop = pytest.importorskip("uvloop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+# --- records before answers in relay mode (issue 11, S3) ---------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("writer_kind", ["process", "inline"])
+@pytest.mark.parametrize("upstream_requests", [0, 1], ids=["kept-open", "closed-after-answer"])
+async def test_relayed_answers_wait_until_their_records_are_handed_over(
+    tmp_path: Path, writer_kind: str, upstream_requests: int
+) -> None:
+    """A store that takes nothing more holds the upstream's answers too, also when the
+    upstream closes right after answering; they leave once the store takes their records."""
+    async with KmsHost(settings(max_requests_per_connection=upstream_requests)) as upstream:
+        config = ServeSettings.model_validate(
+            {
+                "listen": ["127.0.0.1:0"],
+                "upstream": f"127.0.0.1:{upstream.port}",
+                "db": f"sqlite:///{tmp_path / 'kms.db'}",
+                "data_dir": tmp_path,
+                "no_web": True,
+                "store_queue": 4,
+                "store_flush_interval": 0.01,
+                "store_writer": writer_kind,
+            }
+        )
+        async with Node(config) as node:
+            assert node.host is not None and node.writer is not None
+            writer, port = node.writer, node.host.port
+            stuck = _stall(writer)
+
+            def ask_once(version: int) -> Answer:
+                connection = BlockingKmsConnection(port)
+                try:
+                    connection.bind()
+                    return connection.ask(Fields(version=version).message())
+                finally:
+                    connection.close()
+
+            first = [await asyncio.to_thread(ask_once, 4) for _ in range(4)]
+            assert all(a.served for a in first)  # the queue had room for these
+            fifth = asyncio.ensure_future(asyncio.to_thread(ask_once, 6))
+            await asyncio.sleep(0.5)
+            assert not fifth.done()  # its record has no room: the relay holds its answer
+            assert upstream.stats.activations == 5 and writer.dropped == 0
+            stuck.release()
+            assert (await asyncio.wait_for(fifth, 15)).served
+            async with asyncio.timeout(15):
+                while writer.written < 5:
+                    await asyncio.sleep(0.02)
+            assert (writer.written, writer.dropped) == (5, 0)

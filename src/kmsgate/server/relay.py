@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("kmsgate.relay")
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
+# Why the upstream is not read (bits): the client reads its answers too slowly, or their
+# records wait for room in the record writer.
+_PAUSED_FOR_WRITING = 1
+_PAUSED_FOR_RECORDS = 2
 
 
 @dataclass
@@ -130,6 +134,11 @@ class RelayConnection(asyncio.Protocol):
         self._window_end: asyncio.TimerHandle | None = None
         self._end_reason = ""
         self.peer = Peer("unknown")
+        # Upstream answers waiting for their records to be handed over (as the host holds
+        # its own), why the upstream is not read, and whether it closed meanwhile.
+        self._held: bytearray | None = None
+        self._upstream_paused_for = 0
+        self._upstream_gone = False
 
     # -- client side -----------------------------------------------------------------------
 
@@ -194,12 +203,22 @@ class RelayConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client reads slower than the host answers: stop reading the host.
-        if self._upstream is not None and not self._upstream.is_closing():
-            self._upstream.pause_reading()
+        self._pause_upstream(_PAUSED_FOR_WRITING)
 
     def resume_writing(self) -> None:
-        if self._upstream is not None and not self._upstream.is_closing():
-            self._upstream.resume_reading()
+        self._resume_upstream(_PAUSED_FOR_WRITING)
+
+    def _pause_upstream(self, reason: int) -> None:
+        upstream = self._upstream
+        if not self._upstream_paused_for and upstream is not None and not upstream.is_closing():
+            upstream.pause_reading()
+        self._upstream_paused_for |= reason
+
+    def _resume_upstream(self, reason: int) -> None:
+        self._upstream_paused_for &= ~reason
+        upstream = self._upstream
+        if not self._upstream_paused_for and upstream is not None and not upstream.is_closing():
+            upstream.resume_reading()
 
     def close(self) -> None:
         """Close both sides (KmsHost.stop() calls this)."""
@@ -286,14 +305,40 @@ class RelayConnection(asyncio.Protocol):
             return
         events = self._observer.receive_data("server", data)
         withheld = self._police(events) if self._policy is not None else None
-        if withheld is None:
-            client.write(data)
-            self._relay.stats.bytes_to_clients += len(data)
-        self._handle(events)
+        handed_over = self._handle(events)
         if withheld is not None:
             log.warning("%s relay closed, an answer withheld: %s", self.peer, withheld)
             self._end_reason = f"an answer was withheld: {withheld}"
             self._shutdown()
+        elif self._held is not None or not handed_over:
+            self._hold(data)
+        else:
+            self._to_client(client, data)
+
+    def _to_client(self, client: asyncio.Transport, data: bytes | bytearray) -> None:
+        client.write(data)
+        self._relay.stats.bytes_to_clients += len(data)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep the upstream's answers until their records are handed over, as the host
+        does: an answer a client received must survive a SIGKILL of this process."""
+        gate = self._host.record_gate
+        assert gate is not None
+        if self._held is None:
+            self._held = bytearray()
+            self._pause_upstream(_PAUSED_FOR_RECORDS)
+        self._held += data
+        gate.when_handed_over(self._records_handed_over)
+
+    def _records_handed_over(self) -> None:
+        held, self._held = self._held, None
+        client = self._client
+        if held and client is not None and not client.is_closing():
+            self._to_client(client, held)
+        if self._upstream_gone:
+            self._shutdown()  # the client gets what was held, then the close
+            return
+        self._resume_upstream(_PAUSED_FOR_RECORDS)
 
     def _police(self, events: list[ObserverEvent]) -> str | None:
         """Apply the window's request policy to the answers in `events` (in place).
@@ -331,6 +376,9 @@ class RelayConnection(asyncio.Protocol):
         """The upstream closed: so does the client, once it got what is buffered for it."""
         if not self._closing:  # a close of our own making says nothing about the upstream
             self._handle(self._observer.connection_closed("server"))
+        if self._held is not None and not self._closing:
+            self._upstream_gone = True  # closed once the held answers have left
+            return
         self._shutdown()
 
     def set_client_reading(self, reading: bool) -> None:
@@ -345,7 +393,8 @@ class RelayConnection(asyncio.Protocol):
 
     # -- shared ----------------------------------------------------------------------------
 
-    def _handle(self, events: list[ObserverEvent]) -> None:
+    def _handle(self, events: list[ObserverEvent]) -> bool:
+        """Log, count and record the events; whether their records are all handed over."""
         for event in events:
             if isinstance(event, ObserverNote):
                 self._relay.stats.notes += 1
@@ -358,14 +407,14 @@ class RelayConnection(asyncio.Protocol):
                 self._host.metrics.observe_request(elapsed)
             self._host.record(self.peer, event)
         gate = self._host.record_gate
-        if gate is not None:  # relayed answers are not held: the records follow them
-            gate.hand_over()
+        handed_over = gate is None or gate.hand_over()
         # Like the host, only complete PDUs count as activity (or any bytes the observer
         # could no longer frame), so a client dribbling bytes still times out.
         if self._observer.progress != self._progress:
             self._progress = self._observer.progress
             if self._idle_timer is not None:
                 self._idle_timer.touch()
+        return handed_over
 
     def _idle(self) -> None:
         self._host.stats.idle_closes += 1
