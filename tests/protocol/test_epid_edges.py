@@ -40,6 +40,12 @@ def test_epid_option_grammar(values: tuple[str, ...], expected: tuple[str, dict[
     assert parse_epid_option(values) == expected
 
 
+def test_only_the_first_equals_sign_separates_the_key_name() -> None:
+    # A doubled "=" is a typo in the ePID, not a key named "windows=".
+    with pytest.raises(ValueError, match="does not look like PPPPP-GGGGG"):
+        parse_epid_option([f"windows=={WINDOWS}"])
+
+
 def test_a_per_key_epid_never_replaces_the_catch_all() -> None:
     mode, epids = parse_epid_option([f"windows={WINDOWS}", OTHER])
     assert mode == "fixed" and epids == {"windows": WINDOWS, "*": OTHER}
