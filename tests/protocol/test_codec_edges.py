@@ -168,3 +168,70 @@ def test_passed_checks_carry_no_detail() -> None:
     verified = verify_response(message, reply)
     assert verified.ok and verified.checks
     assert all(check.passed and check.detail == "" for check in verified.checks)
+
+
+# --- rpc decode errors: each names what is missing (they become ConnectionClosed reasons) ------
+
+_BIND = rpc.PType.BIND
+_ACK = rpc.PType.BIND_ACK
+
+
+def _pdu(ptype: int, body: bytes, *, flags: int = rpc.PFC_SINGLE) -> bytes:
+    header = bytearray(rpc.encode_pdu(rpc.Fault(1, 0))[: rpc.HEADER_SIZE])
+    header[2], header[3] = ptype, flags
+    header[8:10] = (rpc.HEADER_SIZE + len(body)).to_bytes(2, "little")
+    return bytes(header) + body
+
+
+_ONE_CONTEXT = (12).to_bytes(2, "little") * 2 + bytes(4) + b"\x01\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (_pdu(_BIND, bytes(11)), "bind body too short"),
+        (_pdu(_BIND, _ONE_CONTEXT + bytes(3)), "bind truncated inside a context element"),
+        (
+            _pdu(_BIND, _ONE_CONTEXT + b"\x00\x00\x01\x00"),
+            "bind context element truncated or without transfer syntax",
+        ),
+        (_pdu(_ACK, bytes(9)), "bind_ack body too short"),
+        (_pdu(_ACK, bytes(8) + b"\x05\x00" + b"1688"), "bind_ack secondary address truncated"),
+        (_pdu(_ACK, bytes(10)), "bind_ack result list missing"),
+        (
+            _pdu(_ACK, bytes(10) + b"\x00\x00" + b"\x01\x00\x00\x00"),
+            "bind_ack result list truncated",
+        ),
+        (_pdu(rpc.PType.REQUEST, bytes(7)), "request body too short"),
+        (
+            _pdu(
+                rpc.PType.REQUEST, bytes(8) + bytes(15), flags=rpc.PFC_SINGLE | rpc.PFC_OBJECT_UUID
+            ),
+            "request object UUID truncated",
+        ),
+        (_pdu(rpc.PType.RESPONSE, bytes(7)), "response body too short"),
+        (_pdu(rpc.PType.FAULT, bytes(15)), "fault body too short"),
+        (_pdu(rpc.PType.REQUEST, bytes(8))[:-1], "frag_length 24 but 23 bytes given"),
+        (_pdu(99, bytes(8)), "unknown PDU type 99"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_malformed_pdus_are_named(raw: bytes, message: str) -> None:
+    with pytest.raises(rpc.RpcDecodeError) as info:
+        rpc.decode_pdu(raw)
+    assert str(info.value) == message
+
+
+def test_authenticated_pdus_are_named() -> None:
+    raw = bytearray(_pdu(rpc.PType.REQUEST, bytes(8)))
+    raw[10] = 8
+    with pytest.raises(rpc.RpcDecodeError) as info:
+        rpc.decode_pdu(bytes(raw))
+    assert str(info.value) == "authenticated PDUs are not used by KMS"
+
+
+def test_bind_ack_with_a_non_ascii_address_still_decodes() -> None:
+    body = bytes(8) + b"\x03\x00" + b"\xff1\x00" + bytes(3) + b"\x00\x00\x00\x00"
+    ack = rpc.decode_pdu(_pdu(_ACK, body))
+    assert isinstance(ack, rpc.BindAck) and ack.secondary_address == "\ufffd1"
+    assert ack.results == ()
