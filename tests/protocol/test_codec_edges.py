@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from kmsgate.protocol import ndr, rpc
+from kmsgate.protocol import crypto, ndr, rpc
 from kmsgate.protocol.errors import LocalProtocolError, ProtocolError, VerificationError
 from kmsgate.protocol.messages import (
     MAX_EPID_BYTES,
@@ -235,3 +235,46 @@ def test_bind_ack_with_a_non_ascii_address_still_decodes() -> None:
     ack = rpc.decode_pdu(_pdu(_ACK, body))
     assert isinstance(ack, rpc.BindAck) and ack.secondary_address == "\ufffd1"
     assert ack.results == ()
+
+
+# --- response checks a strict client makes -------------------------------------------------------
+
+
+def _v4_exchange() -> tuple[bytes, bytes]:
+    message = encode_request(make_request(4))
+    reply = encode_response(decode_request(message), make_response(make_request(4)),
+                            random_bytes=seeded())  # fmt: skip
+    return message, reply
+
+
+def test_a_v4_response_with_trailing_bytes_is_flagged_but_not_fatal() -> None:
+    message, reply = _v4_exchange()
+    verified = verify_response(message, reply + b"\x00\x00")
+    size = {c.name: c for c in verified.checks}["size"]
+    assert (size.passed, size.fatal) == (False, False)
+    assert size.detail == f"message is {len(reply) + 2} bytes, expected {len(reply)}"
+    assert verified.ok
+
+
+def test_a_v4_response_cut_inside_its_mac_is_a_size_error() -> None:
+    message, reply = _v4_exchange()
+    with pytest.raises(VerificationError) as info:
+        verify_response(message, reply[:-1])
+    assert (info.value.check, info.value.detail) == (
+        "size",
+        f"plaintext ends before byte {len(reply)}",
+    )
+
+
+def test_a_random_iv_equal_to_the_salt_is_changed_in_its_first_bit() -> None:
+    message = encode_request(make_request(6), IV)
+    decoded = decode_request(message)
+    assert decoded.salt is not None
+    salt = decoded.salt
+    reply = encode_response(decoded, make_response(make_request(6)),
+                            random_bytes=lambda n: salt[:n], hwid=HWID)  # fmt: skip
+    cipher = crypto.cipher_for_version(6)
+    plain = crypto.pkcs7_unpad(cipher.cbc_decrypt(bytes(16), reply[4:]))
+    assert plain[:16] == bytes([salt[0] ^ 1]) + salt[1:]
+    checks = {c.name: c for c in verify_response(message, reply).checks}
+    assert checks["iv_not_suspicious"].passed and checks["ivs"].passed
