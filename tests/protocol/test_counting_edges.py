@@ -58,3 +58,33 @@ def test_handed_back_changes_are_bounded() -> None:
     seen = SeenClients(by_application, shared=True)
     seen.mark_dirty(("windows", uuid.UUID(int=i), NOW) for i in range(MAX_PENDING + 10))
     assert len(seen.dirty()) == MAX_PENDING
+
+
+def test_a_renewal_exactly_an_hour_later_is_written_back() -> None:
+    seen = SeenClients(by_application, shared=True)
+    cmid = uuid.uuid4()
+    seen.observe(request(cmid), NOW)
+    assert seen.dirty() == [("windows", cmid, NOW)]
+    seen.observe(request(cmid), NOW + HOUR - 1)
+    assert seen.dirty() == []
+    seen.observe(request(cmid), NOW + 2 * HOUR - 1)
+    assert seen.dirty() == [("windows", cmid, NOW + 2 * HOUR - 1)]
+
+
+def test_a_change_at_time_zero_can_be_handed_back() -> None:
+    seen = SeenClients(by_application, shared=True)
+    cmid = uuid.uuid4()
+    seen.mark_dirty([("windows", cmid, 0)])
+    assert seen.dirty() == [("windows", cmid, 0)]
+
+
+def test_when_pending_changes_are_full_only_known_machines_are_updated() -> None:
+    seen = SeenClients(by_application, shared=True)
+    known = uuid.UUID(int=0)
+    seen.mark_dirty(("windows", uuid.UUID(int=i), NOW) for i in range(MAX_PENDING))
+    seen.observe(request(uuid.uuid4()), NOW + DAY)  # a new machine: counted, not queued
+    seen.observe(request(known), NOW + DAY)  # a queued one: its newer time replaces the old
+    pending = {(name, cmid): when for name, cmid, when in seen.dirty()}
+    assert len(pending) == MAX_PENDING
+    assert pending[("windows", known)] == NOW + DAY
+    assert seen.count("windows", NOW + DAY) == 2
