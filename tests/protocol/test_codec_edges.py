@@ -278,3 +278,23 @@ def test_a_random_iv_equal_to_the_salt_is_changed_in_its_first_bit() -> None:
     assert plain[:16] == bytes([salt[0] ^ 1]) + salt[1:]
     checks = {c.name: c for c in verify_response(message, reply).checks}
     assert checks["iv_not_suspicious"].passed and checks["ivs"].passed
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (b"\x05\x00", "PDU header needs 16 bytes, got 2"),
+        (
+            b"\x05\x00\x0b\x03" + bytes(4) + b"\x10\x00" + bytes(6),
+            "unsupported data representation 00000000",
+        ),
+        (
+            b"\x05\x00\x0b\x03\x10\x00\x00\x00\x0a\x00" + bytes(6),
+            "frag_length 10 shorter than the header",
+        ),
+    ],
+)
+def test_bad_headers_are_named(header: bytes, message: str) -> None:
+    with pytest.raises(rpc.RpcDecodeError) as info:
+        rpc.parse_header(header)
+    assert str(info.value) == message
