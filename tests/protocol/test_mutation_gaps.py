@@ -211,7 +211,7 @@ def test_a_stray_continuation_after_a_completed_fragmented_call_closes() -> None
     assert only_response(out).call_id == 3
     events, out = feed(server, request_pdu(call_id=3, stub=bytes(8), flags=rpc.PFC_LAST_FRAG))
     assert len(events) == 1 and isinstance(events[0], ConnectionClosed)
-    assert events[0].reason == "continuation fragment without a first fragment"
+    assert events[0].reason == "continuation fragment of call 3 without a first fragment"
     assert out == b"" and server.closed
 
 
@@ -219,7 +219,7 @@ def test_a_continuation_on_a_fresh_connection_is_named_as_such() -> None:
     server = bound(server_with())
     events, _ = feed(server, request_pdu(stub=bytes(8), flags=0))
     assert len(events) == 1 and isinstance(events[0], ConnectionClosed)
-    assert events[0].reason == "continuation fragment without a first fragment"
+    assert events[0].reason == "continuation fragment of call 2 without a first fragment"
 
 
 def test_fragments_that_change_call_are_named_as_such() -> None:
@@ -230,14 +230,16 @@ def test_fragments_that_change_call_are_named_as_such() -> None:
         + request_pdu(call_id=4, stub=bytes(8), flags=rpc.PFC_LAST_FRAG),
     )
     assert len(events) == 1 and isinstance(events[0], ConnectionClosed)
-    assert events[0].reason == "fragments of one call disagree on call_id, context or opnum"
+    assert events[0].reason == (
+        "fragments of one call disagree on call_id, context or opnum (call 4 continues call 3)"
+    )
 
 
 def test_oversized_reassembly_is_named_as_such() -> None:
     server = bound(server_with())
     events, _ = feed(server, _fragments(3, bytes(4096), bytes(4097)))
     assert len(events) == 1 and isinstance(events[0], ConnectionClosed)
-    assert events[0].reason == "fragmented request too large"
+    assert events[0].reason == "fragmented call 3 too large (over 8192 bytes)"
 
 
 # --- reasons reported for the logs and the audit trail -----------------------------------------
