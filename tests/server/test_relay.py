@@ -51,6 +51,8 @@ from tests.support.kms import (
 )
 from tests.support.stall import stall_writer as _stall
 
+pytestmark = pytest.mark.integration
+
 E = TypeVar("E", bound=Event)
 PRODUCT = "Windows Server 2019 Datacenter"
 EPID = "06401-00206-271-298329-03-1033-9600.0000-0452017"
@@ -577,7 +579,6 @@ def test_under_uvloop(scenario: Callable[[], Coroutine[None, None, None]]) -> No
 # --- records before answers in relay mode (issue 11, S3) ---------------------------------
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("writer_kind", ["process", "inline"])
 @pytest.mark.parametrize("upstream_requests", [0, 1], ids=["kept-open", "closed-after-answer"])
 async def test_relayed_answers_wait_until_their_records_are_handed_over(

@@ -135,6 +135,7 @@ async def test_two_nodes_pruning_at_once_delete_each_row_once(db_url: str) -> No
         await second.close()
 
 
+@pytest.mark.slow
 async def test_the_writer_prunes_at_start_and_between_batches(store: Store) -> None:
     await store.record_activations(
         [make_record(time=OLD + timedelta(seconds=i)) for i in range(1500)]

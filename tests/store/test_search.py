@@ -498,6 +498,7 @@ async def test_a_renewal_does_not_write_the_index(store: Store, url: str) -> Non
 # ------------------------------------------------------------------ results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["rare", "narrow"])
 @pytest.mark.parametrize(("index", "term"), list(enumerate(TERMS)))
 async def test_search_equals_brute_force(

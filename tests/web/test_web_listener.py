@@ -18,6 +18,8 @@ from kmsgate.server.web_listener import (
     start_web_listener,
 )
 
+pytestmark = pytest.mark.integration
+
 TIMEOUT = 0.5
 
 
