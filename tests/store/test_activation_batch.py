@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
-from kmsgate.store.activation_batch import SQLITE_VALUES, fold
+from kmsgate.store.activation_fold import SQLITE_VALUES, fold
 from kmsgate.store.database import Store
 from kmsgate.store.records import ActivationRecord
 from kmsgate.store.schema import activations, clients

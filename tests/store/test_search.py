@@ -24,8 +24,9 @@ from sqlalchemy.engine import Connection
 
 from kmsgate.store import migrate
 from kmsgate.store import search as store_search
-from kmsgate.store.database import ClientSort, Store
+from kmsgate.store.database import Store
 from kmsgate.store.engine import make_engine
+from kmsgate.store.listings import ClientSort
 from kmsgate.store.records import ClientRow
 from kmsgate.store.search import FTS_TABLE
 from tests.support.records import T0, make_record

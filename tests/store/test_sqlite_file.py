@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import event
 
 from kmsgate.store import migrate
-from kmsgate.store.database import FILE_CHECK_INTERVAL, Store
+from kmsgate.store.database import Store
 from kmsgate.store.engine import make_engine
 from kmsgate.store.errors import StoreUnavailable
+from kmsgate.store.sqlite_file import FILE_CHECK_INTERVAL
 from tests.support.records import make_record
 
 

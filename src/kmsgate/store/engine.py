@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from sqlalchemy import event
@@ -21,6 +21,8 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from kmsgate.store.errors import StoreError, StoreUnavailable
 
+# The two databases the store runs on.
+Dialect = Literal["sqlite", "postgresql"]
 SQLITE_BUSY_TIMEOUT_MS = 5000
 CONNECT_TIMEOUT = 10.0
 SQLITE_CACHE_KIB = 16 * 1024
