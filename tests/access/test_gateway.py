@@ -20,8 +20,9 @@ from kmsgate.config import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.node import Node
 from kmsgate.server.host import KmsHost
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from tests.support.kms import RawClient, activate_once, make_request
 from tests.support.postgres import PostgresServer, running_postgres
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from tests.support.records import make_record
 from tests.support.store_node import activate_named, node, wait_until
 

@@ -12,8 +12,9 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from tests.server.test_serve_cli import KMSGATE
 from tests.support.kms import RawClient, make_request
 

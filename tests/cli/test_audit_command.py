@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kmsgate.cli import create_app
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 
 app = create_app()
 

@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import ActivationRecord
 from tests.support.cli import clean_env, free_port, kmsgate, start_serve, stop_serve, wait_listening
 

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
 from kmsgate.store.errors import InvalidCursor, UserNotFound
-from kmsgate.store.gateway import SPEND_GRACE, AuditEvent, GatewayStore, Grant
+from kmsgate.store.gateway import SPEND_GRACE, GatewayStore, Grant
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 FIVE_MINUTES = timedelta(minutes=5)

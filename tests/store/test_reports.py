@@ -10,9 +10,10 @@ import pytest
 
 from kmsgate.catalog import default_catalog
 from kmsgate.store import migrate
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
 from kmsgate.store.errors import InvalidCursor
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import ActivationRecord
 from kmsgate.store.reports import Month, ReportStore
 

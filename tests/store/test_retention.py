@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kmsgate.recording.writer import RecordWriter
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.retention import Retention
 from tests.store.test_writer import wait_for
 from tests.store.test_writer_process import unreachable_postgres

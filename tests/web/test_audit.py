@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kmsgate.access.audit_csv import CSV_COLUMNS, csv_cell
+from kmsgate.store.audit import AUDIT_KINDS, AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent
 from kmsgate.web.filters import AuditKind
 from tests.support.browser import NODE, NOW, login
 from tests.web.test_portal import (

@@ -19,8 +19,9 @@ from kmsgate import __version__
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
 from kmsgate.config import parse_public_address
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.web.charts import hour_chart, nice_ceiling, product_bars
 from kmsgate.web.portal_login import KmsAddress
 from kmsgate.web.render import url_with

@@ -29,8 +29,9 @@ from kmsgate.access.accounts.base import LocalSettings, SqlSettings
 from kmsgate.access.gateway import Gateway
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.web import create_app
 from kmsgate.web.portal_login import PortalLimiter
 from kmsgate.web.proxies import client_address, trusted_hosts

@@ -14,7 +14,8 @@ import pytest
 from fastapi import FastAPI
 
 from kmsgate.auth.passwords import hash_password
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.audit import AuditEvent
+from kmsgate.store.gateway import GatewayStore
 from tests.ops.test_first_hour import KMSGATE, clean_env, serving
 from tests.support.browser import (
     ADMIN,

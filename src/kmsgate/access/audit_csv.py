@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from datetime import UTC, datetime
 
-from kmsgate.store.gateway import AuditEvent
+from kmsgate.store.audit import AuditEvent
 
 CSV_COLUMNS = (
     "id",

@@ -21,8 +21,9 @@ from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.protocol.session import PolicyRefusal
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.errors import StoreError
-from kmsgate.store.gateway import AuditEvent, GatewayStore, QuotaUsage, Window
+from kmsgate.store.gateway import GatewayStore, QuotaUsage, Window
 
 if TYPE_CHECKING:
     from kmsgate.observability.metrics import Metrics

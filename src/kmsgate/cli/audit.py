@@ -21,8 +21,9 @@ from kmsgate.cli.common import (
     with_store,
 )
 from kmsgate.observability.display import rich_cell, shown
+from kmsgate.store.audit import AUDIT_KINDS, AuditEvent
 from kmsgate.store.database import Store
-from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import Page
 
 

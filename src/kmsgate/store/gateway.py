@@ -1,15 +1,15 @@
-"""Gateway records: activation windows (granted, admitted, spent or released), quotas, audit.
+"""Gateway records: activation windows (granted, admitted, spent or released) and quotas.
 
 A window's life: granted at login; admitted (`consumed_at`) when a connection takes it; spent
 (`spent_at`) by the first activation served on that connection; or released (back to open)
 when the connection ends without one. The quota counts spent windows plus those that may
-still be spent: open ones, and admitted ones until their end plus SPEND_GRACE.
+still be spent: open ones, and admitted ones until their end plus SPEND_GRACE. The audit
+trail's rows and queries are in audit.py; GatewayStore runs them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,11 +19,11 @@ from sqlalchemy import ColumnElement, and_, case, func, not_, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kmsgate.net import canonical_address
-from kmsgate.store import cursor as cursors
+from kmsgate.store.audit import AuditEvent, audit_page, audit_query, audit_rows, insert_audit
 from kmsgate.store.database import Store
-from kmsgate.store.errors import InvalidCursor, UserNotFound
+from kmsgate.store.errors import UserNotFound
 from kmsgate.store.records import Page
-from kmsgate.store.schema import audit_events, counters, users, windows
+from kmsgate.store.schema import users, windows
 
 WEEK = timedelta(days=7)
 MONTH = timedelta(days=30)
@@ -71,43 +71,6 @@ class Grant:
     over: str | None = None  # "weekly" or "monthly" when the quota is taken
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """One line of the audit trail: login, window or activation, linked by user, IP and CMID."""
-
-    time: datetime
-    kind: str
-    node: str
-    username: str | None = None
-    address: str | None = None
-    backend: str | None = None
-    window_id: int | None = None
-    cmid: uuid.UUID | None = None
-    machine_name: str | None = None
-    product: str | None = None
-    result: str | None = None
-    detail: str = ""
-    id: int | None = None
-    count: int = 1  # events this row stands for (refused connections of one source and minute)
-
-
-# The counters row totalling gateway connections refused without a window.
-REFUSED_CONNECTIONS = "gateway:refused_connections"
-
-AUDIT_KINDS = (
-    "login_ok",
-    "login_failed",
-    "login_locked",
-    "login_over_quota",
-    "window_granted",
-    "window_consumed",
-    "window_expired",
-    "window_released",
-    "connection_refused",
-    "activation",
-)
-
-
 def _window(row: Any) -> Window:
     return Window(
         id=row.id,
@@ -118,25 +81,6 @@ def _window(row: Any) -> Window:
         consumed_at=row.consumed_at,
         consumed_node=row.consumed_node,
         spent_at=row.spent_at,
-    )
-
-
-def _event(row: Any) -> AuditEvent:
-    return AuditEvent(
-        id=row.id,
-        time=row.time,
-        kind=row.kind,
-        node=row.node,
-        username=row.username,
-        address=row.address,
-        backend=row.backend,
-        window_id=row.window_id,
-        cmid=row.cmid,
-        machine_name=row.machine_name,
-        product=row.product,
-        result=row.result,
-        detail=row.detail,
-        count=row.count,
     )
 
 
@@ -388,34 +332,9 @@ class GatewayStore:
         """Append audit events in one transaction."""
         if not events:
             return
-        rows = [
-            {
-                "time": e.time,
-                "kind": e.kind,
-                "node": e.node,
-                "username": e.username,
-                "address": canonical_address(e.address) if e.address else e.address,
-                "backend": e.backend,
-                "window_id": e.window_id,
-                "cmid": e.cmid,
-                "machine_name": e.machine_name,
-                "product": e.product,
-                "result": e.result,
-                "detail": e.detail[:500],
-                "count": e.count,
-            }
-            for e in events
-        ]
-        refused = sum(e.count for e in events if e.kind == "connection_refused")
+        rows = audit_rows(events)
         async with self._store._write() as conn:
-            await conn.execute(audit_events.insert(), rows)
-            if refused:
-                # A lifetime total, like the activation counters: the dashboard and /api/stats
-                # read it in O(1), and retention pruning old audit rows does not lower it.
-                await self._store._add_counts(
-                    conn, counters, ["name"], "value",
-                    [{"name": REFUSED_CONNECTIONS, "value": refused}],
-                )  # fmt: skip
+            await insert_audit(conn, self._store.dialect, rows)
 
     async def list_audit(
         self,
@@ -429,39 +348,15 @@ class GatewayStore:
         limit: int = 50,
     ) -> Page[AuditEvent]:
         """Newest first, keyset-paged by id."""
-        if not 1 <= limit <= 1000:
-            raise ValueError("limit must be between 1 and 1000")
-        conditions = []
-        if username is not None:
-            conditions.append(audit_events.c.username == username)
-        if address is not None:
-            conditions.append(audit_events.c.address == canonical_address(address))
-        if kind is not None:
-            conditions.append(audit_events.c.kind == kind)
-        if since is not None:
-            conditions.append(audit_events.c.time >= since)
-        if until is not None:
-            conditions.append(audit_events.c.time < until)
-        scope = cursors.scope_of(username, address, kind, since, until)
-        if cursor is not None:
-            decoded = cursors.decode(
-                cursor, listing="audit", order="id:desc", scope=scope, key_len=1
-            )
-            if not isinstance(decoded.key[0], int):
-                raise InvalidCursor("cursor key is malformed")
-            conditions.append(audit_events.c.id < decoded.key[0])
-        query = (
-            select(audit_events)
-            .where(*conditions)
-            .order_by(audit_events.c.id.desc())
-            .limit(limit + 1)
+        query, scope = audit_query(
+            username=username,
+            address=address,
+            kind=kind,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
         )
         async with self._store._read() as conn:
             rows = (await conn.execute(query)).all()
-        items = [_event(row) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            next_cursor = cursors.encode(
-                cursors.Cursor("audit", "id:desc", scope, "next", (int(items[-1].id or 0),))
-            )
-        return Page(items, next_cursor, None, None)
+        return audit_page(rows, limit, scope)

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from kmsgate.access.audit_csv import CSV_COLUMNS, csv_row
-from kmsgate.store.gateway import AUDIT_KINDS, AuditEvent, GatewayStore
+from kmsgate.store.audit import AUDIT_KINDS, AuditEvent
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import Page
 from kmsgate.web.context import Web
 from kmsgate.web.errors import ErrorModel

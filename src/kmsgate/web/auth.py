@@ -34,9 +34,10 @@ from kmsgate.auth.passwords import (
     hash_password,
     needs_rehash,
 )
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
-from kmsgate.store.gateway import AuditEvent, GatewayStore
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import User
 from kmsgate.store.sessions import SessionStore
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, get_args
 from fastapi import HTTPException, Path
 from pydantic import BaseModel, Field
 
-from kmsgate.store.gateway import AUDIT_KINDS
+from kmsgate.store.audit import AUDIT_KINDS
 from kmsgate.store.reports import MAX_STALE_DAYS, MAX_STALE_LIMIT
 
 SortKey = Literal["last_seen", "first_seen", "machine_name", "sku_name", "request_count"]

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
 from kmsgate.access.gateway import Gateway, LoginOutcome
 from kmsgate.access.throttle import LoginThrottle as PortalLimiter
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.errors import StoreError
-from kmsgate.store.gateway import AuditEvent, Window
+from kmsgate.store.gateway import Window
 
 log = logging.getLogger("kmsgate.web.portal")
 
