@@ -33,7 +33,8 @@ from kmsgate.client.activation import RequestTemplate
 from kmsgate.client.loadgen import percentile
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.client_session import ClientSession
-from kmsgate.protocol.messages import encode_request, verify_response
+from kmsgate.protocol.messages import encode_request
+from kmsgate.protocol.verification import verify_response
 
 HOST = "127.0.0.1"
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")

@@ -19,7 +19,7 @@ done
 
 mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${patterns[@]}"
 mutmut results --all true > mutants/results.txt
-for module in ${*:-__init__ client_session counting crypto engine epid errors hresult messages ndr observer rpc session}; do
+for module in ${*:-__init__ client_session counting crypto engine epid errors hresult messages ndr observer rpc session verification}; do
     prefix="kmsgate.protocol.${module}."
     total=$(grep -c "^ *${prefix}" mutants/results.txt || true)
     killed=$(grep "^ *${prefix}" mutants/results.txt | grep -c ": killed$" || true)

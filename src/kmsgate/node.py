@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kmsgate.catalog import Catalog
-from kmsgate.catalog.lookup import load_catalog
+from kmsgate.catalog.loading import load_catalog
 from kmsgate.config import ServeSettings, parse_listen, parse_public_address
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics

@@ -25,6 +25,7 @@ from kmsgate.catalog import (
     Sku,
     default_catalog,
 )
+from kmsgate.catalog.loading import catalog_from_dict, catalog_from_json
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDER = REPO / "tools" / "build_catalog.py"
@@ -727,16 +728,16 @@ def test_product_name(catalog: Catalog) -> None:
 def test_loader_rejects_foreign_or_broken_data() -> None:
     doc = json.loads(SHIPPED.read_bytes())
     with pytest.raises(ValueError, match="schema"):
-        Catalog.from_dict({**doc, "schema": "other/1"})
+        catalog_from_dict({**doc, "schema": "other/1"})
     with pytest.raises(ValueError, match="malformed"):
-        Catalog.from_dict({k: v for k, v in doc.items() if k != "skus"})
+        catalog_from_dict({k: v for k, v in doc.items() if k != "skus"})
     dup = copy.deepcopy(doc)
     dup["skus"].append(dup["skus"][0])
     with pytest.raises(ValueError, match="duplicate SKU id"):
-        Catalog.from_dict(dup)
+        catalog_from_dict(dup)
     dangling = copy.deepcopy(doc)
     dangling["csvlks"][0]["activates_kms_ids"] = [str(U(int=1))]
     with pytest.raises(ValueError, match="unknown KMS ids"):
-        Catalog.from_dict(dangling)
+        catalog_from_dict(dangling)
     with pytest.raises(ValueError):
-        Catalog.from_json(b"[]")
+        catalog_from_json(b"[]")

@@ -17,7 +17,9 @@ import pytest
 
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.catalog.families import UNKNOWN_FAMILY, family_label
-from kmsgate.catalog.interchange import load_document, merge, read_pykms_xml
+from kmsgate.catalog.interchange import load_document, merge
+from kmsgate.catalog.loading import catalog_from_dict
+from kmsgate.catalog.pykms_xml import read_pykms_xml
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics, product_family, product_family_label
 from tests.catalog.peer_formats import pykms_xml
@@ -119,7 +121,7 @@ def test_a_catalogue_file_without_families_gets_them_by_the_same_rule(catalog: C
     bare = copy.deepcopy(doc)
     for record in (*bare["kms_ids"], *bare["skus"]):
         del record["family"]
-    old = Catalog.from_dict(bare)
+    old = catalog_from_dict(bare)
     assert [s.family for s in old.skus] == [s.family for s in catalog.skus]
     assert [k.family for k in old.kms_ids] == [k.family for k in catalog.kms_ids]
     assert "family" not in bare["skus"][0]  # the caller's document is left alone
@@ -131,6 +133,6 @@ def test_an_imported_product_is_stored_with_its_family() -> None:
     [kms] = [k for k in doc["kms_ids"] if k["id"] == FUTURE["id"]]
     [sku] = [s for s in doc["skus"] if s["id"] == FUTURE["sku"]]
     assert (kms["family"], sku["family"]) == ("windows-server", "windows-server")
-    merged = Catalog.from_dict(doc)
+    merged = catalog_from_dict(doc)
     request = make_request(sku_id=uuid.UUID(FUTURE["sku"]), kms_id=uuid.UUID(FUTURE["id"]))
     assert product_family(merged, request) == "windows-server"

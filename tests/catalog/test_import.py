@@ -16,15 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kmsgate.catalog import Catalog, default_catalog
-from kmsgate.catalog.interchange import (
-    ForeignFileError,
-    load_document,
-    merge,
-    read_foreign,
-    read_pykms_xml,
-    read_vlmcsd_kmd,
-)
+from kmsgate.catalog import default_catalog
+from kmsgate.catalog.foreign import ForeignFileError
+from kmsgate.catalog.interchange import load_document, merge, read_foreign
+from kmsgate.catalog.loading import catalog_from_dict, catalog_from_file
+from kmsgate.catalog.pykms_xml import read_pykms_xml
+from kmsgate.catalog.vlmcsd_kmd import read_vlmcsd_kmd
 from kmsgate.config import ServeSettings
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.server.host import KmsHost
@@ -109,7 +106,7 @@ def test_a_newer_product_is_added_and_covered_by_the_held_key() -> None:
     doc, report = merge(load_document(None), foreign, today=TODAY)
     assert report.added == {"kms_ids": 1, "skus": 1}
     assert any("GVLK NPPR9" in note for note in report.notes)
-    merged = Catalog.from_dict(doc)
+    merged = catalog_from_dict(doc)
     sku = merged.resolve_product("Server 2028 Datacenter")
     assert (str(sku.id), str(sku.kms_id), sku.gvlk) == (FUTURE["sku"], FUTURE["id"], None)
     held = merged.csvlk(uuid.UUID(SERVER_2025_CSVLK))
@@ -129,7 +126,7 @@ async def test_serve_with_an_imported_catalogue_activates_the_new_product(
     settings = ServeSettings(
         listen=["127.0.0.1:0"], data_dir=tmp_path, catalog=path, deny_unknown_products=True
     )
-    async with KmsHost(settings, catalog=Catalog.from_file(path)) as host:
+    async with KmsHost(settings, catalog=catalog_from_file(path)) as host:
         request = dataclasses.replace(
             make_request(6), kms_counted_id=uuid.UUID(FUTURE["id"]), sku_id=uuid.UUID(FUTURE["sku"])
         )

@@ -14,9 +14,8 @@ from kmsgate.protocol.messages import (
     decode_request,
     encode_request,
     encode_response,
-    sent_request,
-    verify_response,
 )
+from kmsgate.protocol.verification import sent_request, verify_response
 from tests.protocol.test_messages import EPID, HWID, IV, make_request, make_response, seeded
 
 # --- rpc ---------------------------------------------------------------------------------------

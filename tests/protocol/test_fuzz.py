@@ -12,15 +12,10 @@ from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.client_session import ClientSession, expect_response
 from kmsgate.protocol.errors import KmsMessageError, ProtocolError, RpcDecodeError
 from kmsgate.protocol.events import BindAccepted, ConnectionClosed
-from kmsgate.protocol.messages import (
-    DecodedRequest,
-    KmsResponse,
-    decode_request,
-    encode_request,
-    verify_response,
-)
+from kmsgate.protocol.messages import DecodedRequest, KmsResponse, decode_request, encode_request
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ServerSession
+from kmsgate.protocol.verification import verify_response
 from tests.protocol.test_messages import IV, exchange, make_request
 from tests.protocol.test_session import (
     answer_of,

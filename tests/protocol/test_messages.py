@@ -20,12 +20,11 @@ from kmsgate.protocol.messages import (
     KmsRequest,
     KmsResponse,
     RandomBytes,
-    VerifiedResponse,
     decode_request,
     encode_request,
     encode_response,
-    verify_response,
 )
+from kmsgate.protocol.verification import VerifiedResponse, verify_response
 from tests import vectors
 
 HYP = settings(max_examples=150, deadline=None)

@@ -14,12 +14,7 @@ from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.engine import EngineConfig, KmsEngine
 from kmsgate.protocol.errors import KmsMessageError
 from kmsgate.protocol.hresult import HResult
-from kmsgate.protocol.messages import (
-    DecodedRequest,
-    KmsRequest,
-    encode_request,
-    verify_response,
-)
+from kmsgate.protocol.messages import DecodedRequest, KmsRequest, encode_request
 from kmsgate.protocol.session import (
     ActivationRefused,
     ActivationServed,
@@ -31,6 +26,7 @@ from kmsgate.protocol.session import (
     ServerSession,
     SessionSettings,
 )
+from kmsgate.protocol.verification import verify_response
 from tests.protocol.test_messages import EPID, HWID, IV, NOW, make_request, seeded
 
 NDR32 = ndr.TransferSyntax.NDR32

@@ -22,9 +22,10 @@ from kmsgate.protocol.events import (
 )
 from kmsgate.protocol.framing import MAX_REASSEMBLED_STUB
 from kmsgate.protocol.hresult import HResult
-from kmsgate.protocol.messages import KmsRequest, encode_request, verify_response
+from kmsgate.protocol.messages import KmsRequest, encode_request
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ServerSession, SessionSettings
+from kmsgate.protocol.verification import verify_response
 from tests.protocol.test_messages import EPID, HWID, IV, NOW, make_request, seeded
 
 NDR32, NDR64 = TransferSyntax.NDR32, TransferSyntax.NDR64

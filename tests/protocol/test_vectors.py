@@ -18,9 +18,10 @@ from kmsgate.protocol.events import (
     FaultSent,
 )
 from kmsgate.protocol.hresult import HResult
-from kmsgate.protocol.messages import KmsRequest, decode_request, verify_response
+from kmsgate.protocol.messages import KmsRequest, decode_request
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ServerSession, SessionSettings
+from kmsgate.protocol.verification import verify_response
 from tests import vectors
 
 NAMES = vectors.conversation_names()

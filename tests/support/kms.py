@@ -12,7 +12,8 @@ from kmsgate.protocol.client_session import ClientSession, expect_bind_accepted,
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.events import ClientEvent
 from kmsgate.protocol.framing import PduFramer
-from kmsgate.protocol.messages import KmsRequest, VerifiedResponse, encode_request
+from kmsgate.protocol.messages import KmsRequest, encode_request
+from kmsgate.protocol.verification import VerifiedResponse
 
 WINDOWS_APP = uuid.UUID("55c92734-d682-4d71-983e-d6ec3f16059f")
 SERVER_2019_KMS = uuid.UUID("8449b1fb-f0ea-497a-99ab-66ca96e9a0f5")

@@ -1,6 +1,7 @@
 """Product catalogue: the shipped KMS product data and lookups by SKU, KMS id, name and GVLK."""
 
-from kmsgate.catalog.lookup import Catalog, default_catalog
+from kmsgate.catalog.loading import default_catalog
+from kmsgate.catalog.lookup import Catalog
 from kmsgate.catalog.model import (
     Application,
     Csvlk,

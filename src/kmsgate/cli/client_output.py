@@ -12,7 +12,7 @@ from kmsgate.client.activation import ActivationResult, RequestTemplate, format_
 from kmsgate.client.loadgen import LoadResult
 from kmsgate.dns.discovery import KmsHostCandidate
 from kmsgate.protocol.licensing import license_status_name
-from kmsgate.protocol.messages import Check
+from kmsgate.protocol.verification import Check
 
 
 def _mark(check: Check) -> Text:

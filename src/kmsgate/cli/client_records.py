@@ -15,7 +15,8 @@ from kmsgate.client.activation import (
 from kmsgate.protocol.engine import unix_from_filetime
 from kmsgate.protocol.errors import ActivationError, RpcFaultError, VerificationError
 from kmsgate.protocol.licensing import license_status_name
-from kmsgate.protocol.messages import Check, KmsRequest
+from kmsgate.protocol.messages import KmsRequest
+from kmsgate.protocol.verification import Check
 
 
 def utc_text(filetime: int) -> str | None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kmsgate.catalog.lookup import load_catalog
+from kmsgate.catalog.loading import load_catalog
 from kmsgate.cli.common import ConfigOption, DataDirOption, JsonOption, fail, print_json
 from kmsgate.config import ServeSettings, load_settings
 from kmsgate.server.identity import IdentityError, build_identity, read_identity_file

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kmsgate.catalog import Catalog, Sku, default_catalog
+from kmsgate.catalog.loading import catalog_from_file
 
 
 def sorted_skus(catalog: Catalog, skus: Iterable[Sku]) -> list[Sku]:
@@ -87,7 +88,7 @@ def _catalog(path: Path | None) -> Catalog:
     if path is None:
         return default_catalog()
     try:
-        return Catalog.from_file(path)
+        return catalog_from_file(path)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -188,13 +189,8 @@ def import_command(
     catalog_file: CatalogOption = None,
 ) -> None:
     """Merge a peer's product file into a catalogue file that `serve --catalog` loads."""
-    from kmsgate.catalog.interchange import (
-        ForeignFileError,
-        dump,
-        load_document,
-        merge,
-        read_foreign,
-    )
+    from kmsgate.catalog.foreign import ForeignFileError
+    from kmsgate.catalog.interchange import dump, load_document, merge, read_foreign
 
     try:
         foreign = read_foreign(source.read_bytes(), fmt)

@@ -33,15 +33,9 @@ from kmsgate.protocol.errors import (
 )
 from kmsgate.protocol.events import ClientEvent
 from kmsgate.protocol.hresult import HResult, describe
-from kmsgate.protocol.messages import (
-    NIL_UUID,
-    Check,
-    KmsRequest,
-    KmsResponse,
-    encode_request,
-    sent_request,
-)
+from kmsgate.protocol.messages import NIL_UUID, KmsRequest, KmsResponse, encode_request
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.protocol.verification import Check, sent_request
 
 __all__ = [
     "DEFAULT_PORT",

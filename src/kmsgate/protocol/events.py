@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kmsgate.protocol import rpc
-from kmsgate.protocol.messages import DecodedRequest, KmsRequest, KmsResponse, VerifiedResponse
-from kmsgate.protocol.messages import verify_response as _verify_response
+from kmsgate.protocol.messages import DecodedRequest, KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.protocol.verification import VerifiedResponse
+from kmsgate.protocol.verification import verify_response as _verify_response
 
 # --- a conversation as the host sees it (ServerSession, ConversationObserver) -------------
 

@@ -24,14 +24,9 @@ from kmsgate.protocol.events import (
     ObserverNote,
 )
 from kmsgate.protocol.framing import FragmentReassembler, PduFramer
-from kmsgate.protocol.messages import (
-    Check,
-    DecodedRequest,
-    KmsResponse,
-    decode_request,
-    verify_response,
-)
+from kmsgate.protocol.messages import DecodedRequest, KmsResponse, decode_request
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.protocol.verification import Check, verify_response
 
 # A client has at most a handful of calls in flight; more means garbage or a flood, and
 # remembering them all would let a peer grow the observer without bound.

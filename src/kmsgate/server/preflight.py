@@ -185,7 +185,7 @@ def _identity(settings: ServeSettings) -> list[Problem]:
 
 def _host_keys(settings: ServeSettings) -> list[Problem]:
     """The catalogue must load and hold host keys for the host build the host claims."""
-    from kmsgate.catalog.lookup import load_catalog
+    from kmsgate.catalog.loading import load_catalog
     from kmsgate.server.identity import choose_host_build
 
     try:
