@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmsgate.catalog import default_catalog
-from kmsgate.client.activation import KmsClient, RequestTemplate
+from kmsgate.client.activation import KmsClient
+from kmsgate.client.exchange import RequestTemplate
 from kmsgate.client.loadgen import LoadResult, LoadSettings, percentile, run_load, run_sync
 
 HOST = "127.0.0.1"

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 from kmsgate.catalog import default_catalog
-from kmsgate.client.activation import RequestTemplate
+from kmsgate.client.exchange import RequestTemplate
 from kmsgate.client.loadgen import percentile
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.client_session import ClientSession

@@ -25,7 +25,13 @@ STORE_FLAGS = ("--config", "--db", "--data-dir")
 OTHER_COMMANDS = {f"kmsgate.cli.{module}" for module in kmsgate.cli.COMMANDS.values()} - {
     "kmsgate.cli.serve"
 }
-NOT_FOR_SERVE = OTHER_COMMANDS | {"kmsgate.client.loadgen", "kmsgate.client.diagnose"}
+NOT_FOR_SERVE = OTHER_COMMANDS | {
+    "kmsgate.client.loadgen",
+    *(
+        f"kmsgate.client.diagnose{step}"
+        for step in ("", "_answer", "_clock", "_dns", "_host", "_report", "_rpc", "_tcp")
+    ),
+}
 
 # Runs the console entry point in-process and writes the modules it loaded at exit.
 MODULES_AT_EXIT = r"""

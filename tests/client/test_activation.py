@@ -16,18 +16,16 @@ from typing import Any
 import pytest
 
 from kmsgate.catalog import Sku, default_catalog
-from kmsgate.client.activation import (
+from kmsgate.client.activation import KmsClient, activate_first_reachable
+from kmsgate.client.errors import (
     ConnectionClosedError,
-    KmsClient,
     KmsConnectionError,
     KmsTimeoutError,
     NoHostReachableError,
-    RequestTemplate,
     ResponseVerificationError,
-    activate_first_reachable,
     describe_error,
-    random_machine_name,
 )
+from kmsgate.client.exchange import RequestTemplate, random_machine_name
 from kmsgate.client.loadgen import LoadSettings, error_key, percentile, run_load
 from kmsgate.config import ServeSettings
 from kmsgate.protocol import crypto, ndr, rpc

@@ -25,15 +25,10 @@ from typer.testing import CliRunner
 
 from kmsgate.catalog import default_catalog
 from kmsgate.cli import create_app
-from kmsgate.client.diagnose import (
-    COARSE_SHIFTS,
-    EXIT_CODES,
-    SCHEMA,
-    STEPS,
-    classify_non_rpc,
-    diagnose_cmid,
-    probe_clock,
-)
+from kmsgate.client.diagnose import diagnose_cmid
+from kmsgate.client.diagnose_clock import COARSE_SHIFTS, probe_clock
+from kmsgate.client.diagnose_report import EXIT_CODES, SCHEMA, STEPS
+from kmsgate.client.diagnose_rpc import classify_non_rpc
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.protocol.hresult import KMS_HRESULTS, HResult, describe, explain, markdown_table
 from kmsgate.store.database import Store
@@ -426,6 +421,7 @@ def knot(tmp_path_factory: pytest.TempPathFactory, host: Serve) -> Iterator[Any]
         "empty.test": "",
         "nosvc.test": "_vlmcs._tcp IN SRV 0 0 0 .\n",
         "noaddr.test": f"_vlmcs._tcp IN SRV 0 0 {host.port} ghost.noaddr.test.\n",
+        "literal.test": f"_vlmcs._tcp IN SRV 0 0 {host.port} 127.0.0.1.\n",
     }
     with knot_server(tmp_path_factory.mktemp("knot-diagnose"), zones) as server:
         server.dead_port = dead  # type: ignore[attr-defined]
@@ -491,6 +487,15 @@ def test_host_name_resolution(knot: Any, host: Serve) -> None:
     assert steps(doc)["dns"][0]["title"] == "kms1.good.test resolves to 127.0.0.1"
     code, doc = run_json(f"nothere.good.test:{host.port}", env=dns_env(knot))
     assert code == 3 and steps(doc)["dns"][0]["title"] == "nothere.good.test does not resolve"
+
+
+def test_srv_target_written_as_an_address_is_used_as_one(knot: Any, host: Serve) -> None:
+    """As with the system resolver (and `kmsgate client`), no A look-up of "127.0.0.1."."""
+    code, doc = run_json("--domain", "literal.test", env=dns_env(knot))
+    assert code == 0
+    records = steps(doc)["dns"][0]["details"]["records"]
+    assert [(r["target"], r["addresses"]) for r in records] == [(LOOPBACK, [LOOPBACK])]
+    assert steps(doc)["tcp"][0]["details"]["endpoint"] == f"{LOOPBACK}:{host.port}"
 
 
 # --------------------------------------------------------------------------- pure steps

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from kmsgate.catalog import default_catalog
-from kmsgate.client.activation import ConnectionClosedError, KmsClient, RequestTemplate
+from kmsgate.client.activation import KmsClient
+from kmsgate.client.errors import ConnectionClosedError
+from kmsgate.client.exchange import RequestTemplate
 from kmsgate.client.loadgen import LoadSettings, run_load
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
 from kmsgate.protocol.events import ActivationServed

@@ -16,7 +16,8 @@ from typing import TypeVar, cast
 
 import pytest
 
-from kmsgate.client.activation import KmsClient, RequestTemplate
+from kmsgate.client.activation import KmsClient
+from kmsgate.client.exchange import RequestTemplate
 from kmsgate.config import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.node import Node

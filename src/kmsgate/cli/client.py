@@ -15,18 +15,15 @@ from rich.text import Text
 from kmsgate.catalog import Catalog, Sku, default_catalog
 from kmsgate.cli.client_output import print_header, print_load, print_result
 from kmsgate.cli.client_records import error_record, product_record, result_record
-from kmsgate.client.activation import (
-    DEFAULT_PORT,
-    ActivationResult,
-    KmsClient,
+from kmsgate.client.activation import KmsClient, activate_first_reachable
+from kmsgate.client.connection import DEFAULT_PORT
+from kmsgate.client.errors import (
     KmsConnectionError,
     NoHostReachableError,
-    RequestTemplate,
     ResponseVerificationError,
-    activate_first_reachable,
     describe_error,
-    format_endpoint,
 )
+from kmsgate.client.exchange import ActivationResult, RequestTemplate
 from kmsgate.client.loadgen import LoadResult, LoadSettings, run_load, run_sync
 from kmsgate.dns.discovery import (
     DiscoveryError,
@@ -35,7 +32,7 @@ from kmsgate.dns.discovery import (
     parse_nameserver,
 )
 from kmsgate.errors import KmsgateError
-from kmsgate.net import parse_endpoint
+from kmsgate.net import Endpoint, parse_endpoint
 
 #: Default product: the most common volume client, Windows 10/11 Pro (GVLK W269N-...;
 #: KMS id "Windows 10/11 2015 (Volume)", protocol v6, N-count 25).
@@ -247,7 +244,7 @@ def run_load_command(
         (host, port), result = run_sync(go())
     except (KmsgateError, ValueError) as exc:
         raise _fail(describe_error(exc), _exit_code(exc)) from None
-    where = format_endpoint(host, port)
+    where = str(Endpoint(host, port))
     if as_json:
         doc = {"ok": result.failed == 0, "host": host, "port": port, **result.summary()}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")

@@ -8,9 +8,10 @@ from rich.text import Text
 
 from kmsgate.catalog import Catalog, Sku
 from kmsgate.cli.client_records import utc_text
-from kmsgate.client.activation import ActivationResult, RequestTemplate, format_endpoint
+from kmsgate.client.exchange import ActivationResult, RequestTemplate
 from kmsgate.client.loadgen import LoadResult
 from kmsgate.dns.discovery import KmsHostCandidate
+from kmsgate.net import Endpoint
 from kmsgate.protocol.licensing import license_status_name
 from kmsgate.protocol.verification import Check
 
@@ -34,7 +35,7 @@ def print_result(console: Console, index: int, result: ActivationResult) -> None
         Text(
             f"Request {index}: v{request.major_version}.{request.minor_version} "
             f"{result.syntax.value} call {result.call_id} → "
-            f"{format_endpoint(result.host, result.port)}",
+            f"{Endpoint(result.host, result.port)}",
             style="bold",
         )
     )
@@ -88,7 +89,7 @@ def print_header(
     )
     if discovered_via:
         found = ", ".join(
-            f"{format_endpoint(c.host, c.port)} (priority {c.priority}, weight {c.weight})"
+            f"{Endpoint(c.host, c.port)} (priority {c.priority}, weight {c.weight})"
             for c in candidates
         )
         console.print(Text.assemble(("Discovered ", "bold"), f"{discovered_via}: {found}"))

@@ -6,12 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kmsgate.catalog import Catalog, Sku
-from kmsgate.client.activation import (
-    ActivationResult,
-    KmsConnectionError,
-    RequestTemplate,
-    describe_error,
-)
+from kmsgate.client.errors import KmsConnectionError, describe_error
+from kmsgate.client.exchange import ActivationResult, RequestTemplate
 from kmsgate.protocol.engine import unix_from_filetime
 from kmsgate.protocol.errors import ActivationError, RpcFaultError, VerificationError
 from kmsgate.protocol.licensing import license_status_name

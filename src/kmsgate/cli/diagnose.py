@@ -20,15 +20,9 @@ from kmsgate.cli.client import (
     _resolve_sku,
     parse_target,
 )
-from kmsgate.client.diagnose import (
-    EXIT_CODES,
-    Diagnosis,
-    DnsResolver,
-    Finding,
-    diagnose,
-    diagnose_cmid,
-    diagnose_template,
-)
+from kmsgate.client.diagnose import diagnose, diagnose_cmid, diagnose_template
+from kmsgate.client.diagnose_dns import DnsResolver
+from kmsgate.client.diagnose_report import EXIT_CODES, Diagnosis, Finding
 from kmsgate.dns.discovery import make_resolver
 
 _MARKS = {

@@ -14,13 +14,9 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from kmsgate.client.activation import (
-    ClientConnection,
-    ConnectionClosedError,
-    KmsClient,
-    KmsConnectionError,
-    KmsTimeoutError,
-)
+from kmsgate.client.activation import KmsClient
+from kmsgate.client.connection import ClientConnection
+from kmsgate.client.errors import ConnectionClosedError, KmsConnectionError, KmsTimeoutError
 from kmsgate.errors import KmsgateError
 from kmsgate.protocol.errors import (
     ActivationError,
