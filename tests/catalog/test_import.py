@@ -25,7 +25,7 @@ from kmsgate.catalog.interchange import (
     read_pykms_xml,
     read_vlmcsd_kmd,
 )
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.server.host import KmsHost
 from tests.catalog.peer_formats import pykms_xml, vlmcsd_kmd

@@ -17,7 +17,7 @@ from typing import TypeVar, cast
 import pytest
 
 from kmsgate.client.activation import KmsClient, RequestTemplate
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc
