@@ -14,7 +14,8 @@ import urllib.request
 
 from pydantic import ValidationError
 
-from kmsgate.config import load_settings, parse_listen
+from kmsgate.config.addresses import parse_listen
+from kmsgate.config.loading import load_settings
 
 # A wildcard listener is reached on loopback from inside the container.
 LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from kmsgate.config import ServeSettings, load_settings, parse_listen
+from kmsgate.config.addresses import parse_listen
+from kmsgate.config.loading import load_settings
+from kmsgate.config.settings import ServeSettings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -89,7 +91,7 @@ def test_settings_model_fields_all_have_descriptions() -> None:
 
 
 def test_configuration_reference_is_current() -> None:
-    from kmsgate.config import settings_reference
+    from kmsgate.config.reference import settings_reference
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
     assert doc.read_text() == settings_reference(), "run tools/gen_config_docs.py"

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.node import Node, load_web_secret
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kmsgate.config import settings_reference
+from kmsgate.config.reference import settings_reference
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from kmsgate.catalog import Catalog
 from kmsgate.catalog.loading import load_catalog
-from kmsgate.config import ServeSettings, parse_listen, parse_public_address
+from kmsgate.config.addresses import parse_listen, parse_public_address
+from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix

@@ -16,7 +16,7 @@ from kmsgate.access.accounts.base import LocalSettings
 from kmsgate.access.gateway import Gateway
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.node import Node
 from kmsgate.server.host import KmsHost

@@ -9,7 +9,7 @@ import pytest
 
 from kmsgate.access.products import ProductPolicy
 from kmsgate.catalog import default_catalog
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol.errors import ActivationError
 from kmsgate.protocol.hresult import HResult
 from kmsgate.server.host import KmsHost

@@ -22,7 +22,7 @@ from kmsgate.catalog.interchange import load_document, merge, read_foreign
 from kmsgate.catalog.loading import catalog_from_dict, catalog_from_file
 from kmsgate.catalog.pykms_xml import read_pykms_xml
 from kmsgate.catalog.vlmcsd_kmd import read_vlmcsd_kmd
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.server.host import KmsHost
 from tests.catalog.peer_formats import pykms_xml, vlmcsd_kmd

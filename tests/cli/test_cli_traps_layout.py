@@ -19,7 +19,9 @@ import pytest
 
 from kmsgate.catalog import default_catalog
 from kmsgate.cli.manpage import render_manpage
-from kmsgate.config import PANELS, ServeSettings, field_panel
+from kmsgate.config.panels import PANELS
+from kmsgate.config.reference import field_panel
+from kmsgate.config.settings import ServeSettings
 from tests.support.cli import KMSGATE, clean_env, kmsgate
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kmsgate.cli.serve import _is_list
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from tests.support.cli import (
     clean_env,
     free_port,

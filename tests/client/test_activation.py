@@ -27,7 +27,7 @@ from kmsgate.client.errors import (
 )
 from kmsgate.client.exchange import RequestTemplate, random_machine_name
 from kmsgate.client.loadgen import LoadSettings, error_key, percentile, run_load
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol import crypto, ndr, rpc
 from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
 from kmsgate.protocol.errors import (

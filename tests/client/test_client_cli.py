@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from kmsgate.cli import create_app
 from kmsgate.cli.client import DEFAULT_SKU, parse_target
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol.engine import KmsEngine
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest

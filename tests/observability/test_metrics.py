@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from kmsgate.catalog import Catalog, default_catalog
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import (
     CLOSE_REASONS,

@@ -12,10 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import kmsgate.config
+import kmsgate.config.loading
 from kmsgate.cli import config_cmd, serve
 from kmsgate.cli.config_cmd import check_text, mask_url
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for key in list(os.environ):
         if key.upper().startswith("KMSGATE_"):
             monkeypatch.delenv(key)
-    monkeypatch.setattr(kmsgate.config, "DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
+    monkeypatch.setattr(kmsgate.config.loading, "DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -109,7 +109,7 @@ def test_show_uses_the_default_config_file_when_present(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     default = write(tmp_path, "window = 900\n", "etc.toml")
-    monkeypatch.setattr(kmsgate.config, "DEFAULT_CONFIG_FILE", default)
+    monkeypatch.setattr(kmsgate.config.loading, "DEFAULT_CONFIG_FILE", default)
     report = show_json()
     assert report["config_file"] == str(default)
     assert report["settings"]["window"] == {"value": 900, "source": "file"}

@@ -22,9 +22,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from kmsgate import config as config_module
 from kmsgate.cli import dns as dns_cli
-from kmsgate.config import ServeSettings
+from kmsgate.config import loading as config_loading
+from kmsgate.config.settings import ServeSettings
 from kmsgate.dns.discovery import KmsHostCandidate, discover_kms_hosts
 from kmsgate.dns.records import SrvRecord, build_removal, build_update, srv_records
 from kmsgate.dns.update import DnsPublishError, publish, server_from_settings, unpublish
@@ -52,7 +52,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith("KMSGATE_"):
             monkeypatch.delenv(name)
-    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
+    monkeypatch.setattr(config_loading, "DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
 
 
 def make_settings(

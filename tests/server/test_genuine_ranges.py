@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.errors import ActivationError
 from kmsgate.protocol.hresult import HResult

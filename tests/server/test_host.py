@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request

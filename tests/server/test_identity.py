@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kmsgate.catalog import Catalog, default_catalog
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol.epid import parse_epid
 from kmsgate.protocol.errors import ActivationError
 from kmsgate.protocol.hresult import HResult

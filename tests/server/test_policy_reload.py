@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol.errors import ActivationError
 from kmsgate.server.host import KmsHost
 from tests.support.kms import RawClient, make_request

@@ -18,7 +18,7 @@ import pytest
 
 from kmsgate.client.activation import KmsClient
 from kmsgate.client.exchange import RequestTemplate
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc

@@ -18,7 +18,7 @@ import pytest_asyncio
 from kmsgate import __version__
 from kmsgate.auth.passwords import hash_password
 from kmsgate.catalog import default_catalog
-from kmsgate.config import parse_public_address
+from kmsgate.config.addresses import parse_public_address
 from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore

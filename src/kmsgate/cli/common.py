@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 import typer
 from pydantic import BaseModel, ValidationError
 
-from kmsgate.config import ServeSettings, explain, load_settings
+from kmsgate.config.explain import explain
+from kmsgate.config.loading import load_settings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.observability.display import json_text
 from kmsgate.store.database import Store
 from kmsgate.store.engine import create_sqlite_file, masked, translated
@@ -119,7 +121,7 @@ def _endpoint(host: str, port: int | str) -> str:
 
 def store_target(url: str) -> str:
     """The database a URL names, for messages: `PostgreSQL at HOST:PORT` or `SQLite file`."""
-    from kmsgate.config import sqlite_path
+    from kmsgate.config.db_url import sqlite_path
 
     path = sqlite_path(url)
     if path is not None:

@@ -17,15 +17,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from kmsgate.cli.help import SettingsHelpCommand
 from kmsgate.cli.serve import settings_parameters
-from kmsgate.config import (
-    ServeSettings,
-    describe_error,
-    effective_config_file,
-    error_key,
-    explain,
-    load_settings,
-    unknown_key,
-)
+from kmsgate.config.explain import describe_error, error_key, explain, unknown_key
+from kmsgate.config.loading import effective_config_file, load_settings
+from kmsgate.config.settings import ServeSettings
 
 Source = Literal["default", "file", "env", "cli"]
 

@@ -14,7 +14,9 @@ from pydantic import ValidationError
 
 from kmsgate.cli.common import fail
 from kmsgate.cli.serve import settings_parameters
-from kmsgate.config import ServeSettings, explain, load_settings
+from kmsgate.config.explain import explain
+from kmsgate.config.loading import load_settings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.dns.records import SrvRecord, srv_records
 from kmsgate.dns.update import DnsPublishError, UpdateResult, publish, unpublish
 

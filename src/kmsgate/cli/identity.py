@@ -12,7 +12,8 @@ import typer
 
 from kmsgate.catalog.loading import load_catalog
 from kmsgate.cli.common import ConfigOption, DataDirOption, JsonOption, fail, print_json
-from kmsgate.config import ServeSettings, load_settings
+from kmsgate.config.loading import load_settings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.server.identity import IdentityError, build_identity, read_identity_file
 
 app = typer.Typer(

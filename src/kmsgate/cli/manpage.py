@@ -13,7 +13,9 @@ from typing import Any
 import typer
 
 from kmsgate.cli import create_app
-from kmsgate.config import PANELS, ServeSettings, default_text, field_panel
+from kmsgate.config.panels import PANELS
+from kmsgate.config.reference import default_text, field_panel
+from kmsgate.config.settings import ServeSettings
 
 _TITLE = "KMS volume-activation host, strict client and authenticating gateway"
 _EXIT_STATUS = (

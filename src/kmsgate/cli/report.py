@@ -20,7 +20,7 @@ from kmsgate.cli.common import (
     store_command,
     with_store,
 )
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.store.database import Store
 from kmsgate.store.reports import (
     MAX_STALE_DAYS,

@@ -14,14 +14,11 @@ import typer
 from pydantic import ValidationError
 
 from kmsgate.cli.help import SettingsHelpCommand
-from kmsgate.config import (
-    PANELS,
-    ServeSettings,
-    effective_config_file,
-    explain,
-    field_panel,
-    load_settings,
-)
+from kmsgate.config.explain import explain
+from kmsgate.config.loading import effective_config_file, load_settings
+from kmsgate.config.panels import PANELS
+from kmsgate.config.reference import field_panel
+from kmsgate.config.settings import ServeSettings
 from kmsgate.node import run_node
 from kmsgate.observability.logs import setup_logging
 from kmsgate.server.preflight import preflight

@@ -21,7 +21,7 @@ from kmsgate.cli.common import (
     store_command,
     with_store,
 )
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.observability.display import rich_cell
 from kmsgate.store.database import Store
 from kmsgate.store.errors import UserExists, UserNotFound

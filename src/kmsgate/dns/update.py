@@ -24,7 +24,7 @@ import dns.tsig
 import dns.update
 from dns.rdtypes.IN.SRV import SRV
 
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.dns.records import (
     SrvRecord,
     absolute_name,

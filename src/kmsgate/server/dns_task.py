@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.dns import update
 from kmsgate.dns.update import DEFAULT_TIMEOUT, DnsPublishError
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from kmsgate.access.products import ProductPolicy
 from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
-from kmsgate.config import ServeSettings
+from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.observability.logs import log_activation
 from kmsgate.observability.metrics import Metrics

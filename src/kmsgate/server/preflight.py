@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmsgate.access.accounts.base import LdapSettings, Pop3Settings, SqlSettings
-from kmsgate.config import ServeSettings, parse_listen
+from kmsgate.config.addresses import parse_listen
+from kmsgate.config.settings import ServeSettings
 from kmsgate.systemd import resolve_ids
 
 
