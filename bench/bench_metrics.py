@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from kmsgate.catalog import default_catalog
 from kmsgate.net import Peer
-from kmsgate.observability.logs import JsonFormatter, SecretMaskingFilter, log_activation
+from kmsgate.observability.activation_log import log_activation
+from kmsgate.observability.logs import JsonFormatter, SecretMaskingFilter
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol import rpc
 from kmsgate.protocol.events import ActivationRefused, ActivationServed, FaultSent

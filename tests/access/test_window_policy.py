@@ -8,11 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kmsgate.access.gateway import (
-    BackendHealth,
-    RefusalTally,
-    WindowRequestPolicy,
-)
+from kmsgate.access.admission import WindowRequestPolicy
+from kmsgate.access.audit_trail import RefusalTally
+from kmsgate.access.gateway import BackendHealth
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import (

@@ -15,14 +15,16 @@ from hypothesis import strategies as st
 
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.net import Peer
-from kmsgate.observability.logs import (
-    JsonFormatter,
-    MininfoFormatter,
+from kmsgate.observability.activation_log import (
     activation_fields,
     activation_line,
     activation_log,
     client_time_text,
     log_activation,
+)
+from kmsgate.observability.logs import (
+    JsonFormatter,
+    MininfoFormatter,
     mask_secrets,
     setup_logging,
 )
@@ -202,7 +204,7 @@ def test_log_activation_does_no_work_when_disabled(
         calls.append(args)
         return {}
 
-    monkeypatch.setattr("kmsgate.observability.logs.activation_fields", spy)
+    monkeypatch.setattr("kmsgate.observability.activation_log.activation_fields", spy)
     log_activation(Peer("10.1.2.3", 1), served(), catalog)
     assert calls == []
 

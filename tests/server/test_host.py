@@ -17,13 +17,8 @@ from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.server.host import (
-    _PAUSED_FOR_WRITING,
-    WRITE_BUFFER_HIGH,
-    KmsConnection,
-    KmsHost,
-    ipv6_available,
-)
+from kmsgate.server.connection import _PAUSED_FOR_WRITING, WRITE_BUFFER_HIGH, KmsConnection
+from kmsgate.server.host import KmsHost, ipv6_available
 from tests.adversarial.host_attack import (
     Answer,
     BlockingKmsConnection,

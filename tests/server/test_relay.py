@@ -38,7 +38,8 @@ from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.recording.drafts import RecordDraft, record_from_draft
 from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.server.host import KmsHost
-from kmsgate.server.relay import Relay, RelayConnection, relay_factory
+from kmsgate.server.relay import Relay, relay_factory
+from kmsgate.server.relay_connection import RelayConnection
 from kmsgate.store.records import ActivationRecord
 from tests.adversarial.host_attack import Answer, BlockingKmsConnection, Fields
 from tests.support.kms import (

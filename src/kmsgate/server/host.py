@@ -1,4 +1,4 @@
-"""The asyncio edge of the KMS host: listeners, connections, timeouts, shutdown."""
+"""The KMS host: its engine and sessions, its listeners, its events, and shutdown."""
 
 from __future__ import annotations
 
@@ -11,20 +11,18 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING
 
 from kmsgate.access.products import ProductPolicy
-from kmsgate.access.source import SourcePolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
-from kmsgate.observability.logs import log_activation
+from kmsgate.observability.activation_log import log_activation
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol import crypto
 from kmsgate.protocol.counting import SeenClients
-from kmsgate.protocol.engine import EngineConfig, KmsEngine, filetime_from_unix
+from kmsgate.protocol.engine import EngineConfig, KmsEngine
 from kmsgate.protocol.events import (
     ActivationRefused,
     ActivationServed,
@@ -33,9 +31,9 @@ from kmsgate.protocol.events import (
     FaultSent,
 )
 from kmsgate.protocol.session import RequestPolicy, ServerSession, SessionSettings
+from kmsgate.server.connection import KmsConnection
 from kmsgate.server.identity import HostIdentity, build_identity
-from kmsgate.server.idle import IdleTimer
-from kmsgate.server.transport import peer_of
+from kmsgate.server.limits import ConnectionLimits
 from kmsgate.systemd import inherited_sockets
 
 if TYPE_CHECKING:
@@ -45,241 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kmsgate.server")
 
 EventHook = Callable[[Peer, Event], None]
-# Reading a connection stops while more than HIGH bytes of answers wait to be sent to it and
-# resumes below LOW: a client that never reads holds one read's worth of answers, not all.
-WRITE_BUFFER_HIGH = 64 * 1024
-WRITE_BUFFER_LOW = 16 * 1024
-# Why a connection's reading is paused (both may hold at once).
-_PAUSED_FOR_WRITING = 1
-_PAUSED_FOR_RECORDS = 2
 
 
-class HostConnection(Protocol):
-    """What the host needs of an open connection: a KmsConnection or a relayed one."""
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class HostStats:
-    """Counters the host keeps about itself."""
-
-    connections_accepted: int = 0
-    connections_rejected: int = 0
-    connections_denied: int = 0
-    connections_open: int = 0
-    activations: int = 0
-    refusals: int = 0
-    faults: int = 0
-    protocol_closes: int = 0
-    idle_closes: int = 0
-    connections_source_limited: int = 0
-    lifetime_closes: int = 0
-    request_limit_closes: int = 0
-    by_version: dict[int, int] = field(default_factory=dict)
-
-
-class KmsConnection(asyncio.Protocol):
-    """One client connection: feeds bytes to a ServerSession and acts on its events."""
-
-    def __init__(self, host: KmsHost) -> None:
-        self._host = host
-        self._transport: asyncio.Transport | None = None
-        self._session: ServerSession | None = None
-        self._idle_timer: IdleTimer | None = None
-        self._answered = 0
-        self._early: bytearray | None = None
-        self._admission: asyncio.Task[None] | None = None
-        self._paused_for = 0
-        self._held: bytes | None = None  # answers waiting until their records are handed over
-        self._backlog: bytearray | None = None  # bytes read while answers were held
-        self._window_end: asyncio.TimerHandle | None = None
-        self.peer = Peer("unknown")
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
-        transport = cast(asyncio.Transport, transport)
-        self._transport = transport
-        self.peer = peer_of(transport)
-        host = self._host
-        if not host.accept(self, transport, self.peer):
-            return
-        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        loop = asyncio.get_running_loop()
-        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle)
-        if host.gateway is None:
-            self._start_session()
-            return
-        # Gateway mode: nothing is served before this address's window is consumed.
-        self._early = bytearray()
-        transport.pause_reading()
-        self._admission = loop.create_task(self._admit(host.gateway))
-
-    def _start_session(self, request_policy: RequestPolicy | None = None) -> None:
-        assert self._transport is not None
-        sockname = self._transport.get_extra_info("sockname")
-        self._session = self._host.new_session(
-            sockname[1] if sockname else 1688, request_policy=request_policy
-        )
-
-    async def _admit(self, gateway: Gateway) -> None:
-        admission = await gateway.admit(self.peer)
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            if admission is not None:
-                gateway.forget(self.peer, "the client left before it was admitted")
-            return
-        if admission is None:
-            log.info("%s refused: no open activation window", self.peer)
-            transport.close()
-            return
-        window = admission.window
-        log.info("%s admitted by the window of %s", self.peer, window.username)
-        # The policy refuses requests after the window's end; this closes the connection then.
-        self._window_end = asyncio.get_running_loop().call_later(
-            admission.seconds_left(gateway.clock()), self._window_ended
-        )
-        self._start_session(admission.policy)
-        early, self._early = bytes(self._early or b""), None
-        transport.resume_reading()
-        if early:
-            self.data_received(early)
-
-    def _window_ended(self) -> None:
-        log.info("%s closed: its activation window has ended", self.peer)
-        if self._transport is not None:
-            self._transport.close()
-
-    def _idle(self) -> None:
-        self._host.stats.idle_closes += 1
-        self._host.metrics.connection_idle()
-        log.debug(
-            "%s closed after %.0f s without a KMS request",
-            self.peer,
-            self._host.settings.idle_timeout,
-        )
-        if self._transport is not None:
-            self._transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        session, transport = self._session, self._transport
-        if session is None or transport is None:
-            # uvloop delivers a first read despite pause_reading() in connection_made.
-            if self._early is not None and transport is not None:
-                self._early += data
-                transport.pause_reading()
-                if len(self._early) > 65536:
-                    transport.close()
-            return
-        if self._held is not None:
-            # A read already under way when reading paused: it waits with the answers.
-            if self._backlog is None:
-                self._backlog = bytearray()
-            self._backlog += data
-            return
-        started = time.perf_counter()
-        events = session.receive_data(data, filetime_from_unix(time.time()))
-        out = session.data_to_send()
-        host = self._host
-        for event in events:
-            host.record(self.peer, event)
-        answered = session.requests_answered
-        if answered != self._answered:
-            self._answered = answered
-            # Only KMS requests count as activity: binds alone, or bytes dribbled without
-            # completing a PDU, keep no connection open past the idle timeout.
-            if self._idle_timer is not None:
-                self._idle_timer.touch()
-            gate = host.record_gate
-            if gate is not None and not gate.hand_over():
-                self._hold(out, gate)
-                host.metrics.observe_request(time.perf_counter() - started)
-                return
-            if out:
-                transport.write(out)
-            host.metrics.observe_request(time.perf_counter() - started)
-        elif out:
-            transport.write(out)
-        self._after_answers(session, transport)
-
-    def _after_answers(self, session: ServerSession, transport: asyncio.Transport) -> None:
-        """Close once the protocol broke or the connection used up its requests."""
-        if session.closed:
-            transport.close()
-            return
-        limit = self._host.settings.max_requests_per_connection
-        if limit and self._answered >= limit:
-            self._host.stats.request_limit_closes += 1
-            log.debug("%s closed after %d requests", self.peer, self._answered)
-            transport.close()
-
-    # -- backpressure: reading stops while answers cannot leave ------------------------------
-
-    def pause_writing(self) -> None:
-        self._pause_reading(_PAUSED_FOR_WRITING)
-
-    def resume_writing(self) -> None:
-        self._resume_reading(_PAUSED_FOR_WRITING)
-
-    def _pause_reading(self, reason: int) -> None:
-        transport = self._transport
-        if not self._paused_for and transport is not None and not transport.is_closing():
-            transport.pause_reading()
-        self._paused_for |= reason
-
-    def _resume_reading(self, reason: int) -> None:
-        self._paused_for &= ~reason
-        transport = self._transport
-        if not self._paused_for and transport is not None and not transport.is_closing():
-            transport.resume_reading()
-
-    def _hold(self, out: bytes, gate: RecordGate) -> None:
-        """Keep these answers until their records are handed over; read nothing meanwhile."""
-        self._held = out
-        self._pause_reading(_PAUSED_FOR_RECORDS)
-        gate.when_handed_over(self._records_handed_over)
-
-    def _records_handed_over(self) -> None:
-        out, self._held = self._held, None
-        transport, session = self._transport, self._session
-        if transport is None or session is None or transport.is_closing():
-            return
-        if out:
-            transport.write(out)
-        self._after_answers(session, transport)
-        if transport.is_closing():
-            return
-        if self._backlog:
-            # Served from the loop, not from inside the record writer's hand-over.
-            asyncio.get_running_loop().call_soon(self._serve_backlog)
-            return
-        self._resume_reading(_PAUSED_FOR_RECORDS)
-
-    def _serve_backlog(self) -> None:
-        backlog, self._backlog = self._backlog, None
-        if backlog:
-            self.data_received(bytes(backlog))
-        if self._held is None:
-            self._resume_reading(_PAUSED_FOR_RECORDS)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        if self._window_end is not None:
-            self._window_end.cancel()
-        # A pending admission is not cancelled: its window may be taken already, and _admit
-        # hands it back once it sees the connection gone.
-        if self._host.gateway is not None:
-            self._host.gateway.forget(self.peer)
-        self._held = self._backlog = None
-        self._host.release(self)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-
-class KmsHost:
+class KmsHost(ConnectionLimits):
     """A KMS host serving one settings model on one or more listeners."""
 
     def __init__(
@@ -294,9 +60,7 @@ class KmsHost:
         identity: HostIdentity | None = None,
         seen_clients: SeenClients | None = None,
     ) -> None:
-        self.settings = settings
         self.catalog = catalog or default_catalog()
-        self.metrics = metrics or Metrics(self.catalog)
         self._rng = rng or random.SystemRandom()
         self._random_bytes = random_bytes
         self.identity: HostIdentity = identity or build_identity(
@@ -324,106 +88,16 @@ class KmsHost:
             self._product_policy(settings),
             seen_clients,
         )
-        self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
-        self._source_verdicts: dict[str, bool] = {}
-        self.stats = HostStats()
-        self.connections: set[HostConnection] = set()
+        super().__init__(settings, metrics or Metrics(self.catalog))
         self.event_hooks: list[EventHook] = [self.metrics.hook]
         self.record_gate: RecordGate | None = None
         self.gateway: Gateway | None = None
-        # Per accepted connection: its source (canonical address) and its lifetime timer.
-        self._limits: dict[HostConnection, tuple[str, asyncio.TimerHandle | None]] = {}
-        self._per_source: dict[str, int] = {}
-        self._capped_sources: set[str] = set()
         self._servers: list[asyncio.Server] = []
         self._session_settings: dict[int, SessionSettings] = {}
 
-    def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
-        """Source policy and connection limit for a new connection; counts and logs refusals."""
-        if peer.port is None:
-            # The client reset the connection before we got to it: there is no address to
-            # judge, so this is no policy decision (and must not read like one in the log).
-            log.info("a connection was reset by its client before it was accepted")
-            transport.abort()
-            return False
-        if not self.source_allowed(peer.address):
-            self.stats.connections_denied += 1
-            self.metrics.connection_rejected("denied_source")
-            log.warning("%s denied by the source policy", peer)
-            transport.abort()
-            return False
-        if len(self.connections) >= self.settings.max_connections:
-            self.stats.connections_rejected += 1
-            self.metrics.connection_rejected("rejected_limit")
-            log.warning("%s refused: %d connections open", peer, len(self.connections))
-            transport.abort()
-            return False
-        if not self._admit_source(connection, peer):
-            transport.abort()
-            return False
-        self.connections.add(connection)
-        self.stats.connections_accepted += 1
-        self.stats.connections_open = len(self.connections)
-        self.metrics.connection_opened()
-        return True
-
-    def _admit_source(self, connection: HostConnection, peer: Peer) -> bool:
-        """The per-source cap, then the connection's lifetime timer (one per connection)."""
-        settings = self.settings
-        source = peer.address
-        open_now = self._per_source.get(source, 0)
-        cap = settings.max_connections_per_source
-        if cap and open_now >= cap:
-            self.stats.connections_source_limited += 1
-            self.metrics.connection_rejected("rejected_source_limit")
-            # One warning each time a source reaches its cap, not one per refused connection.
-            if source in self._capped_sources:
-                log.debug("%s refused: %d connections open from it", peer, open_now)
-            else:
-                self._capped_sources.add(source)
-                log.warning(
-                    "%s refused: %d connections open from %s (--max-connections-per-source)",
-                    peer,
-                    open_now,
-                    source,
-                )
-            return False
-        self._per_source[source] = open_now + 1
-        lifetime = None
-        if settings.connection_lifetime:
-            loop = asyncio.get_running_loop()
-            lifetime = loop.call_at(
-                loop.time() + settings.connection_lifetime, self._lifetime_over, connection
-            )
-        self._limits[connection] = (source, lifetime)
-        return True
-
-    def _lifetime_over(self, connection: HostConnection) -> None:
-        self.stats.lifetime_closes += 1
-        log.debug("closing a connection open for %g s", self.settings.connection_lifetime)
-        connection.close()
-
-    def release(self, connection: HostConnection) -> None:
-        """Forget a connection accept() took (call once, when it is lost)."""
-        if connection not in self.connections:
-            return
-        self.connections.discard(connection)
-        self.stats.connections_open = len(self.connections)
-        self.metrics.connection_closed()
-        source, lifetime = self._limits.pop(connection, ("", None))
-        if lifetime is not None:
-            lifetime.cancel()
-        left = self._per_source.get(source, 1) - 1
-        if left > 0:
-            self._per_source[source] = left
-        else:
-            self._per_source.pop(source, None)
-        self._capped_sources.discard(source)
-
     def apply_policies(self, settings: ServeSettings) -> None:
         """Swap source and product policies in place (SIGHUP); open connections keep going."""
-        self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
-        self._source_verdicts.clear()
+        self.set_source_policy(settings)
         self.engine.set_product_policy(self._product_policy(settings))
         self.settings = settings
 
@@ -436,15 +110,6 @@ class KmsHost:
             covered=self.identity.covers,
         )
         return policy if policy.active else None
-
-    def source_allowed(self, address: str) -> bool:
-        """The source policy's verdict, memoised: a campus has few thousand client addresses."""
-        verdict = self._source_verdicts.get(address)
-        if verdict is None:
-            if len(self._source_verdicts) >= 65536:
-                self._source_verdicts.clear()
-            verdict = self._source_verdicts[address] = self.source_policy.allows(address)
-        return verdict
 
     def new_session(
         self, port: int, *, request_policy: RequestPolicy | None = None

@@ -1,0 +1,254 @@
+"""One client connection of the KMS host: reads, backpressure, held answers, its limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol, cast
+
+from kmsgate.config.settings import ServeSettings
+from kmsgate.net import Peer
+from kmsgate.observability.metrics import Metrics
+from kmsgate.protocol.engine import filetime_from_unix
+from kmsgate.protocol.events import Event
+from kmsgate.protocol.session import RequestPolicy, ServerSession
+from kmsgate.server.idle import IdleTimer
+from kmsgate.server.limits import HostConnection, HostStats
+from kmsgate.server.transport import peer_of
+
+if TYPE_CHECKING:
+    from kmsgate.access.gateway import Gateway
+    from kmsgate.recording.recorder import RecordGate
+
+log = logging.getLogger("kmsgate.server")
+
+# Reading a connection stops while more than HIGH bytes of answers wait to be sent to it and
+# resumes below LOW: a client that never reads holds one read's worth of answers, not all.
+WRITE_BUFFER_HIGH = 64 * 1024
+WRITE_BUFFER_LOW = 16 * 1024
+# Why a connection's reading is paused (both may hold at once).
+_PAUSED_FOR_WRITING = 1
+_PAUSED_FOR_RECORDS = 2
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs of its host: a KmsHost (host.py builds on this module)."""
+
+    settings: ServeSettings
+    stats: HostStats
+    metrics: Metrics
+    gateway: Gateway | None
+    record_gate: RecordGate | None
+
+    def accept(
+        self, connection: HostConnection, transport: asyncio.Transport, peer: Peer
+    ) -> bool: ...
+
+    def release(self, connection: HostConnection) -> None: ...
+
+    def new_session(
+        self, port: int, *, request_policy: RequestPolicy | None = None
+    ) -> ServerSession: ...
+
+    def record(self, peer: Peer, event: Event) -> None: ...
+
+
+class KmsConnection(asyncio.Protocol):
+    """One client connection: feeds bytes to a ServerSession and acts on its events."""
+
+    def __init__(self, host: ConnectionHost) -> None:
+        self._host = host
+        self._transport: asyncio.Transport | None = None
+        self._session: ServerSession | None = None
+        self._idle_timer: IdleTimer | None = None
+        self._answered = 0
+        self._early: bytearray | None = None
+        self._admission: asyncio.Task[None] | None = None
+        self._paused_for = 0
+        self._held: bytes | None = None  # answers waiting until their records are handed over
+        self._backlog: bytearray | None = None  # bytes read while answers were held
+        self._window_end: asyncio.TimerHandle | None = None
+        self.peer = Peer("unknown")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        self.peer = peer_of(transport)
+        host = self._host
+        if not host.accept(self, transport, self.peer):
+            return
+        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        loop = asyncio.get_running_loop()
+        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle)
+        if host.gateway is None:
+            self._start_session()
+            return
+        # Gateway mode: nothing is served before this address's window is consumed.
+        self._early = bytearray()
+        transport.pause_reading()
+        self._admission = loop.create_task(self._admit(host.gateway))
+
+    def _start_session(self, request_policy: RequestPolicy | None = None) -> None:
+        assert self._transport is not None
+        sockname = self._transport.get_extra_info("sockname")
+        self._session = self._host.new_session(
+            sockname[1] if sockname else 1688, request_policy=request_policy
+        )
+
+    async def _admit(self, gateway: Gateway) -> None:
+        admission = await gateway.admit(self.peer)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            if admission is not None:
+                gateway.forget(self.peer, "the client left before it was admitted")
+            return
+        if admission is None:
+            log.info("%s refused: no open activation window", self.peer)
+            transport.close()
+            return
+        window = admission.window
+        log.info("%s admitted by the window of %s", self.peer, window.username)
+        # The policy refuses requests after the window's end; this closes the connection then.
+        self._window_end = asyncio.get_running_loop().call_later(
+            admission.seconds_left(gateway.clock()), self._window_ended
+        )
+        self._start_session(admission.policy)
+        early, self._early = bytes(self._early or b""), None
+        transport.resume_reading()
+        if early:
+            self.data_received(early)
+
+    def _window_ended(self) -> None:
+        log.info("%s closed: its activation window has ended", self.peer)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _idle(self) -> None:
+        self._host.stats.idle_closes += 1
+        self._host.metrics.connection_idle()
+        log.debug(
+            "%s closed after %.0f s without a KMS request",
+            self.peer,
+            self._host.settings.idle_timeout,
+        )
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        session, transport = self._session, self._transport
+        if session is None or transport is None:
+            # uvloop delivers a first read despite pause_reading() in connection_made.
+            if self._early is not None and transport is not None:
+                self._early += data
+                transport.pause_reading()
+                if len(self._early) > 65536:
+                    transport.close()
+            return
+        if self._held is not None:
+            # A read already under way when reading paused: it waits with the answers.
+            if self._backlog is None:
+                self._backlog = bytearray()
+            self._backlog += data
+            return
+        started = time.perf_counter()
+        events = session.receive_data(data, filetime_from_unix(time.time()))
+        out = session.data_to_send()
+        host = self._host
+        for event in events:
+            host.record(self.peer, event)
+        answered = session.requests_answered
+        if answered != self._answered:
+            self._answered = answered
+            # Only KMS requests count as activity: binds alone, or bytes dribbled without
+            # completing a PDU, keep no connection open past the idle timeout.
+            if self._idle_timer is not None:
+                self._idle_timer.touch()
+            gate = host.record_gate
+            if gate is not None and not gate.hand_over():
+                self._hold(out, gate)
+                host.metrics.observe_request(time.perf_counter() - started)
+                return
+            if out:
+                transport.write(out)
+            host.metrics.observe_request(time.perf_counter() - started)
+        elif out:
+            transport.write(out)
+        self._after_answers(session, transport)
+
+    def _after_answers(self, session: ServerSession, transport: asyncio.Transport) -> None:
+        """Close once the protocol broke or the connection used up its requests."""
+        if session.closed:
+            transport.close()
+            return
+        limit = self._host.settings.max_requests_per_connection
+        if limit and self._answered >= limit:
+            self._host.stats.request_limit_closes += 1
+            log.debug("%s closed after %d requests", self.peer, self._answered)
+            transport.close()
+
+    # -- backpressure: reading stops while answers cannot leave ------------------------------
+
+    def pause_writing(self) -> None:
+        self._pause_reading(_PAUSED_FOR_WRITING)
+
+    def resume_writing(self) -> None:
+        self._resume_reading(_PAUSED_FOR_WRITING)
+
+    def _pause_reading(self, reason: int) -> None:
+        transport = self._transport
+        if not self._paused_for and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        self._paused_for |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        self._paused_for &= ~reason
+        transport = self._transport
+        if not self._paused_for and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _hold(self, out: bytes, gate: RecordGate) -> None:
+        """Keep these answers until their records are handed over; read nothing meanwhile."""
+        self._held = out
+        self._pause_reading(_PAUSED_FOR_RECORDS)
+        gate.when_handed_over(self._records_handed_over)
+
+    def _records_handed_over(self) -> None:
+        out, self._held = self._held, None
+        transport, session = self._transport, self._session
+        if transport is None or session is None or transport.is_closing():
+            return
+        if out:
+            transport.write(out)
+        self._after_answers(session, transport)
+        if transport.is_closing():
+            return
+        if self._backlog:
+            # Served from the loop, not from inside the record writer's hand-over.
+            asyncio.get_running_loop().call_soon(self._serve_backlog)
+            return
+        self._resume_reading(_PAUSED_FOR_RECORDS)
+
+    def _serve_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        if backlog:
+            self.data_received(bytes(backlog))
+        if self._held is None:
+            self._resume_reading(_PAUSED_FOR_RECORDS)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._window_end is not None:
+            self._window_end.cancel()
+        # A pending admission is not cancelled: its window may be taken already, and _admit
+        # hands it back once it sees the connection gone.
+        if self._host.gateway is not None:
+            self._host.gateway.forget(self.peer)
+        self._held = self._backlog = None
+        self._host.release(self)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,152 @@
+"""Which connections a host takes: source policy, connection caps, lifetimes; its counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kmsgate.access.source import SourcePolicy
+from kmsgate.config.settings import ServeSettings
+from kmsgate.net import Peer
+from kmsgate.observability.metrics import Metrics
+
+log = logging.getLogger("kmsgate.server")
+
+
+class HostConnection(Protocol):
+    """What the host needs of an open connection: a KmsConnection or a relayed one."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class HostStats:
+    """Counters the host keeps about itself."""
+
+    connections_accepted: int = 0
+    connections_rejected: int = 0
+    connections_denied: int = 0
+    connections_open: int = 0
+    activations: int = 0
+    refusals: int = 0
+    faults: int = 0
+    protocol_closes: int = 0
+    idle_closes: int = 0
+    connections_source_limited: int = 0
+    lifetime_closes: int = 0
+    request_limit_closes: int = 0
+    by_version: dict[int, int] = field(default_factory=dict)
+
+
+class ConnectionLimits:
+    """The admission half of KmsHost: accept() and release() around every connection."""
+
+    def __init__(self, settings: ServeSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
+        self._source_verdicts: dict[str, bool] = {}
+        self.stats = HostStats()
+        self.connections: set[HostConnection] = set()
+        # Per accepted connection: its source (canonical address) and its lifetime timer.
+        self._limits: dict[HostConnection, tuple[str, asyncio.TimerHandle | None]] = {}
+        self._per_source: dict[str, int] = {}
+        self._capped_sources: set[str] = set()
+
+    def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
+        """Source policy and connection limit for a new connection; counts and logs refusals."""
+        if peer.port is None:
+            # The client reset the connection before we got to it: there is no address to
+            # judge, so this is no policy decision (and must not read like one in the log).
+            log.info("a connection was reset by its client before it was accepted")
+            transport.abort()
+            return False
+        if not self.source_allowed(peer.address):
+            self.stats.connections_denied += 1
+            self.metrics.connection_rejected("denied_source")
+            log.warning("%s denied by the source policy", peer)
+            transport.abort()
+            return False
+        if len(self.connections) >= self.settings.max_connections:
+            self.stats.connections_rejected += 1
+            self.metrics.connection_rejected("rejected_limit")
+            log.warning("%s refused: %d connections open", peer, len(self.connections))
+            transport.abort()
+            return False
+        if not self._admit_source(connection, peer):
+            transport.abort()
+            return False
+        self.connections.add(connection)
+        self.stats.connections_accepted += 1
+        self.stats.connections_open = len(self.connections)
+        self.metrics.connection_opened()
+        return True
+
+    def _admit_source(self, connection: HostConnection, peer: Peer) -> bool:
+        """The per-source cap, then the connection's lifetime timer (one per connection)."""
+        settings = self.settings
+        source = peer.address
+        open_now = self._per_source.get(source, 0)
+        cap = settings.max_connections_per_source
+        if cap and open_now >= cap:
+            self.stats.connections_source_limited += 1
+            self.metrics.connection_rejected("rejected_source_limit")
+            # One warning each time a source reaches its cap, not one per refused connection.
+            if source in self._capped_sources:
+                log.debug("%s refused: %d connections open from it", peer, open_now)
+            else:
+                self._capped_sources.add(source)
+                log.warning(
+                    "%s refused: %d connections open from %s (--max-connections-per-source)",
+                    peer,
+                    open_now,
+                    source,
+                )
+            return False
+        self._per_source[source] = open_now + 1
+        lifetime = None
+        if settings.connection_lifetime:
+            loop = asyncio.get_running_loop()
+            lifetime = loop.call_at(
+                loop.time() + settings.connection_lifetime, self._lifetime_over, connection
+            )
+        self._limits[connection] = (source, lifetime)
+        return True
+
+    def _lifetime_over(self, connection: HostConnection) -> None:
+        self.stats.lifetime_closes += 1
+        log.debug("closing a connection open for %g s", self.settings.connection_lifetime)
+        connection.close()
+
+    def release(self, connection: HostConnection) -> None:
+        """Forget a connection accept() took (call once, when it is lost)."""
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        self.stats.connections_open = len(self.connections)
+        self.metrics.connection_closed()
+        source, lifetime = self._limits.pop(connection, ("", None))
+        if lifetime is not None:
+            lifetime.cancel()
+        left = self._per_source.get(source, 1) - 1
+        if left > 0:
+            self._per_source[source] = left
+        else:
+            self._per_source.pop(source, None)
+        self._capped_sources.discard(source)
+
+    def set_source_policy(self, settings: ServeSettings) -> None:
+        """Judge new connections by these settings' allow and deny lists from now on."""
+        self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
+        self._source_verdicts.clear()
+
+    def source_allowed(self, address: str) -> bool:
+        """The source policy's verdict, memoised: a campus has few thousand client addresses."""
+        verdict = self._source_verdicts.get(address)
+        if verdict is None:
+            if len(self._source_verdicts) >= 65536:
+                self._source_verdicts.clear()
+            verdict = self._source_verdicts[address] = self.source_policy.allows(address)
+        return verdict
