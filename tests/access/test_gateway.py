@@ -220,6 +220,32 @@ async def test_a_connection_closed_unserved_gives_the_window_back(node: Node) ->
     assert (usage.week_used, usage.open_windows) == (1, 0)
 
 
+async def test_a_window_released_in_its_last_second_has_ended(node: Node) -> None:
+    # The relay closes at the window's end by a timer that may fire a little early: a
+    # window with under a second left is not "open again", it ended unused.
+    assert node.host is not None and node.gateway is not None
+    gateway = node.gateway
+    outcome = await gateway.login("alice", PASSWORD, "127.0.0.1")
+    assert outcome.window is not None
+    real_clock = gateway.clock
+    idle = await RawClient.connect(node.host.port)
+    await idle.bind()
+    gateway.clock = lambda: outcome.window.expires_at - timedelta(milliseconds=300)  # type: ignore[method-assign,union-attr]
+    try:
+        await idle.close()
+        deadline = time.monotonic() + 10
+        while not await audit_kinds(gateway, kind="window_released"):
+            assert time.monotonic() < deadline, "the window was not released"
+            await asyncio.sleep(0.05)
+    finally:
+        gateway.clock = real_clock  # type: ignore[method-assign]
+    [released] = await audit_kinds(gateway, kind="window_released")
+    assert released.detail == (
+        "the connection closed without a served activation; "
+        "window ended unused: the quota is given back"
+    )
+
+
 async def test_the_relay_withholds_answers_for_another_machine(tmp_path: Path) -> None:
     async with KmsHost(ServeSettings(listen=["127.0.0.1:0"])) as upstream:
         settings = gateway_settings(

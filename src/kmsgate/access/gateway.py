@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kmsgate.gateway")
 # A served activation's spend, or a release, is retried this often before it is given up.
 WINDOW_UPDATE_TRIES = 5
+# A window released with less than this left has ended: the relay closes at the window's end
+# by a timer that may fire a few milliseconds early, and "open again" for them means nothing.
+REOPEN_AT_LEAST = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +276,8 @@ class Gateway:
 
     async def _release(self, window: Window, why: str) -> None:
         now = self.clock()
+        if window.expires_at - now < REOPEN_AT_LEAST:
+            now = max(now, window.expires_at)
         released = await self.store.release_window(window.id, now)
         if released is None:
             return
