@@ -284,6 +284,8 @@ class Node:
             store_health=StoreHealth(self.writer) if self.writer is not None else None,
         )
         host, port = parse_listen(settings.web)
+        # Asked before listening, so the hint is in the log before the first page is served.
+        needs_admin = not await store.has_admin()
         web, task = await start_web_listener(
             app,
             host,
@@ -298,7 +300,7 @@ class Node:
         scheme = "https" if settings.web_cert else "http"
         shown = f"[{host}]" if ":" in host else host
         log.info("web dashboard on %s://%s:%d/", scheme, shown, web.port)
-        if not await store.has_admin():
+        if needs_admin:
             log.warning(
                 "no administrator account yet: create one with `kmsgate users add NAME --admin` "
                 "(with this server's --config, --db or --data-dir) to log in to the dashboard"

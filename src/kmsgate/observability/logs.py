@@ -38,7 +38,8 @@ _HANDLER_NAME: Final = "kmsgate"
 
 # Every pattern runs in linear time: a key or scheme is only tried where its run of name
 # characters starts (a look-behind), runs are matched possessively (*+, ++), and a quoted value
-# without its closing quote is masked to the end instead of failing after a scan to the end.
+# without its closing quote (or ending in a lone backslash) is masked to the end instead of
+# failing after a scan to the end.
 # Names such as token-token-token-... made the earlier, backtracking forms quadratic.
 _SECRET_PATTERNS: Final = (
     # scheme://user:password@host -> scheme://user:***@host
@@ -55,7 +56,7 @@ _SECRET_PATTERNS: Final = (
             (?<![\w.-])(?=[\w.-]*?(?:password|passwd|pwd|secret|token|api[_-]?key))
             ([\w.-]++)\1
             (\s*+[=:]\s*+)
-            ("(?:[^"\\]|\\.)*+"?|'[^']*+'?|[^\s,;&'"}\]]++)
+            ("(?:[^"\\]|\\.)*+\\?"?|'[^']*+'?|[^\s,;&'"}\]]++)
             """
         ),
         rf"\1\2\1\3{MASK}",
