@@ -36,7 +36,7 @@ def settings_reference() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `kmsgate.config.ServeSettings` by `tools/gen_config_docs.py`.",
+        "Generated from `kmsgate.config.settings.ServeSettings` by `tools/gen_config_docs.py`.",
         "Each option is a command-line flag, a `KMSGATE_*` environment variable and a key of",
         "the TOML config file (`--config`, default `/etc/kmsgate/kmsgate.toml` when it exists).",
         "Precedence: config file < environment < command line. A list option is repeated on",

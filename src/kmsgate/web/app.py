@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import prometheus_client
@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Security
 from fastapi.staticfiles import StaticFiles
 
 from kmsgate import __version__
+from kmsgate.access.audit_trail import utc_now
 from kmsgate.access.gateway import Gateway
 from kmsgate.access.throttle import LoginThrottle
 from kmsgate.auth.passwords import HashingPool
@@ -36,10 +37,6 @@ from kmsgate.web.proxies import add_proxy_headers
 from kmsgate.web.render import Renderer
 
 STATIC_DIR = Path(__file__).parent / "static"
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _include_routers(app: FastAPI, codec: SessionCodec, *, gateway: bool) -> None:
@@ -115,7 +112,7 @@ def create_app(
         catalog=catalog,
         authenticator=authenticator,
         renderer=Renderer(node_name=node_name, home="/dashboard" if gateway else "/"),
-        now=clock or _utc_now,
+        now=clock or utc_now,
         node_name=node_name,
         audit_store=gateway.store if gateway is not None else GatewayStore(store),
         reports=ReportStore(store, catalog),
