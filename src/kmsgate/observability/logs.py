@@ -39,7 +39,7 @@ _HANDLER_NAME: Final = "kmsgate"
 # Every pattern runs in linear time: a key or scheme is only tried where its run of name
 # characters starts (a look-behind), runs are matched possessively (*+, ++), and a quoted value
 # without its closing quote (or ending in a lone backslash) is masked to the end instead of
-# failing after a scan to the end.
+# failing after a scan to the end; text glued to a closing quote belongs to the value.
 # Names such as token-token-token-... made the earlier, backtracking forms quadratic.
 _SECRET_PATTERNS: Final = (
     # scheme://user:password@host -> scheme://user:***@host
@@ -56,7 +56,7 @@ _SECRET_PATTERNS: Final = (
             (?<![\w.-])(?=[\w.-]*?(?:password|passwd|pwd|secret|token|api[_-]?key))
             ([\w.-]++)\1
             (\s*+[=:]\s*+)
-            ("(?:[^"\\]|\\.)*+\\?"?|'[^']*+'?|[^\s,;&'"}\]]++)
+            ((?:"(?:[^"\\]|\\.)*+\\?"?|'[^']*+'?)[^\s,;&'"}\]]*+|[^\s,;&'"}\]]++)
             """
         ),
         rf"\1\2\1\3{MASK}",
@@ -81,12 +81,22 @@ def _may_hold_secret(text: str) -> bool:
     )
 
 
+# Passes of mask_secrets at most: one pass can leave a masked value that, with the text
+# after it, looks like another secret (`user:***"@`); a second one masks that too.
+MASK_PASSES: Final = 4
+
+
 def mask_secrets(text: str) -> str:
     """Replace passwords, secrets, tokens and URL credentials in text by ***."""
     if not _may_hold_secret(text):
         return text
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
+    for _ in range(MASK_PASSES):
+        masked = text
+        for pattern, replacement in _SECRET_PATTERNS:
+            masked = pattern.sub(replacement, masked)
+        if masked == text:
+            break
+        text = masked
     return text
 
 
