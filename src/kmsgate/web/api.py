@@ -22,29 +22,6 @@ from kmsgate.web.errors import ErrorModel
 from kmsgate.web.filters import ActivationQuery, ClientQuery, CmidParam, Paging, SearchQuery
 
 
-def as_utc(value: datetime | None, name: str) -> datetime | None:
-    """A query timestamp in UTC; naive means UTC. 400 when it cannot be expressed in UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        # e.g. 0001-01-01T00:00+01:00 lies before datetime.min once shifted to UTC.
-        raise HTTPException(400, f"{name} is out of range") from None
-
-
-def time_range(
-    since: datetime | None, until: datetime | None
-) -> tuple[datetime | None, datetime | None]:
-    """Validated (since, until) in UTC; 400 when since is after until."""
-    start, end = as_utc(since, "since"), as_utc(until, "until")
-    if start is not None and end is not None and start > end:
-        raise HTTPException(400, "since must not be later than until")
-    return start, end
-
-
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; the store writes UTC, so say so on the way out.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -22,10 +22,10 @@ from kmsgate.web.forms import read_form, read_json
 from kmsgate.web.portal_login import (
     Portal,
     PortalAttempt,
-    as_utc,
     window_seconds,
 )
 from kmsgate.web.proxies import client_address
+from kmsgate.web.render import as_utc
 
 log = logging.getLogger("kmsgate.web.portal")
 # ---------------------------------------------------------------- JSON models

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
 from kmsgate.access.gateway import Gateway, LoginOutcome
@@ -18,6 +17,7 @@ from kmsgate.access.throttle import LoginThrottle as PortalLimiter
 from kmsgate.store.audit import AuditEvent
 from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import Window
+from kmsgate.web.render import as_utc
 
 log = logging.getLogger("kmsgate.web.portal")
 
@@ -60,10 +60,6 @@ class PortalAttempt:
     message: str
     outcome: LoginOutcome | None = None
     retry_after: float = 0.0
-
-
-def as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def window_seconds(window: Window) -> int:
