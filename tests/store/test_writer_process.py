@@ -356,7 +356,7 @@ async def test_a_full_queue_holds_drafts_says_so_once_and_again_when_it_drains(
 
 
 def test_handed_over_drafts_survive_an_immediate_sigkill(tmp_path: Path) -> None:
-    """hand_over() True means in the kernel's pipe: a SIGKILL right after loses none."""
+    """hand_over() True means in the ring the child maps: a SIGKILL right after loses none."""
     url = f"sqlite:///{tmp_path / 'kms.db'}"
     script = textwrap.dedent(
         f"""
@@ -399,37 +399,36 @@ def test_handed_over_drafts_survive_an_immediate_sigkill(tmp_path: Path) -> None
     assert count == 300
 
 
-async def test_a_dead_child_s_pipe_and_its_half_frame_go_whole_to_the_next(
-    tmp_path: Path,
-) -> None:
+async def test_a_stuck_child_s_ring_goes_whole_to_the_next(tmp_path: Path) -> None:
+    """A child stopped with a full ring, then killed: its successor writes each record once."""
     url = f"sqlite:///{tmp_path / 'kms.db'}"
     await (await Store.open(url)).close()
     made = drafts(12_000)
     async with WriterProcess(
-        url, node="n", max_queue=20_000, flush_interval=0.05, restart_delay=0.05
+        url, node="n", max_queue=5_000, flush_interval=0.05, restart_delay=0.05
     ) as writer:
-        assert writer.pipe_size >= 65536
+        assert writer.ring_size >= 5_000 * 220  # room for the bound in records, not less
         first = writer.pid or 0
-        os.kill(first, signal.SIGSTOP)  # a stuck child: the pipe fills up
+        os.kill(first, signal.SIGSTOP)  # a stuck child: the ring fills up
         sent = 0
         while writer.hand_over():
             for draft in made[sent : sent + 500]:
                 writer.submit(draft)
             sent += 500
-            assert sent <= len(made), "the pipe never filled"
-        assert writer._out and writer._out_batch  # one frame only partly in the pipe
-        waiting = len(writer._out_batch) + len(writer._pending)
+            assert sent <= len(made), "the ring never filled"
+        assert writer.depth == sent  # nothing written, nothing lost: the bound holds answers
+        assert writer._in_flight == 5_000
         released: list[bool] = []
         writer.when_handed_over(lambda: released.append(True))
+        assert not released
         os.kill(first, signal.SIGKILL)
         await wait_for(lambda: writer.restarts == 1 and bool(released), timeout=15)
-        # What the dead child had whole in its pipe goes to the next one too: none lost.
+        # What the dead child left in the ring goes to the next one: none lost.
         await wait_for(lambda: writer.written == sent, timeout=30)
     assert (writer.written, writer.dropped) == (sent, 0)
     with sqlite3.connect(tmp_path / "kms.db") as db:
         rows = db.execute("SELECT count(*), count(DISTINCT time) FROM activations")
-        assert rows.fetchone() == (sent, sent)  # each once: no half frame, no double
-    assert waiting < sent  # the stuck child's pipe really held records of its own
+        assert rows.fetchone() == (sent, sent)  # each once: the stopped child wrote none
 
 
 async def test_the_child_logs_at_the_level_it_is_given_later(

@@ -38,8 +38,22 @@ class DraftError(KmsgateError, ValueError):
     """A draft that is not a RecordDraft (wrong shape or types)."""
 
 
+# A UUID costs ~1.2 µs to build, a dict lookup 0.05: SKU, application and KMS ids repeat in
+# nearly every record, and a renewing machine's CMID repeats too. Bounded: clients choose
+# these ids, so the cache starts over when full.
+GUID_CACHE_SIZE = 4096
+_guids: dict[bytes, uuid.UUID] = {}
+
+
 def _guid(value: bytes | None) -> uuid.UUID | None:
-    return None if value is None else uuid.UUID(bytes=value)
+    if value is None:
+        return None
+    guid = _guids.get(value)
+    if guid is None:
+        if len(_guids) >= GUID_CACHE_SIZE:
+            _guids.clear()
+        guid = _guids[value] = uuid.UUID(bytes=value)
+    return guid
 
 
 def record_from_draft(draft: RecordDraft, node: str) -> ActivationRecord:
@@ -62,22 +76,23 @@ def record_from_draft(draft: RecordDraft, node: str) -> ActivationRecord:
         epid,
     ) = draft
     try:
+        # Positional, in field order: a third cheaper than keywords on this path.
         return ActivationRecord(
-            time=datetime.fromtimestamp(unix_time, UTC),
-            client_machine_id=_guid(cmid),
-            machine_name=machine_name,
-            address=address,
-            application_id=_guid(application_id),
-            sku_id=_guid(sku_id),
-            sku_name=sku_name,
-            kms_id=_guid(kms_id),
-            product_family=family,
-            license_status=license_status,
-            protocol=protocol,
-            result="refused" if hresult else "activated",
-            hresult=hresult,
-            epid=epid,
-            node=node,
+            datetime.fromtimestamp(unix_time, UTC),
+            _guid(cmid),
+            machine_name,
+            address,
+            _guid(application_id),
+            _guid(sku_id),
+            sku_name,
+            _guid(kms_id),
+            family,
+            license_status,
+            protocol,
+            "refused" if hresult else "activated",
+            hresult,
+            epid,
+            node,
         )
     except (TypeError, ValueError, OverflowError, AttributeError) as exc:
         raise DraftError(f"malformed record draft: {exc}") from exc

@@ -1,12 +1,17 @@
-"""The serving side of the pipe into the record writer child: drafts handed over in frames.
+"""The serving side of the hand-over to the record writer child: drafts into a shared ring.
 
-A record is handed over before its answer leaves: the host calls hand_over() after each read
-that produced answers, which writes that read's drafts into the pipe as one frame with one
-os.write. Bytes in a pipe belong to the kernel, so a SIGKILL of the serving process cannot
-lose them. When the pipe is full, or the child holds --store-queue records not yet written,
-the drafts wait here and the host holds their answers until they are handed over
-(when_handed_over): a slow store delays answers, it does not drop records. Drafts a child
-has not confirmed go to its successor: at least once, never lost.
+A record is handed over before its answer leaves: submit() appends the draft to a ring in
+memory the child maps too (kmsgate.recording.ring), a copy with no system call. That memory
+is the child's as much as ours, so a SIGKILL of the serving process loses nothing appended:
+the child sees its input end and writes the whole ring. Drafts are handed over only while a
+child is attached. When the ring holds --store-queue records not yet committed (or no child
+runs), drafts wait here and the host holds their answers until they are handed over
+(when_handed_over): a slow store delays answers, it does not drop records. The child
+releases ring entries only once committed, so a child that dies leaves its uncommitted
+records in the ring for its successor: at least once, never lost.
+
+The pipe to the child carries only control frames: its configuration, log levels, and a
+wake-up when the ring fills faster than the child's polling drains it.
 """
 
 from __future__ import annotations
@@ -14,42 +19,42 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import marshal
 import os
 from collections.abc import Callable
 
 from kmsgate.recording.drafts import RecordDraft
 from kmsgate.recording.frames import encode_frame
+from kmsgate.recording.ring import RecordRing, RingError
 
 log = logging.getLogger("kmsgate.store")
+WAKE_FRAME = encode_frame(("wake",))
 
 
-class DraftPipe:
-    """Pending drafts, the frame being written, and what the child confirmed; the base of
-    WriterProcess, which runs the child at the pipe's other end."""
+class RingHandover:
+    """Drafts waiting for the ring, the ring itself, and the control pipe to the child; the
+    base of WriterProcess, which runs the child at the ring's other end."""
 
     def __init__(self, max_queue: int) -> None:
         self._max_queue = max_queue
-        # Drafts flow pending -> out (one frame being written) -> pipe -> child.
-        self._pending: list[RecordDraft] = []
-        self._out = bytearray()
-        self._out_batch: list[RecordDraft] = []
+        self._pending: collections.deque[RecordDraft] = collections.deque()
+        self._ring: RecordRing | None = None
+        self._attached = False  # a child that has opened the store reads the ring
+        self._wake_at = max(1, max_queue // 4)
+        self._woken = False  # a wake-up was sent and the child has not reported since
+        self._out = bytearray()  # control frames not yet in the pipe
         self._fd: int | None = None  # write end of the current child's stdin pipe
         self._watching_fd = False
         self._pumping = False
-        # Drafts submitted, and of those the ones in the pipe (or resolved otherwise):
+        # Drafts submitted, and of those the ones in the ring (or resolved otherwise):
         # a waiter registered at `submitted` = n is released once `handed` >= n.
         self._submitted = 0
         self._handed = 0
         self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
-        self._ready = asyncio.Event()  # the child has opened the store and takes drafts
+        self._ready = asyncio.Event()  # the child has opened the store and reads the ring
         self._closing = False
         self._full = False
         # This child's counters, as last reported, and the totals of the children before it.
-        self._sent = 0
-        # Drafts in this child's pipe or queue, oldest first, not yet reported written or
-        # dropped: a successor gets them again if the child dies (at least once, not lost).
-        self._unconfirmed: collections.deque[RecordDraft] = collections.deque()
-        self._confirmed = 0  # of this child's records, how many left _unconfirmed
         self._child_written = self._child_dropped = self._child_failures = 0
         self._base_written = 0
         self._base_dropped = 0
@@ -59,17 +64,17 @@ class DraftPipe:
 
     @property
     def _in_flight(self) -> int:
-        return max(0, self._sent - self._child_written - self._child_dropped)
+        """Records in the ring that no child has committed (or dropped) yet."""
+        return 0 if self._ring is None else self._ring.uncommitted
 
     @property
     def depth(self) -> int:
-        """Records not yet written: waiting here, in the pipe, or in the child's queue."""
+        """Records not yet written: waiting here, or in the ring."""
         return len(self._pending) + self._in_flight
 
     @property
     def dropped(self) -> int:
-        """Records lost: submitted after close, unwritable, or unconfirmed by a child that
-        died."""
+        """Records lost: submitted after close, unwritable, or left when the writer closed."""
         return self._base_dropped + self._child_dropped
 
     @property
@@ -85,109 +90,103 @@ class DraftPipe:
     # ---------------------------------------------------------------- host side
 
     def submit(self, draft: RecordDraft) -> bool:
-        """Queue a draft for the next hand_over(); False (and dropped + 1) once closed.
+        """Hand a draft over now if the ring has room, else keep it for hand_over(); False
+        (and dropped + 1) once closed.
 
         Never refused for lack of room: the queue's bound holds at hand-over, where the
-        host keeps the draft's answer until there is room. Call hand_over() after a
-        submit: once it is called, what waits leaves as soon as the pipe and child allow.
+        host keeps the draft's answer until there is room.
         """
         if self._closing:
             self._base_dropped += 1
             return False
-        self._pending.append(draft)
         self._submitted += 1
+        if self._pending or not self._attached or not self._append(draft):
+            self._pending.append(draft)
         return True
 
     def hand_over(self) -> bool:
-        """Write the drafts submitted so far into the pipe; True once all of them are there.
+        """Put the drafts submitted so far into the ring; True once all of them are there.
 
-        False: the pipe is full, the child's queue is, or the child is (re)starting; the
-        drafts then wait here, and when_handed_over() tells when they are gone.
+        False: the ring is full or no child is attached; the drafts then wait here, and
+        when_handed_over() tells when they are gone.
         """
         if self._handed != self._submitted:
             self._pump()
         return self._handed == self._submitted
 
     def when_handed_over(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (once) when every draft submitted so far is in the pipe."""
+        """Call `callback` (once) when every draft submitted so far is in the ring."""
         if self._handed == self._submitted:
             callback()
             return
         self._waiters.append((self._submitted, callback))
 
+    def _append(self, draft: RecordDraft) -> bool:
+        """Put one draft into the ring; False when there is no room (it is not taken)."""
+        ring = self._ring
+        assert ring is not None
+        try:
+            appended = ring.append(marshal.dumps(draft))
+        except (ValueError, RingError):  # not primitives, or larger than any ring holds
+            self._base_dropped += 1
+            log.error("dropping a record draft that cannot be sent: %.200r", draft)
+            appended = True  # resolved: nothing will ever carry it
+        if appended:
+            self._handed += 1
+            if not self._woken and ring.uncommitted >= self._wake_at:
+                self._wake_child()
+            return True
+        self._wake_child()
+        return False
+
     def _pump(self) -> None:
-        """Write what waits, frame by frame, as far as the pipe and the child's queue allow."""
+        """Move what waits into the ring as far as its room allows; flush control frames."""
         if self._pumping:
             return  # a waiter's callback submitted more: the running pump takes it along
         self._pumping = True
         try:
-            self._write_out()
+            pending = self._pending
+            if self._attached:
+                while pending and self._append(pending[0]):
+                    pending.popleft()
+                if pending:
+                    self._note_full()
+                elif self._full:
+                    self._full = False
+                    log.warning("store queue has room again; answers no longer wait")
+            self._write_control()
         finally:
             self._pumping = False
         waiters, handed = self._waiters, self._handed
         while waiters and waiters[0][0] <= handed:
             waiters.popleft()[1]()
 
-    def _write_out(self) -> None:
+    def _wake_child(self) -> None:
+        if not self._woken and self._fd is not None:
+            self._woken = True
+            self._out += WAKE_FRAME
+            self._write_control()
+
+    def _send_control(self, message: tuple[object, ...]) -> None:
+        self._out += encode_frame(message)
+        self._write_control()
+
+    def _write_control(self) -> None:
         fd = self._fd
-        if fd is None:
-            return  # the watcher restarts the child, which then gets what waits here
-        while True:
-            if self._out:
-                try:
-                    written = os.write(fd, self._out)
-                except BlockingIOError:
-                    written = 0
-                except OSError:
-                    return  # the child is gone (EPIPE): its watcher restarts it and re-sends
-                if written < len(self._out):
-                    del self._out[:written]
-                    self._watch_pipe(fd)
-                    return
-                self._out.clear()
-                self._handed += len(self._out_batch)
-                self._unconfirmed.extend(self._out_batch)
-                self._out_batch = []
-            if not self._pending or not self._ready.is_set():
-                break
-            room = self._max_queue - self._in_flight
-            if room <= 0:
-                self._note_full()
-                break
-            self._frame(room)
-        if self._full and not self._pending:
-            self._full = False
-            log.warning("store queue has room again; answers no longer wait")
-        self._unwatch_pipe()
-
-    def _frame(self, room: int) -> None:
-        """Move up to `room` pending drafts into one frame in `_out`."""
-        if len(self._pending) <= room:
-            batch, self._pending = self._pending, []
-        else:
-            batch, self._pending = self._pending[:room], self._pending[room:]
+        if fd is None or not self._out:
+            self._unwatch_pipe()
+            return
         try:
-            frame = encode_frame(("records", batch))
-        except ValueError:
-            batch = self._sendable(batch)
-            frame = encode_frame(("records", batch))
-        self._out += frame
-        self._out_batch = batch
-        self._sent += len(batch)
-
-    def _sendable(self, batch: list[RecordDraft]) -> list[RecordDraft]:
-        """Drop the drafts marshal refuses (a bug upstream), so they cannot block the rest."""
-        sendable = []
-        for draft in batch:
-            try:
-                encode_frame(draft)
-            except ValueError:
-                self._base_dropped += 1
-                self._handed += 1  # resolved: nothing will ever carry it
-                log.error("dropping a record draft that cannot be sent: %.200r", draft)
-            else:
-                sendable.append(draft)
-        return sendable
+            written = os.write(fd, self._out)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the child is gone (EPIPE): its watcher restarts it
+        del self._out[:written]
+        if self._out:
+            self._watch_pipe(fd)
+        else:
+            self._unwatch_pipe()
 
     def _note_full(self) -> None:
         if not self._full:
@@ -199,7 +198,7 @@ class DraftPipe:
 
     def _watch_pipe(self, fd: int) -> None:
         if not self._watching_fd:
-            asyncio.get_running_loop().add_writer(fd, self._pump)
+            asyncio.get_running_loop().add_writer(fd, self._write_control)
             self._watching_fd = True
 
     def _unwatch_pipe(self) -> None:
@@ -208,40 +207,14 @@ class DraftPipe:
         self._watching_fd = False
 
     def _close_pipe(self) -> None:
-        """Close our end of the child's stdin: the child reads what is left, then its EOF."""
+        """Close our end of the child's stdin: the child drains the ring, then exits."""
         fd = self._fd
         if fd is None:
             return
         self._unwatch_pipe()
         self._fd = None
-        os.close(fd)
-
-    def _take_back_unwritten(self) -> None:
-        """A frame the dead child's pipe got only part of goes whole to the next child."""
-        if self._out_batch:
-            self._sent -= len(self._out_batch)
-            self._pending[:0] = self._out_batch
-            self._out_batch = []
         self._out.clear()
-
-    def _confirm(self, resolved: int) -> None:
-        """The child resolved its first `resolved` records: they need no successor.
-
-        Its queue is first in, first out, so what it wrote or dropped is the oldest part of
-        what it got (a draft it found malformed, a bug upstream, is the one exception).
-        """
-        settled = min(resolved - self._confirmed, len(self._unconfirmed))
-        for _ in range(max(0, settled)):
-            self._unconfirmed.popleft()
-        self._confirmed = max(self._confirmed, resolved)
-
-    def _resend_unconfirmed(self) -> int:
-        """Put the dead child's unconfirmed drafts back in front of what waits; how many."""
-        again = list(self._unconfirmed)
-        self._unconfirmed.clear()
-        self._pending[:0] = again
-        self._handed -= len(again)  # in no pipe now: answers after them wait for them again
-        return len(again)
+        os.close(fd)
 
     def _retire_child(self, unconfirmed: int) -> None:
         """Fold a finished child's counters into the totals."""
@@ -249,5 +222,3 @@ class DraftPipe:
         self._base_dropped += self._child_dropped + unconfirmed
         self._base_failures += self._child_failures
         self._child_written = self._child_dropped = self._child_failures = 0
-        self._sent = self._confirmed = 0
-        self._unconfirmed.clear()

@@ -2,48 +2,52 @@
 
 At one busy core, SQLite's own work per record (indexes, search triggers, commits) cost the
 host 17–35 % of its activations per second even when batched. Here the serving process only
-builds a draft (~2 µs) and hands it over through the pipe (kmsgate.recording.handover); the
-child runs the usual RecordWriter. A child that dies is restarted, and the records it had not
-confirmed go to its successor: at least once, so a child killed between a commit and its
-report makes duplicates of that batch, never a loss.
+builds a draft (~2 µs) and appends it to a ring in shared memory
+(kmsgate.recording.handover); the child reads the ring in batches and runs the usual
+RecordWriter. A child that dies is restarted, and the records it had not committed are still
+in the ring for its successor: at least once, so a child killed between a commit and its
+release of the ring makes duplicates of that batch, never a loss.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
+import mmap
 import os
 import sys
 import time
 from typing import Any
 
-from kmsgate.recording.frames import FrameError, encode_frame, read_frame
-from kmsgate.recording.handover import DraftPipe
+from kmsgate.recording.frames import FrameError, read_frame
+from kmsgate.recording.handover import RingHandover
+from kmsgate.recording.ring import RecordRing, ring_bytes
 from kmsgate.store.errors import StoreError
 
 log = logging.getLogger("kmsgate.store")
 START_TIMEOUT = 30.0
 MAX_RESTART_DELAY = 30.0
-# The pipe is the kernel-held part of the queue: 1 MiB holds about 7 000 drafts (the
-# unprivileged maximum by default, /proc/sys/fs/pipe-max-size); 64 KiB where refused.
-PIPE_SIZE = 1 << 20
 CLOSE_POLL = 0.01
+# Ring bytes per record of --store-queue: a draft takes 220-280 bytes with its header, so the
+# count bound is the one that holds, and 10 000 records take 3.75 MiB of shared memory.
+RING_BYTES_PER_RECORD = 384
+MIN_RING = 64 << 10
 
 
-def _widen_pipe(fd: int, size: int = PIPE_SIZE) -> int:
-    """Ask for a `size`-byte pipe buffer; returns the size the kernel granted."""
-    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if set_size is None:  # not Linux
-        return 0
+def _shared_memory(size: int) -> tuple[int, mmap.mmap]:
+    """An anonymous file of `size` bytes mapped shared: a child given its descriptor maps
+    the same pages, which outlive this process while the child holds them."""
+    fd = os.memfd_create("kmsgate-records", os.MFD_CLOEXEC)
     try:
-        return fcntl.fcntl(fd, set_size, size)
+        os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, size)
     except OSError:
-        return 0
+        os.close(fd)
+        raise
 
 
-class WriterProcess(DraftPipe):
+class WriterProcess(RingHandover):
     """The serving side of the writer process; call everything from the event loop thread."""
 
     def __init__(
@@ -82,7 +86,9 @@ class WriterProcess(DraftPipe):
         self._started = False
         self.pid: int | None = None  # of the running child, set once the first one is ready
         self.restarts = 0
-        self.pipe_size = 0  # bytes the kernel granted the pipe (0 where unknown)
+        self.ring_size = 0  # bytes of shared memory the ring of records takes
+        self._ring_fd: int | None = None
+        self._ring_map: mmap.mmap | None = None
         # (Unix time, message) of the latest failed write or child exit; since when writes
         # fail (None while they succeed): the child's report, for /healthz.
         self.last_error: tuple[float, str] | None = None
@@ -99,8 +105,7 @@ class WriterProcess(DraftPipe):
         """Log what the child does from `level` on (after a reload changed --log-level)."""
         self._log_level = level
         if self._fd is not None and not self._closing:
-            self._out += encode_frame(("log_level", level))
-            self._pump()
+            self._send_control(("log_level", level))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -109,6 +114,16 @@ class WriterProcess(DraftPipe):
         if self._started:
             return
         self._started = True
+        size = ring_bytes(
+            max(MIN_RING, self._max_queue * RING_BYTES_PER_RECORD) + mmap.PAGESIZE - 1
+            & ~(mmap.PAGESIZE - 1)
+        )
+        try:
+            self._ring_fd, self._ring_map = _shared_memory(size)
+        except OSError as exc:
+            raise StoreError(f"cannot map memory for the record writer: {exc}") from exc
+        self._ring = RecordRing.create(memoryview(self._ring_map), self._max_queue)
+        self.ring_size = size
         await self._spawn()
         ready = asyncio.ensure_future(self._ready.wait())
         assert self._watcher is not None
@@ -118,13 +133,14 @@ class WriterProcess(DraftPipe):
         if ready not in done:
             ready.cancel()
             await self._kill()
+            self._release_ring()
             raise StoreError("the record writer process did not start (see the log above)")
         log.info("record writer process %s", self.pid)
 
     async def _spawn(self) -> None:
         read_fd, write_fd = os.pipe()
-        self.pipe_size = _widen_pipe(write_fd)
         os.set_blocking(write_fd, False)
+        assert self._ring_fd is not None
         try:
             self._process = process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -132,6 +148,7 @@ class WriterProcess(DraftPipe):
                 "kmsgate.recording.child",
                 stdin=read_fd,
                 stdout=asyncio.subprocess.PIPE,
+                pass_fds=(self._ring_fd,),
             )
         except OSError as exc:
             os.close(write_fd)
@@ -149,9 +166,10 @@ class WriterProcess(DraftPipe):
             "log_level": self._log_level,
             "run_as": self._run_as,
             "retention_days": self._retention_days,
+            "ring_fd": self._ring_fd,
+            "ring_size": self.ring_size,
         }
-        self._out += encode_frame(("config", config))
-        self._pump()
+        self._send_control(("config", config))
         self._watcher = asyncio.create_task(self._watch(process), name="kmsgate-writer-watch")
 
     async def _watch(self, process: asyncio.subprocess.Process) -> None:
@@ -165,13 +183,13 @@ class WriterProcess(DraftPipe):
             process.kill()
         code = await process.wait()
         self._ready.clear()
+        self._attached = False
         self._close_pipe()
-        self._take_back_unwritten()
         if self._closing or self.pid is None:
             if self.pid is None:
                 log.error("record writer process exited with status %s before it was ready", code)
             return  # close() or start() takes it from here
-        again = self._resend_unconfirmed()
+        again = self._in_flight
         self.last_error = (time.time(), f"record writer process exited with status {code}")
         log.error(
             "record writer process %s exited with status %s; restarting in %.1f s, its %d "
@@ -196,7 +214,7 @@ class WriterProcess(DraftPipe):
                 self._child_written = written
                 self._child_dropped = dropped
                 self._child_failures = failures
-                self._confirm(written + dropped)
+                self._woken = False
                 match trouble:
                     case (float(at), str(text), float() | None as since):
                         self.last_error, self.failing_since = (at, text), since
@@ -211,6 +229,7 @@ class WriterProcess(DraftPipe):
             case ("ready", int(pid)):
                 self.pid = pid
                 self._restart_delay = self._first_restart_delay
+                self._attached = True
                 self._ready.set()
                 self._pump()
             case _:
@@ -226,9 +245,9 @@ class WriterProcess(DraftPipe):
         watcher = self._watcher
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._close_timeout
-        while (self._pending or self._out) and self._fd is not None and loop.time() < deadline:
+        while self._pending and self._fd is not None and loop.time() < deadline:
             self._pump()
-            if self._pending or self._out:
+            if self._pending:
                 await asyncio.sleep(CLOSE_POLL)
         self._close_pipe()  # end of input: the child writes, reports and exits
         if watcher is not None:
@@ -244,8 +263,20 @@ class WriterProcess(DraftPipe):
         self._retire_child(self._in_flight)
         self._base_dropped += len(self._pending)
         self._handed += len(self._pending)
-        self._pending = []
+        self._pending.clear()
         self._pump()  # nothing will carry what is left: let anyone waiting for it go
+        self._release_ring()
+
+    def _release_ring(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._ring_map is not None:
+            self._ring_map.close()
+            self._ring_map = None
+        if self._ring_fd is not None:
+            os.close(self._ring_fd)
+            self._ring_fd = None
 
     async def _kill(self) -> None:
         process, watcher = self._process, self._watcher

@@ -90,6 +90,11 @@ class RecordWriter:
         return self._flush_interval
 
     @property
+    def max_queue(self) -> int:
+        """Records the queue holds at most."""
+        return self._max_queue
+
+    @property
     def depth(self) -> int:
         """Records waiting to be written."""
         return len(self._queue)

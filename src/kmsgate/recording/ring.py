@@ -1,0 +1,192 @@
+"""A single-producer, single-consumer ring of byte entries in memory both processes map.
+
+The serving process appends one entry per record draft; the record writer child reads them
+and releases them once committed. Appending is a memory copy, no system call and no wake-up
+of the child: memory the child maps stays the child's when the serving process is killed, so
+an appended entry is as safe as bytes in a pipe, at a fraction of the cost.
+
+Layout: a 4 KiB header, then `capacity` bytes of entries. Header words (8 bytes, native
+order): magic, capacity, max_entries; at word 8 the producer's tail (byte position, entry
+count); at word 16 the consumer's head (position and count released). Positions only grow;
+an entry sits at `position % capacity`. Each side writes only its own pair, each word with one
+aligned store (memoryview 'Q'), and both pairs only grow: a reader that sees a stale word
+sees less data or less room, never garbage. An entry is a 4-byte length, a 4-byte CRC-32 of
+the payload, the payload, padded to 8 bytes; a length of WRAP sends the reader to the start.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+HEADER_BYTES = 4096
+MAGIC = int.from_bytes(b"KMSRING1", "little")
+ENTRY_HEADER = struct.Struct("<II")
+WRAP = 0xFFFFFFFF
+ALIGN = 8
+# Words of the header (indices into a memoryview cast to 'Q').
+_MAGIC, _CAPACITY, _MAX_ENTRIES = 0, 1, 2
+_TAIL_POS, _TAIL_COUNT = 8, 9
+_HEAD_POS, _HEAD_COUNT = 16, 17
+
+
+class RingError(ValueError):
+    """A buffer that does not hold a ring, or an entry that can never fit in one."""
+
+
+def ring_bytes(capacity: int) -> int:
+    """Size of the shared buffer for `capacity` bytes of entries."""
+    return HEADER_BYTES + capacity
+
+
+def _aligned(size: int) -> int:
+    return (size + ALIGN - 1) & ~(ALIGN - 1)
+
+
+@dataclass(slots=True)
+class RingCursor:
+    """Where a consumer stands: the byte position and entry count it has read up to."""
+
+    position: int
+    count: int
+    corrupt: int = 0  # entries skipped because their bytes never matched their checksum
+    suspect: int = -1  # position of an entry whose checksum did not match at the last read
+
+
+class RecordRing:
+    """One side's view of the ring; the producer and the consumer each hold their own."""
+
+    def __init__(self, buffer: memoryview) -> None:
+        """Attach to an initialised ring (see create); RingError when it is not one."""
+        if len(buffer) < HEADER_BYTES + ALIGN:
+            raise RingError(f"a ring needs more than {HEADER_BYTES} bytes, got {len(buffer)}")
+        self._words = buffer[:HEADER_BYTES].cast("Q")
+        if self._words[_MAGIC] != MAGIC:
+            raise RingError("the buffer holds no record ring")
+        capacity = self._words[_CAPACITY]
+        if capacity % ALIGN or HEADER_BYTES + capacity > len(buffer):
+            raise RingError(f"ring capacity {capacity} does not fit its {len(buffer)}-byte buffer")
+        self.capacity = capacity
+        self.max_entries = self._words[_MAX_ENTRIES]
+        self.max_payload = capacity // 4 - ENTRY_HEADER.size
+        self._data = buffer[HEADER_BYTES : HEADER_BYTES + capacity]
+        # The producer is the only writer of the tail: it keeps its own copy.
+        self._tail = self._words[_TAIL_POS]
+        self._count = self._words[_TAIL_COUNT]
+
+    @classmethod
+    def create(cls, buffer: memoryview, max_entries: int) -> RecordRing:
+        """Initialise an empty ring over all of `buffer` (zeroed, page-sized) and attach."""
+        capacity = (len(buffer) - HEADER_BYTES) // ALIGN * ALIGN
+        if capacity < 64 * ALIGN or max_entries < 1:
+            raise RingError("a ring needs room for some entries and max_entries >= 1")
+        words = buffer[:HEADER_BYTES].cast("Q")
+        words[_CAPACITY] = capacity
+        words[_MAX_ENTRIES] = max_entries
+        for index in (_TAIL_POS, _TAIL_COUNT, _HEAD_POS, _HEAD_COUNT):
+            words[index] = 0
+        words[_MAGIC] = MAGIC
+        words.release()
+        return cls(buffer)
+
+    # ---------------------------------------------------------------- both sides
+
+    @property
+    def uncommitted(self) -> int:
+        """Entries appended and not yet released by a consumer."""
+        return self._words[_TAIL_COUNT] - self._words[_HEAD_COUNT]
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of entries appended and not yet released."""
+        return self._words[_TAIL_POS] - self._words[_HEAD_POS]
+
+    # ---------------------------------------------------------------- producer
+
+    def append(self, payload: bytes) -> bool:
+        """Add one entry; False (nothing written) when the ring has no room for it now.
+
+        RingError when the payload could never fit, so that it cannot block the ring.
+        """
+        size = len(payload)
+        if size > self.max_payload:
+            raise RingError(f"an entry of {size} bytes exceeds the ring's {self.max_payload}")
+        words, capacity, tail = self._words, self.capacity, self._tail
+        if self._count - words[_HEAD_COUNT] >= self.max_entries:
+            return False
+        need = _aligned(ENTRY_HEADER.size + size)
+        offset = tail % capacity
+        skip = capacity - offset if offset + need > capacity else 0
+        if tail + skip + need - words[_HEAD_POS] > capacity:
+            return False
+        data = self._data
+        if skip:
+            ENTRY_HEADER.pack_into(data, offset, WRAP, 0)
+            offset = 0
+        ENTRY_HEADER.pack_into(data, offset, size, zlib.crc32(payload))
+        start = offset + ENTRY_HEADER.size
+        data[start : start + size] = payload
+        # Count before position: a consumer only follows the position, and a reader of the
+        # count alone sees it no later than the entry.
+        self._tail = tail = tail + skip + need
+        self._count += 1
+        words[_TAIL_COUNT] = self._count
+        words[_TAIL_POS] = tail
+        return True
+
+    # ---------------------------------------------------------------- consumer
+
+    def head(self) -> RingCursor:
+        """Where the last consumer's released part ends: a new consumer starts there."""
+        return RingCursor(self._words[_HEAD_POS], self._words[_HEAD_COUNT])
+
+    def read(self, cursor: RingCursor, limit: int) -> list[bytes]:
+        """Up to `limit` entries after `cursor`, which moves past them.
+
+        An entry whose checksum does not match its bytes (a store not visible yet on a
+        weakly ordered machine) ends this read; if it still does not match at the next read,
+        it is corrupt: skipped and counted in `cursor.corrupt`.
+        """
+        entries: list[bytes] = []
+        tail = self._words[_TAIL_POS]
+        data, capacity = self._data, self.capacity
+        position = cursor.position
+        while position < tail and len(entries) < limit:
+            offset = position % capacity
+            size, crc = ENTRY_HEADER.unpack_from(data, offset)
+            if size == WRAP:
+                position += capacity - offset
+                continue
+            if size > self.max_payload:
+                raise RingError(f"corrupt ring: an entry of {size} bytes at {position}")
+            start = offset + ENTRY_HEADER.size
+            payload = bytes(data[start : start + size])
+            if zlib.crc32(payload) == crc:
+                entries.append(payload)
+            elif cursor.suspect == position:
+                cursor.corrupt += 1
+                cursor.count += 1
+            else:
+                cursor.suspect = position
+                break
+            position += _aligned(ENTRY_HEADER.size + size)
+        cursor.count += len(entries)
+        cursor.position = position
+        return entries
+
+    def unread(self, cursor: RingCursor) -> bool:
+        """Whether entries follow `cursor`."""
+        return cursor.position < self._words[_TAIL_POS]
+
+    def release(self, cursor: RingCursor) -> None:
+        """Give back everything up to `cursor`: the producer may reuse that room."""
+        words = self._words
+        if cursor.count > words[_HEAD_COUNT]:
+            words[_HEAD_POS] = cursor.position
+            words[_HEAD_COUNT] = cursor.count
+
+    def close(self) -> None:
+        """Let go of the buffer (an mmap cannot close while views of it live)."""
+        self._words.release()
+        self._data.release()

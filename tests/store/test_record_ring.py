@@ -1,0 +1,138 @@
+"""The shared ring of record drafts: what is appended is read once, in order, within bounds."""
+
+from __future__ import annotations
+
+import mmap
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kmsgate.recording.ring import (
+    ENTRY_HEADER,
+    HEADER_BYTES,
+    RecordRing,
+    RingCursor,
+    RingError,
+    ring_bytes,
+)
+
+
+def make_ring(capacity: int = 4096, max_entries: int = 1000) -> tuple[RecordRing, RecordRing]:
+    """A producer's and a consumer's view of one fresh ring in shared memory."""
+    memory = mmap.mmap(-1, ring_bytes(capacity))
+    producer = RecordRing.create(memoryview(memory), max_entries)
+    return producer, RecordRing(memoryview(memory))
+
+
+def test_entries_come_out_once_in_order_and_release_makes_room() -> None:
+    producer, consumer = make_ring(capacity=1024, max_entries=100)
+    cursor = consumer.head()
+    assert producer.append(b"first") and producer.append(b"second")
+    assert consumer.read(cursor, 10) == [b"first", b"second"]
+    assert consumer.read(cursor, 10) == []
+    assert (producer.uncommitted, cursor.count) == (2, 2)
+    consumer.release(cursor)
+    assert producer.uncommitted == 0 and producer.used_bytes == 0
+
+
+def test_a_full_ring_refuses_until_released_and_wraps_around() -> None:
+    producer, consumer = make_ring(capacity=1024, max_entries=100)
+    payload = bytes(range(100))
+    appended = 0
+    while producer.append(payload):
+        appended += 1
+    assert appended == 1024 // 112  # 8-byte header, padded to 8: 112 bytes an entry
+    cursor = consumer.head()
+    assert consumer.read(cursor, 3) == [payload] * 3
+    assert not producer.append(payload)  # read is not released: no room yet
+    consumer.release(cursor)
+    # The freed room is at the start: the next entry wraps past the end's leftover bytes.
+    assert producer.append(b"wrapped")
+    assert consumer.read(cursor, 100) == [payload] * (appended - 3) + [b"wrapped"]
+
+
+def test_the_entry_count_bound_holds_before_the_byte_bound() -> None:
+    producer, consumer = make_ring(capacity=4096, max_entries=3)
+    assert [producer.append(b"x") for _ in range(4)] == [True, True, True, False]
+    cursor = consumer.head()
+    consumer.read(cursor, 1)
+    consumer.release(cursor)
+    assert producer.append(b"y")
+
+
+def test_a_new_consumer_starts_where_the_last_one_released() -> None:
+    producer, first = make_ring()
+    for n in range(5):
+        producer.append(b"%d" % n)
+    cursor = first.head()
+    first.read(cursor, 2)
+    first.release(cursor)
+    first.read(cursor, 2)  # read but not released: the consumer dies here
+    successor = RecordRing(memoryview(producer._data.obj))
+    again = successor.head()
+    assert successor.read(again, 10) == [b"2", b"3", b"4"]
+
+
+def test_an_entry_larger_than_any_ring_room_is_refused_for_good() -> None:
+    producer, _ = make_ring(capacity=1024)
+    with pytest.raises(RingError):
+        producer.append(bytes(1024 // 4))
+    assert producer.append(bytes(1024 // 4 - ENTRY_HEADER.size))
+
+
+def test_a_buffer_without_a_ring_is_refused() -> None:
+    with pytest.raises(RingError, match="no record ring"):
+        RecordRing(memoryview(bytearray(HEADER_BYTES + 1024)))
+    with pytest.raises(RingError):
+        RecordRing(memoryview(bytearray(16)))
+
+
+def test_an_entry_whose_bytes_never_match_is_retried_once_then_skipped() -> None:
+    producer, consumer = make_ring()
+    producer.append(b"good")
+    producer.append(b"spoiled")
+    producer.append(b"after")
+    data = producer._data
+    second = 16  # "good" takes 8 + 4 bytes, padded to 16
+    size, crc = ENTRY_HEADER.unpack_from(data, second)
+    assert (size, crc) == (7, zlib.crc32(b"spoiled"))
+    data[second + ENTRY_HEADER.size] ^= 0xFF
+    cursor = consumer.head()
+    assert consumer.read(cursor, 10) == [b"good"]  # maybe not visible yet: wait
+    assert consumer.read(cursor, 10) == [b"after"]  # still wrong: corrupt, skipped
+    assert (cursor.corrupt, cursor.count) == (1, 3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(min_size=0, max_size=200).map(lambda b: ("append", b)),
+            st.integers(min_value=1, max_value=20).map(lambda n: ("read", n)),
+            st.just(("release", 0)),
+        ),
+        max_size=200,
+    )
+)
+def test_any_interleaving_delivers_exactly_what_was_accepted(ops: list[tuple[str, object]]) -> None:
+    producer, consumer = make_ring(capacity=2048, max_entries=12)
+    cursor = RingCursor(0, 0)
+    accepted: list[bytes] = []
+    delivered: list[bytes] = []
+    for op, arg in ops:
+        if op == "append":
+            assert isinstance(arg, bytes)
+            if producer.append(arg):
+                accepted.append(arg)
+            else:  # refused only when the bounds say so
+                assert producer.uncommitted >= 12 or producer.used_bytes + 8 + len(arg) > 2048 - 8
+        elif op == "read":
+            assert isinstance(arg, int)
+            delivered += consumer.read(cursor, arg)
+        else:
+            consumer.release(cursor)
+        assert producer.uncommitted <= 12 and producer.used_bytes <= 2048
+    delivered += consumer.read(cursor, 1000)
+    assert delivered == accepted
