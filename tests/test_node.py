@@ -23,15 +23,14 @@ from kmsgate.node import Node, load_web_secret
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.recording.inline import InlineWriter
 from kmsgate.recording.process import WriterProcess
-from kmsgate.recording.writer import RecordWriter
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow
 from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
 from tests.store.test_writer_process import drafts
 from tests.support.kms import RawClient, activate_once, make_request
 from tests.support.postgres import PostgresServer, running_postgres
-from tests.support.records import make_record
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +65,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-WRITERS = {"process": WriterProcess, "inline": RecordWriter}
+WRITERS = {"process": WriterProcess, "inline": InlineWriter}
 
 
 @pytest.mark.parametrize("writer", sorted(WRITERS))
@@ -261,7 +260,9 @@ async def test_web_listener_speaks_https_with_secure_cookies(tmp_path: Path) -> 
 async def test_a_reload_reaches_the_writer_process_log_level(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = node_settings(f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True)
+    settings = node_settings(
+        f"sqlite:///{tmp_path / 'kms.db'}", tmp_path, no_web=True, store_writer="process"
+    )
     caplog.set_level(logging.WARNING, logger="kmsgate")
     async with Node(settings) as service:
         caplog.set_level(logging.INFO, logger="kmsgate")  # what a reloaded log_level does
@@ -295,6 +296,6 @@ async def test_a_failed_start_undoes_what_it_started(tmp_path: Path, writer: str
         with pytest.raises(ProcessLookupError):
             os.kill(node.writer.pid, 0)
     else:
-        assert isinstance(node.writer, RecordWriter)
-        assert not node.writer.submit(make_record())  # closed
+        assert isinstance(node.writer, InlineWriter)
+        assert not node.writer.submit(drafts(1)[0])  # closed
     await node.stop()  # a second stop finds nothing left to undo

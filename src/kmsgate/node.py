@@ -40,15 +40,16 @@ from kmsgate.systemd import (
 # imported where they are started, so a node runs with only the memory its options need.
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
+    from kmsgate.recording.inline import InlineWriter
     from kmsgate.recording.process import WriterProcess
     from kmsgate.recording.recorder import RecordGate
-    from kmsgate.recording.writer import RecordWriter
     from kmsgate.server.dns_task import DnsPublisher
     from kmsgate.server.seen_sync import SeenCountSync
     from kmsgate.server.web_listener import EmbeddedUvicorn
     from kmsgate.store.database import Store
 
 log = logging.getLogger("kmsgate.server")
+RING_FILE = "records.ring"
 SESSION_KEY_FILE = "web-secret.key"
 
 
@@ -77,7 +78,7 @@ class Node:
         self.catalog = catalog or load_catalog(settings.catalog)
         self.metrics = Metrics(self.catalog)
         self.store: Store | None = None
-        self.writer: RecordWriter | WriterProcess | None = None
+        self.writer: InlineWriter | WriterProcess | None = None
         self.host: KmsHost | None = None
         self.gateway: Gateway | None = None
         self._web: EmbeddedUvicorn | None = None
@@ -111,7 +112,7 @@ class Node:
             ids = resolve_ids(settings.user, settings.group)
         host = self.host = KmsHost(settings, catalog=self.catalog, metrics=self.metrics)
         if not settings.no_store:
-            from kmsgate.recording.recorder import ActivationRecorder, InlineRecordGate
+            from kmsgate.recording.recorder import ActivationRecorder
             from kmsgate.store.database import Store
 
             store = self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
@@ -126,8 +127,6 @@ class Node:
             # Running before the host listens: an answer given is a record that can be kept.
             parts.push_async_callback(self._close_writer, writer)
             await writer.start()
-            if isinstance(gate, InlineRecordGate):  # closed before its writer flushes
-                parts.callback(gate.close)
             self.metrics.set_store_source(
                 lambda: (writer.depth, writer.dropped, writer.written, writer.failures)
             )
@@ -172,16 +171,18 @@ class Node:
             await publisher.start()
 
     @staticmethod
-    async def _close_writer(writer: RecordWriter | WriterProcess) -> None:
+    async def _close_writer(writer: InlineWriter | WriterProcess) -> None:
         await writer.close()
         if writer.dropped:
             log.warning("%d records were dropped while the store lagged", writer.dropped)
 
     def _make_writer(
         self, store: Store, ids: tuple[int, int] | None
-    ) -> tuple[RecordWriter | WriterProcess, RecordGate]:
+    ) -> tuple[InlineWriter | WriterProcess, RecordGate]:
         """The record writer --store-writer asks for, and the gate the host hands drafts to."""
         settings = self.settings
+        # In the data directory: what was handed over outlives every process of the node.
+        ring_path = settings.data_dir / RING_FILE
         if settings.store_writer == "process":
             from kmsgate.recording.process import WriterProcess
 
@@ -192,22 +193,22 @@ class Node:
                 flush_interval=settings.store_flush_interval,
                 run_as=ids,
                 retention_days=settings.retention_days,
+                ring_path=ring_path,
             )
             return process, process
-        from kmsgate.recording.recorder import InlineRecordGate
-        from kmsgate.recording.writer import RecordWriter
+        from kmsgate.recording.inline import InlineWriter
         from kmsgate.store.retention import Retention
 
         days = settings.retention_days
-        inline = RecordWriter(
+        inline = InlineWriter(
             store,
+            node=settings.node_name,
             max_queue=settings.store_queue,
             flush_interval=settings.store_flush_interval,
             retention=Retention(store, days) if days else None,
+            ring_path=ring_path,
         )
-        return inline, InlineRecordGate(
-            inline, node=settings.node_name, max_queue=settings.store_queue
-        )
+        return inline, inline
 
     def reload(self, settings: ServeSettings) -> None:
         """Apply what can change without dropping connections: policies, quotas, windows."""

@@ -52,7 +52,8 @@ def test_the_record_writer_does_not_inherit_the_activated_socket(tmp_path: Path)
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [ACTIVATOR, "--listen", f"127.0.0.1:{port}", str(KMSGATE), "serve", "--no-web",
-         "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:1"],
+         "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:1",
+         "--store-writer", "process"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

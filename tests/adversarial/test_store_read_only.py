@@ -34,6 +34,9 @@ pytestmark = [
         reason="as root, file modes bind only without CAP_DAC_OVERRIDE (setpriv)",
     ),
 ]
+# The outage is a writer child restarted while the files are read-only (SQLite then opens
+# them read-only): a process the inline writer does not have.
+CHILD = ("--store-writer", "process")
 RECOVERY_BOUND = 10.0  # promise: "within seconds"; the writer's backoff is capped at 2 s
 BACKLOG_BOUND = 60.0
 
@@ -69,7 +72,7 @@ def outage(server: Node, load: Load, prefix: str) -> int:
 
 
 def test_writes_resume_within_seconds_and_nothing_accepted_is_lost() -> None:
-    with node() as server, Load(server.port, "before") as load:
+    with node(*CHILD) as server, Load(server.port, "before") as load:
         wait_until(lambda: len(machine_names(server.db, "before")) >= 20, 30, "first records")
         outage(server, load, "during")
         # Writes fail, and keep failing: /healthz turns 503 and says why.
@@ -121,7 +124,7 @@ def test_writes_resume_within_seconds_and_nothing_accepted_is_lost() -> None:
 def test_an_outage_longer_than_the_queue_delays_answers_and_loses_nothing() -> None:
     # A full queue does not drop records: answers wait until their records are taken.
     queue = 40
-    with node("--store-queue", str(queue)) as server, Load(server.port, "before") as load:
+    with node(*CHILD, "--store-queue", str(queue)) as server, Load(server.port, "before") as load:
         wait_until(lambda: len(machine_names(server.db, "before")) >= 10, 30, "first records")
         outage(server, load, "during")
         wait_until(lambda: server.health()[0] == 503, 30, "/healthz 503 while writes fail")
@@ -153,7 +156,7 @@ def test_a_truncated_database_file_is_an_error_not_a_crash() -> None:
     Truncating the file makes its pages vanish for certain (a failing disk or a file
     swapped underneath does it at random): the writer must report the error, not die.
     """
-    with node() as server, Load(server.port, "before") as load:
+    with node(*CHILD) as server, Load(server.port, "before") as load:
         wait_until(lambda: len(machine_names(server.db, "before")) >= 200, 60, "first records")
         load.pause()
         settle(server)

@@ -75,7 +75,8 @@ def test_socket_activation_serves_on_the_inherited_socket(tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
-def test_privileges_are_dropped_after_binding() -> None:
+@pytest.mark.parametrize("writer", ["inline", "process"])
+def test_privileges_are_dropped_after_binding(writer: str) -> None:
     nobody = pwd.getpwnam("nobody")
     port = free_port()
     # As under /var/lib: the service user can reach its data directory (pytest's own
@@ -84,7 +85,7 @@ def test_privileges_are_dropped_after_binding() -> None:
     base.chmod(0o755)
     data = base / "data"
     proc = serve("--listen", f"127.0.0.1:{port}", "--web", "127.0.0.1:0", "--data-dir",
-                 str(data), "--user", "nobody")  # fmt: skip
+                 str(data), "--user", "nobody", "--store-writer", writer)  # fmt: skip
     try:
         wait_listening(proc, port)
         deadline = time.monotonic() + 15
@@ -93,9 +94,12 @@ def test_privileges_are_dropped_after_binding() -> None:
             time.sleep(0.05)
         assert asyncio.run(activate_once(port)).ok
         assert (data / "kmsgate.db").stat().st_uid == nobody.pw_uid
-        # The record writer process gave up root too, and still writes.
-        [writer] = children(proc.pid)
-        assert process_uids(writer) == {nobody.pw_uid}
+        assert (data / "records.ring").stat().st_uid == nobody.pw_uid
+        if writer == "process":  # the record writer process gave up root too, and writes
+            [child] = children(proc.pid)
+            assert process_uids(child) == {nobody.pw_uid}
+        else:
+            assert children(proc.pid) == []
         while stored_activations(data / "kmsgate.db") != 1:
             assert time.monotonic() < deadline + 5, "the activation was not recorded"
             time.sleep(0.05)

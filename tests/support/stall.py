@@ -6,32 +6,29 @@ import asyncio
 import os
 import signal
 
+from kmsgate.recording.inline import InlineWriter
 from kmsgate.recording.process import WriterProcess
-from kmsgate.recording.writer import RecordWriter
 
 
 class Stall:
     """Keeps a record writer from writing: a stopped child process, or an inline writer
-    not started yet. release() lets it go."""
+    whose ring reader is parked. release() lets it go."""
 
     def __init__(self, writer: object) -> None:
         self._writer = writer
         if isinstance(writer, WriterProcess):
             os.kill(writer.pid or 0, signal.SIGSTOP)
         else:
-            assert isinstance(writer, RecordWriter)
-            self._task = writer._task
-            writer._task = None  # start() again later; the running one is parked below
-            assert self._task is not None
-            self._task.cancel()
+            assert isinstance(writer, InlineWriter) and writer._task is not None
+            writer._task.cancel()
 
     def release(self) -> None:
         writer = self._writer
         if isinstance(writer, WriterProcess):
             os.kill(writer.pid or 0, signal.SIGCONT)
         else:
-            assert isinstance(writer, RecordWriter)
-            asyncio.get_running_loop().create_task(writer.start())
+            assert isinstance(writer, InlineWriter)
+            writer._task = asyncio.get_running_loop().create_task(writer._run())
 
 
 def stall_writer(writer: object) -> Stall:

@@ -12,10 +12,8 @@ outright.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import marshal
 import mmap
 import os
 import signal
@@ -23,13 +21,13 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from kmsgate.recording.drafts import DraftError, record_from_draft
 from kmsgate.recording.frames import FrameError, encode_frame, read_frame
-from kmsgate.recording.ring import RecordRing, RingCursor, RingError
+from kmsgate.recording.ring import RecordRing, RingError
+from kmsgate.recording.ring_reader import RingReader
 from kmsgate.store.errors import StoreError
 
 if TYPE_CHECKING:
-    from kmsgate.recording.writer import RecordWriter
+    pass
 
 log = logging.getLogger("kmsgate.store")
 STATUS_PERIOD = 0.05
@@ -66,61 +64,6 @@ class ForwardingHandler(logging.Handler):
             self._outbox.send(("log", record.levelno, record.name, text))
         except (OSError, ValueError, TypeError):
             self.handleError(record)
-
-
-class RingReader:
-    """Moves ring entries into the RecordWriter and releases them once they are resolved."""
-
-    def __init__(self, ring: RecordRing, writer: RecordWriter, node: str) -> None:
-        self._ring = ring
-        self._writer = writer
-        self._node = node
-        head = ring.head()
-        self._cursor = RingCursor(head.position, head.count)
-        self.taken = 0  # entries read by this child
-        self.malformed = 0  # of those, not drafts (dropped here, resolved at once)
-        # (entries taken, ring position, ring count) after each read, oldest first.
-        self._reads: collections.deque[tuple[int, int, int]] = collections.deque()
-
-    def drain(self) -> None:
-        """Read what the ring holds, as far as the writer's queue has room."""
-        ring, cursor, writer = self._ring, self._cursor, self._writer
-        while room := writer.max_queue - writer.depth:
-            corrupt = cursor.corrupt
-            payloads = ring.read(cursor, room)
-            skipped = cursor.corrupt - corrupt
-            if not payloads and not skipped:
-                return
-            if skipped:
-                log.error("dropping %d corrupt record(s) found in the ring", skipped)
-                self.malformed += skipped
-            for payload in payloads:
-                try:
-                    draft = marshal.loads(payload)  # noqa: S302 (our own parent, primitives only)
-                    writer.submit(record_from_draft(draft, self._node))
-                except (DraftError, EOFError, ValueError, TypeError) as exc:
-                    self.malformed += 1
-                    log.error("dropping a malformed record draft: %s", exc)
-            self.taken += len(payloads) + skipped
-            self._reads.append((self.taken, cursor.position, cursor.count))
-
-    def unread(self) -> bool:
-        """Whether the ring holds entries this reader has not taken."""
-        return self._ring.unread(self._cursor)
-
-    def release(self) -> None:
-        """Give the ring back what is committed or dropped: a successor need not rewrite it.
-
-        The writer's queue is first in, first out, so what it wrote or dropped is the oldest
-        part of what it got (a malformed draft, a bug upstream, is the one exception).
-        """
-        writer, reads = self._writer, self._reads
-        resolved = writer.written + writer.dropped + self.malformed
-        released = None
-        while reads and reads[0][0] <= resolved:
-            released = reads.popleft()
-        if released is not None:
-            self._ring.release(RingCursor(released[1], released[2]))
 
 
 def _attach_ring(config: dict[str, Any]) -> tuple[mmap.mmap, RecordRing]:
@@ -194,11 +137,13 @@ async def serve(outbox: Outbox) -> None:
 
         retention = Retention(store, int(config["retention_days"]))
     flush_interval = float(config["flush_interval"])
+    batch_size = int(config["batch_size"])
     writer = RecordWriter(
         store,
-        max_queue=int(config["max_queue"]),
+        # The ring keeps the rest safe: as objects, only about what one transaction takes.
+        max_queue=min(int(config["max_queue"]), batch_size),
         flush_interval=flush_interval,
-        batch_size=int(config["batch_size"]),
+        batch_size=batch_size,
         retention=retention,
     )
     reading = RingReader(ring, writer, node)
@@ -209,8 +154,8 @@ async def serve(outbox: Outbox) -> None:
         trouble = None
         if writer.last_error is not None:
             trouble = (*writer.last_error, writer.failing_since)
-        return ("status", writer.written, writer.dropped + reading.malformed, writer.failures,
-                trouble)  # fmt: skip
+        # Dropped: what the ring let go of; what it keeps is the parent's to count.
+        return ("status", writer.written, reading.dropped, writer.failures, trouble)
 
     async def report() -> None:
         last: tuple[object, ...] | None = None
@@ -247,8 +192,9 @@ async def serve(outbox: Outbox) -> None:
             reading.drain()
     finally:
         reporter.cancel()
-        await writer.close(timeout=float(config["close_timeout"]))
         reading.release()
+        await writer.close(timeout=float(config["close_timeout"]))
+        reading.release(keep_dropped=True)  # a ring file keeps them for the next start
         with contextlib.suppress(OSError):
             outbox.send(status())
         await store.close()
@@ -257,7 +203,7 @@ async def serve(outbox: Outbox) -> None:
         log.info(
             "record writer process done: %d records written, %d dropped",
             writer.written,
-            writer.dropped + reading.malformed,
+            reading.dropped,
         )
 
 

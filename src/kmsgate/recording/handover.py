@@ -134,9 +134,9 @@ class RingHandover:
         if appended:
             self._handed += 1
             if not self._woken and ring.uncommitted >= self._wake_at:
-                self._wake_child()
+                self._wake_reader()
             return True
-        self._wake_child()
+        self._wake_reader()
         return False
 
     def _pump(self) -> None:
@@ -161,7 +161,8 @@ class RingHandover:
         while waiters and waiters[0][0] <= handed:
             waiters.popleft()[1]()
 
-    def _wake_child(self) -> None:
+    def _wake_reader(self) -> None:
+        """Tell the ring's reader to read now, not at its next poll."""
         if not self._woken and self._fd is not None:
             self._woken = True
             self._out += WAKE_FRAME

@@ -14,37 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import mmap
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from kmsgate.recording.frames import FrameError, read_frame
 from kmsgate.recording.handover import RingHandover
-from kmsgate.recording.ring import RecordRing, ring_bytes
+from kmsgate.recording.ring_memory import RingMemory
 from kmsgate.store.errors import StoreError
 
 log = logging.getLogger("kmsgate.store")
 START_TIMEOUT = 30.0
 MAX_RESTART_DELAY = 30.0
 CLOSE_POLL = 0.01
-# Ring bytes per record of --store-queue: a draft takes 220-280 bytes with its header, so the
-# count bound is the one that holds, and 10 000 records take 3.75 MiB of shared memory.
-RING_BYTES_PER_RECORD = 384
-MIN_RING = 64 << 10
-
-
-def _shared_memory(size: int) -> tuple[int, mmap.mmap]:
-    """An anonymous file of `size` bytes mapped shared: a child given its descriptor maps
-    the same pages, which outlive this process while the child holds them."""
-    fd = os.memfd_create("kmsgate-records", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, size)
-        return fd, mmap.mmap(fd, size)
-    except OSError:
-        os.close(fd)
-        raise
 
 
 class WriterProcess(RingHandover):
@@ -57,17 +41,19 @@ class WriterProcess(RingHandover):
         node: str,
         max_queue: int = 10000,
         flush_interval: float = 0.2,
-        batch_size: int = 5000,
+        batch_size: int = 2000,
         restart_delay: float = 1.0,
         close_timeout: float = 5.0,
         run_as: tuple[int, int] | None = None,
         retention_days: int = 0,
+        ring_path: Path | None = None,
     ) -> None:
         """`max_queue` bounds the records the child holds unwritten (the pipe included);
         `close_timeout` bounds the child's last write once its input ends (close, or
         this process killed); `restart_delay` is the first pause before restarting a child;
         `run_as` (uid, gid): the child, started by root, becomes that user before writing;
-        `retention_days` > 0: the child prunes older rows (kmsgate.store.retention)."""
+        `retention_days` > 0: the child prunes older rows (kmsgate.store.retention);
+        `ring_path`: the file of the ring of records (kept across crashes), else memory."""
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
         super().__init__(max_queue)
@@ -87,8 +73,8 @@ class WriterProcess(RingHandover):
         self.pid: int | None = None  # of the running child, set once the first one is ready
         self.restarts = 0
         self.ring_size = 0  # bytes of shared memory the ring of records takes
-        self._ring_fd: int | None = None
-        self._ring_map: mmap.mmap | None = None
+        self._ring_path = ring_path
+        self._memory: RingMemory | None = None
         # (Unix time, message) of the latest failed write or child exit; since when writes
         # fail (None while they succeed): the child's report, for /healthz.
         self.last_error: tuple[float, str] | None = None
@@ -114,16 +100,14 @@ class WriterProcess(RingHandover):
         if self._started:
             return
         self._started = True
-        size = ring_bytes(
-            max(MIN_RING, self._max_queue * RING_BYTES_PER_RECORD) + mmap.PAGESIZE - 1
-            & ~(mmap.PAGESIZE - 1)
+        path = self._ring_path
+        memory = self._memory = (
+            RingMemory.anonymous(self._max_queue)
+            if path is None
+            else RingMemory.file(path, self._max_queue)
         )
-        try:
-            self._ring_fd, self._ring_map = _shared_memory(size)
-        except OSError as exc:
-            raise StoreError(f"cannot map memory for the record writer: {exc}") from exc
-        self._ring = RecordRing.create(memoryview(self._ring_map), self._max_queue)
-        self.ring_size = size
+        self._ring = memory.ring
+        self.ring_size = memory.size
         await self._spawn()
         ready = asyncio.ensure_future(self._ready.wait())
         assert self._watcher is not None
@@ -140,7 +124,7 @@ class WriterProcess(RingHandover):
     async def _spawn(self) -> None:
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
-        assert self._ring_fd is not None
+        assert self._memory is not None
         try:
             self._process = process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -148,7 +132,7 @@ class WriterProcess(RingHandover):
                 "kmsgate.recording.child",
                 stdin=read_fd,
                 stdout=asyncio.subprocess.PIPE,
-                pass_fds=(self._ring_fd,),
+                pass_fds=(self._memory.fd,),
             )
         except OSError as exc:
             os.close(write_fd)
@@ -166,7 +150,7 @@ class WriterProcess(RingHandover):
             "log_level": self._log_level,
             "run_as": self._run_as,
             "retention_days": self._retention_days,
-            "ring_fd": self._ring_fd,
+            "ring_fd": self._memory.fd,
             "ring_size": self.ring_size,
         }
         self._send_control(("config", config))
@@ -268,15 +252,10 @@ class WriterProcess(RingHandover):
         self._release_ring()
 
     def _release_ring(self) -> None:
-        if self._ring is not None:
-            self._ring.close()
+        if self._memory is not None:
             self._ring = None
-        if self._ring_map is not None:
-            self._ring_map.close()
-            self._ring_map = None
-        if self._ring_fd is not None:
-            os.close(self._ring_fd)
-            self._ring_fd = None
+            self._memory.close()
+            self._memory = None
 
     async def _kill(self) -> None:
         process, watcher = self._process, self._watcher

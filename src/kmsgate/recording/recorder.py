@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import time
 import uuid
@@ -15,10 +13,10 @@ from kmsgate.net import Peer
 from kmsgate.observability.metrics import product_family_label
 from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.messages import KmsRequest
-from kmsgate.recording.drafts import DraftError, RecordDraft, record_from_draft
+from kmsgate.recording.drafts import RecordDraft
 
 if TYPE_CHECKING:
-    from kmsgate.recording.writer import RecordWriter
+    pass
 
 log = logging.getLogger("kmsgate.store")
 
@@ -26,8 +24,6 @@ log = logging.getLogger("kmsgate.store")
 # bounded and simply starts over when full.
 NAME_CACHE_SIZE = 4096
 RECORDED = (ActivationServed, ActivationRefused)
-# How often an inline gate looks whether the RecordWriter has room again, while answers wait.
-INLINE_POLL = 0.01
 
 
 class RecordGate(Protocol):
@@ -44,78 +40,6 @@ class RecordGate(Protocol):
     def when_handed_over(self, callback: Callable[[], None]) -> None:
         """Call `callback` once every draft submitted so far is handed over."""
         ...
-
-
-class InlineRecordGate:
-    """A RecordGate over the serving process's own RecordWriter (--store-writer inline).
-
-    Handed over means queued in the writer, in this process's memory: a SIGKILL loses what
-    the writer has not committed yet (up to --store-flush-interval of records). What keeps
-    it is that a full queue holds drafts here, and their answers with them, instead of
-    dropping them.
-    """
-
-    def __init__(self, writer: RecordWriter, *, node: str, max_queue: int) -> None:
-        self._writer = writer
-        self._node = node
-        self._max_queue = max_queue
-        self._held: collections.deque[RecordDraft] = collections.deque()
-        self._submitted = 0
-        self._handed = 0
-        self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
-        self._poll_handle: asyncio.TimerHandle | None = None
-
-    def submit(self, draft: RecordDraft) -> bool:
-        self._submitted += 1
-        if self._held or self._writer.depth >= self._max_queue:
-            self._held.append(draft)
-            return True
-        self._handed += 1
-        return self._put(draft)
-
-    def _put(self, draft: RecordDraft) -> bool:
-        try:
-            record = record_from_draft(draft, self._node)
-        except DraftError as exc:
-            log.error("dropping a malformed record draft: %s", exc)
-            return False
-        return self._writer.submit(record)
-
-    def hand_over(self) -> bool:
-        held, writer = self._held, self._writer
-        while held and writer.depth < self._max_queue:
-            self._put(held.popleft())
-            self._handed += 1
-        return not held
-
-    def when_handed_over(self, callback: Callable[[], None]) -> None:
-        if self._handed == self._submitted:
-            callback()
-            return
-        self._waiters.append((self._submitted, callback))
-        if self._poll_handle is None:
-            self._poll_handle = asyncio.get_running_loop().call_later(INLINE_POLL, self._poll)
-
-    def _poll(self) -> None:
-        self._poll_handle = None
-        self.hand_over()
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self._handed:
-            waiters.popleft()[1]()
-        if waiters:
-            self._poll_handle = asyncio.get_running_loop().call_later(INLINE_POLL, self._poll)
-
-    def close(self) -> None:
-        """Pass whatever is held to the writer (which drops what it cannot take) and let
-        every waiter go; call before closing the writer."""
-        while self._held:
-            self._put(self._held.popleft())
-            self._handed += 1
-        if self._poll_handle is not None:
-            self._poll_handle.cancel()
-            self._poll_handle = None
-        while self._waiters:
-            self._waiters.popleft()[1]()
 
 
 class ActivationRecorder:

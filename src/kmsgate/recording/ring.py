@@ -20,6 +20,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from kmsgate.errors import KmsgateError
+
 HEADER_BYTES = 4096
 MAGIC = int.from_bytes(b"KMSRING1", "little")
 ENTRY_HEADER = struct.Struct("<II")
@@ -31,7 +33,7 @@ _TAIL_POS, _TAIL_COUNT = 8, 9
 _HEAD_POS, _HEAD_COUNT = 16, 17
 
 
-class RingError(ValueError):
+class RingError(KmsgateError, ValueError):
     """A buffer that does not hold a ring, or an entry that can never fit in one."""
 
 
@@ -42,6 +44,20 @@ def ring_bytes(capacity: int) -> int:
 
 def _aligned(size: int) -> int:
     return (size + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def _checked_capacity(words: memoryview, size: int) -> int:
+    """The ring's capacity once its header proves consistent; RingError otherwise."""
+    if words[_MAGIC] != MAGIC:
+        raise RingError("the buffer holds no record ring")
+    capacity: int = words[_CAPACITY]
+    if capacity % ALIGN or HEADER_BYTES + capacity > size:
+        raise RingError(f"ring capacity {capacity} does not fit its {size}-byte buffer")
+    head, tail = words[_HEAD_POS], words[_TAIL_POS]
+    head_count, tail_count = words[_HEAD_COUNT], words[_TAIL_COUNT]
+    if not (0 <= tail - head <= capacity and 0 <= tail_count - head_count <= tail - head):
+        raise RingError(f"inconsistent ring positions: head {head}, tail {tail}")
+    return capacity
 
 
 @dataclass(slots=True)
@@ -61,14 +77,15 @@ class RecordRing:
         """Attach to an initialised ring (see create); RingError when it is not one."""
         if len(buffer) < HEADER_BYTES + ALIGN:
             raise RingError(f"a ring needs more than {HEADER_BYTES} bytes, got {len(buffer)}")
-        self._words = buffer[:HEADER_BYTES].cast("Q")
-        if self._words[_MAGIC] != MAGIC:
-            raise RingError("the buffer holds no record ring")
-        capacity = self._words[_CAPACITY]
-        if capacity % ALIGN or HEADER_BYTES + capacity > len(buffer):
-            raise RingError(f"ring capacity {capacity} does not fit its {len(buffer)}-byte buffer")
+        words = buffer[:HEADER_BYTES].cast("Q")
+        try:
+            capacity = _checked_capacity(words, len(buffer))
+        except RingError:
+            words.release()  # else the mmap under it could never be closed
+            raise
+        self._words = words
         self.capacity = capacity
-        self.max_entries = self._words[_MAX_ENTRIES]
+        self.max_entries = words[_MAX_ENTRIES]
         self.max_payload = capacity // 4 - ENTRY_HEADER.size
         self._data = buffer[HEADER_BYTES : HEADER_BYTES + capacity]
         # The producer is the only writer of the tail: it keeps its own copy.
