@@ -101,7 +101,7 @@ def test_backend_selection_is_effective(impl: bool) -> None:
     cipher = crypto.RijndaelCipher(crypto.V4_KEY)
     assert isinstance(cipher, crypto.RijndaelCipher)
     assert cipher.accelerated is impl
-    for singleton in (crypto.v4_cipher(), crypto.v6_cipher()):
+    for singleton in (crypto.v4_cipher(), crypto.v5_cipher(), crypto.v6_cipher()):
         assert isinstance(singleton, crypto.RijndaelCipher)
         assert singleton.accelerated is impl
 

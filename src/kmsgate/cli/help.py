@@ -7,16 +7,15 @@ form of a switch goes on its own line, and only the description wraps.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich import box
-from rich.console import Console, Group
-from rich.padding import Padding
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 from typer.core import TyperCommand, TyperOption
+
+# Rich is imported when help is shown: a serving node never renders it (about 2 MiB).
+if TYPE_CHECKING:
+    from rich.padding import Padding
+    from rich.panel import Panel
 
 DEFAULT_PANEL = "Options"
 
@@ -42,6 +41,11 @@ def option_rows(command: TyperCommand, ctx: typer.Context) -> dict[str, list[Typ
 
 
 def _panel(title: str, params: list[TyperOption], ctx: typer.Context) -> Panel:
+    from rich import box
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0), expand=True)
     table.add_column(no_wrap=True, style="bold cyan")
     table.add_column(no_wrap=True, style="yellow")
@@ -56,6 +60,10 @@ class SettingsHelpCommand(TyperCommand):
     """A Typer command whose --help groups options into panels without cutting a flag."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
+        from rich.console import Console, Group
+        from rich.padding import Padding
+        from rich.text import Text
+
         console = Console(highlight=False)
         parts: list[Padding | Panel] = [Padding(Text(self.get_usage(ctx)), (1, 1, 0, 1))]
         if self.help:

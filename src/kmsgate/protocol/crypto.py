@@ -16,8 +16,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Protocol, cast
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from kmsgate.protocol.errors import LocalProtocolError, ProtocolError
 
 __all__ = [
@@ -385,44 +383,6 @@ class RijndaelCipher(BlockCipher):
         return struct.pack(f">{len(out)}I", *out)
 
 
-class _AesLibraryCipher(BlockCipher):
-    """Standard AES from the `cryptography` package (used for v5)."""
-
-    __slots__ = ("_key",)
-
-    def __init__(self, key: bytes) -> None:
-        """Keep the key; cryptography contexts are cheap and single-use."""
-        if len(key) not in (16, 24, 32):
-            raise LocalProtocolError(f"AES key must be 16/24/32 bytes, got {len(key)}")
-        self._key = bytes(key)
-
-    def _cbc(self, iv: bytes) -> Cipher[modes.CBC]:
-        return Cipher(algorithms.AES(self._key), modes.CBC(iv))
-
-    def encrypt_block(self, block: bytes) -> bytes:
-        """Encrypt one 16-byte block."""
-        _check_block(block)
-        # One block of CBC under a zero IV is the bare block function (and avoids ECB mode).
-        return self.cbc_encrypt(_ZERO_IV, block)
-
-    def decrypt_block(self, block: bytes) -> bytes:
-        """Decrypt one 16-byte block."""
-        _check_block(block)
-        return self.cbc_decrypt(_ZERO_IV, block)
-
-    def cbc_encrypt(self, iv: bytes, data: bytes) -> bytes:
-        """CBC-encrypt data (a multiple of 16 bytes, no padding added)."""
-        _check_cbc(iv, data)
-        ctx = self._cbc(bytes(iv)).encryptor()
-        return ctx.update(data) + ctx.finalize()
-
-    def cbc_decrypt(self, iv: bytes, data: bytes) -> bytes:
-        """CBC-decrypt data (a multiple of 16 bytes, no padding removed)."""
-        _check_cbc(iv, data)
-        ctx = self._cbc(bytes(iv)).decryptor()
-        return ctx.update(data) + ctx.finalize()
-
-
 # Cached per backend so that flipping ACCELERATED (tests, benchmarks) picks the matching one.
 @functools.cache
 def _v4_cipher(accelerated: bool) -> BlockCipher:
@@ -440,9 +400,15 @@ def v4_cipher() -> BlockCipher:
 
 
 @functools.cache
+def _v5_cipher(accelerated: bool) -> BlockCipher:
+    # Plain AES-128 is Rijndael without tweaks: no need to load OpenSSL's AES (about 9 MiB
+    # of the `cryptography` package) into every serving process.
+    return RijndaelCipher(V5_KEY, accelerated=accelerated)
+
+
 def v5_cipher() -> BlockCipher:
-    """Plain AES-128 with V5_KEY via `cryptography`, shared instance."""
-    return _AesLibraryCipher(V5_KEY)
+    """Plain AES-128 with V5_KEY (Rijndael, no tweaks), shared instance."""
+    return _v5_cipher(ACCELERATED)
 
 
 def v6_cipher() -> BlockCipher:
