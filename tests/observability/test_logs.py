@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,30 @@ def test_client_time_shows_what_no_date_holds_as_a_tick_count(filetime: int, tex
         default_catalog(),
     )
     assert line.endswith(f"client-time={text}")
+
+
+def _datetime_text(filetime: int) -> str:
+    """The client time as datetime spells it: what client_time_text must always equal."""
+    try:
+        when = datetime.fromtimestamp(filetime / 10_000_000 - 11_644_473_600, UTC)
+    except (ValueError, OverflowError, OSError):
+        return f"filetime:{filetime}"
+    return f"{when:%Y-%m-%dT%H:%M:%SZ}"
+
+
+@given(
+    st.one_of(
+        st.integers(0, 2**64 - 1),
+        # Ticks at and just below a whole second: some round into the next second.
+        st.builds(
+            lambda second, ticks: second * 10_000_000 + ticks,
+            st.integers(11_644_473_600, 265_046_774_400),
+            st.sampled_from([0, 1, 9_999_990, 9_999_994, 9_999_995, 9_999_999]),
+        ),
+    )
+)
+def test_client_time_text_always_equals_what_datetime_prints(filetime: int) -> None:
+    assert client_time_text(filetime) == _datetime_text(filetime)
 
 
 @pytest.mark.parametrize(
