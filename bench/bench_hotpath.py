@@ -141,9 +141,10 @@ async def measure(args: argparse.Namespace) -> None:
     if host.stats.activations != 1:
         sys.exit(f"the exchange was not served: {host.stats}")
     per_conn = min(500, host.settings.max_requests_per_connection or 500)
+    connections, requests = args.connections, args.requests
     runs: list[tuple[Callable[[], float], int, str]] = [
-        (lambda: fresh_connections(host, bind, request, args.connections), args.connections, "fresh"),
-        (lambda: kept_alive(host, bind, request, args.requests, per_conn), args.requests, "kept"),
+        (lambda: fresh_connections(host, bind, request, connections), connections, "fresh"),
+        (lambda: kept_alive(host, bind, request, requests, per_conn), requests, "kept"),
     ]
     profiler = cProfile.Profile() if args.profile else None
     for run, count, label in runs:
@@ -171,9 +172,10 @@ def main() -> None:
     parser.add_argument("--profile", help="write cProfile stats of the timed runs here")
     args = parser.parse_args()
     setup_logging(args.log_level)
+    devnull = Path(os.devnull).open("w")  # noqa: SIM115 (open for the whole run)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
-            handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the run)
+            handler.setStream(devnull)
     try:
         import uvloop
     except ImportError:

@@ -204,6 +204,28 @@ def test_genuine_clients_stray_bytes_after_the_name_are_ignored(stray: bytes) ->
     assert KmsRequest.from_bytes(raw).machine_name == name
 
 
+@given(st.binary(min_size=128, max_size=128))
+def test_the_name_ends_at_its_first_nul_unit_only(field: bytes) -> None:
+    """A zero byte pair straddling two units (odd offset) is text, not the terminator."""
+    units = [field[i : i + 2] for i in range(0, 128, 2)]
+    end = units.index(b"\x00\x00") if b"\x00\x00" in units else 64
+    expected = b"".join(units[:end]).decode("utf-16-le", "replace")
+    raw = make_request().to_bytes()
+    assert KmsRequest.from_bytes(raw[:108] + field).machine_name == expected
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b"\x41\x00\x00\x00", b"\x00\x41\x00\x00\x42\x00", b"\x41\x00\x00\x41\x00\x00\x00\x00"],
+    ids=["nul_after_one_unit", "odd_pair_then_unit", "odd_pairs_before_the_nul"],
+)
+def test_odd_offset_zero_pairs_do_not_end_the_name(field: bytes) -> None:
+    raw = make_request().to_bytes()
+    name = KmsRequest.from_bytes(raw[:108] + field.ljust(128, b"\x00")).machine_name
+    end = next(i for i in range(0, len(field) + 2, 2) if field[i : i + 2] in (b"\x00\x00", b""))
+    assert name == field[:end].decode("utf-16-le", "replace")
+
+
 @pytest.mark.parametrize("version", [4, 5, 6])
 def test_a_request_with_stray_name_bytes_is_answered_through_each_protocol(version: int) -> None:
     name = "DESKTOP-7Q2LK9M"

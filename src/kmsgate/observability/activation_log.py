@@ -103,6 +103,7 @@ def _line(
 ) -> str:
     request = event.request
     if request is None or product is None:
+        assert isinstance(event, ActivationRefused)  # only a refusal lacks a decoded request
         return f"{peer} - refused {describe(event.hresult)}: {printable(event.reason)}"
     name = printable(request.machine_name.replace('"', "'")) or "-"
     text = (

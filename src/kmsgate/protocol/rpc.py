@@ -223,13 +223,26 @@ def parse_header(data: bytes | bytearray) -> PduHeader:
     if len(data) < HEADER_SIZE:
         raise RpcDecodeError(f"PDU header needs {HEADER_SIZE} bytes, got {len(data)}")
     ver, minor, ptype, flags, drep, frag_length, auth_length, call_id = _HEADER.unpack_from(data)
+    _check_header(ver, minor, drep, frag_length)
+    return PduHeader(ver, minor, ptype, flags, drep, frag_length, auth_length, call_id)
+
+
+def checked_frag_length(data: bytes | bytearray) -> int:
+    """The frag_length of a common header, after parse_header's checks (no PduHeader built)."""
+    if len(data) < HEADER_SIZE:
+        raise RpcDecodeError(f"PDU header needs {HEADER_SIZE} bytes, got {len(data)}")
+    ver, minor, _, _, drep, frag_length, _, _ = _HEADER.unpack_from(data)
+    _check_header(ver, minor, drep, frag_length)
+    return int(frag_length)
+
+
+def _check_header(ver: int, minor: int, drep: bytes, frag_length: int) -> None:
     if ver != 5 or minor > 1:
         raise RpcDecodeError(f"unsupported RPC version {ver}.{minor}")
     if drep[0] & 0xF0 != 0x10 or drep[0] & 0x0F != 0:
         raise RpcDecodeError(f"unsupported data representation {drep.hex()}")
     if frag_length < HEADER_SIZE:
         raise RpcDecodeError(f"frag_length {frag_length} shorter than the header")
-    return PduHeader(ver, minor, ptype, flags, drep, frag_length, auth_length, call_id)
 
 
 def _header(ptype: PType, flags: int, length: int, call_id: int, minor: int = 0) -> bytes:
