@@ -193,6 +193,14 @@ def log_activation(
     if not activation_log.isEnabledFor(level):
         return
     product = _product_of(event, catalog)
+    line = _line(peer, event, product)
+    # The usual set-up (one text handler on stderr, nothing else listening) takes the line
+    # directly: the same bytes, without a LogRecord nobody would look at.
+    handler = _sole_handler()
+    if handler is not None:
+        write = getattr(handler, "write_activation", None)
+        if write is not None and write(level, activation_log.name, line):
+            return
     # Logger.log's own path minus findCaller's stack walk: the record names this function
     # as its origin. The line is the message itself, never %-formatted again.
     record = activation_log.makeRecord(
@@ -200,13 +208,32 @@ def log_activation(
         level,
         _ORIGIN_FILE,
         _ORIGIN_LINE,
-        _line(peer, event, product),
+        line,
         (),
         None,
         _ORIGIN_FUNCTION,
         {"kms": _fields(peer, event, product, node)},
     )
     activation_log.handle(record)
+
+
+def _sole_handler() -> logging.Handler | None:
+    """The one handler an activation record would reach, if exactly one; else None.
+
+    As Logger.handle and callHandlers go: the logger's own filters, then every handler up
+    the hierarchy until a logger that does not propagate.
+    """
+    if activation_log.disabled or activation_log.filters:
+        return None
+    found = None
+    logger: logging.Logger | None = activation_log
+    while logger is not None:
+        for handler in logger.handlers:
+            if found is not None:
+                return None
+            found = handler
+        logger = logger.parent if logger.propagate else None
+    return found
 
 
 _ORIGIN_FILE = log_activation.__code__.co_filename
