@@ -478,3 +478,20 @@ def test_negotiate_matches_the_captured_bind_acks() -> None:
         bind = by_file[name]
         assert isinstance(bind, rpc.Bind)
         assert rpc.negotiate(bind.contexts, ndr64=True, btfn=True).results == expected
+
+
+@given(u32, u16, st.binary(max_size=300))
+def test_the_response_shortcut_encodes_what_encode_pdu_does(
+    call_id: int, context_id: int, stub: bytes
+) -> None:
+    expected = rpc.encode_pdu(rpc.Response(call_id, context_id, stub))
+    assert rpc.encode_response_pdu(call_id, context_id, stub) == expected
+
+
+def test_the_response_shortcut_refuses_what_encode_pdu_refuses() -> None:
+    stub = bytes(0xFFFF - 16 - 8 + 1)
+    with pytest.raises(LocalProtocolError):
+        rpc.encode_pdu(rpc.Response(2, 0, stub))
+    with pytest.raises(LocalProtocolError):
+        rpc.encode_response_pdu(2, 0, stub)
+    assert len(rpc.encode_response_pdu(2, 0, stub[1:])) == 0xFFFF

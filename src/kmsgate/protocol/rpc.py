@@ -426,6 +426,16 @@ def _encode_response(pdu: Response) -> bytes:
     return _header(PType.RESPONSE, pdu.flags, HEADER_SIZE + len(body), pdu.call_id) + body
 
 
+def encode_response_pdu(call_id: int, context_id: int, stub: bytes) -> bytes:
+    """encode_pdu(Response(call_id, context_id, stub)) without building the Response."""
+    length = HEADER_SIZE + _RESPONSE_BODY.size + len(stub)
+    return (
+        _header(PType.RESPONSE, PFC_SINGLE, length, call_id)
+        + _RESPONSE_BODY.pack(len(stub), context_id, 0)
+        + stub
+    )
+
+
 def _decode_fault(header: PduHeader, body: bytes) -> Fault:
     if len(body) < _FAULT_BODY.size:
         raise RpcDecodeError("fault body too short")

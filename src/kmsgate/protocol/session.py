@@ -223,7 +223,7 @@ class ServerSession:
             # gets a well-formed refusal, as a genuine host would send.
             return [self._refuse(request, syntax, decoded, HResult.INVALID_DATA, str(exc))]
         reply_stub = ndr.wrap_response(reply, syntax)
-        self._send(rpc.Response(request.call_id, request.context_id, reply_stub))
+        self._outgoing += rpc.encode_response_pdu(request.call_id, request.context_id, reply_stub)
         self.requests_served += 1
         self.requests_answered += 1
         return [ActivationServed(request.call_id, syntax, decoded.request, response)]
@@ -237,7 +237,7 @@ class ServerSession:
         reason: str,
     ) -> ActivationRefused:
         error_stub = ndr.wrap_error(hresult, syntax)
-        self._send(rpc.Response(request.call_id, request.context_id, error_stub))
+        self._outgoing += rpc.encode_response_pdu(request.call_id, request.context_id, error_stub)
         self.requests_answered += 1
         parsed = decoded.request if decoded else None
         return ActivationRefused(request.call_id, syntax, parsed, hresult, reason)
