@@ -393,6 +393,52 @@ def _decode_request(header: PduHeader, body: bytes) -> Request:
     )
 
 
+_REQUEST_PDU = struct.Struct("<BBBB4sHHIIHH")  # the common header, then _REQUEST_BODY
+
+
+def decode_request_pdu(data: bytes) -> Pdu:
+    """decode_pdu for a PDU whose type byte says request: the same result or error.
+
+    The common case (a whole request PDU) is unpacked in one go, without a PduHeader.
+    """
+    if len(data) < _REQUEST_PDU.size or data[2] != PType.REQUEST:
+        return decode_pdu(data)
+    (
+        ver,
+        minor,
+        _,
+        flags,
+        drep,
+        frag_length,
+        auth_length,
+        call_id,
+        alloc_hint,
+        context_id,
+        opnum,
+    ) = _REQUEST_PDU.unpack_from(data)
+    _check_header(ver, minor, drep, frag_length)
+    if frag_length != len(data):
+        raise RpcDecodeError(f"frag_length {frag_length} but {len(data)} bytes given")
+    if auth_length:
+        raise RpcDecodeError("authenticated PDUs are not used by KMS")
+    stub_at = _REQUEST_PDU.size
+    object_uuid = None
+    if flags & PFC_OBJECT_UUID:
+        if len(data) < stub_at + 16:
+            raise RpcDecodeError("request object UUID truncated")
+        object_uuid = uuid.UUID(bytes_le=bytes(data[stub_at : stub_at + 16]))
+        stub_at += 16
+    return Request(
+        call_id=call_id,
+        context_id=context_id,
+        opnum=opnum,
+        stub=bytes(data[stub_at:]),
+        alloc_hint=alloc_hint,
+        flags=flags,
+        object_uuid=object_uuid,
+    )
+
+
 def _encode_request(pdu: Request) -> bytes:
     # The flag must say exactly whether an object UUID follows, whatever the caller passed.
     flags = pdu.flags & ~PFC_OBJECT_UUID

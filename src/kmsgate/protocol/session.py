@@ -151,7 +151,7 @@ class ServerSession:
             if raw[2] in (rpc.PType.BIND, rpc.PType.ALTER_CONTEXT):
                 bind, outcome = _negotiate_bind(raw, self._settings.ndr64, self._settings.btfn)
                 return [self._bind(raw, bind, outcome)]
-            pdu = rpc.decode_pdu(raw)
+            pdu = rpc.decode_request_pdu(raw)
         except RpcDecodeError as exc:
             return [self._close(str(exc))]
         if isinstance(pdu, rpc.Request):
