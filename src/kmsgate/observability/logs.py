@@ -155,8 +155,7 @@ class KmsStreamHandler(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._sealed: tuple[list[Any], logging.Formatter] | None = None
-        self._second = -1
-        self._second_text = ""
+        self._second: tuple[int, str] = (-1, "")  # one tuple: threads never see half of it
 
     def seal(self) -> None:
         """Note the filters and the text formatter as set up: the direct path needs them."""
@@ -175,12 +174,13 @@ class KmsStreamHandler(logging.StreamHandler[TextIO]):
         # The text formatter's asctime: UTC to the second (cached), then milliseconds as
         # LogRecord.msecs truncates them.
         now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
-            self._second = second
+        second, second_text = self._second
+        if int(now) != second:
+            second = int(now)
+            second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+            self._second = (second, second_text)
         text = (
-            f"{self._second_text}.{int((now - second) * 1000):03d}Z "
+            f"{second_text}.{int((now - second) * 1000):03d}Z "
             f"{logging.getLevelName(levelno)} {name}: {line}{self.terminator}"
         )
         self.acquire()
