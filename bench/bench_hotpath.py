@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import json
 import logging
 import os
@@ -82,15 +83,8 @@ def exchange() -> tuple[bytes, bytes]:
     request = rpc.decode_pdu(request_raw)
     assert isinstance(request, rpc.Request)
     message = ndr.unwrap_request(request.stub, TransferSyntax.NDR32)
-    decoded = decode_request(message)
-    fresh = decoded.request.__class__(
-        **{
-            name: getattr(decoded.request, name)
-            for name in decoded.request.__dataclass_fields__
-            if name != "request_time"
-        },
-        request_time=filetime_from_unix(time.time()),
-    )
+    now = filetime_from_unix(time.time())
+    fresh = dataclasses.replace(decode_request(message).request, request_time=now)
     stub = ndr.wrap_request(encode_request(fresh, message[4:20]), TransferSyntax.NDR32)
     pdu = rpc.encode_pdu(rpc.Request(request.call_id, request.context_id, 0, stub))
     return bind, pdu
