@@ -7,9 +7,10 @@ import asyncio
 from kmsgate.net import Peer, canonical_address
 
 # Canonical form per address text as the socket gives it: parsing an address costs more than
-# the rest of accepting a connection. Emptied when a scan of many addresses fills it.
+# the rest of accepting a connection. Emptied when a scan of many addresses fills it (at most
+# a couple of MiB: the host's memory budget is tight).
 _CANONICAL: dict[str, str] = {}
-_CANONICAL_LIMIT = 65536
+_CANONICAL_LIMIT = 16384
 
 
 def peer_of(transport: asyncio.BaseTransport) -> Peer:
