@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.net import Peer
+from kmsgate.observability import activation_log as activation_log_module
 from kmsgate.observability.activation_log import (
     activation_fields,
     activation_line,
@@ -597,3 +599,22 @@ def test_a_bad_format_string_does_not_break_the_caller(
     setup_logging("info", file=tmp_path / "kms.log")
     other_log.info("%d items", "many")  # logging reports this on stderr; it must not raise
     assert "TypeError" in capsys.readouterr().err
+
+
+def test_product_text_stays_exact_past_the_cache_bound(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client-chosen SKU and KMS ids churn the name cache; no line or field gets another's."""
+    monkeypatch.setattr(activation_log_module, "_CACHE_LIMIT", 4)
+    monkeypatch.setattr(activation_log_module, "_PRODUCT_TEXT", {})
+    skus = list(catalog.skus)[:10]
+    for round_ in range(3):
+        for index, sku in enumerate(skus):
+            sku_id = sku.id if (index + round_) % 2 else uuid.UUID(int=index + 1000 * round_)
+            request = make_request(sku_id=sku_id, kms_id=sku.kms_id)
+            fields = activation_fields(Peer("10.1.2.3", 1), served(request), catalog)
+            assert fields["product"] == catalog.product_name(sku_id, sku.kms_id)
+            assert (fields["sku_id"], fields["kms_id"]) == (str(sku_id), str(sku.kms_id))
+            line = activation_line(Peer("10.1.2.3", 1), served(request), catalog)
+            assert f'"{catalog.product_name(sku_id, sku.kms_id)}"' in line
+    assert len(activation_log_module._PRODUCT_TEXT) <= 4
