@@ -187,7 +187,11 @@ def log_activation(
     catalog: Catalog,
     node: str | None = None,
 ) -> None:
-    """Log one request: INFO if served, WARNING if refused, with `extra={"kms": fields}`."""
+    """Log one request: INFO if served, WARNING if refused; records carry `kms` fields.
+
+    When the set-up's text handler on stderr is all that listens, the line is written
+    without a record (KmsStreamHandler.write_activation): the same bytes, no fields built.
+    """
     level = logging.INFO if isinstance(event, ActivationServed) else logging.WARNING
     # Skip building the line and fields when nobody listens (the hot path at high rates).
     if not activation_log.isEnabledFor(level):
