@@ -12,6 +12,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from prometheus_client import Counter
+
 from kmsgate.catalog import default_catalog
 from kmsgate.net import Peer
 from kmsgate.observability.activation_log import log_activation
@@ -60,7 +62,10 @@ def main() -> None:
     fault = FaultSent(2, rpc.NCA_UNK_IF, "context 3 unbound")
     metrics = Metrics(catalog)
     hook = metrics.hook
-    uncached = metrics.activations
+    # prometheus_client's own labelled counter, as the host used it before plain counts.
+    uncached = Counter(
+        "baseline_activations", "baseline", ["family", "protocol", "result"], registry=None
+    )
 
     results = {
         "hook(ActivationServed)": per_call_us(lambda: hook(PEER, served), loops),

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import re
+import sys
+import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from hypothesis import strategies as st
 
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.net import Peer
+from kmsgate.observability import activation_log as activation_log_module
 from kmsgate.observability.activation_log import (
     activation_fields,
     activation_line,
@@ -24,6 +30,8 @@ from kmsgate.observability.activation_log import (
 )
 from kmsgate.observability.logs import (
     JsonFormatter,
+    KmsStreamHandler,
+    LogFormat,
     MininfoFormatter,
     mask_secrets,
     setup_logging,
@@ -135,6 +143,30 @@ def test_client_time_shows_what_no_date_holds_as_a_tick_count(filetime: int, tex
         default_catalog(),
     )
     assert line.endswith(f"client-time={text}")
+
+
+def _datetime_text(filetime: int) -> str:
+    """The client time as datetime spells it: what client_time_text must always equal."""
+    try:
+        when = datetime.fromtimestamp(filetime / 10_000_000 - 11_644_473_600, UTC)
+    except (ValueError, OverflowError, OSError):
+        return f"filetime:{filetime}"
+    return f"{when:%Y-%m-%dT%H:%M:%SZ}"
+
+
+@given(
+    st.one_of(
+        st.integers(0, 2**64 - 1),
+        # Ticks at and just below a whole second: some round into the next second.
+        st.builds(
+            lambda second, ticks: second * 10_000_000 + ticks,
+            st.integers(11_644_473_600, 265_046_774_400),
+            st.sampled_from([0, 1, 9_999_990, 9_999_994, 9_999_995, 9_999_999]),
+        ),
+    )
+)
+def test_client_time_text_always_equals_what_datetime_prints(filetime: int) -> None:
+    assert client_time_text(filetime) == _datetime_text(filetime)
 
 
 @pytest.mark.parametrize(
@@ -249,6 +281,137 @@ def test_json_format(tmp_path: Path, catalog: Catalog) -> None:
         "msg": "plain record",
     }
     assert failure["level"] == "ERROR" and "ValueError: boom" in failure["exc"]
+
+
+# --- the direct path for activation lines (text format on stderr) -------------------------
+
+
+def _stderr_logging(
+    monkeypatch: pytest.MonkeyPatch, level: str = "info", fmt: LogFormat = "text"
+) -> io.StringIO:
+    """setup_logging as `kmsgate serve` calls it, stderr being a StringIO."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging(level, fmt=fmt)
+    return stream
+
+
+def _count_direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    results: list[bool] = []
+    write = KmsStreamHandler.write_activation
+
+    def counted(self: KmsStreamHandler, levelno: int, name: str, line: str) -> bool:
+        results.append(write(self, levelno, name, line))
+        return results[-1]
+
+    monkeypatch.setattr(KmsStreamHandler, "write_activation", counted)
+    return results
+
+
+# 2024-01-02T03:04:05.678Z, and a time whose milliseconds round the wrong way as floats.
+@pytest.mark.parametrize("now", [1704164645.678901, 1704164645.999_999_9, 1704164645.0])
+def test_direct_lines_are_the_bytes_a_log_record_gives(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch, now: float
+) -> None:
+    monkeypatch.setattr(time, "time", lambda: now)
+    direct = _count_direct_writes(monkeypatch)
+    events = [
+        served(),
+        refused(make_request(name='evil\n"name"\u2028')),
+        refused(None, hresult=0x8007000D, reason="bad\r\nline"),
+    ]
+    stream = _stderr_logging(monkeypatch)
+    for event in events:
+        log_activation(Peer("2001:db8::1", 1688), event, catalog, "node-a")
+    assert direct == [True, True, True]
+    # A second handler anywhere on the way means a LogRecord must be built: the reference.
+    reference = _stderr_logging(monkeypatch)
+    other = logging.NullHandler()
+    logging.getLogger("kmsgate").addHandler(other)
+    try:
+        for event in events:
+            log_activation(Peer("2001:db8::1", 1688), event, catalog, "node-a")
+    finally:
+        logging.getLogger("kmsgate").removeHandler(other)
+    assert direct == [True, True, True]
+    assert stream.getvalue() == reference.getvalue()
+    assert len(stream.getvalue().splitlines()) == 3
+    assert stream.getvalue().startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)))
+
+
+def test_anything_else_listening_gets_its_log_record(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    direct = _count_direct_writes(monkeypatch)
+    stream = _stderr_logging(monkeypatch)
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, KmsStreamHandler)
+    # A filter added after set-up sees (and here drops) every activation record.
+    seen: list[logging.LogRecord] = []
+
+    def drop(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return False
+
+    handler.addFilter(drop)
+    log_activation(Peer("10.1.2.3", 1), served(), catalog)
+    handler.removeFilter(drop)
+    assert stream.getvalue() == "" and seen[0].__dict__["kms"]["result"] == "activated"
+    # Another formatter: the record path formats.
+    original = handler.formatter
+    handler.setFormatter(logging.Formatter("%(levelname)s|%(message)s"))
+    log_activation(Peer("10.1.2.3", 1), served(), catalog)
+    handler.setFormatter(original)
+    assert stream.getvalue().startswith("INFO|10.1.2.3:1 DESKTOP-42")
+    # A level above INFO on the handler keeps served lines out, refusals in.
+    handler.setLevel(logging.WARNING)
+    log_activation(Peer("10.1.2.3", 2), served(), catalog)
+    log_activation(Peer("10.1.2.3", 3), refused(make_request()), catalog)
+    handler.setLevel(logging.NOTSET)
+    assert "10.1.2.3:2" not in stream.getvalue() and "10.1.2.3:3" in stream.getvalue()
+    # A capturing handler (pytest's caplog here) gets the record with its fields.
+    logging.getLogger().addHandler(caplog.handler)
+    log_activation(Peer("10.1.2.3", 4), served(), catalog, "node-a")
+    logging.getLogger().removeHandler(caplog.handler)
+    assert caplog.records[-1].__dict__["kms"]["node"] == "node-a"
+    assert "10.1.2.3:4" in stream.getvalue()
+    # Declined for the filter, the formatter and the level; the refusal went directly.
+    assert direct == [False, False, False, True]
+
+
+def test_other_formats_on_stderr_build_log_records(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct = _count_direct_writes(monkeypatch)
+    stream = _stderr_logging(monkeypatch, fmt="json")
+    log_activation(Peer("10.1.2.3", 49152), served(), catalog, "node-a")
+    doc = json.loads(stream.getvalue())
+    assert doc["node"] == "node-a" and doc["msg"].startswith("10.1.2.3:49152 DESKTOP-42")
+    stream = _stderr_logging(monkeypatch, fmt="mininfo")
+    log_activation(Peer("10.1.2.3", 49152), served(), catalog, "node-a")
+    assert " | 10.1.2.3 | DESKTOP-42.corp.example | " in stream.getvalue()
+    assert direct == [False, False]
+
+
+def test_a_failing_stream_falls_back_to_the_record_path(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write error is reported the way logging reports it, and never reaches the host."""
+
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError("stderr is gone")
+
+    direct = _count_direct_writes(monkeypatch)
+    _stderr_logging(monkeypatch)
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(Broken())
+    errors = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", errors)  # where logging reports its own errors
+    log_activation(Peer("10.1.2.3", 1), served(), catalog)
+    assert direct == [False]
+    assert "Logging error" in errors.getvalue() and "stderr is gone" in errors.getvalue()
 
 
 @given(st.text(max_size=80))
@@ -436,3 +599,22 @@ def test_a_bad_format_string_does_not_break_the_caller(
     setup_logging("info", file=tmp_path / "kms.log")
     other_log.info("%d items", "many")  # logging reports this on stderr; it must not raise
     assert "TypeError" in capsys.readouterr().err
+
+
+def test_product_text_stays_exact_past_the_cache_bound(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client-chosen SKU and KMS ids churn the name cache; no line or field gets another's."""
+    monkeypatch.setattr(activation_log_module, "_CACHE_LIMIT", 4)
+    monkeypatch.setattr(activation_log_module, "_PRODUCT_TEXT", {})
+    skus = list(catalog.skus)[:10]
+    for round_ in range(3):
+        for index, sku in enumerate(skus):
+            sku_id = sku.id if (index + round_) % 2 else uuid.UUID(int=index + 1000 * round_)
+            request = make_request(sku_id=sku_id, kms_id=sku.kms_id)
+            fields = activation_fields(Peer("10.1.2.3", 1), served(request), catalog)
+            assert fields["product"] == catalog.product_name(sku_id, sku.kms_id)
+            assert (fields["sku_id"], fields["kms_id"]) == (str(sku_id), str(sku.kms_id))
+            line = activation_line(Peer("10.1.2.3", 1), served(request), catalog)
+            assert f'"{catalog.product_name(sku_id, sku.kms_id)}"' in line
+    assert len(activation_log_module._PRODUCT_TEXT) <= 4

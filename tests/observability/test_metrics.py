@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 
 import prometheus_client
@@ -19,6 +20,7 @@ from kmsgate.observability.metrics import (
     CLOSE_REASONS,
     CONNECTION_OUTCOMES,
     FAULT_REASONS,
+    REQUEST_DURATION_BUCKETS,
     Metrics,
     close_reason,
     family_label,
@@ -29,7 +31,13 @@ from kmsgate.observability.metrics import (
 from kmsgate.protocol import rpc
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import filetime_from_unix
-from kmsgate.protocol.events import BindCompleted, ConnectionClosed, Event, FaultSent
+from kmsgate.protocol.events import (
+    ActivationServed,
+    BindCompleted,
+    ConnectionClosed,
+    Event,
+    FaultSent,
+)
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.server.host import KmsHost
 from tests.observability import OFFICE_APP, make_request, refused, served
@@ -282,6 +290,101 @@ def test_request_duration_histogram() -> None:
     assert value(metrics, f"{name}_bucket", le="+Inf") == 4
     buckets = {float(le) for le in label_values(metrics, f"{name}_bucket", "le")}
     assert min(buckets) <= 0.0001 and max(buckets - {float("inf")}) == 0.1
+
+
+_HOT_FAMILIES = (
+    "kmsgate_activations",
+    "kmsgate_connections_open",
+    "kmsgate_connections_total",
+    "kmsgate_connections_created",
+    "kmsgate_request_duration_seconds",
+)
+
+
+def _hot_lines(registry: prometheus_client.CollectorRegistry) -> list[str]:
+    """The exposition lines of the per-request families, `_created` times masked."""
+    out = []
+    for line in prometheus_client.generate_latest(registry).decode().splitlines():
+        name = line.split()[2] if line.startswith("#") else re.split(r"[{ ]", line)[0]
+        if not name.startswith(_HOT_FAMILIES):
+            continue
+        if not line.startswith("#") and name.endswith("_created"):
+            line = line.rsplit(" ", 1)[0] + " <time>"
+        out.append(line)
+    return out
+
+
+class _PrometheusReference:
+    """The four hot families as prometheus_client's own Counter, Gauge and Histogram."""
+
+    def __init__(self) -> None:
+        self.registry = prometheus_client.CollectorRegistry()
+        reg = self.registry
+        self.activations = prometheus_client.Counter(
+            "kmsgate_activations",
+            "KMS requests answered, by product family, KMS protocol and result.",
+            ["family", "protocol", "result"],
+            registry=reg,
+        )
+        self.open = prometheus_client.Gauge(
+            "kmsgate_connections_open", "Client connections currently open.", registry=reg
+        )
+        self.connections = prometheus_client.Counter(
+            "kmsgate_connections", "Incoming connections, by outcome.", ["outcome"], registry=reg
+        )
+        for outcome in CONNECTION_OUTCOMES:
+            self.connections.labels(outcome)
+        self.duration = prometheus_client.Histogram(
+            "kmsgate_request_duration_seconds",
+            "Time to handle received data that produced an activation answer.",
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=reg,
+        )
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_plain_counts_expose_exactly_what_prometheus_client_would(
+    catalog: Catalog, created: bool
+) -> None:
+    """Names, HELP, TYPE, label order, sample order and float values match, `_created` too."""
+    if not created:
+        prometheus_client.disable_created_metrics()
+    try:
+        metrics, reference = Metrics(catalog), _PrometheusReference()
+        office = sku_request(catalog, "Office Mondo 2016", 5)
+        events = [
+            served(make_request(version=6)),
+            served(office),
+            refused(make_request(version=4)),
+            served(make_request(version=7)),  # "other": never cached
+            served(make_request(version=7)),
+            refused(None, hresult=0x8007000D, reason="bad"),
+            served(make_request(version=6)),
+        ]
+        for event in events:
+            metrics.hook(PEER, event)
+            result = "activated" if isinstance(event, ActivationServed) else "refused"
+            reference.activations.labels(
+                product_family(catalog, event.request), protocol_label(event.request), result
+            ).inc()
+        for _ in range(3):
+            metrics.connection_opened()
+            reference.connections.labels("accepted").inc()
+            reference.open.inc()
+        metrics.connection_closed()
+        reference.open.dec()
+        for outcome in ("denied_source", "rejected_limit", "denied_source"):
+            metrics.connection_rejected(outcome)
+            reference.connections.labels(outcome).inc()
+        for seconds in (0.0, 1e-9, 0.0001, 0.00010000001, 0.0003, 0.1, 0.1000001, 7.5, 0.0025):
+            metrics.observe_request(seconds)
+            reference.duration.observe(seconds)
+        ours, theirs = _hot_lines(metrics.registry), _hot_lines(reference.registry)
+        assert ours == theirs
+        assert any("_created" in line for line in ours) is created
+        assert 'kmsgate_request_duration_seconds_bucket{le="0.0001"} 3.0' in ours
+    finally:
+        prometheus_client.enable_created_metrics()
 
 
 def test_store_metrics_are_read_at_scrape_time(caplog: pytest.LogCaptureFixture) -> None:

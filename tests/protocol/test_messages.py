@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kmsgate.protocol import crypto, ndr, rpc
+from kmsgate.protocol import crypto, messages, ndr, rpc
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
 from kmsgate.protocol.messages import (
     DecodedRequest,
@@ -202,6 +202,28 @@ def test_genuine_clients_stray_bytes_after_the_name_are_ignored(stray: bytes) ->
     assert raw[108 + 2 * len(name) : 110 + 2 * len(name)] == b"\x00\x00"
     assert raw[110 + 2 * len(name) : 236] != bytes(236 - 110 - 2 * len(name))
     assert KmsRequest.from_bytes(raw).machine_name == name
+
+
+@given(st.binary(min_size=128, max_size=128))
+def test_the_name_ends_at_its_first_nul_unit_only(field: bytes) -> None:
+    """A zero byte pair straddling two units (odd offset) is text, not the terminator."""
+    units = [field[i : i + 2] for i in range(0, 128, 2)]
+    end = units.index(b"\x00\x00") if b"\x00\x00" in units else 64
+    expected = b"".join(units[:end]).decode("utf-16-le", "replace")
+    raw = make_request().to_bytes()
+    assert KmsRequest.from_bytes(raw[:108] + field).machine_name == expected
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b"\x41\x00\x00\x00", b"\x00\x41\x00\x00\x42\x00", b"\x41\x00\x00\x41\x00\x00\x00\x00"],
+    ids=["nul_after_one_unit", "odd_pair_then_unit", "odd_pairs_before_the_nul"],
+)
+def test_odd_offset_zero_pairs_do_not_end_the_name(field: bytes) -> None:
+    raw = make_request().to_bytes()
+    name = KmsRequest.from_bytes(raw[:108] + field.ljust(128, b"\x00")).machine_name
+    end = next(i for i in range(0, len(field) + 2, 2) if field[i : i + 2] in (b"\x00\x00", b""))
+    assert name == field[:end].decode("utf-16-le", "replace")
 
 
 @pytest.mark.parametrize("version", [4, 5, 6])
@@ -651,3 +673,22 @@ def test_raise_for_failure_names_the_first_failed_fatal_check() -> None:
         verified.raise_for_failure()
     assert info.value.check == "time_stamp"
     assert dataclasses.replace(verified, checks=()).ok
+
+
+def test_shared_ids_stay_exact_past_the_cache_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client-chosen ids only churn the shared-UUID cache: every decoded id is still its own."""
+    monkeypatch.setattr(messages, "_SHARED_UUID_LIMIT", 8)
+    monkeypatch.setattr(messages, "_SHARED_UUIDS", {})
+    rng = random.Random(5)
+    for _ in range(3):
+        for index in range(40):
+            ids = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(4)]
+            request = dataclasses.replace(
+                make_request(),
+                application_id=ids[0],
+                sku_id=ids[1],
+                kms_counted_id=ids[2],
+                previous_client_machine_id=ids[3] if index % 2 else uuid.UUID(int=0),
+            )
+            assert KmsRequest.from_bytes(request.to_bytes()) == request
+    assert len(messages._SHARED_UUIDS) <= 8

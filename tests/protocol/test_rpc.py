@@ -6,7 +6,7 @@ import dataclasses
 import uuid
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kmsgate.protocol import rpc
@@ -478,3 +478,75 @@ def test_negotiate_matches_the_captured_bind_acks() -> None:
         bind = by_file[name]
         assert isinstance(bind, rpc.Bind)
         assert rpc.negotiate(bind.contexts, ndr64=True, btfn=True).results == expected
+
+
+@given(u32, u16, st.binary(max_size=300))
+def test_the_response_shortcut_encodes_what_encode_pdu_does(
+    call_id: int, context_id: int, stub: bytes
+) -> None:
+    expected = rpc.encode_pdu(rpc.Response(call_id, context_id, stub))
+    assert rpc.encode_response_pdu(call_id, context_id, stub) == expected
+
+
+def test_the_response_shortcut_refuses_what_encode_pdu_refuses() -> None:
+    stub = bytes(0xFFFF - 16 - 8 + 1)
+    with pytest.raises(LocalProtocolError):
+        rpc.encode_pdu(rpc.Response(2, 0, stub))
+    with pytest.raises(LocalProtocolError):
+        rpc.encode_response_pdu(2, 0, stub)
+    assert len(rpc.encode_response_pdu(2, 0, stub[1:])) == 0xFFFF
+
+
+def _outcome(decode: object, data: bytes) -> object:
+    try:
+        return decode(data)  # type: ignore[operator]
+    except RpcDecodeError as exc:
+        return ("error", str(exc))
+
+
+_DREP = b"\x10\x00\x00\x00"
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from([5, 5, 5, 4]),
+    st.sampled_from([0, 0, 1, 2]),
+    st.sampled_from([0x03, 0x83, 0x01, 0x02, 0x80, 0xFF]),
+    st.sampled_from([_DREP, _DREP, b"\x00\x00\x00\x00", b"\x11\x00\x00\x00"]),
+    st.one_of(st.none(), st.none(), u16),
+    st.sampled_from([0, 0, 8]),
+    u32,
+    st.binary(max_size=80),
+)
+@example(5, 0, 0x03, _DREP, None, 8, 2, bytes(40))  # authenticated
+@example(5, 0, 0x03, _DREP, 30, 0, 2, bytes(40))  # frag_length disagrees
+@example(5, 0, 0x83, _DREP, None, 0, 2, bytes(20))  # object UUID cut short
+@example(5, 1, 0x83, _DREP, None, 0, 2, bytes(8) + bytes(range(16)) + b"stub")
+@example(5, 0, 0x03, _DREP, 12, 0, 2, bytes(8))  # frag_length under the header size
+def test_the_request_shortcut_decodes_what_decode_pdu_does(
+    version: int,
+    minor: int,
+    flags: int,
+    drep: bytes,
+    frag_length: int | None,
+    auth_length: int,
+    call_id: int,
+    rest: bytes,
+) -> None:
+    length = 16 + len(rest) if frag_length is None else frag_length
+    header = bytes((version, minor, rpc.PType.REQUEST, flags)) + drep
+    data = header + length.to_bytes(2, "little") + auth_length.to_bytes(2, "little")
+    data += call_id.to_bytes(4, "little") + rest
+    assert _outcome(rpc.decode_request_pdu, data) == _outcome(rpc.decode_pdu, data)
+    for cut in (0, 15, 16, 23, 24, 39):  # short ones take the general path, same answer
+        short = data[:cut]
+        assert _outcome(rpc.decode_request_pdu, short) == _outcome(rpc.decode_pdu, short)
+
+
+def test_the_request_shortcut_reads_object_uuids_and_leaves_other_types_alone() -> None:
+    obj = uuid.UUID("11111111-2222-3333-4444-555555555555")
+    with_uuid = rpc.encode_pdu(rpc.Request(7, 1, 0, b"stub", object_uuid=obj))
+    assert rpc.decode_request_pdu(with_uuid) == rpc.decode_pdu(with_uuid)
+    assert rpc.decode_request_pdu(with_uuid).object_uuid == obj  # type: ignore[union-attr]
+    response = rpc.encode_pdu(rpc.Response(7, 1, b"stub" * 4))
+    assert rpc.decode_request_pdu(response) == rpc.decode_pdu(response)

@@ -231,6 +231,41 @@ def test_alter_context_resp_has_no_address_and_keeps_the_assoc_group() -> None:
     assert len(resp_raw) == 56
 
 
+@pytest.mark.parametrize("ndr64", [True, False])
+def test_identical_binds_get_each_session_its_own_answer(ndr64: bool) -> None:
+    """Bind answers are cached per bind: no session's assoc group or port reaches another."""
+    client = ClientSession()
+    bind = bind_of(client)
+    answers = {}
+    for port, assoc in [(1688, 0x11111111), (41688, 0xFFFFFFFF), (1688, 0x22222222)]:
+        server = make_server(ndr64=ndr64, port=port, assoc_group_id=assoc)
+        (event,), raw = pump(server, bind)
+        assert isinstance(event, BindCompleted)
+        pdu = rpc.decode_pdu(bind)
+        assert isinstance(pdu, rpc.Bind)
+        negotiated = rpc.negotiate(pdu.contexts, ndr64=ndr64, btfn=True)
+        expected = rpc.BindAck(
+            call_id=pdu.call_id,
+            results=negotiated.results,
+            max_xmit_frag=pdu.max_xmit_frag,
+            max_recv_frag=pdu.max_recv_frag,
+            assoc_group_id=assoc,
+            secondary_address=str(port),
+            flags=rpc.PFC_SINGLE | pdu.flags & rpc.PFC_CONC_MPX,
+        )
+        assert raw == rpc.encode_pdu(expected)
+        answers[port, assoc] = raw
+    assert len(set(answers.values())) == 3
+    # A second PDU in the same read: the assoc group lands in the second answer, not the first.
+    server = make_server(ndr64=ndr64, assoc_group_id=0x0A0B0C0D)
+    client.receive_data(answers[1688, 0x11111111])
+    alter = client.data_to_send() or bind
+    _, both = pump(server, bind + alter)
+    first, second = split_pdus(both)
+    assert isinstance(first, rpc.BindAck) and isinstance(second, rpc.BindAck)
+    assert first.assoc_group_id == second.assoc_group_id == 0x0A0B0C0D
+
+
 # --- framing ---------------------------------------------------------------------------------
 
 

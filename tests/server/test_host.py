@@ -463,7 +463,9 @@ async def test_the_per_source_cap_refuses_one_address_not_the_others() -> None:
             )
             assert await read_until_closed(reader) == b""
         assert host.stats.connections_source_limited == 3
-        rejected = host.metrics.connections.labels("rejected_source_limit")._value.get()
+        rejected = host.metrics.registry.get_sample_value(
+            "kmsgate_connections_total", {"outcome": "rejected_source_limit"}
+        )
         assert rejected == 3
         other = await RawClient.connect(host.port, "127.0.0.1")  # another source still gets in
         await other.bind()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,6 +75,14 @@ def test_serve_activates_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert f"listening on 127.0.0.1:{port}\n" in out
     assert '"Windows Server 2019 Datacenter" oob-grace v6.0 activated' in out
+    # The whole line, as the text format writes it (the host may write it without a record).
+    assert re.search(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z INFO kmsgate\.activation: 127\.0\.0\.1:\d+ "
+        r'\S+ "Windows Server 2019 Datacenter" oob-grace v6\.0 activated count=99 '
+        r"client-time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$",
+        out,
+        re.MULTILINE,
+    ), out
     assert "web dashboard on http://127.0.0.1:" in out
     assert (tmp_path / "kmsgate.db").is_file()
 

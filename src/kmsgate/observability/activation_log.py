@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, date, datetime
 from typing import Literal, TypedDict
 
 from kmsgate.catalog import Catalog
@@ -44,13 +45,31 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _describe_request(request: KmsRequest, catalog: Catalog) -> str:
-    product = catalog.product_name(request.sku_id, request.kms_counted_id)
-    name = printable(request.machine_name.replace('"', "'")) or "-"
-    return (
-        f'{name} "{product}" {license_status_name(request.license_status)} '
-        f"v{request.major_version}.{request.minor_version}"
-    )
+# Per catalogue and (SKU id, KMS id): the product name and both ids as text, built once. A
+# fleet sends a few dozen pairs; client-chosen ids empty the cache before it grows too big.
+_ProductText = tuple[str, str, str]
+_PRODUCT_TEXT: dict[tuple[Catalog, uuid.UUID, uuid.UUID], _ProductText] = {}
+_CACHE_LIMIT = 4096
+
+
+def _product_text(catalog: Catalog, request: KmsRequest) -> _ProductText:
+    key = (catalog, request.sku_id, request.kms_counted_id)
+    text = _PRODUCT_TEXT.get(key)
+    if text is None:
+        if len(_PRODUCT_TEXT) >= _CACHE_LIMIT:
+            _PRODUCT_TEXT.clear()
+        text = _PRODUCT_TEXT[key] = (
+            catalog.product_name(request.sku_id, request.kms_counted_id),
+            str(request.sku_id),
+            str(request.kms_counted_id),
+        )
+    return text
+
+
+# Unix seconds of 10000-01-01T00:00:00Z: datetime holds no later date.
+_DATETIME_END = 253_402_300_800
+_UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_DAY_TEXT: dict[int, str] = {}
 
 
 def client_time_text(filetime: int) -> str:
@@ -58,36 +77,53 @@ def client_time_text(filetime: int) -> str:
 
     Clients choose any 64-bit value: 2^64-1 is the year 60056, which datetime refuses.
     """
+    seconds = unix_from_filetime(filetime)
+    whole = int(seconds)
+    # Arithmetic instead of datetime for 1970..9999, except where datetime's rounding to
+    # microseconds would carry into the next second: the text stays exactly datetime's.
+    if 0 <= whole < _DATETIME_END and (seconds - whole) * 1e6 < 999_999.0:
+        day, second = divmod(whole, 86_400)
+        day_text = _DAY_TEXT.get(day)
+        if day_text is None:
+            if len(_DAY_TEXT) >= _CACHE_LIMIT:
+                _DAY_TEXT.clear()
+            day_text = _DAY_TEXT[day] = date.fromordinal(_UNIX_EPOCH_ORDINAL + day).isoformat()
+        hour, second = divmod(second, 3600)
+        minute, second = divmod(second, 60)
+        return f"{day_text}T{hour:02d}:{minute:02d}:{second:02d}Z"
     try:
-        when = datetime.fromtimestamp(unix_from_filetime(filetime), UTC)
+        when = datetime.fromtimestamp(seconds, UTC)
     except (ValueError, OverflowError, OSError):
         return f"filetime:{filetime}"
     return f"{when:%Y-%m-%dT%H:%M:%SZ}"
 
 
-def activation_line(
-    peer: Peer, event: ActivationServed | ActivationRefused, catalog: Catalog
+def _line(
+    peer: Peer, event: ActivationServed | ActivationRefused, product: _ProductText | None
 ) -> str:
-    """`client machine "product" status vN.M result`: one compact line per request."""
-    if event.request is None:
+    request = event.request
+    if request is None or product is None:
+        assert isinstance(event, ActivationRefused)  # only a refusal lacks a decoded request
         return f"{peer} - refused {describe(event.hresult)}: {printable(event.reason)}"
-    text = f"{peer} {_describe_request(event.request, catalog)}"
+    name = printable(request.machine_name.replace('"', "'")) or "-"
+    text = (
+        f'{peer} {name} "{product[0]}" {license_status_name(request.license_status)} '
+        f"v{request.major_version}.{request.minor_version}"
+    )
     if isinstance(event, ActivationServed):
         return (
             f"{text} activated count={event.response.current_client_count} "
-            f"client-time={client_time_text(event.request.request_time)}"
+            f"client-time={client_time_text(request.request_time)}"
         )
     return f"{text} refused {describe(event.hresult)}: {printable(event.reason)}"
 
 
-def activation_fields(
+def _fields(
     peer: Peer,
     event: ActivationServed | ActivationRefused,
-    catalog: Catalog,
-    node: str | None = None,
+    product: _ProductText | None,
+    node: str | None,
 ) -> ActivationFields:
-    """The structured fields of one activation record (see ActivationFields)."""
-    request = event.request
     fields: ActivationFields = {
         "address": peer.address,
         "port": peer.port,
@@ -105,11 +141,10 @@ def activation_fields(
         "reason": None,
         "node": node,
     }
-    if request is not None:
+    request = event.request
+    if request is not None and product is not None:
         fields["machine_name"] = request.machine_name
-        fields["product"] = catalog.product_name(request.sku_id, request.kms_counted_id)
-        fields["sku_id"] = str(request.sku_id)
-        fields["kms_id"] = str(request.kms_counted_id)
+        fields["product"], fields["sku_id"], fields["kms_id"] = product
         fields["cmid"] = str(request.client_machine_id)
         fields["license_status"] = license_status_name(request.license_status)
         fields["protocol"] = f"{request.major_version}.{request.minor_version}"
@@ -123,20 +158,88 @@ def activation_fields(
     return fields
 
 
+def _product_of(
+    event: ActivationServed | ActivationRefused, catalog: Catalog
+) -> _ProductText | None:
+    return None if event.request is None else _product_text(catalog, event.request)
+
+
+def activation_line(
+    peer: Peer, event: ActivationServed | ActivationRefused, catalog: Catalog
+) -> str:
+    """`client machine "product" status vN.M result`: one compact line per request."""
+    return _line(peer, event, _product_of(event, catalog))
+
+
+def activation_fields(
+    peer: Peer,
+    event: ActivationServed | ActivationRefused,
+    catalog: Catalog,
+    node: str | None = None,
+) -> ActivationFields:
+    """The structured fields of one activation record (see ActivationFields)."""
+    return _fields(peer, event, _product_of(event, catalog), node)
+
+
 def log_activation(
     peer: Peer,
     event: ActivationServed | ActivationRefused,
     catalog: Catalog,
     node: str | None = None,
 ) -> None:
-    """Log one request: INFO if served, WARNING if refused, with `extra={"kms": fields}`."""
+    """Log one request: INFO if served, WARNING if refused; records carry `kms` fields.
+
+    When the set-up's text handler on stderr is all that listens, the line is written
+    without a record (KmsStreamHandler.write_activation): the same bytes, no fields built.
+    """
     level = logging.INFO if isinstance(event, ActivationServed) else logging.WARNING
     # Skip building the line and fields when nobody listens (the hot path at high rates).
     if not activation_log.isEnabledFor(level):
         return
-    # The line is the message itself, not a "%s" argument: it is never %-formatted again.
-    activation_log.log(
+    product = _product_of(event, catalog)
+    line = _line(peer, event, product)
+    # The usual set-up (one text handler on stderr, nothing else listening) takes the line
+    # directly: the same bytes, without a LogRecord nobody would look at.
+    handler = _sole_handler()
+    if handler is not None:
+        write = getattr(handler, "write_activation", None)
+        if write is not None and write(level, activation_log.name, line):
+            return
+    # Logger.log's own path minus findCaller's stack walk: the record names this function
+    # as its origin. The line is the message itself, never %-formatted again.
+    record = activation_log.makeRecord(
+        activation_log.name,
         level,
-        activation_line(peer, event, catalog),
-        extra={"kms": activation_fields(peer, event, catalog, node)},
+        _ORIGIN_FILE,
+        _ORIGIN_LINE,
+        line,
+        (),
+        None,
+        _ORIGIN_FUNCTION,
+        {"kms": _fields(peer, event, product, node)},
     )
+    activation_log.handle(record)
+
+
+def _sole_handler() -> logging.Handler | None:
+    """The one handler an activation record would reach, if exactly one; else None.
+
+    As Logger.handle and callHandlers go: the logger's own filters, then every handler up
+    the hierarchy until a logger that does not propagate.
+    """
+    if activation_log.disabled or activation_log.filters:
+        return None
+    found = None
+    logger: logging.Logger | None = activation_log
+    while logger is not None:
+        for handler in logger.handlers:
+            if found is not None:
+                return None
+            found = handler
+        logger = logger.parent if logger.propagate else None
+    return found
+
+
+_ORIGIN_FILE = log_activation.__code__.co_filename
+_ORIGIN_LINE = log_activation.__code__.co_firstlineno
+_ORIGIN_FUNCTION = log_activation.__name__

@@ -22,7 +22,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal, TextIO
 
 from kmsgate.observability.activation_log import printable
 
@@ -144,6 +144,57 @@ def _text_formatter() -> logging.Formatter:
     return formatter
 
 
+class KmsStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes activation lines in the text format without a LogRecord.
+
+    write_activation() writes exactly what handle() would for an activation record, as long
+    as the handler keeps the filters and formatter setup_logging gave it (each lets such a
+    record through unchanged); otherwise it declines and the caller logs a record.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._sealed: tuple[list[Any], logging.Formatter] | None = None
+        self._second: tuple[int, str] = (-1, "")  # one tuple: threads never see half of it
+
+    def seal(self) -> None:
+        """Note the filters and the text formatter as set up: the direct path needs them."""
+        self._sealed = (list(self.filters), self.formatter) if self.formatter else None
+
+    def write_activation(self, levelno: int, name: str, line: str) -> bool:
+        """Write one activation line (`line` is its message); False when this cannot."""
+        sealed = self._sealed
+        if (
+            sealed is None
+            or levelno < self.level
+            or self.formatter is not sealed[1]
+            or self.filters != sealed[0]
+        ):
+            return False
+        # The text formatter's asctime: UTC to the second (cached), then milliseconds as
+        # LogRecord.msecs truncates them.
+        now = time.time()
+        second, second_text = self._second
+        if int(now) != second:
+            second = int(now)
+            second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+            self._second = (second, second_text)
+        text = (
+            f"{second_text}.{int((now - second) * 1000):03d}Z "
+            f"{logging.getLevelName(levelno)} {name}: {line}{self.terminator}"
+        )
+        self.acquire()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            # The record path writes again and reports the failure as logging does.
+            return False
+        finally:
+            self.release()
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; activation records add their ActivationFields."""
 
@@ -262,7 +313,7 @@ def setup_logging(
     number = _level_number(level)
     handler: logging.Handler
     if file is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = KmsStreamHandler(sys.stderr)
     else:
         handler = logging.handlers.RotatingFileHandler(
             file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
@@ -286,6 +337,8 @@ def setup_logging(
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     if not verbose:
         handler.addFilter(_OwnLinesBelowWarning())
+    if isinstance(handler, KmsStreamHandler) and fmt == "text":
+        handler.seal()  # every filter above lets an activation record through unchanged
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

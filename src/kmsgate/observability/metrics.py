@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Final
 
+import prometheus_client.metrics
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 import kmsgate
 from kmsgate.catalog import Catalog, default_catalog
@@ -155,6 +163,93 @@ class _StoreCollector(Collector):
         return self._families(stats)
 
 
+# --- plain-integer families ----------------------------------------------------------------
+# The families the host touches per request and per connection: plain numbers bumped without
+# a lock (all on the event loop), read at scrape time. Their exposition is exactly that of
+# prometheus_client's Counter, Gauge and Histogram, `_created` samples included.
+
+
+def _created_series() -> bool:
+    """Whether prometheus_client exports `_created` samples (its env var or switch)."""
+    return bool(getattr(prometheus_client.metrics, "_use_created", True))
+
+
+class _PlainCounter(Collector):
+    """A labelled counter whose children are `[count, created]` lists: `child[0] += 1`."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = labelnames
+        self._children: dict[tuple[str, ...], list[float]] = {}
+
+    def child(self, *labels: str) -> list[float]:
+        """The child of these label values, created (at 0) on first use."""
+        found = self._children.get(labels)
+        if found is None:
+            found = self._children[labels] = [0, time.time()]
+        return found
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        created = _created_series()
+        for labels, (count, when) in list(self._children.items()):
+            family.add_metric(labels, float(count), created=when if created else None)
+        return [family]
+
+
+class _PlainGauge(Collector):
+    """An unlabelled gauge: `value` is read at scrape time."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self.value = 0
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self._name, self._documentation, value=float(self.value))]
+
+
+class _PlainHistogram(Collector):
+    """An unlabelled histogram: per-bucket counts and a sum, accumulated at scrape time."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = (*buckets, math.inf)
+        # The `le` texts prometheus_client's own Histogram writes.
+        self._le = tuple(floatToGoString(bound) for bound in self._bounds)  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._created = time.time()
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose bound is at least `amount`, as Histogram.observe picks it.
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation)
+        buckets = []
+        total = 0
+        for le, count in zip(self._le, list(self._counts), strict=True):
+            total += count
+            buckets.append((le, float(total)))
+        family.add_metric([], buckets, self._sum)
+        if _created_series():
+            family.add_sample(f"{self._name}_created", {}, self._created)
+        return [family]
+
+
 # --- the metrics object ------------------------------------------------------------------
 
 
@@ -178,12 +273,12 @@ class Metrics:
         self._family_by_sku = {sku.id: sku.family for sku in catalog.skus}
         self._family_by_kms = {kms.id: kms.family for kms in catalog.kms_ids}
 
-        self.activations = Counter(
+        self.activations = _PlainCounter(
             "kmsgate_activations",
             "KMS requests answered, by product family, KMS protocol and result.",
-            ["family", "protocol", "result"],
-            registry=reg,
+            ("family", "protocol", "result"),
         )
+        reg.register(self.activations)
         self.faults = Counter(
             "kmsgate_faults", "RPC fault PDUs sent, by reason.", ["reason"], registry=reg
         )
@@ -196,21 +291,20 @@ class Metrics:
         self.idle_closes = Counter(
             "kmsgate_idle_closes", "Connections closed by the idle timeout.", registry=reg
         )
-        self.connections_open = Gauge(
-            "kmsgate_connections_open", "Client connections currently open.", registry=reg
+        self.connections_open = _PlainGauge(
+            "kmsgate_connections_open", "Client connections currently open."
         )
-        self.connections = Counter(
-            "kmsgate_connections",
-            "Incoming connections, by outcome.",
-            ["outcome"],
-            registry=reg,
+        reg.register(self.connections_open)
+        self.connections = _PlainCounter(
+            "kmsgate_connections", "Incoming connections, by outcome.", ("outcome",)
         )
-        self.request_duration = Histogram(
+        reg.register(self.connections)
+        self.request_duration = _PlainHistogram(
             "kmsgate_request_duration_seconds",
             "Time to handle received data that produced an activation answer.",
-            buckets=REQUEST_DURATION_BUCKETS,
-            registry=reg,
+            REQUEST_DURATION_BUCKETS,
         )
+        reg.register(self.request_duration)
         self.build_info = Gauge(
             "kmsgate_build_info", "kmsgate build; the value is always 1.", ["version"], registry=reg
         )
@@ -231,11 +325,11 @@ class Metrics:
         }
         self._fault_other = self.faults.labels("other")
         self._closes = {label: self.protocol_closes.labels(label) for label in CLOSE_REASONS}
-        self._outcomes = {label: self.connections.labels(label) for label in CONNECTION_OUTCOMES}
+        self._outcomes = {label: self.connections.child(label) for label in CONNECTION_OUTCOMES}
         self._accepted = self._outcomes["accepted"]
         # Keyed by (family, major version) so the hot path builds no label strings.
-        self._served: dict[tuple[str, int | None], Counter] = {}
-        self._refused: dict[tuple[str, int | None], Counter] = {}
+        self._served: dict[tuple[str, int | None], list[float]] = {}
+        self._refused: dict[tuple[str, int | None], list[float]] = {}
         self._observe = self.request_duration.observe
 
     # --- events ---------------------------------------------------------------------------
@@ -253,14 +347,14 @@ class Metrics:
             child = self._served.get((family, request.major_version))
             if child is None:
                 child = self._activation_child(self._served, family, request, "activated")
-            child.inc()
+            child[0] += 1
         elif type(event) is ActivationRefused:
             refused = event.request
             family = product_family(self.catalog, refused)
             child = self._refused.get((family, None if refused is None else refused.major_version))
             if child is None:
                 child = self._activation_child(self._refused, family, refused, "refused")
-            child.inc()
+            child[0] += 1
         elif type(event) is FaultSent:
             self._fault_by_status.get(event.status, self._fault_other).inc()
         elif type(event) is ConnectionClosed:
@@ -268,13 +362,13 @@ class Metrics:
 
     def _activation_child(
         self,
-        cache: dict[tuple[str, int | None], Counter],
+        cache: dict[tuple[str, int | None], list[float]],
         family: str,
         request: KmsRequest | None,
         result: str,
-    ) -> Counter:
+    ) -> list[float]:
         """Create the labelled counter for (family, version) and cache it when bounded."""
-        child = self.activations.labels(family, protocol_label(request), result)
+        child = self.activations.child(family, protocol_label(request), result)
         if request is None:
             cache[family, None] = child
         elif request.major_version in PROTOCOLS:
@@ -291,12 +385,12 @@ class Metrics:
 
     def connection_opened(self) -> None:
         """A connection was accepted."""
-        self._accepted.inc()
-        self.connections_open.inc()
+        self._accepted[0] += 1
+        self.connections_open.value += 1
 
     def connection_closed(self) -> None:
         """An accepted connection ended (call once per connection_opened)."""
-        self.connections_open.dec()
+        self.connections_open.value -= 1
 
     def connection_rejected(self, outcome: str) -> None:
         """A connection was turned away: "rejected_limit", "rejected_source_limit" or
@@ -304,7 +398,7 @@ class Metrics:
         child = self._outcomes.get(outcome)
         if child is None or outcome == "accepted":
             raise ValueError(f"unknown rejection outcome {outcome!r}")
-        child.inc()
+        child[0] += 1
 
     def connection_idle(self) -> None:
         """A connection was closed by the idle timeout."""

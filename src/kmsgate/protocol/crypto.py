@@ -463,8 +463,14 @@ def v6_hmac_key(filetime: int, slot_offset: int = 0) -> bytes:
     """16-byte v6 HMAC key for a FILETIME (§12.6); slot_offset t adds t·C1 like vlmcs does."""
     if not 0 <= filetime <= _U64:
         raise LocalProtocolError(f"FILETIME {filetime} is not an unsigned 64-bit value")
+    return _v6_slot_key(filetime // _TIME_C1, slot_offset)
+
+
+# A key holds for a time slot of about 4 hours: a host's answers reuse a handful of them.
+@functools.lru_cache(maxsize=64)
+def _v6_slot_key(slot_number: int, slot_offset: int) -> bytes:
     # vlmcs's ±1 tolerance adds t·C1 to the slot value (not t·C2); we mirror it for interop.
-    slot = ((filetime // _TIME_C1) * _TIME_C2 + _TIME_C3 + slot_offset * _TIME_C1) & _U64
+    slot = (slot_number * _TIME_C2 + _TIME_C3 + slot_offset * _TIME_C1) & _U64
     return sha256(slot.to_bytes(8, "little"))[16:]
 
 

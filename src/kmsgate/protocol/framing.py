@@ -42,7 +42,7 @@ class PduFramer:
         if len(buffer) < rpc.HEADER_SIZE:
             return None
         try:
-            length = rpc.parse_header(buffer).frag_length
+            length = rpc.checked_frag_length(buffer)
         except RpcDecodeError as exc:
             buffer.clear()
             raise FramingError(str(exc)) from None

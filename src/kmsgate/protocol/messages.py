@@ -26,6 +26,21 @@ _RESPONSE_TAIL = struct.Struct("<16sQIII")
 _VERSION = struct.Struct("<HH")
 NIL_UUID = uuid.UUID(int=0)
 
+# Application, SKU and KMS ids (and the usual nil previous CMID) repeat across a fleet: one
+# shared UUID object each instead of one per request. Bounded against client-chosen ids.
+_SHARED_UUIDS: dict[bytes, uuid.UUID] = {}
+_SHARED_UUID_LIMIT = 4096
+
+
+def _shared_uuid(raw: bytes) -> uuid.UUID:
+    """The UUID with these 16 little-endian bytes (UUIDs are immutable, so shared)."""
+    found = _SHARED_UUIDS.get(raw)
+    if found is None:
+        if len(_SHARED_UUIDS) >= _SHARED_UUID_LIMIT:
+            _SHARED_UUIDS.clear()
+        found = _SHARED_UUIDS[raw] = uuid.UUID(bytes_le=raw)
+    return found
+
 
 @dataclass(frozen=True, slots=True)
 class KmsRequest:
@@ -80,13 +95,13 @@ class KmsRequest:
             is_client_vm=vm,
             license_status=status,
             grace_time=grace,
-            application_id=uuid.UUID(bytes_le=app),
-            sku_id=uuid.UUID(bytes_le=sku),
-            kms_counted_id=uuid.UUID(bytes_le=kms),
+            application_id=_shared_uuid(app),
+            sku_id=_shared_uuid(sku),
+            kms_counted_id=_shared_uuid(kms),
             client_machine_id=uuid.UUID(bytes_le=cmid),
             required_client_count=count,
             request_time=when,
-            previous_client_machine_id=uuid.UUID(bytes_le=prev),
+            previous_client_machine_id=_shared_uuid(prev),
             machine_name=_utf16z(raw_name),
         )
 
@@ -153,11 +168,11 @@ class KmsResponse:
 
 
 def _utf16z(raw: bytes) -> str:
-    for index in range(0, len(raw) - 1, 2):
-        if raw[index] == 0 and raw[index + 1] == 0:
-            raw = raw[:index]
-            break
-    return raw.decode("utf-16-le", "replace")
+    """UTF-16LE text up to its first NUL code unit (a zero byte pair at an even offset)."""
+    end = raw.find(b"\x00\x00")
+    while end > 0 and end % 2:
+        end = raw.find(b"\x00\x00", end + 1)
+    return (raw[:end] if end >= 0 else raw).decode("utf-16-le", "replace")
 
 
 @dataclass(frozen=True, slots=True)

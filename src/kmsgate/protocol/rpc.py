@@ -223,13 +223,26 @@ def parse_header(data: bytes | bytearray) -> PduHeader:
     if len(data) < HEADER_SIZE:
         raise RpcDecodeError(f"PDU header needs {HEADER_SIZE} bytes, got {len(data)}")
     ver, minor, ptype, flags, drep, frag_length, auth_length, call_id = _HEADER.unpack_from(data)
+    _check_header(ver, minor, drep, frag_length)
+    return PduHeader(ver, minor, ptype, flags, drep, frag_length, auth_length, call_id)
+
+
+def checked_frag_length(data: bytes | bytearray) -> int:
+    """The frag_length of a common header, after parse_header's checks (no PduHeader built)."""
+    if len(data) < HEADER_SIZE:
+        raise RpcDecodeError(f"PDU header needs {HEADER_SIZE} bytes, got {len(data)}")
+    ver, minor, _, _, drep, frag_length, _, _ = _HEADER.unpack_from(data)
+    _check_header(ver, minor, drep, frag_length)
+    return int(frag_length)
+
+
+def _check_header(ver: int, minor: int, drep: bytes, frag_length: int) -> None:
     if ver != 5 or minor > 1:
         raise RpcDecodeError(f"unsupported RPC version {ver}.{minor}")
     if drep[0] & 0xF0 != 0x10 or drep[0] & 0x0F != 0:
         raise RpcDecodeError(f"unsupported data representation {drep.hex()}")
     if frag_length < HEADER_SIZE:
         raise RpcDecodeError(f"frag_length {frag_length} shorter than the header")
-    return PduHeader(ver, minor, ptype, flags, drep, frag_length, auth_length, call_id)
 
 
 def _header(ptype: PType, flags: int, length: int, call_id: int, minor: int = 0) -> bytes:
@@ -380,6 +393,52 @@ def _decode_request(header: PduHeader, body: bytes) -> Request:
     )
 
 
+_REQUEST_PDU = struct.Struct("<BBBB4sHHIIHH")  # the common header, then _REQUEST_BODY
+
+
+def decode_request_pdu(data: bytes) -> Pdu:
+    """decode_pdu for a PDU whose type byte says request: the same result or error.
+
+    The common case (a whole request PDU) is unpacked in one go, without a PduHeader.
+    """
+    if len(data) < _REQUEST_PDU.size or data[2] != PType.REQUEST:
+        return decode_pdu(data)
+    (
+        ver,
+        minor,
+        _,
+        flags,
+        drep,
+        frag_length,
+        auth_length,
+        call_id,
+        alloc_hint,
+        context_id,
+        opnum,
+    ) = _REQUEST_PDU.unpack_from(data)
+    _check_header(ver, minor, drep, frag_length)
+    if frag_length != len(data):
+        raise RpcDecodeError(f"frag_length {frag_length} but {len(data)} bytes given")
+    if auth_length:
+        raise RpcDecodeError("authenticated PDUs are not used by KMS")
+    stub_at = _REQUEST_PDU.size
+    object_uuid = None
+    if flags & PFC_OBJECT_UUID:
+        if len(data) < stub_at + 16:
+            raise RpcDecodeError("request object UUID truncated")
+        object_uuid = uuid.UUID(bytes_le=bytes(data[stub_at : stub_at + 16]))
+        stub_at += 16
+    return Request(
+        call_id=call_id,
+        context_id=context_id,
+        opnum=opnum,
+        stub=bytes(data[stub_at:]),
+        alloc_hint=alloc_hint,
+        flags=flags,
+        object_uuid=object_uuid,
+    )
+
+
 def _encode_request(pdu: Request) -> bytes:
     # The flag must say exactly whether an object UUID follows, whatever the caller passed.
     flags = pdu.flags & ~PFC_OBJECT_UUID
@@ -411,6 +470,16 @@ def _encode_response(pdu: Response) -> bytes:
     alloc_hint = len(pdu.stub) if pdu.alloc_hint is None else pdu.alloc_hint
     body = _RESPONSE_BODY.pack(alloc_hint, pdu.context_id, pdu.cancel_count) + pdu.stub
     return _header(PType.RESPONSE, pdu.flags, HEADER_SIZE + len(body), pdu.call_id) + body
+
+
+def encode_response_pdu(call_id: int, context_id: int, stub: bytes) -> bytes:
+    """encode_pdu(Response(call_id, context_id, stub)) without building the Response."""
+    length = HEADER_SIZE + _RESPONSE_BODY.size + len(stub)
+    return (
+        _header(PType.RESPONSE, PFC_SINGLE, length, call_id)
+        + _RESPONSE_BODY.pack(len(stub), context_id, 0)
+        + stub
+    )
 
 
 def _decode_fault(header: PduHeader, body: bytes) -> Fault:

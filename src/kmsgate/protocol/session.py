@@ -66,6 +66,29 @@ def _negotiate_bind(raw: bytes, ndr64: bool, btfn: bool) -> tuple[rpc.Bind, rpc.
     return bind, rpc.negotiate(bind.contexts, ndr64=ndr64, btfn=btfn)
 
 
+# assoc_group_id's offset in a bind_ack or alter_context_resp PDU (header, then 2 u16s).
+_ASSOC_GROUP_AT = rpc.HEADER_SIZE + 4
+
+
+@functools.lru_cache(maxsize=512)
+def _bind_ack_bytes(raw: bytes, ndr64: bool, btfn: bool, port: int) -> bytes:
+    """The encoded answer to an accepted bind, its assoc_group_id 0 (each session sets its own)."""
+    bind, outcome = _negotiate_bind(raw, ndr64, btfn)
+    return rpc.encode_pdu(
+        rpc.BindAck(
+            call_id=bind.call_id,
+            results=outcome.results,
+            max_xmit_frag=bind.max_xmit_frag,
+            max_recv_frag=bind.max_recv_frag,
+            assoc_group_id=0,
+            secondary_address="" if bind.alter else str(port),
+            # Clients compare CONC_MPX with what they sent; alter_context_resp never sets it.
+            flags=rpc.PFC_SINGLE | (0 if bind.alter else bind.flags & rpc.PFC_CONC_MPX),
+            alter=bind.alter,
+        )
+    )
+
+
 class ServerSession:
     """A KMS host's side of one TCP connection (compare h11.Connection)."""
 
@@ -127,8 +150,8 @@ class ServerSession:
         try:
             if raw[2] in (rpc.PType.BIND, rpc.PType.ALTER_CONTEXT):
                 bind, outcome = _negotiate_bind(raw, self._settings.ndr64, self._settings.btfn)
-                return [self._bind(bind, outcome)]
-            pdu = rpc.decode_pdu(raw)
+                return [self._bind(raw, bind, outcome)]
+            pdu = rpc.decode_request_pdu(raw)
         except RpcDecodeError as exc:
             return [self._close(str(exc))]
         if isinstance(pdu, rpc.Request):
@@ -138,7 +161,7 @@ class ServerSession:
     def _send(self, pdu: rpc.Pdu) -> None:
         self._outgoing += rpc.encode_pdu(pdu)
 
-    def _bind(self, bind: rpc.Bind, outcome: rpc.Negotiation) -> Event:
+    def _bind(self, raw: bytes, bind: rpc.Bind, outcome: rpc.Negotiation) -> Event:
         if not bind.contexts:
             self._send(rpc.BindNak(bind.call_id, rpc.BindNakReason.NOT_SPECIFIED))
             return self._close("bind without presentation contexts")
@@ -146,19 +169,12 @@ class ServerSession:
             self._ndr32_context = outcome.ndr32_context
         if outcome.ndr64_context is not None:
             self._ndr64_context = outcome.ndr64_context
-        self._send(
-            rpc.BindAck(
-                call_id=bind.call_id,
-                results=outcome.results,
-                max_xmit_frag=bind.max_xmit_frag,
-                max_recv_frag=bind.max_recv_frag,
-                assoc_group_id=self._assoc_group_id,
-                secondary_address="" if bind.alter else str(self._settings.port),
-                # Clients compare CONC_MPX with what they sent; alter_context_resp never sets it.
-                flags=rpc.PFC_SINGLE | (0 if bind.alter else bind.flags & rpc.PFC_CONC_MPX),
-                alter=bind.alter,
-            )
-        )
+        settings = self._settings
+        ack = _bind_ack_bytes(raw, settings.ndr64, settings.btfn, settings.port)
+        out = self._outgoing
+        at = len(out) + _ASSOC_GROUP_AT
+        out += ack
+        out[at : at + 4] = self._assoc_group_id.to_bytes(4, "little")
         return BindCompleted(
             bind.call_id,
             bind.alter,
@@ -207,7 +223,7 @@ class ServerSession:
             # gets a well-formed refusal, as a genuine host would send.
             return [self._refuse(request, syntax, decoded, HResult.INVALID_DATA, str(exc))]
         reply_stub = ndr.wrap_response(reply, syntax)
-        self._send(rpc.Response(request.call_id, request.context_id, reply_stub))
+        self._outgoing += rpc.encode_response_pdu(request.call_id, request.context_id, reply_stub)
         self.requests_served += 1
         self.requests_answered += 1
         return [ActivationServed(request.call_id, syntax, decoded.request, response)]
@@ -221,7 +237,7 @@ class ServerSession:
         reason: str,
     ) -> ActivationRefused:
         error_stub = ndr.wrap_error(hresult, syntax)
-        self._send(rpc.Response(request.call_id, request.context_id, error_stub))
+        self._outgoing += rpc.encode_response_pdu(request.call_id, request.context_id, error_stub)
         self.requests_answered += 1
         parsed = decoded.request if decoded else None
         return ActivationRefused(request.call_id, syntax, parsed, hresult, reason)

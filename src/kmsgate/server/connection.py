@@ -54,6 +54,10 @@ class ConnectionHost(Protocol):
     def record(self, peer: Peer, event: Event) -> None: ...
 
 
+# Until connection_made names the client (Peer is immutable, so one instance serves all).
+_UNKNOWN_PEER = Peer("unknown")
+
+
 class KmsConnection(asyncio.Protocol):
     """One client connection: feeds bytes to a ServerSession and acts on its events."""
 
@@ -69,7 +73,7 @@ class KmsConnection(asyncio.Protocol):
         self._held: bytes | None = None  # answers waiting until their records are handed over
         self._backlog: bytearray | None = None  # bytes read while answers were held
         self._window_end: asyncio.TimerHandle | None = None
-        self.peer = Peer("unknown")
+        self.peer = _UNKNOWN_PEER
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
@@ -80,7 +84,6 @@ class KmsConnection(asyncio.Protocol):
         if not host.accept(self, transport, self.peer):
             return
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        loop = asyncio.get_running_loop()
         self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle)
         if host.gateway is None:
             self._start_session()
@@ -88,7 +91,7 @@ class KmsConnection(asyncio.Protocol):
         # Gateway mode: nothing is served before this address's window is consumed.
         self._early = bytearray()
         transport.pause_reading()
-        self._admission = loop.create_task(self._admit(host.gateway))
+        self._admission = asyncio.get_running_loop().create_task(self._admit(host.gateway))
 
     def _start_session(self, request_policy: RequestPolicy | None = None) -> None:
         assert self._transport is not None

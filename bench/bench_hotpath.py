@@ -1,0 +1,183 @@
+"""In-process cost of the KMS host's own Python work per connection and per request (by hand).
+
+Usage: .venv/bin/python bench/bench_hotpath.py [--log-level info|warning] [--connections N]
+       [--requests N] [--repeat 5] [--profile FILE.pstats]
+
+Drives a real KmsHost and KmsConnection (no sockets: a fake transport collects the answers)
+through the v6 NDR32 exchange of tests/vectors/v6_win10ent_ndr32.json, its request re-encoded
+with the current time so the host serves it with default settings. Logging is set up as
+`kmsgate serve` does (text format) but writes to /dev/null. Prints the best of --repeat runs:
+µs per fresh connection (accept, bind, one request, close) and µs per kept-alive request, in
+this process's CPU time (other load on a shared machine disturbs that less than wall time).
+No recording (the record hand-off is measured by bench_recording.py); not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kmsgate.config.settings import ServeSettings
+from kmsgate.observability.logs import setup_logging
+from kmsgate.protocol import ndr, rpc
+from kmsgate.protocol.engine import filetime_from_unix
+from kmsgate.protocol.messages import decode_request, encode_request
+from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.server.connection import KmsConnection
+from kmsgate.server.host import KmsHost
+
+VECTOR = Path(__file__).resolve().parent.parent / "tests/vectors/v6_win10ent_ndr32.json"
+
+
+class FakeTransport:
+    """What KmsConnection uses of an asyncio transport; answers are counted, not sent."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self._peer = peer
+        self.closing = False
+        self.written = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peer
+        if name == "sockname":
+            return ("127.0.0.1", 1688)
+        return default
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def exchange() -> tuple[bytes, bytes]:
+    """The vector's bind PDU and its request PDU, the request re-encoded at the current time."""
+    pdus = [bytes.fromhex(p["hex"]) for p in json.loads(VECTOR.read_text())["pdus"]]
+    bind, request_raw = pdus[0], pdus[2]
+    request = rpc.decode_pdu(request_raw)
+    assert isinstance(request, rpc.Request)
+    message = ndr.unwrap_request(request.stub, TransferSyntax.NDR32)
+    now = filetime_from_unix(time.time())
+    fresh = dataclasses.replace(decode_request(message).request, request_time=now)
+    stub = ndr.wrap_request(encode_request(fresh, message[4:20]), TransferSyntax.NDR32)
+    pdu = rpc.encode_pdu(rpc.Request(request.call_id, request.context_id, 0, stub))
+    return bind, pdu
+
+
+def fresh_connections(host: KmsHost, bind: bytes, request: bytes, count: int) -> float:
+    """CPU seconds for `count` connections of one bind and one request each."""
+    started = time.process_time()
+    for index in range(count):
+        transport = FakeTransport(("127.0.0.1", 10000 + index % 50000))
+        connection = KmsConnection(host)
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(bind)
+        connection.data_received(request)
+        connection.connection_lost(None)
+    return time.process_time() - started
+
+
+def kept_alive(host: KmsHost, bind: bytes, request: bytes, count: int, per_conn: int) -> float:
+    """CPU seconds in data_received for `count` requests, `per_conn` on each connection."""
+    spent = 0.0
+    done = 0
+    while done < count:
+        transport = FakeTransport(("127.0.0.1", 40000))
+        connection = KmsConnection(host)
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(bind)
+        batch = min(per_conn, count - done)
+        receive = connection.data_received
+        started = time.process_time()
+        for _ in range(batch):
+            receive(request)
+        spent += time.process_time() - started
+        done += batch
+        connection.connection_lost(None)
+    return spent
+
+
+async def measure(args: argparse.Namespace) -> None:
+    host = KmsHost(ServeSettings(listen=["127.0.0.1:0"]))  # type: ignore[call-arg]
+    bind, request = exchange()
+    # Check once that the exchange is served, not refused (a stale clock would be).
+    probe = FakeTransport(("127.0.0.1", 9))
+    probe_conn = KmsConnection(host)
+    probe_conn.connection_made(probe)  # type: ignore[arg-type]
+    probe_conn.data_received(bind)
+    probe_conn.data_received(request)
+    probe_conn.connection_lost(None)
+    if host.stats.activations != 1:
+        sys.exit(f"the exchange was not served: {host.stats}")
+    per_conn = min(500, host.settings.max_requests_per_connection or 500)
+    connections, requests = args.connections, args.requests
+    runs: list[tuple[Callable[[], float], int, str]] = [
+        (lambda: fresh_connections(host, bind, request, connections), connections, "fresh"),
+        (lambda: kept_alive(host, bind, request, requests, per_conn), requests, "kept"),
+    ]
+    profiler = cProfile.Profile() if args.profile else None
+    for run, count, label in runs:
+        run()  # warm-up
+        best = float("inf")
+        for _ in range(args.repeat):
+            if profiler is not None:
+                profiler.enable()
+            seconds = run()
+            if profiler is not None:
+                profiler.disable()
+            best = min(best, seconds)
+        name = "µs per fresh connection" if label == "fresh" else "µs per kept-alive request"
+        print(f"{name:28s} {1e6 * best / count:7.2f}  (best of {args.repeat}, n={count})")
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--requests", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", help="write cProfile stats of the timed runs here")
+    args = parser.parse_args()
+    setup_logging(args.log_level)
+    devnull = Path(os.devnull).open("w")  # noqa: SIM115 (open for the whole run)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(devnull)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(measure(args))
+    else:
+        uvloop.run(measure(args))
+
+
+if __name__ == "__main__":
+    main()
