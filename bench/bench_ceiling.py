@@ -11,9 +11,14 @@ whatever kmsgate spends above it is kmsgate's own work. The captured request car
 client time, so kmsgate runs with --max-clock-skew 0 (else it would refuse with 0xC004F06C).
 
 Usage: bench/bench_ceiling.py [--rounds 3] [--seconds 10] [--concurrency 8]
-           [--modes fresh,keep] [--node default|bare] [--other 'vlmcsd -D -P {port}']
-Prints one line per measurement and, per mode, the median ratio to the ceiling; with --json
-one JSON object at the end. Bounded: at most 20 rounds of at most 60 s per measurement.
+           [--modes fresh,keep] [--node default|bare] [--log-level warning]
+           [--other 'vlmcsd -D -P {port}']
+`--other` is any host's command: {port} is replaced by the port, {data} by a fresh directory
+(e.g. an older kmsgate tree: 'OLD/.venv/bin/kmsgate serve --listen 127.0.0.1:{port}
+--data-dir {data} --max-clock-skew 0 --web 127.0.0.1:0 --log-level warning').
+Prints one line per measurement (with the CPU time the server's processes spent per answer:
+on a shared machine the steadier figure) and, per mode, the median ratio to the ceiling;
+with --json one JSON object at the end. Bounded: at most 20 rounds of at most 60 s each.
 """
 
 from __future__ import annotations
@@ -96,6 +101,18 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree, in seconds."""
+    ticks = 0
+    for member in tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def memory(pid: int) -> dict[str, float]:
     """RSS and PSS (MiB) of a process tree, from smaps_rollup."""
     rss = pss = 0
@@ -137,14 +154,28 @@ def pinned(cmd: list[str], cpu: int) -> list[str]:
     return cmd
 
 
+WARMUP = 1.0
+
+
 def run_load(
-    kmsload: Path | None, pdus: list[Path], port: int, mode: str, args: argparse.Namespace
+    kmsload: Path | None,
+    pdus: list[Path],
+    port: int,
+    mode: str,
+    args: argparse.Namespace,
+    server_pid: int,
 ) -> dict[str, Any]:
+    """One load run; adds the server's CPU µs per answer (`cpu_us`) to the generator's JSON."""
     if kmsload is not None:
         cmd = [str(kmsload), "-p", str(port), "-c", str(args.concurrency), "-d",
-               str(args.seconds), "-w", "1", "-m", mode, "-L", *map(str, pdus)]  # fmt: skip
-        done = subprocess.run(pinned(cmd, 1), capture_output=True, text=True, timeout=120)
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+               str(args.seconds), "-w", str(WARMUP), "-m", mode, "-L", *map(str, pdus)]  # fmt: skip
+        load = subprocess.Popen(pinned(cmd, 1), stdout=subprocess.PIPE, text=True)
+        time.sleep(WARMUP)  # kmsload counts answers from the end of its warm-up on
+        cpu_before = cpu_seconds(server_pid)
+        out, _ = load.communicate(timeout=120)
+        cpu = cpu_seconds(server_pid) - cpu_before
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        result["cpu_us"] = round(cpu * 1e6 / max(result["ok"], 1), 1)
         return result
     # Fallback: kmsgate's own load generator (fresh: one request per connection).
     per_connection = "1" if mode == "fresh" else "1000"
@@ -168,13 +199,14 @@ def server_command(name: str, port: int, workdir: Path, args: argparse.Namespace
     if name == "kmsgate":
         data = tempfile.mkdtemp(prefix="node-", dir=workdir)
         cmd = [str(KMSGATE), "serve", "--listen", f"{HOST}:{port}", "--data-dir", data,
-               "--max-clock-skew", "0", "--log-level", "warning"]  # fmt: skip
+               "--max-clock-skew", "0", "--log-level", args.log_level]  # fmt: skip
         if args.node == "bare":
             cmd += ["--no-store", "--no-web"]
         else:
             cmd += ["--web", f"{HOST}:0"]
         return cmd
-    return shlex.split(args.other.format(port=port))
+    data = tempfile.mkdtemp(prefix="other-", dir=workdir)
+    return shlex.split(args.other.format(port=port, data=data))
 
 
 def measure(
@@ -192,10 +224,11 @@ def measure(
         time.sleep(1.0)  # let imports, migrations and the writer settle
         out: dict[str, Any] = {"server": name, "idle": memory(proc.pid)}
         for mode in args.modes:
-            result = run_load(kmsload, pdus, port, mode, args)
+            result = run_load(kmsload, pdus, port, mode, args, proc.pid)
             out[mode] = {
                 "rate": result["rate"],
                 "p99_ms": result.get("p99_ms"),
+                "cpu_us": result.get("cpu_us"),
                 "errors": result.get("rpcerr", 0) + result.get("badresp", 0),
             }
         out["loaded"] = memory(proc.pid)
@@ -221,7 +254,10 @@ def main() -> int:
         default="default",
         help="default: SQLite recording + dashboard; bare: --no-store --no-web",
     )
-    parser.add_argument("--other", help="command of another host, {port} replaced")
+    parser.add_argument(
+        "--log-level", default="warning", help="kmsgate's --log-level (info logs every answer)"
+    )
+    parser.add_argument("--other", help="command of another host, {port} and {data} replaced")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.rounds = min(max(args.rounds, 1), 20)
@@ -243,7 +279,8 @@ def main() -> int:
                 result["round"] = round_no + 1
                 results.append(result)
                 rates = "  ".join(
-                    f"{m} {result[m]['rate']:>9.0f}/s p99 {result[m]['p99_ms']} ms"
+                    f"{m} {result[m]['rate']:>9.0f}/s p99 {result[m]['p99_ms']} ms "
+                    f"cpu {result[m]['cpu_us']} µs"
                     f"{' ERR ' + str(result[m]['errors']) if result[m]['errors'] else ''}"
                     for m in args.modes
                 )
