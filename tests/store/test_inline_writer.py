@@ -206,3 +206,20 @@ async def test_close_writes_the_whole_ring_not_just_one_batch(tmp_path: Path) ->
     finally:
         await store.close()
     assert count_rows(tmp_path / "kms.db") == (3000, 3000)
+
+
+async def test_a_commit_releases_the_ring_at_once_not_at_the_next_poll() -> None:
+    """Full batches flow without waiting for the reader's poll (15 s here): held answers
+    leave as soon as their records' batch before them is committed."""
+    up = FakeStore()
+    made = drafts(300)
+    async with InlineWriter(
+        cast(Store, up), node="n", max_queue=100, batch_size=100, flush_interval=30.0
+    ) as writer:
+        for draft in made:
+            writer.submit(draft)
+        assert not writer.hand_over()  # 100 in the ring, 200 wait with their answers
+        released: list[bool] = []
+        writer.when_handed_over(lambda: released.append(True))
+        await wait_for(lambda: writer.written == 300 and bool(released), timeout=10)
+        assert [len(batch) for batch in up.batches] == [100, 100, 100]

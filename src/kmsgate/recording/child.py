@@ -138,8 +138,17 @@ async def serve(outbox: Outbox) -> None:
         retention = Retention(store, int(config["retention_days"]))
     flush_interval = float(config["flush_interval"])
     batch_size = int(config["batch_size"])
+    wake = asyncio.Event()  # read the ring now
+    committed = asyncio.Event()  # report (and release) now
+
+    def on_written() -> None:
+        # Released and reported at once: a full ring holds the parent's answers till then.
+        committed.set()
+        wake.set()
+
     writer = RecordWriter(
         store,
+        on_written=on_written,
         # The ring keeps the rest safe: as objects, only about what one transaction takes.
         max_queue=min(int(config["max_queue"]), batch_size),
         flush_interval=flush_interval,
@@ -168,12 +177,13 @@ async def serve(outbox: Outbox) -> None:
                 except OSError:  # the parent is gone: keep writing, stop reporting
                     return
                 last = current
-            await asyncio.sleep(STATUS_PERIOD)
+            committed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(committed.wait(), STATUS_PERIOD)
 
     await writer.start()
     outbox.send(("ready", os.getpid()))
     reporter = asyncio.create_task(report())
-    wake = asyncio.Event()
     control = asyncio.create_task(_follow_control(reader, wake))
     poll = max(MIN_POLL, flush_interval / 2)
     try:
@@ -184,8 +194,7 @@ async def serve(outbox: Outbox) -> None:
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), poll)
-        # Input ended. The writer's queue is as long as the ring, so the last drain took all
-        # of it unless the ring held more than that bound; what is left follows as it writes.
+        # Input ended: the writer takes a batch's worth at a time, the rest as it commits.
         deadline = asyncio.get_running_loop().time() + float(config["close_timeout"])
         while reading.unread() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(MIN_POLL)

@@ -45,6 +45,7 @@ class RecordWriter:
         flush_interval: float = 0.2,
         batch_size: int = 5000,
         on_drop: Callable[[ActivationRecord], None] | None = None,
+        on_written: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         max_backoff: float = 2.0,
@@ -52,7 +53,8 @@ class RecordWriter:
     ) -> None:
         """`flush_interval` caps how long a batch waits for more records; `max_backoff`
         caps the pause between retries while the database is unavailable; `retention`
-        prunes between batches."""
+        prunes between batches; `on_written` is called after each batch is written (or
+        dropped record by record)."""
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
         self._store = store
@@ -60,6 +62,7 @@ class RecordWriter:
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._on_drop = on_drop
+        self._on_written = on_written
         self._clock = clock
         self._wall_clock = wall_clock
         self._max_backoff = max_backoff
@@ -222,6 +225,8 @@ class RecordWriter:
                 suspect += 1
             else:
                 streak = suspect = 0
+                if self._on_written is not None:
+                    self._on_written()
                 retention = self._retention
                 if retention is not None and retention.due_in() == 0 and not self._closing:
                     # One small delete between batches: records never wait for a whole pass,
