@@ -21,6 +21,7 @@ from kmsgate.store.database import Store
 from kmsgate.store.engine import make_engine
 from kmsgate.store.errors import StoreError
 from kmsgate.store.schema import metadata
+from kmsgate.store.schema_version import HEAD_REVISION
 from kmsgate.store.search import FTS_TABLE
 from tests.support.records import make_record
 
@@ -180,6 +181,38 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (location / "versions" / "0001_initial.py").is_file()
     assert "kmsgate" in location.parts and "store" in location.parts
     assert migrate.head() == "0010"
+    assert migrate.head() == HEAD_REVISION  # the fast check at Store.open reads this
+
+
+_OPEN_AND_REPORT = """
+import asyncio, sys
+from kmsgate.store.database import Store
+
+async def main():
+    store = await Store.open(sys.argv[1])
+    loaded = "alembic" in sys.modules
+    await store.close()
+    from kmsgate.store import migrate
+    print(loaded, migrate.head())
+
+asyncio.run(main())
+"""
+
+
+def test_a_database_at_head_opens_without_alembic_and_an_older_one_is_upgraded(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/kms.db"
+
+    def open_in_a_fresh_process() -> str:
+        done = subprocess.run([sys.executable, "-c", _OPEN_AND_REPORT, url],
+                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        return done.stdout.strip()
+
+    migrate.upgrade(url, "0009")
+    assert open_in_a_fresh_process() == f"True {HEAD_REVISION}"  # migrated: Alembic ran
+    assert revision_of(url) == HEAD_REVISION
+    assert open_in_a_fresh_process() == f"False {HEAD_REVISION}"  # at head: never imported
 
 
 def test_the_refused_connections_counter_is_filled_from_the_audit_trail(tmp_path: Path) -> None:

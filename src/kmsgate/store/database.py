@@ -35,6 +35,7 @@ from kmsgate.store.listings import (
 from kmsgate.store.paging import Listing, PageScan
 from kmsgate.store.records import ActivationRecord, ActivationRow, ClientRow, Page, Stats, User
 from kmsgate.store.schema import counters
+from kmsgate.store.schema_version import at_head
 from kmsgate.store.search import has_index
 from kmsgate.store.sqlite_file import FileWatch
 from kmsgate.store.stats import read_stats
@@ -95,12 +96,13 @@ class Store:
         engine = make_engine(url, create=upgrade)
         store = cls(url, engine, clock=clock, recreate=upgrade if recreate is None else recreate)
         if upgrade:
-            # Alembic is imported only here: the writer process never migrates.
-            from kmsgate.store.migrate import run_upgrade
-
             try:
                 with translated():
-                    await run_upgrade(engine)
+                    if not await at_head(engine):
+                        # Alembic is imported only here: most starts find nothing to do.
+                        from kmsgate.store.migrate import run_upgrade
+
+                        await run_upgrade(engine)
             except BaseException:
                 await engine.dispose()
                 raise
