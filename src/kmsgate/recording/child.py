@@ -19,15 +19,12 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kmsgate.recording.frames import FrameError, encode_frame, read_frame
 from kmsgate.recording.ring import RecordRing, RingError
 from kmsgate.recording.ring_reader import RingReader
 from kmsgate.store.errors import StoreError
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("kmsgate.store")
 STATUS_PERIOD = 0.05

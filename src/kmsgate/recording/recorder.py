@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from kmsgate.catalog import Catalog
 from kmsgate.net import Peer
@@ -14,11 +13,6 @@ from kmsgate.observability.metrics import product_family_label
 from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.recording.drafts import RecordDraft
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("kmsgate.store")
 
 # Names are looked up once per (SKU, KMS id); clients choose those ids, so the cache is
 # bounded and simply starts over when full.
