@@ -223,3 +223,29 @@ async def test_a_commit_releases_the_ring_at_once_not_at_the_next_poll() -> None
         writer.when_handed_over(lambda: released.append(True))
         await wait_for(lambda: writer.written == 300 and bool(released), timeout=10)
         assert [len(batch) for batch in up.batches] == [100, 100, 100]
+
+
+async def test_a_failing_waiter_neither_blocks_the_others_nor_stops_the_reader(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    up = FakeStore()
+    async with InlineWriter(
+        cast(Store, up), node="n", max_queue=10, batch_size=10, flush_interval=0.01
+    ) as writer:
+        made = drafts(40)
+        for draft in made[:30]:
+            writer.submit(draft)
+        assert not writer.hand_over()
+
+        def broken() -> None:
+            raise RuntimeError("a bug in a connection")
+
+        released: list[bool] = []
+        writer.when_handed_over(broken)
+        writer.when_handed_over(lambda: released.append(True))
+        await wait_for(lambda: bool(released), timeout=10)
+        for draft in made[30:]:  # the reader still runs
+            writer.submit(draft)
+        writer.hand_over()
+        await wait_for(lambda: writer.written == 40, timeout=10)
+    assert "releasing held answers failed" in caplog.text

@@ -159,7 +159,12 @@ class RingHandover:
             self._pumping = False
         waiters, handed = self._waiters, self._handed
         while waiters and waiters[0][0] <= handed:
-            waiters.popleft()[1]()
+            try:
+                waiters.popleft()[1]()
+            # A failing waiter (a bug) must neither keep the others waiting nor stop the
+            # reader or watcher that pumps.
+            except Exception:
+                log.exception("releasing held answers failed")
 
     def _wake_reader(self) -> None:
         """Tell the ring's reader to read now, not at its next poll."""

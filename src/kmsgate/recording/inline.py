@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 
 from kmsgate.recording.handover import RingHandover
@@ -19,6 +20,7 @@ from kmsgate.recording.writer import RecordWriter
 from kmsgate.store.database import Store
 from kmsgate.store.retention import Retention
 
+log = logging.getLogger("kmsgate.store")
 MIN_POLL = 0.01
 CLOSE_POLL = 0.01
 
@@ -108,6 +110,12 @@ class InlineWriter(RingHandover):
         self._attached = True
         self._ready.set()
         self._task = asyncio.create_task(self._run(), name="kmsgate-ring-reader")
+        self._task.add_done_callback(self._reader_ended)
+
+    def _reader_ended(self, task: asyncio.Task[None]) -> None:
+        # Only a bug ends the loop early; said loudly, since answers then wait for room.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the record ring's reader stopped", exc_info=task.exception())
 
     async def _run(self) -> None:
         reader = self._reader

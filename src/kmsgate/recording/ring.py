@@ -127,8 +127,8 @@ class RecordRing:
         RingError when the payload could never fit, so that it cannot block the ring.
         """
         size = len(payload)
-        if size > self.max_payload:
-            raise RingError(f"an entry of {size} bytes exceeds the ring's {self.max_payload}")
+        if not 0 < size <= self.max_payload:
+            raise RingError(f"an entry of {size} bytes: the ring takes 1 to {self.max_payload}")
         words, capacity, tail = self._words, self.capacity, self._tail
         if self._count - words[_HEAD_COUNT] >= self.max_entries:
             return False
@@ -163,7 +163,9 @@ class RecordRing:
 
         An entry whose checksum does not match its bytes (a store not visible yet on a
         weakly ordered machine) ends this read; if it still does not match at the next read,
-        it is corrupt: skipped and counted in `cursor.corrupt`.
+        it is corrupt: skipped and counted in `cursor.corrupt`. A length no entry can have
+        (0, too long, past the end; only a crash of the machine leaves one) makes everything
+        up to the tail corrupt: nothing after it can be found again.
         """
         entries: list[bytes] = []
         tail = self._words[_TAIL_POS]
@@ -175,9 +177,10 @@ class RecordRing:
             if size == WRAP:
                 position += capacity - offset
                 continue
-            if size > self.max_payload:
-                raise RingError(f"corrupt ring: an entry of {size} bytes at {position}")
             start = offset + ENTRY_HEADER.size
+            if not 0 < size <= self.max_payload or start + size > capacity:
+                self._skip_to_tail(cursor, len(entries))
+                return entries
             payload = bytes(data[start : start + size])
             if zlib.crc32(payload) == crc:
                 entries.append(payload)
@@ -191,6 +194,18 @@ class RecordRing:
         cursor.count += len(entries)
         cursor.position = position
         return entries
+
+    def _skip_to_tail(self, cursor: RingCursor, taken: int) -> None:
+        """Move `cursor` (which has `taken` entries of this read to count yet) to the tail,
+        counting what it passes as corrupt."""
+        words = self._words
+        # Count before position (the producer stores them in that order): the count read may
+        # lag the position by the entry being appended, never lead it, so released counts
+        # never pass what was appended.
+        count = words[_TAIL_COUNT]
+        tail = words[_TAIL_POS]
+        cursor.corrupt += max(0, count - cursor.count - taken)
+        cursor.position, cursor.count, cursor.suspect = tail, max(count, cursor.count + taken), -1
 
     def unread(self, cursor: RingCursor) -> bool:
         """Whether entries follow `cursor`."""
