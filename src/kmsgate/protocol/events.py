@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from kmsgate.protocol import rpc
 from kmsgate.protocol.messages import DecodedRequest, KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.protocol.values import value_class
 from kmsgate.protocol.verification import VerifiedResponse
 from kmsgate.protocol.verification import verify_response as _verify_response
 
 # --- a conversation as the host sees it (ServerSession, ConversationObserver) -------------
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class BindCompleted:
     """A bind or alter_context was answered."""
 
@@ -25,7 +25,7 @@ class BindCompleted:
     btfn_bits: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ActivationServed:
     """A KMS request was answered with a response message."""
 
@@ -35,7 +35,7 @@ class ActivationServed:
     response: KmsResponse
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ActivationRefused:
     """A KMS request got an HRESULT error stub; `request` is None when it did not decode."""
 
@@ -46,7 +46,7 @@ class ActivationRefused:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class FaultSent:
     """An RPC fault PDU was queued."""
 
@@ -55,7 +55,7 @@ class FaultSent:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ConnectionClosed:
     """The peer broke the protocol: flush `data_to_send()` and close the connection."""
 
@@ -67,7 +67,7 @@ Event = BindCompleted | ActivationServed | ActivationRefused | FaultSent | Conne
 Direction = Literal["client", "server"]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ObserverNote:
     """Something in `direction`'s bytes the observer could not follow; they were relayed anyway."""
 
@@ -81,7 +81,7 @@ ObserverEvent = Event | ObserverNote
 # --- a conversation as the client sees it (ClientSession) ----------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class BindAccepted:
     """The bind (and the alter_context it needed) is complete: requests may follow."""
 
@@ -90,7 +90,7 @@ class BindAccepted:
     btfn_bits: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class BindRejected:
     """The host answered the bind with a bind_nak."""
 
@@ -98,7 +98,7 @@ class BindRejected:
     reason: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ResponseReceived:
     """The host answered a request with a KMS response message (not yet verified)."""
 
@@ -112,7 +112,7 @@ class ResponseReceived:
         return _verify_response(self.request_message, self.message, sent=sent)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ErrorReceived:
     """The host answered a request with an HRESULT other than success."""
 
@@ -121,7 +121,7 @@ class ErrorReceived:
     hresult: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class FaultReceived:
     """The host answered a request with an RPC fault PDU."""
 

@@ -7,10 +7,10 @@ import hmac
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from kmsgate.protocol import crypto
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
+from kmsgate.protocol.values import value_class
 
 RandomBytes = Callable[[int], bytes]
 
@@ -43,7 +43,7 @@ def _shared_uuid(raw: bytes) -> uuid.UUID:
     return found
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class KmsRequest:
     """The 236-byte base request a KMS client sends (spec §9)."""
 
@@ -107,7 +107,7 @@ class KmsRequest:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class KmsResponse:
     """The base response a KMS host returns (spec §10)."""
 
@@ -181,7 +181,7 @@ def _utf16z(raw: bytes) -> str:
     return _utf16le_decode(raw[:end] if end >= 0 else raw, "replace", True)[0]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class DecodedRequest:
     """A request message as a host sees it: fields plus what the reply needs."""
 
