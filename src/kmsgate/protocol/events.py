@@ -7,9 +7,9 @@ from typing import Literal
 from kmsgate.protocol import rpc
 from kmsgate.protocol.messages import DecodedRequest, KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.protocol.values import value_class
 from kmsgate.protocol.verification import VerifiedResponse
 from kmsgate.protocol.verification import verify_response as _verify_response
+from kmsgate.values import value_class
 
 # --- a conversation as the host sees it (ServerSession, ConversationObserver) -------------
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from kmsgate.protocol import crypto
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
-from kmsgate.protocol.values import value_class
+from kmsgate.values import value_class
 
 RandomBytes = Callable[[int], bytes]
 
