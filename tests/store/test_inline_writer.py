@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -249,3 +250,19 @@ async def test_a_failing_waiter_neither_blocks_the_others_nor_stops_the_reader(
         writer.hand_over()
         await wait_for(lambda: writer.written == 40, timeout=10)
     assert "releasing held answers failed" in caplog.text
+
+
+async def test_close_returns_when_a_commit_wakes_the_reader_at_that_moment() -> None:
+    """The reader is woken (a commit) in the same loop turn as close() stops it: on Python
+    3.11, a cancel at that moment was swallowed by asyncio.wait_for and close() hung."""
+    up = FakeStore()
+    writer = InlineWriter(cast(Store, up), node="n", flush_interval=1.0)
+    await writer.start()
+    await asyncio.sleep(0.05)  # the reader waits for its next poll, 0.5 s away
+    writer._wake.set()  # as on_written does
+    closing = asyncio.create_task(writer.close())
+    done, _ = await asyncio.wait({closing}, timeout=10)  # not a timing: it hung for good
+    assert closing in done
+    task = writer._task
+    assert task is not None and task.done() and not task.cancelled()
+    assert task.exception() is None  # the reader stopped between two reads, as told

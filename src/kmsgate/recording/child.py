@@ -176,7 +176,8 @@ async def serve(outbox: Outbox) -> None:
                 last = current
             committed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(committed.wait(), STATUS_PERIOD)
+                async with asyncio.timeout(STATUS_PERIOD):  # not wait_for: see below
+                    await committed.wait()
 
     await writer.start()
     outbox.send(("ready", os.getpid()))
@@ -189,8 +190,11 @@ async def serve(outbox: Outbox) -> None:
             if control.done():
                 break
             wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+            # arrives as the event is set.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), poll)
+                async with asyncio.timeout(poll):
+                    await wake.wait()
         # Input ended: the writer takes a batch's worth at a time, the rest as it commits.
         deadline = asyncio.get_running_loop().time() + float(config["close_timeout"])
         while reading.unread() and asyncio.get_running_loop().time() < deadline:

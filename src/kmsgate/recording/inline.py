@@ -61,6 +61,7 @@ class InlineWriter(RingHandover):
         self._memory: RingMemory | None = None
         self._reader: RingReader | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # ---------------------------------------------------------------- counters
 
@@ -130,8 +131,13 @@ class InlineWriter(RingHandover):
             # committed what it read, a wake-up per record would find nothing more to do.
             self._woken = ring.uncommitted >= wake_at
             self._wake.clear()
+            if self._stopping:
+                return
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+            # arrives as the event is set.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
 
     def _wake_reader(self) -> None:
         if not self._woken:
@@ -153,7 +159,9 @@ class InlineWriter(RingHandover):
                 self._wake_reader()
                 await asyncio.sleep(CLOSE_POLL)
         if self._task is not None:
-            self._task.cancel()
+            # Told to stop, not cancelled: it ends between two reads of the ring.
+            self._stopping = True
+            self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         reader = self._reader
