@@ -371,57 +371,12 @@ def _encode_bind_nak(pdu: BindNak) -> bytes:
     return _header(PType.BIND_NAK, pdu.flags, HEADER_SIZE + len(body), pdu.call_id) + body
 
 
-def _decode_request(header: PduHeader, body: bytes) -> Request:
-    if len(body) < _REQUEST_BODY.size:
+def _decode_request(flags: int, call_id: int, data: bytes) -> Request:
+    """The request in a whole PDU whose common header is checked (`data` from its start)."""
+    stub_at = HEADER_SIZE + _REQUEST_BODY.size
+    if len(data) < stub_at:
         raise RpcDecodeError("request body too short")
-    alloc_hint, context_id, opnum = _REQUEST_BODY.unpack_from(body)
-    stub_at = _REQUEST_BODY.size
-    object_uuid = None
-    if header.flags & PFC_OBJECT_UUID:
-        if len(body) < stub_at + 16:
-            raise RpcDecodeError("request object UUID truncated")
-        object_uuid = uuid.UUID(bytes_le=body[stub_at : stub_at + 16])
-        stub_at += 16
-    return Request(
-        call_id=header.call_id,
-        context_id=context_id,
-        opnum=opnum,
-        stub=body[stub_at:],
-        alloc_hint=alloc_hint,
-        flags=header.flags,
-        object_uuid=object_uuid,
-    )
-
-
-_REQUEST_PDU = struct.Struct("<BBBB4sHHIIHH")  # the common header, then _REQUEST_BODY
-
-
-def decode_request_pdu(data: bytes) -> Pdu:
-    """decode_pdu for a PDU whose type byte says request: the same result or error.
-
-    The common case (a whole request PDU) is unpacked in one go, without a PduHeader.
-    """
-    if len(data) < _REQUEST_PDU.size or data[2] != PType.REQUEST:
-        return decode_pdu(data)
-    (
-        ver,
-        minor,
-        _,
-        flags,
-        drep,
-        frag_length,
-        auth_length,
-        call_id,
-        alloc_hint,
-        context_id,
-        opnum,
-    ) = _REQUEST_PDU.unpack_from(data)
-    _check_header(ver, minor, drep, frag_length)
-    if frag_length != len(data):
-        raise RpcDecodeError(f"frag_length {frag_length} but {len(data)} bytes given")
-    if auth_length:
-        raise RpcDecodeError("authenticated PDUs are not used by KMS")
-    stub_at = _REQUEST_PDU.size
+    alloc_hint, context_id, opnum = _REQUEST_BODY.unpack_from(data, HEADER_SIZE)
     object_uuid = None
     if flags & PFC_OBJECT_UUID:
         if len(data) < stub_at + 16:
@@ -437,6 +392,17 @@ def decode_request_pdu(data: bytes) -> Pdu:
         flags=flags,
         object_uuid=object_uuid,
     )
+
+
+def decode_request_pdu(data: bytes) -> Pdu:
+    """decode_pdu for a PDU whose type byte says request: the same result or error, without
+    building a PduHeader (the host's path for every request)."""
+    if len(data) < HEADER_SIZE or data[2] != PType.REQUEST:
+        return decode_pdu(data)
+    ver, minor, _, flags, drep, frag_length, auth_length, call_id = _HEADER.unpack_from(data)
+    _check_header(ver, minor, drep, frag_length)
+    _check_whole(frag_length, auth_length, len(data))
+    return _decode_request(flags, call_id, data)
 
 
 def _encode_request(pdu: Request) -> bytes:
@@ -500,19 +466,24 @@ _DECODERS: dict[int, Callable[[PduHeader, bytes], Pdu]] = {
     PType.BIND_ACK: _decode_bind_ack,
     PType.ALTER_CONTEXT_RESP: _decode_bind_ack,
     PType.BIND_NAK: _decode_bind_nak,
-    PType.REQUEST: _decode_request,
     PType.RESPONSE: _decode_response,
     PType.FAULT: _decode_fault,
 }
 
 
+def _check_whole(frag_length: int, auth_length: int, size: int) -> None:
+    if frag_length != size:
+        raise RpcDecodeError(f"frag_length {frag_length} but {size} bytes given")
+    if auth_length:
+        raise RpcDecodeError("authenticated PDUs are not used by KMS")
+
+
 def decode_pdu(data: bytes) -> Pdu:
     """Decode exactly one complete PDU; raise RpcDecodeError on anything malformed."""
     header = parse_header(data)
-    if header.frag_length != len(data):
-        raise RpcDecodeError(f"frag_length {header.frag_length} but {len(data)} bytes given")
-    if header.auth_length:
-        raise RpcDecodeError("authenticated PDUs are not used by KMS")
+    _check_whole(header.frag_length, header.auth_length, len(data))
+    if header.ptype == PType.REQUEST:
+        return _decode_request(header.flags, header.call_id, data)
     decoder = _DECODERS.get(header.ptype)
     if decoder is None:
         raise RpcDecodeError(f"unknown PDU type {header.ptype}")

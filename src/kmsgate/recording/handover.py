@@ -39,7 +39,6 @@ class RingHandover:
         self._max_queue = max_queue
         self._pending: collections.deque[RecordDraft] = collections.deque()
         self._ring: RecordRing | None = None
-        self._attached = False  # a child that has opened the store reads the ring
         self._wake_at = max(1, max_queue // 4)
         self._woken = False  # a wake-up was sent and the child has not reported since
         self._out = bytearray()  # control frames not yet in the pipe
@@ -51,7 +50,9 @@ class RingHandover:
         self._submitted = 0
         self._handed = 0
         self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
-        self._ready = asyncio.Event()  # the child has opened the store and reads the ring
+        # A reader (the child, once it has opened the store, or the inline task) takes the
+        # ring: drafts are handed over only then.
+        self._ready = asyncio.Event()
         self._closing = False
         self._full = False
         # This child's counters, as last reported, and the totals of the children before it.
@@ -100,7 +101,7 @@ class RingHandover:
             self._base_dropped += 1
             return False
         self._submitted += 1
-        if self._pending or not self._attached or not self._append(draft):
+        if self._pending or not self._ready.is_set() or not self._append(draft):
             self._pending.append(draft)
         return True
 
@@ -146,7 +147,7 @@ class RingHandover:
         self._pumping = True
         try:
             pending = self._pending
-            if self._attached:
+            if self._ready.is_set():
                 while pending and self._append(pending[0]):
                     pending.popleft()
                 if pending:

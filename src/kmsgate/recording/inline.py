@@ -108,7 +108,6 @@ class InlineWriter(RingHandover):
         self._ring = memory.ring
         await self._writer.start()
         self._reader = RingReader(memory.ring, self._writer, self._node)
-        self._attached = True
         self._ready.set()
         self._task = asyncio.create_task(self._run(), name="kmsgate-ring-reader")
         self._task.add_done_callback(self._reader_ended)
@@ -177,7 +176,7 @@ class InlineWriter(RingHandover):
         reader.release(keep_dropped=True)
         # Lost to this run; a ring file still holds them for the next start.
         self._base_dropped += self._in_flight
-        self._attached = False
+        self._ready.clear()
         self._base_dropped += len(self._pending)
         self._handed += len(self._pending)
         self._pending.clear()

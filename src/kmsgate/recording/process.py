@@ -167,7 +167,6 @@ class WriterProcess(RingHandover):
             process.kill()
         code = await process.wait()
         self._ready.clear()
-        self._attached = False
         self._close_pipe()
         if self._closing or self.pid is None:
             if self.pid is None:
@@ -213,7 +212,6 @@ class WriterProcess(RingHandover):
             case ("ready", int(pid)):
                 self.pid = pid
                 self._restart_delay = self._first_restart_delay
-                self._attached = True
                 self._ready.set()
                 self._pump()
             case _:
