@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -29,6 +30,7 @@ from kmsgate.observability.activation_log import (
     log_activation,
 )
 from kmsgate.observability.logs import (
+    MAX_HELD_LINES,
     JsonFormatter,
     KmsStreamHandler,
     LogFormat,
@@ -624,3 +626,50 @@ def test_product_text_stays_exact_past_the_cache_bound(
             line = activation_line(Peer("10.1.2.3", 1), served(request), catalog)
             assert f'"{catalog.product_name(sku_id, sku.kms_id)}"' in line
     assert len(activation_log_module._PRODUCT_TEXT) <= 4
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (each one a system call on a real stderr)."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_one_loop_turn_of_activation_lines_leaves_in_one_write(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = CountingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging("info")
+    for port in range(5):
+        log_activation(Peer("10.0.0.1", port), served(), catalog)
+    assert (stream.getvalue(), stream.writes) == ("", 0)  # held until the turn ends
+    await asyncio.sleep(0)
+    assert stream.writes == 1 and len(stream.getvalue().splitlines()) == 5
+    # A record written meanwhile comes after the lines held before it, never ahead of them.
+    log_activation(Peer("10.0.0.1", 9), served(), catalog)
+    logging.getLogger("kmsgate.server").warning("after the sixth")
+    lines = stream.getvalue().splitlines()
+    assert ":9 " in lines[-2] and lines[-1].endswith("after the sixth")
+    # flush() (logging.shutdown at exit) writes what is held.
+    log_activation(Peer("10.0.0.1", 10), served(), catalog)
+    logging.getLogger().handlers[0].flush()
+    assert ":10 " in stream.getvalue().splitlines()[-1]
+    await asyncio.sleep(0)
+    assert len(stream.getvalue().splitlines()) == 8
+
+
+async def test_a_busy_turn_writes_every_max_held_lines(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = CountingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging("info")
+    for port in range(MAX_HELD_LINES * 2 + 1):
+        log_activation(Peer("10.0.0.1", port), served(), catalog)
+    assert stream.writes == 2 and len(stream.getvalue().splitlines()) == 2 * MAX_HELD_LINES
+    await asyncio.sleep(0)
+    assert stream.writes == 3 and len(stream.getvalue().splitlines()) == 2 * MAX_HELD_LINES + 1

@@ -15,6 +15,7 @@ activation records themselves are built in kmsgate.observability.activation_log.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.handlers
@@ -32,6 +33,10 @@ DEFAULT_MAX_BYTES: Final = 10_485_760
 DEFAULT_BACKUPS: Final = 5
 MASK: Final = "***"
 _HANDLER_NAME: Final = "kmsgate"
+# Activation lines held for one loop turn at most; a turn that serves more writes sooner.
+MAX_HELD_LINES: Final = 256
+# What handleError reports when held activation lines could not be written.
+_LOST_LINES = logging.makeLogRecord({"msg": "activation lines lost: the log stream failed"})
 
 
 # --- masking -----------------------------------------------------------------------------
@@ -149,13 +154,16 @@ class KmsStreamHandler(logging.StreamHandler[TextIO]):
 
     write_activation() writes exactly what handle() would for an activation record, as long
     as the handler keeps the filters and formatter setup_logging gave it (each lets such a
-    record through unchanged); otherwise it declines and the caller logs a record.
+    record through unchanged); otherwise it declines and the caller logs a record. Inside an
+    event loop the lines of one loop turn leave in one write (one system call, not one per
+    activation); every other record, flush() and close() write the held lines first.
     """
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._sealed: tuple[list[Any], logging.Formatter] | None = None
         self._second: tuple[int, str] = (-1, "")  # one tuple: threads never see half of it
+        self._held: list[str] = []  # activation lines waiting for the end of the loop turn
 
     def seal(self) -> None:
         """Note the filters and the text formatter as set up: the direct path needs them."""
@@ -185,14 +193,56 @@ class KmsStreamHandler(logging.StreamHandler[TextIO]):
         )
         self.acquire()
         try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):
-            # The record path writes again and reports the failure as logging does.
-            return False
+            held = self._held
+            held.append(text)
+            if len(held) == 1:
+                try:
+                    asyncio.get_running_loop().call_soon(self.write_held)
+                except RuntimeError:  # no loop in this thread: nothing would come back
+                    return self._write_held()
+            elif len(held) >= MAX_HELD_LINES:
+                self.write_held()
         finally:
             self.release()
         return True
+
+    def write_held(self) -> None:
+        """Write the activation lines held so far, in one write."""
+        self.acquire()
+        try:
+            if not self._write_held():
+                self.handleError(_LOST_LINES)
+        finally:
+            self.release()
+
+    def _write_held(self) -> bool:
+        """Write and forget the held lines; False when the stream refused them (lost)."""
+        held = self._held
+        if not held:
+            return True
+        text = held[0] if len(held) == 1 else "".join(held)
+        held.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._held:
+            self.write_held()  # lines keep their order with the records around them
+        super().emit(record)
+
+    def flush(self) -> None:
+        if self._held:
+            self.write_held()
+        super().flush()
+
+    def close(self) -> None:
+        if self._held:
+            self.write_held()
+        super().close()
 
 
 class JsonFormatter(logging.Formatter):
