@@ -1,7 +1,52 @@
-"""Builds the optional C block-cipher accelerator; kmsgate falls back to pure Python without it."""
+"""Builds the C extensions: the block-cipher accelerator, and the hot path compiled by mypyc.
+
+Both are optional at run time: kmsgate falls back to pure Python without the cipher
+(protocol/crypto.py), and to the modules' source without the mypyc build (kmsgate/_native.py).
+KMSGATE_PURE_PYTHON_HOT_PATH=1 at build time skips mypyc.
+"""
+
+import os
+from pathlib import Path
 
 from setuptools import Extension, setup
 
+ROOT = Path(__file__).resolve().parent
+LISTING = ROOT / "src" / "kmsgate" / "native_modules.txt"
+
+
+def native_extensions() -> list[Extension]:
+    """The mypyc build of the modules native_modules.txt lists (none if asked or unable)."""
+    if os.environ.get("KMSGATE_PURE_PYTHON_HOT_PATH", "") not in ("", "0"):
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        return []
+    sources = [
+        f"src/{line.strip()}"
+        for line in LISTING.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # mypyc resolves kmsgate's imports from the source folder; its group library is named,
+    # so kmsgate/_native.py finds it.
+    cwd = Path.cwd()
+    os.chdir(ROOT / "src")
+    try:
+        extensions = mypycify(
+            [path.removeprefix("src/") for path in sources],
+            opt_level="3",
+            group_name="kmsgate_native",
+            target_dir=str(ROOT / "build" / "mypyc"),
+        )
+    finally:
+        os.chdir(cwd)
+    for extension in extensions:
+        # A C compiler that fails leaves kmsgate installable: it then runs the source.
+        extension.optional = True
+    return list(extensions)
+
+
+NATIVE = native_extensions()
 setup(
     ext_modules=[
         Extension(
@@ -11,7 +56,9 @@ setup(
             extra_compile_args=["-O2"],
             # Built against the stable ABI (Py_LIMITED_API in the source): one wheel per platform.
             py_limited_api=True,
-        )
+        ),
+        *NATIVE,
     ],
-    options={"bdist_wheel": {"py_limited_api": "cp311"}},
+    # A wheel of the cipher alone serves every CPython from 3.11; mypyc's build is per version.
+    options={} if NATIVE else {"bdist_wheel": {"py_limited_api": "cp311"}},
 )

@@ -51,6 +51,18 @@ find_python() {
     return 1
 }
 
+native_sources_changed() {
+    # The modules mypyc compiles (an editable install builds them in place): an edit since
+    # the last install needs a rebuild, or kmsgate runs them from source (kmsgate/_native.py).
+    local listing="$ROOT/src/kmsgate/native_modules.txt" module
+    [ "$listing" -nt "$1" ] && return 0
+    while read -r module; do
+        case "$module" in "" | "#"*) continue ;; esac
+        [ "$ROOT/src/$module" -nt "$1" ] && return 0
+    done <"$listing"
+    return 1
+}
+
 ensure_venv() {
     local extra="${1:-}"
     if [ ! -x "$VENV/bin/python" ]; then
@@ -61,10 +73,15 @@ ensure_venv() {
         fi
         "$py" -m venv "$VENV"
     fi
+    if ! command -v gcc >/dev/null && command -v apt-get >/dev/null; then
+        # The C cipher and the mypyc-compiled hot path; without them kmsgate runs slower.
+        apt_install gcc python3-dev || echo "no C compiler: kmsgate will run as pure Python" >&2
+    fi
     local stamp="$VENV/.kmsgate-installed${extra:+-$extra}"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] ||
         [ "$ROOT/src/kmsgate/protocol/_cipher.c" -nt "$stamp" ] ||
-        [ "$ROOT/src/kmsgate/__init__.py" -nt "$stamp" ]; then  # __version__: the metadata
+        [ "$ROOT/src/kmsgate/__init__.py" -nt "$stamp" ] ||  # __version__: the metadata
+        native_sources_changed "$stamp"; then
         # The test tools are a PEP 735 dependency group: `pip install --group` needs pip 25.1
         # (Debian 12's venv brings 23.0). Some machines' pip configs name local mirror folders
         # that may be absent: hide that noise.

@@ -64,7 +64,8 @@ def test_version_builds_no_command_and_imports_no_settings(tmp_path: Path) -> No
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out, err) == (0, f"kmsgate {kmsgate.__version__}\n", "")
     modules = set(listing.read_text().split())
-    assert not {m for m in modules if m.startswith("kmsgate.") and m != "kmsgate.cli"}
+    # kmsgate/__init__ decides between the compiled and the source hot path (a few stats).
+    assert not {m for m in modules if m.startswith("kmsgate.")} - {"kmsgate.cli", "kmsgate._native"}
     assert not modules & {"pydantic", "sqlalchemy", "rich.table", "dns.resolver"}
 
 

@@ -63,10 +63,11 @@ class OneAnswerHost:
                 served = [e for e in events if isinstance(e, ActivationServed)]
                 if served and not self.answer:
                     break  # drop the request unanswered
+                # Counted before the answer leaves: the client may check as soon as it has it.
+                self.answered += len(served)
                 writer.write(session.data_to_send())
                 await writer.drain()
                 if served:
-                    self.answered += len(served)
                     break
         finally:
             writer.close()

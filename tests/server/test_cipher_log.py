@@ -24,8 +24,8 @@ def test_the_c_accelerator_is_built_for_the_stable_abi() -> None:
     assert spec.origin.endswith(".abi3.so"), spec.origin
 
 
-def _serve_and_read_cipher_line(tmp_path: Path, pure_python: bool) -> str:
-    """Start `kmsgate serve`, activate once through it, and return its `cipher:` log line."""
+def _serve_and_read_cipher_line(tmp_path: Path, pure_python: bool, topic: str = "cipher:") -> str:
+    """Start `kmsgate serve`, activate once through it, and return its `topic` log line."""
     env = {k: v for k, v in os.environ.items() if k != "KMSGATE_PURE_PYTHON_CIPHER"}
     if pure_python:
         env["KMSGATE_PURE_PYTHON_CIPHER"] = "1"
@@ -48,13 +48,19 @@ def _serve_and_read_cipher_line(tmp_path: Path, pure_python: bool) -> str:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-    [line] = [line for line in log_path.read_text().splitlines() if "cipher:" in line]
+    [line] = [line for line in log_path.read_text().splitlines() if topic in line]
     return line
 
 
 def test_serve_logs_the_c_accelerator(tmp_path: Path) -> None:
     line = _serve_and_read_cipher_line(tmp_path, pure_python=False)
     assert line.endswith("cipher: C accelerator (abi3)"), line
+
+
+def test_serve_logs_the_compiled_hot_path(tmp_path: Path) -> None:
+    # scripts/test installs with mypyc: the host that serves is the compiled one.
+    line = _serve_and_read_cipher_line(tmp_path, pure_python=False, topic="hot path:")
+    assert line.endswith("hot path: compiled (mypyc): 11 modules"), line
 
 
 def test_serve_logs_the_pure_python_cipher_when_asked(tmp_path: Path) -> None:

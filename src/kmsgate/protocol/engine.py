@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,7 +46,10 @@ def filetime_from_unix(seconds: float) -> int:
 
 def unix_from_filetime(filetime: int) -> float:
     """Convert a FILETIME tick count to Unix seconds."""
-    return filetime / FILETIME_TICKS_PER_SECOND - 11_644_473_600
+    # One rounding, as Python's int / int: mypyc's compiled `/` turns a FILETIME (beyond
+    # 2**53) into a float before dividing, which rounds twice.
+    seconds: float = operator.truediv(filetime, FILETIME_TICKS_PER_SECOND)
+    return seconds - 11_644_473_600
 
 
 class KmsEngine:

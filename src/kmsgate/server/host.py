@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from kmsgate import _native
 from kmsgate.access.products import ProductPolicy
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config.settings import ServeSettings
@@ -189,6 +190,7 @@ class KmsHost(ConnectionLimits):
         for host, port in self.addresses:
             log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         log.info("cipher: %s", crypto.CIPHER_BACKEND)
+        log.info("hot path: %s", _native.NATIVE_STATUS)
         if upstream is not None:
             log.info("relaying every connection to %s", self.settings.upstream)
             return

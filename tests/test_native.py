@@ -1,0 +1,97 @@
+"""The mypyc-compiled hot path: used when built and current, the Python source otherwise."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kmsgate import _native
+from kmsgate.protocol import session
+
+ROOT = Path(__file__).resolve().parent.parent
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+MODULES = ("kmsgate.protocol.rpc", "kmsgate.server.idle")
+
+
+def _layout(tmp_path: Path, *, group: bool = True, built: tuple[str, ...] = MODULES) -> Path:
+    """A folder laid out like src/: sources, their builds and the group library."""
+    for name in MODULES:
+        source = tmp_path.joinpath(*name.split(".")).with_suffix(".py")
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text("")
+        os.utime(source, (1_000, 1_000))
+        if name in built:
+            source.with_name(source.stem + SUFFIX).write_bytes(b"")
+    if group:
+        (tmp_path / f"{_native.GROUP_LIBRARY}{SUFFIX}").write_bytes(b"")
+    return tmp_path
+
+
+def test_a_complete_current_build_is_used(tmp_path: Path) -> None:
+    assert _native.build_problem(_layout(tmp_path), MODULES, checkout=True) is None
+
+
+def test_no_group_library_means_source(tmp_path: Path) -> None:
+    problem = _native.build_problem(_layout(tmp_path, group=False), MODULES, checkout=True)
+    assert problem is not None and "not compiled" in problem
+
+
+def test_one_missing_module_means_source_for_all(tmp_path: Path) -> None:
+    root = _layout(tmp_path, built=MODULES[:1])
+    problem = _native.build_problem(root, MODULES, checkout=False)
+    assert problem == "kmsgate.server.idle is not compiled"
+
+
+def test_an_edit_after_the_build_means_source_in_a_checkout_only(tmp_path: Path) -> None:
+    root = _layout(tmp_path)
+    edited = root / "kmsgate" / "server" / "idle.py"
+    os.utime(edited, (10**10, 10**10))
+    problem = _native.build_problem(root, MODULES, checkout=True)
+    assert problem is not None and problem.startswith("idle.py changed after it was compiled")
+    # Installed files (no checkout) keep their build whatever their times.
+    assert _native.build_problem(root, MODULES, checkout=False) is None
+
+
+def test_the_listing_names_existing_modules() -> None:
+    names = _native.listed_modules(ROOT / "src" / "kmsgate" / "native_modules.txt")
+    assert "kmsgate.protocol.session" in names and "kmsgate.server.connection" in names
+    for name in names:
+        assert ROOT.joinpath("src", *name.split(".")).with_suffix(".py").is_file(), name
+
+
+def test_the_finder_loads_every_listed_module_from_source(tmp_path: Path) -> None:
+    finder = _native.SourceFinder(ROOT / "src", ["kmsgate.protocol.session"])
+    spec = finder.find_spec("kmsgate.protocol.session")
+    assert spec is not None and spec.origin == str(ROOT / "src/kmsgate/protocol/session.py")
+    assert finder.find_spec("kmsgate.protocol.ndr") is None
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("KMSGATE_PURE_PYTHON_HOT_PATH")), reason="source run asked for"
+)
+def test_the_test_run_exercises_the_compiled_build() -> None:
+    # scripts/test installs with mypyc; a silent fall-back would leave the build untested.
+    assert _native.NATIVE, _native.NATIVE_STATUS
+    assert session.__file__ is not None and session.__file__.endswith(SUFFIX)
+
+
+@pytest.mark.timeout(300)
+def test_the_source_passes_the_protocol_tests_too() -> None:
+    """The suite runs compiled; the Python source of the same modules must pass as well."""
+    env = {**os.environ, "KMSGATE_PURE_PYTHON_HOT_PATH": "1"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import kmsgate.protocol.session as s; print(s.__file__)"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip().endswith("session.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "tests/protocol", "tests/server/test_host.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
