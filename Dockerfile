@@ -18,10 +18,11 @@ RUN python -m venv /opt/kmsgate
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY src ./src
-# The extension is optional for pip (kmsgate falls back to pure Python): fail the build
-# instead if it did not compile.
+# The extensions are optional for pip (kmsgate falls back to pure Python): fail the build
+# instead if the cipher or the mypyc-compiled hot path did not compile.
 RUN /opt/kmsgate/bin/pip install . \
-    && /opt/kmsgate/bin/python -c "import kmsgate.protocol._cipher; from kmsgate.protocol.crypto import ACCELERATED; assert ACCELERATED"
+    && /opt/kmsgate/bin/python -c "import kmsgate.protocol._cipher; from kmsgate.protocol.crypto import ACCELERATED; assert ACCELERATED" \
+    && /opt/kmsgate/bin/python -c "from kmsgate import _native; assert _native.NATIVE, _native.NATIVE_STATUS"
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}
