@@ -638,12 +638,19 @@ class CountingStream(io.StringIO):
         return super().write(text)
 
 
+def _counted_stderr(monkeypatch: pytest.MonkeyPatch) -> CountingStream:
+    """stderr as `kmsgate serve` logs to it at INFO, its writes counted. Called in the test
+    itself: set up in a fixture, pytest's own capture handler would join during the call."""
+    counting = CountingStream()
+    monkeypatch.setattr(sys, "stderr", counting)
+    setup_logging("info")
+    return counting
+
+
 async def test_one_loop_turn_of_activation_lines_leaves_in_one_write(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stream = CountingStream()
-    monkeypatch.setattr(sys, "stderr", stream)
-    setup_logging("info")
+    stream = _counted_stderr(monkeypatch)
     for port in range(5):
         log_activation(Peer("10.0.0.1", port), served(), catalog)
     assert (stream.getvalue(), stream.writes) == ("", 0)  # held until the turn ends
@@ -665,9 +672,7 @@ async def test_one_loop_turn_of_activation_lines_leaves_in_one_write(
 async def test_a_busy_turn_writes_every_max_held_lines(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stream = CountingStream()
-    monkeypatch.setattr(sys, "stderr", stream)
-    setup_logging("info")
+    stream = _counted_stderr(monkeypatch)
     for port in range(MAX_HELD_LINES * 2 + 1):
         log_activation(Peer("10.0.0.1", port), served(), catalog)
     assert stream.writes == 2 and len(stream.getvalue().splitlines()) == 2 * MAX_HELD_LINES

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from kmsgate.protocol import crypto
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
+from kmsgate.uuids import uuid_cache
 from kmsgate.values import value_class
 
 RandomBytes = Callable[[int], bytes]
@@ -27,20 +28,8 @@ _RESPONSE_TAIL = struct.Struct("<16sQIII")
 _VERSION = struct.Struct("<HH")
 NIL_UUID = uuid.UUID(int=0)
 
-# Application, SKU and KMS ids (and the usual nil previous CMID) repeat across a fleet: one
-# shared UUID object each instead of one per request. Bounded against client-chosen ids.
-_SHARED_UUIDS: dict[bytes, uuid.UUID] = {}
-_SHARED_UUID_LIMIT = 4096
-
-
-def _shared_uuid(raw: bytes) -> uuid.UUID:
-    """The UUID with these 16 little-endian bytes (UUIDs are immutable, so shared)."""
-    found = _SHARED_UUIDS.get(raw)
-    if found is None:
-        if len(_SHARED_UUIDS) >= _SHARED_UUID_LIMIT:
-            _SHARED_UUIDS.clear()
-        found = _SHARED_UUIDS[raw] = uuid.UUID(bytes_le=raw)
-    return found
+# Application, SKU and KMS ids (and the usual nil previous CMID) repeat across a fleet.
+_shared_uuid = uuid_cache(4096, little_endian=True)
 
 
 @value_class
