@@ -9,7 +9,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from kmsgate.protocol import crypto
+from kmsgate.protocol import crypto, rijndael
 
 MAX_LOOPS = 1_000_000
 
@@ -61,7 +61,7 @@ def main() -> None:
     loops = max(1, min(args.loops, MAX_LOOPS))
 
     backends = [("python", False)]
-    if crypto._ACCEL is not None:
+    if rijndael._ACCEL is not None:
         backends.append(("c", True))
     else:
         print("C extension not available: pure Python only")

@@ -17,14 +17,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kmsgate.protocol import crypto
+from kmsgate.protocol import crypto, rijndael
 from kmsgate.protocol.errors import LocalProtocolError, ProtocolError
 
 pytestmark = pytest.mark.integration
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 EXT_BUILT = importlib.util.find_spec("kmsgate.protocol._cipher") is not None
-HAVE_C = crypto._ACCEL is not None
+HAVE_C = rijndael._ACCEL is not None
 NO_C_REASON = (
     "C extension disabled by KMSGATE_PURE_PYTHON_CIPHER=1"
     if EXT_BUILT
@@ -50,7 +50,7 @@ cbc_data = st.integers(min_value=0, max_value=24).flatmap(
 )
 def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
     """Select the pure-Python or the C rounds as the module default for the test."""
-    monkeypatch.setattr(crypto, "ACCELERATED", request.param)
+    monkeypatch.setattr(rijndael, "ACCELERATED", request.param)
     yield request.param
 
 
@@ -97,7 +97,7 @@ def _ndr32_response_message(pdu: bytes) -> bytes:
 
 
 def test_backend_selection_is_effective(impl: bool) -> None:
-    assert crypto.ACCELERATED is impl
+    assert rijndael.ACCELERATED is impl
     cipher = crypto.RijndaelCipher(crypto.V4_KEY)
     assert isinstance(cipher, crypto.RijndaelCipher)
     assert cipher.accelerated is impl
@@ -357,7 +357,7 @@ def test_c_and_python_agree(key: bytes, tweak: dict[int, int], iv: bytes, data: 
 
 @pytest.mark.skipif(not HAVE_C, reason=NO_C_REASON)
 def test_c_extension_rejects_bad_arguments() -> None:
-    mod = crypto._ACCEL
+    mod = rijndael._ACCEL
     assert mod is not None
     rk = crypto.expand_key(crypto.V5_KEY)
     with pytest.raises(ValueError, match="round keys"):
@@ -413,7 +413,7 @@ def test_cipher_for_version_rejects(major: int) -> None:
 
 
 def test_accelerated_request_without_extension(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(crypto, "_ACCEL", None)
+    monkeypatch.setattr(rijndael, "_ACCEL", None)
     with pytest.raises(LocalProtocolError, match="not available"):
         crypto.RijndaelCipher(crypto.V5_KEY, accelerated=True)
 
@@ -592,4 +592,4 @@ def test_missing_extension_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv("KMSGATE_PURE_PYTHON_CIPHER", raising=False)
     monkeypatch.setattr(importlib, "import_module", missing)
-    assert crypto._load_accelerator() == (None, "pure Python (C accelerator not built)")
+    assert rijndael._load_accelerator() == (None, "pure Python (C accelerator not built)")

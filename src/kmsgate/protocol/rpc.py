@@ -1,4 +1,8 @@
-"""DCE-RPC connection-oriented PDUs as KMS uses them: codecs and bind negotiation."""
+"""DCE-RPC connection-oriented PDUs as KMS uses them: the wire codecs and bind negotiation.
+
+The PDU types and constants live in pdus.py; they are re-exported here, so `rpc.Bind` and
+the like name them as before.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +10,51 @@ import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
 
+from kmsgate.protocol import pdus
 from kmsgate.protocol.errors import LocalProtocolError, RpcDecodeError
+from kmsgate.protocol.negotiation import Negotiation as Negotiation
+from kmsgate.protocol.negotiation import negotiate as negotiate
 
-HEADER_SIZE = 16
-DREP_LITTLE_ENDIAN = b"\x10\x00\x00\x00"
-
-PFC_FIRST_FRAG = 0x01
-PFC_LAST_FRAG = 0x02
-PFC_CONC_MPX = 0x10
-PFC_DID_NOT_EXECUTE = 0x20
-PFC_OBJECT_UUID = 0x80
-PFC_SINGLE = PFC_FIRST_FRAG | PFC_LAST_FRAG
-
-KMS_INTERFACE = uuid.UUID("51c82175-844e-4750-b0d8-ec255555bc06")
-NDR32_SYNTAX = uuid.UUID("8a885d04-1ceb-11c9-9fe8-08002b104860")
-NDR64_SYNTAX = uuid.UUID("71710533-beba-4937-8319-b5dbef9ccc36")
-# Only the first 8 wire bytes name BTFN; the last 8 carry the requested feature bits.
-BTFN_PREFIX = uuid.UUID("6cb71c2c-9812-4540-0000-000000000000").bytes_le[:8]
-BTFN_SECURITY_CONTEXT_MULTIPLEXING = 0x0001
-BTFN_KEEP_CONNECTION_ON_ORPHAN = 0x0002
-
-NCA_OP_RNG_ERROR = 0x1C010002
-NCA_UNK_IF = 0x1C010003
-NCA_PROTO_ERROR = 0x1C01000B
-RPC_X_BAD_STUB_DATA = 0x000006F7
+# pdus.py's names, re-exported (rpc.Bind and the like); assignments, as a compiled (mypyc)
+# module binds no star import.
+BTFN_KEEP_CONNECTION_ON_ORPHAN = pdus.BTFN_KEEP_CONNECTION_ON_ORPHAN
+BTFN_PREFIX = pdus.BTFN_PREFIX
+BTFN_SECURITY_CONTEXT_MULTIPLEXING = pdus.BTFN_SECURITY_CONTEXT_MULTIPLEXING
+DREP_LITTLE_ENDIAN = pdus.DREP_LITTLE_ENDIAN
+HEADER_SIZE = pdus.HEADER_SIZE
+KMS_INTERFACE = pdus.KMS_INTERFACE
+KMS_INTERFACE_SYNTAX = pdus.KMS_INTERFACE_SYNTAX
+NCA_OP_RNG_ERROR = pdus.NCA_OP_RNG_ERROR
+NCA_PROTO_ERROR = pdus.NCA_PROTO_ERROR
+NCA_UNK_IF = pdus.NCA_UNK_IF
+NDR32 = pdus.NDR32
+NDR32_SYNTAX = pdus.NDR32_SYNTAX
+NDR64 = pdus.NDR64
+NDR64_SYNTAX = pdus.NDR64_SYNTAX
+NULL_SYNTAX = pdus.NULL_SYNTAX
+PFC_CONC_MPX = pdus.PFC_CONC_MPX
+PFC_DID_NOT_EXECUTE = pdus.PFC_DID_NOT_EXECUTE
+PFC_FIRST_FRAG = pdus.PFC_FIRST_FRAG
+PFC_LAST_FRAG = pdus.PFC_LAST_FRAG
+PFC_OBJECT_UUID = pdus.PFC_OBJECT_UUID
+PFC_SINGLE = pdus.PFC_SINGLE
+RPC_X_BAD_STUB_DATA = pdus.RPC_X_BAD_STUB_DATA
+Bind = pdus.Bind
+BindAck = pdus.BindAck
+BindNak = pdus.BindNak
+BindNakReason = pdus.BindNakReason
+ContextElement = pdus.ContextElement
+ContextResult = pdus.ContextResult
+ContextResultCode = pdus.ContextResultCode
+Fault = pdus.Fault
+PType = pdus.PType
+Pdu = pdus.Pdu
+RejectReason = pdus.RejectReason
+Request = pdus.Request
+Response = pdus.Response
+SyntaxId = pdus.SyntaxId
+btfn_syntax = pdus.btfn_syntax
 
 _HEADER = struct.Struct("<BBBB4sHHI")
 _BIND_BODY = struct.Struct("<HHIB3x")
@@ -40,168 +63,6 @@ _RESULT = struct.Struct("<HH16sI")
 _REQUEST_BODY = struct.Struct("<IHH")
 _RESPONSE_BODY = struct.Struct("<IHBx")
 _FAULT_BODY = struct.Struct("<IHBxI4x")
-
-
-class PType(IntEnum):
-    """PDU types of the connection-oriented protocol."""
-
-    REQUEST = 0
-    RESPONSE = 2
-    FAULT = 3
-    BIND = 11
-    BIND_ACK = 12
-    BIND_NAK = 13
-    ALTER_CONTEXT = 14
-    ALTER_CONTEXT_RESP = 15
-
-
-class ContextResultCode(IntEnum):
-    """`result` of one presentation context in bind_ack."""
-
-    ACCEPTANCE = 0
-    USER_REJECTION = 1
-    PROVIDER_REJECTION = 2
-    NEGOTIATE_ACK = 3
-
-
-class RejectReason(IntEnum):
-    """`reason` of a rejected presentation context."""
-
-    NOT_SPECIFIED = 0
-    ABSTRACT_SYNTAX_NOT_SUPPORTED = 1
-    TRANSFER_SYNTAXES_NOT_SUPPORTED = 2
-
-
-class BindNakReason(IntEnum):
-    """`provider_reject_reason` of a bind_nak."""
-
-    NOT_SPECIFIED = 0
-    TEMPORARY_CONGESTION = 1
-    LOCAL_LIMIT_EXCEEDED = 2
-    PROTOCOL_VERSION_NOT_SUPPORTED = 4
-
-
-@dataclass(frozen=True, slots=True)
-class SyntaxId:
-    """An interface or transfer syntax: UUID plus a 32-bit version (major | minor << 16)."""
-
-    uuid: uuid.UUID
-    version: int
-
-    @property
-    def is_btfn(self) -> bool:
-        return self.uuid.bytes_le[:8] == BTFN_PREFIX
-
-    @property
-    def btfn_bits(self) -> int:
-        return int.from_bytes(self.uuid.bytes_le[8:10], "little")
-
-
-NULL_SYNTAX = SyntaxId(uuid.UUID(int=0), 0)
-KMS_INTERFACE_SYNTAX = SyntaxId(KMS_INTERFACE, 1)
-NDR32 = SyntaxId(NDR32_SYNTAX, 2)
-NDR64 = SyntaxId(NDR64_SYNTAX, 1)
-
-
-def btfn_syntax(bits: int) -> SyntaxId:
-    """The BTFN pseudo transfer syntax asking for feature `bits`."""
-    return SyntaxId(uuid.UUID(bytes_le=BTFN_PREFIX + bits.to_bytes(2, "little") + bytes(6)), 1)
-
-
-@dataclass(frozen=True, slots=True)
-class ContextElement:
-    """One proposed presentation context of a bind or alter_context."""
-
-    context_id: int
-    abstract_syntax: SyntaxId
-    transfer_syntaxes: tuple[SyntaxId, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ContextResult:
-    """The server's answer for one proposed context."""
-
-    result: int
-    reason: int
-    transfer_syntax: SyntaxId = NULL_SYNTAX
-
-
-@dataclass(frozen=True, slots=True)
-class Bind:
-    """bind (or alter_context when `alter` is true)."""
-
-    call_id: int
-    contexts: tuple[ContextElement, ...]
-    max_xmit_frag: int = 5840
-    max_recv_frag: int = 5840
-    assoc_group_id: int = 0
-    flags: int = PFC_SINGLE | PFC_CONC_MPX
-    alter: bool = False
-    minor_version: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BindAck:
-    """bind_ack (or alter_context_resp when `alter` is true)."""
-
-    call_id: int
-    results: tuple[ContextResult, ...]
-    max_xmit_frag: int = 5840
-    max_recv_frag: int = 5840
-    assoc_group_id: int = 0
-    secondary_address: str = ""
-    flags: int = PFC_SINGLE
-    alter: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BindNak:
-    """bind_nak: the bind is refused as a whole."""
-
-    call_id: int
-    reason: int
-    versions: tuple[tuple[int, int], ...] = ((5, 0),)
-    flags: int = PFC_SINGLE
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """request: one call of an operation with its marshalled stub."""
-
-    call_id: int
-    context_id: int
-    opnum: int
-    stub: bytes
-    alloc_hint: int | None = None
-    flags: int = PFC_SINGLE
-    object_uuid: uuid.UUID | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """response: the marshalled result of a request."""
-
-    call_id: int
-    context_id: int
-    stub: bytes
-    alloc_hint: int | None = None
-    cancel_count: int = 0
-    flags: int = PFC_SINGLE
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """fault: the call failed at the RPC level with an NCA status code."""
-
-    call_id: int
-    status: int
-    context_id: int = 0
-    alloc_hint: int = 0
-    cancel_count: int = 0
-    flags: int = PFC_SINGLE | PFC_DID_NOT_EXECUTE
-
-
-Pdu = Bind | BindAck | BindNak | Request | Response | Fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,55 +364,3 @@ def encode_pdu(pdu: Pdu) -> bytes:
     if isinstance(pdu, Response):
         return _encode_response(pdu)
     return _encode_fault(pdu)
-
-
-@dataclass(frozen=True, slots=True)
-class Negotiation:
-    """Outcome of one bind/alter_context: per-context results and the contexts learned."""
-
-    results: tuple[ContextResult, ...]
-    ndr32_context: int | None = None
-    ndr64_context: int | None = None
-    btfn_bits: int | None = None
-
-
-def negotiate(contexts: tuple[ContextElement, ...], *, ndr64: bool, btfn: bool) -> Negotiation:
-    """Answer proposed contexts the way a KMS host does (spec §5.1).
-
-    NDR64 is preferred: when a PDU offers both, NDR32 is rejected in the bind_ack, yet its
-    context id stays usable, which is what genuine clients rely on for their first request.
-    """
-    ndr32_context = None
-    ndr64_context = None
-    for ctx in contexts:
-        syntax = ctx.transfer_syntaxes[0]
-        if ctx.abstract_syntax.uuid != KMS_INTERFACE:
-            continue
-        if syntax == NDR32:
-            ndr32_context = ctx.context_id
-        elif ndr64 and syntax == NDR64:
-            ndr64_context = ctx.context_id
-    results = []
-    btfn_bits = None
-    for ctx in contexts:
-        syntax = ctx.transfer_syntaxes[0]
-        is_kms = ctx.abstract_syntax.uuid == KMS_INTERFACE
-        reason = (
-            RejectReason.TRANSFER_SYNTAXES_NOT_SUPPORTED
-            if is_kms
-            else RejectReason.ABSTRACT_SYNTAX_NOT_SUPPORTED
-        )
-        if is_kms and syntax == NDR32 and ndr64_context is None:
-            results.append(ContextResult(ContextResultCode.ACCEPTANCE, 0, NDR32))
-        elif is_kms and syntax == NDR64 and ndr64_context is not None:
-            results.append(ContextResult(ContextResultCode.ACCEPTANCE, 0, NDR64))
-        elif syntax.is_btfn and btfn:
-            btfn_bits = syntax.btfn_bits & (
-                BTFN_SECURITY_CONTEXT_MULTIPLEXING | BTFN_KEEP_CONNECTION_ON_ORPHAN
-            )
-            results.append(ContextResult(ContextResultCode.NEGOTIATE_ACK, btfn_bits))
-        else:
-            if syntax.is_btfn:
-                reason = RejectReason.TRANSFER_SYNTAXES_NOT_SUPPORTED
-            results.append(ContextResult(ContextResultCode.PROVIDER_REJECTION, reason))
-    return Negotiation(tuple(results), ndr32_context, ndr64_context, btfn_bits)
