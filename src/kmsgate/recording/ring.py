@@ -163,9 +163,9 @@ class RecordRing:
 
         An entry whose checksum does not match its bytes (a store not visible yet on a
         weakly ordered machine) ends this read; if it still does not match at the next read,
-        it is corrupt: skipped and counted in `cursor.corrupt`. A length no entry can have
-        (0, too long, past the end; only a crash of the machine leaves one) makes everything
-        up to the tail corrupt: nothing after it can be found again.
+        it is corrupt (only a crash of the machine leaves one), and so is a length no entry
+        can have (0, too long, past the end): everything from it up to the tail is skipped
+        and counted in `cursor.corrupt`, since no entry after it can be found for sure.
         """
         entries: list[bytes] = []
         tail = self._words[_TAIL_POS]
@@ -185,8 +185,10 @@ class RecordRing:
             if zlib.crc32(payload) == crc:
                 entries.append(payload)
             elif cursor.suspect == position:
-                cursor.corrupt += 1
-                cursor.count += 1
+                # Its length may be torn as well: stepping over it could land inside the
+                # next entry and lose count. Nothing after it can be trusted.
+                self._skip_to_tail(cursor, len(entries))
+                return entries
             else:
                 cursor.suspect = position
                 break
