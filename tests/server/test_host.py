@@ -497,3 +497,17 @@ async def test_a_failing_hook_does_not_keep_the_event_from_the_next_one(
         assert (await activate_once(host.port)).ok  # the host goes on serving
     assert seen.count("ActivationServed") == 2 and host.stats.activations == 2
     assert any("event hook" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_each_connection_gets_its_own_association_group() -> None:
+    """Non-zero, and different per connection (a seeded PRNG, not one id for all)."""
+    groups = []
+    async with KmsHost(settings()) as host:
+        for _ in range(20):
+            client = await RawClient.connect(host.port)
+            client.writer.write(client.bind_pdu())
+            ack = await client.read_pdu()
+            assert ack[2] == rpc.PType.BIND_ACK
+            groups.append(int.from_bytes(ack[20:24], "little"))
+            client.writer.close()
+    assert 0 not in groups and len(set(groups)) == 20
