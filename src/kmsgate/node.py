@@ -130,7 +130,9 @@ class Node:
             self.metrics.set_store_source(
                 lambda: (writer.depth, writer.dropped, writer.written, writer.failures)
             )
-            host.event_hooks.append(ActivationRecorder(gate.submit, self.catalog))
+            host.event_hooks.append(
+                ActivationRecorder(gate.submit, self.catalog, node=settings.node_name)
+            )
             # Answers wait until their records are handed over (see recorder.RecordGate).
             host.record_gate = gate
             if settings.gateway:

@@ -35,11 +35,11 @@ from kmsgate.protocol.events import (
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.recording.drafts import RecordDraft, record_from_draft
 from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.server.host import KmsHost
 from kmsgate.server.relay import Relay, relay_factory
 from kmsgate.server.relay_connection import RelayConnection
+from kmsgate.store.drafts import RecordDraft, record_of
 from kmsgate.store.records import ActivationRecord
 from tests.adversarial.host_attack import Answer, BlockingKmsConnection, Fields
 from tests.support.kms import (
@@ -140,13 +140,14 @@ async def test_relayed_activation_is_recorded_like_a_local_one(version: int) -> 
         records: list[ActivationRecord] = []
 
         def submit(draft: RecordDraft) -> bool:
-            records.append(record_from_draft(draft, "relay-node"))
+            records.append(record_of(draft))
             return True
 
         recorder = ActivationRecorder(
             submit,
             relayed.host.catalog,
-            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC).timestamp(),
+            node="relay-node",
+            clock=lambda: 1_795_392_000_000_000,  # 2026-11-23 00:00 UTC
         )
         relayed.host.event_hooks.append(recorder)
         result = await activate_once(relayed.port, version)

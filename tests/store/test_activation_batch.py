@@ -16,7 +16,7 @@ from kmsgate.store.activation_fold import SQLITE_VALUES, fold
 from kmsgate.store.database import Store
 from kmsgate.store.records import ActivationRecord
 from kmsgate.store.schema import activations, clients
-from tests.support.records import T0, make_record
+from tests.support.records import T0, make_draft, make_record
 
 CMIDS = [uuid.UUID(int=n * 0x1111_0000_0000_0000_0000_0000_0001) for n in range(1, 6)]
 
@@ -156,13 +156,13 @@ async def test_stored_values_compare_equal_in_sqlalchemy_terms(store: Store) -> 
 def test_sqlite_values_use_sqlalchemys_text_formats() -> None:
     when = datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)  # padded year, zero microseconds
     cmid = uuid.UUID("2de67392-b7a7-462a-b1ca-108dd189f588")
-    batch = fold([make_record(time=when, client_machine_id=cmid)], SQLITE_VALUES)
+    batch = fold([make_draft(time=when, client_machine_id=cmid)], SQLITE_VALUES)
     row: tuple[Any, ...] = batch.activation_rows[0]
     assert row[0] == "0999-01-02 03:04:05.000000"
     assert row[1] == "2de67392b7a7462ab1ca108dd189f588"
     assert batch.client_rows()[0][0] == row[1]
 
 
-def test_fold_rejects_naive_times() -> None:
+async def test_naive_times_are_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        fold([make_record(time=datetime(2024, 1, 1))])
+        await store.record_activations([make_record(time=datetime(2024, 1, 1))])

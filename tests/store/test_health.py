@@ -16,7 +16,7 @@ from kmsgate.store.errors import StoreUnavailable
 from kmsgate.web.app import create_app
 from kmsgate.web.health import StoreHealth
 from tests.store.test_writer import FakeStore, wait_for, writer_for
-from tests.support.records import make_record
+from tests.support.records import make_draft
 
 T = 1_800_000_000.0
 
@@ -97,7 +97,7 @@ async def test_the_writer_reports_failures_and_reconnects_after_two() -> None:
     await writer.start()
     try:
         fake.fail_with = StoreUnavailable("attempt to write a readonly database")
-        writer.submit(make_record())
+        writer.submit(make_draft())
         await wait_for(lambda: writer.failures >= 4)
         assert writer.failing_since == T
         assert writer.last_error == (T, "attempt to write a readonly database")

@@ -16,7 +16,7 @@ from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.retention import Retention
 from tests.store.test_writer import wait_for
 from tests.store.test_writer_process import unreachable_postgres
-from tests.support.records import make_record
+from tests.support.records import make_draft, make_record
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=500)
@@ -150,7 +150,7 @@ async def test_the_writer_prunes_at_start_and_between_batches(store: Store) -> N
         # Records keep arriving while the pass deletes 1 500 rows (and 1 500 clients) in 60
         # small transactions: they are written meanwhile, not after the pass.
         for _ in range(300):
-            writer.submit(make_record(time=NOW))
+            writer.submit(make_draft(time=NOW))
             if retention.running:
                 written_during_pass = writer.written
             await asyncio.sleep(0.005)

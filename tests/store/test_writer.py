@@ -21,10 +21,10 @@ import pytest
 from kmsgate.recording.writer import POISON_ATTEMPTS, RecordWriter
 from kmsgate.store import engine as store_engine
 from kmsgate.store.database import Store
+from kmsgate.store.drafts import RecordDraft
 from kmsgate.store.errors import StoreError, StoreUnavailable
-from kmsgate.store.records import ActivationRecord
 from tests.support.postgres import PostgresServer
-from tests.support.records import make_record
+from tests.support.records import make_draft, make_record
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ class FakeStore:
     """Stands in for Store in unit tests: records calls, fails on demand."""
 
     def __init__(self) -> None:
-        self.batches: list[list[ActivationRecord]] = []
+        self.batches: list[list[RecordDraft]] = []
         self.fail_with: Exception | None = None
         self.reject_name: str | None = None  # a "poison" record the database refuses
         self.refuse_writes = False  # every write fails, with an error that looks permanent
@@ -58,21 +58,19 @@ class FakeStore:
         if self.fail_with is not None or self.refuse_writes:
             raise StoreUnavailable("the store takes no writes")
 
-    async def record_activations(self, records: Sequence[ActivationRecord]) -> None:
+    async def record_drafts(self, records: Sequence[RecordDraft]) -> None:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_with is not None:
             raise self.fail_with
         if self.refuse_writes:
             raise StoreError("attempt to write a readonly database")
-        if self.reject_name is not None and any(
-            r.machine_name == self.reject_name for r in records
-        ):
+        if self.reject_name is not None and any(r[2] == self.reject_name for r in records):
             raise StoreError("value too long for type character varying(15)")
         self.batches.append(list(records))
 
     @property
-    def stored(self) -> list[ActivationRecord]:
+    def stored(self) -> list[RecordDraft]:
         return [r for batch in self.batches for r in batch]
 
 
@@ -89,8 +87,8 @@ async def test_write_then_read(store: Store) -> None:
     await writer.start()
     cmid = uuid.uuid4()
     started = time.monotonic()
-    assert writer.submit(make_record(client_machine_id=cmid))
-    assert writer.submit(make_record(client_machine_id=cmid))
+    assert writer.submit(make_draft(client_machine_id=cmid))
+    assert writer.submit(make_draft(client_machine_id=cmid))
     await wait_for(lambda: writer.written == 2)
     # Within the flush interval, not on a longer timer: a SIGKILL a second later loses nothing.
     assert time.monotonic() - started < 0.5
@@ -104,11 +102,11 @@ async def test_close_flushes_everything_queued(store: Store) -> None:
     writer = RecordWriter(store, batch_size=100)
     await writer.start()
     for _ in range(1050):
-        assert writer.submit(make_record())
+        assert writer.submit(make_draft())
     await writer.close()
     assert (writer.written, writer.depth, writer.dropped) == (1050, 0, 0)
     assert (await store.stats(make_record().time)).activations == 1050
-    assert not writer.submit(make_record())  # closed: refused and counted
+    assert not writer.submit(make_draft())  # closed: refused and counted
     assert writer.dropped == 1
 
 
@@ -117,13 +115,13 @@ _KILL_SCRIPT = textwrap.dedent(
     import asyncio, sys, uuid
     from kmsgate.store.database import Store
     from kmsgate.recording.writer import RecordWriter
-    from tests.support.records import make_record
+    from tests.support.records import make_draft, make_record
 
     async def main() -> None:
         store = await Store.open(sys.argv[1])
         writer = RecordWriter(store)
         await writer.start()
-        writer.submit(make_record(client_machine_id=uuid.UUID(sys.argv[2])))
+        writer.submit(make_draft(client_machine_id=uuid.UUID(sys.argv[2])))
         print("submitted", flush=True)
         await asyncio.sleep(60)
 
@@ -171,12 +169,12 @@ async def test_sqlite_locked_then_released(
     try:
         locker.execute("BEGIN EXCLUSIVE")
         for _ in range(20):
-            assert writer.submit(make_record())
+            assert writer.submit(make_draft())
         await wait_for(lambda: writer.failures >= 3)
         assert writer.written == 0
         assert writer.depth == 20
         for _ in range(5):
-            assert writer.submit(make_record())  # still accepted while down
+            assert writer.submit(make_draft())  # still accepted while down
         locker.execute("COMMIT")
         await wait_for(lambda: writer.written == 25)
     finally:
@@ -197,13 +195,13 @@ async def test_postgres_stopped_then_restarted(
     caplog.set_level(logging.WARNING, logger="kmsgate.store")
     cmids = [uuid.uuid4() for _ in range(30)]
     try:
-        assert writer.submit(make_record(client_machine_id=cmids[0]))
+        assert writer.submit(make_draft(client_machine_id=cmids[0]))
         await wait_for(lambda: writer.written == 1)
         pg_server.stop()
         try:
             started = time.monotonic()
             for cmid in cmids[1:]:
-                assert writer.submit(make_record(client_machine_id=cmid))
+                assert writer.submit(make_draft(client_machine_id=cmid))
             assert time.monotonic() - started < 0.05  # the host side never waits
             await wait_for(lambda: writer.failures >= 2, timeout=15)
             assert writer.written == 1
@@ -228,7 +226,7 @@ async def test_batches_gather_what_arrives_together() -> None:
     writer = writer_for(fake, batch_size=500)
     await writer.start()
     for _ in range(1200):
-        writer.submit(make_record())
+        writer.submit(make_draft())
     await wait_for(lambda: writer.written == 1200)
     assert [len(b) for b in fake.batches] == [500, 500, 200]
     await writer.close()
@@ -239,11 +237,11 @@ async def test_queue_full_drops_new_records_and_counts_them(
 ) -> None:
     fake = FakeStore()
     fake.fail_with = StoreUnavailable("connection refused")
-    dropped: list[ActivationRecord] = []
+    dropped: list[RecordDraft] = []
     writer = writer_for(fake, max_queue=10, on_drop=dropped.append)
     caplog.set_level(logging.WARNING, logger="kmsgate.store")
     await writer.start()
-    records = [make_record(machine_name=f"PC-{i}") for i in range(15)]
+    records = [make_draft(machine_name=f"PC-{i}") for i in range(15)]
     accepted = [writer.submit(r) for r in records]
     assert accepted == [True] * 10 + [False] * 5
     assert (writer.depth, writer.dropped) == (10, 5)
@@ -252,7 +250,7 @@ async def test_queue_full_drops_new_records_and_counts_them(
     fake.fail_with = None
     await wait_for(lambda: writer.written == 10)
     assert fake.stored == records[:10]
-    assert writer.submit(make_record())  # room again
+    assert writer.submit(make_draft())  # room again
     await writer.close()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("queue full" in m for m in messages) == 1, messages
@@ -260,12 +258,12 @@ async def test_queue_full_drops_new_records_and_counts_them(
 
 
 async def test_failing_on_drop_hook_does_not_break_submit() -> None:
-    def broken(_: ActivationRecord) -> None:
+    def broken(_: RecordDraft) -> None:
         raise RuntimeError("metrics down")
 
     writer = writer_for(FakeStore(), max_queue=1, on_drop=broken)
-    assert writer.submit(make_record())
-    assert not writer.submit(make_record())
+    assert writer.submit(make_draft())
+    assert not writer.submit(make_draft())
     assert writer.dropped == 1
     await writer.close()
 
@@ -275,7 +273,7 @@ async def test_backoff_is_capped() -> None:
     fake.fail_with = StoreUnavailable("down")
     writer = writer_for(fake, max_backoff=0.02)
     await writer.start()
-    writer.submit(make_record())
+    writer.submit(make_draft())
     # Uncapped doubling from 50 ms would allow only ~5 attempts in a second.
     await asyncio.sleep(1.0)
     assert writer.failures >= 20
@@ -301,8 +299,8 @@ async def test_a_poison_record_is_dropped_and_the_rest_written() -> None:
     fake.reject_name = "BAD"
     writer = writer_for(fake)
     await writer.start()
-    good = [make_record(machine_name=f"OK-{i}") for i in range(4)]
-    for record in [good[0], good[1], make_record(machine_name="BAD"), good[2], good[3]]:
+    good = [make_draft(machine_name=f"OK-{i}") for i in range(4)]
+    for record in [good[0], good[1], make_draft(machine_name="BAD"), good[2], good[3]]:
         writer.submit(record)
     await wait_for(lambda: writer.written == 4)
     assert writer.dropped == 1
@@ -317,7 +315,7 @@ async def test_an_outage_with_permanent_looking_errors_drops_nothing() -> None:
     fake.refuse_writes = True
     writer = writer_for(fake)
     await writer.start()
-    records = [make_record(machine_name=f"PC-{i}") for i in range(5)]
+    records = [make_draft(machine_name=f"PC-{i}") for i in range(5)]
     for record in records:
         writer.submit(record)
     await wait_for(lambda: writer.failures >= POISON_ATTEMPTS + 3)
@@ -334,7 +332,7 @@ async def test_close_gives_up_after_its_timeout() -> None:
     writer = writer_for(fake)
     await writer.start()
     for _ in range(7):
-        writer.submit(make_record())
+        writer.submit(make_draft())
     started = time.monotonic()
     await writer.close(timeout=0.3)
     assert time.monotonic() - started < 1.0
@@ -346,7 +344,7 @@ async def test_close_retries_until_the_store_comes_back() -> None:
     fake.fail_with = StoreUnavailable("down")
     writer = writer_for(fake, max_backoff=10.0)  # a long backoff must not delay close()
     await writer.start()
-    writer.submit(make_record())
+    writer.submit(make_draft())
     await wait_for(lambda: writer.failures >= 1)
 
     async def recover() -> None:
@@ -364,7 +362,7 @@ async def test_close_retries_until_the_store_comes_back() -> None:
 async def test_close_without_start_still_flushes() -> None:
     fake = FakeStore()
     writer = writer_for(fake)
-    writer.submit(make_record())
+    writer.submit(make_draft())
     await writer.close()
     assert writer.written == 1
 
@@ -375,7 +373,7 @@ async def test_slow_store_does_not_block_submit() -> None:
     writer = writer_for(fake, max_queue=100)
     await writer.start()
     started = time.monotonic()
-    results = [writer.submit(make_record()) for _ in range(150)]
+    results = [writer.submit(make_draft()) for _ in range(150)]
     assert time.monotonic() - started < 0.05
     assert results.count(True) == 100
     assert writer.dropped == 50

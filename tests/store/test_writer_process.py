@@ -25,27 +25,28 @@ from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest, KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.recording.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_from_draft
 from kmsgate.recording.frames import HEADER, MAX_FRAME, FrameError, encode_frame, read_frame
 from kmsgate.recording.process import WriterProcess
 from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.store.database import Store
+from kmsgate.store.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_of
 from kmsgate.store.errors import StoreError
 from tests.store.test_writer import wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_764_000_000.25
+T0 = 1_764_000_000_250_000  # microseconds since the epoch
 CATALOG = default_catalog()
 WIN_PRO = CATALOG.resolve_product("Windows 10/11 Pro")
 EPID = "06401-00206-551-123456-03-1033-17763.0000-0452020"
 
 
-def drafts(count: int, *, start: float = T0) -> list[RecordDraft]:
-    """Served requests from distinct machines, one refused undecodable request every tenth."""
-    clock = iter(start + i for i in range(count))
-    recorder = ActivationRecorder(lambda draft: True, CATALOG, clock=lambda: next(clock))
+def drafts(count: int, *, start: int = T0, node: str = "n") -> list[RecordDraft]:
+    """Served requests from distinct machines, one refused undecodable request every tenth,
+    a second apart."""
+    clock = iter(start + i * 1_000_000 for i in range(count))
+    recorder = ActivationRecorder(lambda draft: True, CATALOG, node=node, clock=lambda: next(clock))
     made: list[RecordDraft] = []
     for index in range(count):
         if index % 10 == 9:
@@ -74,7 +75,7 @@ def unreachable_postgres() -> str:
 
 async def test_drafts_land_with_every_field(db_url: str) -> None:
     store = await Store.open(db_url)
-    made = drafts(40)
+    made = drafts(40, node="node-p")
     try:
         async with WriterProcess(db_url, node="node-p", flush_interval=0.05) as writer:
             assert writer.pid is not None and writer.pid != os.getpid()
@@ -83,7 +84,7 @@ async def test_drafts_land_with_every_field(db_url: str) -> None:
             await wait_for(lambda: writer.written == 40)
         assert (writer.depth, writer.dropped, writer.written) == (0, 0, 40)
         stored = (await store.list_activations(limit=100)).items
-        expected = [record_from_draft(draft, "node-p") for draft in made]
+        expected = [record_of(draft) for draft in made]
         fields = [
             (r.time, r.cmid, r.machine_name, r.address, r.sku_id, r.sku_name, r.license_status,
              r.protocol, r.result, r.hresult, r.node)
@@ -183,7 +184,7 @@ async def test_a_killed_child_s_records_reach_the_database_through_its_successor
     finally:
         await store.close()
     stored = sorted(str((row.time, row.machine_name)) for row in page.items)
-    expected = [record_from_draft(d, "n") for d in sent]
+    expected = [record_of(d) for d in sent]
     assert stored == sorted(str((r.time, r.machine_name)) for r in expected)
 
 
@@ -277,7 +278,7 @@ async def test_an_unsendable_or_malformed_draft_is_dropped_alone(
     good = drafts(4)  # three are sent as they are, the third is spoiled
     unsendable: Any = (*good[0][:-1], object())  # marshal refuses it in this process
     wrong_shape: Any = good[1][:5]  # the child refuses it
-    wrong_type: Any = (*good[2][:2], "not sixteen bytes", *good[2][3:])
+    wrong_type: Any = (good[2][0], b"not sixteen bytes", *good[2][2:])
     async with WriterProcess(url, node="n", flush_interval=0.05) as writer:
         for draft in (good[0], unsendable, good[1], wrong_shape, wrong_type, good[3]):
             assert writer.submit(draft)
@@ -294,13 +295,16 @@ async def test_an_unsendable_or_malformed_draft_is_dropped_alone(
         (),
         (1.0,) * (DRAFT_FIELDS + 1),
         [0] * DRAFT_FIELDS,
-        (1e300, *drafts(1)[0][1:]),  # a time no datetime holds
-        (T0, "a", b"short", *drafts(1)[0][3:]),
+        (10**30, *drafts(1)[0][1:]),  # a time no datetime holds
+        (T0 / 1e6, *drafts(1)[0][1:]),  # seconds, not microseconds
+        (T0, b"short", *drafts(1)[0][2:]),  # a CMID of 5 bytes
+        (T0, None, True, *drafts(1)[0][3:]),  # a bool for the machine name
+        (*drafts(1)[0][:-1], None),  # no node
     ],
 )
-def test_record_from_draft_rejects_malformed_drafts(draft: Any) -> None:
+def test_record_of_rejects_malformed_drafts(draft: Any) -> None:
     with pytest.raises(DraftError):
-        record_from_draft(draft, "n")
+        record_of(draft)
 
 
 @settings(max_examples=300, deadline=None)

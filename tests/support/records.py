@@ -1,4 +1,4 @@
-"""make_record builds ActivationRecords with sensible defaults."""
+"""make_record builds ActivationRecords with sensible defaults, make_draft their drafts."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from kmsgate.store.drafts import RecordDraft, draft_of
 from kmsgate.store.records import ActivationRecord
 
 T0 = datetime(2024, 5, 6, 12, 30, 15, 123456, tzinfo=UTC)
@@ -35,3 +36,8 @@ def make_record(**fields: Any) -> ActivationRecord:
     }
     base.update(fields)
     return ActivationRecord(**base)
+
+
+def make_draft(**fields: Any) -> RecordDraft:
+    """make_record's record as the RecordDraft the writer takes."""
+    return draft_of(make_record(**fields))

@@ -23,9 +23,9 @@ import marshal
 import os
 from collections.abc import Callable
 
-from kmsgate.recording.drafts import RecordDraft
 from kmsgate.recording.frames import encode_frame
 from kmsgate.recording.ring import RecordRing, RingError
+from kmsgate.store.drafts import RecordDraft
 
 log = logging.getLogger("kmsgate.store")
 WAKE_FRAME = encode_frame(("wake",))

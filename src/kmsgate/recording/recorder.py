@@ -12,12 +12,18 @@ from kmsgate.net import Peer
 from kmsgate.observability.metrics import product_family_label
 from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.messages import KmsRequest
-from kmsgate.recording.drafts import RecordDraft
+from kmsgate.store.drafts import RecordDraft, result_of
 
 # Names are looked up once per (SKU, KMS id); clients choose those ids, so the cache is
 # bounded and simply starts over when full.
 NAME_CACHE_SIZE = 4096
 RECORDED = (ActivationServed, ActivationRefused)
+ACTIVATED, REFUSED = result_of(0), result_of(1)
+
+
+def unix_microseconds() -> int:
+    """Now, in whole microseconds since the Unix epoch: a draft's time."""
+    return time.time_ns() // 1000
 
 
 class RecordGate(Protocol):
@@ -44,10 +50,13 @@ class ActivationRecorder:
         submit: Callable[[RecordDraft], bool],
         catalog: Catalog,
         *,
-        clock: Callable[[], float] = time.time,
+        node: str,
+        clock: Callable[[], int] = unix_microseconds,
     ) -> None:
+        """`node`: the --node-name the records carry; `clock`: microseconds since the epoch."""
         self._submit = submit
         self._catalog = catalog
+        self._node = node
         self._clock = clock
         self._names: dict[tuple[uuid.UUID, uuid.UUID], tuple[str, str]] = {}
         self._undecodable = ("undecodable request", product_family_label(catalog, None))
@@ -61,20 +70,21 @@ class ActivationRecorder:
         """The record draft of one served or refused request."""
         address = peer.address
         if isinstance(event, ActivationServed):
-            hresult, epid = 0, event.response.epid
+            result, hresult, epid = ACTIVATED, 0, event.response.epid
         else:
-            hresult, epid = int(event.hresult), None  # a plain int: drafts are marshalled
+            # A plain int: drafts are marshalled.
+            result, hresult, epid = REFUSED, int(event.hresult), None
         request = event.request
         if request is None:
             sku_name, family = self._undecodable
-            return (self._clock(), address, None, "", None, None, sku_name, None, family,
-                    None, None, hresult, epid)  # fmt: skip
+            return (self._clock(), None, "", address, None, None, sku_name, None, family,
+                    None, None, result, hresult, epid, self._node)  # fmt: skip
         sku_name, family = self._names_of(request)
         return (
             self._clock(),
-            address,
             request.client_machine_id.bytes,
             request.machine_name,
+            address,
             request.application_id.bytes,
             request.sku_id.bytes,
             sku_name,
@@ -82,8 +92,10 @@ class ActivationRecorder:
             family,
             request.license_status,
             request.major_version,
+            result,
             hresult,
             epid,
+            self._node,
         )
 
     def _names_of(self, request: KmsRequest) -> tuple[str, str]:

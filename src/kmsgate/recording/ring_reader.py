@@ -10,8 +10,8 @@ import logging
 import marshal
 from typing import TYPE_CHECKING
 
-from kmsgate.recording.drafts import DraftError, record_from_draft
 from kmsgate.recording.ring import RecordRing, RingCursor
+from kmsgate.store.drafts import DraftError, checked_draft
 
 if TYPE_CHECKING:
     from kmsgate.recording.writer import RecordWriter
@@ -49,7 +49,7 @@ class RingReader:
             for payload in payloads:
                 try:
                     draft = marshal.loads(payload)  # noqa: S302 (our own parent, primitives only)
-                    writer.submit(record_from_draft(draft, self._node))
+                    writer.submit(checked_draft(draft, self._node))
                 except (DraftError, EOFError, ValueError, TypeError) as exc:
                     self.malformed += 1
                     log.error("dropping a malformed record draft: %s", exc)

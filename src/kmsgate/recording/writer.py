@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kmsgate.store.database import Store
+from kmsgate.store.drafts import RecordDraft
 from kmsgate.store.errors import StoreUnavailable
-from kmsgate.store.records import ActivationRecord
 
 if TYPE_CHECKING:
     from kmsgate.store.retention import Retention
@@ -44,7 +44,7 @@ class RecordWriter:
         max_queue: int = 10000,
         flush_interval: float = 0.2,
         batch_size: int = 5000,
-        on_drop: Callable[[ActivationRecord], None] | None = None,
+        on_drop: Callable[[RecordDraft], None] | None = None,
         on_written: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -67,7 +67,7 @@ class RecordWriter:
         self._wall_clock = wall_clock
         self._max_backoff = max_backoff
         self._retention = retention
-        self._queue: deque[ActivationRecord] = deque()
+        self._queue: deque[RecordDraft] = deque()
         self._wake = asyncio.Event()
         self._closing_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -129,8 +129,9 @@ class RecordWriter:
 
     # ---------------------------------------------------------------- host side
 
-    def submit(self, record: ActivationRecord) -> bool:
-        """Queue a record; False (and dropped + 1) when the queue is full or closed."""
+    def submit(self, record: RecordDraft) -> bool:
+        """Queue a record (a well-formed draft: checked_draft); False (and dropped + 1) when
+        the queue is full or closed."""
         if self._closing or len(self._queue) >= self._max_queue:
             if not self._full and not self._closing:
                 self._full = True
@@ -145,7 +146,7 @@ class RecordWriter:
         self._wake.set()
         return True
 
-    def _drop(self, record: ActivationRecord) -> None:
+    def _drop(self, record: RecordDraft) -> None:
         self._dropped += 1
         if self._on_drop is not None:
             try:
@@ -211,7 +212,7 @@ class RecordWriter:
                 if suspect >= POISON_ATTEMPTS:
                     await self._write_one_by_one(batch)
                 else:
-                    await self._store.record_activations(batch)
+                    await self._store.record_drafts(batch)
                     self._committed(len(batch))
             except StoreUnavailable as exc:
                 self._failed(exc)
@@ -298,12 +299,12 @@ class RecordWriter:
         if self._closing:
             await asyncio.sleep(min(delay, CLOSING_RETRY))
 
-    async def _write_one_by_one(self, batch: list[ActivationRecord]) -> None:
+    async def _write_one_by_one(self, batch: list[RecordDraft]) -> None:
         """Isolate the poison: write each record alone, drop the ones that still fail."""
         bad = 0
         for record in batch:
             try:
-                await self._store.record_activations([record])
+                await self._store.record_drafts([record])
             except StoreUnavailable:
                 raise  # the database went away: back to plain retrying
             except Exception as exc:  # noqa: BLE001 (this one record cannot be stored)

@@ -22,6 +22,7 @@ from kmsgate.store import users as accounts
 from kmsgate.store.activation_batch import BatchWriter, PostgresBatchWriter, SqliteBatchWriter
 from kmsgate.store.activation_fold import FoldedBatch, aware, fold, hour_of
 from kmsgate.store.counts import add_batch_counts, add_counts, dialect_insert
+from kmsgate.store.drafts import RecordDraft, draft_of
 from kmsgate.store.engine import WRITE_OPTION, Dialect, make_engine, masked, sqlite_path, translated
 from kmsgate.store.errors import StoreError, StoreUnavailable, UserExists
 from kmsgate.store.listings import (
@@ -234,9 +235,13 @@ class Store:
 
     async def record_activations(self, records: Sequence[ActivationRecord]) -> None:
         """Store a batch in one transaction: activation rows, client rows, counters."""
-        if not records:
+        await self.record_drafts([draft_of(record) for record in records])
+
+    async def record_drafts(self, drafts: Sequence[RecordDraft]) -> None:
+        """record_activations for well-formed drafts (checked_draft), the writer's shape."""
+        if not drafts:
             return
-        batch = fold(records, self._batch_writer.driver)
+        batch = fold(drafts, self._batch_writer.driver)
         for attempt in range(REWRITES + 1):
             await self._write_batch(batch)
             # Committed into a file deleted meanwhile? Nobody would ever read it: once a new
