@@ -19,6 +19,7 @@ from kmsgate.catalog import Catalog
 from kmsgate.catalog.loading import load_catalog
 from kmsgate.config.addresses import parse_listen, parse_public_address
 from kmsgate.config.settings import ServeSettings
+from kmsgate.heap import freeze_startup_heap
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol.engine import filetime_from_unix
@@ -353,6 +354,8 @@ async def run_node(settings: ServeSettings, reload: Callable[[], ServeSettings |
     try:
         async with node:
             assert node.host is not None
+            # Everything this process keeps is loaded: full collections stop walking it.
+            log.debug("startup heap frozen: %d objects", freeze_startup_heap())
             # Listeners bound, privileges dropped, store and web up: systemd may go on.
             addresses = ", ".join(str(Peer(host, port)) for host, port in node.host.addresses)
             sd_notify(notify, "READY=1", f"STATUS=serving KMS on {addresses}")

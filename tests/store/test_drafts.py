@@ -195,3 +195,30 @@ async def test_a_batch_of_every_size_lands_whole(store: Store) -> None:
     assert sorted(int(r.machine_name[3:]) for r in rows) == list(range(total))
     assert all(r.time == start + timedelta(seconds=int(r.machine_name[3:])) for r in rows)
     assert (await store.stats(start)).activations == total
+
+
+primitives = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+primitives |= st.binary(max_size=20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.lists(primitives, min_size=13, max_size=15).map(tuple),
+        st.tuples(*(st.sampled_from([value, None, b"", 0, "x"]) for value in GOOD)),
+        primitives,
+    )
+)
+def test_whatever_comes_out_of_the_ring_is_a_draft_fold_takes_or_a_drafterror(
+    value: object,
+) -> None:
+    """The reader's one check stands between marshalled bytes and the batch: nothing it
+    lets through may break a fold (which would hold the whole batch up)."""
+    try:
+        draft = checked_draft(value, "n")
+    except DraftError:
+        return
+    for driver in (SQLITE_VALUES, NATIVE_VALUES):
+        batch = fold([draft], driver)
+        assert len(batch.activation_rows) == 1
+        batch.client_rows()

@@ -21,6 +21,7 @@ import sys
 import threading
 from typing import Any
 
+from kmsgate.heap import freeze_startup_heap
 from kmsgate.recording.frames import FrameError, encode_frame, read_frame
 from kmsgate.recording.ring import RecordRing, RingError
 from kmsgate.recording.ring_reader import RingReader
@@ -180,6 +181,7 @@ async def serve(outbox: Outbox) -> None:
                     await committed.wait()
 
     await writer.start()
+    freeze_startup_heap()  # the store and its engine are loaded: full collections skip them
     outbox.send(("ready", os.getpid()))
     reporter = asyncio.create_task(report())
     control = asyncio.create_task(_follow_control(reader, wake))
