@@ -159,7 +159,7 @@ def fold(drafts: Sequence[RecordDraft], driver: DriverValues = NATIVE_VALUES) ->
     rows, folds, hours, products = batch.activation_rows, batch.clients, batch.hours, batch.products
     results: dict[str, int] = {}
     protocols: dict[int, int] = {}
-    hour = datetime.min.replace(tzinfo=UTC)
+    hour = EPOCH  # replaced at the first draft: hour_end starts at 0
     hour_start = hour_end = 0
     as_time, as_uuid = driver.of_time, driver.of_uuid
     for draft in drafts:
