@@ -1,13 +1,17 @@
-"""uuid_cache: one shared UUID per distinct id, exact in both byte orders, bounded."""
+"""uuid_cache: one shared UUID per distinct id, exact in both byte orders, bounded; and the
+fast bytes_le constructor."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from kmsgate.uuids import uuid_cache
+from kmsgate.uuids import uuid_cache, uuid_from_bytes_le
 
 
 @pytest.mark.parametrize("little_endian", [True, False])
@@ -31,3 +35,25 @@ def test_a_full_cache_starts_over() -> None:
     assert shared(a.bytes) is kept  # two fit
     shared(c.bytes)  # the third clears the cache first
     assert shared(a.bytes) is not kept and shared(a.bytes) == a
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_the_fast_constructor_builds_the_same_uuid(raw: bytes) -> None:
+    built, reference = uuid_from_bytes_le(raw), uuid.UUID(bytes_le=raw)
+    assert built == reference and hash(built) == hash(reference)
+    assert (built.bytes_le, built.int, str(built), repr(built)) == (
+        raw,
+        reference.int,
+        str(reference),
+        repr(reference),
+    )
+    assert built.is_safe is reference.is_safe
+    assert pickle.loads(pickle.dumps(built)) == reference
+    with pytest.raises(TypeError):
+        built.int = 0  # type: ignore[misc]  # immutable like any UUID
+
+
+@pytest.mark.parametrize("size", [0, 15, 17])
+def test_the_fast_constructor_refuses_other_sizes(size: int) -> None:
+    with pytest.raises(ValueError, match="16"):
+        uuid_from_bytes_le(bytes(size))

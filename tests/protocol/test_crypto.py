@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import importlib.util
 import json
 import os
@@ -42,16 +43,39 @@ cbc_data = st.integers(min_value=0, max_value=24).flatmap(
 )
 
 
+def _c_rounds(aesni: bool) -> Iterator[None]:
+    """Run the C extension's rounds on AES-NI or on its tables for the duration."""
+    module = rijndael._ACCEL
+    assert module is not None
+    before = module.backend() == "aes-ni"
+    if module.use_aesni(aesni) != aesni:
+        pytest.skip("this processor has no AES-NI")
+    try:
+        yield
+    finally:
+        module.use_aesni(before)
+
+
 @pytest.fixture(
     params=[
-        pytest.param(False, id="python"),
-        pytest.param(True, id="c", marks=pytest.mark.skipif(not HAVE_C, reason=NO_C_REASON)),
+        pytest.param((False, False), id="python"),
+        pytest.param(
+            (True, False), id="c-tables", marks=pytest.mark.skipif(not HAVE_C, reason=NO_C_REASON)
+        ),
+        pytest.param(
+            (True, True), id="c-aes-ni", marks=pytest.mark.skipif(not HAVE_C, reason=NO_C_REASON)
+        ),
     ]
 )
 def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
-    """Select the pure-Python or the C rounds as the module default for the test."""
-    monkeypatch.setattr(rijndael, "ACCELERATED", request.param)
-    yield request.param
+    """Select the pure-Python rounds or the C ones (tables or AES-NI) as the default."""
+    accelerated, aesni = request.param
+    monkeypatch.setattr(rijndael, "ACCELERATED", accelerated)
+    if not accelerated:
+        yield False
+        return
+    for _ in _c_rounds(aesni):
+        yield True
 
 
 def _aes_lib_encrypt(key: bytes, block: bytes) -> bytes:
@@ -337,15 +361,25 @@ def test_cbc_matches_block_chaining(impl: bool, iv: bytes, data: bytes) -> None:
         assert cipher.cbc_encrypt(iv, data) == expected
 
 
-@pytest.mark.skipif(not HAVE_C, reason=NO_C_REASON)
-@settings(max_examples=100, deadline=None)
+@pytest.fixture(params=[pytest.param(False, id="tables"), pytest.param(True, id="aes-ni")])
+def c_rounds(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The C extension's table rounds, then its AES-NI ones."""
+    if not HAVE_C:
+        pytest.skip(NO_C_REASON)
+    yield from _c_rounds(request.param)
+
+
+# Any key length (AES-NI runs v4's 11 rounds as well), any round-key tweak, any length.
+@settings(HYP, max_examples=100)
 @given(
     key=st.sampled_from([16, 20, 24, 28, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
     tweak=st.dictionaries(st.integers(0, 175), st.integers(0, 255), max_size=4),
     iv=blocks,
     data=cbc_data,
 )
-def test_c_and_python_agree(key: bytes, tweak: dict[int, int], iv: bytes, data: bytes) -> None:
+def test_c_and_python_agree(
+    c_rounds: None, key: bytes, tweak: dict[int, int], iv: bytes, data: bytes
+) -> None:
     py = crypto.RijndaelCipher(key, tweak, accelerated=False)
     c = crypto.RijndaelCipher(key, tweak, accelerated=True)
     assert py.cbc_encrypt(iv, data) == c.cbc_encrypt(iv, data)
@@ -353,6 +387,15 @@ def test_c_and_python_agree(key: bytes, tweak: dict[int, int], iv: bytes, data: 
     if data:
         assert py.encrypt_block(data[:16]) == c.encrypt_block(data[:16])
         assert py.decrypt_block(data[:16]) == c.decrypt_block(data[:16])
+
+
+@pytest.mark.parametrize("aesni", [False, True], ids=["tables", "aes-ni"])
+def test_the_start_up_line_names_the_rounds_in_use(aesni: bool) -> None:
+    if not HAVE_C:
+        pytest.skip(NO_C_REASON)
+    for _ in _c_rounds(aesni):
+        expected = "aes-ni" if aesni else "tables"
+        assert rijndael._load_accelerator()[1] == f"C accelerator (abi3, {expected} rounds)"
 
 
 @pytest.mark.skipif(not HAVE_C, reason=NO_C_REASON)
@@ -593,3 +636,23 @@ def test_missing_extension_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KMSGATE_PURE_PYTHON_CIPHER", raising=False)
     monkeypatch.setattr(importlib, "import_module", missing)
     assert rijndael._load_accelerator() == (None, "pure Python (C accelerator not built)")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    filetime=st.integers(0, (1 << 64) - 1),
+    message=st.binary(max_size=300),
+    offset=st.sampled_from([-1, 0, 1]),
+)
+def test_v6_hmac_is_hmac_sha256_under_the_slot_key(
+    filetime: int, message: bytes, offset: int
+) -> None:
+    # The precomputed inner and outer hashes must give exactly the library's HMAC.
+    expected = hmac.digest(crypto.v6_hmac_key(filetime, offset), message, "sha256")[16:]
+    assert crypto.v6_hmac(filetime, message, offset) == expected
+    assert crypto.v6_hmac(filetime, message, offset) == expected  # the cached start is intact
+
+
+def test_v6_hmac_refuses_a_filetime_out_of_range() -> None:
+    with pytest.raises(LocalProtocolError):
+        crypto.v6_hmac(1 << 64, b"")

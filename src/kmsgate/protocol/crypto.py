@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 from collections.abc import Mapping
+from typing import Protocol
 
 from kmsgate.protocol import rijndael
 from kmsgate.protocol.errors import LocalProtocolError, ProtocolError
@@ -158,4 +158,33 @@ def _v6_slot_key(slot_number: int, slot_offset: int) -> bytes:
 
 def v6_hmac(filetime: int, message: bytes, slot_offset: int = 0) -> bytes:
     """Truncated v6 HMAC field: last 16 bytes of HMAC-SHA256 over R6 up to XorSalts (§12.6)."""
-    return hmac.digest(v6_hmac_key(filetime, slot_offset), message, "sha256")[16:]
+    v6_hmac_key(filetime, slot_offset)  # the range check
+    inner_start, outer_start = _v6_hmac_starts(filetime // _TIME_C1, slot_offset)
+    inner = inner_start.copy()
+    inner.update(message)
+    outer = outer_start.copy()
+    outer.update(inner.digest())
+    return outer.digest()[16:]
+
+
+class HashState(Protocol):
+    """A hashlib object part way through a message."""
+
+    def copy(self) -> HashState: ...
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+_HMAC_BLOCK = 64
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
+# HMAC's two hashes start from the key's padded block: hashed once per time slot, copied per
+# message (hmac.digest sets up OpenSSL's HMAC afresh each call, three times the cost).
+@functools.lru_cache(maxsize=64)
+def _v6_hmac_starts(slot_number: int, slot_offset: int) -> tuple[HashState, HashState]:
+    block = _v6_slot_key(slot_number, slot_offset).ljust(_HMAC_BLOCK, b"\0")
+    return hashlib.sha256(block.translate(_INNER_PAD)), hashlib.sha256(block.translate(_OUTER_PAD))

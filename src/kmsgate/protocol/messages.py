@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import hmac
 import struct
 import uuid
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 from kmsgate.protocol import crypto
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
-from kmsgate.uuids import uuid_cache
+from kmsgate.uuids import uuid_cache, uuid_from_bytes_le
 from kmsgate.values import value_class
 
 RandomBytes = Callable[[int], bytes]
@@ -88,7 +89,7 @@ class KmsRequest:
             application_id=_shared_uuid(app),
             sku_id=_shared_uuid(sku),
             kms_counted_id=_shared_uuid(kms),
-            client_machine_id=uuid.UUID(bytes_le=cmid),
+            client_machine_id=uuid_from_bytes_le(cmid),
             required_client_count=count,
             request_time=when,
             previous_client_machine_id=_shared_uuid(prev),
@@ -111,13 +112,9 @@ class KmsResponse:
 
     def to_bytes(self) -> bytes:
         """Encode as 44 + P bytes, P being the ePID's UTF-16 size with its NUL."""
-        epid = self.epid.encode("utf-16-le") + b"\x00\x00"
-        if len(epid) > MAX_EPID_BYTES:
-            raise LocalProtocolError(f"ePID of {len(epid)} bytes exceeds {MAX_EPID_BYTES}")
         return (
             _VERSION.pack(self.minor_version, self.major_version)
-            + struct.pack("<I", len(epid))
-            + epid
+            + _epid_field(self.epid)
             + _RESPONSE_TAIL.pack(
                 self.client_machine_id.bytes_le,
                 self.response_time,
@@ -148,13 +145,23 @@ class KmsResponse:
             major_version=major,
             minor_version=minor,
             epid=raw_epid[:-2].decode("utf-16-le", "replace"),
-            client_machine_id=uuid.UUID(bytes_le=cmid),
+            client_machine_id=uuid_from_bytes_le(cmid),
             response_time=when,
             current_client_count=count,
             activation_interval=activation,
             renewal_interval=renewal,
         )
         return response, end
+
+
+# A host answers with a handful of ePIDs: each is encoded once.
+@functools.lru_cache(maxsize=256)
+def _epid_field(epid: str) -> bytes:
+    """The ePID's size then its NUL-terminated UTF-16LE text."""
+    encoded = epid.encode("utf-16-le") + b"\x00\x00"
+    if len(encoded) > MAX_EPID_BYTES:
+        raise LocalProtocolError(f"ePID of {len(encoded)} bytes exceeds {MAX_EPID_BYTES}")
+    return struct.pack("<I", len(encoded)) + encoded
 
 
 _utf16le_decode = codecs.utf_16_le_decode

@@ -151,6 +151,10 @@ class _CipherModule(Protocol):
 
     def cbc_decrypt(self, round_keys: bytes, nrounds: int, iv: bytes, data: bytes, /) -> bytes: ...
 
+    def use_aesni(self, flag: bool, /) -> bool: ...
+
+    def backend(self) -> str: ...
+
 
 def _load_accelerator() -> tuple[_CipherModule | None, str]:
     """The C extension unless missing or disabled by KMSGATE_PURE_PYTHON_CIPHER=1, and why."""
@@ -161,7 +165,8 @@ def _load_accelerator() -> tuple[_CipherModule | None, str]:
     except ImportError:
         return None, "pure Python (C accelerator not built)"
     abi = "abi3" if ".abi3." in str(getattr(module, "__file__", "")) else "version-specific build"
-    return cast(_CipherModule, module), f"C accelerator ({abi})"
+    accelerator = cast(_CipherModule, module)
+    return accelerator, f"C accelerator ({abi}, {accelerator.backend()} rounds)"
 
 
 # CIPHER_BACKEND says which block-cipher path this process runs (the start-up log names it).

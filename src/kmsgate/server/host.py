@@ -6,7 +6,6 @@ import asyncio
 import errno
 import functools
 import logging
-import os
 import random
 import socket
 import time
@@ -35,6 +34,7 @@ from kmsgate.protocol.session import RequestPolicy, ServerSession, SessionSettin
 from kmsgate.server.connection import KmsConnection
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.limits import ConnectionLimits
+from kmsgate.server.random_source import BufferedRandom
 from kmsgate.systemd import inherited_sockets
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class KmsHost(ConnectionLimits):
         *,
         catalog: Catalog | None = None,
         rng: random.Random | None = None,
-        random_bytes: Callable[[int], bytes] = os.urandom,
+        random_bytes: Callable[[int], bytes] | None = None,
         today: datetime | None = None,
         metrics: Metrics | None = None,
         identity: HostIdentity | None = None,
@@ -65,6 +65,8 @@ class KmsHost(ConnectionLimits):
         self._rng = rng or random.SystemRandom()
         # Association group ids name a connection's context, they guard nothing: a PRNG
         # seeded once spares each connection a getrandom() call (1 µs, and a GIL release).
+        if random_bytes is None:
+            random_bytes = BufferedRandom()
         self._group_ids = rng or random.Random(random_bytes(32))
         self._random_bytes = random_bytes
         self.identity: HostIdentity = identity or build_identity(

@@ -1,0 +1,50 @@
+"""The host's random bytes: the kernel's, fetched a page at a time rather than per answer.
+
+Each v5/v6 answer takes 32 random bytes; one getrandom() call per 16 of them cost more than
+the bytes themselves (a system call, and the GIL released and taken again).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable
+
+CHUNK = 4096
+
+_live: weakref.WeakSet[BufferedRandom] = weakref.WeakSet()
+
+
+class BufferedRandom:
+    """A RandomBytes that hands out consecutive, never repeated, slices of `read(CHUNK)`."""
+
+    def __init__(self, read: Callable[[int], bytes] = os.urandom, chunk: int = CHUNK) -> None:
+        self._read = read
+        self._chunk = chunk
+        self._buffer = b""
+        self._at = 0
+        _live.add(self)
+
+    def __call__(self, size: int) -> bytes:
+        at = self._at
+        end = at + size
+        if end > len(self._buffer):
+            if size > self._chunk:
+                return self._read(size)
+            self._buffer = self._read(self._chunk)
+            at, end = 0, size
+        self._at = end
+        return self._buffer[at:end]
+
+    def discard(self) -> None:
+        """Forget the bytes not yet handed out (a forked child must not repeat its parent's)."""
+        self._buffer = b""
+        self._at = 0
+
+
+def _discard_all_in_child() -> None:
+    for source in list(_live):
+        source.discard()
+
+
+os.register_at_fork(after_in_child=_discard_all_in_child)
