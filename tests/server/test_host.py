@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import resource
 import socket
@@ -17,6 +18,7 @@ from kmsgate.node import Node
 from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.protocol.session import ServerSession
 from kmsgate.server.connection import _PAUSED_FOR_WRITING, WRITE_BUFFER_HIGH, KmsConnection
 from kmsgate.server.host import KmsHost, ipv6_available
 from tests.adversarial.host_attack import (
@@ -511,3 +513,28 @@ async def test_each_connection_gets_its_own_association_group() -> None:
             groups.append(int.from_bytes(ack[20:24], "little"))
             client.writer.close()
     assert 0 not in groups and len(set(groups)) == 20
+
+
+async def test_a_finished_connection_is_freed_without_the_garbage_collector() -> None:
+    # The idle timer holds a bound method of its connection: unless connection_lost drops
+    # it, each connection (its session, framer and transport with it) waits for the
+    # collector, which then runs a young-generation pass every few dozen connections.
+    async with KmsHost(settings()) as host:
+        assert (await activate_once(host.port)).ok
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                assert (await activate_once(host.port)).ok
+            async with asyncio.timeout(5):
+                while host.connections:
+                    await asyncio.sleep(0.01)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = [obj for obj in gc.garbage if isinstance(obj, KmsConnection | ServerSession)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert left == []
+        assert host.stats.activations == 21

@@ -241,10 +241,15 @@ class KmsConnection(asyncio.Protocol):
             self._resume_reading(_PAUSED_FOR_RECORDS)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Dropped, not only cancelled: the idle timer holds a bound method of this
+        # connection, a cycle that would leave the connection, its session and its transport
+        # to the garbage collector (a young-generation pass every 70 connections or so).
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+            self._idle_timer = None
         if self._window_end is not None:
             self._window_end.cancel()
+            self._window_end = None
         # A pending admission is not cancelled: its window may be taken already, and _admit
         # hands it back once it sees the connection gone.
         if self._host.gateway is not None:

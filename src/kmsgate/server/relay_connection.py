@@ -138,10 +138,13 @@ class RelayConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Dropped, not only cancelled: they hold bound methods of this connection (a cycle).
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+            self._idle_timer = None
         if self._window_end is not None:
             self._window_end.cancel()
+            self._window_end = None
         if not self._admitted:
             return
         if self._host.gateway is not None:
