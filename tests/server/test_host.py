@@ -30,6 +30,7 @@ from tests.adversarial.host_attack import (
     bind_pdu,
     request_pdu,
 )
+from tests.server.test_serve_cli import free_port
 from tests.support.kms import RawClient, activate_once, make_request, read_until_closed
 from tests.support.stall import stall_writer as _stall
 
@@ -538,3 +539,25 @@ async def test_a_finished_connection_is_freed_without_the_garbage_collector() ->
             gc.enable()
         assert left == []
         assert host.stats.activations == 21
+
+
+async def _secondary_address(port: int) -> str:
+    client = await RawClient.connect(port)
+    try:
+        client.writer.write(client.bind_pdu())
+        ack = rpc.decode_pdu(await client.read_pdu())
+    finally:
+        await client.close()
+    assert isinstance(ack, rpc.BindAck)
+    return ack.secondary_address
+
+
+async def test_the_bind_ack_names_the_listening_port() -> None:
+    # A listener with a fixed port hands it to its connections; one on port 0 (and a second
+    # listener) learn theirs from the socket: every bind_ack names the port it came in on.
+    fixed = free_port()
+    async with KmsHost(settings(listen=[f"127.0.0.1:{fixed}", "127.0.0.1:0"])) as host:
+        ports = [port for _, port in host.addresses]
+        assert fixed in ports and len(ports) == 2
+        for port in ports:
+            assert await _secondary_address(port) == str(port)

@@ -40,6 +40,7 @@ class ConnectionHost(Protocol):
     metrics: Metrics
     gateway: Gateway | None
     record_gate: RecordGate | None
+    loop: asyncio.AbstractEventLoop | None
 
     def accept(
         self, connection: HostConnection, transport: asyncio.Transport, peer: Peer
@@ -61,8 +62,10 @@ _UNKNOWN_PEER = Peer("unknown")
 class KmsConnection(asyncio.Protocol):
     """One client connection: feeds bytes to a ServerSession and acts on its events."""
 
-    def __init__(self, host: ConnectionHost) -> None:
+    def __init__(self, host: ConnectionHost, port: int | None = None) -> None:
+        """`port`: the listener's, when known (else read from the socket)."""
         self._host = host
+        self._port = port
         self._transport: asyncio.Transport | None = None
         self._session: ServerSession | None = None
         self._idle_timer: IdleTimer | None = None
@@ -84,7 +87,7 @@ class KmsConnection(asyncio.Protocol):
         if not host.accept(self, transport, self.peer):
             return
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle)
+        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle, host.loop)
         if host.gateway is None:
             self._start_session()
             return
@@ -95,10 +98,11 @@ class KmsConnection(asyncio.Protocol):
 
     def _start_session(self, request_policy: RequestPolicy | None = None) -> None:
         assert self._transport is not None
-        sockname = self._transport.get_extra_info("sockname")
-        self._session = self._host.new_session(
-            sockname[1] if sockname else 1688, request_policy=request_policy
-        )
+        port = self._port
+        if port is None:
+            sockname = self._transport.get_extra_info("sockname")
+            port = sockname[1] if sockname else 1688
+        self._session = self._host.new_session(port, request_policy=request_policy)
 
     async def _admit(self, gateway: Gateway) -> None:
         admission = await gateway.admit(self.peer)

@@ -171,19 +171,25 @@ class KmsHost(ConnectionLimits):
 
         In relay mode (`--upstream`) the caller passes the relay's protocol factory.
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         upstream = self.settings.upstream_address
         if (upstream is None) != (relay is None):
             # relay.py builds on this module, so the host cannot build the relay itself.
             raise ValueError("a relay factory is given exactly when an upstream is set")
-        factory: Callable[[], asyncio.Protocol] = relay or functools.partial(KmsConnection, self)
+
+        def factory(port: int) -> Callable[[], asyncio.Protocol]:
+            # A listener's port is the bind_ack's secondary address; passed here, so a
+            # connection need not ask its socket (a getsockname() call per connection).
+            return relay or functools.partial(KmsConnection, self, port or None)
+
         for sock in inherited_sockets():
-            server = await loop.create_server(factory, sock=sock, backlog=1024)
+            port = sock.getsockname()[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else 0
+            server = await loop.create_server(factory(port), sock=sock, backlog=1024)
             self._servers.append(server)
         for host, port in [] if self._servers else self.settings.listen_addresses:
             try:
                 server = await loop.create_server(
-                    factory, host, port, reuse_address=True, backlog=1024
+                    factory(port), host, port, reuse_address=True, backlog=1024
                 )
             except OSError as exc:
                 if ":" in host and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):

@@ -13,10 +13,16 @@ class IdleTimer:
     far cheaper than cancelling and re-creating a timer for every PDU.
     """
 
-    def __init__(self, timeout: float, on_idle: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        on_idle: Callable[[], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """`loop`: the running loop, when the caller has it (asking costs a getpid() call)."""
         self._timeout = timeout
         self._on_idle = on_idle
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self._last = self._loop.time()
         self._handle: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._fire)
 

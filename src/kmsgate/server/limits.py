@@ -54,6 +54,9 @@ class ConnectionLimits:
         self._limits: dict[HostConnection, tuple[str, asyncio.TimerHandle | None]] = {}
         self._per_source: dict[str, int] = {}
         self._capped_sources: set[str] = set()
+        # The loop the listeners run on, set when they open: on Python 3.11, each
+        # asyncio.get_running_loop() is a getpid() system call, twice per connection.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
         """Source policy and connection limit for a new connection; counts and logs refusals."""
@@ -108,7 +111,7 @@ class ConnectionLimits:
         self._per_source[source] = open_now + 1
         lifetime = None
         if settings.connection_lifetime:
-            loop = asyncio.get_running_loop()
+            loop = self.loop or asyncio.get_running_loop()
             lifetime = loop.call_at(
                 loop.time() + settings.connection_lifetime, self._lifetime_over, connection
             )

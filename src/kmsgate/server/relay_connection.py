@@ -102,7 +102,7 @@ class RelayConnection(asyncio.Protocol):
         self._admitted = True
         # Nothing is read from the client until there is somewhere to send it.
         client.pause_reading()
-        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle)
+        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle, host.loop)
         self._connecting = asyncio.get_running_loop().create_task(self._open_upstream())
 
     def data_received(self, data: bytes) -> None:
