@@ -1,4 +1,4 @@
-"""Micro-benchmark of kmsgate.protocol.crypto, pure Python vs C rounds (run by hand).
+"""Micro-benchmark of kmsgate.protocol.crypto: pure Python, C tables, AES-NI (run by hand).
 
 Usage: .venv/bin/python bench/bench_crypto.py [--loops N]
 """
@@ -60,19 +60,26 @@ def main() -> None:
     args = parser.parse_args()
     loops = max(1, min(args.loops, MAX_LOOPS))
 
-    backends = [("python", False)]
-    if rijndael._ACCEL is not None:
-        backends.append(("c", True))
-    else:
+    results = {"python": bench(False, loops)}
+    accelerator = rijndael._ACCEL
+    if accelerator is None:
         print("C extension not available: pure Python only")
-    results = {name: bench(accel, loops) for name, accel in backends}
+    else:
+        in_use = accelerator.backend() == "aes-ni"
+        try:
+            for aesni in (False, True):
+                if accelerator.use_aesni(aesni) == aesni:
+                    results[f"c {accelerator.backend()}"] = bench(True, loops)
+                else:
+                    print("this processor has no AES-NI: C tables only")
+        finally:
+            accelerator.use_aesni(in_use)
 
-    names = list(results["python"])
-    print(f"{'operation':<24}" + "".join(f"{b:>12}" for b, _ in backends) + "   (µs/op)")
-    for op in names:
-        row = "".join(f"{results[b][op]:>12.2f}" for b, _ in backends)
-        ratio = f"   x{results['python'][op] / results['c'][op]:.0f}" if "c" in results else ""
-        print(f"{op:<24}{row}{ratio}")
+    backends = list(results)
+    print(f"{'operation':<24}" + "".join(f"{b:>12}" for b in backends) + "   (µs/op)")
+    for op in results["python"]:
+        row = "".join(f"{results[b][op]:>12.2f}" for b in backends)
+        print(f"{op:<24}{row}")
 
 
 if __name__ == "__main__":
