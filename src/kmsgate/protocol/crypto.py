@@ -143,9 +143,13 @@ def sha256(data: bytes) -> bytes:
 
 def v6_hmac_key(filetime: int, slot_offset: int = 0) -> bytes:
     """16-byte v6 HMAC key for a FILETIME (§12.6); slot_offset t adds t·C1 like vlmcs does."""
+    _check_filetime(filetime)
+    return _v6_slot_key(filetime // _TIME_C1, slot_offset)
+
+
+def _check_filetime(filetime: int) -> None:
     if not 0 <= filetime <= _U64:
         raise LocalProtocolError(f"FILETIME {filetime} is not an unsigned 64-bit value")
-    return _v6_slot_key(filetime // _TIME_C1, slot_offset)
 
 
 # A key holds for a time slot of about 4 hours: a host's answers reuse a handful of them.
@@ -158,7 +162,7 @@ def _v6_slot_key(slot_number: int, slot_offset: int) -> bytes:
 
 def v6_hmac(filetime: int, message: bytes, slot_offset: int = 0) -> bytes:
     """Truncated v6 HMAC field: last 16 bytes of HMAC-SHA256 over R6 up to XorSalts (§12.6)."""
-    v6_hmac_key(filetime, slot_offset)  # the range check
+    _check_filetime(filetime)
     inner_start, outer_start = _v6_hmac_starts(filetime // _TIME_C1, slot_offset)
     inner = inner_start.copy()
     inner.update(message)
