@@ -48,6 +48,8 @@ class ConnectionHost(Protocol):
 
     def release(self, connection: HostConnection) -> None: ...
 
+    def lifetime_over(self, connection: HostConnection) -> None: ...
+
     def new_session(
         self, port: int, *, request_policy: RequestPolicy | None = None
     ) -> ServerSession: ...
@@ -87,7 +89,14 @@ class KmsConnection(asyncio.Protocol):
         if not host.accept(self, transport, self.peer):
             return
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        self._idle_timer = IdleTimer(host.settings.idle_timeout, self._idle, host.loop)
+        settings = host.settings
+        self._idle_timer = IdleTimer(
+            settings.idle_timeout,
+            self._idle,
+            host.loop,
+            lifetime=settings.connection_lifetime,
+            on_lifetime=self._lifetime_over,
+        )
         if host.gateway is None:
             self._start_session()
             return
@@ -131,6 +140,9 @@ class KmsConnection(asyncio.Protocol):
         log.info("%s closed: its activation window has ended", self.peer)
         if self._transport is not None:
             self._transport.close()
+
+    def _lifetime_over(self) -> None:
+        self._host.lifetime_over(self)
 
     def _idle(self) -> None:
         self._host.stats.idle_closes += 1

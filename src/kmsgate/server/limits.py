@@ -50,8 +50,8 @@ class ConnectionLimits:
         self._source_verdicts: dict[str, bool] = {}
         self.stats = HostStats()
         self.connections: set[HostConnection] = set()
-        # Per accepted connection: its source (canonical address) and its lifetime timer.
-        self._limits: dict[HostConnection, tuple[str, asyncio.TimerHandle | None]] = {}
+        # Per accepted connection: its source (canonical address).
+        self._limits: dict[HostConnection, str] = {}
         self._per_source: dict[str, int] = {}
         self._capped_sources: set[str] = set()
         # The loop the listeners run on, set when they open: on Python 3.11, each
@@ -88,7 +88,7 @@ class ConnectionLimits:
         return True
 
     def _admit_source(self, connection: HostConnection, peer: Peer) -> bool:
-        """The per-source cap, then the connection's lifetime timer (one per connection)."""
+        """The per-source cap (the connection's own timer enforces its lifetime)."""
         settings = self.settings
         source = peer.address
         open_now = self._per_source.get(source, 0)
@@ -109,16 +109,11 @@ class ConnectionLimits:
                 )
             return False
         self._per_source[source] = open_now + 1
-        lifetime = None
-        if settings.connection_lifetime:
-            loop = self.loop or asyncio.get_running_loop()
-            lifetime = loop.call_at(
-                loop.time() + settings.connection_lifetime, self._lifetime_over, connection
-            )
-        self._limits[connection] = (source, lifetime)
+        self._limits[connection] = source
         return True
 
-    def _lifetime_over(self, connection: HostConnection) -> None:
+    def lifetime_over(self, connection: HostConnection) -> None:
+        """Close a connection open for --connection-lifetime (its IdleTimer calls this)."""
         self.stats.lifetime_closes += 1
         log.debug("closing a connection open for %g s", self.settings.connection_lifetime)
         connection.close()
@@ -130,9 +125,7 @@ class ConnectionLimits:
         self.connections.discard(connection)
         self.stats.connections_open = len(self.connections)
         self.metrics.connection_closed()
-        source, lifetime = self._limits.pop(connection, ("", None))
-        if lifetime is not None:
-            lifetime.cancel()
+        source = self._limits.pop(connection, "")
         left = self._per_source.get(source, 1) - 1
         if left > 0:
             self._per_source[source] = left
