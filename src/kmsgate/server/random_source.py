@@ -16,7 +16,10 @@ _live: weakref.WeakSet[BufferedRandom] = weakref.WeakSet()
 
 
 class BufferedRandom:
-    """A RandomBytes that hands out consecutive, never repeated, slices of `read(CHUNK)`."""
+    """A RandomBytes that hands out consecutive, never repeated, slices of `read(CHUNK)`.
+
+    For one thread, the event loop's (where every answer is built): it takes no lock.
+    """
 
     def __init__(self, read: Callable[[int], bytes] = os.urandom, chunk: int = CHUNK) -> None:
         self._read = read
