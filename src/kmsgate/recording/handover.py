@@ -127,11 +127,15 @@ class RingHandover:
         ring = self._ring
         assert ring is not None
         try:
-            appended = ring.append(marshal.dumps(draft))
+            payload = marshal.dumps(draft)
+            appended = ring.append(payload)
         except (ValueError, RingError):  # not primitives, or larger than any ring holds
             self._base_dropped += 1
             log.error("dropping a record draft that cannot be sent: %.200r", draft)
             appended = True  # resolved: nothing will ever carry it
+        else:
+            if appended:
+                self._appended(ring.appended, payload, draft)
         if appended:
             self._handed += 1
             if not self._woken and ring.uncommitted >= self._wake_at:
@@ -139,6 +143,9 @@ class RingHandover:
             return True
         self._wake_reader()
         return False
+
+    def _appended(self, number: int, payload: bytes, draft: RecordDraft) -> None:
+        """Entry `number` of the ring now holds `payload`, the bytes of `draft`."""
 
     def _pump(self) -> None:
         """Move what waits into the ring as far as its room allows; flush control frames."""

@@ -121,6 +121,11 @@ class RecordRing:
 
     # ---------------------------------------------------------------- producer
 
+    @property
+    def appended(self) -> int:
+        """Entries appended to the ring ever: the number of the latest one (the first is 1)."""
+        return self._count
+
     def append(self, payload: bytes) -> bool:
         """Add one entry; False (nothing written) when the ring has no room for it now.
 

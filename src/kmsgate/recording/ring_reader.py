@@ -11,7 +11,7 @@ import marshal
 from typing import TYPE_CHECKING
 
 from kmsgate.recording.ring import RecordRing, RingCursor
-from kmsgate.store.drafts import DraftError, checked_draft
+from kmsgate.store.drafts import DraftError, RecordDraft, checked_draft
 
 if TYPE_CHECKING:
     from kmsgate.recording.writer import RecordWriter
@@ -19,13 +19,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("kmsgate.store")
 
 
+# (entry number, its payload, the draft it was made of), oldest first.
+KnownEntries = collections.deque[tuple[int, bytes, RecordDraft]]
+
+
 class RingReader:
     """Moves ring entries into the RecordWriter and releases them once they are resolved."""
 
-    def __init__(self, ring: RecordRing, writer: RecordWriter, node: str) -> None:
+    def __init__(
+        self, ring: RecordRing, writer: RecordWriter, node: str, known: KnownEntries | None = None
+    ) -> None:
+        """`known`: entries this process appended, with their drafts (the inline writer's):
+        such an entry, read back with the same bytes, is not decoded and checked again."""
         self.ring = ring
         self._writer = writer
         self._node = node
+        self._known = known
         head = ring.head()
         self._cursor = RingCursor(head.position, head.count)
         self.taken = 0  # entries read by this reader
@@ -39,6 +48,7 @@ class RingReader:
         ring, cursor, writer = self.ring, self._cursor, self._writer
         while room := writer.max_queue - writer.depth:
             corrupt = cursor.corrupt
+            first = cursor.count + 1  # the number of the first entry this read returns
             payloads = ring.read(cursor, room)
             skipped = cursor.corrupt - corrupt
             if not payloads and not skipped:
@@ -46,7 +56,12 @@ class RingReader:
             if skipped:
                 log.error("dropping %d corrupt record(s) found in the ring", skipped)
                 self.malformed += skipped
-            for payload in payloads:
+            for number, payload in enumerate(payloads, first):
+                if self._known:
+                    known = self._take_known(number, payload)
+                    if known is not None:
+                        writer.submit(known)
+                        continue
                 try:
                     draft = marshal.loads(payload)  # noqa: S302 (our own parent, primitives only)
                     writer.submit(checked_draft(draft, self._node))
@@ -55,6 +70,18 @@ class RingReader:
                     log.error("dropping a malformed record draft: %s", exc)
             self.taken += len(payloads) + skipped
             self._reads.append((self.taken, cursor.position, cursor.count))
+
+    def _take_known(self, number: int, payload: bytes) -> RecordDraft | None:
+        """The draft entry `number` was made of, if this process appended it as `payload`."""
+        known = self._known
+        assert known is not None
+        while known and known[0][0] < number:
+            known.popleft()  # skipped as corrupt, or taken by a reader before this one
+        if known and known[0][0] == number:
+            _, appended_payload, draft = known.popleft()
+            if appended_payload == payload:
+                return draft
+        return None
 
     @property
     def dropped(self) -> int:
