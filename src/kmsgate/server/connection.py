@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from kmsgate.config.settings import ServeSettings
@@ -40,7 +41,6 @@ class ConnectionHost(Protocol):
     metrics: Metrics
     gateway: Gateway | None
     record_gate: RecordGate | None
-    loop: asyncio.AbstractEventLoop | None
 
     def accept(
         self, connection: HostConnection, transport: asyncio.Transport, peer: Peer
@@ -48,7 +48,9 @@ class ConnectionHost(Protocol):
 
     def release(self, connection: HostConnection) -> None: ...
 
-    def lifetime_over(self, connection: HostConnection) -> None: ...
+    def connection_timer(
+        self, connection: HostConnection, on_idle: Callable[[], None]
+    ) -> IdleTimer: ...
 
     def new_session(
         self, port: int, *, request_policy: RequestPolicy | None = None
@@ -89,14 +91,7 @@ class KmsConnection(asyncio.Protocol):
         if not host.accept(self, transport, self.peer):
             return
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        settings = host.settings
-        self._idle_timer = IdleTimer(
-            settings.idle_timeout,
-            self._idle,
-            host.loop,
-            lifetime=settings.connection_lifetime,
-            on_lifetime=self._lifetime_over,
-        )
+        self._idle_timer = host.connection_timer(self, self._idle)
         if host.gateway is None:
             self._start_session()
             return
@@ -140,9 +135,6 @@ class KmsConnection(asyncio.Protocol):
         log.info("%s closed: its activation window has ended", self.peer)
         if self._transport is not None:
             self._transport.close()
-
-    def _lifetime_over(self) -> None:
-        self._host.lifetime_over(self)
 
     def _idle(self) -> None:
         self._host.stats.idle_closes += 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,6 +13,7 @@ from kmsgate.access.source import SourcePolicy
 from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics
+from kmsgate.server.idle import IdleTimer
 
 log = logging.getLogger("kmsgate.server")
 
@@ -112,8 +115,21 @@ class ConnectionLimits:
         self._limits[connection] = source
         return True
 
-    def lifetime_over(self, connection: HostConnection) -> None:
-        """Close a connection open for --connection-lifetime (its IdleTimer calls this)."""
+    def connection_timer(
+        self, connection: HostConnection, on_idle: Callable[[], None]
+    ) -> IdleTimer:
+        """The one timer of an accepted connection: `on_idle` after --idle-timeout without
+        activity, a close at --connection-lifetime."""
+        settings = self.settings
+        return IdleTimer(
+            settings.idle_timeout,
+            on_idle,
+            self.loop,
+            lifetime=settings.connection_lifetime,
+            on_lifetime=functools.partial(self._lifetime_over, connection),
+        )
+
+    def _lifetime_over(self, connection: HostConnection) -> None:
         self.stats.lifetime_closes += 1
         log.debug("closing a connection open for %g s", self.settings.connection_lifetime)
         connection.close()

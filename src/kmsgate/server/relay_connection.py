@@ -102,14 +102,7 @@ class RelayConnection(asyncio.Protocol):
         self._admitted = True
         # Nothing is read from the client until there is somewhere to send it.
         client.pause_reading()
-        settings = host.settings
-        self._idle_timer = IdleTimer(
-            settings.idle_timeout,
-            self._idle,
-            host.loop,
-            lifetime=settings.connection_lifetime,
-            on_lifetime=self._lifetime_over,
-        )
+        self._idle_timer = host.connection_timer(self, self._idle)
         self._connecting = asyncio.get_running_loop().create_task(self._open_upstream())
 
     def data_received(self, data: bytes) -> None:
@@ -341,9 +334,6 @@ class RelayConnection(asyncio.Protocol):
             if self._idle_timer is not None:
                 self._idle_timer.touch()
         return handed_over
-
-    def _lifetime_over(self) -> None:
-        self._host.lifetime_over(self)
 
     def _idle(self) -> None:
         self._host.stats.idle_closes += 1
