@@ -16,6 +16,7 @@ from kmsgate.protocol.events import Event
 from kmsgate.protocol.session import RequestPolicy, ServerSession
 from kmsgate.server.idle import IdleTimer
 from kmsgate.server.limits import HostConnection, HostStats
+from kmsgate.server.outbox import AnswerOutbox
 from kmsgate.server.transport import peer_of
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class ConnectionHost(Protocol):
     metrics: Metrics
     gateway: Gateway | None
     record_gate: RecordGate | None
+    outbox: AnswerOutbox | None
 
     def accept(
         self, connection: HostConnection, transport: asyncio.Transport, peer: Peer
@@ -78,6 +80,7 @@ class KmsConnection(asyncio.Protocol):
         self._admission: asyncio.Task[None] | None = None
         self._paused_for = 0
         self._held: bytes | None = None  # answers waiting until their records are handed over
+        self._unsent: bytes | None = None  # answers queued in the host's outbox
         self._backlog: bytearray | None = None  # bytes read while answers were held
         self._window_end: asyncio.TimerHandle | None = None
         self.peer = _UNKNOWN_PEER
@@ -133,8 +136,7 @@ class KmsConnection(asyncio.Protocol):
 
     def _window_ended(self) -> None:
         log.info("%s closed: its activation window has ended", self.peer)
-        if self._transport is not None:
-            self._transport.close()
+        self._close()
 
     def _idle(self) -> None:
         self._host.stats.idle_closes += 1
@@ -144,8 +146,7 @@ class KmsConnection(asyncio.Protocol):
             self.peer,
             self._host.settings.idle_timeout,
         )
-        if self._transport is not None:
-            self._transport.close()
+        self._close()
 
     def data_received(self, data: bytes) -> None:
         session, transport = self._session, self._transport
@@ -182,22 +183,46 @@ class KmsConnection(asyncio.Protocol):
                 host.metrics.observe_request(time.perf_counter() - started)
                 return
             if out:
-                transport.write(out)
+                self._send(out)
             host.metrics.observe_request(time.perf_counter() - started)
         elif out:
-            transport.write(out)
+            self._send(out)
         self._after_answers(session, transport)
+
+    def _send(self, out: bytes) -> None:
+        """Queue answers for the end of this loop pass (server/outbox.py), in order."""
+        outbox = self._host.outbox
+        if outbox is None:
+            assert self._transport is not None
+            self._transport.write(out)
+        elif self._unsent is None:
+            self._unsent = out
+            outbox.add(self)
+        else:
+            self._unsent += out
+
+    def send_queued(self) -> None:
+        out, self._unsent = self._unsent, None
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out)
+
+    def _close(self) -> None:
+        """Close after sending what is queued."""
+        self.send_queued()
+        if self._transport is not None:
+            self._transport.close()
 
     def _after_answers(self, session: ServerSession, transport: asyncio.Transport) -> None:
         """Close once the protocol broke or the connection used up its requests."""
         if session.closed:
-            transport.close()
+            self._close()
             return
         limit = self._host.settings.max_requests_per_connection
         if limit and self._answered >= limit:
             self._host.stats.request_limit_closes += 1
             log.debug("%s closed after %d requests", self.peer, self._answered)
-            transport.close()
+            self._close()
 
     # -- backpressure: reading stops while answers cannot leave ------------------------------
 
@@ -231,7 +256,7 @@ class KmsConnection(asyncio.Protocol):
         if transport is None or session is None or transport.is_closing():
             return
         if out:
-            transport.write(out)
+            self._send(out)
         self._after_answers(session, transport)
         if transport.is_closing():
             return
@@ -262,9 +287,8 @@ class KmsConnection(asyncio.Protocol):
         # hands it back once it sees the connection gone.
         if self._host.gateway is not None:
             self._host.gateway.forget(self.peer)
-        self._held = self._backlog = None
+        self._held = self._backlog = self._unsent = None
         self._host.release(self)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self._close()

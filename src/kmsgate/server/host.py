@@ -34,6 +34,7 @@ from kmsgate.protocol.session import RequestPolicy, ServerSession, SessionSettin
 from kmsgate.server.connection import KmsConnection
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.limits import ConnectionLimits
+from kmsgate.server.outbox import AnswerOutbox
 from kmsgate.server.random_source import BufferedRandom
 from kmsgate.systemd import inherited_sockets
 
@@ -172,6 +173,7 @@ class KmsHost(ConnectionLimits):
         In relay mode (`--upstream`) the caller passes the relay's protocol factory.
         """
         loop = self.loop = asyncio.get_running_loop()
+        self.outbox = AnswerOutbox(loop)
         upstream = self.settings.upstream_address
         if (upstream is None) != (relay is None):
             # relay.py builds on this module, so the host cannot build the relay itself.

@@ -14,6 +14,7 @@ from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics
 from kmsgate.server.idle import IdleTimer
+from kmsgate.server.outbox import AnswerOutbox
 
 log = logging.getLogger("kmsgate.server")
 
@@ -60,6 +61,8 @@ class ConnectionLimits:
         # The loop the listeners run on, set when they open: on Python 3.11, each
         # asyncio.get_running_loop() is a getpid() system call, twice per connection.
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Where connections queue their answers for the end of a loop pass (set with loop).
+        self.outbox: AnswerOutbox | None = None
 
     def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
         """Source policy and connection limit for a new connection; counts and logs refusals."""

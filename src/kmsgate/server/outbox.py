@@ -1,0 +1,72 @@
+"""Answers written together at the end of an event-loop pass, not one system call at a time.
+
+A host that takes a few tens of microseconds per request leaves its clients asleep between
+answers: each answer written at once wakes its client's core again, and on a virtual machine
+that wake-up (an inter-processor interrupt) costs the writer 4 µs or more of kernel time. The
+answers of one pass over the ready connections leave back to back instead, so a client
+woken by the first finds the others already there (docs/benchmarks.md: kept-alive CPU per
+answer 38 → 34 µs). An answer waits at most for the other reads of its own pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+log = logging.getLogger("kmsgate.server")
+# Connections whose answers leave together at most: the first of them waits for the other
+# requests' work (about 30 µs each), and the clients woken by the first answer share one
+# wake-up.
+BATCH = 8
+
+
+class QueuedSender(Protocol):
+    """A connection that holds queued answer bytes until the outbox tells it to send them."""
+
+    def send_queued(self) -> None:
+        """Write the answers queued so far (nothing if they were sent or the client left)."""
+        ...
+
+
+class AnswerOutbox:
+    """The connections with answers queued in this pass of the loop; flushed at its end, or
+    as soon as `batch` connections wait (a pass over many ready connections would otherwise
+    hold the first answers back for all the others' work)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, batch: int = BATCH) -> None:
+        self._loop = loop
+        self._batch = batch
+        self._queued: list[QueuedSender] = []
+        self._scheduled = False
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def add(self, connection: QueuedSender) -> None:
+        """Have `connection` send its queued answers once the loop's current callbacks ran.
+
+        Call it once per batch of queued answers: the connection keeps appending to its own
+        bytes until send_queued() runs."""
+        queued = self._queued
+        queued.append(connection)
+        if len(queued) >= self._batch:
+            self._send_all()
+        elif not self._scheduled:
+            # Runs after the reads already under way in this pass: those join the batch.
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send every queued connection's answers, in the order they were queued."""
+        self._scheduled = False
+        self._send_all()
+
+    def _send_all(self) -> None:
+        queued, self._queued = self._queued, []
+        for connection in queued:
+            try:
+                connection.send_queued()
+            # One connection's failure (a bug) must not keep the others' answers back.
+            except Exception:
+                log.exception("sending queued answers failed")

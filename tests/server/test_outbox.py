@@ -1,0 +1,98 @@
+"""Answers leave together at the end of a loop pass, in order, each to its own client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import pytest
+
+from kmsgate.config.settings import ServeSettings
+from kmsgate.protocol.client_session import expect_response
+from kmsgate.protocol.messages import encode_request
+from kmsgate.server.host import KmsHost
+from kmsgate.server.outbox import BATCH, AnswerOutbox
+from tests.support.kms import RawClient, make_request
+
+
+class Sender:
+    """A connection stand-in that notes when it was told to send."""
+
+    def __init__(self, name: str, sent: list[str], fail: bool = False) -> None:
+        self.name, self.sent, self.fail = name, sent, fail
+
+    def send_queued(self) -> None:
+        if self.fail:
+            raise RuntimeError(f"{self.name} broke")
+        self.sent.append(self.name)
+
+
+async def test_answers_queued_in_a_pass_leave_together_at_its_end() -> None:
+    outbox = AnswerOutbox(asyncio.get_running_loop())
+    sent: list[str] = []
+    seen_during_pass: list[list[str]] = []
+
+    def read(name: str) -> None:
+        outbox.add(Sender(name, sent))
+        seen_during_pass.append(list(sent))
+
+    loop = asyncio.get_running_loop()
+    for name in "abc":
+        loop.call_soon(read, name)
+    await asyncio.sleep(0)  # the three "reads" run
+    await asyncio.sleep(0)  # the flush they scheduled runs
+    assert seen_during_pass == [[], [], []]
+    assert sent == ["a", "b", "c"]
+    assert len(outbox) == 0
+
+
+async def test_a_full_batch_leaves_at_once_and_the_rest_at_the_end_of_the_pass() -> None:
+    outbox = AnswerOutbox(asyncio.get_running_loop(), batch=3)
+    sent: list[str] = []
+    for name in "abcd":
+        outbox.add(Sender(name, sent))
+    assert sent == ["a", "b", "c"]  # the third made a full batch
+    assert len(outbox) == 1
+    await asyncio.sleep(0)
+    assert sent == ["a", "b", "c", "d"]
+    outbox.flush()  # nothing is sent twice
+    assert sent == ["a", "b", "c", "d"]
+
+
+async def test_one_failing_connection_does_not_hold_back_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outbox = AnswerOutbox(asyncio.get_running_loop())
+    sent: list[str] = []
+    outbox.add(Sender("a", sent))
+    outbox.add(Sender("bad", sent, fail=True))
+    outbox.add(Sender("c", sent))
+    with caplog.at_level(logging.ERROR, logger="kmsgate.server"):
+        await asyncio.sleep(0)
+    assert sent == ["a", "c"]
+    assert "sending queued answers failed" in caplog.text
+
+
+@pytest.mark.integration
+async def test_clients_answered_in_one_pass_each_get_their_own_answer() -> None:
+    settings = ServeSettings(listen=["127.0.0.1:0"], idle_timeout=5.0)  # type: ignore[arg-type]
+    async with KmsHost(settings) as host:
+        assert host.outbox is not None
+        clients = [await RawClient.connect(host.port) for _ in range(3 * BATCH + 1)]
+        for client in clients:
+            await client.bind()
+        requests = [make_request(6, name=f"pc-{i}.example.test") for i in range(len(clients))]
+        for client, request in zip(clients, requests, strict=True):
+            client.session.send_request(encode_request(request, os.urandom(16)))
+            client.writer.write(client.session.data_to_send())
+        # Written before any answer is read: the host finds them ready in the same passes.
+        await asyncio.sleep(0.05)
+        for client, request in zip(clients, requests, strict=True):
+            verified = expect_response(await client.read_event()).verify()
+            assert verified.response.client_machine_id == request.client_machine_id
+            assert verified.response.response_time == request.request_time
+        assert len(host.outbox) == 0
+        assert host.stats.activations == len(clients)
+        for client in clients:
+            await client.close()
