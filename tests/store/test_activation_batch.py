@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
+from kmsgate.store.activation_batch import SQLITE_ROWS_PER_INSERT
 from kmsgate.store.activation_fold import SQLITE_VALUES, fold
 from kmsgate.store.database import Store
+from kmsgate.store.errors import StoreError, StoreUnavailable
 from kmsgate.store.records import ActivationRecord
-from kmsgate.store.schema import activations, clients
+from kmsgate.store.schema import activation_hours, activations, clients, counters
 from tests.support.records import T0, make_draft, make_record
 
 CMIDS = [uuid.UUID(int=n * 0x1111_0000_0000_0000_0000_0000_0001) for n in range(1, 6)]
@@ -166,3 +169,72 @@ def test_sqlite_values_use_sqlalchemys_text_formats() -> None:
 async def test_naive_times_are_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.record_activations([make_record(time=datetime(2024, 1, 1))])
+
+
+async def _count(store: Store, query: Any) -> Any:
+    async with store.engine.connect() as conn:
+        return (await conn.execute(query)).scalar_one()
+
+
+async def _activations_counter(store: Store) -> Any:
+    return await _count(store, select(counters.c.value).where(counters.c.name == "activations"))
+
+
+async def test_a_batch_of_several_parts_matches_the_model(store: Store) -> None:
+    # More rows than SQLITE_ROWS_PER_INSERT twice over: SQLite writes them in three parts.
+    total = 2 * SQLITE_ROWS_PER_INSERT + 7
+    batch = [
+        make_record(client_machine_id=CMIDS[i % 3], time=T0 + timedelta(seconds=i))
+        for i in range(total)
+    ]
+    model: dict[uuid.UUID, ModelClient] = {}
+    apply(model, batch)
+    await store.record_activations(batch)
+    assert await _count(store, select(func.count()).select_from(activations)) == total
+    async with store.engine.connect() as conn:
+        stored = {
+            row.cmid: row
+            for row in await conn.execute(
+                select(clients.c.cmid, clients.c.request_count, clients.c.last_seen)
+            )
+        }
+        hours = (
+            await conn.execute(select(activation_hours.c.hour, activation_hours.c.count))
+        ).all()
+    assert {cmid: (row.request_count, row.last_seen) for cmid, row in stored.items()} == {
+        cmid: (client.count, client.last) for cmid, client in model.items()
+    }
+    assert hours == [(T0.replace(minute=0, second=0, microsecond=0), total)]
+    assert await _activations_counter(store) == total
+
+
+async def test_a_failing_part_leaves_nothing_of_its_batch(store: Store) -> None:
+    await store.record_activations([make_record(client_machine_id=CMIDS[0])])
+    drafts = [make_draft(client_machine_id=CMIDS[1]) for _ in range(2 * SQLITE_ROWS_PER_INSERT)]
+    broken = list(drafts[-1])
+    broken[6] = None  # sku_name is NOT NULL: the last part fails, after two parts went in
+    drafts.append(tuple(broken))  # type: ignore[arg-type]
+    with pytest.raises(StoreError) as raised:
+        await store.record_drafts(drafts)
+    assert not isinstance(raised.value, StoreUnavailable)  # the writer isolates such a record
+    assert await _count(store, select(func.count()).select_from(activations)) == 1
+    assert await _count(store, select(func.count()).select_from(clients)) == 1
+    assert await _activations_counter(store) == 1
+    # The connection is still good for the next batch.
+    await store.record_drafts(drafts[:-1])
+    assert await _count(store, select(func.count()).select_from(activations)) == 1 + len(drafts) - 1
+
+
+async def test_the_sqlite_writer_keeps_to_its_last_connection(tmp_path: Path) -> None:
+    # A connection's page cache is dropped when another connection wrote: batches that
+    # alternated between two pooled connections each started cold.
+    store = await Store.open(f"sqlite:///{tmp_path}/k.db")
+    try:
+        async with store.engine.connect() as first, store.engine.connect() as second:
+            first_raw = (await first.get_raw_connection()).driver_connection
+            await second.get_raw_connection()
+        # `second` went back to the pool first, `first` last: the next use takes `first`.
+        async with store.engine.connect() as again:
+            assert (await again.get_raw_connection()).driver_connection is first_raw
+    finally:
+        await store.close()

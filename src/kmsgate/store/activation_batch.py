@@ -2,18 +2,23 @@
 
 SQLAlchemy's per-row parameter processing cost about as much CPU as SQLite's own work, on the
 KMS host's core (127 → 70 µs a record without it), so rows are converted once here and sent
-with exec_driver_sql: executemany on SQLite, one unnest() statement per table on PostgreSQL.
+as they are: on SQLite by plain sqlite3 calls, the whole batch on the connection's thread;
+on PostgreSQL one unnest() statement per table.
 Statements are built from the column constants (activation_fold.py, here) and schema.py's
 types, never from input (hence the S608 waivers), so the SQL cannot drift from the tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, Protocol
 
 from sqlalchemy import BigInteger, Integer, String, Table, Uuid
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kmsgate.store.activation_fold import (
@@ -24,7 +29,15 @@ from kmsgate.store.activation_fold import (
     DriverValues,
     FoldedBatch,
 )
-from kmsgate.store.schema import UtcDateTime, activations, clients
+from kmsgate.store.counts import add_batch_counts
+from kmsgate.store.schema import (
+    UtcDateTime,
+    activation_hours,
+    activations,
+    clients,
+    counters,
+    product_counts,
+)
 
 # What a SQLite renewal compares before choosing the columns it rewrites.
 SELECT_STORED = (
@@ -52,12 +65,12 @@ LATEST_COLUMNS = (
 
 
 class BatchWriter(Protocol):
-    """Writes a folded batch's activation and client rows inside the caller's transaction."""
+    """Writes a folded batch (activation rows, clients, counters) in the caller's transaction."""
 
     driver: DriverValues  # what fold() must turn times and UUIDs into for this driver
 
-    async def write(self, conn: AsyncConnection, batch: FoldedBatch) -> int:
-        """Write the rows; return how many clients were new."""
+    async def write(self, conn: AsyncConnection, batch: FoldedBatch) -> None:
+        """Write the batch's rows and add it to the counters."""
         ...
 
 
@@ -71,11 +84,30 @@ def _sqlite_insert(table: Table, names: Sequence[str], rows: int = 1) -> str:
     return f"INSERT INTO {table.name} ({columns}) VALUES {values}"  # noqa: S608
 
 
-class SqliteBatchWriter:
-    """executemany with pre-converted tuples; the write lock makes read-then-write exact.
+def _sqlite_add(table: Table, keys: Sequence[str], value: str) -> str:
+    """`value += n` for the row of `keys`, inserted when missing (counts.add_counts' SQL)."""
+    names = [*keys, value]
+    return (
+        f"{_sqlite_insert(table, names)} ON CONFLICT ({', '.join(keys)}) "
+        f"DO UPDATE SET {value} = {table.name}.{value} + excluded.{value}"
+    )
 
-    The transaction began with BEGIN IMMEDIATE, so no other writer commits between reading
-    the stored clients and writing them. That lets a renewal update only the columns that
+
+def _sqlite_hour(hour: datetime) -> str:
+    """An hour bucket as UtcDateTime's SQLite text."""
+    return hour.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+class SqliteBatchWriter:
+    """A batch in a few calls on the connection's own thread, each a run of plain sqlite3.
+
+    aiosqlite runs each statement on its connection's thread and wakes the event loop for
+    each step of it (cursor, execute, close); a batch is some twenty statements, and those
+    round trips cost the serving core about 1.5 µs a record (docs/benchmarks.md). So the
+    batch goes over in parts of SQLITE_ROWS_PER_INSERT rows, inside the transaction the caller
+    began (BEGIN IMMEDIATE): parts, not one call, so that the loop runs between them (one
+    call of 5 ms on a shared core put a millisecond on the answers' p99). The write lock
+    also makes read-then-write exact, which lets a renewal update only the columns that
     change: every indexed column named in an UPDATE costs an index rewrite in SQLite.
     """
 
@@ -86,18 +118,65 @@ class SqliteBatchWriter:
             activations, ACTIVATION_COLUMNS, SQLITE_ROWS_PER_INSERT
         )
         self._insert_clients = _sqlite_insert(clients, CLIENT_COLUMNS)
+        self._add_counter = _sqlite_add(counters, ["name"], "value")
+        self._add_hour = _sqlite_add(activation_hours, ["hour", "node"], "count")
+        self._add_product = _sqlite_add(product_counts, ["family", "sku_name"], "count")
         self._updates: dict[tuple[str, ...], str] = {}
 
-    async def write(self, conn: AsyncConnection, batch: FoldedBatch) -> int:
-        """Insert activations, insert new clients, update known ones; return the new count."""
-        await self._insert_activation_rows(conn, batch.activation_rows)
-        if not batch.clients:
-            return 0
+    async def write(self, conn: AsyncConnection, batch: FoldedBatch) -> None:
+        """Run the batch's parts on the aiosqlite connection's thread; driver errors come
+        back as SQLAlchemy's (an OperationalError still marks the connection for discarding)."""
+        fairy = await conn.get_raw_connection()
+        # aiosqlite's Connection: _execute runs a function on its thread, where _conn is
+        # the sqlite3 connection (private names, stable since aiosqlite 0.17; the store
+        # tests fail at once if they change).
+        worker: Any = fairy.driver_connection
+        try:
+            for part in self.parts(batch):
+                await worker._execute(part, worker._conn)
+        except sqlite3.Error as exc:
+            raise sa_exc.DBAPIError.instance(
+                "record batch", None, exc, sqlite3.Error, dialect=conn.dialect
+            ) from exc
+
+    def parts(self, batch: FoldedBatch) -> Iterator[Callable[[sqlite3.Connection], None]]:
+        """The batch's writes in order: the activation rows a statement at a time, then the
+        clients and counters."""
+        rows = batch.activation_rows
+        whole = len(rows) - len(rows) % SQLITE_ROWS_PER_INSERT
+        for start in range(0, whole, SQLITE_ROWS_PER_INSERT):
+            yield functools.partial(
+                self._insert_whole, rows[start : start + SQLITE_ROWS_PER_INSERT]
+            )
+        yield functools.partial(self._write_rest, batch, rows[whole:])
+
+    def _insert_whole(self, rows: Sequence[tuple[Any, ...]], db: sqlite3.Connection) -> None:
+        db.execute(self._insert_many_activations, tuple(chain.from_iterable(rows)))
+
+    def _write_rest(
+        self, batch: FoldedBatch, rows: Sequence[tuple[Any, ...]], db: sqlite3.Connection
+    ) -> None:
+        """The remaining activation rows, new and known clients, the counts."""
+        if rows:
+            db.executemany(self._insert_activations, rows)
+        new = self._write_clients(db, batch) if batch.clients else 0
+        deltas = batch.counters | ({"clients": new} if new else {})
+        db.executemany(self._add_counter, sorted(deltas.items()))
+        db.executemany(
+            self._add_hour,
+            [(_sqlite_hour(h), n, c) for (h, n), c in sorted(batch.hours.items())],
+        )
+        db.executemany(
+            self._add_product, [(f, s, c) for (f, s), c in sorted(batch.products.items())]
+        )
+
+    def _write_clients(self, db: sqlite3.Connection, batch: FoldedBatch) -> int:
+        """Insert new clients, update known ones; return how many were new."""
         rows = batch.client_rows()
-        stored = await self._stored(conn, [row[0] for row in rows])
+        stored = self._stored(db, [row[0] for row in rows])
         fresh = [row for row in rows if row[0] not in stored]
         if fresh:
-            await conn.exec_driver_sql(self._insert_clients, fresh)
+            db.executemany(self._insert_clients, fresh)
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for row in rows:
             known = stored.get(row[0])
@@ -105,36 +184,20 @@ class SqliteBatchWriter:
                 names, values = self._changes(row, known)
                 groups.setdefault(names, []).append((*values, row[0]))
         for names, params in groups.items():
-            await conn.exec_driver_sql(self._update_sql(names), params)
+            db.executemany(self._update_sql(names), params)
         return len(fresh)
 
-    async def _insert_activation_rows(
-        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]
-    ) -> None:
-        """Whole statements of SQLITE_ROWS_PER_INSERT rows, the remainder by executemany."""
-        whole = len(rows) - len(rows) % SQLITE_ROWS_PER_INSERT
-        for start in range(0, whole, SQLITE_ROWS_PER_INSERT):
-            flat = tuple(chain.from_iterable(rows[start : start + SQLITE_ROWS_PER_INSERT]))
-            await conn.exec_driver_sql(self._insert_many_activations, flat)
-        if whole < len(rows):
-            await conn.exec_driver_sql(self._insert_activations, list(rows[whole:]))
-
-    async def _stored(
-        self, conn: AsyncConnection, keys: Sequence[str]
+    @staticmethod
+    def _stored(
+        db: sqlite3.Connection, keys: Sequence[str]
     ) -> dict[str, tuple[str, str, str, str]]:
         """(machine_name, sku_name, first_seen, last_seen) of the batch's known clients."""
         found: dict[str, tuple[str, str, str, str]] = {}
         for start in range(0, len(keys), SQLITE_IN_CHUNK):
             chunk = keys[start : start + SQLITE_IN_CHUNK]
             query = f"{SELECT_STORED} ({_qmarks(len(chunk))})"
-            result = await conn.exec_driver_sql(query, tuple(chunk))
-            for row in result.mappings():
-                found[row["cmid"]] = (
-                    row["machine_name"],
-                    row["sku_name"],
-                    row["first_seen"],
-                    row["last_seen"],
-                )
+            for cmid, name, sku, first, last in db.execute(query, tuple(chunk)):
+                found[cmid] = (name, sku, first, last)
         return found
 
     @staticmethod
@@ -229,14 +292,17 @@ class PostgresBatchWriter:
             "RETURNING cmid, request_count"
         )
 
-    async def write(self, conn: AsyncConnection, batch: FoldedBatch) -> int:
-        """Insert activations and upsert clients; return how many clients were new."""
+    async def write(self, conn: AsyncConnection, batch: FoldedBatch) -> None:
+        """Insert activations, upsert clients, add the counts."""
         await conn.exec_driver_sql(
             self._insert_activations,
             _columns(batch.activation_rows, len(ACTIVATION_COLUMNS)),
         )
-        if not batch.clients:
-            return 0
+        new = await self._upsert_clients_of(conn, batch) if batch.clients else 0
+        await add_batch_counts(conn, "postgresql", batch, new)
+
+    async def _upsert_clients_of(self, conn: AsyncConnection, batch: FoldedBatch) -> int:
+        """Upsert the batch's clients; return how many were new."""
         rows = batch.client_rows()
         returned = await conn.exec_driver_sql(
             self._upsert_clients, _columns(rows, len(CLIENT_COLUMNS))

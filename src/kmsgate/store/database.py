@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from kmsgate.store import users as accounts
 from kmsgate.store.activation_batch import BatchWriter, PostgresBatchWriter, SqliteBatchWriter
 from kmsgate.store.activation_fold import FoldedBatch, aware, fold, hour_of
-from kmsgate.store.counts import add_batch_counts, add_counts, dialect_insert
+from kmsgate.store.counts import add_counts, dialect_insert
 from kmsgate.store.drafts import RecordDraft, draft_of
 from kmsgate.store.engine import WRITE_OPTION, Dialect, make_engine, masked, sqlite_path, translated
 from kmsgate.store.errors import StoreError, StoreUnavailable, UserExists
@@ -256,8 +256,7 @@ class Store:
 
     async def _write_batch(self, batch: FoldedBatch) -> None:
         async with self._write() as conn:
-            new = await self._batch_writer.write(conn, batch)
-            await add_batch_counts(conn, self.dialect, batch, new)
+            await self._batch_writer.write(conn, batch)
 
     # ---------------------------------------------------------------- listings
 
