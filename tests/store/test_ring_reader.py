@@ -1,5 +1,5 @@
-"""RingReader with the entries this process appended known: taken back without decoding,
-and exactly the ring's records whatever was skipped, left over or stale."""
+"""RingReader with the entries this process appended known: taken back as their drafts,
+without reading the ring, and exactly the ring's records whatever was left over or corrupt."""
 
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ def make(known: KnownEntries | None) -> tuple[RecordRing, RingReader, Taker]:
 
 def append(ring: RecordRing, known: KnownEntries | None, draft: RecordDraft) -> None:
     """What RingHandover._append does, the inline writer's _appended included."""
-    payload = marshal.dumps(draft)
-    assert ring.append(payload)
+    start = ring.tail
+    assert ring.append(marshal.dumps(draft))
     if known is not None:
-        known.append((ring.appended, payload, draft))
+        known.append((ring.appended, start, ring.tail, draft))
 
 
 def test_known_entries_are_the_appended_drafts_themselves() -> None:
@@ -75,35 +75,44 @@ def test_entries_left_by_an_earlier_run_are_decoded_then_known_ones_are_not() ->
     assert all(took is draft for took, draft in zip(taker.taken[5:], fresh, strict=True))
 
 
-def test_known_entries_skipped_as_corrupt_are_forgotten_not_misplaced() -> None:
-    known: KnownEntries = collections.deque()
-    ring, reader, taker = make(known)
-    made = drafts(6)
-    for draft in made[:5]:
-        append(ring, known, draft)
-    # Spoil the third entry's bytes: the reader stops before it, then skips to the tail.
+def spoil(ring: RecordRing, index: int) -> None:
+    """Flip a byte of entry `index` (from 0): its checksum no longer matches."""
     offset = 0
-    for _ in range(2):
+    for _ in range(index):
         size, _crc = ENTRY_HEADER.unpack_from(ring._data, offset)
         offset += -(-(ENTRY_HEADER.size + size) // 8) * 8
     ring._data[offset + ENTRY_HEADER.size] ^= 0xFF
-    reader.drain()
-    assert taker.taken == made[:2]
-    reader.drain()  # confirmed corrupt: entries 3 to 5 are lost with it
-    assert reader.malformed == 3
-    append(ring, known, made[5])
-    reader.drain()
-    assert taker.taken == [*made[:2], made[5]]
-    assert taker.taken[2] is made[5]
-    assert not known
 
 
-def test_a_known_entry_whose_bytes_differ_is_read_from_the_ring() -> None:
+def test_a_corrupt_entry_of_an_earlier_run_costs_no_entry_of_this_one() -> None:
     known: KnownEntries = collections.deque()
     ring, reader, taker = make(known)
-    real, stale = drafts(2)
-    append(ring, None, real)
-    known.append((ring.appended, marshal.dumps(stale), stale))
+    made = drafts(5)
+    for draft in made[:3]:
+        append(ring, None, draft)  # left by a run that crashed
+    for draft in made[3:]:
+        append(ring, known, draft)
+    spoil(ring, 1)
     reader.drain()
-    assert taker.taken == [real]
-    assert taker.taken[0] is not real  # decoded from the ring's bytes
+    reader.drain()
+    # The reader skips from the corrupt entry to this run's first, not to the tail: the
+    # second and third are lost with the crash, the answers of this run are not.
+    assert taker.taken == [made[0], made[3], made[4]]
+    assert taker.taken[1] is made[3] and taker.taken[2] is made[4]
+    assert reader.malformed == 2
+    assert not known
+    assert not reader.unread()
+
+
+def test_known_entries_are_not_read_back_from_the_ring() -> None:
+    known: KnownEntries = collections.deque()
+    ring, reader, taker = make(known)
+    made = drafts(3)
+    for draft in made:
+        append(ring, known, draft)
+    spoil(ring, 1)  # the ring's copy is for a later run; this run has the draft itself
+    reader.drain()
+    assert taker.taken == made
+    assert all(taken is draft for taken, draft in zip(taker.taken, made, strict=True))
+    assert reader.malformed == 0
+    assert not reader.unread()

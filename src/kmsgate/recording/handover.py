@@ -126,6 +126,7 @@ class RingHandover:
         """Put one draft into the ring; False when there is no room (it is not taken)."""
         ring = self._ring
         assert ring is not None
+        start = ring.tail
         try:
             payload = marshal.dumps(draft)
             appended = ring.append(payload)
@@ -135,7 +136,7 @@ class RingHandover:
             appended = True  # resolved: nothing will ever carry it
         else:
             if appended:
-                self._appended(ring.appended, payload, draft)
+                self._appended(ring.appended, start, ring.tail, draft)
         if appended:
             self._handed += 1
             if not self._woken and ring.uncommitted >= self._wake_at:
@@ -144,8 +145,8 @@ class RingHandover:
         self._wake_reader()
         return False
 
-    def _appended(self, number: int, payload: bytes, draft: RecordDraft) -> None:
-        """Entry `number` of the ring now holds `payload`, the bytes of `draft`."""
+    def _appended(self, number: int, start: int, end: int, draft: RecordDraft) -> None:
+        """Entry `number` of the ring, from position `start` to `end`, now holds `draft`."""
 
     def _pump(self) -> None:
         """Move what waits into the ring as far as its room allows; flush control frames."""

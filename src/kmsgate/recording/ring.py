@@ -122,6 +122,11 @@ class RecordRing:
     # ---------------------------------------------------------------- producer
 
     @property
+    def tail(self) -> int:
+        """The position just past the latest entry appended (the producer's own copy)."""
+        return self._tail
+
+    @property
     def appended(self) -> int:
         """Entries appended to the ring ever: the number of the latest one (the first is 1)."""
         return self._count
@@ -163,7 +168,9 @@ class RecordRing:
         """Where the last consumer's released part ends: a new consumer starts there."""
         return RingCursor(self._words[_HEAD_POS], self._words[_HEAD_COUNT])
 
-    def read(self, cursor: RingCursor, limit: int) -> list[bytes]:
+    def read(
+        self, cursor: RingCursor, limit: int, stop: tuple[int, int] | None = None
+    ) -> list[bytes]:
         """Up to `limit` entries after `cursor`, which moves past them.
 
         An entry whose checksum does not match its bytes (a store not visible yet on a
@@ -184,7 +191,7 @@ class RecordRing:
                 continue
             start = offset + ENTRY_HEADER.size
             if not 0 < size <= self.max_payload or start + size > capacity:
-                self._skip_to_tail(cursor, len(entries))
+                self._skip_to_tail(cursor, len(entries), stop)
                 return entries
             payload = bytes(data[start : start + size])
             if zlib.crc32(payload) == crc:
@@ -192,7 +199,7 @@ class RecordRing:
             elif cursor.suspect == position:
                 # Its length may be torn as well: stepping over it could land inside the
                 # next entry and lose count. Nothing after it can be trusted.
-                self._skip_to_tail(cursor, len(entries))
+                self._skip_to_tail(cursor, len(entries), stop)
                 return entries
             else:
                 cursor.suspect = position
@@ -202,15 +209,20 @@ class RecordRing:
         cursor.position = position
         return entries
 
-    def _skip_to_tail(self, cursor: RingCursor, taken: int) -> None:
+    def _skip_to_tail(
+        self, cursor: RingCursor, taken: int, stop: tuple[int, int] | None = None
+    ) -> None:
         """Move `cursor` (which has `taken` entries of this read to count yet) to the tail,
-        counting what it passes as corrupt."""
+        or to `stop` (the position and count of a later entry known good), counting what it
+        passes as corrupt."""
         words = self._words
         # Count before position (the producer stores them in that order): the count read may
         # lag the position by the entry being appended, never lead it, so released counts
         # never pass what was appended.
         count = words[_TAIL_COUNT]
         tail = words[_TAIL_POS]
+        if stop is not None and cursor.position <= stop[0] <= tail:
+            tail, count = stop
         cursor.corrupt += max(0, count - cursor.count - taken)
         cursor.position, cursor.count, cursor.suspect = tail, max(count, cursor.count + taken), -1
 

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kmsgate.store")
 
 
-# (entry number, its payload, the draft it was made of), oldest first.
-KnownEntries = collections.deque[tuple[int, bytes, RecordDraft]]
+# (entry number, its ring position, the position just past it, the draft it was made of),
+# oldest first.
+KnownEntries = collections.deque[tuple[int, int, int, RecordDraft]]
 
 
 class RingReader:
@@ -30,7 +31,7 @@ class RingReader:
         self, ring: RecordRing, writer: RecordWriter, node: str, known: KnownEntries | None = None
     ) -> None:
         """`known`: entries this process appended, with their drafts (the inline writer's):
-        such an entry, read back with the same bytes, is not decoded and checked again."""
+        such an entry is taken as its draft, its bytes neither read back nor decoded."""
         self.ring = ring
         self._writer = writer
         self._node = node
@@ -45,23 +46,30 @@ class RingReader:
 
     def drain(self) -> None:
         """Read what the ring holds, as far as the writer's queue has room."""
-        ring, cursor, writer = self.ring, self._cursor, self._writer
+        ring, cursor, writer, known = self.ring, self._cursor, self._writer, self._known
         while room := writer.max_queue - writer.depth:
+            if known:
+                while known and known[0][0] <= cursor.count:
+                    known.popleft()  # skipped as corrupt, or taken by a reader before this one
+                if known and known[0][0] == cursor.count + 1:
+                    self._take_known(room)
+                    continue
+            stop = None
+            if known:
+                # Entries this process did not append come first (left by an earlier run):
+                # read those, and skip no further than its own when they prove corrupt.
+                number, start, _, _ = known[0]
+                room = min(room, number - cursor.count - 1)
+                stop = (start, number - 1)
             corrupt = cursor.corrupt
-            first = cursor.count + 1  # the number of the first entry this read returns
-            payloads = ring.read(cursor, room)
+            payloads = ring.read(cursor, room, stop)
             skipped = cursor.corrupt - corrupt
             if not payloads and not skipped:
                 return
             if skipped:
                 log.error("dropping %d corrupt record(s) found in the ring", skipped)
                 self.malformed += skipped
-            for number, payload in enumerate(payloads, first):
-                if self._known:
-                    known = self._take_known(number, payload)
-                    if known is not None:
-                        writer.submit(known)
-                        continue
+            for payload in payloads:
                 try:
                     draft = marshal.loads(payload)  # noqa: S302 (our own parent, primitives only)
                     writer.submit(checked_draft(draft, self._node))
@@ -71,17 +79,23 @@ class RingReader:
             self.taken += len(payloads) + skipped
             self._reads.append((self.taken, cursor.position, cursor.count))
 
-    def _take_known(self, number: int, payload: bytes) -> RecordDraft | None:
-        """The draft entry `number` was made of, if this process appended it as `payload`."""
-        known = self._known
+    def _take_known(self, room: int) -> None:
+        """Take up to `room` known entries, the next to read, as the drafts they were made of.
+
+        This process wrote their bytes from these very drafts and nothing else writes the
+        ring while it holds it (ring_memory.py), so the bytes stay for a later run only.
+        """
+        known, cursor, writer = self._known, self._cursor, self._writer
         assert known is not None
-        while known and known[0][0] < number:
-            known.popleft()  # skipped as corrupt, or taken by a reader before this one
-        if known and known[0][0] == number:
-            _, appended_payload, draft = known.popleft()
-            if appended_payload == payload:
-                return draft
-        return None
+        number, end = cursor.count, cursor.position
+        taken = 0
+        while known and taken < room and known[0][0] == number + 1:
+            number, _, end, draft = known.popleft()
+            writer.submit(draft)
+            taken += 1
+        cursor.count, cursor.position = number, end
+        self.taken += taken
+        self._reads.append((self.taken, end, number))
 
     @property
     def dropped(self) -> int:
