@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 from kmsgate.store.activation_batch import SQLITE_ROWS_PER_INSERT
 from kmsgate.store.activation_fold import SQLITE_VALUES, fold
 from kmsgate.store.database import Store
+from kmsgate.store.drafts import record_of
 from kmsgate.store.errors import StoreError, StoreUnavailable
 from kmsgate.store.records import ActivationRecord
 from kmsgate.store.schema import activation_hours, activations, clients, counters
@@ -238,3 +239,36 @@ async def test_the_sqlite_writer_keeps_to_its_last_connection(tmp_path: Path) ->
             assert (await again.get_raw_connection()).driver_connection is first_raw
     finally:
         await store.close()
+
+
+@given(
+    order=st.permutations(range(12)),
+    cmids=st.lists(st.sampled_from([*CMIDS[:3], None]), min_size=12, max_size=12),
+    seconds=st.lists(st.integers(0, 4), min_size=12, max_size=12),
+)
+def test_fold_in_and_out_of_time_order_agree(
+    order: list[int], cmids: list[uuid.UUID | None], seconds: list[int]
+) -> None:
+    # Times in arrival order take fold's fast path; any other order its record-by-record one.
+    drafts = [
+        make_draft(client_machine_id=cmid, time=T0 + timedelta(seconds=s), machine_name=f"PC-{i}")
+        for i, (cmid, s) in enumerate(zip(cmids, sorted(seconds), strict=True))
+    ]
+    shuffled = [drafts[i] for i in order]
+    for batch in (drafts, shuffled):
+        folded = fold(batch, SQLITE_VALUES)
+        model: dict[uuid.UUID, ModelClient] = {}
+        apply(model, [record_of(d) for d in batch])
+        assert {row[0]: (row[7], row[8], row[9], row[1]) for row in folded.client_rows()} == {
+            cmid.hex: (
+                SQLITE_VALUES.of_time(_micros(c.first)),
+                SQLITE_VALUES.of_time(_micros(c.last)),
+                c.count,
+                c.latest.machine_name,
+            )
+            for cmid, c in model.items()
+        }
+
+
+def _micros(when: datetime) -> int:
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)

@@ -8,10 +8,13 @@ UUIDs and a dataclass per record (4.1 → 0.9 µs a record).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from itertools import islice, repeat
+from operator import floordiv, le, mod
+from typing import Any, cast
 
 from kmsgate.store.drafts import EPOCH, RecordDraft, shared_uuid, time_of
 
@@ -80,12 +83,39 @@ class _SqliteTime:
         second, fraction = divmod(micros, 1_000_000)
         last = self._last
         if last[0] != second:
-            last = self._last = (second, (NAIVE_EPOCH + timedelta(seconds=second)).isoformat(" "))
+            last = self._last = (second, _second_text(second))
         return f"{last[1]}.{fraction:06d}"
+
+
+def _second_text(second: int) -> str:
+    return (NAIVE_EPOCH + timedelta(seconds=second)).isoformat(" ")
+
+
+class _Converted(dict[Any, Any]):
+    """Values converted once per distinct key within one fold: ids and seconds repeat."""
+
+    def __init__(self, convert: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self._convert = convert
+
+    def __missing__(self, key: Any) -> Any:
+        value = self[key] = self._convert(key)
+        return value
+
+
+def _sqlite_times(micros: Sequence[int]) -> list[str]:
+    """_SqliteTime over a column, in C-level loops (a Python call per time cost 0.3 µs)."""
+    texts = map(_Converted(_second_text).__getitem__, map(floordiv, micros, repeat(1_000_000)))
+    fractions = map(mod, micros, repeat(1_000_000))
+    return list(map(mod, repeat("%s.%06d"), zip(texts, fractions, strict=True)))
 
 
 def _sqlite_uuid(raw: bytes) -> str:
     return raw.hex()  # SQLAlchemy's Uuid on SQLite: 32 hex digits, no dashes
+
+
+def _sqlite_uuids(ids: Sequence[bytes]) -> list[str]:
+    return list(map(bytes.hex, ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +125,29 @@ class DriverValues:
 
     of_time: Callable[[int], Any]
     of_uuid: Callable[[bytes], Any]
+    # of_time and of_uuid over a whole column, where a driver has a faster way than a call
+    # per value (ids: a column without None).
+    of_times: Callable[[Sequence[int]], list[Any]] | None = None
+    of_uuids: Callable[[Sequence[bytes]], list[Any]] | None = None
 
     def of_optional_uuid(self, value: bytes | None) -> Any:
         return None if value is None else self.of_uuid(value)
 
+    def times(self, micros: Sequence[int]) -> list[Any]:
+        """of_time of each time."""
+        if self.of_times is not None:
+            return self.of_times(micros)
+        return list(map(self.of_time, micros))
+
+    def uuids(self, ids: Sequence[bytes | None]) -> list[Any]:
+        """of_optional_uuid of each id; an id met before is converted once."""
+        if self.of_uuids is not None and None not in ids:
+            return self.of_uuids(cast(Sequence[bytes], ids))
+        return list(map(_Converted(self.of_optional_uuid).__getitem__, ids))
+
 
 NATIVE_VALUES = DriverValues(of_time=time_of, of_uuid=shared_uuid)  # asyncpg encodes both
-SQLITE_VALUES = DriverValues(of_time=_SqliteTime(), of_uuid=_sqlite_uuid)
+SQLITE_VALUES = DriverValues(of_time=_SqliteTime(), of_uuid=_sqlite_uuid, of_times=_sqlite_times)
 
 
 # ---------------------------------------------------------------- folding (pure)
@@ -154,56 +200,72 @@ class FoldedBatch:
 
 def fold(drafts: Sequence[RecordDraft], driver: DriverValues = NATIVE_VALUES) -> FoldedBatch:
     """Activation rows, one fold per CMID, and the counters' increments of a batch of
-    well-formed drafts (store.drafts.checked_draft)."""
+    well-formed drafts (store.drafts.checked_draft).
+
+    Column by column, each in a C-level loop (zip, map, Counter): Python statements per
+    record cost the serving core a microsecond a record.
+    """
     batch = FoldedBatch(driver)
-    rows, folds, hours, products = batch.activation_rows, batch.clients, batch.hours, batch.products
-    results: dict[str, int] = {}
-    protocols: dict[int, int] = {}
-    hour = EPOCH  # replaced at the first draft: hour_end starts at 0
-    hour_start = hour_end = 0
-    as_time, as_uuid = driver.of_time, driver.of_uuid
-    for draft in drafts:
-        (micros, cmid, name, address, _, sku_id, sku_name, _, family, status, protocol,
-         result, hresult, _, node) = draft  # fmt: skip
-        stamp = as_time(micros)
-        key = None if cmid is None else as_uuid(cmid)
-        rows.append(
-            (
-                stamp,
-                key,
-                name,
-                address,
-                None if sku_id is None else as_uuid(sku_id),
-                sku_name,
-                status,
-                protocol,
-                result,
-                hresult,
-                node,
-            )
-        )
-        if key is not None:
-            seen = folds.get(key)
-            if seen is None:
-                folds[key] = ClientFold(stamp, draft, stamp, 1)
-            else:
-                seen.count += 1
-                if stamp < seen.first:
-                    seen.first = stamp
-                if stamp >= seen.latest_time:  # equal times: the later record wins
-                    seen.latest, seen.latest_time = draft, stamp
-        if not hour_start <= micros < hour_end:  # records arrive in time order: rarely true
-            hour_start = micros - micros % HOUR_MICROS
-            hour_end = hour_start + HOUR_MICROS
-            hour = time_of(hour_start)
-        hour_key = (hour, node)
-        hours[hour_key] = hours.get(hour_key, 0) + 1
-        product_key = (family, sku_name)
-        products[product_key] = products.get(product_key, 0) + 1
-        results[result] = results.get(result, 0) + 1
-        if protocol is not None:
-            protocols[protocol] = protocols.get(protocol, 0) + 1
     batch.counters["activations"] = len(drafts)
-    batch.counters.update((f"result:{r}", n) for r, n in results.items())
-    batch.counters.update((f"protocol:{p}", n) for p, n in protocols.items())
+    if not drafts:
+        return batch
+    (micros, cmids, names, addresses, _, sku_ids, sku_names, _, families, statuses, protocols,
+     results, hresults, _, nodes) = zip(*drafts, strict=True)  # fmt: skip
+    stamps = driver.times(micros)
+    keys = driver.uuids(cmids)
+    batch.activation_rows = list(
+        zip(
+            stamps,
+            keys,
+            names,
+            addresses,
+            driver.uuids(sku_ids),
+            sku_names,
+            statuses,
+            protocols,
+            results,
+            hresults,
+            nodes,
+            strict=True,
+        )
+    )
+    batch.clients = _client_folds(drafts, stamps, keys)
+    hours = Counter(zip(map(floordiv, micros, repeat(HOUR_MICROS)), nodes, strict=True))
+    batch.hours = {(time_of(hour * HOUR_MICROS), node): n for (hour, node), n in hours.items()}
+    batch.products = dict(Counter(zip(families, sku_names, strict=True)))
+    batch.counters.update((f"result:{r}", n) for r, n in Counter(results).items())
+    batch.counters.update(
+        (f"protocol:{p}", n) for p, n in Counter(protocols).items() if p is not None
+    )
     return batch
+
+
+def _client_folds(
+    drafts: Sequence[RecordDraft], stamps: Sequence[Any], keys: Sequence[Any]
+) -> dict[Any, ClientFold]:
+    """One fold per CMID: its count, earliest time and newest record (the later on ties)."""
+    counts = Counter(keys)
+    counts.pop(None, None)
+    if all(map(le, stamps, islice(stamps, 1, None))):
+        # Times in arrival order (the usual case): a CMID's last record is its newest and its
+        # first the earliest, both found by dicts built in C.
+        last = dict(zip(keys, range(len(keys)), strict=True))
+        first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+        return {
+            key: ClientFold(stamps[first[key]], drafts[last[key]], stamps[last[key]], count)
+            for key, count in counts.items()
+        }
+    folds: dict[Any, ClientFold] = {}
+    for draft, stamp, key in zip(drafts, stamps, keys, strict=True):
+        if key is None:
+            continue
+        seen = folds.get(key)
+        if seen is None:
+            folds[key] = ClientFold(stamp, draft, stamp, 1)
+            continue
+        seen.count += 1
+        if stamp < seen.first:
+            seen.first = stamp
+        if stamp >= seen.latest_time:  # equal times: the later record wins
+            seen.latest, seen.latest_time = draft, stamp
+    return folds
