@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,21 +223,6 @@ async def test_a_failing_part_leaves_nothing_of_its_batch(store: Store) -> None:
     # The connection is still good for the next batch.
     await store.record_drafts(drafts[:-1])
     assert await _count(store, select(func.count()).select_from(activations)) == 1 + len(drafts) - 1
-
-
-async def test_the_sqlite_writer_keeps_to_its_last_connection(tmp_path: Path) -> None:
-    # A connection's page cache is dropped when another connection wrote: batches that
-    # alternated between two pooled connections each started cold.
-    store = await Store.open(f"sqlite:///{tmp_path}/k.db")
-    try:
-        async with store.engine.connect() as first, store.engine.connect() as second:
-            first_raw = (await first.get_raw_connection()).driver_connection
-            await second.get_raw_connection()
-        # `second` went back to the pool first, `first` last: the next use takes `first`.
-        async with store.engine.connect() as again:
-            assert (await again.get_raw_connection()).driver_connection is first_raw
-    finally:
-        await store.close()
 
 
 @given(

@@ -170,7 +170,7 @@ def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
     if path is not None:
         if create:
             create_sqlite_file(path)
-        engine = create_async_engine(_existing_file_url(target, path), pool_use_lifo=True)
+        engine = create_async_engine(_existing_file_url(target, path))
     else:
         # An in-memory database lives in one connection. SQLAlchemy's default StaticPool
         # would hand it to concurrent coroutines at once (one shared transaction); a
