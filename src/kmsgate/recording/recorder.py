@@ -14,11 +14,13 @@ from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.store.drafts import RecordDraft, result_of
 
-# Names are looked up once per (SKU, KMS id); clients choose those ids, so the cache is
-# bounded and simply starts over when full.
+# Names and id bytes are found once per (application, SKU, KMS id); clients choose those
+# ids, so the cache is bounded and simply starts over when full.
 NAME_CACHE_SIZE = 4096
 RECORDED = (ActivationServed, ActivationRefused)
 ACTIVATED, REFUSED = result_of(0), result_of(1)
+# (application id, SKU id, SKU name, KMS id, product family): a draft's fields 4 to 8.
+_Product = tuple[bytes, bytes, str, bytes, str]
 
 
 def unix_microseconds() -> int:
@@ -58,7 +60,7 @@ class ActivationRecorder:
         self._catalog = catalog
         self._node = node
         self._clock = clock
-        self._names: dict[tuple[uuid.UUID, uuid.UUID], tuple[str, str]] = {}
+        self._products: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], _Product] = {}
         self._undecodable = ("undecodable request", product_family_label(catalog, None))
 
     def __call__(self, peer: Peer, event: Event) -> None:
@@ -79,16 +81,16 @@ class ActivationRecorder:
             sku_name, family = self._undecodable
             return (self._clock(), None, "", address, None, None, sku_name, None, family,
                     None, None, result, hresult, epid, self._node)  # fmt: skip
-        sku_name, family = self._names_of(request)
+        application_id, sku_id, sku_name, kms_id, family = self._product_of(request)
         return (
             self._clock(),
             request.client_machine_id.bytes,
             request.machine_name,
             address,
-            request.application_id.bytes,
-            request.sku_id.bytes,
+            application_id,
+            sku_id,
             sku_name,
-            request.kms_counted_id.bytes,
+            kms_id,
             family,
             request.license_status,
             request.major_version,
@@ -98,14 +100,19 @@ class ActivationRecorder:
             self._node,
         )
 
-    def _names_of(self, request: KmsRequest) -> tuple[str, str]:
-        key = (request.sku_id, request.kms_counted_id)
-        names = self._names.get(key)
-        if names is None:
-            if len(self._names) >= NAME_CACHE_SIZE:
-                self._names.clear()
-            names = self._names[key] = (
+    def _product_of(self, request: KmsRequest) -> _Product:
+        """The request's ids as bytes, its product name and family: one object per product
+        for every draft (UUID.bytes builds new bytes each time)."""
+        key = (request.application_id, request.sku_id, request.kms_counted_id)
+        product = self._products.get(key)
+        if product is None:
+            if len(self._products) >= NAME_CACHE_SIZE:
+                self._products.clear()
+            product = self._products[key] = (
+                request.application_id.bytes,
+                request.sku_id.bytes,
                 self._catalog.product_name(request.sku_id, request.kms_counted_id),
+                request.kms_counted_id.bytes,
                 product_family_label(self._catalog, request),
             )
-        return names
+        return product
