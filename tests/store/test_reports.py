@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -375,3 +377,43 @@ def test_month_arithmetic() -> None:
     assert NOV.start == NOV_START and NOV.end == DEC_START
     assert Month.containing(DEC_START - TICK) == NOV
     assert Month.containing(datetime(2026, 12, 1, 0, 30, tzinfo=UTC).astimezone()) == DEC
+
+
+async def test_machine_months_keep_each_machine_once_with_its_first_name(store: Store) -> None:
+    late_nov = NOV_START + timedelta(days=29, hours=23)
+    # One batch across a month's end, a machine twice in November under two SKU names,
+    # out of time order, with a refusal and a request without a CMID.
+    await store.record_activations(
+        [
+            record(late_nov + timedelta(hours=2), 1),  # December
+            record(late_nov, 1, sku_name="first name"),
+            record(late_nov + timedelta(minutes=5), 1, sku_name="second name"),
+            record(late_nov, 2, result="refused"),
+            record(late_nov, None),
+        ]
+    )
+    await store.record_activations([record(late_nov, 1, sku_name="a later batch")])
+    async with store.engine.connect() as conn:
+        rows = (
+            await conn.exec_driver_sql(
+                "SELECT month, sku_name FROM machine_months ORDER BY month, sku_name"
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [("2026-11", "first name"), ("2026-12", PRO)]
+
+
+def test_sqlite_fills_machine_months_without_a_row_trigger(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/k.db"
+    migrate.upgrade(url)
+
+    def triggers() -> list[str]:
+        with sqlite3.connect(tmp_path / "k.db") as db:
+            return [
+                r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            ]
+
+    assert "activations_machine_months" not in triggers()
+    migrate.downgrade(url, "0010")
+    assert "activations_machine_months" in triggers()
+    migrate.upgrade(url)
+    assert "activations_machine_months" not in triggers()

@@ -30,15 +30,18 @@ from kmsgate.store.activation_fold import (
     FoldedBatch,
 )
 from kmsgate.store.counts import add_batch_counts
+from kmsgate.store.drafts import result_of
 from kmsgate.store.schema import (
     UtcDateTime,
     activation_hours,
     activations,
     clients,
     counters,
+    machine_months,
     product_counts,
 )
 
+ACTIVATED = result_of(0)
 # What a SQLite renewal compares before choosing the columns it rewrites.
 SELECT_STORED = (
     "SELECT cmid, machine_name, sku_name, first_seen, last_seen FROM clients WHERE cmid IN"
@@ -98,6 +101,18 @@ def _sqlite_hour(hour: datetime) -> str:
     return hour.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def _machine_months(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str, str]]:
+    """The licence report's (month, SKU id, CMID, SKU name) rows of a batch's served requests:
+    each once, with the SKU name of its first request (as the row trigger of migration 0007,
+    which SQLite no longer runs, kept them)."""
+    first: dict[tuple[str, str, str], str] = {}
+    for row in reversed(rows):  # the earliest request's name is the last one set
+        time, cmid, sku_id = row[0], row[1], row[4]
+        if row[8] == ACTIVATED and cmid is not None and sku_id is not None:
+            first[(time[:7], sku_id, cmid)] = row[5]
+    return [(month, sku_id, cmid, name) for (month, sku_id, cmid), name in first.items()]
+
+
 class SqliteBatchWriter:
     """A batch in a few calls on the connection's own thread, each a run of plain sqlite3.
 
@@ -121,6 +136,10 @@ class SqliteBatchWriter:
         self._add_counter = _sqlite_add(counters, ["name"], "value")
         self._add_hour = _sqlite_add(activation_hours, ["hour", "node"], "count")
         self._add_product = _sqlite_add(product_counts, ["family", "sku_name"], "count")
+        columns = ("month", "sku_id", "cmid", "sku_name")
+        self._add_machine_months = _sqlite_insert(machine_months, columns).replace(
+            "INSERT", "INSERT OR IGNORE", 1
+        )
         self._updates: dict[tuple[str, ...], str] = {}
 
     async def write(self, conn: AsyncConnection, batch: FoldedBatch) -> None:
@@ -169,6 +188,13 @@ class SqliteBatchWriter:
         db.executemany(
             self._add_product, [(f, s, c) for (f, s), c in sorted(batch.products.items())]
         )
+        try:
+            db.executemany(self._add_machine_months, _machine_months(batch.activation_rows))
+        except sqlite3.OperationalError as exc:
+            # A schema from before migration 0007 (a node run with --no-db-upgrade): it has
+            # no report to fill, and the row trigger of 0007 to 0010 does it where it runs.
+            if "no such table: machine_months" not in str(exc):
+                raise
 
     def _write_clients(self, db: sqlite3.Connection, batch: FoldedBatch) -> int:
         """Insert new clients, update known ones; return how many were new."""
