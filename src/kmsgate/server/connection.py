@@ -202,6 +202,7 @@ class KmsConnection(asyncio.Protocol):
             self._unsent += out
 
     def send_queued(self) -> None:
+        """Write the answers queued in the outbox (nothing once the client is gone)."""
         out, self._unsent = self._unsent, None
         transport = self._transport
         if out and transport is not None and not transport.is_closing():
