@@ -245,8 +245,8 @@ def test_fold_in_and_out_of_time_order_agree(
         apply(model, [record_of(d) for d in batch])
         assert {row[0]: (row[7], row[8], row[9], row[1]) for row in folded.client_rows()} == {
             cmid.hex: (
-                SQLITE_VALUES.of_time(_micros(c.first)),
-                SQLITE_VALUES.of_time(_micros(c.last)),
+                SQLITE_VALUES.times([_micros(c.first)])[0],
+                SQLITE_VALUES.times([_micros(c.last)])[0],
                 c.count,
                 c.latest.machine_name,
             )
