@@ -128,8 +128,7 @@ class RingHandover:
         assert ring is not None
         start = ring.tail
         try:
-            payload = marshal.dumps(draft)
-            appended = ring.append(payload)
+            appended = ring.append(marshal.dumps(draft))
         except (ValueError, RingError):  # not primitives, or larger than any ring holds
             self._base_dropped += 1
             log.error("dropping a record draft that cannot be sent: %.200r", draft)
