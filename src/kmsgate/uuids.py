@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Final
 
 _new_object = object.__new__
 _set_field = object.__setattr__
-_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+_UUID: Final = uuid.UUID
+_UNKNOWN_SAFETY: Final = uuid.SafeUUID.unknown
 
 
 def uuid_from_bytes_le(raw: bytes) -> uuid.UUID:
@@ -22,7 +24,7 @@ def uuid_from_bytes_le(raw: bytes) -> uuid.UUID:
     """
     if len(raw) != 16:
         raise ValueError("bytes_le is not a 16-char string")
-    value = _new_object(uuid.UUID)
+    value = _new_object(_UUID)
     _set_field(
         value,
         "int",
@@ -30,6 +32,12 @@ def uuid_from_bytes_le(raw: bytes) -> uuid.UUID:
     )
     _set_field(value, "is_safe", _UNKNOWN_SAFETY)
     return value
+
+
+def uuid_bytes_le(value: uuid.UUID) -> bytes:
+    """value.bytes_le, compiled: two thirds of the property's cost, which runs interpreted."""
+    raw = value.bytes
+    return raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:]
 
 
 def uuid_cache(limit: int, *, little_endian: bool) -> Callable[[bytes], uuid.UUID]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from kmsgate.protocol import crypto
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
-from kmsgate.uuids import uuid_cache, uuid_from_bytes_le
+from kmsgate.uuids import uuid_bytes_le, uuid_cache, uuid_from_bytes_le
 from kmsgate.values import value_class
 
 RandomBytes = Callable[[int], bytes]
@@ -116,7 +116,7 @@ class KmsResponse:
             _VERSION.pack(self.minor_version, self.major_version)
             + _epid_field(self.epid)
             + _RESPONSE_TAIL.pack(
-                self.client_machine_id.bytes_le,
+                uuid_bytes_le(self.client_machine_id),
                 self.response_time,
                 self.current_client_count,
                 self.activation_interval,
