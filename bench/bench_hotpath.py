@@ -1,7 +1,7 @@
 """In-process cost of the KMS host's own Python work per connection and per request (by hand).
 
 Usage: .venv/bin/python bench/bench_hotpath.py [--log-level info|warning] [--connections N]
-       [--requests N] [--repeat 5] [--profile FILE.pstats]
+       [--requests N] [--repeat 5] [--profile FILE.pstats] [--instructions]
 
 Drives a real KmsHost and KmsConnection (no sockets: a fake transport collects the answers)
 through the v6 NDR32 exchange of tests/vectors/v6_win10ent_ndr32.json, its request re-encoded
@@ -10,6 +10,11 @@ with the current time so the host serves it with default settings. Logging is se
 µs per fresh connection (accept, bind, one request, close) and µs per kept-alive request, in
 this process's CPU time (other load on a shared machine disturbs that less than wall time).
 No recording (the record hand-off is measured by bench_recording.py); not run by CI.
+
+--instructions counts machine instructions instead, under valgrind's callgrind (a few
+minutes): the difference between a run of N and a run of none, divided by N. Repeatable to
+a fraction of a per cent whatever else the machine runs, where CPU times drift by tens of
+per cent on a shared machine: the measure for changes of a few per cent.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -158,6 +166,49 @@ async def measure(args: argparse.Namespace) -> None:
         profiler.dump_stats(args.profile)
 
 
+async def run_only(kind: str, count: int) -> None:
+    """Serve `count` fresh connections or kept-alive requests after a warm-up (--child)."""
+    host = KmsHost(ServeSettings(listen=["127.0.0.1:0"]))  # type: ignore[call-arg]
+    bind, request = exchange()
+    run = fresh_connections if kind == "fresh" else kept_alive_requests
+    run(host, bind, request, 500)
+    if count:
+        run(host, bind, request, count)
+    if host.stats.activations != 500 + count:
+        sys.exit(f"the exchange was not served: {host.stats}")
+
+
+def kept_alive_requests(host: KmsHost, bind: bytes, request: bytes, count: int) -> float:
+    return kept_alive(host, bind, request, count, 500)
+
+
+COLLECTED = re.compile(r"Collected : ([\d,]+)")
+
+
+def instructions(args: argparse.Namespace) -> None:
+    """Instructions per fresh connection and per kept-alive request, from callgrind."""
+    if shutil.which("valgrind") is None:
+        sys.exit("--instructions needs valgrind (Debian package valgrind)")
+    # String hashes seeded alike in every run: dict probes, and so counts, repeat exactly.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+
+    def collected(kind: str, count: int) -> int:
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+               __file__, "--log-level", args.log_level, "--child", kind, str(count)]  # fmt: skip
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        found = COLLECTED.search(done.stderr)
+        if found is None:
+            sys.exit(f"callgrind printed no total:\n{done.stderr[-2000:]}")
+        return int(found.group(1).replace(",", ""))
+
+    for kind, count, name in (
+        ("fresh", args.connections, "instructions per fresh connection"),
+        ("kept", args.requests, "instructions per kept-alive request"),
+    ):
+        per = (collected(kind, count) - collected(kind, 0)) / count
+        print(f"{name:36s} {per:9.0f}  (n={count})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
@@ -165,18 +216,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", help="write cProfile stats of the timed runs here")
+    parser.add_argument("--instructions", action="store_true", help="count instructions")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.instructions:
+        instructions(args)
+        return
     setup_logging(args.log_level)
     devnull = Path(os.devnull).open("w")  # noqa: SIM115 (open for the whole run)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(devnull)
+    job = measure(args) if args.child is None else run_only(args.child[0], int(args.child[1]))
     try:
         import uvloop
     except ImportError:
-        asyncio.run(measure(args))
+        asyncio.run(job)
     else:
-        uvloop.run(measure(args))
+        uvloop.run(job)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,24 @@ def test_client_time_text_always_equals_what_datetime_prints(filetime: int) -> N
     assert client_time_text(filetime) == _datetime_text(filetime)
 
 
+@given(
+    st.integers(11_644_473_600, 265_046_774_399),
+    st.lists(
+        st.one_of(st.integers(0, 9_999_999), st.sampled_from([0, 9_999_995, 9_999_999])),
+        min_size=2,
+        max_size=6,
+    ),
+)
+def test_the_last_second_kept_is_only_reused_for_the_same_text(
+    second: int, ticks: list[int]
+) -> None:
+    # Times within one second, some of them rounding into the next: whatever came before,
+    # each gets datetime's own text.
+    for tick in ticks:
+        filetime = second * 10_000_000 + tick
+        assert client_time_text(filetime) == _datetime_text(filetime)
+
+
 @pytest.mark.parametrize(
     ("name", "text", "address", "port"),
     [
