@@ -62,13 +62,13 @@ class KmsRequest:
             self.is_client_vm,
             self.license_status,
             self.grace_time,
-            self.application_id.bytes_le,
-            self.sku_id.bytes_le,
-            self.kms_counted_id.bytes_le,
-            self.client_machine_id.bytes_le,
+            uuid_bytes_le(self.application_id),
+            uuid_bytes_le(self.sku_id),
+            uuid_bytes_le(self.kms_counted_id),
+            uuid_bytes_le(self.client_machine_id),
             self.required_client_count,
             self.request_time,
-            self.previous_client_machine_id.bytes_le,
+            uuid_bytes_le(self.previous_client_machine_id),
             name,
         )
 
