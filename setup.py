@@ -6,6 +6,9 @@ KMSGATE_PURE_PYTHON_HOT_PATH=1 at build time skips mypyc.
 """
 
 import os
+import subprocess
+import sysconfig
+import tempfile
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -53,7 +56,26 @@ def native_extensions() -> list[Extension]:
     return list(extensions)
 
 
+def links_libcrypto() -> bool:
+    """True when OpenSSL 3's headers are here and libcrypto links (Debian: libssl-dev)."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()
+    probe = b'#include <openssl/evp.h>\nint main(void) { return !EVP_MD_fetch(0, "SHA256", 0); }\n'
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            done = subprocess.run(  # noqa: S603 (the compiler Python was built with)
+                [*compiler, "-x", "c", "-", "-o", f"{folder}/probe", "-lcrypto"],
+                input=probe,
+                capture_output=True,
+                check=False,
+            )
+        except OSError:
+            return False
+    return done.returncode == 0
+
+
 NATIVE = native_extensions()
+# The cipher's response sealing hashes with libcrypto; without it the module has the rounds only.
+LIBCRYPTO = links_libcrypto()
 setup(
     ext_modules=[
         Extension(
@@ -61,6 +83,8 @@ setup(
             sources=["src/kmsgate/protocol/_cipher.c"],
             optional=True,
             extra_compile_args=["-O2"],
+            define_macros=[("KMSGATE_LIBCRYPTO", "1")] if LIBCRYPTO else [],
+            libraries=["crypto"] if LIBCRYPTO else [],
             # Built against the stable ABI (Py_LIMITED_API in the source): one wheel per platform.
             py_limited_api=True,
         ),

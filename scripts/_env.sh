@@ -77,6 +77,10 @@ ensure_venv() {
         # The C cipher and the mypyc-compiled hot path; without them kmsgate runs slower.
         apt_install gcc python3-dev || echo "no C compiler: kmsgate will run as pure Python" >&2
     fi
+    if [ ! -f /usr/include/openssl/evp.h ] && command -v apt-get >/dev/null; then
+        # OpenSSL's headers: the cipher then seals v5/v6 responses in one C call.
+        apt_install libssl-dev || echo "no OpenSSL headers: responses sealed in Python" >&2
+    fi
     local stamp="$VENV/.kmsgate-installed${extra:+-$extra}"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] ||
         [ "$ROOT/src/kmsgate/protocol/_cipher.c" -nt "$stamp" ] ||

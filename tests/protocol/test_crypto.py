@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import importlib.util
 import json
@@ -656,3 +657,92 @@ def test_v6_hmac_is_hmac_sha256_under_the_slot_key(
 def test_v6_hmac_refuses_a_filetime_out_of_range() -> None:
     with pytest.raises(LocalProtocolError):
         crypto.v6_hmac(1 << 64, b"")
+
+
+# --- a v5/v6 response sealed in one piece ---------------------------------------------------
+
+FILETIMES = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+def _sealed_by_definition(
+    major: int, head: bytes, base: bytes, rnd: bytes, salt: bytes, tail: bytes, when: int
+) -> bytes:
+    """§11.4 / §12.5 spelled out with the standard library's SHA-256 and HMAC."""
+    plain = head + base + _xor(rnd, salt) + hashlib.sha256(rnd).digest() + tail
+    if major == 6:
+        plain += hmac.new(crypto.v6_hmac_key(when), plain, "sha256").digest()[16:]
+    reference = crypto.RijndaelCipher(
+        crypto.V6_KEY if major == 6 else crypto.V5_KEY,
+        crypto.V6_ROUND_KEY_TWEAKS if major == 6 else None,
+        accelerated=False,
+    )
+    return reference.cbc_encrypt(ZERO, crypto.pkcs7_pad(plain))
+
+
+@settings(HYP)
+@given(
+    major=st.sampled_from([5, 6]),
+    head=blocks,
+    base=st.binary(max_size=200),
+    rnd=blocks,
+    salt=blocks,
+    tail=st.binary(max_size=40),
+    when=FILETIMES,
+)
+def test_a_sealed_response_is_its_definition(
+    impl: bool,
+    major: int,
+    head: bytes,
+    base: bytes,
+    rnd: bytes,
+    salt: bytes,
+    tail: bytes,
+    when: int,
+) -> None:
+    sealed = crypto.seal_response(major, head, base, rnd, salt, tail, when)
+    assert sealed == _sealed_by_definition(major, head, base, rnd, salt, tail, when)
+
+
+def test_the_kept_hmac_key_follows_the_time_slot(impl: bool) -> None:
+    # The C seal keeps the last slot's HMAC starts: going back to an earlier slot must not
+    # reuse the later one's.
+    slot = 0x00000022816889BD
+    times = [A2_TIME, A2_TIME + slot, A2_TIME, A2_TIME + 5 * slot, A2_TIME + 5 * slot]
+    for when in times:
+        parts = (6, COUNT, b"base" * 20, bytes(range(16, 32)), ZERO, b"hwid" * 6)
+        assert crypto.seal_response(*parts, when) == _sealed_by_definition(*parts, when)
+
+
+@pytest.mark.skipif(not HAVE_C, reason=NO_C_REASON)
+def test_this_build_seals_in_c() -> None:
+    # scripts/test installs OpenSSL's headers (libssl-dev): a build that quietly lost the
+    # one-call seal would still pass every other test, only slower.
+    if not Path("/usr/include/openssl/evp.h").exists():
+        pytest.skip("OpenSSL headers are not installed: the cipher was built without seal")
+    assert crypto.C_SEAL
+
+
+@pytest.mark.skipif(crypto._C_SEAL is None, reason="the C cipher was built without seal")
+def test_the_c_seal_rejects_bad_arguments() -> None:
+    seal = crypto._C_SEAL
+    assert seal is not None
+    rk = crypto.v6_cipher().round_keys
+    good = (rk, 10, ZERO, b"base", ZERO, ZERO, b"", None)
+    assert len(seal(*good)) == 80  # 16 + 4 + 16 + 32 bytes, padded
+    for index, bad, error, message in [
+        (0, rk[:-1], ValueError, "round keys must be 176 bytes"),
+        (1, 15, ValueError, "nrounds"),
+        (1, "10", TypeError, "integer"),
+        (2, ZERO[:15], ValueError, "head must be 16 bytes"),
+        (3, bytearray(b"base"), TypeError, "base must be bytes"),
+        (4, ZERO + b"\x00", ValueError, "rnd must be 16 bytes"),
+        (5, b"", ValueError, "salt must be 16 bytes"),
+        (6, None, TypeError, "tail must be bytes"),
+        (7, ZERO[:15], ValueError, "HMAC key must be 16 bytes"),
+    ]:
+        args = list(good)
+        args[index] = bad
+        with pytest.raises(error, match=message):
+            seal(*args)
+    with pytest.raises(TypeError, match="8 arguments"):
+        seal(*good[:7])  # type: ignore[call-arg]

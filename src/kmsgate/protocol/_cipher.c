@@ -10,6 +10,9 @@
  * On x86-64 processors with AES-NI the rounds run on the AES instructions: they take any
  * round keys (the v6 tweak included) and any round count (v4's 11), and the two schedules
  * above are exactly the byte strings they expect.  Elsewhere the table rounds below run.
+ *
+ * Built with KMSGATE_LIBCRYPTO (setup.py, when OpenSSL's headers are there) the module also
+ * seals a v5/v6 response in one call (seal, below).
  */
 #define PY_SSIZE_T_CLEAN
 /* Stable ABI of CPython 3.11 (the oldest supported): one abi3 build serves every later version. */
@@ -143,9 +146,9 @@ static void decrypt_words(const uint32_t *rk, int nr, uint32_t s[4])
 #undef FINAL_D
 }
 
-/* Parse (round_keys, nrounds, iv, data), validate every length, load the round keys. */
+/* Parse (round_keys, nrounds, iv, data) and validate every length. */
 static int parse_args(PyObject *args, Py_buffer *rk_buf, Py_buffer *iv_buf, Py_buffer *data_buf,
-                      int *nr, uint32_t rk[4 * (MAX_ROUNDS + 1)])
+                      int *nr)
 {
     if (!PyArg_ParseTuple(args, "y*iy*y*", rk_buf, nr, iv_buf, data_buf))
         return -1;
@@ -167,8 +170,6 @@ static int parse_args(PyObject *args, Py_buffer *rk_buf, Py_buffer *iv_buf, Py_b
                      data_buf->len);
         goto fail;
     }
-    for (Py_ssize_t i = 0; i < rk_buf->len / 4; i++)
-        rk[i] = load32((const uint8_t *)rk_buf->buf + 4 * i);
     return 0;
 fail:
     PyBuffer_Release(rk_buf);
@@ -211,53 +212,207 @@ __attribute__((target("aes,sse2"))) static void cbc_aesni(const uint8_t *keys, i
 }
 #endif
 
+/* CBC over `len` bytes (a multiple of 16) on the rounds in use; `in` may equal `out`. */
+static void cbc_run(const uint8_t *keys, int nr, const uint8_t *iv, const uint8_t *in,
+                    uint8_t *out, Py_ssize_t len, int decrypt)
+{
+#if HAVE_AESNI_CODE
+    if (aesni_on) {
+        cbc_aesni(keys, nr, iv, in, out, len, decrypt);
+        return;
+    }
+#endif
+    uint32_t rk[4 * (MAX_ROUNDS + 1)], chain[4], s[4], c[4];
+    for (int i = 0; i < 4 * (nr + 1); i++)
+        rk[i] = load32(keys + 4 * i);
+    for (int j = 0; j < 4; j++)
+        chain[j] = load32(iv + 4 * j);
+    for (Py_ssize_t off = 0; off < len; off += BLOCK) {
+        for (int j = 0; j < 4; j++)
+            c[j] = load32(in + off + 4 * j);
+        if (decrypt) {
+            memcpy(s, c, sizeof s);
+            decrypt_words(rk, nr, s);
+            for (int j = 0; j < 4; j++) {
+                s[j] ^= chain[j];
+                chain[j] = c[j]; /* kept before the block is written: in may be out */
+            }
+        } else {
+            for (int j = 0; j < 4; j++)
+                s[j] = c[j] ^ chain[j];
+            encrypt_words(rk, nr, s);
+            memcpy(chain, s, sizeof s);
+        }
+        for (int j = 0; j < 4; j++)
+            store32(out + off + 4 * j, s[j]);
+    }
+}
+
 static PyObject *run_cbc(PyObject *args, int decrypt)
 {
     Py_buffer rk_buf, iv_buf, data_buf;
-    uint32_t rk[4 * (MAX_ROUNDS + 1)];
     int nr;
-    if (parse_args(args, &rk_buf, &iv_buf, &data_buf, &nr, rk) < 0)
+    if (parse_args(args, &rk_buf, &iv_buf, &data_buf, &nr) < 0)
         return NULL;
-
     PyObject *out = PyBytes_FromStringAndSize(NULL, data_buf.len);
-#if HAVE_AESNI_CODE
-    if (out != NULL && aesni_on) {
-        cbc_aesni((const uint8_t *)rk_buf.buf, nr, (const uint8_t *)iv_buf.buf,
-                  (const uint8_t *)data_buf.buf, (uint8_t *)PyBytes_AsString(out), data_buf.len,
-                  decrypt);
-    } else
-#endif
-    if (out != NULL) {
-        const uint8_t *in = (const uint8_t *)data_buf.buf;
-        uint8_t *dst = (uint8_t *)PyBytes_AsString(out);
-        uint32_t chain[4], s[4], c[4];
-        for (int j = 0; j < 4; j++)
-            chain[j] = load32((const uint8_t *)iv_buf.buf + 4 * j);
-        for (Py_ssize_t off = 0; off < data_buf.len; off += BLOCK) {
-            for (int j = 0; j < 4; j++)
-                c[j] = load32(in + off + 4 * j);
-            if (decrypt) {
-                memcpy(s, c, sizeof s);
-                decrypt_words(rk, nr, s);
-                for (int j = 0; j < 4; j++) {
-                    s[j] ^= chain[j];
-                    chain[j] = c[j]; /* read before writing: in and out never alias here */
-                }
-            } else {
-                for (int j = 0; j < 4; j++)
-                    s[j] = c[j] ^ chain[j];
-                encrypt_words(rk, nr, s);
-                memcpy(chain, s, sizeof s);
-            }
-            for (int j = 0; j < 4; j++)
-                store32(dst + off + 4 * j, s[j]);
-        }
-    }
+    if (out != NULL)
+        cbc_run((const uint8_t *)rk_buf.buf, nr, (const uint8_t *)iv_buf.buf,
+                (const uint8_t *)data_buf.buf, (uint8_t *)PyBytes_AsString(out), data_buf.len,
+                decrypt);
     PyBuffer_Release(&rk_buf);
     PyBuffer_Release(&iv_buf);
     PyBuffer_Release(&data_buf);
     return out;
 }
+
+#ifdef KMSGATE_LIBCRYPTO
+/*
+ * A v5/v6 response sealed in one call (spec §11.4, §12.5-12.6): the Python path
+ * (messages.encode_response) pays for the two hashes, the HMAC, the XOR, the padding and the
+ * CBC pass in a dozen calls and copies; here they are one buffer.  SHA-256 is OpenSSL's
+ * (libcrypto, the library CPython's hashlib uses), fetched once.
+ */
+#include <openssl/evp.h>
+
+#define SHA256_SIZE 32
+#define HMAC_BLOCK 64
+#define HMAC_KEY_SIZE 16
+
+static EVP_MD *sha256_md;
+static EVP_MD_CTX *work_ctx, *hmac_inner, *hmac_outer;
+/* The v6 HMAC key changes every ~4 hours (a time slot): its two padded starts are kept. */
+static uint8_t hmac_key_kept[HMAC_KEY_SIZE];
+static int hmac_key_valid = 0;
+
+static int libcrypto_setup(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    work_ctx = EVP_MD_CTX_new();
+    hmac_inner = EVP_MD_CTX_new();
+    hmac_outer = EVP_MD_CTX_new();
+    return sha256_md != NULL && work_ctx != NULL && hmac_inner != NULL && hmac_outer != NULL;
+}
+
+/* SHA-256 of `data`, continuing from `start` (a hash part way through) or from scratch. */
+static int sha256_from(EVP_MD_CTX *start, const uint8_t *data, size_t len, uint8_t *out)
+{
+    unsigned int size;
+    int ok = start != NULL ? EVP_MD_CTX_copy_ex(work_ctx, start)
+                           : EVP_DigestInit_ex2(work_ctx, sha256_md, NULL);
+    return ok && EVP_DigestUpdate(work_ctx, data, len) && EVP_DigestFinal_ex(work_ctx, out, &size);
+}
+
+static int hmac_starts(const uint8_t *key)
+{
+    if (hmac_key_valid && memcmp(key, hmac_key_kept, HMAC_KEY_SIZE) == 0)
+        return 1;
+    uint8_t inner[HMAC_BLOCK] = {0}, outer[HMAC_BLOCK];
+    memcpy(inner, key, HMAC_KEY_SIZE);
+    for (int i = 0; i < HMAC_BLOCK; i++) {
+        outer[i] = inner[i] ^ 0x5C;
+        inner[i] ^= 0x36;
+    }
+    hmac_key_valid = EVP_DigestInit_ex2(hmac_inner, sha256_md, NULL) &&
+                     EVP_DigestUpdate(hmac_inner, inner, HMAC_BLOCK) &&
+                     EVP_DigestInit_ex2(hmac_outer, sha256_md, NULL) &&
+                     EVP_DigestUpdate(hmac_outer, outer, HMAC_BLOCK);
+    if (hmac_key_valid)
+        memcpy(hmac_key_kept, key, HMAC_KEY_SIZE);
+    return hmac_key_valid;
+}
+
+static const char *sized_bytes(PyObject *obj, const char *name, Py_ssize_t want, Py_ssize_t *len)
+{
+    char *data;
+    if (!PyBytes_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be bytes", name);
+        return NULL;
+    }
+    if (PyBytes_AsStringAndSize(obj, &data, len) < 0)
+        return NULL;
+    if (want >= 0 && *len != want) {
+        PyErr_Format(PyExc_ValueError, "%s must be %zd bytes, got %zd", name, want, *len);
+        return NULL;
+    }
+    return data;
+}
+
+/* seal(round_keys, nrounds, head, base, rnd, salt, tail, hmac_key | None) -> bytes */
+static PyObject *cipher_seal(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "seal takes 8 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Py_ssize_t rk_len, head_len, base_len, rnd_len, salt_len, tail_len, key_len = 0;
+    long nr = PyLong_AsLong(args[1]);
+    if (nr == -1 && PyErr_Occurred())
+        return NULL;
+    if (nr < 1 || nr > MAX_ROUNDS) {
+        PyErr_Format(PyExc_ValueError, "nrounds must be 1..%d, got %ld", MAX_ROUNDS, nr);
+        return NULL;
+    }
+    const char *rk = sized_bytes(args[0], "round keys", BLOCK * (nr + 1), &rk_len);
+    const char *head = rk ? sized_bytes(args[2], "head", BLOCK, &head_len) : NULL;
+    const char *base = head ? sized_bytes(args[3], "base", -1, &base_len) : NULL;
+    const char *rnd = base ? sized_bytes(args[4], "rnd", BLOCK, &rnd_len) : NULL;
+    const char *salt = rnd ? sized_bytes(args[5], "salt", BLOCK, &salt_len) : NULL;
+    const char *tail = salt ? sized_bytes(args[6], "tail", -1, &tail_len) : NULL;
+    if (tail == NULL)
+        return NULL;
+    const char *key = NULL;
+    if (args[7] != Py_None && (key = sized_bytes(args[7], "HMAC key", HMAC_KEY_SIZE, &key_len)) == NULL)
+        return NULL;
+
+    /* head | base | rnd ^ salt | SHA-256(rnd) | tail [| HMAC tail], then PKCS#7 padding. */
+    Py_ssize_t plain_len = BLOCK + base_len + BLOCK + SHA256_SIZE + tail_len +
+                           (key != NULL ? BLOCK : 0);
+    Py_ssize_t padded_len = plain_len + (BLOCK - plain_len % BLOCK);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, padded_len);
+    if (out == NULL)
+        return NULL;
+    uint8_t *buf = (uint8_t *)PyBytes_AsString(out), *at = buf;
+    memcpy(at, head, BLOCK);
+    at += BLOCK;
+    memcpy(at, base, (size_t)base_len);
+    at += base_len;
+    for (int i = 0; i < BLOCK; i++)
+        at[i] = (uint8_t)(rnd[i] ^ salt[i]);
+    at += BLOCK;
+    if (!sha256_from(NULL, (const uint8_t *)rnd, BLOCK, at))
+        goto openssl_failed;
+    at += SHA256_SIZE;
+    memcpy(at, tail, (size_t)tail_len);
+    at += tail_len;
+    if (key != NULL) {
+        uint8_t digest[SHA256_SIZE];
+        if (!hmac_starts((const uint8_t *)key) ||
+            !sha256_from(hmac_inner, buf, (size_t)(at - buf), digest) ||
+            !sha256_from(hmac_outer, digest, SHA256_SIZE, digest))
+            goto openssl_failed;
+        memcpy(at, digest + SHA256_SIZE - BLOCK, BLOCK); /* the HMAC's last 16 bytes */
+        at += BLOCK;
+    }
+    memset(at, (int)(padded_len - plain_len), (size_t)(padded_len - plain_len));
+    static const uint8_t zero_iv[BLOCK];
+    cbc_run((const uint8_t *)rk, (int)nr, zero_iv, buf, buf, padded_len, 0);
+    return out;
+
+openssl_failed:
+    Py_DECREF(out);
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL's SHA-256 failed");
+    return NULL;
+}
+
+static PyMethodDef seal_methods[] = {
+    {"seal", (PyCFunction)(void (*)(void))cipher_seal, METH_FASTCALL,
+     "seal(enc_round_keys, nrounds, head, base, rnd, salt, tail, hmac_key) -> bytes\n"
+     "A v5/v6 response's ciphertext: head | base | rnd^salt | SHA-256(rnd) | tail, then the\n"
+     "v6 HMAC's last 16 bytes when hmac_key is given, PKCS#7-padded, CBC under a zero IV."},
+    {NULL, NULL, 0, NULL},
+};
+#endif
 
 static PyObject *cipher_cbc_encrypt(PyObject *self, PyObject *args)
 {
@@ -323,5 +478,11 @@ PyMODINIT_FUNC PyInit__cipher(void)
     cpu_has_aesni = __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse2");
 #endif
     aesni_on = cpu_has_aesni;
-    return PyModule_Create(&cipher_module);
+    PyObject *module = PyModule_Create(&cipher_module);
+#ifdef KMSGATE_LIBCRYPTO
+    /* Without a working SHA-256 the module still serves the rounds; seal stays absent. */
+    if (module != NULL && libcrypto_setup() && PyModule_AddFunctions(module, seal_methods) < 0)
+        Py_CLEAR(module);
+#endif
+    return module;
 }

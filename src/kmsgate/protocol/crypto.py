@@ -29,6 +29,7 @@ __all__ = [
     "ACCELERATED",
     "BLOCK_SIZE",
     "CIPHER_BACKEND",
+    "C_SEAL",
     "V4_KEY",
     "V5_KEY",
     "V6_KEY",
@@ -40,12 +41,14 @@ __all__ = [
     "kms_v4_mac",
     "pkcs7_pad",
     "pkcs7_unpad",
+    "seal_response",
     "sha256",
     "v4_cipher",
     "v5_cipher",
     "v6_cipher",
     "v6_hmac",
     "v6_hmac_key",
+    "xor_bytes",
 ]
 
 V4_KEY = bytes.fromhex("053D8307F9E5F088EB5EA6686CF037C7E4EFD2D6")
@@ -192,3 +195,50 @@ _OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 def _v6_hmac_starts(slot_number: int, slot_offset: int) -> tuple[HashState, HashState]:
     block = _v6_slot_key(slot_number, slot_offset).ljust(_HMAC_BLOCK, b"\0")
     return hashlib.sha256(block.translate(_INNER_PAD)), hashlib.sha256(block.translate(_OUTER_PAD))
+
+
+def xor_bytes(left: bytes, right: bytes) -> bytes:
+    """`left` XOR `right` as little-endian integers, `len(left)` bytes long."""
+    return (int.from_bytes(left, "little") ^ int.from_bytes(right, "little")).to_bytes(
+        len(left), "little"
+    )
+
+
+# --- the v5/v6 response in one piece ---------------------------------------------------------
+
+
+class _Seal(Protocol):
+    def __call__(
+        self,
+        round_keys: bytes,
+        nrounds: int,
+        head: bytes,
+        base: bytes,
+        rnd: bytes,
+        salt: bytes,
+        tail: bytes,
+        hmac_key: bytes | None,
+        /,
+    ) -> bytes: ...
+
+
+# The C extension's one-call sealing, present when it was built against libcrypto.
+_C_SEAL: _Seal | None = getattr(rijndael._ACCEL, "seal", None)
+C_SEAL: bool = _C_SEAL is not None
+
+
+def seal_response(
+    major: int, head: bytes, base: bytes, rnd: bytes, salt: bytes, tail: bytes, response_time: int
+) -> bytes:
+    """Ciphertext of a v5/v6 response (§11.4, §12.5): head | base | rnd XOR salt | SHA-256(rnd)
+    | tail, then for v6 the HMAC's last 16 bytes keyed by the response time, padded, CBC."""
+    if len(rnd) != BLOCK_SIZE or len(salt) != BLOCK_SIZE or len(head) != BLOCK_SIZE:
+        raise LocalProtocolError("the response's head, random and salt are 16 bytes each")
+    cipher = cipher_for_version(major)
+    if _C_SEAL is not None and isinstance(cipher, RijndaelCipher) and cipher.accelerated:
+        key = v6_hmac_key(response_time) if major == 6 else None
+        return _C_SEAL(cipher.round_keys, cipher.rounds, head, base, rnd, salt, tail, key)
+    plain = head + base + xor_bytes(rnd, salt) + sha256(rnd) + tail
+    if major == 6:
+        plain += v6_hmac(response_time, plain)
+    return cipher.cbc_encrypt(_ZERO_IV, pkcs7_pad(plain))

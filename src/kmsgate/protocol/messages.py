@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 
 from kmsgate.protocol import crypto
+from kmsgate.protocol.crypto import xor_bytes
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
 from kmsgate.uuids import uuid_bytes_le, uuid_cache, uuid_from_bytes_le
 from kmsgate.values import value_class
@@ -255,24 +256,14 @@ def encode_response(
     if salt is None:
         raise LocalProtocolError("v5/v6 responses need the request's decrypted salt")
     rnd = random_bytes(16)
-    random_xor_salt = xor_bytes(rnd, salt)
-    digest = crypto.sha256(rnd)
     if major == 5:
-        plain = salt + base + random_xor_salt + digest
+        head, tail = salt, b""
     else:
         if len(hwid) != HWID_SIZE:
             raise LocalProtocolError("HWID is 8 bytes")
-        response_iv = random_bytes(16)
-        if response_iv == salt:  # a v6 client flags IV == salt as an emulator
-            response_iv = xor_bytes(response_iv, b"\x01" + bytes(15))
-        plain = response_iv + base + random_xor_salt + digest + hwid + salt
-        plain += crypto.v6_hmac(response.response_time, plain)
-    cipher = crypto.cipher_for_version(major)
-    return decoded.message[:4] + cipher.cbc_encrypt(bytes(16), crypto.pkcs7_pad(plain))
-
-
-def xor_bytes(left: bytes, right: bytes) -> bytes:
-    """`left` XOR `right` as little-endian integers, `len(left)` bytes long."""
-    return (int.from_bytes(left, "little") ^ int.from_bytes(right, "little")).to_bytes(
-        len(left), "little"
-    )
+        head = random_bytes(16)
+        if head == salt:  # a v6 client flags IV == salt as an emulator
+            head = xor_bytes(head, b"\x01" + bytes(15))
+        tail = hwid + salt
+    sealed = crypto.seal_response(major, head, base, rnd, salt, tail, response.response_time)
+    return decoded.message[:4] + sealed

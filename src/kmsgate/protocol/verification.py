@@ -6,6 +6,7 @@ import hmac
 from dataclasses import dataclass
 
 from kmsgate.protocol import crypto
+from kmsgate.protocol.crypto import xor_bytes
 from kmsgate.protocol.errors import ProtocolError, VerificationError
 from kmsgate.protocol.messages import (
     HWID_SIZE,
@@ -14,7 +15,6 @@ from kmsgate.protocol.messages import (
     KmsResponse,
     decode_request,
     message_version,
-    xor_bytes,
 )
 
 
