@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from kmsgate.protocol import rijndael
@@ -207,19 +207,8 @@ def xor_bytes(left: bytes, right: bytes) -> bytes:
 # --- the v5/v6 response in one piece ---------------------------------------------------------
 
 
-class _Seal(Protocol):
-    def __call__(
-        self,
-        round_keys: bytes,
-        nrounds: int,
-        head: bytes,
-        base: bytes,
-        rnd: bytes,
-        salt: bytes,
-        tail: bytes,
-        hmac_key: bytes | None,
-        /,
-    ) -> bytes: ...
+# (round_keys, nrounds, head, base, rnd, salt, tail, hmac_key) -> ciphertext: _cipher.pyi.
+_Seal = Callable[[bytes, int, bytes, bytes, bytes, bytes, bytes, bytes | None], bytes]
 
 
 # The C extension's one-call sealing, present when it was built against libcrypto.
