@@ -271,7 +271,7 @@ def test_a_random_iv_equal_to_the_salt_is_changed_in_its_first_bit() -> None:
     assert decoded.salt is not None
     salt = decoded.salt
     reply = encode_response(decoded, make_response(make_request(6)),
-                            random_bytes=lambda n: salt[:n], hwid=HWID)  # fmt: skip
+                            random_bytes=lambda n: (salt * 2)[:n], hwid=HWID)  # fmt: skip
     cipher = crypto.cipher_for_version(6)
     plain = crypto.pkcs7_unpad(cipher.cbc_decrypt(bytes(16), reply[4:]))
     assert plain[:16] == bytes([salt[0] ^ 1]) + salt[1:]

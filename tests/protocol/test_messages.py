@@ -481,7 +481,7 @@ def test_v6_response_iv_differs_from_salt_even_if_random_bytes_returns_it() -> N
     salt = _salt(message)
     decoded = decode_request(message)
     reply = encode_response(
-        decoded, make_response(decoded.request), random_bytes=lambda n: salt[:n], hwid=HWID
+        decoded, make_response(decoded.request), random_bytes=lambda n: (salt * 2)[:n], hwid=HWID
     )
     assert decrypt_response(reply)[:16] != salt
     verified = verify_response(message, reply)

@@ -15,7 +15,7 @@ from typing import cast
 
 import pytest
 
-from kmsgate.recording import inline
+from kmsgate.recording import handover
 from kmsgate.recording.inline import InlineWriter
 from kmsgate.recording.ring_memory import RingMemory
 from kmsgate.store.database import Store
@@ -274,7 +274,7 @@ async def test_drafts_kept_beside_the_ring_stay_bounded_while_the_store_lags(
 ) -> None:
     # Past the bound, entries are decoded from the ring instead: every record still lands
     # once, in order, and memory does not follow a store that lags.
-    monkeypatch.setattr(inline, "MAX_KNOWN", 50)
+    monkeypatch.setattr(handover, "MAX_KNOWN", 50)
     slow = FakeStore()
     slow.delay = 0.05
     made = drafts(400)

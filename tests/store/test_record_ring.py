@@ -55,7 +55,8 @@ def test_a_full_ring_refuses_until_released_and_wraps_around() -> None:
 
 def test_the_entry_count_bound_holds_before_the_byte_bound() -> None:
     producer, consumer = make_ring(capacity=4096, max_entries=3)
-    assert [producer.append(b"x") for _ in range(4)] == [True, True, True, False]
+    # Each append tells how many entries wait, its own included; 0 when it found no room.
+    assert [producer.append(b"x") for _ in range(4)] == [1, 2, 3, 0]
     cursor = consumer.head()
     consumer.read(cursor, 1)
     consumer.release(cursor)

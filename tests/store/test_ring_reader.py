@@ -41,7 +41,7 @@ def make(known: KnownEntries | None) -> tuple[RecordRing, RingReader, Taker]:
 
 
 def append(ring: RecordRing, known: KnownEntries | None, draft: RecordDraft) -> None:
-    """What RingHandover._append does, the inline writer's _appended included."""
+    """What RingHandover._append does for a reader in this process (the inline writer)."""
     start = ring.tail
     assert ring.append(marshal.dumps(draft))
     if known is not None:

@@ -178,8 +178,9 @@ class Metrics:
         reg = self.registry
         self.catalog = catalog = catalog if catalog is not None else default_catalog()
         # Plain dicts of the catalogue's families: the hot path makes two lookups, no call.
-        self._family_by_sku = {sku.id: sku.family for sku in catalog.skus}
-        self._family_by_kms = {kms.id: kms.family for kms in catalog.kms_ids}
+        # Keyed by the ids' integers: a UUID's __hash__ and __eq__ run interpreted.
+        self._family_by_sku = {sku.id.int: sku.family for sku in catalog.skus}
+        self._family_by_kms = {kms.id.int: kms.family for kms in catalog.kms_ids}
 
         self.activations = PlainCounter(
             "kmsgate_activations",
@@ -250,8 +251,8 @@ class Metrics:
         if type(event) is ActivationServed:
             request = event.request
             family = (
-                self._family_by_sku.get(request.sku_id)
-                or self._family_by_kms.get(request.kms_counted_id)
+                self._family_by_sku.get(request.sku_id.int)
+                or self._family_by_kms.get(request.kms_counted_id.int)
                 or UNKNOWN_FAMILY
             )
             child = self._served.get((family, request.major_version))

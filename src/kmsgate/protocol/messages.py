@@ -255,13 +255,15 @@ def encode_response(
     salt = decoded.salt
     if salt is None:
         raise LocalProtocolError("v5/v6 responses need the request's decrypted salt")
-    rnd = random_bytes(16)
     if major == 5:
+        rnd = random_bytes(16)
         head, tail = salt, b""
     else:
         if len(hwid) != HWID_SIZE:
             raise LocalProtocolError("HWID is 8 bytes")
-        head = random_bytes(16)
+        # One draw for both: the random source is an interpreted call per draw.
+        fresh = random_bytes(32)
+        rnd, head = fresh[:16], fresh[16:]
         if head == salt:  # a v6 client flags IV == salt as an emulator
             head = xor_bytes(head, b"\x01" + bytes(15))
         tail = hwid + salt

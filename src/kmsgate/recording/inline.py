@@ -16,20 +16,14 @@ from pathlib import Path
 
 from kmsgate.recording.handover import RingHandover
 from kmsgate.recording.ring_memory import RingMemory
-from kmsgate.recording.ring_reader import KnownEntries, RingReader
+from kmsgate.recording.ring_reader import RingReader
 from kmsgate.recording.writer import RecordWriter
 from kmsgate.store.database import Store
-from kmsgate.store.drafts import RecordDraft
 from kmsgate.store.retention import Retention
 
 log = logging.getLogger("kmsgate.store")
 MIN_POLL = 0.01
 CLOSE_POLL = 0.01
-# Drafts kept beside their ring entries until the reader takes them: one is then taken as it
-# is, its entry neither read back nor decoded and checked (about 2 µs a record). Beyond this
-# many (a store that lags), entries are decoded from the ring as a child's are: memory stays
-# bounded.
-MAX_KNOWN = 4096
 
 
 class InlineWriter(RingHandover):
@@ -67,7 +61,7 @@ class InlineWriter(RingHandover):
         self._poll = max(MIN_POLL, flush_interval / 2)
         self._memory: RingMemory | None = None
         self._reader: RingReader | None = None
-        self._known: KnownEntries = collections.deque()
+        self._known = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -116,13 +110,9 @@ class InlineWriter(RingHandover):
         self._ring = memory.ring
         await self._writer.start()
         self._reader = RingReader(memory.ring, self._writer, self._node, self._known)
-        self._ready.set()
+        self._reader_attached()
         self._task = asyncio.create_task(self._run(), name="kmsgate-ring-reader")
         self._task.add_done_callback(self._reader_ended)
-
-    def _appended(self, number: int, start: int, end: int, draft: RecordDraft) -> None:
-        if len(self._known) < MAX_KNOWN:
-            self._known.append((number, start, end, draft))
 
     def _reader_ended(self, task: asyncio.Task[None]) -> None:
         # Only a bug ends the loop early; said loudly, since answers then wait for room.
@@ -188,13 +178,14 @@ class InlineWriter(RingHandover):
         reader.release(keep_dropped=True)
         # Lost to this run; a ring file still holds them for the next start.
         self._base_dropped += self._in_flight
-        self._ready.clear()
+        self._reader_detached()
         self._base_dropped += len(self._pending)
         self._handed += len(self._pending)
         self._pending.clear()
         self._pump()  # nothing will carry what is left: let anyone waiting for it go
         self._ring = None
-        self._known.clear()
+        if self._known is not None:
+            self._known.clear()
         self._memory.close()
         self._memory = None
 

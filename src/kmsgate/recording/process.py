@@ -166,7 +166,7 @@ class WriterProcess(RingHandover):
             log.error("record writer process sent garbage: %s", exc)
             process.kill()
         code = await process.wait()
-        self._ready.clear()
+        self._reader_detached()
         self._close_pipe()
         if self._closing or self.pid is None:
             if self.pid is None:
@@ -212,7 +212,7 @@ class WriterProcess(RingHandover):
             case ("ready", int(pid)):
                 self.pid = pid
                 self._restart_delay = self._first_restart_delay
-                self._ready.set()
+                self._reader_attached()
                 self._pump()
             case _:
                 raise FrameError(f"unexpected message {message!r:.80}")

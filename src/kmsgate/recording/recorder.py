@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -13,6 +12,7 @@ from kmsgate.observability.metrics import product_family_label
 from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.store.drafts import RecordDraft, result_of
+from kmsgate.uuids import uuid_bytes
 
 # Names and id bytes are found once per (application, SKU, KMS id); clients choose those
 # ids, so the cache is bounded and simply starts over when full.
@@ -60,7 +60,8 @@ class ActivationRecorder:
         self._catalog = catalog
         self._node = node
         self._clock = clock
-        self._products: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], _Product] = {}
+        # Keyed by the ids' integers: a UUID's __hash__ and __eq__ run interpreted.
+        self._products: dict[tuple[int, int, int], _Product] = {}
         self._undecodable = ("undecodable request", product_family_label(catalog, None))
 
     def __call__(self, peer: Peer, event: Event) -> None:
@@ -84,7 +85,7 @@ class ActivationRecorder:
         application_id, sku_id, sku_name, kms_id, family = self._product_of(request)
         return (
             self._clock(),
-            request.client_machine_id.bytes,
+            uuid_bytes(request.client_machine_id),
             request.machine_name,
             address,
             application_id,
@@ -103,16 +104,16 @@ class ActivationRecorder:
     def _product_of(self, request: KmsRequest) -> _Product:
         """The request's ids as bytes, its product name and family: one object per product
         for every draft (UUID.bytes builds new bytes each time)."""
-        key = (request.application_id, request.sku_id, request.kms_counted_id)
+        key = (request.application_id.int, request.sku_id.int, request.kms_counted_id.int)
         product = self._products.get(key)
         if product is None:
             if len(self._products) >= NAME_CACHE_SIZE:
                 self._products.clear()
             product = self._products[key] = (
-                request.application_id.bytes,
-                request.sku_id.bytes,
+                uuid_bytes(request.application_id),
+                uuid_bytes(request.sku_id),
                 self._catalog.product_name(request.sku_id, request.kms_counted_id),
-                request.kms_counted_id.bytes,
+                uuid_bytes(request.kms_counted_id),
                 product_family_label(self._catalog, request),
             )
         return product

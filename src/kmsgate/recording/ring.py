@@ -131,8 +131,9 @@ class RecordRing:
         """Entries appended to the ring ever: the number of the latest one (the first is 1)."""
         return self._count
 
-    def append(self, payload: bytes) -> bool:
-        """Add one entry; False (nothing written) when the ring has no room for it now.
+    def append(self, payload: bytes) -> int:
+        """Add one entry; return the entries now appended and not yet released (its own
+        included), or 0 (nothing written) when the ring has no room for it now.
 
         RingError when the payload could never fit, so that it cannot block the ring.
         """
@@ -140,13 +141,14 @@ class RecordRing:
         if not 0 < size <= self.max_payload:
             raise RingError(f"an entry of {size} bytes: the ring takes 1 to {self.max_payload}")
         words, capacity, tail = self._words, self.capacity, self._tail
-        if self._count - words[_HEAD_COUNT] >= self.max_entries:
-            return False
+        waiting: int = self._count - words[_HEAD_COUNT]
+        if waiting >= self.max_entries:
+            return 0
         need = _aligned(ENTRY_HEADER.size + size)
         offset = tail % capacity
         skip = capacity - offset if offset + need > capacity else 0
         if tail + skip + need - words[_HEAD_POS] > capacity:
-            return False
+            return 0
         data = self._data
         if skip:
             ENTRY_HEADER.pack_into(data, offset, WRAP, 0)
@@ -160,7 +162,7 @@ class RecordRing:
         self._count += 1
         words[_TAIL_COUNT] = self._count
         words[_TAIL_POS] = tail
-        return True
+        return waiting + 1
 
     # ---------------------------------------------------------------- consumer
 

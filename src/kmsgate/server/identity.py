@@ -111,14 +111,15 @@ class HostIdentity:
     per_request: bool = False
     rng: random.Random = field(default_factory=random.SystemRandom)
     today: date = field(default_factory=date.today)
-    _by_kms: dict[uuid.UUID, HeldKey] = field(init=False, repr=False)
+    # Keyed by the ids' integers: a UUID's __hash__ and __eq__ run interpreted.
+    _by_kms: dict[int, HeldKey] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_kms = {}
         # The Windows key goes first, so an Office key covering the same id would win.
         for held in self.keys:
             for kms_id in held.csvlk.activates_kms_ids:
-                self._by_kms[kms_id] = held
+                self._by_kms[kms_id.int] = held
 
     @property
     def windows(self) -> HeldKey:
@@ -126,9 +127,9 @@ class HostIdentity:
 
     def key_for(self, kms_id: uuid.UUID) -> HeldKey | None:
         """The held key covering a KMS id (a superseded placeholder counts as its genuine id)."""
-        held = self._by_kms.get(kms_id)
+        held = self._by_kms.get(kms_id.int)
         if held is None:
-            held = self._by_kms.get(self.catalog.genuine_kms_id(kms_id))
+            held = self._by_kms.get(self.catalog.genuine_kms_id(kms_id).int)
         return held
 
     def covers(self, kms_id: uuid.UUID) -> bool:
