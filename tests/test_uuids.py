@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kmsgate.uuids import uuid_bytes_le, uuid_cache, uuid_from_bytes_le
+from kmsgate.uuids import uuid_bytes, uuid_bytes_le, uuid_cache, uuid_from_bytes_le
 
 
 @pytest.mark.parametrize("little_endian", [True, False])
@@ -50,6 +50,7 @@ def test_the_fast_constructor_builds_the_same_uuid(raw: bytes) -> None:
     assert built.is_safe is reference.is_safe
     assert pickle.loads(pickle.dumps(built)) == reference
     assert uuid_bytes_le(built) == uuid_bytes_le(reference) == raw
+    assert uuid_bytes(built) == uuid_bytes(reference) == reference.bytes
     with pytest.raises(TypeError):
         built.int = 0  # type: ignore[misc]  # immutable like any UUID
 
