@@ -253,6 +253,20 @@ async def test_a_failing_waiter_neither_blocks_the_others_nor_stops_the_reader(
     assert "releasing held answers failed" in caplog.text
 
 
+async def test_the_reader_is_woken_at_once_when_a_quarter_of_the_ring_waits() -> None:
+    # Below the mark the reader's own poll (0.5 s away here) takes the drafts; at the mark
+    # it is woken at once, since a ring that fills holds answers back until it is read.
+    up = FakeStore()
+    made = drafts(10)
+    async with InlineWriter(cast(Store, up), node="n", max_queue=40, flush_interval=1) as writer:
+        await asyncio.sleep(0.05)  # the reader took its first pass and waits for its poll
+        for draft in made[:9]:
+            assert writer.submit(draft)
+        assert writer.hand_over() and not writer._wake.is_set()
+        assert writer.submit(made[9]) and writer._wake.is_set()
+    assert up.stored == made
+
+
 async def test_close_returns_when_a_commit_wakes_the_reader_at_that_moment() -> None:
     """The reader is woken (a commit) in the same loop turn as close() stops it: on Python
     3.11, a cancel at that moment was swallowed by asyncio.wait_for and close() hung."""

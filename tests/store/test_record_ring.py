@@ -129,8 +129,10 @@ def test_any_interleaving_delivers_exactly_what_was_accepted(ops: list[tuple[str
     for op, arg in ops:
         if op == "append":
             assert isinstance(arg, bytes)
-            if producer.append(arg):
+            waiting = producer.append(arg)
+            if waiting:
                 accepted.append(arg)
+                assert waiting == producer.uncommitted  # what it reports is what waits
             else:  # refused only when the bounds say so
                 assert producer.uncommitted >= 12 or producer.used_bytes + 8 + len(arg) > 2048 - 8
         elif op == "read":
