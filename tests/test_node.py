@@ -27,9 +27,10 @@ from kmsgate.recording.inline import InlineWriter
 from kmsgate.recording.process import WriterProcess
 from kmsgate.store.database import Store
 from kmsgate.store.records import ClientRow
-from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
+from tests.server.test_serve_cli import KMSGATE, wait_listening
 from tests.store.test_writer_process import drafts
 from tests.support.kms import RawClient, activate_once, make_request
+from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer, running_postgres
 
 pytestmark = pytest.mark.integration

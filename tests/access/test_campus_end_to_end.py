@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
+from tests.server.test_serve_cli import KMSGATE, wait_listening
 from tests.support.browser import chromium_browser
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,9 @@ import httpx
 
 from kmsgate.protocol.errors import ActivationError
 from kmsgate.protocol.messages import KmsRequest
-from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
+from tests.server.test_serve_cli import KMSGATE, wait_listening
 from tests.support.kms import RawClient, make_request
+from tests.support.ports import free_port
 
 PASSWORD = "Campus-Pass-42"
 OFFICE_APP = uuid.UUID("0ff1ce15-a989-479d-af46-f275c6370663")

@@ -26,16 +26,11 @@ from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.protocol.ndr import TransferSyntax
+from tests.support.ports import free_port
 
 KMSGATE = Path(sys.executable).with_name("kmsgate")
 NAME_FIELD = slice(108, 236)  # the 128-byte UTF-16 machine name in the 236-byte base request
 WIN_PRO = default_catalog().resolve_product("Windows 10/11 Pro")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:

@@ -21,8 +21,9 @@ from tests.adversarial.gateway_util import (
     wait_for,
     windows_request,
 )
-from tests.support.account_servers import closed_port, silent_listener
+from tests.support.account_servers import silent_listener
 from tests.support.kms import RawClient
+from tests.support.ports import closed_port
 
 pytestmark = pytest.mark.integration
 

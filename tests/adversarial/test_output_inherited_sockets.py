@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.test_serve_cli import KMSGATE, free_port
+from tests.server.test_serve_cli import KMSGATE
 from tests.support.kms import activate_once
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.integration]
 ACTIVATOR = shutil.which("systemd-socket-activate")

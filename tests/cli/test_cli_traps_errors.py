@@ -12,12 +12,12 @@ import pytest
 
 from tests.support.cli import (
     clean_env,
-    free_port,
     kmsgate,
     start_serve,
     stop_serve,
     wait_listening,
 )
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,8 @@ from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import ActivationRecord
-from tests.support.cli import clean_env, free_port, kmsgate, start_serve, stop_serve, wait_listening
+from tests.support.cli import clean_env, kmsgate, start_serve, stop_serve, wait_listening
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

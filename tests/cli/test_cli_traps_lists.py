@@ -12,7 +12,6 @@ from kmsgate.cli.serve import _is_list
 from kmsgate.config.settings import ServeSettings
 from tests.support.cli import (
     clean_env,
-    free_port,
     kmsgate,
     log_records,
     start_serve,
@@ -20,6 +19,7 @@ from tests.support.cli import (
     wait_listening,
 )
 from tests.support.kms import activate_once
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

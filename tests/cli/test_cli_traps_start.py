@@ -11,13 +11,13 @@ import pytest
 
 from tests.support.cli import (
     clean_env,
-    free_port,
     kmsgate,
     log_records,
     start_serve,
     stop_serve,
     wait_listening,
 )
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

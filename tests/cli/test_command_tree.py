@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 import kmsgate.cli
 from kmsgate.cli.common import StoreOptions, store_command
 from kmsgate.cli.help import SettingsHelpCommand
-from tests.support.cli import clean_env, free_port
+from tests.support.cli import clean_env
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ import asyncio
 import errno
 import os
 import random
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -47,6 +46,7 @@ from kmsgate.protocol.messages import (
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ServerSession, SessionSettings
 from kmsgate.server.host import KmsHost, ipv6_available
+from tests.support.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -92,13 +92,6 @@ async def kms_host(**settings: Any) -> AsyncIterator[KmsHost]:
     settings.setdefault("listen", [f"{LOOPBACK}:0"])
     async with KmsHost(ServeSettings(**settings)) as host:
         yield host
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound once, then released)."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.server.host import KmsHost, ipv6_available
 from tests.support.dns_server import knot_server
+from tests.support.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -119,12 +120,6 @@ def host() -> Iterator[ThreadedHost]:
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
     runner = CliRunner(env=env)
     return runner.invoke(app, ["client", *args], catch_exceptions=False)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from kmsgate.protocol.epid import parse_epid
 from kmsgate.protocol.hresult import KMS_HRESULTS, HResult, describe, explain, markdown_table
 from kmsgate.store.database import Store
 from tests.support.dns_server import knot_server
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +47,6 @@ HWID = "3A1C049600B60076"
 SKEW = 4 * 3600
 REFUSED_PRODUCT = "Office LTSC Professional Plus 2021"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.ports import free_port
+
 pytestmark = pytest.mark.integration
 
 KMSGATE = Path(sys.executable).parent / "kmsgate"
@@ -23,13 +25,6 @@ HINT_LINE = re.compile(
     r"WARNING.*no administrator account yet: create one with `kmsgate users add NAME --admin`"
 )
 PAGE_HINT = "No administrator account exists yet."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env() -> dict[str, str]:

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from tests.ops.test_readiness import NotifySocket
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -82,13 +83,6 @@ def one(section: list[tuple[str, str]], key: str) -> str:
     found = values(section, key)
     assert len(found) == 1, f"{key}: {found}"
     return found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: object, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:

@@ -29,6 +29,7 @@ import pytest
 
 from kmsgate.systemd import notify_socket, sd_notify, watchdog_interval
 from tests.support.kms import activate_once
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -83,13 +84,6 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def accepts(port: int) -> bool:

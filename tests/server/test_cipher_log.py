@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from kmsgate import _native
-from tests.server.test_serve_cli import KMSGATE, free_port
+from tests.server.test_serve_cli import KMSGATE
 from tests.support.kms import activate_once
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.integration]
 

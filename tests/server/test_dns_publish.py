@@ -31,6 +31,7 @@ from kmsgate.dns.update import DnsPublishError, publish, server_from_settings, u
 from kmsgate.errors import KmsgateError
 from kmsgate.server.dns_task import DnsPublisher
 from tests.support.dns_server import KnotServer, TsigKey, knot_server
+from tests.support.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -319,14 +320,8 @@ async def test_unsigned_update_is_refused(knot: KnotServer) -> None:
     assert await srv_set(knot, "auth.test") == set()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_unreachable_server_fails_fast() -> None:
-    port = _closed_port()
+    port = closed_port()
     settings = ServeSettings(
         dns_domain="pub.test", dns_host="kms.pub.test", dns_server=f"127.0.0.1:{port}"
     )
@@ -396,7 +391,7 @@ async def test_publisher_stop_without_unpublish_keeps_the_record(knot: KnotServe
 
 
 async def test_publisher_survives_failures_and_retries(caplog: pytest.LogCaptureFixture) -> None:
-    port = _closed_port()
+    port = closed_port()
     settings = ServeSettings(
         dns_domain="pub.test", dns_host="kms.pub.test", dns_server=f"127.0.0.1:{port}"
     )

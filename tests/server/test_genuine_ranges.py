@@ -18,8 +18,9 @@ from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.errors import ActivationError
 from kmsgate.protocol.hresult import HResult
 from kmsgate.server.host import KmsHost
-from tests.server.test_serve_cli import KMSGATE, free_port, start_serve, stop, wait_listening
+from tests.server.test_serve_cli import KMSGATE, start_serve, stop, wait_listening
 from tests.support.kms import RawClient, activate_once, make_request
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,8 @@ from tests.adversarial.host_attack import (
     bind_pdu,
     request_pdu,
 )
-from tests.server.test_serve_cli import free_port
 from tests.support.kms import RawClient, activate_once, make_request, read_until_closed
+from tests.support.ports import free_port
 from tests.support.stall import stall_writer as _stall
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from kmsgate.systemd import inherited_sockets
-from tests.server.test_serve_cli import KMSGATE, free_port, wait_listening
+from tests.server.test_serve_cli import KMSGATE, wait_listening
 from tests.support.kms import RawClient, activate_once
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -51,6 +51,7 @@ from tests.support.kms import (
     make_request,
     read_until_closed,
 )
+from tests.support.ports import closed_port
 from tests.support.stall import stall_writer as _stall
 
 pytestmark = pytest.mark.integration
@@ -107,12 +108,6 @@ async def relay_to(
         server.close()
         await host.stop(drain_timeout=0)
         await server.wait_closed()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def closed_by_relay(reader: asyncio.StreamReader) -> bytes:

@@ -15,16 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.kms import activate_once
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 KMSGATE = Path(sys.executable).with_name("kmsgate")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

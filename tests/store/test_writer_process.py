@@ -32,6 +32,7 @@ from kmsgate.store.database import Store
 from kmsgate.store.drafts import DRAFT_FIELDS, DraftError, RecordDraft, record_of
 from kmsgate.store.errors import StoreError
 from tests.store.test_writer import wait_for
+from tests.support.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -65,12 +66,7 @@ def drafts(count: int, *, start: int = T0, node: str = "n") -> list[RecordDraft]
 
 def unreachable_postgres() -> str:
     """A PostgreSQL URL on a loopback port nobody listens on: the store is down."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"postgresql://kmsgate:secret@127.0.0.1:{port}/kmsgate"
+    return f"postgresql://kmsgate:secret@127.0.0.1:{closed_port()}/kmsgate"
 
 
 async def test_drafts_land_with_every_field(db_url: str) -> None:

@@ -31,12 +31,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.ports import free_port
+
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 PR_SET_PDEATHSIG = 1
 # The certificate names 127.0.0.1 and localhost only; this other loopback address reaches
 # the same listeners under a name the certificate does not carry (hostname-mismatch tests).
 OTHER_LOOPBACK = "127.0.0.2"
+BOTH_LOOPBACKS = ("127.0.0.1", OTHER_LOOPBACK)
 
 
 # ---------------------------------------------------------------- helpers
@@ -58,26 +61,6 @@ def require_binary(name: str, package: str) -> str:
     if path is None:
         missing(name, package)
     return path
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 (and, almost surely, on the other loopback address)."""
-    for _ in range(50):  # bounded: retry when the other address has it taken
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
-            try:
-                other.bind((OTHER_LOOPBACK, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port on loopback")
-
-
-def closed_port() -> int:
-    """A loopback port with nothing listening (connections are refused at once)."""
-    return free_port()
 
 
 @contextlib.contextmanager
@@ -304,8 +287,8 @@ def running_slapd() -> Iterator[SlapdServer]:
         server = SlapdServer(
             root=root,
             tls=tls,
-            ldap_port=free_port(),
-            ldaps_port=free_port(),
+            ldap_port=free_port(hosts=BOTH_LOOPBACKS),
+            ldaps_port=free_port(hosts=BOTH_LOOPBACKS),
             users=users,
             service_password=secrets.token_urlsafe(12),
         )
@@ -468,7 +451,11 @@ def running_dovecot(
             "carol@example.org": "carol-pass",  # for username_template
         }
         server = DovecotServer(
-            root=root, tls=tls, pop3_port=free_port(), pop3s_port=free_port(), users=users
+            root=root,
+            tls=tls,
+            pop3_port=free_port(hosts=BOTH_LOOPBACKS),
+            pop3s_port=free_port(hosts=BOTH_LOOPBACKS),
+            users=users,
         )
         internal = _existing_user("dovecot", "nobody")
         login = _existing_user("dovenull", "nobody")

@@ -48,12 +48,6 @@ def kmsgate(
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_serve(
     *args: str, tmp_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:

@@ -15,7 +15,6 @@ import base64
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,6 +32,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.tsig
 import pytest
+
+from tests.support.ports import free_port
 
 LOOPBACK = "127.0.0.1"
 _START_ATTEMPTS = 3  # a fresh port is chosen on each attempt (another process may grab one)
@@ -82,21 +83,6 @@ class TsigKey:
     def dnspython_key(self) -> dns.tsig.Key:
         """The key as dnspython wants it (usable as a ``keyring``)."""
         return dns.tsig.Key(self.name, self.secret, self.algorithm + ".")
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on loopback right now (bounded search)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free loopback port for knotd")
 
 
 class KnotServer:
@@ -186,7 +172,7 @@ zone:
     def start(self) -> None:
         last_error = ""
         for _ in range(_START_ATTEMPTS):
-            self.port = _free_port()
+            self.port = free_port(udp=True)
             config = self._write_files()
             with self.log_path.open("wb") as log:
                 self._proc = subprocess.Popen(

@@ -8,7 +8,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 SUPERUSER = "kmsgate"
 START_TIMEOUT = 30.0
@@ -61,12 +62,6 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _run_as() -> str | None:
     """PostgreSQL refuses to run as root: pick an unprivileged account when we are root."""
     if os.geteuid() != 0:
@@ -90,7 +85,7 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="kmsgate-pg-"))
         self.data = self.root / "data"
         self.sockets = self.root / "sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.root / "postgres.log"
         if self.user is not None:

@@ -29,16 +29,11 @@ from typing import Any
 
 from tests.server.test_serve_cli import KMSGATE
 from tests.support.kms import RawClient, make_request
+from tests.support.ports import free_port
 
 NO_DAC_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
 START_TIMEOUT = 30.0
 SIDECARS = ("-wal", "-shm")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:

@@ -20,8 +20,9 @@ import httpx
 from kmsgate.auth.passwords import hash_password
 from kmsgate.node import SESSION_KEY_FILE
 from kmsgate.store.database import Store
-from tests.server.test_serve_cli import KMSGATE, free_port
+from tests.server.test_serve_cli import KMSGATE
 from tests.support.browser import ADMIN, ADMIN_PASSWORD, FAST_HASHER
+from tests.support.ports import free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0

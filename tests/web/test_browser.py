@@ -19,11 +19,11 @@ from tests.support.browser import (
     SPECIAL_NAME,
     ServerThread,
     chromium_browser,
-    free_port,
     make_app,
     open_store,
     require_chromium,
 )
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

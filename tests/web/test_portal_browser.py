@@ -26,11 +26,11 @@ from tests.support.browser import (
     SPECIAL_CMID,
     ServerThread,
     chromium_browser,
-    free_port,
     open_store,
     require_chromium,
 )
 from tests.support.kms import activate_once
+from tests.support.ports import free_port
 from tests.web.test_portal import (
     USER,
     USER_PASSWORD,

@@ -46,11 +46,11 @@ from tests.support.browser import (
     ServerThread,
     chromium_browser,
     client_for,
-    free_port,
     login,
     open_store,
     require_chromium,
 )
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from tests.support.account_servers import (
     PEOPLE_DN,
     SERVICE_DN,
     SlapdServer,
-    closed_port,
     ldapwhoami,
     running_slapd,
     silent_listener,
 )
+from tests.support.ports import closed_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from kmsgate.access.accounts.pop3 import Pop3Backend
 from tests.support.account_servers import (
     OTHER_LOOPBACK,
     DovecotServer,
-    closed_port,
     running_dovecot,
     silent_listener,
 )
+from tests.support.ports import closed_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,8 @@ from kmsgate.access.accounts.backends import build_backend
 from kmsgate.access.accounts.base import AuthResult, BackendUnavailable, SqlSettings
 from kmsgate.access.accounts.sql import SqlBackend, async_url, verify_hash
 from kmsgate.auth.passwords import hash_password
-from tests.support.account_servers import closed_port, silent_listener
+from tests.support.account_servers import silent_listener
+from tests.support.ports import closed_port
 from tests.support.postgres import PostgresServer, running_postgres
 
 pytestmark = pytest.mark.integration
