@@ -9,9 +9,9 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from kmsgate import _native
 from kmsgate.access.products import ProductPolicy
@@ -45,6 +45,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("kmsgate.server")
 
 EventHook = Callable[[Peer, Event], None]
+
+
+class Listener(Protocol):
+    """An asyncio or uvloop server: uvloop's `sockets` is a list where typeshed says tuple,
+    and this module's compiled build checks the declared types it reads."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
 
 
 class KmsHost(ConnectionLimits):
@@ -99,7 +111,7 @@ class KmsHost(ConnectionLimits):
         self.event_hooks: list[EventHook] = [self.metrics.hook]
         self.record_gate: RecordGate | None = None
         self.gateway: Gateway | None = None
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Listener] = []
         self._session_settings: dict[int, SessionSettings] = {}
 
     def apply_policies(self, settings: ServeSettings) -> None:

@@ -7,12 +7,12 @@ the bytes themselves (a system call, and the GIL released and taken again).
 from __future__ import annotations
 
 import os
-import weakref
 from collections.abc import Callable
 
 CHUNK = 4096
 
-_live: weakref.WeakSet[BufferedRandom] = weakref.WeakSet()
+# Bumped in a forked child: a buffer filled under another count came from the parent.
+_forks = 0
 
 
 class BufferedRandom:
@@ -26,15 +26,16 @@ class BufferedRandom:
         self._chunk = chunk
         self._buffer = b""
         self._at = 0
-        _live.add(self)
+        self._forks = _forks
 
     def __call__(self, size: int) -> bytes:
         at = self._at
         end = at + size
-        if end > len(self._buffer):
+        if end > len(self._buffer) or self._forks != _forks:
             if size > self._chunk:
                 return self._read(size)
             self._buffer = self._read(self._chunk)
+            self._forks = _forks
             at, end = 0, size
         self._at = end
         return self._buffer[at:end]
@@ -45,9 +46,9 @@ class BufferedRandom:
         self._at = 0
 
 
-def _discard_all_in_child() -> None:
-    for source in list(_live):
-        source.discard()
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
 
 
-os.register_at_fork(after_in_child=_discard_all_in_child)
+os.register_at_fork(after_in_child=_count_fork)
