@@ -13,7 +13,7 @@ from kmsgate.access.source import SourcePolicy
 from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics
-from kmsgate.server.idle import IdleTimer
+from kmsgate.server.idle import IdleTimer, TimerSlots
 from kmsgate.server.outbox import AnswerOutbox
 
 log = logging.getLogger("kmsgate.server")
@@ -63,6 +63,8 @@ class ConnectionLimits:
         self.loop: asyncio.AbstractEventLoop | None = None
         # Where connections queue their answers for the end of a loop pass (set with loop).
         self.outbox: AnswerOutbox | None = None
+        # The loop timers the connections' idle timers share (made with the first one).
+        self._timer_slots: TimerSlots | None = None
 
     def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
         """Source policy and connection limit for a new connection; counts and logs refusals."""
@@ -124,12 +126,17 @@ class ConnectionLimits:
         """The one timer of an accepted connection: `on_idle` after --idle-timeout without
         activity, a close at --connection-lifetime."""
         settings = self.settings
+        loop = self.loop or asyncio.get_running_loop()
+        slots = self._timer_slots
+        if slots is None or slots.loop is not loop:  # a host started again on a new loop
+            slots = self._timer_slots = TimerSlots(loop)
         return IdleTimer(
             settings.idle_timeout,
             on_idle,
-            self.loop,
+            loop,
             lifetime=settings.connection_lifetime,
             on_lifetime=functools.partial(self._lifetime_over, connection),
+            slots=slots,
         )
 
     def _lifetime_over(self, connection: HostConnection) -> None:
