@@ -308,7 +308,7 @@ def main() -> int:
                   f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)})")  # fmt: skip
     for name in servers:
         pss = [r["loaded"]["pss_mib"] for r in results if r["server"] == name]
-        print(f"{name}: PSS under load {statistics.median(pss)} MiB")
+        print(f"{name}: PSS under load {statistics.median(pss):.1f} MiB")
     if args.json:
         print(json.dumps({"results": results, "summary": summary}))
     return 0
