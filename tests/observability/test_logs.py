@@ -11,9 +11,10 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from hypothesis import given
@@ -244,21 +245,35 @@ def test_log_activation_attaches_structured_fields(
     assert ok.getMessage() == activation_line(Peer("10.1.2.3", 49152), served(), catalog)
     assert ok.__dict__["kms"]["node"] == "node-a" and ok.__dict__["kms"]["epid"] == EPID
     assert bad.__dict__["kms"]["result"] == "refused"
+    # Compiled or not, the record names its origin as a formatter's %(module)s reads it.
+    assert (ok.module, ok.funcName) == ("activation_log", "log_activation")
 
 
-def test_log_activation_does_no_work_when_disabled(
-    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _python_calls(action: Callable[[], object]) -> set[str]:
+    """Names of the Python functions `action` runs (compiled ones are invisible)."""
+    seen: set[str] = set()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            seen.add(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+def test_log_activation_does_no_work_when_disabled(catalog: Catalog) -> None:
+    peer = Peer("10.1.2.3", 1)
     setup_logging("error")
-    calls: list[object] = []
-
-    def spy(*args: object) -> dict[str, object]:
-        calls.append(args)
-        return {}
-
-    monkeypatch.setattr("kmsgate.observability.activation_log.activation_fields", spy)
-    log_activation(Peer("10.1.2.3", 1), served(), catalog)
-    assert calls == []
+    # Building the line reads the licence status's name (licensing.py, never compiled).
+    assert "license_status_name" not in _python_calls(
+        lambda: log_activation(peer, served(), catalog)
+    )
+    setup_logging("info")
+    assert "license_status_name" in _python_calls(lambda: log_activation(peer, served(), catalog))
 
 
 # --- formats -----------------------------------------------------------------------------

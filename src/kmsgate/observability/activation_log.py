@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Literal, TypedDict
 
 from kmsgate.catalog import Catalog
@@ -48,12 +48,13 @@ def printable(text: str) -> str:
 # Per catalogue and (SKU id, KMS id): the product name and both ids as text, built once. A
 # fleet sends a few dozen pairs; client-chosen ids empty the cache before it grows too big.
 _ProductText = tuple[str, str, str]
-_PRODUCT_TEXT: dict[tuple[Catalog, uuid.UUID, uuid.UUID], _ProductText] = {}
+# Keyed by the ids' integers: a UUID's __hash__ runs interpreted.
+_PRODUCT_TEXT: dict[tuple[Catalog, int, int], _ProductText] = {}
 _CACHE_LIMIT = 4096
 
 
 def _product_text(catalog: Catalog, request: KmsRequest) -> _ProductText:
-    key = (catalog, request.sku_id, request.kms_counted_id)
+    key = (catalog, request.sku_id.int, request.kms_counted_id.int)
     text = _PRODUCT_TEXT.get(key)
     if text is None:
         if len(_PRODUCT_TEXT) >= _CACHE_LIMIT:
@@ -249,6 +250,9 @@ def _sole_handler() -> logging.Handler | None:
     return found
 
 
-_ORIGIN_FILE = log_activation.__code__.co_filename
-_ORIGIN_LINE = log_activation.__code__.co_firstlineno
-_ORIGIN_FUNCTION = log_activation.__name__
+# Compiled (mypyc), a function has no code object and the module's file is its build:
+# records then name the source file, line 0.
+_ORIGIN_CODE = getattr(log_activation, "__code__", None)
+_ORIGIN_FILE = str(Path(__file__).with_name("activation_log.py"))
+_ORIGIN_LINE = 0 if _ORIGIN_CODE is None else _ORIGIN_CODE.co_firstlineno
+_ORIGIN_FUNCTION = "log_activation"

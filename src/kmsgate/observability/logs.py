@@ -191,8 +191,10 @@ class KmsStreamHandler(logging.StreamHandler[TextIO]):
             f"{second_text}.{int((now - second) * 1000):03d}Z "
             f"{logging.getLevelName(levelno)} {name}: {line}{self.terminator}"
         )
-        self.acquire()
-        try:
+        # The handler's lock itself: Handler.acquire and release are two more Python calls.
+        lock = self.lock
+        assert lock is not None  # Handler.__init__ created it
+        with lock:
             held = self._held
             held.append(text)
             if len(held) == 1:
@@ -202,8 +204,6 @@ class KmsStreamHandler(logging.StreamHandler[TextIO]):
                     return self._write_held()
             elif len(held) >= MAX_HELD_LINES:
                 self.write_held()
-        finally:
-            self.release()
         return True
 
     def write_held(self) -> None:
