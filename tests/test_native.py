@@ -57,6 +57,21 @@ def test_an_edit_after_the_build_means_source_in_a_checkout_only(tmp_path: Path)
     assert _native.build_problem(root, MODULES, checkout=False) is None
 
 
+def test_a_build_left_by_a_module_taken_off_the_listing_is_found(tmp_path: Path) -> None:
+    root = _layout(tmp_path)
+    # Built when the listing named it, then taken off: Python would import this build.
+    leftover = root / "kmsgate" / "recording" / "handover.py"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("")
+    leftover.with_name("handover" + SUFFIX).write_bytes(b"")
+    (root / "kmsgate" / "protocol" / ("_cipher.abi3.so")).write_bytes(b"")  # not mypyc's
+    assert _native.stale_builds(root, MODULES) == ("kmsgate.recording.handover",)
+    assert _native.stale_builds(root, (*MODULES, "kmsgate.recording.handover")) == ()
+    finder = _native.SourceFinder(root, _native.stale_builds(root, MODULES))
+    spec = finder.find_spec("kmsgate.recording.handover")
+    assert spec is not None and spec.origin == str(leftover)
+
+
 def test_the_listing_names_existing_modules() -> None:
     names = _native.listed_modules(ROOT / "src" / "kmsgate" / "native_modules.txt")
     assert "kmsgate.protocol.session" in names and "kmsgate.server.connection" in names

@@ -56,6 +56,20 @@ def build_problem(root: Path, modules: Sequence[str], *, checkout: bool) -> str 
     return None
 
 
+def stale_builds(root: Path, modules: Sequence[str]) -> tuple[str, ...]:
+    """Modules under `root` with a mypyc build beside their source that the listing no
+    longer names: a checkout's leftovers, which Python would import ahead of the source."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]  # mypyc's: this interpreter's own
+    listed = set(modules)
+    stale = []
+    for built in sorted((root / "kmsgate").rglob(f"*{suffix}")):
+        source = built.with_name(built.name.removesuffix(suffix) + ".py")
+        name = ".".join(source.relative_to(root).with_suffix("").parts)
+        if source.exists() and name not in listed:
+            stale.append(name)
+    return tuple(stale)
+
+
 class SourceFinder(importlib.abc.MetaPathFinder):
     """Loads the listed modules from their .py files, ahead of any compiled build."""
 
@@ -78,11 +92,16 @@ class SourceFinder(importlib.abc.MetaPathFinder):
 
 def _choose() -> tuple[bool, str]:
     modules = listed_modules(PACKAGE_DIR / "native_modules.txt")
+    # Only a source checkout edits files in place; installed files keep their build.
+    checkout = (PACKAGE_DIR.parent.parent / ".git").exists()
+    if checkout:
+        # Taken off the listing since its last build: its source, whatever else happens.
+        stale = stale_builds(PACKAGE_DIR.parent, modules)
+        if stale:
+            sys.meta_path.insert(0, SourceFinder(PACKAGE_DIR.parent, stale))
     if os.environ.get("KMSGATE_PURE_PYTHON_HOT_PATH", "") not in ("", "0"):
         problem: str | None = "KMSGATE_PURE_PYTHON_HOT_PATH is set"
     else:
-        # Only a source checkout edits files in place; installed files keep their build.
-        checkout = (PACKAGE_DIR.parent.parent / ".git").exists()
         problem = build_problem(PACKAGE_DIR.parent, modules, checkout=checkout)
     if problem is None:
         return True, f"compiled (mypyc): {len(modules)} modules"
