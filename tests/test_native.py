@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.machinery
 import os
 import subprocess
@@ -77,6 +78,47 @@ def test_the_listing_names_existing_modules() -> None:
     assert "kmsgate.protocol.session" in names and "kmsgate.server.connection" in names
     for name in names:
         assert ROOT.joinpath("src", *name.split(".")).with_suffix(".py").is_file(), name
+
+
+def _third_party_bases(source: Path) -> list[str]:
+    """Classes in `source` deriving from a class imported from outside kmsgate and stdlib."""
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    origin: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                origin[alias.asname or alias.name] = node.module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                origin[alias.asname or alias.name.split(".")[0]] = alias.name
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for base in node.bases:
+            head = base
+            while isinstance(head, ast.Attribute | ast.Subscript):
+                head = head.value
+            module = origin.get(head.id, "") if isinstance(head, ast.Name) else ""
+            top = module.split(".")[0]
+            if module and top != "kmsgate" and top not in sys.stdlib_module_names:
+                found.append(f"{node.name}({ast.unparse(base)}) from {module}")
+    return found
+
+
+def test_no_compiled_class_derives_from_a_third_party_class() -> None:
+    # The isolated build environment lacks third-party packages: mypyc then sees such a
+    # base as Any and built a class without the instance dict it needed (a clean clone
+    # crashed on prometheus_client's Collector where a warm incremental build had passed).
+    names = _native.listed_modules(ROOT / "src" / "kmsgate" / "native_modules.txt")
+    found = {
+        name: bases
+        for name in names
+        if (bases := _third_party_bases(ROOT.joinpath("src", *name.split(".")).with_suffix(".py")))
+    }
+    assert found == {}
+    metrics = ROOT / "src" / "kmsgate" / "observability" / "plain_metrics.py"
+    assert _third_party_bases(metrics)  # what the check would catch
 
 
 def test_the_finder_loads_every_listed_module_from_source(tmp_path: Path) -> None:
