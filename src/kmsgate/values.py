@@ -8,6 +8,13 @@ assignment to a field; slotted, compared and hashed by value like a frozen datac
 mypyc does not see the __eq__ this decorator adds: in a compiled module, `a == b` between
 two value_class instances compares identities. Compare their fields there, or use a
 frozen dataclass for values that compiled code compares (pdus.SyntaxId).
+
+The records built for every request (messages.KmsRequest, pdus.Request, events.
+ActivationServed, ...) are native records instead: `@dataclass(init=False, unsafe_hash=True,
+slots=True)`, fields annotated `Final`, and an `__init__` written out. mypyc compiles only
+a class whose decorator is dataclass itself: its own __init__ then binds the fields natively
+(0.03 µs against 0.35 for an interpreted one), its fields read natively and refuse
+assignment at run time; the dataclass adds the same comparison, hash and repr by value.
 """
 
 from __future__ import annotations

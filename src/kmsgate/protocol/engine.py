@@ -96,7 +96,6 @@ class KmsEngine:
             refusal = self._product_policy(request)
             if refusal is not None:
                 raise KmsMessageError("product refused by policy", refusal)
-        # Positional, in field order (see KmsRequest.from_bytes).
         return KmsResponse(
             request.major_version,
             self._epid_for(request),

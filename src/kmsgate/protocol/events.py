@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Final, Literal
 
 from kmsgate.protocol import rpc
 from kmsgate.protocol.messages import DecodedRequest, KmsRequest, KmsResponse
@@ -14,25 +15,51 @@ from kmsgate.values import value_class
 # --- a conversation as the host sees it (ServerSession, ConversationObserver) -------------
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class BindCompleted:
     """A bind or alter_context was answered."""
 
-    call_id: int
-    alter: bool
-    results: tuple[rpc.ContextResult, ...]
-    ndr64: bool
-    btfn_bits: int | None
+    call_id: Final[int]
+    alter: Final[bool]
+    results: Final[tuple[rpc.ContextResult, ...]]
+    ndr64: Final[bool]
+    btfn_bits: Final[int | None]
+
+    def __init__(
+        self,
+        call_id: int,
+        alter: bool,
+        results: tuple[rpc.ContextResult, ...],
+        ndr64: bool,
+        btfn_bits: int | None,
+    ) -> None:
+        self.call_id = call_id
+        self.alter = alter
+        self.results = results
+        self.ndr64 = ndr64
+        self.btfn_bits = btfn_bits
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class ActivationServed:
     """A KMS request was answered with a response message."""
 
-    call_id: int
-    syntax: TransferSyntax
-    request: KmsRequest
-    response: KmsResponse
+    call_id: Final[int]
+    syntax: Final[TransferSyntax]
+    request: Final[KmsRequest]
+    response: Final[KmsResponse]
+
+    def __init__(
+        self,
+        call_id: int,
+        syntax: TransferSyntax,
+        request: KmsRequest,
+        response: KmsResponse,
+    ) -> None:
+        self.call_id = call_id
+        self.syntax = syntax
+        self.request = request
+        self.response = response
 
 
 @value_class

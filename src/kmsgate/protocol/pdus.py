@@ -8,8 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import IntEnum
-
-from kmsgate.values import value_class
+from typing import Final
 
 __all__ = [
     "BTFN_KEEP_CONNECTION_ON_ORPHAN",
@@ -197,19 +196,36 @@ class BindNak:
     flags: int = PFC_SINGLE
 
 
-# Built for every request a host reads: a value_class constructs in a third of a frozen
-# dataclass's time (see values.py for what that asks of compiled code).
-@value_class
+# Built for every request a host reads: a native record (values.py).
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Request:
     """request: one call of an operation with its marshalled stub."""
 
-    call_id: int
-    context_id: int
-    opnum: int
-    stub: bytes
-    alloc_hint: int | None = None
-    flags: int = PFC_SINGLE
-    object_uuid: uuid.UUID | None = None
+    call_id: Final[int]
+    context_id: Final[int]
+    opnum: Final[int]
+    stub: Final[bytes]
+    alloc_hint: Final[int | None]
+    flags: Final[int]
+    object_uuid: Final[uuid.UUID | None]
+
+    def __init__(
+        self,
+        call_id: int,
+        context_id: int,
+        opnum: int,
+        stub: bytes,
+        alloc_hint: int | None = None,
+        flags: int = PFC_SINGLE,
+        object_uuid: uuid.UUID | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.context_id = context_id
+        self.opnum = opnum
+        self.stub = stub
+        self.alloc_hint = alloc_hint
+        self.flags = flags
+        self.object_uuid = object_uuid
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,7 +244,6 @@ def _decode_request(flags: int, call_id: int, data: bytes) -> Request:
             raise RpcDecodeError("request object UUID truncated")
         object_uuid = uuid.UUID(bytes_le=bytes(data[stub_at : stub_at + 16]))
         stub_at += 16
-    # Positional, in field order: keywords double the interpreted __init__'s cost.
     return Request(
         call_id, context_id, opnum, bytes(data[stub_at:]), alloc_hint, flags, object_uuid
     )
