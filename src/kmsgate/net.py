@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
@@ -136,12 +136,17 @@ def canonical_address(text: str) -> str:
     return str(address)
 
 
-@dataclass(frozen=True, slots=True)
+# Built for every connection: a native record (kmsgate/values.py).
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Peer:
     """The remote end of a connection, its address canonical (see `canonical_address`)."""
 
-    address: str
-    port: int | None = None
+    address: Final[str]
+    port: Final[int | None]
+
+    def __init__(self, address: str, port: int | None = None) -> None:
+        self.address = address
+        self.port = port
 
     @classmethod
     def from_socket_name(cls, name: Any) -> Peer:

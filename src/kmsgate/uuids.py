@@ -12,9 +12,11 @@ from collections.abc import Callable
 from typing import Final
 
 _new_object = object.__new__
-_set_field = object.__setattr__
 _UUID: Final = uuid.UUID
 _UNKNOWN_SAFETY: Final = uuid.SafeUUID.unknown
+# The slots' own setters: object.__setattr__ would look each name up on the type first.
+_set_int: Final = _UUID.__dict__["int"].__set__
+_set_is_safe: Final = _UUID.__dict__["is_safe"].__set__
 
 
 def uuid_from_bytes_le(raw: bytes) -> uuid.UUID:
@@ -25,12 +27,8 @@ def uuid_from_bytes_le(raw: bytes) -> uuid.UUID:
     if len(raw) != 16:
         raise ValueError("bytes_le is not a 16-char string")
     value = _new_object(_UUID)
-    _set_field(
-        value,
-        "int",
-        int.from_bytes(raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:], "big"),
-    )
-    _set_field(value, "is_safe", _UNKNOWN_SAFETY)
+    _set_int(value, int.from_bytes(raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:], "big"))
+    _set_is_safe(value, _UNKNOWN_SAFETY)
     return value
 
 
