@@ -477,8 +477,8 @@ def test_random_events_keep_label_sets_bounded(events: list[Event]) -> None:
     }
     assert label_values(metrics, "kmsgate_protocol_closes_total", "reason") == set(CLOSE_REASONS)
     # The hot-path caches are keyed by bounded values, whatever versions clients claim.
-    assert len(metrics._served) <= len(FAMILIES) * 3
-    assert len(metrics._refused) <= len(FAMILIES) * 4
+    assert len(metrics.tally._served) <= len(FAMILIES) * 3
+    assert len(metrics.tally._refused) <= len(FAMILIES) * 4
 
 
 @given(st.text(max_size=200))

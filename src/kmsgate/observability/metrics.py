@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -23,14 +24,11 @@ from prometheus_client.registry import Collector
 import kmsgate
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.catalog.families import UNKNOWN_FAMILY, family_label
-from kmsgate.net import Peer
 from kmsgate.observability.plain_metrics import PlainCounter, PlainGauge, PlainHistogram
+from kmsgate.observability.tallies import EventTally
 from kmsgate.protocol import rpc
 from kmsgate.protocol.events import (
-    ActivationRefused,
-    ActivationServed,
     ConnectionClosed,
-    Event,
     FaultSent,
 )
 from kmsgate.protocol.messages import KmsRequest
@@ -177,10 +175,6 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
         self.catalog = catalog = catalog if catalog is not None else default_catalog()
-        # Plain dicts of the catalogue's families: the hot path makes two lookups, no call.
-        # Keyed by the ids' integers: a UUID's __hash__ and __eq__ run interpreted.
-        self._family_by_sku = {sku.id.int: sku.family for sku in catalog.skus}
-        self._family_by_kms = {kms.id.int: kms.family for kms in catalog.kms_ids}
 
         self.activations = PlainCounter(
             "kmsgate_activations",
@@ -201,7 +195,7 @@ class Metrics:
             "kmsgate_idle_closes", "Connections closed by the idle timeout.", registry=reg
         )
         self.connections_open = PlainGauge(
-            "kmsgate_connections_open", "Client connections currently open."
+            "kmsgate_connections_open", "Client connections currently open.", self._open_connections
         )
         reg.register(self.connections_open)
         self.connections = PlainCounter(
@@ -235,69 +229,42 @@ class Metrics:
         self._fault_other = self.faults.labels("other")
         self._closes = {label: self.protocol_closes.labels(label) for label in CLOSE_REASONS}
         self._outcomes = {label: self.connections.child(label) for label in CONNECTION_OUTCOMES}
-        self._accepted = self._outcomes["accepted"]
-        # Keyed by (family, major version) so the hot path builds no label strings.
-        self._served: dict[tuple[str, int | None], list[float]] = {}
-        self._refused: dict[tuple[str, int | None], list[float]] = {}
-        # How long one data_received that produced an activation took: the histogram's own
+        # The per-event and per-connection counting, compiled (tallies.py): the host calls
+        # it directly; the families above read it at scrape time.
+        self.tally = EventTally(
+            {sku.id.int: sku.family for sku in catalog.skus},
+            {kms.id.int: kms.family for kms in catalog.kms_ids},
+            self._activation_child,
+            functools.partial(product_family, catalog),
+            self._count_fault,
+            self._count_close,
+            self._outcomes["accepted"],
+        )
+        self.hook = self.tally.hook
+        self.connection_opened = self.tally.connection_opened
+        self.connection_closed = self.tally.connection_closed
+        # How long one data_received that produced an activation took: the tally's own
         # observe, so the connection's call per request runs no wrapper frame.
         self.observe_request: Callable[[float], None] = self.request_duration.observe
 
     # --- events ---------------------------------------------------------------------------
 
-    def hook(self, peer: Peer, event: Event) -> None:
-        """Count one session event; signature matches KmsHost.event_hooks."""
-        # Exact type tests: cheaper than isinstance, and the event classes are final.
-        if type(event) is ActivationServed:
-            request = event.request
-            family = (
-                self._family_by_sku.get(request.sku_id.int)
-                or self._family_by_kms.get(request.kms_counted_id.int)
-                or UNKNOWN_FAMILY
-            )
-            child = self._served.get((family, request.major_version))
-            if child is None:
-                child = self._activation_child(self._served, family, request, "activated")
-            child[0] += 1
-        elif type(event) is ActivationRefused:
-            refused = event.request
-            family = product_family(self.catalog, refused)
-            child = self._refused.get((family, None if refused is None else refused.major_version))
-            if child is None:
-                child = self._activation_child(self._refused, family, refused, "refused")
-            child[0] += 1
-        elif type(event) is FaultSent:
-            self._fault_by_status.get(event.status, self._fault_other).inc()
-        elif type(event) is ConnectionClosed:
-            self._closes[close_reason(event.reason)].inc()
+    def _open_connections(self) -> int:
+        return self.tally.open_connections
+
+    def _count_fault(self, event: FaultSent) -> None:
+        self._fault_by_status.get(event.status, self._fault_other).inc()
+
+    def _count_close(self, event: ConnectionClosed) -> None:
+        self._closes[close_reason(event.reason)].inc()
 
     def _activation_child(
-        self,
-        cache: dict[tuple[str, int | None], list[float]],
-        family: str,
-        request: KmsRequest | None,
-        result: str,
+        self, family: str, request: KmsRequest | None, result: str
     ) -> list[float]:
-        """Create the labelled counter for (family, version) and cache it when bounded."""
-        child = self.activations.child(family, protocol_label(request), result)
-        if request is None:
-            cache[family, None] = child
-        elif request.major_version in PROTOCOLS:
-            # Unknown versions share the "other" label uncached: attacker-chosen versions
-            # must not grow the dict.
-            cache[family, request.major_version] = child
-        return child
+        """The labelled counter of (family, protocol, result), created on first use."""
+        return self.activations.child(family, protocol_label(request), result)
 
     # --- connections ----------------------------------------------------------------------
-
-    def connection_opened(self) -> None:
-        """A connection was accepted."""
-        self._accepted[0] += 1
-        self.connections_open.value += 1
-
-    def connection_closed(self) -> None:
-        """An accepted connection ended (call once per connection_opened)."""
-        self.connections_open.value -= 1
 
     def connection_rejected(self, outcome: str) -> None:
         """A connection was turned away: "rejected_limit", "rejected_source_limit" or

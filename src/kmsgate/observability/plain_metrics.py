@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 import time
-from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import prometheus_client.metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from kmsgate.observability.tallies import HistogramTally
 
 
 def created_series() -> bool:
@@ -51,37 +52,35 @@ class PlainCounter(Collector):
 
 
 class PlainGauge(Collector):
-    """An unlabelled gauge: `value` is read at scrape time."""
+    """An unlabelled gauge whose value `read` returns at scrape time."""
 
-    def __init__(self, name: str, documentation: str) -> None:
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         self._name = name
         self._documentation = documentation
-        self.value = 0
+        self._read = read
 
     def describe(self) -> Iterable[Metric]:
         return [GaugeMetricFamily(self._name, self._documentation)]
 
     def collect(self) -> Iterable[Metric]:
-        return [GaugeMetricFamily(self._name, self._documentation, value=float(self.value))]
+        return [GaugeMetricFamily(self._name, self._documentation, value=float(self._read()))]
 
 
 class PlainHistogram(Collector):
-    """An unlabelled histogram: per-bucket counts and a sum, accumulated at scrape time."""
+    """An unlabelled histogram: its tally's per-bucket counts and sum, accumulated at scrape
+    time."""
 
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
         self._name = name
         self._documentation = documentation
-        self._bounds = (*buckets, math.inf)
+        bounds = (*buckets, math.inf)
         # The `le` texts prometheus_client's own Histogram writes.
-        self._le = tuple(floatToGoString(bound) for bound in self._bounds)  # type: ignore[no-untyped-call]
-        self._counts = [0] * len(self._bounds)
-        self._sum = 0.0
+        self._le = tuple(floatToGoString(bound) for bound in bounds)  # type: ignore[no-untyped-call]
+        # Bumped by compiled code (tallies.py); the first bucket whose bound is at least
+        # the amount, as Histogram.observe picks it.
+        self.tally = HistogramTally(bounds)
+        self.observe = self.tally.observe
         self._created = time.time()
-
-    def observe(self, amount: float) -> None:
-        # The first bucket whose bound is at least `amount`, as Histogram.observe picks it.
-        self._counts[bisect_left(self._bounds, amount)] += 1
-        self._sum += amount
 
     def describe(self) -> Iterable[Metric]:
         return [HistogramMetricFamily(self._name, self._documentation)]
@@ -90,10 +89,10 @@ class PlainHistogram(Collector):
         family = HistogramMetricFamily(self._name, self._documentation)
         buckets = []
         total = 0
-        for le, count in zip(self._le, list(self._counts), strict=True):
+        for le, count in zip(self._le, list(self.tally.counts), strict=True):
             total += count
             buckets.append((le, float(total)))
-        family.add_metric([], buckets, self._sum)
+        family.add_metric([], buckets, self.tally.total)
         if created_series():
             family.add_sample(f"{self._name}_created", {}, self._created)
         return [family]

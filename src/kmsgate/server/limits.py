@@ -50,6 +50,8 @@ class ConnectionLimits:
     def __init__(self, settings: ServeSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        # The counts themselves (compiled): reached without a look-up on the interpreted Metrics.
+        self._tally = metrics.tally
         self.source_policy = SourcePolicy.from_strings(settings.allow, settings.deny)
         self._source_verdicts: dict[str, bool] = {}
         self.stats = HostStats()
@@ -92,7 +94,7 @@ class ConnectionLimits:
         self.connections.add(connection)
         self.stats.connections_accepted += 1
         self.stats.connections_open = len(self.connections)
-        self.metrics.connection_opened()
+        self._tally.connection_opened()
         return True
 
     def _admit_source(self, connection: HostConnection, peer: Peer) -> bool:
@@ -150,7 +152,7 @@ class ConnectionLimits:
             return
         self.connections.discard(connection)
         self.stats.connections_open = len(self.connections)
-        self.metrics.connection_closed()
+        self._tally.connection_closed()
         source = self._limits.pop(connection, "")
         left = self._per_source.get(source, 1) - 1
         if left > 0:
