@@ -49,8 +49,14 @@ class PduFramer:
         if self._max_pdu_size is not None and length > self._max_pdu_size:
             buffer.clear()
             raise FramingError(f"PDU of {length} bytes is too large")
-        if len(buffer) < length:
+        held = len(buffer)
+        if held < length:
             return None
+        if held == length:
+            # The usual read: exactly one PDU, taken whole (no slice, no shift of the rest).
+            raw = bytes(buffer)
+            buffer.clear()
+            return raw
         raw = bytes(buffer[:length])
         del buffer[:length]
         return raw
