@@ -8,6 +8,8 @@ import marshal
 import mmap
 from typing import cast
 
+import pytest
+
 from kmsgate.recording.ring import ENTRY_HEADER, RecordRing, ring_bytes
 from kmsgate.recording.ring_reader import KnownEntries, RingReader
 from kmsgate.recording.writer import RecordWriter
@@ -31,6 +33,10 @@ class Taker:
     def submit(self, draft: RecordDraft) -> bool:
         self.taken.append(draft)
         return True
+
+    def submit_many(self, drafts: list[RecordDraft]) -> int:
+        self.taken.extend(drafts)
+        return len(drafts)
 
 
 def make(known: KnownEntries | None) -> tuple[RecordRing, RingReader, Taker]:
@@ -105,3 +111,26 @@ def test_a_corrupt_entry_of_an_earlier_run_costs_no_entry_of_this_one() -> None:
     assert reader.malformed == 2
     assert not known
     assert not reader.unread()
+
+
+@pytest.mark.parametrize("room", [1, 3, 7, 1000])
+def test_known_runs_with_gaps_are_taken_in_order_whatever_the_room(room: int) -> None:
+    """Entries appended while the known deque was full (MAX_KNOWN) leave gaps in it: the
+    reader takes each known run whole, reads each gap from the ring, and never skips."""
+    known: KnownEntries = collections.deque()
+    ring, reader, taker = make(known)
+    taker.max_queue = room
+    made = drafts(20)
+    unknown = {3, 4, 11, 19}  # not kept beside the ring: decoded from it
+    for index, draft in enumerate(made):
+        append(ring, None if index in unknown else known, draft)
+    while reader.unread():
+        reader.drain()
+        taker.written = len(taker.taken)  # the writer committed all it holds: room again
+    assert taker.taken == made
+    assert all(
+        (took is draft) is (index not in unknown)
+        for index, (took, draft) in enumerate(zip(taker.taken, made, strict=True))
+    )
+    assert reader.taken == len(made) and reader.malformed == 0
+    assert not known

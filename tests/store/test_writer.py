@@ -258,6 +258,26 @@ async def test_queue_full_drops_new_records_and_counts_them(
     assert sum("room again" in m and "5 records" in m for m in messages) == 1, messages
 
 
+async def test_submit_many_queues_like_submit_one_by_one() -> None:
+    """All at once when they fit; past the bound, the same drops submit() makes, in order."""
+    fake = FakeStore()
+    fake.fail_with = StoreUnavailable("connection refused")  # nothing leaves the queue
+    dropped: list[RecordDraft] = []
+    writer = writer_for(fake, max_queue=10, on_drop=dropped.append)
+    await writer.start()
+    records = [make_draft(machine_name=f"PC-{i}") for i in range(15)]
+    assert writer.submit_many(records[:6]) == 6
+    assert writer.submit_many([]) == 0
+    assert writer.submit_many(records[6:]) == 4
+    assert (writer.depth, writer.dropped) == (10, 5)
+    assert dropped == records[10:]
+    fake.fail_with = None
+    await wait_for(lambda: writer.written == 10)
+    assert fake.stored == records[:10]
+    await writer.close()
+    assert writer.submit_many(records[:2]) == 0 and writer.dropped == 7  # closed
+
+
 async def test_failing_on_drop_hook_does_not_break_submit() -> None:
     def broken(_: RecordDraft) -> None:
         raise RuntimeError("metrics down")

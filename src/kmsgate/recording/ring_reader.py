@@ -93,13 +93,23 @@ class RingReader:
         known, cursor, writer = self._known, self._cursor, self._writer
         assert known is not None
         number, end = cursor.count, cursor.position
-        taken = 0
-        while known and taken < room and known[0][0] == number + 1:
-            number, _, end, draft = known.popleft()
-            writer.submit(draft)
-            taken += 1
+        # Entry numbers only grow, by one per append: the first `run` known entries follow
+        # the cursor without a gap exactly when the last of them is numbered `number + run`
+        # (a gap: entries appended while MAX_KNOWN were kept, to be read from the ring).
+        # The longest such run, by bisection: taken in one hand-over to the writer.
+        low, high = 0, min(room, len(known))
+        while low < high:
+            middle = (low + high + 1) // 2
+            if known[middle - 1][0] == number + middle:
+                low = middle
+            else:
+                high = middle - 1
+        entries = [known.popleft() for _ in range(low)]
+        if entries:
+            writer.submit_many([entry[3] for entry in entries])
+            number, _, end, _ = entries[-1]
         cursor.count, cursor.position = number, end
-        self.taken += taken
+        self.taken += len(entries)
         self._reads.append((self.taken, end, number))
 
     @property

@@ -146,6 +146,16 @@ class RecordWriter:
         self._wake.set()
         return True
 
+    def submit_many(self, records: list[RecordDraft]) -> int:
+        """submit() each record, in order, with one queue extension and one wake-up when they
+        all fit (the inline writer's drafts, a ring read at a time); how many were queued."""
+        if self._closing or len(self._queue) + len(records) > self._max_queue:
+            return sum(map(self.submit, records))
+        if records:
+            self._queue.extend(records)
+            self._wake.set()
+        return len(records)
+
     def _drop(self, record: RecordDraft) -> None:
         self._dropped += 1
         if self._on_drop is not None:
