@@ -1,4 +1,5 @@
-"""Answers leave together at the end of a loop pass, in order, each to its own client."""
+"""Answers leave together at the end of a loop pass (those opening a conversation, the next),
+in order, each to its own client."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from kmsgate.protocol.client_session import expect_response
 from kmsgate.protocol.messages import encode_request
 from kmsgate.server.host import KmsHost
 from kmsgate.server.outbox import BATCH, AnswerOutbox
-from tests.support.kms import RawClient, make_request
+from tests.support.kms import RawClient, make_request, read_until_closed
 
 
 class Sender:
@@ -60,6 +61,44 @@ async def test_a_full_batch_leaves_at_once_and_the_rest_at_the_end_of_the_pass()
     assert sent == ["a", "b", "c", "d"]
 
 
+async def test_opening_answers_wait_one_pass_more_and_leave_with_the_next_passes() -> None:
+    """A bind's or first activation's answer leaves at the end of the next pass, with what
+    that pass queued; a later answer of a conversation at the end of its own pass."""
+    loop = asyncio.get_running_loop()
+    outbox = AnswerOutbox(loop)
+    sent: list[str] = []
+    outbox.add(Sender("new-1", sent), opening=True)
+    await asyncio.sleep(0)  # the end of this pass: nothing leaves yet
+    assert sent == []
+    outbox.add(Sender("new-2", sent), opening=True)  # read in the next pass
+    await asyncio.sleep(0)
+    assert sent == ["new-1", "new-2"]
+    assert len(outbox) == 0
+    outbox.add(Sender("kept", sent))
+    await asyncio.sleep(0)
+    assert sent == ["new-1", "new-2", "kept"]
+
+
+async def test_an_answer_due_this_pass_takes_the_opening_ones_along() -> None:
+    outbox = AnswerOutbox(asyncio.get_running_loop())
+    sent: list[str] = []
+    outbox.add(Sender("new", sent), opening=True)
+    outbox.add(Sender("kept", sent))
+    await asyncio.sleep(0)
+    assert sent == ["new", "kept"]  # in the order queued, nothing held back
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sent == ["new", "kept"]  # the opening answer's later flush sends nothing twice
+
+
+async def test_opening_answers_still_leave_at_once_in_a_full_batch() -> None:
+    outbox = AnswerOutbox(asyncio.get_running_loop(), batch=3)
+    sent: list[str] = []
+    for name in "abc":
+        outbox.add(Sender(name, sent), opening=True)
+    assert sent == ["a", "b", "c"]
+
+
 async def test_one_failing_connection_does_not_hold_back_the_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -96,3 +135,21 @@ async def test_clients_answered_in_one_pass_each_get_their_own_answer() -> None:
         assert host.stats.activations == len(clients)
         for client in clients:
             await client.close()
+
+
+@pytest.mark.integration
+async def test_a_client_that_half_closes_after_its_first_request_gets_its_answer() -> None:
+    """The first answer waits a pass in the outbox; the end of input must not drop it."""
+    settings = ServeSettings(listen=["127.0.0.1:0"], idle_timeout=5.0)  # type: ignore[arg-type]
+    async with KmsHost(settings) as host:
+        for round_ in range(20):  # the EOF read in the request's pass or a later one
+            client = await RawClient.connect(host.port)
+            await client.bind()
+            request = make_request(6, name=f"pc-{round_}.example.test")
+            client.session.send_request(encode_request(request, os.urandom(16)))
+            client.writer.write(client.session.data_to_send())
+            client.writer.write_eof()
+            verified = expect_response(await client.read_event()).verify()
+            assert verified.response.client_machine_id == request.client_machine_id
+            assert await read_until_closed(client.reader) == b""
+        assert host.stats.activations == 20

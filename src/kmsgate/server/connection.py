@@ -172,6 +172,7 @@ class KmsConnection(asyncio.Protocol):
             host.record(self.peer, event)
         answered = session.requests_answered
         if answered != self._answered:
+            opening = self._answered == 0
             self._answered = answered
             # Only KMS requests count as activity: binds alone, or bytes dribbled without
             # completing a PDU, keep no connection open past the idle timeout.
@@ -183,21 +184,23 @@ class KmsConnection(asyncio.Protocol):
                 host.metrics.observe_request(time.perf_counter() - started)
                 return
             if out:
-                self._send(out)
+                self._send(out, opening=opening)
             host.metrics.observe_request(time.perf_counter() - started)
         elif out:
-            self._send(out)
+            # A bind's answer (or a fault) before any activation: the conversation opens.
+            self._send(out, opening=self._answered == 0)
         self._after_answers(session, transport)
 
-    def _send(self, out: bytes) -> None:
-        """Queue answers for the end of this loop pass (server/outbox.py), in order."""
+    def _send(self, out: bytes, *, opening: bool = False) -> None:
+        """Queue answers for the end of this loop pass (server/outbox.py), in order; those
+        opening the conversation for the end of the next."""
         outbox = self._host.outbox
         if outbox is None:
             assert self._transport is not None
             self._transport.write(out)
         elif self._unsent is None:
             self._unsent = out
-            outbox.add(self)
+            outbox.add(self, opening=opening)
         else:
             self._unsent += out
 
@@ -273,6 +276,14 @@ class KmsConnection(asyncio.Protocol):
             self.data_received(bytes(backlog))
         if self._held is None:
             self._resume_reading(_PAUSED_FOR_RECORDS)
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its last request: its answers may still wait in
+        # the outbox (an opening answer waits a pass more); they leave before the transport
+        # closes, as it does when this returns None. Answers held for their records are not
+        # here: reading (and so the end of input) waits for them.
+        self.send_queued()
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Dropped, not only cancelled: the idle timer holds a bound method of this
