@@ -25,7 +25,7 @@ import kmsgate
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.catalog.families import UNKNOWN_FAMILY, family_label
 from kmsgate.observability.plain_metrics import PlainCounter, PlainGauge, PlainHistogram
-from kmsgate.observability.tallies import EventTally
+from kmsgate.observability.tallies import PROTOCOLS, EventTally
 from kmsgate.protocol import rpc
 from kmsgate.protocol.events import (
     ConnectionClosed,
@@ -48,7 +48,6 @@ REQUEST_DURATION_BUCKETS: Final = (
     0.05,
     0.1,
 )
-PROTOCOLS: Final = {4: "v4", 5: "v5", 6: "v6"}
 FAULT_REASONS: Final = {
     rpc.NCA_UNK_IF: "unknown_context",
     rpc.NCA_OP_RNG_ERROR: "bad_opnum",

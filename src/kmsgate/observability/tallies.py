@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from typing import Final
 
 from kmsgate.catalog.families import UNKNOWN_FAMILY
 from kmsgate.net import Peer
@@ -22,9 +23,10 @@ from kmsgate.protocol.events import (
 )
 from kmsgate.protocol.messages import KmsRequest
 
-# Child counters of the activations family are cached by (family, major version) for these
-# versions only: attacker-chosen versions must not grow the cache.
-CACHED_VERSIONS = frozenset({4, 5, 6})
+# The protocol label of each KMS major version; any other is "other". Child counters of the
+# activations family are cached by (family, major version) for these versions only:
+# attacker-chosen versions must not grow the cache.
+PROTOCOLS: Final = {4: "v4", 5: "v5", 6: "v6"}
 
 # (family, request or None, "activated" | "refused") -> the labelled counter's [count, created].
 ActivationChild = Callable[[str, KmsRequest | None, str], list[float]]
@@ -82,7 +84,7 @@ class EventTally:
             child = self._served.get(key)
             if child is None:
                 child = self._activation_child(family, request, "activated")
-                if request.major_version in CACHED_VERSIONS:
+                if request.major_version in PROTOCOLS:
                     self._served[key] = child
             child[0] += 1
         elif isinstance(event, ActivationRefused):
@@ -92,7 +94,7 @@ class EventTally:
             found = self._refused.get((family, version))
             if found is None:
                 found = self._activation_child(family, refused, "refused")
-                if version is None or version in CACHED_VERSIONS:
+                if version is None or version in PROTOCOLS:
                     self._refused[family, version] = found
             found[0] += 1
         elif isinstance(event, FaultSent):
