@@ -1,7 +1,9 @@
-"""Builds the C extensions: the block-cipher accelerator, and the hot path compiled by mypyc.
+"""Builds the C extensions: the block-cipher accelerator, the common exchange's byte layout,
+and the hot path compiled by mypyc.
 
-Both are optional at run time: kmsgate falls back to pure Python without the cipher
-(protocol/crypto.py), and to the modules' source without the mypyc build (kmsgate/_native.py).
+All are optional at run time: kmsgate falls back to pure Python without the cipher
+(protocol/crypto.py) or the layout (protocol/wire.py), and to the modules' source without the
+mypyc build (kmsgate/_native.py).
 KMSGATE_PURE_PYTHON_HOT_PATH=1 at build time skips mypyc.
 """
 
@@ -86,6 +88,13 @@ setup(
             define_macros=[("KMSGATE_LIBCRYPTO", "1")] if LIBCRYPTO else [],
             libraries=["crypto"] if LIBCRYPTO else [],
             # Built against the stable ABI (Py_LIMITED_API in the source): one wheel per platform.
+            py_limited_api=True,
+        ),
+        Extension(
+            "kmsgate.protocol._wire",
+            sources=["src/kmsgate/protocol/_wire.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
             py_limited_api=True,
         ),
         *NATIVE,

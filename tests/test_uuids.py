@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kmsgate.uuids import uuid_bytes, uuid_bytes_le, uuid_cache, uuid_from_bytes_le
+from kmsgate.uuids import (
+    uuid_bytes,
+    uuid_bytes_le,
+    uuid_cache,
+    uuid_from_bytes,
+    uuid_from_bytes_le,
+)
 
 
 @pytest.mark.parametrize("little_endian", [True, False])
@@ -55,7 +61,17 @@ def test_the_fast_constructor_builds_the_same_uuid(raw: bytes) -> None:
         built.int = 0  # type: ignore[misc]  # immutable like any UUID
 
 
+@given(st.binary(min_size=16, max_size=16))
+def test_the_big_endian_constructor_builds_the_same_uuid(raw: bytes) -> None:
+    built, reference = uuid_from_bytes(raw), uuid.UUID(bytes=raw)
+    assert built == reference and hash(built) == hash(reference)
+    assert (built.bytes, str(built), built.is_safe) == (raw, str(reference), reference.is_safe)
+    assert pickle.loads(pickle.dumps(built)) == reference
+
+
 @pytest.mark.parametrize("size", [0, 15, 17])
-def test_the_fast_constructor_refuses_other_sizes(size: int) -> None:
+def test_the_fast_constructors_refuse_other_sizes(size: int) -> None:
     with pytest.raises(ValueError, match="16"):
         uuid_from_bytes_le(bytes(size))
+    with pytest.raises(ValueError, match="16"):
+        uuid_from_bytes(bytes(size))

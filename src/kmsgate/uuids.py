@@ -26,8 +26,15 @@ def uuid_from_bytes_le(raw: bytes) -> uuid.UUID:
     """
     if len(raw) != 16:
         raise ValueError("bytes_le is not a 16-char string")
+    return uuid_from_bytes(raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:])
+
+
+def uuid_from_bytes(raw: bytes) -> uuid.UUID:
+    """uuid.UUID(bytes=raw) for a 16-byte `raw`: its two fields set, no argument checks."""
+    if len(raw) != 16:
+        raise ValueError("bytes is not a 16-char string")
     value = _new_object(_UUID)
-    _set_int(value, int.from_bytes(raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:], "big"))
+    _set_int(value, int.from_bytes(raw, "big"))
     _set_is_safe(value, _UNKNOWN_SAFETY)
     return value
 

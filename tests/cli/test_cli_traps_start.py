@@ -52,6 +52,7 @@ def test_a_normal_start_logs_only_kmsgate_lines_with_readable_addresses(tmp_path
         r"host key windows \(Windows Server 2025, group 4919\): ePID \S+; 6 Office host keys "
         r"\(`kmsgate identity show`\)",
         r"cipher: (C accelerator \(abi3, (aes-ni|tables) rounds\)|pure Python \(.+\))",
+        r"wire layout: (C \(abi3\)|Python \(.+\))",
         r"hot path: (compiled \(mypyc\): \d+ modules|Python source \(.+\))",
         rf"web dashboard on http://127\.0\.0\.1:{web}/",
         r"no administrator account yet: create one with `kmsgate users add NAME --admin` .*",

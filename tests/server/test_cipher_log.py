@@ -27,11 +27,15 @@ def test_the_c_accelerator_is_built_for_the_stable_abi() -> None:
     assert spec.origin.endswith(".abi3.so"), spec.origin
 
 
-def _serve_and_read_cipher_line(tmp_path: Path, pure_python: bool, topic: str = "cipher:") -> str:
-    """Start `kmsgate serve`, activate once through it, and return its `topic` log line."""
-    env = {k: v for k, v in os.environ.items() if k != "KMSGATE_PURE_PYTHON_CIPHER"}
+def _serve_and_read_cipher_line(
+    tmp_path: Path, pure_python: bool, topic: str = "cipher:", switch: str = "CIPHER"
+) -> str:
+    """Start `kmsgate serve`, activate once through it, and return its `topic` log line;
+    `pure_python` sets KMSGATE_PURE_PYTHON_<switch>=1."""
+    variable = f"KMSGATE_PURE_PYTHON_{switch}"
+    env = {k: v for k, v in os.environ.items() if k != variable}
     if pure_python:
-        env["KMSGATE_PURE_PYTHON_CIPHER"] = "1"
+        env[variable] = "1"
     port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
@@ -70,3 +74,13 @@ def test_serve_logs_the_compiled_hot_path(tmp_path: Path) -> None:
 def test_serve_logs_the_pure_python_cipher_when_asked(tmp_path: Path) -> None:
     line = _serve_and_read_cipher_line(tmp_path, pure_python=True)
     assert line.endswith("cipher: pure Python (KMSGATE_PURE_PYTHON_CIPHER=1)"), line
+
+
+def test_serve_logs_the_c_wire_layout(tmp_path: Path) -> None:
+    line = _serve_and_read_cipher_line(tmp_path, pure_python=False, topic="wire layout:")
+    assert line.endswith("wire layout: C (abi3)"), line
+
+
+def test_a_host_without_the_c_wire_layout_still_activates(tmp_path: Path) -> None:
+    line = _serve_and_read_cipher_line(tmp_path, True, topic="wire layout:", switch="WIRE")
+    assert line.endswith("wire layout: Python (KMSGATE_PURE_PYTHON_WIRE=1)"), line

@@ -85,6 +85,11 @@ class FragmentReassembler:
         """Stub bytes held for a call whose last fragment has not arrived."""
         return 0 if self._stub is None else len(self._stub)
 
+    @property
+    def pending(self) -> bool:
+        """A call's first fragment is in and its last is not."""
+        return self._stub is not None
+
     def add(self, call: tuple[int, ...], flags: int, stub: bytes) -> bytes | None:
         """One fragment's stub; the whole stub once its last fragment is in, else None."""
         first = flags & rpc.PFC_FIRST_FRAG

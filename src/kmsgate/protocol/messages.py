@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from kmsgate.protocol import crypto
+from kmsgate.protocol import crypto, wire
 from kmsgate.protocol.crypto import xor_bytes
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
-from kmsgate.uuids import uuid_bytes_le, uuid_cache, uuid_from_bytes_le
+from kmsgate.uuids import uuid_bytes, uuid_bytes_le, uuid_cache, uuid_from_bytes, uuid_from_bytes_le
 
 RandomBytes = Callable[[int], bytes]
 
@@ -33,6 +33,16 @@ NIL_UUID = uuid.UUID(int=0)
 
 # Application, SKU and KMS ids (and the usual nil previous CMID) repeat across a fleet.
 _shared_uuid = uuid_cache(4096, little_endian=True)
+# The C layout of a base request, and of a GUID's byte orders (protocol/wire.py), or None.
+_base_request: Final = wire.base_request
+_swap_guid: Final = wire.swap_guid
+
+
+def _guid_le(value: uuid.UUID) -> bytes:
+    """A UUID's bytes_le (the wire's GUID order)."""
+    if _swap_guid is not None:
+        return _swap_guid(uuid_bytes(value))
+    return uuid_bytes_le(value)
 
 
 @dataclass(init=False, unsafe_hash=True, slots=True)
@@ -107,6 +117,24 @@ class KmsRequest:
     @classmethod
     def from_bytes(cls, data: bytes) -> KmsRequest:
         """Decode a 236-byte base request."""
+        fields = _base_request(data) if _base_request is not None else None
+        if fields is not None:
+            (minor, major, vm, status, grace, app, sku, kms, cmid, count, when, prev, name) = fields
+            return cls(
+                major,
+                _shared_uuid(app),
+                _shared_uuid(sku),
+                _shared_uuid(kms),
+                uuid_from_bytes(cmid),  # big-endian already
+                count,
+                when,
+                name,
+                minor,
+                vm,
+                status,
+                grace,
+                _shared_uuid(prev),
+            )
         if len(data) < BASE_REQUEST_SIZE:
             raise KmsMessageError(f"base request needs {BASE_REQUEST_SIZE} bytes, got {len(data)}")
         (minor, major, vm, status, grace, app, sku, kms, cmid, count, when, prev, raw_name) = (
@@ -169,7 +197,7 @@ class KmsResponse:
             _VERSION.pack(self.minor_version, self.major_version)
             + _epid_field(self.epid)
             + _RESPONSE_TAIL.pack(
-                uuid_bytes_le(self.client_machine_id),
+                _guid_le(self.client_machine_id),
                 self.response_time,
                 self.current_client_count,
                 self.activation_interval,

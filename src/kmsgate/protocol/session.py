@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-from kmsgate.protocol import ndr, rpc
+from kmsgate.protocol import ndr, rpc, wire
 from kmsgate.protocol.engine import KmsEngine
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, RpcDecodeError
 from kmsgate.protocol.events import (
@@ -66,6 +67,12 @@ def _negotiate_bind(raw: bytes, ndr64: bool, btfn: bool) -> tuple[rpc.Bind, rpc.
     return bind, rpc.negotiate(bind.contexts, ndr64=ndr64, btfn=btfn)
 
 
+# A context id no PDU carries (they are u16): the session's "not bound".
+UNBOUND = -1
+# The C layout of a plain request and its answer, or None (protocol/wire.py).
+_request_message: Final = wire.request_message
+_response_pdu: Final = wire.response_pdu
+
 # assoc_group_id's offset in a bind_ack or alter_context_resp PDU (header, then 2 u16s).
 _ASSOC_GROUP_AT = rpc.HEADER_SIZE + 4
 
@@ -109,8 +116,8 @@ class ServerSession:
         self._framer = PduFramer(settings.max_pdu_size)
         self._fragments = FragmentReassembler()
         self._outgoing = bytearray()
-        self._ndr32_context: int | None = None
-        self._ndr64_context: int | None = None
+        self._ndr32_context = UNBOUND
+        self._ndr64_context = UNBOUND
         self.closed = False
         self.requests_served = 0
         self.requests_answered = 0
@@ -147,6 +154,12 @@ class ServerSession:
 
     def _handle(self, raw: bytes, now: int) -> list[Event]:
         self.pdus_handled += 1
+        if _request_message is not None and not self._fragments.pending:
+            plain = _request_message(raw, self._ndr32_context, self._ndr64_context)
+            if plain is not None:
+                call_id, context_id, ndr64, message = plain
+                syntax = TransferSyntax.NDR64 if ndr64 else TransferSyntax.NDR32
+                return self._serve(call_id, context_id, syntax, message, now)
         try:
             if raw[2] in (rpc.PType.BIND, rpc.PType.ALTER_CONTEXT):
                 bind, outcome = _negotiate_bind(raw, self._settings.ndr64, self._settings.btfn)
@@ -196,48 +209,71 @@ class ServerSession:
             return [self._close(str(exc))]
         if stub is None:
             return []
-        if request.context_id == self._ndr32_context:
+        call_id, context_id = request.call_id, request.context_id
+        if context_id == self._ndr32_context:
             syntax = TransferSyntax.NDR32
-        elif request.context_id == self._ndr64_context:
+        elif context_id == self._ndr64_context:
             syntax = TransferSyntax.NDR64
         else:
-            return [self._fault(request, rpc.NCA_UNK_IF, f"context {request.context_id} unbound")]
+            return [self._fault(request, rpc.NCA_UNK_IF, f"context {context_id} unbound")]
         if request.opnum != 0:
             return [self._fault(request, rpc.NCA_OP_RNG_ERROR, f"opnum {request.opnum}")]
+        try:
+            message = ndr.unwrap_request(stub, syntax)
+        except KmsMessageError as exc:
+            return [self._refuse(call_id, context_id, syntax, None, exc.hresult, exc.reason)]
+        return self._serve(call_id, context_id, syntax, message, now)
+
+    def _serve(
+        self, call_id: int, context_id: int, syntax: TransferSyntax, message: bytes, now: int
+    ) -> list[Event]:
+        """Answer one whole KMS request message that came on a bound context."""
         decoded: DecodedRequest | None = None
         try:
-            decoded = decode_request(ndr.unwrap_request(stub, syntax))
+            decoded = decode_request(message)
             if self._request_policy is not None:
                 # Before the engine: a refused request must not count as a client either.
                 refusal = self._request_policy(decoded.request, now)
                 if refusal is not None:
-                    return [self._refuse(request, syntax, decoded, refusal.hresult, refusal.reason)]
+                    return [
+                        self._refuse(
+                            call_id, context_id, syntax, decoded, refusal.hresult, refusal.reason
+                        )
+                    ]
             response = self._engine.respond(decoded, now)
             reply = encode_response(
                 decoded, response, random_bytes=self._random_bytes, hwid=self._settings.hwid
             )
         except KmsMessageError as exc:
-            return [self._refuse(request, syntax, decoded, exc.hresult, exc.reason)]
+            return [self._refuse(call_id, context_id, syntax, decoded, exc.hresult, exc.reason)]
         except LocalProtocolError as exc:
             # The host could not build an answer (e.g. a misconfigured ePID): the client still
             # gets a well-formed refusal, as a genuine host would send.
-            return [self._refuse(request, syntax, decoded, HResult.INVALID_DATA, str(exc))]
-        reply_stub = ndr.wrap_response(reply, syntax)
-        self._outgoing += rpc.encode_response_pdu(request.call_id, request.context_id, reply_stub)
+            return [
+                self._refuse(call_id, context_id, syntax, decoded, HResult.INVALID_DATA, str(exc))
+            ]
+        pdu = None
+        if _response_pdu is not None:
+            pdu = _response_pdu(call_id, context_id, syntax is TransferSyntax.NDR64, reply)
+        if pdu is None:
+            reply_stub = ndr.wrap_response(reply, syntax)
+            pdu = rpc.encode_response_pdu(call_id, context_id, reply_stub)
+        self._outgoing += pdu
         self.requests_served += 1
         self.requests_answered += 1
-        return [ActivationServed(request.call_id, syntax, decoded.request, response)]
+        return [ActivationServed(call_id, syntax, decoded.request, response)]
 
     def _refuse(
         self,
-        request: rpc.Request,
+        call_id: int,
+        context_id: int,
         syntax: TransferSyntax,
         decoded: DecodedRequest | None,
         hresult: int,
         reason: str,
     ) -> ActivationRefused:
         error_stub = ndr.wrap_error(hresult, syntax)
-        self._outgoing += rpc.encode_response_pdu(request.call_id, request.context_id, error_stub)
+        self._outgoing += rpc.encode_response_pdu(call_id, context_id, error_stub)
         self.requests_answered += 1
         parsed = decoded.request if decoded else None
-        return ActivationRefused(request.call_id, syntax, parsed, hresult, reason)
+        return ActivationRefused(call_id, syntax, parsed, hresult, reason)

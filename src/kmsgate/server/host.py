@@ -20,7 +20,7 @@ from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.observability.activation_log import log_activation
 from kmsgate.observability.metrics import Metrics
-from kmsgate.protocol import crypto
+from kmsgate.protocol import crypto, wire
 from kmsgate.protocol.counting import SeenClients
 from kmsgate.protocol.engine import EngineConfig, KmsEngine
 from kmsgate.protocol.events import (
@@ -215,6 +215,7 @@ class KmsHost(ConnectionLimits):
         for host, port in self.addresses:
             log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         log.info("cipher: %s", crypto.CIPHER_BACKEND)
+        log.info("wire layout: %s", wire.WIRE_BACKEND)
         log.info("hot path: %s", _native.NATIVE_STATUS)
         if upstream is not None:
             log.info("relaying every connection to %s", self.settings.upstream)

@@ -1,0 +1,39 @@
+"""The common exchange's byte layout in C (_wire.c), when built and not turned off.
+
+Each function mirrors the Python reference (rpc, ndr, messages) for the common case and
+returns None for the rest, which the reference then decides. None in place of a function:
+the extension is not built, or KMSGATE_PURE_PYTHON_WIRE=1 asks for the reference alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Final
+
+RequestMessage = Callable[[bytes, int, int], "tuple[int, int, bool, bytes] | None"]
+# (minor, major, VM, licence status, grace, application, SKU, KMS id, CMID big-endian,
+#  client count, request time, previous CMID, machine name)
+BaseFields = tuple[int, int, int, int, int, bytes, bytes, bytes, bytes, int, int, bytes, str]
+BaseRequest = Callable[[bytes], "BaseFields | None"]
+SwapGuid = Callable[[bytes], bytes]
+ResponsePdu = Callable[[int, int, bool, bytes], "bytes | None"]
+
+
+def _load() -> tuple[object | None, str]:
+    if os.environ.get("KMSGATE_PURE_PYTHON_WIRE") == "1":
+        return None, "Python (KMSGATE_PURE_PYTHON_WIRE=1)"
+    try:
+        module = importlib.import_module("kmsgate.protocol._wire")
+    except ImportError:
+        return None, "Python (C layout not built)"
+    abi = "abi3" if ".abi3." in str(getattr(module, "__file__", "")) else "version-specific build"
+    return module, f"C ({abi})"
+
+
+_MODULE, WIRE_BACKEND = _load()
+request_message: Final[RequestMessage | None] = getattr(_MODULE, "request_message", None)
+base_request: Final[BaseRequest | None] = getattr(_MODULE, "base_request", None)
+swap_guid: Final[SwapGuid | None] = getattr(_MODULE, "swap_guid", None)
+response_pdu: Final[ResponsePdu | None] = getattr(_MODULE, "response_pdu", None)
