@@ -324,3 +324,21 @@ def test_the_reference_path_answers_every_vector_byte_for_byte_as_the_c_path() -
     assert with_c["answers"] == reference["answers"]
     answers = with_c["answers"]
     assert isinstance(answers, dict) and len(answers) == len(vectors.conversation_names())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.one_of(st.binary(max_size=40), st.sampled_from(client_pdus())))
+@example(data=bytes([5, 0, 0, 3, 0x10, 0, 0, 0, 16, 0]) + bytes(6))  # frag_length 16: the least
+@example(data=bytes([5, 0, 0, 3, 0x10, 0, 0, 0, 15, 0]) + bytes(6))
+@example(data=bytes([5, 1, 0, 3, 0x10, 0, 0, 0, 16, 0]) + bytes(6))
+@example(data=bytes([5, 2, 0, 3, 0x10, 0, 0, 0, 16, 0]) + bytes(6))
+@example(data=bytes([4, 0, 0, 3, 0x10, 0, 0, 0, 16, 0]) + bytes(6))
+@example(data=bytes([5, 0, 0, 3, 0x00, 0, 0, 0, 16, 0]) + bytes(6))
+def test_frag_length_is_the_references_or_none(data: bytes) -> None:
+    assert wire.frag_length is not None
+    try:
+        expected: int | None = rpc.checked_frag_length(data)
+    except RpcDecodeError:
+        expected = None
+    assert wire.frag_length(data) == expected
+    assert wire.frag_length(bytearray(data)) == expected

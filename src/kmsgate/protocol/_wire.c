@@ -106,6 +106,24 @@ failed:
     return NULL;
 }
 
+/* rpc.checked_frag_length of a PDU's first bytes (bytes or bytearray) that pass its checks. */
+static PyObject *wire_frag_length(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)view.buf;
+    long length = -1;
+    if (view.len >= HEADER_SIZE && p[0] == 5 && p[1] <= 1 && p[4] == DREP_LITTLE_ENDIAN &&
+        get16(p + 8) >= HEADER_SIZE)
+        length = get16(p + 8);
+    PyBuffer_Release(&view);
+    if (length < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(length);
+}
+
 /*
  * rpc.decode_request_pdu, FragmentReassembler.add and ndr.unwrap_request for a whole
  * single-fragment request, without an object UUID, for opnum 0 on a bound context.
@@ -267,6 +285,9 @@ static PyObject *wire_response_pdu(PyObject *self, PyObject *const *args, Py_ssi
 }
 
 static PyMethodDef wire_methods[] = {
+    {"frag_length", wire_frag_length, METH_O,
+     "frag_length(data) -> int | None\nThe frag_length of the PDU data starts with, when its\n"
+     "common header passes the reference's checks; else None."},
     {"request_message", (PyCFunction)(void (*)(void))wire_request_message, METH_FASTCALL,
      "request_message(pdu, ndr32_context, ndr64_context) -> (call_id, context_id, ndr64,\n"
      "message) | None\nThe KMS message of a whole single-fragment request (opnum 0, bound\n"

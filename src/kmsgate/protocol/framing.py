@@ -6,10 +6,14 @@ two classes, so they agree on what a PDU boundary and a broken fragment sequence
 
 from __future__ import annotations
 
-from kmsgate.protocol import rpc
+from typing import Final
+
+from kmsgate.protocol import rpc, wire
 from kmsgate.protocol.errors import FramingError, RpcDecodeError
 
 DEFAULT_MAX_PDU = 5840
+# The C reading of a header (protocol/wire.py), or None.
+_frag_length: Final = wire.frag_length
 # A KMS request is a few hundred bytes; fragments beyond this are an attack, not a client.
 MAX_REASSEMBLED_STUB = 8192
 
@@ -41,11 +45,13 @@ class PduFramer:
         buffer = self._buffer
         if len(buffer) < rpc.HEADER_SIZE:
             return None
-        try:
-            length = rpc.checked_frag_length(buffer)
-        except RpcDecodeError as exc:
-            buffer.clear()
-            raise FramingError(str(exc)) from None
+        length = _frag_length(buffer) if _frag_length is not None else None
+        if length is None:  # the reference decides (and names what is wrong)
+            try:
+                length = rpc.checked_frag_length(buffer)
+            except RpcDecodeError as exc:
+                buffer.clear()
+                raise FramingError(str(exc)) from None
         if self._max_pdu_size is not None and length > self._max_pdu_size:
             buffer.clear()
             raise FramingError(f"PDU of {length} bytes is too large")

@@ -58,30 +58,32 @@ ActivationRefused carrying the decoded request.
 """
 
 
-@functools.lru_cache(maxsize=512)
-def _negotiate_bind(raw: bytes, ndr64: bool, btfn: bool) -> tuple[rpc.Bind, rpc.Negotiation]:
-    """Decode and answer a bind; cached because a client fleet sends identical binds."""
-    bind = rpc.decode_pdu(raw)
-    if not isinstance(bind, rpc.Bind):
-        raise RpcDecodeError("not a bind PDU")
-    return bind, rpc.negotiate(bind.contexts, ndr64=ndr64, btfn=btfn)
-
-
 # A context id no PDU carries (they are u16): the session's "not bound".
 UNBOUND = -1
 # The C layout of a plain request and its answer, or None (protocol/wire.py).
 _request_message: Final = wire.request_message
 _response_pdu: Final = wire.response_pdu
+# The PDU types a host negotiates on, as plain ints (an IntEnum compares at Python speed).
+_BIND: Final = int(rpc.PType.BIND)
+_ALTER_CONTEXT: Final = int(rpc.PType.ALTER_CONTEXT)
 
 # assoc_group_id's offset in a bind_ack or alter_context_resp PDU (header, then 2 u16s).
 _ASSOC_GROUP_AT = rpc.HEADER_SIZE + 4
 
 
 @functools.lru_cache(maxsize=512)
-def _bind_ack_bytes(raw: bytes, ndr64: bool, btfn: bool, port: int) -> bytes:
-    """The encoded answer to an accepted bind, its assoc_group_id 0 (each session sets its own)."""
-    bind, outcome = _negotiate_bind(raw, ndr64, btfn)
-    return rpc.encode_pdu(
+def _answer_bind(
+    raw: bytes, ndr64: bool, btfn: bool, port: int
+) -> tuple[rpc.Bind, rpc.Negotiation, bytes]:
+    """Decode and negotiate a bind, and encode its acceptance with assoc_group_id 0 (each
+    session sets its own); cached because a client fleet sends identical binds."""
+    bind = rpc.decode_pdu(raw)
+    if not isinstance(bind, rpc.Bind):
+        raise RpcDecodeError("not a bind PDU")
+    outcome = rpc.negotiate(bind.contexts, ndr64=ndr64, btfn=btfn)
+    if not bind.contexts:
+        return bind, outcome, b""  # refused: nothing to accept
+    ack = rpc.encode_pdu(
         rpc.BindAck(
             call_id=bind.call_id,
             results=outcome.results,
@@ -94,6 +96,7 @@ def _bind_ack_bytes(raw: bytes, ndr64: bool, btfn: bool, port: int) -> bytes:
             alter=bind.alter,
         )
     )
+    return bind, outcome, ack
 
 
 class ServerSession:
@@ -161,9 +164,10 @@ class ServerSession:
                 syntax = TransferSyntax.NDR64 if ndr64 else TransferSyntax.NDR32
                 return self._serve(call_id, context_id, syntax, message, now)
         try:
-            if raw[2] in (rpc.PType.BIND, rpc.PType.ALTER_CONTEXT):
-                bind, outcome = _negotiate_bind(raw, self._settings.ndr64, self._settings.btfn)
-                return [self._bind(raw, bind, outcome)]
+            if raw[2] in (_BIND, _ALTER_CONTEXT):
+                settings = self._settings
+                answer = _answer_bind(raw, settings.ndr64, settings.btfn, settings.port)
+                return [self._bind(*answer)]
             pdu = rpc.decode_request_pdu(raw)
         except RpcDecodeError as exc:
             return [self._close(str(exc))]
@@ -174,7 +178,7 @@ class ServerSession:
     def _send(self, pdu: rpc.Pdu) -> None:
         self._outgoing += rpc.encode_pdu(pdu)
 
-    def _bind(self, raw: bytes, bind: rpc.Bind, outcome: rpc.Negotiation) -> Event:
+    def _bind(self, bind: rpc.Bind, outcome: rpc.Negotiation, ack: bytes) -> Event:
         if not bind.contexts:
             self._send(rpc.BindNak(bind.call_id, rpc.BindNakReason.NOT_SPECIFIED))
             return self._close("bind without presentation contexts")
@@ -182,8 +186,6 @@ class ServerSession:
             self._ndr32_context = outcome.ndr32_context
         if outcome.ndr64_context is not None:
             self._ndr64_context = outcome.ndr64_context
-        settings = self._settings
-        ack = _bind_ack_bytes(raw, settings.ndr64, settings.btfn, settings.port)
         out = self._outgoing
         at = len(out) + _ASSOC_GROUP_AT
         out += ack

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Final
 
+FragLength = Callable[[bytes | bytearray], "int | None"]
 RequestMessage = Callable[[bytes, int, int], "tuple[int, int, bool, bytes] | None"]
 # (minor, major, VM, licence status, grace, application, SKU, KMS id, CMID big-endian,
 #  client count, request time, previous CMID, machine name)
@@ -33,6 +34,7 @@ def _load() -> tuple[object | None, str]:
 
 
 _MODULE, WIRE_BACKEND = _load()
+frag_length: Final[FragLength | None] = getattr(_MODULE, "frag_length", None)
 request_message: Final[RequestMessage | None] = getattr(_MODULE, "request_message", None)
 base_request: Final[BaseRequest | None] = getattr(_MODULE, "base_request", None)
 swap_guid: Final[SwapGuid | None] = getattr(_MODULE, "swap_guid", None)
