@@ -746,3 +746,14 @@ def test_the_c_seal_rejects_bad_arguments() -> None:
             seal(*args)
     with pytest.raises(TypeError, match="8 arguments"):
         seal(*good[:7])  # type: ignore[call-arg]
+
+
+def test_v6_hmac_key_follows_the_slot_of_each_time_asked() -> None:
+    # The current slot's key is kept: times that come back to an earlier slot, or offsets
+    # asked between, must still get their own slot's key.
+    slot_ticks = 0x00000022816889BD
+    times = [A2_TIME, A2_TIME + slot_ticks, A2_TIME, A2_TIME + 3 * slot_ticks, A2_TIME + 1]
+    for when in times:
+        slot = ((when // slot_ticks) * 0x000000208CBAB5ED + 0x3156CD5AC628477A) % 2**64
+        assert crypto.v6_hmac_key(when) == crypto.sha256(slot.to_bytes(8, "little"))[16:]
+        assert crypto.v6_hmac_key(when, 1) != crypto.v6_hmac_key(when)

@@ -144,10 +144,28 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+class _SlotKey:
+    """The host's current time slot and its key: every answer of ~4 hours asks for it."""
+
+    def __init__(self) -> None:
+        self.slot = -1
+        self.key = b""
+
+
+_current = _SlotKey()
+
+
 def v6_hmac_key(filetime: int, slot_offset: int = 0) -> bytes:
     """16-byte v6 HMAC key for a FILETIME (§12.6); slot_offset t adds t·C1 like vlmcs does."""
     _check_filetime(filetime)
-    return _v6_slot_key(filetime // _TIME_C1, slot_offset)
+    slot = filetime // _TIME_C1
+    if slot_offset:
+        return _v6_slot_key(slot, slot_offset)
+    current = _current
+    if slot != current.slot:
+        current.key = _v6_slot_key(slot, 0)
+        current.slot = slot
+    return current.key
 
 
 def _check_filetime(filetime: int) -> None:

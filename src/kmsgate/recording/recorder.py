@@ -63,6 +63,8 @@ class ActivationRecorder:
         # Keyed by the ids' integers: a UUID's __hash__ and __eq__ run interpreted.
         self._products: dict[tuple[int, int, int], _Product] = {}
         self._undecodable = ("undecodable request", product_family_label(catalog, None))
+        self._last_ids: tuple[object, object, object] = (None, None, None)
+        self._last_product: _Product = (b"", b"", "", b"", "")
 
     def __call__(self, peer: Peer, event: Event) -> None:
         # Called for every session event (binds, closes...): a tuple, not a union built per call.
@@ -104,7 +106,13 @@ class ActivationRecorder:
     def _product_of(self, request: KmsRequest) -> _Product:
         """The request's ids as bytes, its product name and family: one object per product
         for every draft (UUID.bytes builds new bytes each time)."""
-        key = (request.application_id.int, request.sku_id.int, request.kms_counted_id.int)
+        ids = (request.application_id, request.sku_id, request.kms_counted_id)
+        last = self._last_ids
+        # The message decoder shares one UUID object per id: a fleet's run of requests for
+        # one product is the same three objects, compared by identity before any hashing.
+        if ids[0] is last[0] and ids[1] is last[1] and ids[2] is last[2]:
+            return self._last_product
+        key = (ids[0].int, ids[1].int, ids[2].int)
         product = self._products.get(key)
         if product is None:
             if len(self._products) >= NAME_CACHE_SIZE:
@@ -116,4 +124,5 @@ class ActivationRecorder:
                 uuid_bytes(request.kms_counted_id),
                 product_family_label(self._catalog, request),
             )
+        self._last_ids, self._last_product = ids, product
         return product

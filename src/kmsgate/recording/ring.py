@@ -19,12 +19,17 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Final
 
 from kmsgate.errors import KmsgateError
 
 HEADER_BYTES = 4096
 MAGIC = int.from_bytes(b"KMSRING1", "little")
 ENTRY_HEADER = struct.Struct("<II")
+# Bound once: a compiled module looks a module's or an object's attribute up at each use.
+_pack_entry_header: Final = ENTRY_HEADER.pack_into
+_crc32: Final = zlib.crc32
+_ENTRY_HEADER_SIZE: Final = ENTRY_HEADER.size
 WRAP = 0xFFFFFFFF
 ALIGN = 8
 # Words of the header (indices into a memoryview cast to 'Q').
@@ -151,10 +156,10 @@ class RecordRing:
             return 0
         data = self._data
         if skip:
-            ENTRY_HEADER.pack_into(data, offset, WRAP, 0)
+            _pack_entry_header(data, offset, WRAP, 0)
             offset = 0
-        ENTRY_HEADER.pack_into(data, offset, size, zlib.crc32(payload))
-        start = offset + ENTRY_HEADER.size
+        _pack_entry_header(data, offset, size, _crc32(payload))
+        start = offset + _ENTRY_HEADER_SIZE
         data[start : start + size] = payload
         # Count before position: a consumer only follows the position, and a reader of the
         # count alone sees it no later than the entry.
