@@ -8,11 +8,12 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS build
 # gcc and the C library headers compile kmsgate.protocol._cipher (Python's headers ship in
 # the python image), libssl-dev lets it seal v5/v6 responses with libcrypto (libssl3 is in
-# the runtime image: Python's own hashlib links it). Every other dependency installs from a
+# the runtime image: Python's own hashlib links it), zlib1g-dev builds the record ring's C
+# append (zlib1g is in the runtime image too: Python's zlib module links it). Every other dependency installs from a
 # binary wheel.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -24,6 +25,7 @@ COPY src ./src
 # instead if the cipher or the mypyc-compiled hot path did not compile.
 RUN /opt/kmsgate/bin/pip install . \
     && /opt/kmsgate/bin/python -c "import kmsgate.protocol._cipher; from kmsgate.protocol.crypto import ACCELERATED, C_SEAL; assert ACCELERATED and C_SEAL" \
+    && /opt/kmsgate/bin/python -c "import kmsgate.protocol._wire, kmsgate.recording._ring" \
     && /opt/kmsgate/bin/python -c "from kmsgate import _native; assert _native.NATIVE, _native.NATIVE_STATUS"
 
 # ---------------------------------------------------------------- runtime

@@ -1,9 +1,9 @@
 """Builds the C extensions: the block-cipher accelerator, the common exchange's byte layout,
-and the hot path compiled by mypyc.
+the record ring's append, and the hot path compiled by mypyc.
 
 All are optional at run time: kmsgate falls back to pure Python without the cipher
-(protocol/crypto.py) or the layout (protocol/wire.py), and to the modules' source without the
-mypyc build (kmsgate/_native.py).
+(protocol/crypto.py), the layout (protocol/wire.py) or the record ring's append
+(recording/ring.py), and to the modules' source without the mypyc build (kmsgate/_native.py).
 KMSGATE_PURE_PYTHON_HOT_PATH=1 at build time skips mypyc.
 """
 
@@ -58,14 +58,13 @@ def native_extensions() -> list[Extension]:
     return list(extensions)
 
 
-def links_libcrypto() -> bool:
-    """True when OpenSSL 3's headers are here and libcrypto links (Debian: libssl-dev)."""
+def links(library: str, probe: bytes) -> bool:
+    """True when `probe` (a C program) compiles and links with -l`library`."""
     compiler = (sysconfig.get_config_var("CC") or "cc").split()
-    probe = b'#include <openssl/evp.h>\nint main(void) { return !EVP_MD_fetch(0, "SHA256", 0); }\n'
     with tempfile.TemporaryDirectory() as folder:
         try:
             done = subprocess.run(  # noqa: S603 (the compiler Python was built with)
-                [*compiler, "-x", "c", "-", "-o", f"{folder}/probe", "-lcrypto"],
+                [*compiler, "-x", "c", "-", "-o", f"{folder}/probe", f"-l{library}"],
                 input=probe,
                 capture_output=True,
                 check=False,
@@ -73,6 +72,19 @@ def links_libcrypto() -> bool:
         except OSError:
             return False
     return done.returncode == 0
+
+
+def links_libcrypto() -> bool:
+    """True when OpenSSL 3's headers are here and libcrypto links (Debian: libssl-dev)."""
+    return links(
+        "crypto",
+        b'#include <openssl/evp.h>\nint main(void) { return !EVP_MD_fetch(0, "SHA256", 0); }\n',
+    )
+
+
+def links_zlib() -> bool:
+    """True when zlib's headers are here and it links (Debian: zlib1g-dev)."""
+    return links("z", b"#include <zlib.h>\nint main(void) { return !crc32(0L, 0, 0); }\n")
 
 
 NATIVE = native_extensions()
@@ -89,6 +101,20 @@ setup(
             libraries=["crypto"] if LIBCRYPTO else [],
             # Built against the stable ABI (Py_LIMITED_API in the source): one wheel per platform.
             py_limited_api=True,
+        ),
+        *(
+            [
+                Extension(
+                    "kmsgate.recording._ring",
+                    sources=["src/kmsgate/recording/_ring.c"],
+                    optional=True,
+                    extra_compile_args=["-O2"],
+                    libraries=["z"],
+                    py_limited_api=True,
+                )
+            ]
+            if links_zlib()
+            else []
         ),
         Extension(
             "kmsgate.protocol._wire",

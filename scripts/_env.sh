@@ -51,6 +51,11 @@ find_python() {
     return 1
 }
 
+c_sources_changed() {
+    # The C extensions (kmsgate/**/_*.c), built in place by an editable install.
+    [ -n "$(find "$ROOT/src/kmsgate" -name '_*.c' -newer "$1" -print -quit)" ]
+}
+
 native_sources_changed() {
     # The modules mypyc compiles (an editable install builds them in place): an edit since
     # the last install needs a rebuild, or kmsgate runs them from source (kmsgate/_native.py).
@@ -81,9 +86,13 @@ ensure_venv() {
         # OpenSSL's headers: the cipher then seals v5/v6 responses in one C call.
         apt_install libssl-dev || echo "no OpenSSL headers: responses sealed in Python" >&2
     fi
+    if [ ! -f /usr/include/zlib.h ] && command -v apt-get >/dev/null; then
+        # zlib's headers: the record ring's append in C (it checksums each entry).
+        apt_install zlib1g-dev || echo "no zlib headers: the record ring appends in Python" >&2
+    fi
     local stamp="$VENV/.kmsgate-installed${extra:+-$extra}"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] ||
-        [ "$ROOT/src/kmsgate/protocol/_cipher.c" -nt "$stamp" ] ||
+        c_sources_changed "$stamp" ||
         [ "$ROOT/src/kmsgate/__init__.py" -nt "$stamp" ] ||  # __version__: the metadata
         native_sources_changed "$stamp"; then
         # The test tools are a PEP 735 dependency group: `pip install --group` needs pip 25.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import zlib
 
 import pytest
@@ -170,3 +171,88 @@ def test_garbage_in_the_entries_never_breaks_the_reader(
     assert set(got) <= set(payloads)
     consumer.release(cursor)
     assert producer.uncommitted == 0
+
+
+PURE_RING = os.environ.get("KMSGATE_PURE_PYTHON_RING") == "1"
+
+
+def test_rings_over_shared_memory_append_in_c() -> None:
+    # Built wherever kmsgate installs with a C compiler and zlib's headers (CI does).
+    producer, _ = make_ring()
+    assert (producer._c_append is None) is PURE_RING
+
+
+@pytest.mark.skipif(PURE_RING, reason="KMSGATE_PURE_PYTHON_RING=1 turns the C append off")
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(min_size=1, max_size=300).map(lambda b: ("append", b)),
+            st.integers(min_value=1, max_value=20).map(lambda n: ("read", n)),
+            st.just(("release", 0)),
+        ),
+        max_size=150,
+    )
+)
+def test_the_c_append_writes_the_python_appends_bytes(ops: list[tuple[str, object]]) -> None:
+    """Same operations on two rings, one appending in C: every answer and every byte of the
+    two buffers (header words, entries, wrap markers) stay equal."""
+    memories = [mmap.mmap(-1, ring_bytes(2048)) for _ in range(2)]
+    producers = [
+        RecordRing.create(memoryview(memory), 12) for memory in memories
+    ]  # create attaches with the C append when built
+    python = RecordRing(memoryview(memories[1]), accelerated=False)
+    c_side, python_side = producers[0], python
+    assert c_side._c_append is not None and python_side._c_append is None
+    cursors = [RingCursor(0, 0), RingCursor(0, 0)]
+    consumers = [RecordRing(memoryview(memory)) for memory in memories]
+    for op, arg in ops:
+        if op == "append":
+            assert isinstance(arg, bytes)
+            assert c_side.append(arg) == python_side.append(arg)
+        elif op == "read":
+            assert isinstance(arg, int)
+            assert consumers[0].read(cursors[0], arg) == consumers[1].read(cursors[1], arg)
+        else:
+            for consumer, cursor in zip(consumers, cursors, strict=True):
+                consumer.release(cursor)
+        assert memories[0][:] == memories[1][:]
+        assert (c_side.appended, c_side.tail) == (python_side.appended, python_side.tail)
+
+
+def test_the_c_append_refuses_what_it_cannot_hold() -> None:
+    from kmsgate.recording import _ring
+
+    memory = mmap.mmap(-1, ring_bytes(1024))
+    RecordRing.create(memoryview(memory), 10)
+    whole = memoryview(memory)
+    with pytest.raises(ValueError, match="never hold"):
+        _ring.append(whole, 0, 0, b"")
+    with pytest.raises(ValueError, match="never hold"):
+        _ring.append(whole, 0, 0, bytes(2000))
+    with pytest.raises(ValueError, match="aligned"):
+        _ring.append(whole[1:], 0, 0, b"x")
+    with pytest.raises(BufferError):
+        _ring.append(bytes(memory), 0, 0, b"x")  # read-only
+
+
+@pytest.mark.skipif(PURE_RING, reason="KMSGATE_PURE_PYTHON_RING=1 turns the C append off")
+def test_the_c_append_wraps_around_as_the_python_one() -> None:
+    memories = [mmap.mmap(-1, ring_bytes(2048)) for _ in range(2)]
+    for memory in memories:
+        RecordRing.create(memoryview(memory), 12)
+    c_side = RecordRing(memoryview(memories[0]))
+    python_side = RecordRing(memoryview(memories[1]), accelerated=False)
+    consumers = [RecordRing(memoryview(memory)) for memory in memories]
+    cursors = [RingCursor(0, 0), RingCursor(0, 0)]
+    wraps = 0
+    for index in range(200):
+        payload = bytes([index % 251]) * (1 + index * 37 % 400)
+        before = c_side.tail
+        assert c_side.append(payload) == python_side.append(payload) > 0
+        wraps += c_side.tail % 2048 < before % 2048
+        assert memories[0][:] == memories[1][:]
+        for consumer, cursor in zip(consumers, cursors, strict=True):
+            assert consumer.read(cursor, 10) == [payload]
+            consumer.release(cursor)
+    assert wraps > 20

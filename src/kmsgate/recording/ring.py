@@ -16,8 +16,12 @@ the payload, the payload, padded to 8 bytes; a length of WRAP sends the reader t
 
 from __future__ import annotations
 
+import importlib
+import mmap
+import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,6 +30,21 @@ from kmsgate.errors import KmsgateError
 HEADER_BYTES = 4096
 MAGIC = int.from_bytes(b"KMSRING1", "little")
 ENTRY_HEADER = struct.Struct("<II")
+
+
+def _load_c_append() -> Callable[[memoryview, int, int, bytes], int] | None:
+    """_ring.c's append, unless missing or KMSGATE_PURE_PYTHON_RING=1."""
+    if os.environ.get("KMSGATE_PURE_PYTHON_RING") == "1":
+        return None
+    try:
+        module = importlib.import_module("kmsgate.recording._ring")
+    except ImportError:
+        return None
+    append: Callable[[memoryview, int, int, bytes], int] = module.append
+    return append
+
+
+_c_append: Final = _load_c_append()
 # Bound once: a compiled module looks a module's or an object's attribute up at each use.
 _pack_entry_header: Final = ENTRY_HEADER.pack_into
 _crc32: Final = zlib.crc32
@@ -78,8 +97,9 @@ class RingCursor:
 class RecordRing:
     """One side's view of the ring; the producer and the consumer each hold their own."""
 
-    def __init__(self, buffer: memoryview) -> None:
-        """Attach to an initialised ring (see create); RingError when it is not one."""
+    def __init__(self, buffer: memoryview, *, accelerated: bool = True) -> None:
+        """Attach to an initialised ring (see create); RingError when it is not one.
+        `accelerated`: append through _ring.c when built (over an mmap: page-aligned)."""
         if len(buffer) < HEADER_BYTES + ALIGN:
             raise RingError(f"a ring needs more than {HEADER_BYTES} bytes, got {len(buffer)}")
         words = buffer[:HEADER_BYTES].cast("Q")
@@ -93,6 +113,9 @@ class RecordRing:
         self.max_entries = words[_MAX_ENTRIES]
         self.max_payload = capacity // 4 - ENTRY_HEADER.size
         self._data = buffer[HEADER_BYTES : HEADER_BYTES + capacity]
+        self._c_append = _c_append if accelerated and isinstance(buffer.obj, mmap.mmap) else None
+        # The C append's own view of the header and entries (released by close()).
+        self._whole = buffer[: HEADER_BYTES + capacity] if self._c_append is not None else None
         # The producer is the only writer of the tail: it keeps its own copy.
         self._tail = self._words[_TAIL_POS]
         self._count = self._words[_TAIL_COUNT]
@@ -146,6 +169,14 @@ class RecordRing:
         if not 0 < size <= self.max_payload:
             raise RingError(f"an entry of {size} bytes: the ring takes 1 to {self.max_payload}")
         words, capacity, tail = self._words, self.capacity, self._tail
+        if self._c_append is not None and self._whole is not None:
+            tail = self._c_append(self._whole, tail, self._count, payload)
+            if not tail:
+                return 0
+            self._tail = tail
+            self._count += 1
+            appended: int = self._count - words[_HEAD_COUNT]
+            return appended
         waiting: int = self._count - words[_HEAD_COUNT]
         if waiting >= self.max_entries:
             return 0
@@ -248,3 +279,5 @@ class RecordRing:
         """Let go of the buffer (an mmap cannot close while views of it live)."""
         self._words.release()
         self._data.release()
+        if self._whole is not None:
+            self._whole.release()
