@@ -169,7 +169,8 @@ def v6_hmac_key(filetime: int, slot_offset: int = 0) -> bytes:
 
 
 def _check_filetime(filetime: int) -> None:
-    if not 0 <= filetime <= _U64:
+    # A shift, not a comparison with 2**64 - 1: that constant is no machine int, the shift is.
+    if filetime < 0 or filetime >> 64:
         raise LocalProtocolError(f"FILETIME {filetime} is not an unsigned 64-bit value")
 
 
