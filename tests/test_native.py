@@ -139,16 +139,24 @@ def test_the_test_run_exercises_the_compiled_build() -> None:
 
 @pytest.mark.timeout(300)
 def test_the_source_passes_the_protocol_tests_too() -> None:
-    """The suite runs compiled; the Python source of the same modules must pass as well."""
-    env = {**os.environ, "KMSGATE_PURE_PYTHON_HOT_PATH": "1"}
+    """The suite runs compiled; the Python source of the same modules must pass as well, and
+    with the Python reference of the C layout and ring append (every request decoded by
+    rpc.py, ndr.py and messages.py, every draft appended by ring.py)."""
+    env = {
+        **os.environ,
+        "KMSGATE_PURE_PYTHON_HOT_PATH": "1",
+        "KMSGATE_PURE_PYTHON_WIRE": "1",
+        "KMSGATE_PURE_PYTHON_RING": "1",
+    }
     probe = subprocess.run(
-        [sys.executable, "-c", "import kmsgate.protocol.session as s; print(s.__file__)"],
+        [sys.executable, "-c", "import kmsgate.protocol.session as s, kmsgate.protocol.wire as w;"
+         " print(s.__file__, w.WIRE_BACKEND)"],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert probe.stdout.strip().endswith("session.py")
+    assert probe.stdout.strip().endswith("session.py Python (KMSGATE_PURE_PYTHON_WIRE=1)")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "tests/protocol", "tests/server/test_host.py"],
+         "tests/protocol", "tests/server/test_host.py", "tests/store/test_record_ring.py"],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 
 # crypto.py's pure-Python rounds are the code under test; the C extension would hide them.
 export KMSGATE_PURE_PYTHON_CIPHER=1
+# The mutated rpc/ndr/messages code must run: not the C layout that takes the common case.
+export KMSGATE_PURE_PYTHON_WIRE=1
 # Mutants are .py files: the mypyc build of the same modules would shadow them.
 export KMSGATE_PURE_PYTHON_HOT_PATH=1
 
