@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import marshal
 import mmap
 import os
 import zlib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kmsgate.recording.ring import (
@@ -256,3 +257,61 @@ def test_the_c_append_wraps_around_as_the_python_one() -> None:
             assert consumer.read(cursor, 10) == [payload]
             consumer.release(cursor)
     assert wraps > 20
+
+
+_values = st.one_of(
+    st.none(),
+    st.binary(max_size=40),
+    st.text(max_size=40),  # surrogates included: marshal itself encodes those
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),  # not ints to marshal: left to it
+    st.floats(allow_nan=False),
+)
+
+
+@pytest.mark.skipif(PURE_RING, reason="KMSGATE_PURE_PYTHON_RING=1 turns the C append off")
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_values, max_size=20).map(tuple))
+# Each bound on its own: one value beyond 64 bits sends the whole draft through marshal.
+@example(tuple(2**k for k in range(63)) + tuple(-(2**k) for k in range(64)))
+@example((2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**63 - 1, -(2**63)))
+@example((2**64 - 1, 2**64, -(2**63) - 1))
+@example(("é", "\ud800", "", b"", None, 0, -1))
+def test_a_draft_encoded_in_the_ring_is_what_marshal_writes(draft: tuple[object, ...]) -> None:
+    """append_draft encodes a draft's values itself: the entry must be marshal.dumps(draft, 2)
+    byte for byte, whatever path took it (values it does not encode go through marshal)."""
+    memory = mmap.mmap(-1, ring_bytes(8192))
+    ring = RecordRing.create(memoryview(memory), 100)
+    consumer = RecordRing(memoryview(memory))
+    assert ring._c_append_draft is not None
+    assert ring.append_draft(draft) == 1
+    [entry] = consumer.read(RingCursor(0, 0), 10)
+    assert entry == marshal.dumps(draft, 2)
+
+
+@pytest.mark.skipif(PURE_RING, reason="KMSGATE_PURE_PYTHON_RING=1 turns the C append off")
+def test_a_draft_the_ring_cannot_take_fails_as_through_marshal() -> None:
+    memory = mmap.mmap(-1, ring_bytes(1024))
+    ring = RecordRing.create(memoryview(memory), 2)
+    with pytest.raises(ValueError, match="unmarshallable"):
+        ring.append_draft((1, object()))
+    with pytest.raises(RingError):
+        ring.append_draft((b"x" * 2000,))  # beyond any entry
+    assert ring.append_draft((1,)) and ring.append_draft((2,))
+    assert ring.append_draft((3,)) == 0  # max_entries reached: no room now
+    assert ring.uncommitted == 2
+
+
+@pytest.mark.skipif(PURE_RING, reason="KMSGATE_PURE_PYTHON_RING=1 turns the C append off")
+def test_a_record_draft_is_encoded_in_c() -> None:
+    from kmsgate.recording import _ring
+
+    ids = bytes(16)
+    draft = (1_764_000_000_000_000, ids, "host-1", "192.0.2.7", ids, ids, "Windows 11 Pro",
+             ids, "Windows", 2, 6, "activated", 0, "06401-...", "n1")  # fmt: skip
+    memory = mmap.mmap(-1, ring_bytes(4096))
+    RecordRing.create(memoryview(memory), 10)
+    assert _ring.append_draft(memoryview(memory), 0, 0, draft, 1000) > 0  # not left to marshal
+    assert _ring.append_draft(memoryview(memory), 0, 0, (True,), 1000) == -1
+    assert _ring.append_draft(memoryview(memory), 0, 0, (-(2**31), 2**63 - 1), 1000) > 0
+    assert _ring.append_draft(memoryview(memory), 0, 0, draft, 100) == -1  # beyond max_payload

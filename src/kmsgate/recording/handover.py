@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import marshal
 import os
 from collections.abc import Callable
 
@@ -30,10 +29,6 @@ from kmsgate.store.drafts import RecordDraft
 
 log = logging.getLogger("kmsgate.store")
 WAKE_FRAME = encode_frame(("wake",))
-# Drafts are marshalled in format 2: without the table of shared references that formats 3
-# and 4 build per call, which a draft's primitives never need (18 % less a draft).
-DRAFT_MARSHAL_VERSION = 2
-_dumps = marshal.dumps  # one global lookup per draft, not two
 
 
 class RingHandover:
@@ -138,7 +133,7 @@ class RingHandover:
         assert ring is not None
         start = ring.tail
         try:
-            waiting = ring.append(_dumps(draft, DRAFT_MARSHAL_VERSION))
+            waiting = ring.append_draft(draft)
         except (ValueError, RingError):  # not primitives, or larger than any ring holds
             self._base_dropped += 1
             log.error("dropping a record draft that cannot be sent: %.200r", draft)
