@@ -35,6 +35,9 @@ MASK: Final = "***"
 _HANDLER_NAME: Final = "kmsgate"
 # Activation lines held for one loop turn at most; a turn that serves more writes sooner.
 MAX_HELD_LINES: Final = 256
+# A line's milliseconds as the text formatter writes them, by value.
+_MILLIS: Final = tuple(f"{millis:03d}" for millis in range(1000))
+_MAX_MIDDLES: Final = 64
 # What handleError reports when held activation lines could not be written.
 _LOST_LINES = logging.makeLogRecord({"msg": "activation lines lost: the log stream failed"})
 
@@ -164,6 +167,8 @@ class KmsStreamHandler(logging.StreamHandler[TextIO]):
         self._sealed: tuple[list[Any], logging.Formatter] | None = None
         self._second: tuple[int, str] = (-1, "")  # one tuple: threads never see half of it
         self._held: list[str] = []  # activation lines waiting for the end of the loop turn
+        # "Z LEVEL logger: " per (level, logger name): a host logs with one or two.
+        self._middles: dict[tuple[int, str], str] = {}
 
     def seal(self) -> None:
         """Note the filters and the text formatter as set up: the direct path needs them."""
@@ -180,17 +185,19 @@ class KmsStreamHandler(logging.StreamHandler[TextIO]):
         ):
             return False
         # The text formatter's asctime: UTC to the second (cached), then milliseconds as
-        # LogRecord.msecs truncates them.
+        # LogRecord.msecs truncates them; then the level and logger, made once per pair.
         now = time.time()
         second, second_text = self._second
         if int(now) != second:
             second = int(now)
             second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
             self._second = (second, second_text)
-        text = (
-            f"{second_text}.{int((now - second) * 1000):03d}Z "
-            f"{logging.getLevelName(levelno)} {name}: {line}{self.terminator}"
-        )
+        middle = self._middles.get((levelno, name))
+        if middle is None:
+            middle = f"Z {logging.getLevelName(levelno)} {name}: "
+            if len(self._middles) < _MAX_MIDDLES:
+                self._middles[(levelno, name)] = middle
+        text = f"{second_text}.{_MILLIS[int((now - second) * 1000)]}{middle}{line}{self.terminator}"
         # The handler's lock itself: Handler.acquire and release are two more Python calls.
         lock = self.lock
         assert lock is not None  # Handler.__init__ created it
