@@ -4,7 +4,8 @@ setup.py compiles the modules named in native_modules.txt with mypyc. Compiled m
 each other directly, so they load all or none: when one is missing, when a source checkout
 holds a .py newer than its build (an edit not yet rebuilt), or when
 KMSGATE_PURE_PYTHON_HOT_PATH=1, a finder makes every one of them load from its .py.
-Imported by kmsgate/__init__.py before anything else.
+Imported by kmsgate/__init__.py before anything else. Also: how the optional C extensions
+(_cipher.c, _wire.c, _ring.c) are found or skipped (optional_extension).
 """
 
 from __future__ import annotations
@@ -110,3 +111,17 @@ def _choose() -> tuple[bool, str]:
 
 
 NATIVE, NATIVE_STATUS = _choose()
+
+
+def optional_extension(name: str, switch: str) -> tuple[ModuleType | None, str]:
+    """The C extension module `name` and its build ("abi3" or "version-specific build"), or
+    None and why not: KMSGATE_PURE_PYTHON_<switch>=1, or "C extension not built"."""
+    variable = f"KMSGATE_PURE_PYTHON_{switch}"
+    if os.environ.get(variable) == "1":
+        return None, f"{variable}=1"
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None, "C extension not built"
+    built = str(getattr(module, "__file__", ""))
+    return module, "abi3" if ".abi3." in built else "version-specific build"

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kmsgate.observability.logs import MASK, mask_secrets, setup_logging
+from kmsgate.observability.logs import setup_logging
+from kmsgate.observability.masking import MASK, mask_secrets
 from tests.adversarial.web_output import activate_as
 from tests.support.web_node import Node, running
 

@@ -36,9 +36,9 @@ from kmsgate.observability.logs import (
     KmsStreamHandler,
     LogFormat,
     MininfoFormatter,
-    mask_secrets,
     setup_logging,
 )
+from kmsgate.observability.masking import mask_secrets
 from kmsgate.protocol.licensing import license_status_name
 from tests.observability import CMID, EPID, make_request, refused, served
 

@@ -636,7 +636,7 @@ def test_missing_extension_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv("KMSGATE_PURE_PYTHON_CIPHER", raising=False)
     monkeypatch.setattr(importlib, "import_module", missing)
-    assert rijndael._load_accelerator() == (None, "pure Python (C accelerator not built)")
+    assert rijndael._load_accelerator() == (None, "pure Python (C extension not built)")
 
 
 @settings(max_examples=200, deadline=None)

@@ -112,17 +112,20 @@ def test_an_entry_whose_bytes_never_match_is_retried_once_then_skipped_to_the_ta
     assert not consumer.unread(cursor)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
+def ring_operations(max_payload: int, max_size: int) -> st.SearchStrategy[list[tuple[str, object]]]:
+    """Appends, reads of up to 20 entries and releases, interleaved at random."""
+    return st.lists(
         st.one_of(
-            st.binary(min_size=1, max_size=200).map(lambda b: ("append", b)),
+            st.binary(min_size=1, max_size=max_payload).map(lambda b: ("append", b)),
             st.integers(min_value=1, max_value=20).map(lambda n: ("read", n)),
             st.just(("release", 0)),
         ),
-        max_size=200,
+        max_size=max_size,
     )
-)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ring_operations(max_payload=200, max_size=200))
 def test_any_interleaving_delivers_exactly_what_was_accepted(ops: list[tuple[str, object]]) -> None:
     producer, consumer = make_ring(capacity=2048, max_entries=12)
     cursor = RingCursor(0, 0)
@@ -185,16 +188,7 @@ def test_rings_over_shared_memory_append_in_c() -> None:
 
 @pytest.mark.skipif(PURE_RING, reason="KMSGATE_PURE_PYTHON_RING=1 turns the C append off")
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.binary(min_size=1, max_size=300).map(lambda b: ("append", b)),
-            st.integers(min_value=1, max_value=20).map(lambda n: ("read", n)),
-            st.just(("release", 0)),
-        ),
-        max_size=150,
-    )
-)
+@given(ring_operations(max_payload=300, max_size=150))
 def test_the_c_append_writes_the_python_appends_bytes(ops: list[tuple[str, object]]) -> None:
     """Same operations on two rings, one appending in C: every answer and every byte of the
     two buffers (header words, entries, wrap markers) stay equal."""

@@ -8,13 +8,12 @@ every RijndaelCipher (tests and benchmarks flip it here).
 
 from __future__ import annotations
 
-import importlib
-import os
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Protocol, cast
 
+from kmsgate._native import optional_extension
 from kmsgate.protocol.errors import LocalProtocolError
 
 BLOCK_SIZE = 16
@@ -158,15 +157,11 @@ class _CipherModule(Protocol):
 
 def _load_accelerator() -> tuple[_CipherModule | None, str]:
     """The C extension unless missing or disabled by KMSGATE_PURE_PYTHON_CIPHER=1, and why."""
-    if os.environ.get("KMSGATE_PURE_PYTHON_CIPHER") == "1":
-        return None, "pure Python (KMSGATE_PURE_PYTHON_CIPHER=1)"
-    try:
-        module = importlib.import_module("kmsgate.protocol._cipher")
-    except ImportError:
-        return None, "pure Python (C accelerator not built)"
-    abi = "abi3" if ".abi3." in str(getattr(module, "__file__", "")) else "version-specific build"
+    module, build = optional_extension("kmsgate.protocol._cipher", "CIPHER")
+    if module is None:
+        return None, f"pure Python ({build})"
     accelerator = cast(_CipherModule, module)
-    return accelerator, f"C accelerator ({abi}, {accelerator.backend()} rounds)"
+    return accelerator, f"C accelerator ({build}, {accelerator.backend()} rounds)"
 
 
 # CIPHER_BACKEND says which block-cipher path this process runs (the start-up log names it).

@@ -7,10 +7,10 @@ the extension is not built, or KMSGATE_PURE_PYTHON_WIRE=1 asks for the reference
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable
 from typing import Final
+
+from kmsgate._native import optional_extension
 
 FragLength = Callable[[bytes | bytearray], "int | None"]
 RequestMessage = Callable[[bytes, int, int], "tuple[int, int, bool, bytes] | None"]
@@ -22,18 +22,9 @@ SwapGuid = Callable[[bytes], bytes]
 ResponsePdu = Callable[[int, int, bool, bytes], "bytes | None"]
 
 
-def _load() -> tuple[object | None, str]:
-    if os.environ.get("KMSGATE_PURE_PYTHON_WIRE") == "1":
-        return None, "Python (KMSGATE_PURE_PYTHON_WIRE=1)"
-    try:
-        module = importlib.import_module("kmsgate.protocol._wire")
-    except ImportError:
-        return None, "Python (C layout not built)"
-    abi = "abi3" if ".abi3." in str(getattr(module, "__file__", "")) else "version-specific build"
-    return module, f"C ({abi})"
-
-
-_MODULE, WIRE_BACKEND = _load()
+_MODULE, _BUILD = optional_extension("kmsgate.protocol._wire", "WIRE")
+# Which layout this process runs (the start-up log names it).
+WIRE_BACKEND: Final = f"C ({_BUILD})" if _MODULE is not None else f"Python ({_BUILD})"
 frag_length: Final[FragLength | None] = getattr(_MODULE, "frag_length", None)
 request_message: Final[RequestMessage | None] = getattr(_MODULE, "request_message", None)
 base_request: Final[BaseRequest | None] = getattr(_MODULE, "base_request", None)

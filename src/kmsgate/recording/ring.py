@@ -16,16 +16,15 @@ the payload, the payload, padded to 8 bytes; a length of WRAP sends the reader t
 
 from __future__ import annotations
 
-import importlib
 import marshal
 import mmap
-import os
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from kmsgate._native import optional_extension
 from kmsgate.errors import KmsgateError
 
 HEADER_BYTES = 4096
@@ -33,17 +32,8 @@ MAGIC = int.from_bytes(b"KMSRING1", "little")
 ENTRY_HEADER = struct.Struct("<II")
 
 
-def _load_c_ring() -> Any:
-    """_ring.c, unless missing or KMSGATE_PURE_PYTHON_RING=1."""
-    if os.environ.get("KMSGATE_PURE_PYTHON_RING") == "1":
-        return None
-    try:
-        return importlib.import_module("kmsgate.recording._ring")
-    except ImportError:
-        return None
-
-
-_C_RING: Final = _load_c_ring()
+# _ring.c, unless missing or KMSGATE_PURE_PYTHON_RING=1.
+_C_RING: Final = optional_extension("kmsgate.recording._ring", "RING")[0]
 _c_append: Final[Callable[[memoryview, int, int, bytes], int] | None] = getattr(
     _C_RING, "append", None
 )
