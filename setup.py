@@ -75,10 +75,12 @@ def links(library: str, probe: bytes) -> bool:
 
 
 def links_libcrypto() -> bool:
-    """True when OpenSSL 3's headers are here and libcrypto links (Debian: libssl-dev)."""
+    """True when OpenSSL's headers are here, with its SHA256_* calls (an OpenSSL built
+    without its deprecated API has none), and libcrypto links (Debian: libssl-dev)."""
     return links(
         "crypto",
-        b'#include <openssl/evp.h>\nint main(void) { return !EVP_MD_fetch(0, "SHA256", 0); }\n',
+        b"#define OPENSSL_SUPPRESS_DEPRECATED\n#include <openssl/sha.h>\n"
+        b"int main(void) { SHA256_CTX c; return !SHA256_Init(&c); }\n",
     )
 
 
