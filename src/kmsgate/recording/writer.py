@@ -271,8 +271,12 @@ class RecordWriter:
             await asyncio.sleep(min(step, remaining))
 
     def _committed(self, count: int) -> None:
-        for _ in range(count):
-            self._queue.popleft()
+        queue = self._queue
+        if count >= len(queue):
+            queue.clear()  # the whole queue was the batch (the usual case): no loop per record
+        else:
+            for _ in range(count):
+                queue.popleft()
         self._written += count
         self._failing_since = None
         if self._down_since is not None:
