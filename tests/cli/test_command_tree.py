@@ -70,10 +70,9 @@ def test_version_builds_no_command_and_imports_no_settings(tmp_path: Path) -> No
     assert not modules & {"pydantic", "sqlalchemy", "rich.table", "dns.resolver"}
 
 
-def test_a_running_serve_holds_only_its_own_command(tmp_path: Path) -> None:
-    port = free_port()
-    args = ["serve", "--no-store", "--no-web", "--listen", f"127.0.0.1:{port}"]
-    proc, listing = loaded_by(args, tmp_path)
+def modules_of_a_running_serve(args: list[str], port: int, tmp_path: Path) -> set[str]:
+    """The modules a `kmsgate serve` held once it listened on `port`, then was stopped."""
+    proc, listing = loaded_by(["serve", "--listen", f"127.0.0.1:{port}", *args], tmp_path)
     try:
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
@@ -88,7 +87,20 @@ def test_a_running_serve_holds_only_its_own_command(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     modules = set(listing.read_text().split())
     assert "kmsgate.cli.serve" in modules  # the listing is of the serving process
+    return modules
+
+
+def test_a_running_serve_holds_only_its_own_command(tmp_path: Path) -> None:
+    modules = modules_of_a_running_serve(["--no-store", "--no-web"], free_port(), tmp_path)
     assert not modules & NOT_FOR_SERVE
+
+
+def test_a_default_node_holds_no_terminal_renderer(tmp_path: Path) -> None:
+    # The dashboard shares display.py with the CLI's tables; Rich (1 MiB) is the CLI's alone.
+    args = ["--data-dir", str(tmp_path / "data"), "--web", "127.0.0.1:0"]
+    modules = modules_of_a_running_serve(args, free_port(), tmp_path)
+    assert {"kmsgate.web.app", "kmsgate.observability.display"} <= modules
+    assert not modules & (NOT_FOR_SERVE | {"rich", "rich.text"})
 
 
 def test_every_command_is_built_from_its_module_and_listed_in_order() -> None:

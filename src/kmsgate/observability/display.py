@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
-from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 __all__ = ["json_text", "rich_cell", "shown", "template_value"]
 
@@ -43,6 +45,9 @@ def shown(text: str) -> str:
 
 def rich_cell(value: object) -> Text:
     """A Rich table cell showing value literally: no markup, no emoji codes, no controls."""
+    # Imported here: the web pages use this module too, and Rich costs a serving node 1 MiB.
+    from rich.text import Text
+
     return Text("" if value is None else shown(str(value)))
 
 
