@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -10,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from kmsgate.store import migrate
 from kmsgate.store.database import Store
-from kmsgate.store.engine import make_engine
+from kmsgate.store.engine import SQLITE_POOL_OVERFLOW, SQLITE_POOL_SIZE, make_engine
 from kmsgate.store.errors import StoreUnavailable
 from kmsgate.store.sqlite_file import FILE_CHECK_INTERVAL
 from tests.support.records import make_record
@@ -165,3 +166,36 @@ async def test_a_folder_that_cannot_hold_the_file_is_store_unavailable(tmp_path:
     blocker.write_text("not a folder")
     with pytest.raises(StoreUnavailable, match="cannot create the database file"):
         await Store.open(f"sqlite:///{blocker}/kmsgate.db")
+
+
+async def test_a_burst_of_readers_opens_few_connections_and_keeps_fewer(db: Path) -> None:
+    # Each SQLite connection is a thread holding its own memory; the node's budget counts them.
+    engine = make_engine(f"sqlite:///{db}")
+    open_now = most = opened = 0
+
+    def on_connect(*_: Any) -> None:
+        nonlocal open_now, most, opened
+        open_now += 1
+        opened += 1
+        most = max(most, open_now)
+
+    def on_close(*_: Any) -> None:
+        nonlocal open_now
+        open_now -= 1
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    event.listen(engine.sync_engine.pool, "close", on_close)
+
+    async def read(index: int) -> int:
+        async with engine.connect() as conn:
+            value = (await conn.execute(text(f"SELECT {index}"))).scalar_one()
+            await asyncio.sleep(0.02)  # held: the others must open more or wait
+            return int(value)
+
+    try:
+        assert await asyncio.gather(*(read(i) for i in range(40))) == list(range(40))
+        assert most == SQLITE_POOL_SIZE + SQLITE_POOL_OVERFLOW <= 5
+        assert opened >= most  # the burst did open them all
+        assert open_now == SQLITE_POOL_SIZE <= 2  # the burst's extra ones are closed
+    finally:
+        await engine.dispose()

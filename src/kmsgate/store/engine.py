@@ -26,6 +26,12 @@ Dialect = Literal["sqlite", "postgresql"]
 SQLITE_BUSY_TIMEOUT_MS = 5000
 CONNECT_TIMEOUT = 10.0
 SQLITE_CACHE_KIB = 16 * 1024
+# Connections to one SQLite file: kept, and opened beyond those for a burst (closed when it
+# ends). SQLite has one writer at a time; each connection is also a thread whose memory
+# stays with it (page cache, statements, its malloc arena): SQLAlchemy's 5 kept + 10 more
+# took a node 7 MiB over its budget once the dashboard's requests had opened them all.
+SQLITE_POOL_SIZE = 2
+SQLITE_POOL_OVERFLOW = 3
 # Pages the WAL may hold before a commit copies them back (SQLite's default is 1000). Every
 # commit appends each page it dirtied; the checkpoint writes a page once however often it was
 # appended, so a larger WAL means fewer writes per record (about 40 MiB at most here).
@@ -161,7 +167,7 @@ def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
             target,
             # After a PostgreSQL restart pooled connections are dead: test each before use.
             pool_pre_ping=True,
-            pool_size=5,
+            pool_size=SQLITE_POOL_SIZE,
             max_overflow=10,
             # A filtered port would otherwise stall each attempt for asyncpg's default 60 s.
             connect_args={"timeout": CONNECT_TIMEOUT},
@@ -170,7 +176,11 @@ def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
     if path is not None:
         if create:
             create_sqlite_file(path)
-        engine = create_async_engine(_existing_file_url(target, path))
+        engine = create_async_engine(
+            _existing_file_url(target, path),
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=SQLITE_POOL_OVERFLOW,
+        )
     else:
         # An in-memory database lives in one connection. SQLAlchemy's default StaticPool
         # would hand it to concurrent coroutines at once (one shared transaction); a
