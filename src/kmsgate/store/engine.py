@@ -167,7 +167,7 @@ def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
             target,
             # After a PostgreSQL restart pooled connections are dead: test each before use.
             pool_pre_ping=True,
-            pool_size=SQLITE_POOL_SIZE,
+            pool_size=5,
             max_overflow=10,
             # A filtered port would otherwise stall each attempt for asyncpg's default 60 s.
             connect_args={"timeout": CONNECT_TIMEOUT},
