@@ -171,12 +171,11 @@ async def test_a_folder_that_cannot_hold_the_file_is_store_unavailable(tmp_path:
 async def test_a_burst_of_readers_opens_few_connections_and_keeps_fewer(db: Path) -> None:
     # Each SQLite connection is a thread holding its own memory; the node's budget counts them.
     engine = make_engine(f"sqlite:///{db}")
-    open_now = most = opened = 0
+    open_now = most = 0
 
     def on_connect(*_: Any) -> None:
-        nonlocal open_now, most, opened
+        nonlocal open_now, most
         open_now += 1
-        opened += 1
         most = max(most, open_now)
 
     def on_close(*_: Any) -> None:
@@ -195,7 +194,6 @@ async def test_a_burst_of_readers_opens_few_connections_and_keeps_fewer(db: Path
     try:
         assert await asyncio.gather(*(read(i) for i in range(40))) == list(range(40))
         assert most == SQLITE_POOL_SIZE + SQLITE_POOL_OVERFLOW <= 5
-        assert opened >= most  # the burst did open them all
         assert open_now == SQLITE_POOL_SIZE <= 2  # the burst's extra ones are closed
     finally:
         await engine.dispose()
