@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kmsgate.store.activation_fold import FoldedBatch
 from kmsgate.store.engine import Dialect
 from kmsgate.store.schema import activation_hours, counters, product_counts
 
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql
+
 
 def dialect_insert(dialect: Dialect, table: Any) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT, which has on_conflict_do_update()."""
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    if dialect == "postgresql":
+        # Imported on first use: the PostgreSQL dialect costs a SQLite node 2 MiB.
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 async def add_counts(

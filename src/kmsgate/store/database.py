@@ -11,11 +11,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kmsgate.store import users as accounts
@@ -40,6 +39,9 @@ from kmsgate.store.schema_version import at_head
 from kmsgate.store.search import has_index
 from kmsgate.store.sqlite_file import FileWatch
 from kmsgate.store.stats import read_stats
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
 
 # A batch whose file was deleted while it was written is written again, this often at most.
 REWRITES = 2
