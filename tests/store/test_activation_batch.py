@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
-from kmsgate.store.activation_batch import SQLITE_ROWS_PER_INSERT
+from kmsgate.store.activation_batch import SQLITE_ROWS_PER_INSERT, _machine_months
 from kmsgate.store.activation_fold import SQLITE_VALUES, fold
 from kmsgate.store.database import Store
+from kmsgate.store.drafts import draft_of as draft_of_record
 from kmsgate.store.drafts import record_of
 from kmsgate.store.errors import StoreError, StoreUnavailable
 from kmsgate.store.records import ActivationRecord
@@ -256,3 +257,43 @@ def test_fold_in_and_out_of_time_order_agree(
 
 def _micros(when: datetime) -> int:
     return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+@given(
+    spec=st.lists(
+        st.tuples(
+            st.integers(-2, 2),  # seconds around an hour's end
+            st.sampled_from(["node-a", "node-b"]),
+            st.sampled_from([*CMIDS[:2], None]),
+            st.sampled_from(["activated", "refused"]),
+            st.sampled_from(["PC-1", "PC-2"]),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_hours_and_licence_rows_match_a_record_by_record_count(
+    spec: list[tuple[int, str, uuid.UUID | None, str, str]],
+) -> None:
+    # One node within one hour takes the hours' shortcut; the seconds cross 10:00 otherwise.
+    hour_end = datetime(2026, 1, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    records = [
+        make_record(
+            time=hour_end + timedelta(seconds=s), node=node, client_machine_id=cmid,
+            result=result, hresult=0 if result == "activated" else 5, sku_name=name,
+        )
+        for s, node, cmid, result, name in spec
+    ]  # fmt: skip
+    batch = fold([draft_of_record(r) for r in records], SQLITE_VALUES)
+    want_hours: dict[tuple[datetime, str], int] = {}
+    want_months: dict[tuple[str, str, str], str] = {}
+    for rec in records:
+        key = (rec.time.replace(minute=0, second=0, microsecond=0), rec.node)
+        want_hours[key] = want_hours.get(key, 0) + 1
+        if rec.result == "activated" and rec.client_machine_id is not None:
+            assert rec.sku_id is not None
+            month = rec.time.strftime("%Y-%m")
+            want_months.setdefault((month, rec.sku_id.hex, rec.client_machine_id.hex), rec.sku_name)
+    assert batch.hours == want_hours
+    got = {(m, s, c): n for m, s, c, n in _machine_months(batch.activation_rows)}
+    assert got == want_months

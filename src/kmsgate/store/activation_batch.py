@@ -106,10 +106,10 @@ def _machine_months(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str
     each once, with the SKU name of its first request (as the row trigger of migration 0007,
     which SQLite no longer runs, kept them)."""
     first: dict[tuple[str, str, str], str] = {}
-    for row in reversed(rows):  # the earliest request's name is the last one set
-        time, cmid, sku_id = row[0], row[1], row[4]
-        if row[8] == ACTIVATED and cmid is not None and sku_id is not None:
-            first[(time[:7], sku_id, cmid)] = row[5]
+    # Rows in ACTIVATION_COLUMNS order; the earliest request's name is the last one set.
+    for time, cmid, _, _, sku_id, name, _, _, result, _, _ in reversed(rows):
+        if result == ACTIVATED and cmid is not None and sku_id is not None:
+            first[(time[:7], sku_id, cmid)] = name
     return [(month, sku_id, cmid, name) for (month, sku_id, cmid), name in first.items()]
 
 
