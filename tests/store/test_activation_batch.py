@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -12,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
+from kmsgate.store import database
 from kmsgate.store.activation_batch import SQLITE_ROWS_PER_INSERT, _machine_months
 from kmsgate.store.activation_fold import SQLITE_VALUES, fold
-from kmsgate.store.database import Store
+from kmsgate.store.database import FOLD_PART, Store
 from kmsgate.store.drafts import draft_of as draft_of_record
 from kmsgate.store.drafts import record_of
 from kmsgate.store.errors import StoreError, StoreUnavailable
@@ -297,3 +299,64 @@ def test_hours_and_licence_rows_match_a_record_by_record_count(
     assert batch.hours == want_hours
     got = {(m, s, c): n for m, s, c, n in _machine_months(batch.activation_rows)}
     assert got == want_months
+
+
+@given(
+    cmids=st.lists(st.sampled_from([*CMIDS[:3], None]), min_size=2, max_size=14),
+    data=st.data(),
+    cut=st.integers(1, 13),
+)
+def test_folding_in_parts_equals_folding_at_once(
+    cmids: list[uuid.UUID | None], data: st.DataObject, cut: int
+) -> None:
+    # Any order of times, ties included: the later part wins a tie, as the later record does.
+    drafts = [
+        make_draft(
+            client_machine_id=cmid,
+            time=T0 + timedelta(minutes=30 * data.draw(st.integers(0, 3))),
+            machine_name=f"PC-{i}",
+            node=data.draw(st.sampled_from(["node-a", "node-b"])),
+            result=data.draw(st.sampled_from(["activated", "refused"])),
+        )
+        for i, cmid in enumerate(cmids)
+    ]
+    cut = min(cut, len(drafts) - 1)
+    whole = fold(drafts, SQLITE_VALUES)
+    parts = fold(drafts[:cut], SQLITE_VALUES)
+    parts.extend(fold(drafts[cut:], SQLITE_VALUES))
+    assert parts.activation_rows == whole.activation_rows
+    assert parts.client_rows() == whole.client_rows()
+    assert (parts.counters, parts.hours, parts.products) == (
+        whole.counters,
+        whole.hours,
+        whole.products,
+    )
+
+
+async def test_the_event_loop_runs_between_the_parts_of_a_fold(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large batch is folded a part at a time: KMS answers are not held behind all of it."""
+    turns = 0
+    seen_at_fold: list[int] = []
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    def counting_fold(drafts: Any, driver: Any) -> Any:
+        seen_at_fold.append(turns)
+        return fold(drafts, driver)
+
+    monkeypatch.setattr(database, "fold", counting_fold)
+    drafts = [make_draft(client_machine_id=CMIDS[i % 3]) for i in range(2 * FOLD_PART + 1)]
+    ticker = asyncio.create_task(tick())
+    try:
+        await store.record_drafts(drafts)
+    finally:
+        ticker.cancel()
+    assert len(seen_at_fold) == 3
+    assert seen_at_fold[0] < seen_at_fold[1] < seen_at_fold[2]
+    assert await _count(store, select(func.count()).select_from(activations)) == len(drafts)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice, repeat
 from operator import floordiv, le, mod
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from kmsgate.store.drafts import EPOCH, RecordDraft, shared_uuid, time_of
 
 HOUR_MICROS = 3600 * 1_000_000
+_Key = TypeVar("_Key")
 
 # The column order of the rows fold() builds (and the writers' statements name).
 ACTIVATION_COLUMNS = (
@@ -167,6 +168,28 @@ class FoldedBatch:
     def client_rows(self) -> list[tuple[Any, ...]]:
         """Client rows in CMID order (hex text and uuid sort alike): nodes lock in one order."""
         return [fold.values(cmid, self.driver) for cmid, fold in sorted(self.clients.items())]
+
+    def extend(self, later: FoldedBatch) -> None:
+        """Add the fold of the drafts that followed this batch's: the same as folding all."""
+        self.activation_rows += later.activation_rows
+        for cmid, fold in later.clients.items():
+            seen = self.clients.get(cmid)
+            if seen is None:
+                self.clients[cmid] = fold
+                continue
+            seen.count += fold.count
+            if fold.first < seen.first:
+                seen.first = fold.first
+            if fold.latest_time >= seen.latest_time:  # equal times: the later record wins
+                seen.latest, seen.latest_time = fold.latest, fold.latest_time
+        _add_counts(self.counters, later.counters)
+        _add_counts(self.hours, later.hours)
+        _add_counts(self.products, later.products)
+
+
+def _add_counts(totals: dict[_Key, int], more: dict[_Key, int]) -> None:
+    for key, count in more.items():
+        totals[key] = totals.get(key, 0) + count
 
 
 def fold(drafts: Sequence[RecordDraft], driver: DriverValues = NATIVE_VALUES) -> FoldedBatch:

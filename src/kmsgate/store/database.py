@@ -6,6 +6,7 @@ file's identity); the queries live in listings.py, paging.py, stats.py, users.py
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 # A batch whose file was deleted while it was written is written again, this often at most.
 REWRITES = 2
+# Drafts folded between two turns of the event loop (~0.5 ms of CPU under load).
+FOLD_PART = 250
 # The counter probe_write() bumps: a write that proves the store takes writes.
 _PROBE_ROW = {"name": "store:write_probes", "value": 1}
 T = TypeVar("T")
@@ -243,7 +246,7 @@ class Store:
         """record_activations for well-formed drafts (checked_draft), the writer's shape."""
         if not drafts:
             return
-        batch = fold(drafts, self._batch_writer.driver)
+        batch = await self._fold(drafts)
         for attempt in range(REWRITES + 1):
             await self._write_batch(batch)
             # Committed into a file deleted meanwhile? Nobody would ever read it: once a new
@@ -255,6 +258,16 @@ class Store:
                 await self._recover()
         path = None if self._watch is None else self._watch.path
         raise StoreUnavailable(f"database file {path} keeps disappearing")
+
+    async def _fold(self, drafts: Sequence[RecordDraft]) -> FoldedBatch:
+        """fold() a part at a time, letting the event loop run between parts: a batch of
+        thousands folded in one go held the KMS answers for milliseconds."""
+        driver = self._batch_writer.driver
+        batch = fold(drafts[:FOLD_PART], driver)
+        for start in range(FOLD_PART, len(drafts), FOLD_PART):
+            await asyncio.sleep(0)
+            batch.extend(fold(drafts[start : start + FOLD_PART], driver))
+        return batch
 
     async def _write_batch(self, batch: FoldedBatch) -> None:
         async with self._write() as conn:
