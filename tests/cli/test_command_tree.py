@@ -94,6 +94,10 @@ def modules_of_a_running_serve(args: list[str], port: int, tmp_path: Path) -> se
 def test_a_running_serve_holds_only_its_own_command(tmp_path: Path) -> None:
     modules = modules_of_a_running_serve(["--no-store", "--no-web"], free_port(), tmp_path)
     assert not modules & NOT_FOR_SERVE
+    # Without the web listener nothing scrapes: metrics are counted without prometheus_client
+    # (4 MiB with the HTTP modules its package imports).
+    assert "kmsgate.observability.metrics" in modules
+    assert not {"prometheus_client", "http.server", "wsgiref"} & modules
 
 
 def test_a_default_node_holds_no_terminal_renderer_and_no_postgresql(tmp_path: Path) -> None:

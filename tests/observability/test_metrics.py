@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+import kmsgate
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
@@ -292,21 +293,13 @@ def test_request_duration_histogram() -> None:
     assert min(buckets) <= 0.0001 and max(buckets - {float("inf")}) == 0.1
 
 
-_HOT_FAMILIES = (
-    "kmsgate_activations",
-    "kmsgate_connections_open",
-    "kmsgate_connections_total",
-    "kmsgate_connections_created",
-    "kmsgate_request_duration_seconds",
-)
-
-
-def _hot_lines(registry: prometheus_client.CollectorRegistry) -> list[str]:
-    """The exposition lines of the per-request families, `_created` times masked."""
+def _plain_lines(registry: prometheus_client.CollectorRegistry) -> list[str]:
+    """The exposition lines of the families counted as plain numbers (all but the store's,
+    read at scrape time), `_created` times masked."""
     out = []
     for line in prometheus_client.generate_latest(registry).decode().splitlines():
         name = line.split()[2] if line.startswith("#") else re.split(r"[{ ]", line)[0]
-        if not name.startswith(_HOT_FAMILIES):
+        if name.startswith("kmsgate_store_"):
             continue
         if not line.startswith("#") and name.endswith("_created"):
             line = line.rsplit(" ", 1)[0] + " <time>"
@@ -315,7 +308,7 @@ def _hot_lines(registry: prometheus_client.CollectorRegistry) -> list[str]:
 
 
 class _PrometheusReference:
-    """The four hot families as prometheus_client's own Counter, Gauge and Histogram."""
+    """Every family Metrics counts, as prometheus_client's own Counter, Gauge and Histogram."""
 
     def __init__(self) -> None:
         self.registry = prometheus_client.CollectorRegistry()
@@ -325,6 +318,22 @@ class _PrometheusReference:
             "KMS requests answered, by product family, KMS protocol and result.",
             ["family", "protocol", "result"],
             registry=reg,
+        )
+        self.faults = prometheus_client.Counter(
+            "kmsgate_faults", "RPC fault PDUs sent, by reason.", ["reason"], registry=reg
+        )
+        for reason in (*FAULT_REASONS.values(), "other"):
+            self.faults.labels(reason)
+        self.closes = prometheus_client.Counter(
+            "kmsgate_protocol_closes",
+            "Connections closed for breaking the RPC protocol, by reason.",
+            ["reason"],
+            registry=reg,
+        )
+        for reason in CLOSE_REASONS:
+            self.closes.labels(reason)
+        self.idle = prometheus_client.Counter(
+            "kmsgate_idle_closes", "Connections closed by the idle timeout.", registry=reg
         )
         self.open = prometheus_client.Gauge(
             "kmsgate_connections_open", "Client connections currently open.", registry=reg
@@ -338,6 +347,15 @@ class _PrometheusReference:
             "kmsgate_request_duration_seconds",
             "Time to handle received data that produced an activation answer.",
             buckets=REQUEST_DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.build_info = prometheus_client.Gauge(
+            "kmsgate_build_info", "kmsgate build; the value is always 1.", ["version"], registry=reg
+        )
+        self.backend_up = prometheus_client.Gauge(
+            "kmsgate_account_backend_up",
+            "Whether the gateway's account server answered the last portal login (1) or not (0).",
+            ["backend"],
             registry=reg,
         )
 
@@ -379,10 +397,28 @@ def test_plain_counts_expose_exactly_what_prometheus_client_would(
         for seconds in (0.0, 1e-9, 0.0001, 0.00010000001, 0.0003, 0.1, 0.1000001, 7.5, 0.0025):
             metrics.observe_request(seconds)
             reference.duration.observe(seconds)
-        ours, theirs = _hot_lines(metrics.registry), _hot_lines(reference.registry)
+        for fault in (FaultSent(2, rpc.NCA_UNK_IF, "unbound"), FaultSent(3, 0xDEADBEEF, "?")):
+            metrics.hook(PEER, fault)
+        reference.faults.labels("unknown_context").inc()
+        reference.faults.labels("other").inc()
+        metrics.hook(PEER, ConnectionClosed("PDU of 70000 bytes is too large"))
+        reference.closes.labels("oversized").inc()
+        for _ in range(2):
+            metrics.connection_idle()
+            reference.idle.inc()
+        reference.build_info.labels(kmsgate.__version__).set(1)
+        metrics.set_account_backend_up("ldap", True)
+        metrics.set_account_backend_up("ldap", False)
+        metrics.set_account_backend_up("local", True)
+        reference.backend_up.labels("ldap").set(0)
+        reference.backend_up.labels("local").set(1)
+        ours, theirs = _plain_lines(metrics.registry), _plain_lines(reference.registry)
         assert ours == theirs
         assert any("_created" in line for line in ours) is created
         assert 'kmsgate_request_duration_seconds_bucket{le="0.0001"} 3.0' in ours
+        assert "kmsgate_idle_closes_total 2.0" in ours
+        assert 'kmsgate_account_backend_up{backend="ldap"} 0.0' in ours
+        assert 'kmsgate_faults_total{reason="bad_opnum"} 0.0' in ours
     finally:
         prometheus_client.enable_created_metrics()
 

@@ -1,4 +1,8 @@
-"""Prometheus metrics for a KMS host, on a private registry with bounded label sets."""
+"""Prometheus metrics for a KMS host, on a private registry with bounded label sets.
+
+Counting needs no prometheus_client: the registry, and with it the library, is made when
+the web listener first asks for it (plain_metrics.py).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,17 @@ import functools
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import Final
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-)
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Final
 
 import kmsgate
 from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.catalog.families import UNKNOWN_FAMILY, family_label
-from kmsgate.observability.plain_metrics import PlainCounter, PlainGauge, PlainHistogram
+from kmsgate.observability.plain_metrics import (
+    PlainCounter,
+    PlainGauge,
+    PlainHistogram,
+    PlainLabelledGauge,
+)
 from kmsgate.observability.tallies import PROTOCOLS, EventTally
 from kmsgate.protocol import rpc
 from kmsgate.protocol.events import (
@@ -32,6 +28,10 @@ from kmsgate.protocol.events import (
     FaultSent,
 )
 from kmsgate.protocol.messages import KmsRequest
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("kmsgate.metrics")
 
@@ -112,7 +112,7 @@ def close_reason(reason: str) -> str:
 # --- store collector ---------------------------------------------------------------------
 
 
-class _StoreCollector(Collector):
+class _StoreCollector:
     """Reads the store's counters at scrape time, so the host never pushes them."""
 
     def __init__(self) -> None:
@@ -120,6 +120,8 @@ class _StoreCollector(Collector):
 
     @staticmethod
     def _families(stats: StoreStats | None) -> list[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         depth = GaugeMetricFamily(
             "kmsgate_store_queue_depth", "Activation records waiting to be written."
         )
@@ -159,74 +161,72 @@ class _StoreCollector(Collector):
 
 
 class Metrics:
-    """All kmsgate metrics on one private CollectorRegistry; `hook` fits KmsHost.event_hooks."""
-
-    content_type: Final = CONTENT_TYPE_LATEST
+    """All kmsgate metrics, on a private CollectorRegistry once one is asked for; `hook`
+    fits KmsHost.event_hooks."""
 
     def __init__(
-        self,
-        catalog: Catalog | None = None,
-        *,
-        version: str = kmsgate.__version__,
-        registry: CollectorRegistry | None = None,
+        self, catalog: Catalog | None = None, *, version: str = kmsgate.__version__
     ) -> None:
-        # A private registry: tests and several hosts in one process must not collide.
-        self.registry = registry if registry is not None else CollectorRegistry()
-        reg = self.registry
         self.catalog = catalog = catalog if catalog is not None else default_catalog()
+        self._registry: CollectorRegistry | None = None
 
         self.activations = PlainCounter(
             "kmsgate_activations",
             "KMS requests answered, by product family, KMS protocol and result.",
             ("family", "protocol", "result"),
         )
-        reg.register(self.activations)
-        self.faults = Counter(
-            "kmsgate_faults", "RPC fault PDUs sent, by reason.", ["reason"], registry=reg
-        )
-        self.protocol_closes = Counter(
+        self.faults = PlainCounter("kmsgate_faults", "RPC fault PDUs sent, by reason.", ("reason",))
+        self.protocol_closes = PlainCounter(
             "kmsgate_protocol_closes",
             "Connections closed for breaking the RPC protocol, by reason.",
-            ["reason"],
-            registry=reg,
+            ("reason",),
         )
-        self.idle_closes = Counter(
-            "kmsgate_idle_closes", "Connections closed by the idle timeout.", registry=reg
+        self.idle_closes = PlainCounter(
+            "kmsgate_idle_closes", "Connections closed by the idle timeout."
         )
         self.connections_open = PlainGauge(
             "kmsgate_connections_open", "Client connections currently open.", self._open_connections
         )
-        reg.register(self.connections_open)
         self.connections = PlainCounter(
             "kmsgate_connections", "Incoming connections, by outcome.", ("outcome",)
         )
-        reg.register(self.connections)
         self.request_duration = PlainHistogram(
             "kmsgate_request_duration_seconds",
             "Time to handle received data that produced an activation answer.",
             REQUEST_DURATION_BUCKETS,
         )
-        reg.register(self.request_duration)
-        self.build_info = Gauge(
-            "kmsgate_build_info", "kmsgate build; the value is always 1.", ["version"], registry=reg
+        self.build_info = PlainLabelledGauge(
+            "kmsgate_build_info", "kmsgate build; the value is always 1.", ("version",)
         )
-        self.build_info.labels(version).set(1)
-        self.account_backend_up = Gauge(
+        self.build_info.set(1, version)
+        self.account_backend_up = PlainLabelledGauge(
             "kmsgate_account_backend_up",
             "Whether the gateway's account server answered the last portal login (1) or not (0).",
-            ["backend"],
-            registry=reg,
+            ("backend",),
         )
         self._store = _StoreCollector()
-        reg.register(self._store)
+        # In the order a scrape lists them.
+        self._collectors = (
+            self.activations,
+            self.faults,
+            self.protocol_closes,
+            self.idle_closes,
+            self.connections_open,
+            self.connections,
+            self.request_duration,
+            self.build_info,
+            self.account_backend_up,
+            self._store,
+        )
 
-        # Label children are looked up once and kept: .labels() costs more than .inc().
-        # Fixed label sets are created up front so their series exist (at 0) from the start.
+        # Label children are looked up once and kept. Fixed label sets are created up front
+        # so their series exist (at 0) from the start.
         self._fault_by_status = {
-            status: self.faults.labels(label) for status, label in FAULT_REASONS.items()
+            status: self.faults.child(label) for status, label in FAULT_REASONS.items()
         }
-        self._fault_other = self.faults.labels("other")
-        self._closes = {label: self.protocol_closes.labels(label) for label in CLOSE_REASONS}
+        self._fault_other = self.faults.child("other")
+        self._closes = {label: self.protocol_closes.child(label) for label in CLOSE_REASONS}
+        self._idle = self.idle_closes.child()
         self._outcomes = {label: self.connections.child(label) for label in CONNECTION_OUTCOMES}
         # The per-event and per-connection counting, compiled (tallies.py): the host calls
         # it directly; the families above read it at scrape time.
@@ -246,16 +246,36 @@ class Metrics:
         # observe, so the connection's call per request runs no wrapper frame.
         self.observe_request: Callable[[float], None] = self.request_duration.observe
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """This host's own registry (a private one: tests and several hosts in one process
+        must not collide), made with prometheus_client on first use."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry()
+            for collector in self._collectors:
+                registry.register(collector)
+            self._registry = registry
+        return self._registry
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type of the text exposition."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return CONTENT_TYPE_LATEST
+
     # --- events ---------------------------------------------------------------------------
 
     def _open_connections(self) -> int:
         return self.tally.open_connections
 
     def _count_fault(self, event: FaultSent) -> None:
-        self._fault_by_status.get(event.status, self._fault_other).inc()
+        self._fault_by_status.get(event.status, self._fault_other)[0] += 1
 
     def _count_close(self, event: ConnectionClosed) -> None:
-        self._closes[close_reason(event.reason)].inc()
+        self._closes[close_reason(event.reason)][0] += 1
 
     def _activation_child(
         self, family: str, request: KmsRequest | None, result: str
@@ -275,11 +295,11 @@ class Metrics:
 
     def connection_idle(self) -> None:
         """A connection was closed by the idle timeout."""
-        self.idle_closes.inc()
+        self._idle[0] += 1
 
     def set_account_backend_up(self, backend: str, up: bool) -> None:
         """The account backend (local, ldap, pop3, sql) answered a login, or could not."""
-        self.account_backend_up.labels(backend).set(1 if up else 0)
+        self.account_backend_up.set(1 if up else 0, backend)
 
     # --- store and output -----------------------------------------------------------------
 

@@ -1,9 +1,8 @@
 """What the host counts per request and connection, as plain numbers in compiled code.
 
-The metrics' collectors (metrics.py, plain_metrics.py) derive from prometheus_client's
-Collector, so they stay interpreted (tests/test_native.py); the per-event counting they
-expose lives here, compiled with mypyc, and they read it at scrape time. Rare events (faults,
-protocol closes, refusals of an unknown product) are passed to the callables given.
+The metrics' collectors (metrics.py, plain_metrics.py) stay interpreted: they run at scrape
+time only. The per-event counting they expose lives here, compiled with mypyc. Rare events
+(faults, protocol closes, refusals of an unknown product) are passed to the callables given.
 """
 
 from __future__ import annotations
