@@ -98,6 +98,9 @@ def test_a_running_serve_holds_only_its_own_command(tmp_path: Path) -> None:
     # (4 MiB with the HTTP modules its package imports).
     assert "kmsgate.observability.metrics" in modules
     assert not {"prometheus_client", "http.server", "wsgiref"} & modules
+    # Nor does anyone log in: argon2-cffi and its C bindings load with the first hash.
+    assert "kmsgate.auth.passwords" in modules
+    assert not {"argon2", "_cffi_backend"} & modules
 
 
 def test_a_default_node_holds_no_terminal_renderer_and_no_postgresql(tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kmsgate.errors import KmsgateError
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 __all__ = [
     "HashingBusyError",
@@ -136,7 +136,13 @@ class HashingPool:
 
 @functools.cache
 def default_hasher() -> PasswordHasher:
-    """The process-wide hasher with argon2-cffi's recommended (RFC 9106 low-memory) costs."""
+    """The process-wide hasher with argon2-cffi's recommended (RFC 9106 low-memory) costs.
+
+    argon2-cffi and its C bindings (some 0.8 MiB) load here: a node without logins never
+    hashes, and its settings only need this module's limits.
+    """
+    from argon2 import PasswordHasher
+
     return PasswordHasher()
 
 
@@ -156,9 +162,12 @@ def hash_password(password: str, *, hasher: PasswordHasher | None = None) -> str
 
 
 def _verify(password_hash: str, password: str, hasher: PasswordHasher | None) -> bool:
+    hasher = hasher or default_hasher()
+    from argon2.exceptions import InvalidHashError, VerificationError
+
     try:
-        return (hasher or default_hasher()).verify(password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):  # a mismatch is a VerificationError
         return False
 
 
@@ -190,7 +199,10 @@ async def check_password(
 
 def needs_rehash(password_hash: str, *, hasher: PasswordHasher | None = None) -> bool:
     """True when the hash was made with other costs than the hasher's (rehash after login)."""
+    hasher = hasher or default_hasher()
+    from argon2.exceptions import InvalidHashError
+
     try:
-        return (hasher or default_hasher()).check_needs_rehash(password_hash)
+        return hasher.check_needs_rehash(password_hash)
     except (InvalidHashError, ValueError):
         return True
