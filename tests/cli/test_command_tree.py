@@ -101,6 +101,9 @@ def test_a_running_serve_holds_only_its_own_command(tmp_path: Path) -> None:
     # Nor does anyone log in: argon2-cffi and its C bindings load with the first hash.
     assert "kmsgate.auth.passwords" in modules
     assert not {"argon2", "_cffi_backend"} & modules
+    # Logging to stderr: the handlers module (pickle, its queue and socket handlers) is
+    # --log-file's alone.
+    assert not {"logging.handlers", "pickle"} & modules
 
 
 def test_a_default_node_holds_no_terminal_renderer_and_no_postgresql(tmp_path: Path) -> None:

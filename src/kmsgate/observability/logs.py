@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import logging.handlers
 import sys
 import time
 from pathlib import Path
@@ -277,7 +276,10 @@ def setup_logging(
     if file is None:
         handler = KmsStreamHandler(sys.stderr)
     else:
-        handler = logging.handlers.RotatingFileHandler(
+        # Only --log-file needs the handlers module (and the pickle and socket modules it loads).
+        from logging.handlers import RotatingFileHandler
+
+        handler = RotatingFileHandler(
             file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
     handler.addFilter(SecretMaskingFilter())
