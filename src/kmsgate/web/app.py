@@ -6,9 +6,9 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import prometheus_client
-from argon2 import PasswordHasher
 from fastapi import Depends, FastAPI, Security
 from fastapi.staticfiles import StaticFiles
 
@@ -35,6 +35,9 @@ from kmsgate.web.middleware import (
 from kmsgate.web.portal_login import KmsAddress, Portal
 from kmsgate.web.proxies import add_proxy_headers
 from kmsgate.web.render import Renderer
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 STATIC_DIR = Path(__file__).parent / "static"
 

@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from argon2 import PasswordHasher
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,7 +28,6 @@ from kmsgate.auth.passwords import (
     HashingBusyError,
     HashingPool,
     check_password,
-    default_hasher,
     default_pool,
     hash_password,
     needs_rehash,
@@ -40,6 +38,9 @@ from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import User
 from kmsgate.store.sessions import SessionStore
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 log = logging.getLogger("kmsgate.web.auth")
 _UNRESOLVED = object()
@@ -195,7 +196,8 @@ class Authenticator:
         self.codec = codec
         self.sessions = SessionStore(store)
         self.limiter = limiter or LoginThrottle()
-        self.hasher = hasher or default_hasher()
+        # None: the process's default hasher, made (and argon2-cffi loaded) at the first hash.
+        self.hasher = hasher
         self.pool = pool or default_pool()
         self.node = node
         self.clock = clock
