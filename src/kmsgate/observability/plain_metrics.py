@@ -48,10 +48,6 @@ class PlainCounter:
             found = self._children[labels] = [0, time.time()]
         return found
 
-    def inc(self, *labels: str) -> None:
-        """Add one to the child of these label values."""
-        self.child(*labels)[0] += 1
-
     def describe(self) -> Iterable[Metric]:
         from prometheus_client.core import CounterMetricFamily
 
