@@ -454,7 +454,6 @@ def test_build_info_and_private_registries() -> None:
     assert value(second, "kmsgate_activations_total", family="windows-server", protocol="v6") == 0
     default = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
     assert "kmsgate_" not in default
-    assert first.content_type.startswith("text/plain")
 
 
 def test_bind_events_are_ignored() -> None:

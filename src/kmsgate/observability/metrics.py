@@ -259,13 +259,6 @@ class Metrics:
             self._registry = registry
         return self._registry
 
-    @property
-    def content_type(self) -> str:
-        """The Content-Type of the text exposition."""
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return CONTENT_TYPE_LATEST
-
     # --- events ---------------------------------------------------------------------------
 
     def _open_connections(self) -> int:
