@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 
 from kmsgate.store import database
 from kmsgate.store.activation_batch import SQLITE_ROWS_PER_INSERT, _machine_months
-from kmsgate.store.activation_fold import SQLITE_VALUES, fold
+from kmsgate.store.activation_fold import NATIVE_VALUES, SQLITE_VALUES, DriverValues, fold
 from kmsgate.store.database import FOLD_PART, Store
 from kmsgate.store.drafts import draft_of as draft_of_record
 from kmsgate.store.drafts import record_of
@@ -301,13 +301,14 @@ def test_hours_and_licence_rows_match_a_record_by_record_count(
     assert got == want_months
 
 
+@pytest.mark.parametrize("driver", [SQLITE_VALUES, NATIVE_VALUES], ids=["sqlite", "native"])
 @given(
     cmids=st.lists(st.sampled_from([*CMIDS[:3], None]), min_size=2, max_size=14),
     data=st.data(),
     cut=st.integers(1, 13),
 )
 def test_folding_in_parts_equals_folding_at_once(
-    cmids: list[uuid.UUID | None], data: st.DataObject, cut: int
+    driver: DriverValues, cmids: list[uuid.UUID | None], data: st.DataObject, cut: int
 ) -> None:
     # Any order of times, ties included: the later part wins a tie, as the later record does.
     drafts = [
@@ -321,9 +322,9 @@ def test_folding_in_parts_equals_folding_at_once(
         for i, cmid in enumerate(cmids)
     ]
     cut = min(cut, len(drafts) - 1)
-    whole = fold(drafts, SQLITE_VALUES)
-    parts = fold(drafts[:cut], SQLITE_VALUES)
-    parts.extend(fold(drafts[cut:], SQLITE_VALUES))
+    whole = fold(drafts, driver)
+    parts = fold(drafts[:cut], driver)
+    parts.extend(fold(drafts[cut:], driver))
     assert parts.activation_rows == whole.activation_rows
     assert parts.client_rows() == whole.client_rows()
     assert (parts.counters, parts.hours, parts.products) == (
