@@ -10,17 +10,16 @@ is made; a FastAPI without these functions is left as it is (tests/web notice).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import fastapi.encoders
-from fastapi._compat import shared
-
+# (module, function): where FastAPI (0.165) defines the checks and where callers look them up.
 _GUARDED = (
-    (shared, "is_pydantic_v1_model_class"),
-    (shared, "is_pydantic_v1_model_instance"),
-    (fastapi.encoders, "is_pydantic_v1_model_instance"),
+    ("fastapi._compat.shared", "is_pydantic_v1_model_class"),
+    ("fastapi._compat.shared", "is_pydantic_v1_model_instance"),
+    ("fastapi.encoders", "is_pydantic_v1_model_instance"),
 )
 
 
@@ -32,7 +31,11 @@ def _only_once_imported(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return guarded
 
 
-for _module, _name in _GUARDED:
+for _module_name, _name in _GUARDED:
+    try:
+        _module = importlib.import_module(_module_name)
+    except ImportError:  # a FastAPI laid out otherwise: its own checks stay as they are
+        continue
     _check = getattr(_module, _name, None)
     if callable(_check) and not hasattr(_check, "__wrapped__"):
         setattr(_module, _name, _only_once_imported(_check))
