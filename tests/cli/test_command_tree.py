@@ -91,7 +91,7 @@ def modules_of_a_running_serve(args: list[str], port: int, tmp_path: Path) -> se
     return modules
 
 
-def test_a_running_serve_holds_only_its_own_command(tmp_path: Path) -> None:
+def test_a_bare_serve_holds_only_its_command_and_the_modules_it_uses(tmp_path: Path) -> None:
     modules = modules_of_a_running_serve(["--no-store", "--no-web"], free_port(), tmp_path)
     assert not modules & NOT_FOR_SERVE
     # Without the web listener nothing scrapes: metrics are counted without prometheus_client
@@ -106,7 +106,7 @@ def test_a_running_serve_holds_only_its_own_command(tmp_path: Path) -> None:
     assert not {"logging.handlers", "pickle"} & modules
 
 
-def test_a_default_node_holds_no_terminal_renderer_and_no_postgresql(tmp_path: Path) -> None:
+def test_a_default_node_holds_only_the_modules_it_uses(tmp_path: Path) -> None:
     # The dashboard shares display.py with the CLI's tables; Rich (1 MiB) is the CLI's alone.
     # A SQLite node has no use for SQLAlchemy's PostgreSQL dialect (2 MiB). Its database is
     # made first, as on every start but the first: migrating loads Alembic, and with it that.
