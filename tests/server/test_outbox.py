@@ -1,13 +1,16 @@
-"""Answers leave together at the end of a loop pass (those opening a conversation, the next),
-in order, each to its own client."""
+"""Answers leave together at the end of a loop pass (those opening a conversation, once a pass
+brings no more), in order, each to its own client."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kmsgate.config.settings import ServeSettings
 from kmsgate.protocol.client_session import expect_response
@@ -77,6 +80,65 @@ async def test_opening_answers_wait_one_pass_more_and_leave_with_the_next_passes
     outbox.add(Sender("kept", sent))
     await asyncio.sleep(0)
     assert sent == ["new-1", "new-2", "kept"]
+
+
+async def test_opening_answers_wait_while_each_pass_brings_more() -> None:
+    """Their clients are still sending: the answers of the passes that follow share the
+    wake-up; the first pass that brings none sends them all."""
+    outbox = AnswerOutbox(asyncio.get_running_loop())
+    sent: list[str] = []
+    outbox.add(Sender("new-1", sent), opening=True)
+    outbox.add(Sender("new-2", sent), opening=True)  # read later in the same pass
+    await asyncio.sleep(0)
+    outbox.add(Sender("new-3", sent), opening=True)  # this pass brings one more
+    await asyncio.sleep(0)
+    assert sent == []
+    await asyncio.sleep(0)  # a pass that brought none: the flush is scheduled...
+    assert sent == []
+    await asyncio.sleep(0)  # ...and runs after that pass's reads
+    assert sent == ["new-1", "new-2", "new-3"]
+
+
+class Passes:
+    """A loop stand-in that runs callbacks pass by pass, as an event loop does."""
+
+    def __init__(self) -> None:
+        self.ready: list[Callable[[], object]] = []
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        self.ready.append(callback)
+
+    def run_pass(self) -> None:
+        ready, self.ready = self.ready, []
+        for callback in ready:
+            callback()
+
+
+@given(
+    passes=st.lists(st.lists(st.booleans(), max_size=2 * BATCH), min_size=1, max_size=40),
+    batch=st.integers(1, BATCH),
+)
+def test_every_answer_leaves_once_in_order_and_within_a_batch_of_passes(
+    passes: list[list[bool]], batch: int
+) -> None:
+    """Whatever the mix of opening and later answers over the passes, each leaves exactly
+    once, in the order queued, and none waits more than `batch` passes."""
+    loop = Passes()
+    outbox = AnswerOutbox(loop, batch=batch)  # type: ignore[arg-type]
+    sent: list[str] = []
+    queued_in: dict[str, int] = {}
+    sent_in: dict[str, int] = {}
+    for number, openings in enumerate([*passes, *[[]] * (batch + 2)]):
+        for opening in openings:
+            name = f"{number}-{len(queued_in)}"
+            queued_in[name] = number
+            outbox.add(Sender(name, sent), opening=opening)
+            sent_in.update((name, number) for name in sent if name not in sent_in)
+        loop.run_pass()
+        sent_in.update((name, number) for name in sent if name not in sent_in)
+    assert sent == list(queued_in)
+    assert all(sent_in[name] - queued_in[name] <= batch for name in sent)
+    assert len(outbox) == 0
 
 
 async def test_an_answer_due_this_pass_takes_the_opening_ones_along() -> None:
