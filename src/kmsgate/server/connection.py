@@ -193,7 +193,7 @@ class KmsConnection(asyncio.Protocol):
 
     def _send(self, out: bytes, *, opening: bool = False) -> None:
         """Queue answers for the end of this loop pass (server/outbox.py), in order; those
-        opening the conversation for the end of the next."""
+        opening the conversation until a pass brings no more answers."""
         outbox = self._host.outbox
         if outbox is None:
             assert self._transport is not None
@@ -279,7 +279,7 @@ class KmsConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its last request: its answers may still wait in
-        # the outbox (an opening answer waits a pass more); they leave before the transport
+        # the outbox (an opening answer waits a pass or more); they leave before the transport
         # closes, as it does when this returns None. Answers held for their records are not
         # here: reading (and so the end of input) waits for them.
         self.send_queued()
