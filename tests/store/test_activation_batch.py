@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import sqlite3
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +18,11 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
 from kmsgate.store import database
-from kmsgate.store.activation_batch import SQLITE_ROWS_PER_INSERT, _machine_months
+from kmsgate.store.activation_batch import (
+    SQLITE_ROWS_PER_INSERT,
+    SqliteBatchWriter,
+    _machine_months,
+)
 from kmsgate.store.activation_fold import NATIVE_VALUES, SQLITE_VALUES, DriverValues, fold
 from kmsgate.store.database import FOLD_PART, Store
 from kmsgate.store.drafts import draft_of as draft_of_record
@@ -361,3 +369,47 @@ async def test_the_event_loop_runs_between_the_parts_of_a_fold(
     assert len(seen_at_fold) == 3
     assert seen_at_fold[0] < seen_at_fold[1] < seen_at_fold[2]
     assert await _count(store, select(func.count()).select_from(activations)) == len(drafts)
+
+
+async def test_a_renewal_names_only_the_searchable_columns_that_changed(tmp_path: Path) -> None:
+    """Naming machine_name, sku_name or last_address in an UPDATE runs the search trigger
+    (and rewrites an index for the first two): a renewal names them only when they change."""
+    path = tmp_path / "kmsgate.db"
+    await (await Store.open(f"sqlite:///{path}")).close()
+    writer = SqliteBatchWriter()
+    cmid = uuid.uuid4()
+    statements: list[str] = []
+
+    def write(minutes: int, name: str, address: str) -> None:
+        draft = make_draft(
+            time=T0 + timedelta(minutes=minutes),
+            client_machine_id=cmid,
+            machine_name=name,
+            address=address,
+        )
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.set_trace_callback(statements.append)
+            db.execute("BEGIN IMMEDIATE")
+            for part in writer.parts(fold([draft], SQLITE_VALUES)):
+                part(db)
+            db.execute("COMMIT")
+
+    def update() -> str:
+        # The trace repeats a statement SQLite prepared again (after loading the FTS tables).
+        found = [sql for sql in statements if sql.startswith("UPDATE clients")]
+        statements.clear()
+        assert len(set(found)) == 1
+        return found[0]
+
+    write(0, "PC-1", "192.0.2.1")
+    statements.clear()
+    write(1, "PC-1", "192.0.2.1")
+    renewal = update()
+    assert "last_seen" in renewal
+    assert not {"machine_name", "sku_name", "last_address"} & set(re.findall(r"\w+", renewal))
+    write(2, "PC-1", "192.0.2.9")
+    assert "last_address" in update()
+    write(3, "PC-2", "192.0.2.9")
+    moved = set(re.findall(r"\w+", update()))
+    assert "machine_name" in moved
+    assert "last_address" not in moved

