@@ -1,5 +1,5 @@
 """uuid_cache: one shared UUID per distinct id, exact in both byte orders, bounded; and the
-fast bytes_le constructor."""
+fast constructors from bytes and from an int."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from kmsgate.uuids import (
     uuid_cache,
     uuid_from_bytes,
     uuid_from_bytes_le,
+    uuid_from_int,
 )
 
 
@@ -67,6 +68,17 @@ def test_the_big_endian_constructor_builds_the_same_uuid(raw: bytes) -> None:
     assert built == reference and hash(built) == hash(reference)
     assert (built.bytes, str(built), built.is_safe) == (raw, str(reference), reference.is_safe)
     assert pickle.loads(pickle.dumps(built)) == reference
+
+
+@given(st.integers(0, 2**128 - 1))
+def test_the_int_constructor_builds_the_same_uuid(number: int) -> None:
+    built, reference = uuid_from_int(number), uuid.UUID(int=number)
+    assert built == reference and hash(built) == hash(reference)
+    assert (built.bytes, str(built), built.is_safe) == (
+        reference.bytes,
+        str(reference),
+        reference.is_safe,
+    )
 
 
 @pytest.mark.parametrize("size", [0, 15, 17])

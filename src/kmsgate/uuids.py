@@ -33,8 +33,13 @@ def uuid_from_bytes(raw: bytes) -> uuid.UUID:
     """uuid.UUID(bytes=raw) for a 16-byte `raw`: its two fields set, no argument checks."""
     if len(raw) != 16:
         raise ValueError("bytes is not a 16-char string")
+    return uuid_from_int(int.from_bytes(raw, "big"))
+
+
+def uuid_from_int(number: int) -> uuid.UUID:
+    """uuid.UUID(int=number) for 0 <= number < 2**128, without UUID.__init__'s checks."""
     value = _new_object(_UUID)
-    _set_int(value, int.from_bytes(raw, "big"))
+    _set_int(value, number)
     _set_is_safe(value, _UNKNOWN_SAFETY)
     return value
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from kmsgate.protocol.messages import KmsRequest
+from kmsgate.uuids import uuid_from_int
 
 FILETIME_TICKS_PER_SECOND = 10_000_000
 COUNT_WINDOW_SECONDS = 30 * 86400
@@ -29,12 +30,16 @@ CounterOf = Callable[[KmsRequest], str]
 
 @dataclass
 class _Counter:
-    """One counter's machines: last-seen time per CMID and a lazy min-heap for expiry."""
+    """One counter's machines: last-seen time per CMID and a lazy min-heap for expiry.
 
-    seen: dict[uuid.UUID, int] = field(default_factory=dict)
-    heap: list[tuple[int, uuid.UUID]] = field(default_factory=list)
+    CMIDs are kept as their 128-bit integers: a UUID's hash and order run interpreted, an
+    int's in C (an observe 0.50 → 0.43–0.45 µs with 1 000 machines, 0.94 → 0.77 with 5 000).
+    """
 
-    def put(self, cmid: uuid.UUID, when: int) -> None:
+    seen: dict[int, int] = field(default_factory=dict)
+    heap: list[tuple[int, int]] = field(default_factory=list)
+
+    def put(self, cmid: int, when: int) -> None:
         self.seen[cmid] = when
         heapq.heappush(self.heap, (when, cmid))
         if len(self.heap) > 4 * len(self.seen) + 64:
@@ -77,12 +82,12 @@ class SeenClients:
         self._counters: dict[str, _Counter] = {}
         # Only a shared count (one a store keeps) collects changes for `dirty()`.
         self._shared = shared
-        self._dirty: dict[tuple[str, uuid.UUID], int] = {}
+        self._dirty: dict[tuple[str, int], int] = {}
 
     def observe(self, request: KmsRequest, now: int) -> int:
         """Count the requesting machine and return the count to report to it."""
         name = self._counter_of(request)
-        counter = self._remember(name, request.client_machine_id, now, mark=True)
+        counter = self._remember(name, request.client_machine_id.int, now, mark=True)
         counter.drop_oldest(now - self._window)
         cap = 2 * request.required_client_count
         return min(len(counter.seen), cap) if cap else len(counter.seen)
@@ -101,22 +106,22 @@ class SeenClients:
     def merge(self, entries: Iterable[tuple[str, uuid.UUID, int]]) -> None:
         """Add machines another node (or an earlier run) saw; the later time wins."""
         for name, cmid, when in entries:
-            self._remember(name, cmid, when, mark=False)
+            self._remember(name, cmid.int, when, mark=False)
 
     def dirty(self) -> list[tuple[str, uuid.UUID, int]]:
         """Machines first seen, or seen again much later, since the previous call."""
-        out = [(name, cmid, when) for (name, cmid), when in self._dirty.items()]
+        out = [(name, uuid_from_int(cmid), when) for (name, cmid), when in self._dirty.items()]
         self._dirty.clear()
         return out
 
     def mark_dirty(self, entries: Iterable[tuple[str, uuid.UUID, int]]) -> None:
         """Hand back changes a store did not take, for the next `dirty()`."""
         for name, cmid, when in entries:
-            key = (name, cmid)
+            key = (name, cmid.int)
             if self._dirty.get(key, -1) < when and len(self._dirty) < MAX_PENDING:
                 self._dirty[key] = when
 
-    def _remember(self, name: str, cmid: uuid.UUID, when: int, *, mark: bool) -> _Counter:
+    def _remember(self, name: str, cmid: int, when: int, *, mark: bool) -> _Counter:
         counter = self._counters.get(name)
         if counter is None:
             counter = self._counters[name] = _Counter()
