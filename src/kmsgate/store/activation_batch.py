@@ -73,9 +73,11 @@ LATEST_COLUMNS = (
 # (column, its index in a client row, its index in COMPARED_COLUMNS or None), and the
 # positions _changes reads: indexing a row beats a dict of it per client.
 _LATEST = tuple(
-    (column, CLIENT_COLUMNS.index(column), COMPARED_COLUMNS.index(column))
-    if column in COMPARED_COLUMNS
-    else (column, CLIENT_COLUMNS.index(column), None)
+    (
+        column,
+        CLIENT_COLUMNS.index(column),
+        COMPARED_COLUMNS.index(column) if column in COMPARED_COLUMNS else None,
+    )
     for column in LATEST_COLUMNS
 )
 _FIRST_SEEN, _LAST_SEEN, _REQUEST_COUNT = map(
