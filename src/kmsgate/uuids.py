@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Final
 
-_new_object = object.__new__
+_new_object: Final = object.__new__
 _UUID: Final = uuid.UUID
 _UNKNOWN_SAFETY: Final = uuid.SafeUUID.unknown
 # The slots' own setters: object.__setattr__ would look each name up on the type first.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Final, Literal, TypedDict
 
 from kmsgate.catalog import Catalog
 from kmsgate.net import Peer
@@ -15,7 +15,7 @@ from kmsgate.protocol.hresult import describe
 from kmsgate.protocol.licensing import license_status_name
 from kmsgate.protocol.messages import KmsRequest
 
-activation_log = logging.getLogger("kmsgate.activation")
+activation_log: Final = logging.getLogger("kmsgate.activation")
 
 
 class ActivationFields(TypedDict):
@@ -68,9 +68,9 @@ def _product_text(catalog: Catalog, request: KmsRequest) -> _ProductText:
 
 
 # Unix seconds of 10000-01-01T00:00:00Z: datetime holds no later date.
-_DATETIME_END = 253_402_300_800
-_UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_DAY_TEXT: dict[int, str] = {}
+_DATETIME_END: Final = 253_402_300_800
+_UNIX_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+_DAY_TEXT: Final[dict[int, str]] = {}
 _last_second: tuple[int, str] = (-1, "")
 
 
@@ -252,7 +252,7 @@ def _sole_handler() -> logging.Handler | None:
 
 # Compiled (mypyc), a function has no code object and the module's file is its build:
 # records then name the source file, line 0.
-_ORIGIN_CODE = getattr(log_activation, "__code__", None)
-_ORIGIN_FILE = str(Path(__file__).with_name("activation_log.py"))
-_ORIGIN_LINE = 0 if _ORIGIN_CODE is None else _ORIGIN_CODE.co_firstlineno
-_ORIGIN_FUNCTION = "log_activation"
+_ORIGIN_CODE: Final = getattr(log_activation, "__code__", None)
+_ORIGIN_FILE: Final = str(Path(__file__).with_name("activation_log.py"))
+_ORIGIN_LINE: Final = 0 if _ORIGIN_CODE is None else _ORIGIN_CODE.co_firstlineno
+_ORIGIN_FUNCTION: Final = "log_activation"

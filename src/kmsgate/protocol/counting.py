@@ -12,18 +12,19 @@ import heapq
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.uuids import uuid_from_int
 
-FILETIME_TICKS_PER_SECOND = 10_000_000
-COUNT_WINDOW_SECONDS = 30 * 86400
+FILETIME_TICKS_PER_SECOND: Final = 10_000_000
+COUNT_WINDOW_SECONDS: Final = 30 * 86400
 # Counts are capped at 2 N and N at 1000, so more machines per counter change nothing.
-MAX_REMEMBERED = 2000
+MAX_REMEMBERED: Final = 2000
 # Renewals re-seen within this long are not written back (the count cannot change).
-REWRITE_AFTER_SECONDS = 3600
+REWRITE_AFTER_SECONDS: Final = 3600
 # Changes waiting for a store that is down: beyond this, new ones are only counted locally.
-MAX_PENDING = 50 * MAX_REMEMBERED
+MAX_PENDING: Final = 50 * MAX_REMEMBERED
 
 CounterOf = Callable[[KmsRequest], str]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 from kmsgate.protocol import rijndael
 from kmsgate.protocol.errors import LocalProtocolError, ProtocolError
@@ -51,20 +51,20 @@ __all__ = [
     "xor_bytes",
 ]
 
-V4_KEY = bytes.fromhex("053D8307F9E5F088EB5EA6686CF037C7E4EFD2D6")
-V5_KEY = bytes.fromhex("CD7E796F2AB25DCB55FFC8EF8364C470")
-V6_KEY = bytes.fromhex("A94A4195E201432D9BCB460405D84A21")
+V4_KEY: Final = bytes.fromhex("053D8307F9E5F088EB5EA6686CF037C7E4EFD2D6")
+V5_KEY: Final = bytes.fromhex("CD7E796F2AB25DCB55FFC8EF8364C470")
+V6_KEY: Final = bytes.fromhex("A94A4195E201432D9BCB460405D84A21")
 
 # Spec §12.1: v6 flips byte 0 of round keys 4, 6 and 8 after the normal AES-128 expansion.
-V6_ROUND_KEY_TWEAKS: Mapping[int, int] = {64: 0x73, 96: 0x09, 128: 0xE4}
+V6_ROUND_KEY_TWEAKS: Final[Mapping[int, int]] = {64: 0x73, 96: 0x09, 128: 0xE4}
 
 # Spec §12.6 time-slot constants.
-_TIME_C1 = 0x00000022816889BD
-_TIME_C2 = 0x000000208CBAB5ED
-_TIME_C3 = 0x3156CD5AC628477A
-_U64 = (1 << 64) - 1
+_TIME_C1: Final = 0x00000022816889BD
+_TIME_C2: Final = 0x000000208CBAB5ED
+_TIME_C3: Final = 0x3156CD5AC628477A
+_U64: Final = (1 << 64) - 1
 
-_ZERO_IV = bytes(BLOCK_SIZE)
+_ZERO_IV: Final = bytes(BLOCK_SIZE)
 
 
 # Cached per backend so that flipping rijndael.ACCELERATED (tests, benchmarks) picks the
@@ -152,7 +152,7 @@ class _SlotKey:
         self.key = b""
 
 
-_current = _SlotKey()
+_current: Final = _SlotKey()
 
 
 def v6_hmac_key(filetime: int, slot_offset: int = 0) -> bytes:
@@ -203,9 +203,9 @@ class HashState(Protocol):
     def digest(self) -> bytes: ...
 
 
-_HMAC_BLOCK = 64
-_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
-_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
+_HMAC_BLOCK: Final = 64
+_INNER_PAD: Final = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD: Final = bytes(byte ^ 0x5C for byte in range(256))
 
 
 # HMAC's two hashes start from the key's padded block: hashed once per time slot, copied per
@@ -231,8 +231,8 @@ _Seal = Callable[[bytes, int, bytes, bytes, bytes, bytes, bytes, bytes | None], 
 
 
 # The C extension's one-call sealing, present when it was built against libcrypto.
-_C_SEAL: _Seal | None = getattr(rijndael._ACCEL, "seal", None)
-C_SEAL: bool = _C_SEAL is not None
+_C_SEAL: Final[_Seal | None] = getattr(rijndael._ACCEL, "seal", None)
+C_SEAL: Final[bool] = _C_SEAL is not None
 
 
 def seal_response(

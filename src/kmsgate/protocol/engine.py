@@ -5,16 +5,17 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from kmsgate.protocol.counting import SeenClients
 from kmsgate.protocol.errors import KmsMessageError
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import DecodedRequest, KmsRequest, KmsResponse
 
-FILETIME_TICKS_PER_SECOND = 10_000_000
-MAX_N_COUNT = 1000
+FILETIME_TICKS_PER_SECOND: Final = 10_000_000
+MAX_N_COUNT: Final = 1000
 # A genuine client refuses a host whose clock differs from its own by more than 4 hours.
-DEFAULT_MAX_CLOCK_SKEW = 4 * 3600
+DEFAULT_MAX_CLOCK_SKEW: Final = 4 * 3600
 
 EpidProvider = Callable[[KmsRequest], str]
 ProductPolicy = Callable[[KmsRequest], "HResult | None"]

@@ -11,11 +11,11 @@ from typing import Final
 from kmsgate.protocol import rpc, wire
 from kmsgate.protocol.errors import FramingError, RpcDecodeError
 
-DEFAULT_MAX_PDU = 5840
+DEFAULT_MAX_PDU: Final = 5840
 # The C reading of a header (protocol/wire.py), or None.
 _frag_length: Final = wire.frag_length
 # A KMS request is a few hundred bytes; fragments beyond this are an attack, not a client.
-MAX_REASSEMBLED_STUB = 8192
+MAX_REASSEMBLED_STUB: Final = 8192
 
 
 class PduFramer:

@@ -18,21 +18,21 @@ from kmsgate.uuids import uuid_bytes, uuid_bytes_le, uuid_cache, uuid_from_bytes
 
 RandomBytes = Callable[[int], bytes]
 
-SUPPORTED_VERSIONS = (4, 5, 6)
-BASE_REQUEST_SIZE = 236
-V4_REQUEST_SIZE = 252
-V5_REQUEST_SIZE = 260
-MACHINE_NAME_UNITS = 64
-MAX_EPID_BYTES = 128
-HWID_SIZE = 8
+SUPPORTED_VERSIONS: Final = (4, 5, 6)
+BASE_REQUEST_SIZE: Final = 236
+V4_REQUEST_SIZE: Final = 252
+V5_REQUEST_SIZE: Final = 260
+MACHINE_NAME_UNITS: Final = 64
+MAX_EPID_BYTES: Final = 128
+HWID_SIZE: Final = 8
 
-_BASE_REQUEST = struct.Struct("<HHIII16s16s16s16sIQ16s128s")
-_RESPONSE_TAIL = struct.Struct("<16sQIII")
-_VERSION = struct.Struct("<HH")
-NIL_UUID = uuid.UUID(int=0)
+_BASE_REQUEST: Final = struct.Struct("<HHIII16s16s16s16sIQ16s128s")
+_RESPONSE_TAIL: Final = struct.Struct("<16sQIII")
+_VERSION: Final = struct.Struct("<HH")
+NIL_UUID: Final = uuid.UUID(int=0)
 
 # Application, SKU and KMS ids (and the usual nil previous CMID) repeat across a fleet.
-_shared_uuid = uuid_cache(4096, little_endian=True)
+_shared_uuid: Final = uuid_cache(4096, little_endian=True)
 # The C layout of a base request, and of a GUID's byte orders (protocol/wire.py), or None.
 _base_request: Final = wire.base_request
 _swap_guid: Final = wire.swap_guid
@@ -245,7 +245,7 @@ def _epid_field(epid: str) -> bytes:
     return struct.pack("<I", len(encoded)) + encoded
 
 
-_utf16le_decode = codecs.utf_16_le_decode
+_utf16le_decode: Final = codecs.utf_16_le_decode
 
 
 def _utf16z(raw: bytes) -> str:

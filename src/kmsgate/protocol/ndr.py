@@ -5,12 +5,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from kmsgate.protocol.errors import KmsMessageError, ProtocolError
 
 # The out-array is a [unique] pointer; Windows and vlmcsd both use this referent id.
-RESPONSE_REFERENT = 0x00020000
-MAX_KMS_MESSAGE = 4096
+RESPONSE_REFERENT: Final = 0x00020000
+MAX_KMS_MESSAGE: Final = 4096
 
 
 class TransferSyntax(Enum):
@@ -24,8 +25,8 @@ class TransferSyntax(Enum):
         return _U32 if self is TransferSyntax.NDR32 else _U64
 
 
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
 
 
 def _pad4(length: int) -> bytes:

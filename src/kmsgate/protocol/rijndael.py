@@ -11,14 +11,14 @@ from __future__ import annotations
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from kmsgate._native import optional_extension
 from kmsgate.protocol.errors import LocalProtocolError
 
-BLOCK_SIZE = 16
-_ZERO_IV = bytes(BLOCK_SIZE)
-_WORDS4 = struct.Struct(">4I")
+BLOCK_SIZE: Final = 16
+_ZERO_IV: Final = bytes(BLOCK_SIZE)
+_WORDS4: Final = struct.Struct(">4I")
 
 
 # --- GF(2^8) tables -------------------------------------------------------------------------
@@ -87,14 +87,14 @@ _TD0, _TD1, _TD2, _TD3 = _rotations(
     ]
 )
 # Final-round tables: the S-box output already shifted into place saves work per block.
-_S24 = tuple(s << 24 for s in _SBOX)
-_S16 = tuple(s << 16 for s in _SBOX)
-_S8 = tuple(s << 8 for s in _SBOX)
-_S0 = _SBOX
-_IS24 = tuple(s << 24 for s in _INV_SBOX)
-_IS16 = tuple(s << 16 for s in _INV_SBOX)
-_IS8 = tuple(s << 8 for s in _INV_SBOX)
-_IS0 = _INV_SBOX
+_S24: Final = tuple(s << 24 for s in _SBOX)
+_S16: Final = tuple(s << 16 for s in _SBOX)
+_S8: Final = tuple(s << 8 for s in _SBOX)
+_S0: Final = _SBOX
+_IS24: Final = tuple(s << 24 for s in _INV_SBOX)
+_IS16: Final = tuple(s << 16 for s in _INV_SBOX)
+_IS8: Final = tuple(s << 8 for s in _INV_SBOX)
+_IS0: Final = _INV_SBOX
 
 
 # --- key schedule ---------------------------------------------------------------------------

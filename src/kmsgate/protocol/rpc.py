@@ -10,59 +10,60 @@ import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from kmsgate.protocol import pdus
 from kmsgate.protocol.errors import LocalProtocolError, RpcDecodeError
 from kmsgate.protocol.negotiation import Negotiation as Negotiation
 from kmsgate.protocol.negotiation import negotiate as negotiate
+from kmsgate.protocol.pdus import Bind as Bind
+from kmsgate.protocol.pdus import BindAck as BindAck
+from kmsgate.protocol.pdus import BindNak as BindNak
+from kmsgate.protocol.pdus import BindNakReason as BindNakReason
+from kmsgate.protocol.pdus import ContextElement as ContextElement
+from kmsgate.protocol.pdus import ContextResult as ContextResult
+from kmsgate.protocol.pdus import ContextResultCode as ContextResultCode
+from kmsgate.protocol.pdus import Fault as Fault
+from kmsgate.protocol.pdus import Pdu as Pdu
+from kmsgate.protocol.pdus import PType as PType
+from kmsgate.protocol.pdus import RejectReason as RejectReason
+from kmsgate.protocol.pdus import Request as Request
+from kmsgate.protocol.pdus import Response as Response
+from kmsgate.protocol.pdus import SyntaxId as SyntaxId
+from kmsgate.protocol.pdus import btfn_syntax as btfn_syntax
 
-# pdus.py's names, re-exported (rpc.Bind and the like); assignments, as a compiled (mypyc)
-# module binds no star import.
-BTFN_KEEP_CONNECTION_ON_ORPHAN = pdus.BTFN_KEEP_CONNECTION_ON_ORPHAN
-BTFN_PREFIX = pdus.BTFN_PREFIX
-BTFN_SECURITY_CONTEXT_MULTIPLEXING = pdus.BTFN_SECURITY_CONTEXT_MULTIPLEXING
-DREP_LITTLE_ENDIAN = pdus.DREP_LITTLE_ENDIAN
-HEADER_SIZE = pdus.HEADER_SIZE
-KMS_INTERFACE = pdus.KMS_INTERFACE
-KMS_INTERFACE_SYNTAX = pdus.KMS_INTERFACE_SYNTAX
-NCA_OP_RNG_ERROR = pdus.NCA_OP_RNG_ERROR
-NCA_PROTO_ERROR = pdus.NCA_PROTO_ERROR
-NCA_UNK_IF = pdus.NCA_UNK_IF
-NDR32 = pdus.NDR32
-NDR32_SYNTAX = pdus.NDR32_SYNTAX
-NDR64 = pdus.NDR64
-NDR64_SYNTAX = pdus.NDR64_SYNTAX
-NULL_SYNTAX = pdus.NULL_SYNTAX
-PFC_CONC_MPX = pdus.PFC_CONC_MPX
-PFC_DID_NOT_EXECUTE = pdus.PFC_DID_NOT_EXECUTE
-PFC_FIRST_FRAG = pdus.PFC_FIRST_FRAG
-PFC_LAST_FRAG = pdus.PFC_LAST_FRAG
-PFC_OBJECT_UUID = pdus.PFC_OBJECT_UUID
-PFC_SINGLE = pdus.PFC_SINGLE
-RPC_X_BAD_STUB_DATA = pdus.RPC_X_BAD_STUB_DATA
-Bind = pdus.Bind
-BindAck = pdus.BindAck
-BindNak = pdus.BindNak
-BindNakReason = pdus.BindNakReason
-ContextElement = pdus.ContextElement
-ContextResult = pdus.ContextResult
-ContextResultCode = pdus.ContextResultCode
-Fault = pdus.Fault
-PType = pdus.PType
-Pdu = pdus.Pdu
-RejectReason = pdus.RejectReason
-Request = pdus.Request
-Response = pdus.Response
-SyntaxId = pdus.SyntaxId
-btfn_syntax = pdus.btfn_syntax
+# pdus.py's constants, re-exported (rpc.HEADER_SIZE and the like, its classes imported
+# above); assignments, as a compiled (mypyc) module binds no star import.
+BTFN_KEEP_CONNECTION_ON_ORPHAN: Final = pdus.BTFN_KEEP_CONNECTION_ON_ORPHAN
+BTFN_PREFIX: Final = pdus.BTFN_PREFIX
+BTFN_SECURITY_CONTEXT_MULTIPLEXING: Final = pdus.BTFN_SECURITY_CONTEXT_MULTIPLEXING
+DREP_LITTLE_ENDIAN: Final = pdus.DREP_LITTLE_ENDIAN
+HEADER_SIZE: Final = pdus.HEADER_SIZE
+KMS_INTERFACE: Final = pdus.KMS_INTERFACE
+KMS_INTERFACE_SYNTAX: Final = pdus.KMS_INTERFACE_SYNTAX
+NCA_OP_RNG_ERROR: Final = pdus.NCA_OP_RNG_ERROR
+NCA_PROTO_ERROR: Final = pdus.NCA_PROTO_ERROR
+NCA_UNK_IF: Final = pdus.NCA_UNK_IF
+NDR32: Final = pdus.NDR32
+NDR32_SYNTAX: Final = pdus.NDR32_SYNTAX
+NDR64: Final = pdus.NDR64
+NDR64_SYNTAX: Final = pdus.NDR64_SYNTAX
+NULL_SYNTAX: Final = pdus.NULL_SYNTAX
+PFC_CONC_MPX: Final = pdus.PFC_CONC_MPX
+PFC_DID_NOT_EXECUTE: Final = pdus.PFC_DID_NOT_EXECUTE
+PFC_FIRST_FRAG: Final = pdus.PFC_FIRST_FRAG
+PFC_LAST_FRAG: Final = pdus.PFC_LAST_FRAG
+PFC_OBJECT_UUID: Final = pdus.PFC_OBJECT_UUID
+PFC_SINGLE: Final = pdus.PFC_SINGLE
+RPC_X_BAD_STUB_DATA: Final = pdus.RPC_X_BAD_STUB_DATA
 
-_HEADER = struct.Struct("<BBBB4sHHI")
-_BIND_BODY = struct.Struct("<HHIB3x")
-_CONTEXT = struct.Struct("<HBx16sI16sI")
-_RESULT = struct.Struct("<HH16sI")
-_REQUEST_BODY = struct.Struct("<IHH")
-_RESPONSE_BODY = struct.Struct("<IHBx")
-_FAULT_BODY = struct.Struct("<IHBxI4x")
+_HEADER: Final = struct.Struct("<BBBB4sHHI")
+_BIND_BODY: Final = struct.Struct("<HHIB3x")
+_CONTEXT: Final = struct.Struct("<HBx16sI16sI")
+_RESULT: Final = struct.Struct("<HH16sI")
+_REQUEST_BODY: Final = struct.Struct("<IHH")
+_RESPONSE_BODY: Final = struct.Struct("<IHBx")
+_FAULT_BODY: Final = struct.Struct("<IHBxI4x")
 
 
 @dataclass(frozen=True, slots=True)

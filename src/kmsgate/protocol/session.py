@@ -59,7 +59,7 @@ ActivationRefused carrying the decoded request.
 
 
 # A context id no PDU carries (they are u16): the session's "not bound".
-UNBOUND = -1
+UNBOUND: Final = -1
 # The C layout of a plain request and its answer, or None (protocol/wire.py).
 _request_message: Final = wire.request_message
 _response_pdu: Final = wire.response_pdu
@@ -68,7 +68,7 @@ _BIND: Final = int(rpc.PType.BIND)
 _ALTER_CONTEXT: Final = int(rpc.PType.ALTER_CONTEXT)
 
 # assoc_group_id's offset in a bind_ack or alter_context_resp PDU (header, then 2 u16s).
-_ASSOC_GROUP_AT = rpc.HEADER_SIZE + 4
+_ASSOC_GROUP_AT: Final = rpc.HEADER_SIZE + 4
 
 
 @functools.lru_cache(maxsize=512)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from kmsgate.catalog import Catalog
 from kmsgate.net import Peer
@@ -16,9 +16,10 @@ from kmsgate.uuids import uuid_bytes
 
 # Names and id bytes are found once per (application, SKU, KMS id); clients choose those
 # ids, so the cache is bounded and simply starts over when full.
-NAME_CACHE_SIZE = 4096
-RECORDED = (ActivationServed, ActivationRefused)
-ACTIVATED, REFUSED = result_of(0), result_of(1)
+NAME_CACHE_SIZE: Final = 4096
+RECORDED: Final = (ActivationServed, ActivationRefused)
+ACTIVATED: Final = result_of(0)
+REFUSED: Final = result_of(1)
 # (application id, SKU id, SKU name, KMS id, product family): a draft's fields 4 to 8.
 _Product = tuple[bytes, bytes, str, bytes, str]
 

@@ -27,9 +27,9 @@ from typing import Any, Final
 from kmsgate._native import optional_extension
 from kmsgate.errors import KmsgateError
 
-HEADER_BYTES = 4096
-MAGIC = int.from_bytes(b"KMSRING1", "little")
-ENTRY_HEADER = struct.Struct("<II")
+HEADER_BYTES: Final = 4096
+MAGIC: Final = int.from_bytes(b"KMSRING1", "little")
+ENTRY_HEADER: Final = struct.Struct("<II")
 
 
 # _ring.c, unless missing or KMSGATE_PURE_PYTHON_RING=1.
@@ -48,12 +48,16 @@ _dumps: Final = marshal.dumps
 _pack_entry_header: Final = ENTRY_HEADER.pack_into
 _crc32: Final = zlib.crc32
 _ENTRY_HEADER_SIZE: Final = ENTRY_HEADER.size
-WRAP = 0xFFFFFFFF
-ALIGN = 8
+WRAP: Final = 0xFFFFFFFF
+ALIGN: Final = 8
 # Words of the header (indices into a memoryview cast to 'Q').
-_MAGIC, _CAPACITY, _MAX_ENTRIES = 0, 1, 2
-_TAIL_POS, _TAIL_COUNT = 8, 9
-_HEAD_POS, _HEAD_COUNT = 16, 17
+_MAGIC: Final = 0
+_CAPACITY: Final = 1
+_MAX_ENTRIES: Final = 2
+_TAIL_POS: Final = 8
+_TAIL_COUNT: Final = 9
+_HEAD_POS: Final = 16
+_HEAD_COUNT: Final = 17
 
 
 class RingError(KmsgateError, ValueError):

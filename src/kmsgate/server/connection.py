@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
@@ -23,15 +23,15 @@ if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
     from kmsgate.recording.recorder import RecordGate
 
-log = logging.getLogger("kmsgate.server")
+log: Final = logging.getLogger("kmsgate.server")
 
 # Reading a connection stops while more than HIGH bytes of answers wait to be sent to it and
 # resumes below LOW: a client that never reads holds one read's worth of answers, not all.
-WRITE_BUFFER_HIGH = 64 * 1024
-WRITE_BUFFER_LOW = 16 * 1024
+WRITE_BUFFER_HIGH: Final = 64 * 1024
+WRITE_BUFFER_LOW: Final = 16 * 1024
 # Why a connection's reading is paused (both may hold at once).
-_PAUSED_FOR_WRITING = 1
-_PAUSED_FOR_RECORDS = 2
+_PAUSED_FOR_WRITING: Final = 1
+_PAUSED_FOR_RECORDS: Final = 2
 
 
 class ConnectionHost(Protocol):
@@ -62,7 +62,7 @@ class ConnectionHost(Protocol):
 
 
 # Until connection_made names the client (Peer is immutable, so one instance serves all).
-_UNKNOWN_PEER = Peer("unknown")
+_UNKNOWN_PEER: Final = Peer("unknown")
 
 
 class KmsConnection(asyncio.Protocol):

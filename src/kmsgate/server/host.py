@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from kmsgate import _native
 from kmsgate.access.products import ProductPolicy
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
     from kmsgate.recording.recorder import RecordGate
 
-log = logging.getLogger("kmsgate.server")
+log: Final = logging.getLogger("kmsgate.server")
 
 EventHook = Callable[[Peer, Event], None]
 

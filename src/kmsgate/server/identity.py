@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from kmsgate.catalog import Catalog, Csvlk, HostBuild
 from kmsgate.errors import KmsgateError
@@ -31,10 +31,10 @@ from kmsgate.protocol.epid import (
 )
 from kmsgate.protocol.messages import KmsRequest
 
-log = logging.getLogger("kmsgate.server")
+log: Final = logging.getLogger("kmsgate.server")
 
-DEFAULT_HOST_BUILD = 26100
-IDENTITY_FORMAT = "kmsgate-identity/1"
+DEFAULT_HOST_BUILD: Final = 26100
+IDENTITY_FORMAT: Final = "kmsgate-identity/1"
 
 
 class IdentityError(KmsgateError, ValueError):

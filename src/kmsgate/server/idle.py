@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from typing import Final
 
 # Deadlines this close share one loop timer: a connection may close up to this much late.
-SLOT_SECONDS = 0.05
+SLOT_SECONDS: Final = 0.05
 
 
 class TimerSlots:

@@ -7,7 +7,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from kmsgate.access.source import SourcePolicy
 from kmsgate.config.settings import ServeSettings
@@ -16,7 +16,7 @@ from kmsgate.observability.metrics import Metrics
 from kmsgate.server.idle import IdleTimer, TimerSlots
 from kmsgate.server.outbox import AnswerOutbox
 
-log = logging.getLogger("kmsgate.server")
+log: Final = logging.getLogger("kmsgate.server")
 
 
 class HostConnection(Protocol):

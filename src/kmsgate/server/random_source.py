@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Final
 
-CHUNK = 4096
+CHUNK: Final = 4096
 
 # Bumped in a forked child: a buffer filled under another count came from the parent.
 _forks = 0
