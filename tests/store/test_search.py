@@ -64,6 +64,13 @@ SKUS = [
     "Office LTSC Professional Plus 2021",
     "Windows Server 2022 Standard",
     "Büro Édition",
+    # Made-up names (catalog.product_name for SKU ids it does not know): in the index.
+    "unknown (6f1d2c3b-0000-4a5b-8c9d-00000000abcd)",
+    "unknown",
+    # Names sorting right around the made-up ones: matched by name.
+    "unknowable Pro",
+    "unknowo",
+    "vNext Edition",
 ]
 ADDRESSES = ["10.1.2.3", "10.12.34.5", "110.12.34.9", "192.0.2.10", "2001:db8::1", "fe80::AbCd"]
 TERMS = [
@@ -116,6 +123,13 @@ TERMS = [
     "büro",
     "BÜRO",
     "zz-no-such-client",
+    "unknown",
+    "UNKNOWN (6f1d",
+    "abcd)",
+    "nown",
+    "unknowa",
+    "unknowo",
+    "next",
     "ab",
     "x",
     "00042",
@@ -229,11 +243,12 @@ async def integrity_check(store: Store) -> None:
 
 
 async def drop_index(store: Store) -> None:
-    """What a SQLite without FTS5 trigram leaves: migration 0003 skipped its objects."""
+    """What a SQLite without FTS5 trigram leaves: migrations 0003 and 0012 skipped theirs."""
     async with store.engine.begin() as conn:
         for trigger in sorted(TRIGGERS):
             await conn.exec_driver_sql(f"DROP TRIGGER {trigger}")
         await conn.exec_driver_sql(f"DROP TABLE {FTS_TABLE}")
+        await conn.exec_driver_sql(f"DROP VIEW {FTS_TABLE}_source")
 
 
 async def search_objects(url: str) -> dict[str, str]:
@@ -392,6 +407,98 @@ def test_migration_skips_the_index_without_the_tokenizer(
         assert asyncio.run(run_on(url, attempt)) == (False, True, 0)
     assert "client search will scan" in caplog.text
     assert "no_such_tokenizer" in caplog.text
+
+
+async def index_terms(store: Store) -> set[str]:
+    """The trigrams the index holds (FTS5's vocabulary table over it)."""
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, {FTS_TABLE}, row)"
+        )
+        return {str(term) for (term,) in await conn.exec_driver_sql("SELECT term FROM vocab")}
+
+
+async def test_catalogue_sku_names_stay_out_of_the_index(store: Store) -> None:
+    # A third of a new client's trigrams were its SKU name's: catalogue names are few and
+    # are matched by name instead; names a client can make up stay in the index.
+    await store.record_activations(
+        [
+            make_record(machine_name="PC-1", sku_name="Office LTSC Professional Plus 2021"),
+            make_record(
+                machine_name="PC-2", sku_name="unknown (00000000-feed-4bee-8000-c0ffee000001)"
+            ),
+        ]
+    )
+    await integrity_check(store)
+    terms = await index_terms(store)
+    assert {"pc-", "unk", "fee", "c0f"} <= terms
+    assert not {"lts", "ltsc", "pro", "lus"} & terms
+    found = await store.list_clients(search="LTSC pro")
+    assert [c.machine_name for c in found.items] == ["PC-1"]
+    found = await store.list_clients(search="c0ffee")
+    assert [c.machine_name for c in found.items] == ["PC-2"]
+
+
+async def test_named_skus_skip_the_made_up_names(store: Store) -> None:
+    # Clients choose SKU ids, so made-up names are as many as they like: the scan of catalogue
+    # names must not read them one by one, nor return them.
+    made_up = [f"unknown ({uuid.UUID(int=n)})" for n in range(300)]
+    named = ["Office LTSC Professional Plus 2021", "Windows 10/11 Pro", "vNext Edition"]
+    await store.record_activations(
+        [make_record(sku_name=name) for name in [*made_up, *named, "unknown"]]
+    )
+    async with store.engine.connect() as conn:
+        assert await store_search._named_skus(conn, store_search.ClientSearch("", "sqlite")) == [
+            "Office LTSC Professional Plus 2021",
+            "Windows 10/11 Pro",
+            "vNext Edition",
+        ]
+        assert await store_search._named_skus(conn, store_search.ClientSearch("PRO", "sqlite")) == [
+            "Office LTSC Professional Plus 2021",
+            "Windows 10/11 Pro",
+        ]
+    async with store.engine.connect() as conn:
+        steps = await conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN " + str(store_search._NAMED_SKUS),
+            {"first": "unknown", "end": "unknowo", "pattern": "%"},
+        )
+        plan = " | ".join(str(row[-1]) for row in steps)
+    # Every seek goes through the SKU sort index: none scans the clients table.
+    assert "ix_clients_sku_name_cmid" in plan
+    assert "SCAN clients" not in plan
+
+
+def test_migration_0012_goes_back_to_all_three_texts(url: str) -> None:
+    async def record() -> None:
+        store = await Store.open(url)
+        try:
+            await store.record_activations(
+                [make_record(machine_name="PC-9", sku_name="Office LTSC Professional Plus 2021")]
+            )
+        finally:
+            await store.close()
+
+    def sku_matches(conn: Connection) -> int:
+        conn.execute(
+            text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rank) VALUES ('integrity-check', 1)")
+        )
+        query = f"SELECT count(*) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH 'sku_name : ltsc'"
+        return int(conn.execute(text(query)).scalar_one())
+
+    async def search_again() -> list[str]:
+        store = await Store.open(url)
+        try:
+            await integrity_check(store)
+            return [c.machine_name for c in (await store.list_clients(search="ltsc")).items]
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+    migrate.downgrade(url, "0011")
+    # 0003's index again: every SKU name in it, no view.
+    assert asyncio.run(run_on(url, sku_matches)) == 1
+    assert f"{FTS_TABLE}_source" not in asyncio.run(search_objects(url))
+    assert asyncio.run(search_again()) == ["PC-9"]  # upgraded once more on opening
 
 
 # ------------------------------------------------------------------ triggers

@@ -16,12 +16,14 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    text,
     tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# PostgreSQL answers the filter from trigram GIN indexes (migration 0001). On SQLite,
-# migration 0003's FTS5 trigram table only proposes candidates: the same filter decides.
+# PostgreSQL answers the filter from trigram GIN indexes (migration 0001). On SQLite, the
+# FTS5 trigram table of migrations 0003 and 0012 (names, addresses, made-up SKU names) and
+# the catalogue SKU names the term matches only propose candidates: the same filter decides.
 # The table is absent when that SQLite had no trigram tokenizer.
 FTS_TABLE = "clients_search"
 # The trigram tokenizer matches nothing for shorter terms.
@@ -33,6 +35,10 @@ RARE_HITS = 5_000
 # The window for terms with more candidates: at 1 M clients they are 0.5 %+ of the rows, so
 # it holds a full page unless matches cluster elsewhere in the order.
 INDEXED_WINDOW = 20_000
+# SKU names a client can make up (catalog.product_name: "unknown", "unknown (<guid>)") sort in
+# [first, end): the index holds those (migration 0012). The others are catalogue names, a
+# few hundred, matched by name and found through the SKU sort index.
+UNKNOWN_SKUS = ("unknown", "unknowo")
 
 # MATCH goes against the hidden column named after the table; rowid leads back to clients.
 _fts = table(FTS_TABLE, column("rowid"), column(FTS_TABLE))
@@ -109,13 +115,18 @@ async def sqlite_search(
     ]
     phrase = search.fts_phrase() if indexed else None
     window = SEARCH_WINDOW
+    named: list[str] = []
     if phrase is not None:
-        # The phrase anywhere in the row: the cheapest query, and LIMIT stops it early.
-        hits = await _fts_rowids(conn, phrase, RARE_HITS + 1)
+        # The phrase anywhere in the row (LIMIT stops the query early), and the clients of the
+        # catalogue SKU names the term matches, which the index leaves out.
+        named = await _named_skus(conn, search)
+        hits = set(await _fts_rowids(conn, phrase, RARE_HITS + 1))
+        if named and len(hits) <= RARE_HITS:
+            hits.update(await _rowids_of_skus(conn, named, RARE_HITS + 1))
         if len(hits) <= RARE_HITS:
             if not hits:
                 return []
-            rare = matching.where(rowid.in_(hits)).order_by(*unindexed).limit(wanted)
+            rare = matching.where(rowid.in_(sorted(hits))).order_by(*unindexed).limit(wanted)
             return list(await conn.execute(rare))
         window = INDEXED_WINDOW
 
@@ -139,8 +150,11 @@ async def sqlite_search(
     rest = matching
     if phrase is not None:
         # Addresses by prefix, not substring: far fewer candidates for terms like "0.1".
-        narrow = f"{{machine_name sku_name}} : {phrase} OR last_address : ^{phrase}"
-        rest = rest.where(rowid.in_(_fts_match(narrow)))
+        narrow = f"{{machine_name sku_text}} : {phrase} OR last_address : ^{phrase}"
+        candidates: ColumnElement[bool] = rowid.in_(_fts_match(narrow))
+        if named:
+            candidates = or_(candidates, clients.c.sku_name.in_(named))
+        rest = rest.where(candidates)
     return list(await conn.execute(rest.order_by(*unindexed).limit(wanted)))
 
 
@@ -151,3 +165,39 @@ def _fts_match(query: str) -> Select[Any]:
 async def _fts_rowids(conn: AsyncConnection, query: str, limit: int) -> list[int]:
     """Up to `limit` rowids of clients the index matches to `query`."""
     return list((await conn.execute(_fts_match(query).limit(limit))).scalars())
+
+
+# The distinct SKU names outside UNKNOWN_SKUS, each found by one seek of the SKU sort index
+# from the one before (the made-up names, as many as clients care to send, are skipped in
+# one seek), kept when the term matches them as the exact filter does.
+_NAMED_SKUS = text(
+    """
+    WITH RECURSIVE names(name) AS (
+        SELECT coalesce(
+            (SELECT min(sku_name) FROM clients WHERE sku_name < :first),
+            (SELECT min(sku_name) FROM clients WHERE sku_name >= :end))
+        UNION ALL
+        SELECT CASE WHEN name < :first THEN coalesce(
+                (SELECT min(sku_name) FROM clients WHERE sku_name > name AND sku_name < :first),
+                (SELECT min(sku_name) FROM clients WHERE sku_name >= :end))
+            ELSE (SELECT min(sku_name) FROM clients WHERE sku_name > name) END
+        FROM names WHERE name IS NOT NULL
+    )
+    SELECT name FROM names WHERE name LIKE :pattern ESCAPE '\\'
+    """
+)
+
+
+async def _named_skus(conn: AsyncConnection, search: ClientSearch) -> list[str]:
+    """The catalogue SKU names (not UNKNOWN_SKUS) that `search` matches."""
+    first, end = UNKNOWN_SKUS
+    pattern = f"%{escape_like(search.term)}%"
+    found = await conn.execute(_NAMED_SKUS, {"first": first, "end": end, "pattern": pattern})
+    return list(found.scalars())
+
+
+async def _rowids_of_skus(conn: AsyncConnection, names: list[str], limit: int) -> list[int]:
+    """Up to `limit` rowids of clients of these SKU names (through the SKU sort index)."""
+    clients = table("clients", column("rowid"), column("sku_name"))
+    query = select(clients.c.rowid).where(clients.c.sku_name.in_(names)).limit(limit)
+    return list((await conn.execute(query)).scalars())
