@@ -180,6 +180,9 @@ def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
             _existing_file_url(target, path),
             pool_size=SQLITE_POOL_SIZE,
             max_overflow=SQLITE_POOL_OVERFLOW,
+            # The most recently returned connection first: the writer's batches stay on one
+            # connection, so one page cache fills, not one per pooled connection.
+            pool_use_lifo=True,
         )
     else:
         # An in-memory database lives in one connection. SQLAlchemy's default StaticPool
