@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
 import shlex
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -43,6 +41,7 @@ from bench_ceiling import (
     free_port,
     memory,
     pinned,
+    stop_group,
     wait_listening,
 )
 
@@ -126,12 +125,7 @@ def run(name: str, workdir: Path, load: list[str], args: argparse.Namespace) -> 
         result["cpu_us"] = round(spent / max(result["answered"], 1) * 1e6, 1)
         result["loaded"] = memory(proc.pid)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 30)  # the writer commits what it holds before the count
     result["stored"] = stored(data)
     return result
 

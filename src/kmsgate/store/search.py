@@ -122,7 +122,7 @@ async def sqlite_search(
         named = await _named_skus(conn, search)
         hits = set(await _fts_rowids(conn, phrase, RARE_HITS + 1))
         if named and len(hits) <= RARE_HITS:
-            hits.update(await _rowids_of_skus(conn, named, RARE_HITS + 1))
+            hits.update(await _rowids_of_skus(conn, clients, named, RARE_HITS + 1))
         if len(hits) <= RARE_HITS:
             if not hits:
                 return []
@@ -196,8 +196,10 @@ async def _named_skus(conn: AsyncConnection, search: ClientSearch) -> list[str]:
     return list(found.scalars())
 
 
-async def _rowids_of_skus(conn: AsyncConnection, names: list[str], limit: int) -> list[int]:
+async def _rowids_of_skus(
+    conn: AsyncConnection, clients: Any, names: list[str], limit: int
+) -> list[int]:
     """Up to `limit` rowids of clients of these SKU names (through the SKU sort index)."""
-    clients = table("clients", column("rowid"), column("sku_name"))
-    query = select(clients.c.rowid).where(clients.c.sku_name.in_(names)).limit(limit)
+    rowid: ColumnElement[Any] = literal_column(f"{clients.name}.rowid")
+    query = select(rowid).where(clients.c.sku_name.in_(names)).limit(limit)
     return list((await conn.execute(query)).scalars())
