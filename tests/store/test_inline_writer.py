@@ -15,7 +15,6 @@ from typing import cast
 
 import pytest
 
-from kmsgate.recording import handover
 from kmsgate.recording.inline import InlineWriter
 from kmsgate.recording.ring_memory import RingMemory
 from kmsgate.store.database import Store
@@ -283,22 +282,20 @@ async def test_close_returns_when_a_commit_wakes_the_reader_at_that_moment() -> 
     assert task.exception() is None  # the reader stopped between two reads, as told
 
 
-async def test_drafts_kept_beside_the_ring_stay_bounded_while_the_store_lags(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_drafts_kept_beside_the_ring_stay_bounded_while_the_store_lags() -> None:
     # Past the bound, entries are decoded from the ring instead: every record still lands
     # once, in order, and memory does not follow a store that lags.
-    monkeypatch.setattr(handover, "MAX_KNOWN", 50)
     slow = FakeStore()
     slow.delay = 0.05
     made = drafts(400)
     async with InlineWriter(
         cast(Store, slow), node="n", max_queue=1000, batch_size=40, flush_interval=0.01
     ) as writer:
+        writer._intake.max_known = 50
         for draft in made:
             writer.submit(draft)
         assert writer.hand_over()
-        assert len(writer._known) == 50
+        assert writer._intake.known is not None and len(writer._intake.known) == 50
         await wait_for(lambda: writer.written == 400, timeout=30)
-        assert not writer._known
+        assert not writer._intake.known
     assert slow.stored == made

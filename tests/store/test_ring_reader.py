@@ -10,8 +10,9 @@ from typing import cast
 
 import pytest
 
+from kmsgate.recording.intake import KnownEntries
 from kmsgate.recording.ring import ENTRY_HEADER, RecordRing, ring_bytes
-from kmsgate.recording.ring_reader import KnownEntries, RingReader
+from kmsgate.recording.ring_reader import RingReader
 from kmsgate.recording.writer import RecordWriter
 from kmsgate.store.drafts import RecordDraft
 from tests.store.test_writer_process import drafts

@@ -23,8 +23,7 @@ import os
 from collections.abc import Callable
 
 from kmsgate.recording.frames import encode_frame
-from kmsgate.recording.ring import RecordRing, RingError
-from kmsgate.recording.ring_reader import MAX_KNOWN, KnownEntries
+from kmsgate.recording.intake import DraftIntake
 from kmsgate.store.drafts import RecordDraft
 
 log = logging.getLogger("kmsgate.store")
@@ -37,28 +36,19 @@ class RingHandover:
 
     def __init__(self, max_queue: int) -> None:
         self._max_queue = max_queue
-        self._pending: collections.deque[RecordDraft] = collections.deque()
-        self._ring: RecordRing | None = None
-        self._wake_at = max(1, max_queue // 4)
-        self._woken = False  # a wake-up was sent and the child has not reported since
+        # The ring, the drafts waiting for it and their counts (compiled: every draft passes).
+        self._intake = DraftIntake(max(1, max_queue // 4), self._wake_reader)
+        # The intake's submit itself, not a method calling it: the host calls it per request.
+        self.submit: Callable[[RecordDraft], bool] = self._intake.submit
         self._out = bytearray()  # control frames not yet in the pipe
         self._fd: int | None = None  # write end of the current child's stdin pipe
         self._watching_fd = False
         self._pumping = False
-        # Drafts submitted, and of those the ones in the ring (or resolved otherwise):
-        # a waiter registered at `submitted` = n is released once `handed` >= n.
-        self._submitted = 0
-        self._handed = 0
+        # A waiter registered at intake.submitted = n is released once intake.handed >= n.
         self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         # A reader (the child, once it has opened the store, or the inline task) takes the
-        # ring: drafts are handed over only then. The flag is the event's state, read per
-        # draft without a call.
+        # ring: drafts are handed over only then.
         self._ready = asyncio.Event()
-        self._attached = False
-        # Drafts kept beside their ring entries for a reader in this process (inline.py),
-        # None when the reader is another process.
-        self._known: KnownEntries | None = None
-        self._closing = False
         self._full = False
         # This child's counters, as last reported, and the totals of the children before it.
         self._child_written = self._child_dropped = self._child_failures = 0
@@ -71,17 +61,18 @@ class RingHandover:
     @property
     def _in_flight(self) -> int:
         """Records in the ring that no child has committed (or dropped) yet."""
-        return 0 if self._ring is None else self._ring.uncommitted
+        ring = self._intake.ring
+        return 0 if ring is None else ring.uncommitted
 
     @property
     def depth(self) -> int:
         """Records not yet written: waiting here, or in the ring."""
-        return len(self._pending) + self._in_flight
+        return len(self._intake.pending) + self._in_flight
 
     @property
     def dropped(self) -> int:
         """Records lost: submitted after close, unwritable, or left when the writer closed."""
-        return self._base_dropped + self._child_dropped
+        return self._base_dropped + self._child_dropped + self._intake.dropped
 
     @property
     def written(self) -> int:
@@ -95,69 +86,33 @@ class RingHandover:
 
     # ---------------------------------------------------------------- host side
 
-    def submit(self, draft: RecordDraft) -> bool:
-        """Hand a draft over now if the ring has room, else keep it for hand_over(); False
-        (and dropped + 1) once closed.
-
-        Never refused for lack of room: the queue's bound holds at hand-over, where the
-        host keeps the draft's answer until there is room.
-        """
-        if self._closing:
-            self._base_dropped += 1
-            return False
-        self._submitted += 1
-        if self._pending or not self._attached or not self._append(draft):
-            self._pending.append(draft)
-        return True
-
     def hand_over(self) -> bool:
         """Put the drafts submitted so far into the ring; True once all of them are there.
 
         False: the ring is full or no child is attached; the drafts then wait here, and
         when_handed_over() tells when they are gone.
         """
-        if self._handed != self._submitted:
+        intake = self._intake
+        if intake.handed != intake.submitted:
             self._pump()
-        return self._handed == self._submitted
+        return intake.handed == intake.submitted
 
     def when_handed_over(self, callback: Callable[[], None]) -> None:
         """Call `callback` (once) when every draft submitted so far is in the ring."""
-        if self._handed == self._submitted:
+        intake = self._intake
+        if intake.handed == intake.submitted:
             callback()
             return
-        self._waiters.append((self._submitted, callback))
-
-    def _append(self, draft: RecordDraft) -> bool:
-        """Put one draft into the ring; False when there is no room (it is not taken)."""
-        ring = self._ring
-        assert ring is not None
-        start = ring.tail
-        try:
-            waiting = ring.append_draft(draft)
-        except (ValueError, RingError):  # not primitives, or larger than any ring holds
-            self._base_dropped += 1
-            log.error("dropping a record draft that cannot be sent: %.200r", draft)
-            self._handed += 1  # resolved: nothing will ever carry it
-            return True
-        if not waiting:
-            self._wake_reader()
-            return False
-        self._handed += 1
-        known = self._known
-        if known is not None and len(known) < MAX_KNOWN:
-            known.append((ring.appended, start, ring.tail, draft))
-        if waiting >= self._wake_at and not self._woken:
-            self._wake_reader()
-        return True
+        self._waiters.append((intake.submitted, callback))
 
     def _reader_attached(self) -> None:
         """A reader took the ring: drafts are handed over from now on."""
-        self._attached = True
+        self._intake.attached = True
         self._ready.set()
 
     def _reader_detached(self) -> None:
         """The ring's reader is gone: drafts wait here until the next one."""
-        self._attached = False
+        self._intake.attached = False
         self._ready.clear()
 
     def _pump(self) -> None:
@@ -165,12 +120,10 @@ class RingHandover:
         if self._pumping:
             return  # a waiter's callback submitted more: the running pump takes it along
         self._pumping = True
+        intake = self._intake
         try:
-            pending = self._pending
-            if self._attached:
-                while pending and self._append(pending[0]):
-                    pending.popleft()
-                if pending:
+            if intake.attached:
+                if not intake.move_pending():
                     self._note_full()
                 elif self._full:
                     self._full = False
@@ -178,7 +131,7 @@ class RingHandover:
             self._write_control()
         finally:
             self._pumping = False
-        waiters, handed = self._waiters, self._handed
+        waiters, handed = self._waiters, intake.handed
         while waiters and waiters[0][0] <= handed:
             try:
                 waiters.popleft()[1]()
@@ -189,8 +142,8 @@ class RingHandover:
 
     def _wake_reader(self) -> None:
         """Tell the ring's reader to read now, not at its next poll."""
-        if not self._woken and self._fd is not None:
-            self._woken = True
+        if not self._intake.woken and self._fd is not None:
+            self._intake.woken = True
             self._out += WAKE_FRAME
             self._write_control()
 

@@ -61,7 +61,7 @@ class InlineWriter(RingHandover):
         self._poll = max(MIN_POLL, flush_interval / 2)
         self._memory: RingMemory | None = None
         self._reader: RingReader | None = None
-        self._known = collections.deque()
+        self._intake.known = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -79,7 +79,7 @@ class InlineWriter(RingHandover):
     @property
     def dropped(self) -> int:
         reader = self._reader
-        return self._base_dropped + (0 if reader is None else reader.dropped)
+        return self._base_dropped + self._intake.dropped + (0 if reader is None else reader.dropped)
 
     @property
     def failures(self) -> int:
@@ -107,9 +107,9 @@ class InlineWriter(RingHandover):
             if path is None
             else RingMemory.file(path, self._max_queue)
         )
-        self._ring = memory.ring
+        self._intake.ring = memory.ring
         await self._writer.start()
-        self._reader = RingReader(memory.ring, self._writer, self._node, self._known)
+        self._reader = RingReader(memory.ring, self._writer, self._node, self._intake.known)
         self._reader_attached()
         self._task = asyncio.create_task(self._run(), name="kmsgate-ring-reader")
         self._task.add_done_callback(self._reader_ended)
@@ -122,15 +122,16 @@ class InlineWriter(RingHandover):
     async def _run(self) -> None:
         reader = self._reader
         assert reader is not None
-        ring, wake_at = reader.ring, self._wake_at
+        ring, intake = reader.ring, self._intake
+        wake_at = intake.wake_at
         while True:
             reader.release()
-            if self._pending:  # released room: hand over what waits for it
+            if intake.pending:  # released room: hand over what waits for it
                 self._pump()
             reader.drain()
             # Woken again only once the ring got below the mark: while the writer has not
             # committed what it read, a wake-up per record would find nothing more to do.
-            self._woken = ring.uncommitted >= wake_at
+            intake.woken = ring.uncommitted >= wake_at
             self._wake.clear()
             if self._stopping:
                 return
@@ -141,22 +142,23 @@ class InlineWriter(RingHandover):
                     await self._wake.wait()
 
     def _wake_reader(self) -> None:
-        if not self._woken:
-            self._woken = True
+        if not self._intake.woken:
+            self._intake.woken = True
             self._wake.set()
 
     async def close(self) -> None:
         """Stop accepting, hand over what waits, write what the ring holds within
         close_timeout; what is left stays in the ring file for the next start."""
-        if self._closing or self._memory is None:
-            self._closing = True
+        intake = self._intake
+        if intake.closing or self._memory is None:
+            intake.closing = True
             return
-        self._closing = True
+        intake.closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._close_timeout
-        while self._pending and loop.time() < deadline:
+        while intake.pending and loop.time() < deadline:
             self._pump()
-            if self._pending:
+            if intake.pending:
                 self._wake_reader()
                 await asyncio.sleep(CLOSE_POLL)
         if self._task is not None:
@@ -179,13 +181,11 @@ class InlineWriter(RingHandover):
         # Lost to this run; a ring file still holds them for the next start.
         self._base_dropped += self._in_flight
         self._reader_detached()
-        self._base_dropped += len(self._pending)
-        self._handed += len(self._pending)
-        self._pending.clear()
+        intake.drop_pending()
         self._pump()  # nothing will carry what is left: let anyone waiting for it go
-        self._ring = None
-        if self._known is not None:
-            self._known.clear()
+        intake.ring = None
+        if intake.known is not None:
+            intake.known.clear()
         self._memory.close()
         self._memory = None
 

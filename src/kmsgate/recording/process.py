@@ -90,7 +90,7 @@ class WriterProcess(RingHandover):
     def set_log_level(self, level: int) -> None:
         """Log what the child does from `level` on (after a reload changed --log-level)."""
         self._log_level = level
-        if self._fd is not None and not self._closing:
+        if self._fd is not None and not self._intake.closing:
             self._send_control(("log_level", level))
 
     # ---------------------------------------------------------------- lifecycle
@@ -106,7 +106,7 @@ class WriterProcess(RingHandover):
             if path is None
             else RingMemory.file(path, self._max_queue)
         )
-        self._ring = memory.ring
+        self._intake.ring = memory.ring
         self.ring_size = memory.size
         await self._spawn()
         ready = asyncio.ensure_future(self._ready.wait())
@@ -168,7 +168,7 @@ class WriterProcess(RingHandover):
         code = await process.wait()
         self._reader_detached()
         self._close_pipe()
-        if self._closing or self.pid is None:
+        if self._intake.closing or self.pid is None:
             if self.pid is None:
                 log.error("record writer process exited with status %s before it was ready", code)
             return  # close() or start() takes it from here
@@ -187,7 +187,7 @@ class WriterProcess(RingHandover):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing_event.wait(), self._restart_delay)
         self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_DELAY)
-        if not self._closing:
+        if not self._intake.closing:
             self.restarts += 1
             await self._spawn()
 
@@ -197,7 +197,7 @@ class WriterProcess(RingHandover):
                 self._child_written = written
                 self._child_dropped = dropped
                 self._child_failures = failures
-                self._woken = False
+                self._intake.woken = False
                 match trouble:
                     case (float(at), str(text), float() | None as since):
                         self.last_error, self.failing_since = (at, text), since
@@ -205,7 +205,7 @@ class WriterProcess(RingHandover):
                         self.failing_since = None
                     case _:
                         raise FrameError(f"malformed status {trouble!r:.80}")
-                if self._pending:  # the child made room: hand over what waits for it
+                if self._intake.pending:  # the child made room: hand over what waits for it
                     self._pump()
             case ("log", int(level), str(name), str(text)):
                 logging.getLogger(name).log(level, "%s", text)
@@ -220,16 +220,16 @@ class WriterProcess(RingHandover):
     async def close(self) -> None:
         """Stop accepting, hand over what waits, let the child write it within
         close_timeout, then stop it."""
-        if self._closing:
+        if self._intake.closing:
             return
-        self._closing = True
+        self._intake.closing = True
         self._closing_event.set()
         watcher = self._watcher
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._close_timeout
-        while self._pending and self._fd is not None and loop.time() < deadline:
+        while self._intake.pending and self._fd is not None and loop.time() < deadline:
             self._pump()
-            if self._pending:
+            if self._intake.pending:
                 await asyncio.sleep(CLOSE_POLL)
         self._close_pipe()  # end of input: the child writes, reports and exits
         if watcher is not None:
@@ -239,25 +239,23 @@ class WriterProcess(RingHandover):
             except TimeoutError:
                 log.error("record writer process did not finish in time; killing it")
                 await self._kill()
-        left = len(self._pending) + self._in_flight
+        left = len(self._intake.pending) + self._in_flight
         if left:
             log.error("store writer closed with %d records unwritten or unconfirmed", left)
         self._retire_child(self._in_flight)
-        self._base_dropped += len(self._pending)
-        self._handed += len(self._pending)
-        self._pending.clear()
+        self._intake.drop_pending()
         self._pump()  # nothing will carry what is left: let anyone waiting for it go
         self._release_ring()
 
     def _release_ring(self) -> None:
         if self._memory is not None:
-            self._ring = None
+            self._intake.ring = None
             self._memory.close()
             self._memory = None
 
     async def _kill(self) -> None:
         process, watcher = self._process, self._watcher
-        self._closing = True
+        self._intake.closing = True
         self._closing_event.set()
         if process is not None and process.returncode is None:
             process.kill()

@@ -10,23 +10,14 @@ import logging
 import marshal
 from typing import TYPE_CHECKING
 
+from kmsgate.recording.intake import KnownEntries
 from kmsgate.recording.ring import RecordRing, RingCursor
-from kmsgate.store.drafts import DraftError, RecordDraft, checked_draft
+from kmsgate.store.drafts import DraftError, checked_draft
 
 if TYPE_CHECKING:
     from kmsgate.recording.writer import RecordWriter
 
 log = logging.getLogger("kmsgate.store")
-
-
-# (entry number, its ring position, the position just past it, the draft it was made of),
-# oldest first.
-KnownEntries = collections.deque[tuple[int, int, int, RecordDraft]]
-# Drafts kept beside their ring entries until the reader takes them: one is then taken as it
-# is, its entry neither read back nor decoded and checked (about 2 µs a record). Beyond this
-# many (a store that lags), entries are decoded from the ring as a child's are: memory stays
-# bounded.
-MAX_KNOWN = 4096
 
 
 class RingReader:
