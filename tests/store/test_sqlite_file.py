@@ -15,7 +15,14 @@ from sqlalchemy import event, text
 
 from kmsgate.store import migrate
 from kmsgate.store.database import Store
-from kmsgate.store.engine import SQLITE_POOL_OVERFLOW, SQLITE_POOL_SIZE, make_engine
+from kmsgate.store.engine import (
+    SQLITE_CACHE_KIB,
+    SQLITE_POOL_OVERFLOW,
+    SQLITE_POOL_SIZE,
+    SQLITE_WRITER_CACHE_KIB,
+    WRITE_OPTION,
+    make_engine,
+)
 from kmsgate.store.errors import StoreUnavailable
 from kmsgate.store.sqlite_file import FILE_CHECK_INTERVAL
 from tests.support.records import make_record
@@ -190,6 +197,45 @@ async def test_the_writer_keeps_to_one_connection_after_a_burst(db: Path) -> Non
             await store.record_activations([make_record()])
         assert len(used) >= 6
         assert len(set(used)) == 1
+    finally:
+        await store.close()
+
+
+async def test_writes_run_with_the_small_page_cache_and_reads_with_the_large(db: Path) -> None:
+    # The writer keeps every page it wrote: on the one connection the batches use, a large
+    # cache filled with new activations' pages (the node 18 MiB over its memory budget).
+    assert SQLITE_WRITER_CACHE_KIB < SQLITE_CACHE_KIB
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        async with engine.connect() as conn:
+            for _ in range(2):  # the same connection, back and forth
+                await conn.execution_options(**{WRITE_OPTION: True})
+                async with conn.begin():
+                    size = (await conn.execute(text("PRAGMA cache_size"))).scalar_one()
+                    assert size == -SQLITE_WRITER_CACHE_KIB
+                await conn.execution_options(**{WRITE_OPTION: False})
+                async with conn.begin():
+                    size = (await conn.execute(text("PRAGMA cache_size"))).scalar_one()
+                    assert size == -SQLITE_CACHE_KIB
+    finally:
+        await engine.dispose()
+
+
+async def test_the_store_writes_its_batches_with_the_writers_page_cache(db: Path) -> None:
+    store = await Store.open(f"sqlite:///{db}")
+    statements: list[str] = []
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    try:
+        event.listen(store.engine.sync_engine, "before_cursor_execute", on_execute)
+        async with store.engine.connect() as conn, conn.begin():  # a read: the large cache
+            await conn.execute(text("SELECT count(*) FROM clients"))
+        await store.record_activations([make_record()])
+        begin = statements.index("BEGIN IMMEDIATE")
+        assert statements[:2] == [f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}", "BEGIN"]
+        assert statements[begin - 1] == f"PRAGMA cache_size = -{SQLITE_WRITER_CACHE_KIB}"
     finally:
         await store.close()
 
