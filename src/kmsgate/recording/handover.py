@@ -31,8 +31,9 @@ WAKE_FRAME = encode_frame(("wake",))
 
 
 class RingHandover:
-    """Drafts waiting for the ring, the ring itself, and the control pipe to the child; the
-    base of WriterProcess, which runs the child at the ring's other end."""
+    """The ring and the drafts waiting for it (its DraftIntake, whose submit is this gate's),
+    the answers waiting for their drafts, and the control pipe to the child; the base of
+    WriterProcess and InlineWriter, which run the ring's reader."""
 
     def __init__(self, max_queue: int) -> None:
         self._max_queue = max_queue
