@@ -26,13 +26,13 @@ Dialect = Literal["sqlite", "postgresql"]
 SQLITE_BUSY_TIMEOUT_MS = 5000
 CONNECT_TIMEOUT = 10.0
 SQLITE_CACHE_KIB = 16 * 1024
-# The page cache of a connection while it writes. A writer only ever reads the pages it is
-# about to change, and keeps every page it wrote: with the writer's batches on one connection
-# (pool_use_lifo below) that filled 16 MiB with pages of new activations never read again
-# (the node's PSS under load 94 → 112 MiB). 4 MiB keeps the B-trees' upper levels for a
-# million clients; a batch of 500 records to 200 000 known clients takes 8 % longer
-# (docs/benchmarks.md). Set at each BEGIN, so reads on the same connection get the larger one.
-SQLITE_WRITER_CACHE_KIB = 4 * 1024
+# The page cache of a connection while it writes: SQLite's default size. A writer only reads
+# the pages it is about to change, and keeps every page it wrote: with the writer's batches on
+# one connection (pool_use_lifo below) a 16 MiB cache filled with pages of new activations
+# never read again (the node's PSS under load 94 → 112 MiB). A batch of 500 records to
+# 200 000 known clients takes 11–15 % longer than with 16 MiB (docs/benchmarks.md). Set at
+# each BEGIN, so reads on the same connection get the larger one.
+SQLITE_WRITER_CACHE_KIB = 2 * 1024
 # The cache size a connection was last given (its pool record's info).
 _CACHE_KIB_INFO = "kmsgate_cache_kib"
 # Connections to one SQLite file: kept, and opened beyond those for a burst (closed when it
