@@ -1,4 +1,5 @@
-"""The startup heap set aside from garbage collection once a long-running process is ready.
+"""A long-running process's heap: the startup heap set aside from garbage collection, and
+one malloc arena for all its threads.
 
 A node holds some 130 000 objects once its catalogue, store and web stack are loaded. Each
 full collection walked them all: 60–90 ms with the KMS host stalled, every few seconds
@@ -8,7 +9,12 @@ collected as before. (Cycles among the frozen objects are never freed: collect f
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import os
+
+# glibc's mallopt() parameter for the number of arenas (malloc.h).
+M_ARENA_MAX = -8
 
 
 def freeze_startup_heap() -> int:
@@ -16,3 +22,23 @@ def freeze_startup_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def share_one_malloc_arena() -> bool:
+    """Have every thread allocate from glibc's main arena; call it before threads start.
+
+    glibc gives each thread that allocates its own arena, and keeps what an arena once held:
+    a node's database connections (a thread each) and libuv's workers kept 1.5–2 MiB more
+    after dashboard use followed by load, and fresh connections took no less CPU with one
+    arena (docs/benchmarks.md). False where MALLOC_ARENA_MAX already decides (glibc read
+    it at start) or the C library has no such setting (musl).
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, 1))

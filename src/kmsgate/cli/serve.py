@@ -19,6 +19,7 @@ from kmsgate.config.loading import effective_config_file, load_settings
 from kmsgate.config.panels import PANELS
 from kmsgate.config.reference import field_panel
 from kmsgate.config.settings import ServeSettings
+from kmsgate.heap import share_one_malloc_arena
 from kmsgate.node import run_node
 from kmsgate.observability.logs import setup_logging
 from kmsgate.server.preflight import preflight
@@ -173,6 +174,7 @@ def settings_parameters(model: type[ServeSettings]) -> list[inspect.Parameter]:
 
 def serve(**options: Any) -> None:
     """Run the KMS host (TCP 1688 on IPv4 and IPv6 by default)."""
+    share_one_malloc_arena()  # before any thread: the log's, the loop's, the store's
     config = options.pop("config")
     cli = {
         key: (value or None) if isinstance(value, list) else value for key, value in options.items()

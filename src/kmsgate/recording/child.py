@@ -21,7 +21,7 @@ import sys
 import threading
 from typing import Any
 
-from kmsgate.heap import freeze_startup_heap
+from kmsgate.heap import freeze_startup_heap, share_one_malloc_arena
 from kmsgate.recording.frames import FrameError, encode_frame, read_frame
 from kmsgate.recording.ring import RecordRing, RingError
 from kmsgate.recording.ring_reader import RingReader
@@ -221,6 +221,7 @@ async def serve(outbox: Outbox) -> None:
 
 def main() -> int:
     """Entry point of the writer process."""
+    share_one_malloc_arena()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     outbox = Outbox(sys.stdout.fileno())
