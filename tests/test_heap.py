@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.host_attack import Serve
+from tests.adversarial.host_attack import Serve, children
 from tests.support.kms import activate_once
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +91,11 @@ def test_an_operators_malloc_arena_max_is_left_in_charge() -> None:
 
 
 @pytest.mark.integration
-async def test_a_serving_node_and_its_threads_allocate_from_one_arena(tmp_path: Path) -> None:
-    serve = Serve.start(tmp_path / "node", web=True)
+@pytest.mark.parametrize("writer", ["inline", "process"])
+async def test_a_serving_node_and_its_threads_allocate_from_one_arena(
+    tmp_path: Path, writer: str
+) -> None:
+    serve = Serve.start(tmp_path / "node", "--store-writer", writer, web=True)
     try:
         for _ in range(20):  # the store's connection thread writes them
             assert (await activate_once(serve.port)).ok
@@ -100,8 +103,12 @@ async def test_a_serving_node_and_its_threads_allocate_from_one_arena(tmp_path: 
         while serve.rows("SELECT COUNT(*) FROM activations")[0][0] != 20:
             assert time.monotonic() < deadline, "the activations were not written"
             time.sleep(0.05)
-        assert len(list(Path(f"/proc/{serve.pid}/task").iterdir())) > 2
-        assert thread_arenas(serve.pid) == 0
+        # The writer process, when there is one, writes them from threads of its own.
+        processes = [serve.pid, *children(serve.pid)]
+        assert len(processes) == (2 if writer == "process" else 1)
+        for pid in processes:
+            assert len(list(Path(f"/proc/{pid}/task").iterdir())) > 1
+            assert thread_arenas(pid) == 0, pid
     finally:
         serve.stop()
 
