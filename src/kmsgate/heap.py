@@ -25,14 +25,12 @@ def freeze_startup_heap() -> int:
 
 
 def share_one_malloc_arena() -> bool:
-    """Have every thread allocate from glibc's main arena; call it before threads start.
-
-    glibc gives each thread that allocates its own arena, and keeps what an arena once held:
-    a node's database connections (a thread each) and libuv's workers kept 1.5–2 MiB more
-    after dashboard use followed by load, and fresh connections took no less CPU with one
-    arena (docs/benchmarks.md). False where MALLOC_ARENA_MAX already decides (glibc read
-    it at start) or the C library has no such setting (musl).
-    """
+    """Have every thread allocate from glibc's main arena (call it before threads start);
+    False where MALLOC_ARENA_MAX already decides or the C library has no such setting."""
+    # glibc gives each thread that allocates an arena of its own and keeps what each arena
+    # once held: a node's database connections (a thread each) and libuv's workers kept
+    # 1.5-2 MiB more after dashboard use followed by load, and one arena costs no CPU
+    # (docs/benchmarks.md). glibc read MALLOC_ARENA_MAX at start: the operator's choice.
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:
