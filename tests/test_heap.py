@@ -81,6 +81,7 @@ def _arenas_after_threads(mode: str, **env: str) -> tuple[str, int]:
 
 def test_threads_share_the_main_arena_once_asked_and_not_otherwise() -> None:
     assert _arenas_after_threads("share") == ("True", 0)
+    assert _arenas_after_threads("share", MALLOC_ARENA_MAX="") == ("True", 0)
     # The control: the same threads without it get arenas of their own, which the map shows.
     assert _arenas_after_threads("leave")[1] >= 1
 

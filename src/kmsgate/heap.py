@@ -31,7 +31,7 @@ def share_one_malloc_arena() -> bool:
     # once held: a node's database connections (a thread each) and libuv's workers kept
     # 1.5-2 MiB more after dashboard use followed by load, and one arena costs no CPU
     # (docs/benchmarks.md). glibc read MALLOC_ARENA_MAX at start: the operator's choice.
-    if "MALLOC_ARENA_MAX" in os.environ:
+    if os.environ.get("MALLOC_ARENA_MAX"):  # set empty, glibc ignores it too
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
