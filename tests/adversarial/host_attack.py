@@ -107,7 +107,9 @@ class Serve:
         return ""
 
     def log_records(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
+        """The log's records so far; a line the node is still writing waits for the next read."""
+        complete = self.log_text().rpartition("\n")[0]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def rows(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as db:
