@@ -114,6 +114,18 @@ async def test_a_serving_node_and_its_threads_allocate_from_one_arena(
         serve.stop()
 
 
+@pytest.mark.integration
+async def test_a_node_without_a_store_leaves_the_arenas_and_ctypes_alone(tmp_path: Path) -> None:
+    # No store, no connection threads: the one arena would gain nothing and ctypes cost memory.
+    serve = Serve.start(tmp_path / "node", "--no-store")
+    try:
+        assert (await activate_once(serve.port)).ok
+        maps = Path(f"/proc/{serve.pid}/maps").read_text()
+        assert "_ctypes" not in maps
+    finally:
+        serve.stop()
+
+
 def test_freezing_sets_the_heap_aside_and_later_cycles_are_still_collected() -> None:
     script = textwrap.dedent(
         """

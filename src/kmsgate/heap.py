@@ -9,7 +9,6 @@ collected as before. (Cycles among the frozen objects are never freed: collect f
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 
@@ -33,6 +32,8 @@ def share_one_malloc_arena() -> bool:
     # (docs/benchmarks.md). glibc read MALLOC_ARENA_MAX at start: the operator's choice.
     if os.environ.get("MALLOC_ARENA_MAX"):  # set empty, glibc ignores it too
         return False
+    import ctypes  # here: only `kmsgate serve` and the writer process need it
+
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
