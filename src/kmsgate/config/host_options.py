@@ -128,6 +128,14 @@ class HostOptions(BaseSettings):
         description="seconds a connection may stay without a KMS request",
         json_schema_extra=PANEL_LIMITS,
     )
+    busy_poll: int = Field(
+        500,
+        ge=0,
+        le=10000,
+        description="microseconds the host keeps polling for the next request after answers "
+        "leave, before its core may sleep (0: at once; a halted virtual core wakes slowly)",
+        json_schema_extra=PANEL_LIMITS,
+    )
     max_clock_skew: int = Field(
         14400,
         ge=0,

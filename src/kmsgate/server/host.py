@@ -31,6 +31,7 @@ from kmsgate.protocol.events import (
     FaultSent,
 )
 from kmsgate.protocol.session import RequestPolicy, ServerSession, SessionSettings
+from kmsgate.server.busy_poll import BusyPoll
 from kmsgate.server.connection import KmsConnection
 from kmsgate.server.identity import HostIdentity, build_identity
 from kmsgate.server.limits import ConnectionLimits
@@ -111,6 +112,7 @@ class KmsHost(ConnectionLimits):
         self.event_hooks: list[EventHook] = [self.metrics.hook]
         self.record_gate: RecordGate | None = None
         self.gateway: Gateway | None = None
+        self.busy_poll: BusyPoll | None = None
         self._servers: list[Listener] = []
         self._session_settings: dict[int, SessionSettings] = {}
 
@@ -179,6 +181,11 @@ class KmsHost(ConnectionLimits):
             except Exception:
                 log.exception("%s: event hook %r failed on %s", peer, hook, type(event).__name__)
 
+    def activity(self) -> int:
+        """Connections accepted and requests answered so far: what busy polling waits on."""
+        stats = self.stats
+        return stats.connections_accepted + stats.activations + stats.refusals
+
     async def start(self, relay: Callable[[], asyncio.Protocol] | None = None) -> None:
         """Open every listener; the default IPv6 one is skipped where IPv6 is unavailable.
 
@@ -186,6 +193,9 @@ class KmsHost(ConnectionLimits):
         """
         loop = self.loop = asyncio.get_running_loop()
         self.outbox = AnswerOutbox(loop)
+        busy_poll = self.busy_poll = BusyPoll(loop, self.settings.busy_poll / 1e6, self.activity)
+        if busy_poll.budget > 0:
+            self.outbox.on_sent = busy_poll.kick
         upstream = self.settings.upstream_address
         if (upstream is None) != (relay is None):
             # relay.py builds on this module, so the host cannot build the relay itself.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Final, Protocol
 
 log: Final = logging.getLogger("kmsgate.server")
@@ -52,6 +53,9 @@ class AnswerOutbox:
         self._holding = False
         self._added = 0  # answers queued so far
         self._held = 0  # of those, the ones queued when the held answers were last looked at
+        # Called after each flush (host.py: the loop polls a moment for the clients' next
+        # requests, server/busy_poll.py).
+        self.on_sent: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -104,3 +108,5 @@ class AnswerOutbox:
             # One connection's failure (a bug) must not keep the others' answers back.
             except Exception:
                 log.exception("sending queued answers failed")
+        if self.on_sent is not None and queued:
+            self.on_sent()

@@ -1,0 +1,148 @@
+"""Busy polling after answers leave: while requests keep coming, and never on an idle host."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmsgate.server.busy_poll import BusyPoll
+from kmsgate.server.outbox import AnswerOutbox
+from tests.adversarial.host_attack import Serve
+from tests.support.kms import activate_once
+
+BUDGET = 0.0005
+
+
+class PassLoop:
+    """The one loop method BusyPoll uses, its callbacks run one pass at a time by the test."""
+
+    def __init__(self) -> None:
+        self.ready: list[Callable[[], None]] = []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.ready.append(callback)
+
+    def run_pass(self) -> int:
+        ready, self.ready = self.ready, []
+        for callback in ready:
+            callback()
+        return len(ready)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def poller(budget: float = BUDGET) -> tuple[BusyPoll, PassLoop, Clock, list[int]]:
+    loop, clock, activity = PassLoop(), Clock(), [0]
+    poll = BusyPoll(loop, budget, lambda: activity[0], clock)  # type: ignore[arg-type]
+    return poll, loop, clock, activity
+
+
+def test_a_kick_polls_until_a_budget_passes_without_requests() -> None:
+    poll, loop, clock, _ = poller()
+    poll.kick()
+    assert poll.polling and len(loop.ready) == 1
+    passes = 0
+    while loop.run_pass():
+        passes += 1
+        clock.now += 0.0001
+        assert passes < 100, "polling never ended"
+    # Five passes of 100 µs fit in the 500 µs budget; the sixth sees it spent.
+    assert passes == 6
+    assert not poll.polling and not loop.ready
+
+
+def test_requests_arriving_while_polling_extend_it() -> None:
+    poll, loop, clock, activity = poller()
+    poll.kick()
+    for _ in range(20):  # 2 ms of passes, a request every pass: far past one budget
+        assert loop.run_pass() == 1
+        clock.now += 0.0001
+        activity[0] += 1
+    assert poll.polling
+    while loop.run_pass():
+        clock.now += 0.0001
+    assert not poll.polling
+
+
+def test_a_kick_while_polling_starts_no_second_chain() -> None:
+    poll, loop, _, _ = poller()
+    poll.kick()
+    poll.kick()
+    assert len(loop.ready) == 1
+    loop.run_pass()
+    poll.kick()
+    assert len(loop.ready) == 1
+
+
+def test_a_budget_of_zero_never_polls() -> None:
+    poll, loop, _, _ = poller(budget=0.0)
+    poll.kick()
+    assert not poll.polling and not loop.ready
+
+
+class Sender:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send_queued(self) -> None:
+        self.sent += 1
+
+
+async def test_the_outbox_kicks_after_a_flush_that_sent_answers() -> None:
+    outbox = AnswerOutbox(asyncio.get_running_loop())
+    kicks: list[int] = []
+    outbox.on_sent = lambda: kicks.append(1)
+    outbox.flush()  # nothing queued: nobody to hear from
+    assert kicks == []
+    sender = Sender()
+    outbox.add(sender)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sender.sent == 1 and kicks == [1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime in clock ticks (USER_HZ)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("budget_us", ["500", "10000"])
+async def test_a_serving_node_stops_polling_once_requests_stop(
+    tmp_path: Path, budget_us: str
+) -> None:
+    # The promise: polling is bought with traffic. A poller that never stops would take the
+    # whole core of an idle host; this one must leave it idle once the clients have gone.
+    serve = Serve.start(tmp_path / "node", "--no-store", "--busy-poll", budget_us)
+    try:
+        for _ in range(50):
+            assert (await activate_once(serve.port)).ok
+        time.sleep(0.2)  # well past the budget
+        before = cpu_seconds(serve.pid)
+        time.sleep(1.0)
+        idle_cpu = cpu_seconds(serve.pid) - before
+        # Polling through that second would cost ~1 s; the idle loop's own timers, a tick.
+        assert idle_cpu < 0.3, idle_cpu
+    finally:
+        serve.stop()
+
+
+def test_busy_poll_is_an_option_with_its_bounds() -> None:
+    from kmsgate.config.settings import ServeSettings
+
+    settings: Any = ServeSettings(busy_poll=0)
+    assert settings.busy_poll == 0
+    assert ServeSettings().busy_poll == 500
+    with pytest.raises(ValueError):
+        ServeSettings(busy_poll=-1)
