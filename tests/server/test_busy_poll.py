@@ -5,34 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kmsgate.config.settings import ServeSettings
 from kmsgate.server.busy_poll import BusyPoll
+from kmsgate.server.host import KmsHost
 from kmsgate.server.outbox import AnswerOutbox
 from tests.adversarial.host_attack import Serve
 from tests.support.kms import activate_once
+from tests.support.loops import Passes
 
 BUDGET = 0.0005
-
-
-class PassLoop:
-    """The one loop method BusyPoll uses, its callbacks run one pass at a time by the test."""
-
-    def __init__(self) -> None:
-        self.ready: list[Callable[[], None]] = []
-
-    def call_soon(self, callback: Callable[[], None]) -> None:
-        self.ready.append(callback)
-
-    def run_pass(self) -> int:
-        ready, self.ready = self.ready, []
-        for callback in ready:
-            callback()
-        return len(ready)
 
 
 class Clock:
@@ -43,8 +29,8 @@ class Clock:
         return self.now
 
 
-def poller(budget: float = BUDGET) -> tuple[BusyPoll, PassLoop, Clock, list[int]]:
-    loop, clock, activity = PassLoop(), Clock(), [0]
+def poller(budget: float = BUDGET) -> tuple[BusyPoll, Passes, Clock, list[int]]:
+    loop, clock, activity = Passes(), Clock(), [0]
     poll = BusyPoll(loop, budget, lambda: activity[0], clock)  # type: ignore[arg-type]
     return poll, loop, clock, activity
 
@@ -140,10 +126,46 @@ async def test_a_serving_node_stops_polling_once_requests_stop(
 
 
 def test_busy_poll_is_an_option_with_its_bounds() -> None:
-    from kmsgate.config.settings import ServeSettings
-
     settings: Any = ServeSettings(busy_poll=0)
     assert settings.busy_poll == 0
     assert ServeSettings().busy_poll == 500
     with pytest.raises(ValueError):
         ServeSettings(busy_poll=-1)
+
+
+async def _polled_while_activating(budget_us: int) -> tuple[bool, KmsHost]:
+    """Activate once against an in-process host, watching its poller on every loop pass."""
+    seen_polling = False
+    settings = ServeSettings(listen=["127.0.0.1:0"], busy_poll=budget_us)
+    async with KmsHost(settings) as host:
+        assert host.busy_poll is not None
+        watching = True
+
+        async def watch() -> None:
+            nonlocal seen_polling
+            while watching:
+                seen_polling = seen_polling or host.busy_poll.polling  # type: ignore[union-attr]
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        for _ in range(3):
+            assert (await activate_once(host.port)).ok
+        watching = False
+        await watcher
+        deadline = time.monotonic() + 5
+        while host.busy_poll.polling:
+            assert time.monotonic() < deadline, "polling went on without requests"
+            await asyncio.sleep(0.001)
+    return seen_polling, host
+
+
+@pytest.mark.integration
+async def test_a_host_polls_after_its_answers_leave_and_then_stops() -> None:
+    polled, _ = await _polled_while_activating(10000)
+    assert polled
+
+
+@pytest.mark.integration
+async def test_a_host_told_not_to_poll_never_does() -> None:
+    polled, _ = await _polled_while_activating(0)
+    assert not polled

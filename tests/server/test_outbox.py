@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -18,6 +17,7 @@ from kmsgate.protocol.messages import encode_request
 from kmsgate.server.host import KmsHost
 from kmsgate.server.outbox import BATCH, AnswerOutbox
 from tests.support.kms import RawClient, make_request, read_until_closed
+from tests.support.loops import Passes
 
 
 class Sender:
@@ -97,21 +97,6 @@ async def test_opening_answers_wait_while_each_pass_brings_more() -> None:
     assert sent == []
     await asyncio.sleep(0)  # ...and runs after that pass's reads
     assert sent == ["new-1", "new-2", "new-3"]
-
-
-class Passes:
-    """A loop stand-in that runs callbacks pass by pass, as an event loop does."""
-
-    def __init__(self) -> None:
-        self.ready: list[Callable[[], object]] = []
-
-    def call_soon(self, callback: Callable[[], object]) -> None:
-        self.ready.append(callback)
-
-    def run_pass(self) -> None:
-        ready, self.ready = self.ready, []
-        for callback in ready:
-            callback()
 
 
 @given(
