@@ -21,7 +21,9 @@ other host's, round by round.
 Prints one line per measurement (with the CPU time the server's processes spent per answer,
 on a shared machine the steadier figure, and CPU 0's busy time per answer, the only right
 one for a host that forks per connection) and, per mode, the median ratio to the ceiling;
-with --json one JSON object at the end. Bounded: at most 20 rounds of at most 60 s each.
+with --json one JSON object at the end. The first line names the machine (processor, caches,
+guest halt-polling): the same code's ratios differ by machine class. Bounded: at most 20
+rounds of at most 60 s each.
 """
 
 from __future__ import annotations
@@ -126,6 +128,27 @@ def core_busy_seconds(cpu: int) -> float:
             ticks = [int(value) for value in fields[1:9]]  # user … steal
             return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # - idle, iowait
     return 0.0
+
+
+def machine() -> str:
+    """The server core's processor, caches and guest halt-polling: ratios differ by machine
+    class (docs/benchmarks.md: the C peer leads on one, kmsgate on another)."""
+    info: dict[str, str] = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "cpu family", "model") and key not in info:
+            info[key] = value.strip()
+    caches = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        if kind != "Instruction":
+            caches.append(f"L{level} {size}")
+    halt_poll = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    polling = f"{halt_poll.read_text().strip()} ns" if halt_poll.exists() else "n/a"
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+            f"{info.get('model', '?')}), {', '.join(caches)}, {os.cpu_count()} CPUs, "
+            f"guest halt-poll {polling}")  # fmt: skip
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -307,6 +330,7 @@ def main() -> int:
         workdir = Path(tmp)
         pdus = write_pdus(workdir)
         kmsload = build_kmsload(workdir)
+        print(f"machine: {machine()}", file=sys.stderr)
         print(f"load generator: {'C kmsload' if kmsload else 'kmsgate client --load (Python)'}; "
               f"node: {args.node}; {args.rounds} rounds of {args.seconds:g} s, "
               f"concurrency {args.concurrency}", file=sys.stderr)  # fmt: skip
@@ -354,7 +378,7 @@ def main() -> int:
         pss = [r["loaded"]["pss_mib"] for r in results if r["server"] == name]
         print(f"{name}: PSS under load {statistics.median(pss):.1f} MiB")
     if args.json:
-        print(json.dumps({"results": results, "summary": summary}))
+        print(json.dumps({"machine": machine(), "results": results, "summary": summary}))
     return 0
 
 
