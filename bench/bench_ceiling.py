@@ -325,12 +325,13 @@ def main() -> int:
     args.seconds = min(max(args.seconds, 1.0), 60.0)
     args.modes = [m for m in args.modes.split(",") if m in ("fresh", "keep")]
     servers = ["ceiling", "kmsgate"] + (["other"] if args.other else [])
+    described = machine()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
         workdir = Path(tmp)
         pdus = write_pdus(workdir)
         kmsload = build_kmsload(workdir)
-        print(f"machine: {machine()}", file=sys.stderr)
+        print(f"machine: {described}", file=sys.stderr)
         print(f"load generator: {'C kmsload' if kmsload else 'kmsgate client --load (Python)'}; "
               f"node: {args.node}; {args.rounds} rounds of {args.seconds:g} s, "
               f"concurrency {args.concurrency}", file=sys.stderr)  # fmt: skip
@@ -378,7 +379,7 @@ def main() -> int:
         pss = [r["loaded"]["pss_mib"] for r in results if r["server"] == name]
         print(f"{name}: PSS under load {statistics.median(pss):.1f} MiB")
     if args.json:
-        print(json.dumps({"machine": machine(), "results": results, "summary": summary}))
+        print(json.dumps({"machine": described, "results": results, "summary": summary}))
     return 0
 
 
