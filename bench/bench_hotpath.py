@@ -1,7 +1,7 @@
 """In-process cost of the KMS host's own Python work per connection and per request (by hand).
 
 Usage: .venv/bin/python bench/bench_hotpath.py [--log-level info|warning] [--connections N]
-       [--requests N] [--repeat 5] [--profile FILE.pstats] [--instructions]
+       [--requests N] [--repeat 5] [--profile FILE.pstats] [--instructions [--record]]
 
 Drives a real KmsHost and KmsConnection (no sockets: a fake transport collects the answers)
 through the v6 NDR32 exchange of tests/vectors/v6_win10ent_ndr32.json, its request re-encoded
@@ -15,12 +15,19 @@ No recording (the record hand-off is measured by bench_recording.py); not run by
 minutes): the difference between a run of N and a run of none, divided by N. Repeatable to
 a fraction of a per cent whatever else the machine runs, where CPU times drift by tens of
 per cent on a shared machine: the measure for changes of a few per cent.
+
+--record (with --instructions) serves as the default node does: each answer's record handed
+over to an inline writer (kmsgate.recording.inline) into SQLite in a temporary directory,
+and counted until committed. The host serves RECORD_STEP requests, then waits for the
+writer, so every batch holds RECORD_STEP records whatever valgrind's pace (a batch the
+size a busy node writes). The seen-machines sync, a timer, is left out.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import dataclasses
 import json
@@ -30,8 +37,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +49,15 @@ from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.engine import filetime_from_unix
 from kmsgate.protocol.messages import decode_request, encode_request
 from kmsgate.protocol.ndr import TransferSyntax
+from kmsgate.recording.inline import InlineWriter
+from kmsgate.recording.recorder import ActivationRecorder
 from kmsgate.server.connection import KmsConnection
 from kmsgate.server.host import KmsHost
+from kmsgate.store.database import Store
 
 VECTOR = Path(__file__).resolve().parent.parent / "tests/vectors/v6_win10ent_ndr32.json"
+# Requests served between two waits for the writer under --record: the inline writer's batch.
+RECORD_STEP = 2000
 
 
 class FakeTransport:
@@ -166,16 +179,62 @@ async def measure(args: argparse.Namespace) -> None:
         profiler.dump_stats(args.profile)
 
 
-async def run_only(kind: str, count: int) -> None:
+async def run_only(kind: str, count: int, record: bool) -> None:
     """Serve `count` fresh connections or kept-alive requests after a warm-up (--child)."""
     host = KmsHost(ServeSettings(listen=["127.0.0.1:0"]))  # type: ignore[call-arg]
     bind, request = exchange()
     run = fresh_connections if kind == "fresh" else kept_alive_requests
-    run(host, bind, request, 500)
-    if count:
-        run(host, bind, request, count)
+    if not record:
+        run(host, bind, request, 500)
+        if count:
+            run(host, bind, request, count)
+    else:
+        async with recording(host) as writer:
+            await served_and_written(run, host, bind, request, 500, writer)
+            if count:
+                await served_and_written(run, host, bind, request, count, writer)
+            if writer.written != 500 + count or writer.dropped:
+                sys.exit(f"records written {writer.written}, dropped {writer.dropped}")
+            print(f"served {host.stats.activations}, records written {writer.written}")
     if host.stats.activations != 500 + count:
         sys.exit(f"the exchange was not served: {host.stats}")
+
+
+@contextlib.asynccontextmanager
+async def recording(host: KmsHost) -> AsyncIterator[InlineWriter]:
+    """The default node's recording, on a SQLite store in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="kmsgate-hotpath-") as folder:
+        store = await Store.open(f"sqlite:///{Path(folder) / 'kmsgate.db'}")
+        writer = InlineWriter(store, node="hotpath", ring_path=Path(folder) / "records.ring")
+        try:
+            await writer.start()
+            host.event_hooks.append(ActivationRecorder(writer.submit, host.catalog, node="hotpath"))
+            host.record_gate = writer
+            yield writer
+        finally:
+            await writer.close()
+            await store.close()
+
+
+async def served_and_written(
+    run: Callable[[KmsHost, bytes, bytes, int], float],
+    host: KmsHost,
+    bind: bytes,
+    request: bytes,
+    count: int,
+    writer: InlineWriter,
+) -> None:
+    """Serve `count` in steps of RECORD_STEP, each step's records committed before the next."""
+    done = 0
+    while done < count:
+        step = min(RECORD_STEP, count - done)
+        run(host, bind, request, step)
+        done += step
+        if not writer.hand_over():
+            sys.exit("the record ring had no room for one step")
+        while writer.depth:
+            # Rare wake-ups: the loop's own turns add instructions with valgrind's wall time.
+            await asyncio.sleep(0.2)
 
 
 def kept_alive_requests(host: KmsHost, bind: bytes, request: bytes, count: int) -> float:
@@ -195,6 +254,8 @@ def instructions(args: argparse.Namespace) -> None:
     def collected(kind: str, count: int) -> int:
         cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
                __file__, "--log-level", args.log_level, "--child", kind, str(count)]  # fmt: skip
+        if args.record:
+            cmd.append("--record")
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         found = COLLECTED.search(done.stderr)
         if found is None:
@@ -206,7 +267,8 @@ def instructions(args: argparse.Namespace) -> None:
         ("kept", args.requests, "instructions per kept-alive request"),
     ):
         per = (collected(kind, count) - collected(kind, 0)) / count
-        print(f"{name:36s} {per:9.0f}  (n={count})")
+        recorded = ", records committed" if args.record else ""
+        print(f"{name:36s} {per:9.0f}  (n={count}{recorded})")
 
 
 def main() -> None:
@@ -217,8 +279,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", help="write cProfile stats of the timed runs here")
     parser.add_argument("--instructions", action="store_true", help="count instructions")
+    parser.add_argument(
+        "--record", action="store_true", help="with --instructions: record into SQLite too"
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.record and not (args.instructions or args.child):
+        parser.error("--record counts instructions: add --instructions")
     if args.instructions:
         instructions(args)
         return
@@ -227,7 +294,11 @@ def main() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(devnull)
-    job = measure(args) if args.child is None else run_only(args.child[0], int(args.child[1]))
+    job = (
+        measure(args)
+        if args.child is None
+        else run_only(args.child[0], int(args.child[1]), args.record)
+    )
     try:
         import uvloop
     except ImportError:
