@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -246,7 +247,8 @@ async def test_web_listener_speaks_https_with_secure_cookies(tmp_path: Path) -> 
     )
     async with Node(settings) as service:
         base = f"https://127.0.0.1:{service.web_port}"
-        async with httpx.AsyncClient(base_url=base, verify=str(cert)) as web:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with httpx.AsyncClient(base_url=base, verify=trusted) as web:
             assert (await web.get("/healthz")).status_code == 200
             portal = await web.get("/")
             assert portal.status_code == 200
