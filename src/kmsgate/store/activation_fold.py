@@ -111,10 +111,12 @@ class DriverValues:
         return None if value is None else self.of_uuid(value)
 
     def uuids(self, ids: Sequence[bytes | None]) -> list[Any]:
-        """of_optional_uuid of each id (a C-level loop when none is None)."""
+        """of_optional_uuid of each id (a C-level loop when none is None), each distinct id
+        converted once: a product's id is one bytes object in all its drafts, a client's
+        repeats, and equal ids as one value have their hash computed once downstream."""
         if None in ids:
             return list(map(self.of_optional_uuid, ids))
-        return list(map(self.of_uuid, cast(Sequence[bytes], ids)))
+        return list(map(_Converted(self.of_uuid).__getitem__, cast(Sequence[bytes], ids)))
 
 
 NATIVE_VALUES = DriverValues(times=_native_times, of_uuid=shared_uuid)  # asyncpg encodes both
