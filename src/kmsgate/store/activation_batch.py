@@ -130,8 +130,8 @@ def _machine_months(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str
     each once, with the SKU name of its first request (as the row trigger of migration 0007,
     which SQLite no longer runs, kept them).
 
-    Column by column in C-level loops: a Python loop over the rows cost about 2 000
-    instructions a record (docs/benchmarks.md).
+    Column by column in C-level loops rather than a Python loop over the rows (fewer
+    instructions a record, counted in docs/benchmarks.md).
     """
     served = list(compress(rows, map(eq, map(_RESULT, rows), repeat(ACTIVATED))))
     months = map(getitem, map(_TIME, served), repeat(_MONTH))
