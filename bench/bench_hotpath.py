@@ -9,7 +9,8 @@ with the current time so the host serves it with default settings. Logging is se
 `kmsgate serve` does (text format) but writes to /dev/null. Prints the best of --repeat runs:
 µs per fresh connection (accept, bind, one request, close) and µs per kept-alive request, in
 this process's CPU time (other load on a shared machine disturbs that less than wall time).
-No recording (the record hand-off is measured by bench_recording.py); not run by CI.
+The timed runs record nothing (recording is measured by bench_recording.py, or counted with
+--instructions --record below); not run by CI.
 
 --instructions counts machine instructions instead, under valgrind's callgrind (a few
 minutes): the difference between a run of N and a run of none, divided by N. Repeatable to
