@@ -1,7 +1,10 @@
-"""bench/bench_hotpath.py --record: the instruction counts include every record, committed."""
+"""The benches' own claims: bench_hotpath --record counts every record, committed;
+bench_ceiling names the machine it ran on."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_hotpath.py"
+CEILING = BENCH.with_name("bench_ceiling.py")
 
 
 @pytest.mark.parametrize("kind", ["kept", "fresh"])
@@ -32,3 +36,18 @@ def test_record_without_instructions_is_refused() -> None:
     )
     assert done.returncode == 2
     assert "--record counts instructions" in done.stderr
+
+
+def test_the_ceiling_bench_names_this_machine() -> None:
+    spec = importlib.util.spec_from_file_location("bench_ceiling", CEILING)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    described = bench.machine()
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                 if line.startswith("model name"))  # fmt: skip
+    assert described.startswith(f"{model} (family ")
+    assert f", {os.cpu_count()} CPUs, guest halt-poll " in described
+    # One L1 entry (the data cache; the instruction cache is left out), then L2 and L3.
+    assert len(re.findall(r"\bL1 \d+K\b", described)) == 1, described
