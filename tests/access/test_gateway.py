@@ -220,6 +220,26 @@ async def test_a_connection_closed_unserved_gives_the_window_back(node: Node) ->
     assert (usage.week_used, usage.open_windows) == (1, 0)
 
 
+async def test_only_the_admitted_connection_ends_its_admission(node: Node) -> None:
+    # Another connection from the same address and port (to another host address) is
+    # refused; its close must not release the window the first connection holds.
+    assert node.gateway is not None
+    gateway = node.gateway
+    outcome = await gateway.login("alice", PASSWORD, "127.0.0.1")
+    assert outcome.window is not None
+    admitted, twin = Peer("127.0.0.1", 50000), Peer("127.0.0.1", 50000)
+    assert await gateway.admit(admitted) is not None
+    assert await gateway.admit(twin) is None
+    gateway.forget(twin, "the twin closed")
+    await gateway.settle()
+    assert await audit_kinds(gateway, kind="window_released") == []
+    gateway.forget(admitted, "the admitted connection closed")
+    await gateway.settle()
+    [released] = await audit_kinds(gateway, kind="window_released")
+    assert released.window_id == outcome.window.id
+    assert released.detail.startswith("the admitted connection closed; open again until ")
+
+
 async def test_a_window_released_in_its_last_second_has_ended(node: Node) -> None:
     # The relay closes at the window's end by a timer that may fire a little early: a
     # window with under a second left is not "open again", it ended unused.

@@ -104,7 +104,10 @@ class Gateway:
         self.nft = nft
         self.audit = AuditWriter(store, node=node, clock=clock)
         self.backend_health = BackendHealth(backend.name, metrics)
-        self._admitted: dict[Peer, Admission] = {}
+        # By connection, not by address and port: each connection has a Peer object of its
+        # own, while another connection from the same address and port (to another of the
+        # host's addresses) is refused, and its close must not end this one's admission.
+        self._admitted: dict[int, tuple[Peer, Admission]] = {}
         self._updates: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -199,7 +202,7 @@ class Gateway:
             self.audit.count_refusal(address, detail)
             return None
         admission = Admission(window, WindowRequestPolicy(window.expires_at))
-        self._admitted[peer] = admission
+        self._admitted[id(peer)] = (peer, admission)
         if self.nft is not None:
             # Single use in the kernel too; this connection goes on (ct state established).
             try:
@@ -212,10 +215,18 @@ class Gateway:
         )  # fmt: skip
         return admission
 
+    def _admission_of(self, peer: Peer) -> Admission | None:
+        """The admission of the connection whose Peer object this is (not an equal one)."""
+        entry = self._admitted.get(id(peer))
+        return entry[1] if entry is not None and entry[0] is peer else None
+
     def forget(self, peer: Peer, reason: str = "") -> None:
-        """The admitted connection closed: without a served activation, release its window."""
-        admission = self._admitted.pop(peer, None)
-        if admission is None or admission.served:
+        """A connection closed: if it was admitted and served nothing, release its window."""
+        admission = self._admission_of(peer)
+        if admission is None:
+            return
+        del self._admitted[id(peer)]
+        if admission.served:
             return
         why = reason or "the connection closed without a served activation"
         self._update(lambda: self._release(admission.window, why))
@@ -224,7 +235,7 @@ class Gateway:
         """KmsHost event hook: link each activation to the login that admitted it."""
         if not isinstance(event, ActivationServed | ActivationRefused):
             return
-        admission = self._admitted.get(peer)
+        admission = self._admission_of(peer)
         window = admission.window if admission is not None else None
         address = peer.address
         request = event.request
