@@ -275,6 +275,7 @@ def test_answer_with_another_call_id_is_paired_and_noted() -> None:
     note, served = observer.receive_data("server", rpc.encode_pdu(rpc.Response(6, 0, wrapped)))
     assert isinstance(served, ActivationServed) and served.call_id == 5
     assert isinstance(note, ObserverNote) and "differs" in note.reason
+    assert note.unaccounted  # a gateway cannot know which call this answered
 
 
 def test_fragmented_request_and_response_are_reassembled() -> None:
@@ -303,6 +304,7 @@ def test_unanswered_calls_are_bounded_and_reported_on_close() -> None:
     events = observer.receive_data("client", stream)
     assert len(events) == 200 - MAX_PENDING_CALLS
     assert all(isinstance(e, ObserverNote) and "too many" in e.reason for e in events)
+    assert all(isinstance(e, ObserverNote) and e.unaccounted for e in events)
     [closed] = observer.connection_closed("server")
     assert isinstance(closed, ConnectionClosed)
     assert f"{MAX_PENDING_CALLS} unanswered" in closed.reason
@@ -314,7 +316,7 @@ def test_garbage_stops_framing_that_direction_only() -> None:
     observer = ConversationObserver()
     [note] = observer.receive_data("client", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert isinstance(note, ObserverNote) and note.direction == "client"
-    assert "unsupported RPC version" in note.reason
+    assert "unsupported RPC version" in note.reason and note.unaccounted
     progress = observer.progress
     assert observer.receive_data("client", b"more junk" * 1000) == []
     assert observer.progress > progress  # opaque bytes still count as activity
@@ -416,5 +418,56 @@ def test_an_observer_bug_becomes_a_note_and_decoding_stops(monkeypatch: pytest.M
     stub = ndr.wrap_request(encode_request(make_request(4), IV), TransferSyntax.NDR32)
     [note] = observer.receive_data("client", rpc.encode_pdu(rpc.Request(2, 0, 0, stub)))
     assert isinstance(note, ObserverNote) and "observer error" in note.reason
+    assert note.unaccounted
     assert observer.receive_data("server", b"anything") == []
     assert observer.connection_closed("server") == []
+
+
+def _served_after(
+    observer: ConversationObserver, call_id: int, reply: bytes
+) -> list[ObserverEvent]:
+    wrapped = ndr.wrap_response(reply, TransferSyntax.NDR32)
+    return observer.receive_data("server", rpc.encode_pdu(rpc.Response(call_id, 0, wrapped)))
+
+
+def test_a_reused_call_id_leaves_the_earlier_call_unaccounted() -> None:
+    message, reply = exchange(6)
+    stub = ndr.wrap_request(message, TransferSyntax.NDR32)
+    observer = ConversationObserver()
+    assert observer.receive_data("client", rpc.encode_pdu(rpc.Request(2, 0, 0, stub))) == []
+    junk = rpc.encode_pdu(rpc.Request(2, 0, 0, b"\x04\x00\x00\x00\x04\x00\x00\x00JUNK"))
+    [reused] = observer.receive_data("client", junk)
+    assert isinstance(reused, ObserverNote) and reused.unaccounted
+    # The host answered the first request; the observer pairs it with the junk one.
+    [undecodable] = _served_after(observer, 2, reply)
+    assert isinstance(undecodable, ObserverNote) and undecodable.unaccounted
+
+
+def test_which_failed_checks_leave_a_served_answer_unaccounted() -> None:
+    """An answer for another machine proves nothing about the request it was paired with; a
+    count below the client's N is an honest (if useless) answer to it."""
+    for fields, unaccounted in (
+        ({"client_machine_id": uuid.UUID(int=1)}, True),
+        ({"current_client_count": 1}, False),
+    ):
+        message, reply = exchange(6, **fields)
+        observer = ConversationObserver()
+        stub = ndr.wrap_request(message, TransferSyntax.NDR32)
+        observer.receive_data("client", rpc.encode_pdu(rpc.Request(2, 0, 0, stub)))
+        served, note = _served_after(observer, 2, reply)
+        assert isinstance(served, ActivationServed)
+        assert isinstance(note, ObserverNote) and note.reason.startswith("response fails checks")
+        assert note.unaccounted is unaccounted, fields
+
+
+def test_notes_that_carry_no_served_answer_are_accounted() -> None:
+    observer = ConversationObserver()
+    fault = rpc.encode_pdu(rpc.Fault(2, 0x1C010003))
+    note, sent = observer.receive_data("server", fault)
+    assert isinstance(note, ObserverNote) and "fault to no pending call" in note.reason
+    assert not note.unaccounted and isinstance(sent, FaultSent)
+    tampered = bytearray(encode_request(make_request(4), IV))
+    tampered[-1] ^= 1  # the v4 MAC no longer matches; the host refuses, or serves it counted
+    stub = ndr.wrap_request(bytes(tampered), TransferSyntax.NDR32)
+    [mac] = observer.receive_data("client", rpc.encode_pdu(rpc.Request(3, 0, 0, stub)))
+    assert isinstance(mac, ObserverNote) and "MAC" in mac.reason and not mac.unaccounted

@@ -96,11 +96,16 @@ Direction = Literal["client", "server"]
 
 @value_class
 class ObserverNote:
-    """Something in `direction`'s bytes the observer could not follow; they were relayed anyway."""
+    """Something in `direction`'s bytes the observer could not follow; they were relayed anyway.
+
+    `unaccounted`: those bytes (or all that follow) may carry a call or an answer the observer
+    cannot tie to a decoded request, so a gateway, which counts what it serves, must stop them.
+    """
 
     direction: Direction
     reason: str
     call_id: int | None = None
+    unaccounted: bool = False
 
 
 ObserverEvent = Event | ObserverNote

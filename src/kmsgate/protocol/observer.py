@@ -3,7 +3,8 @@
 The relay forwards bytes unchanged; this observer only watches them. It yields the same events
 a ServerSession yields for a conversation it answers itself (the KMS keys are public), plus
 ObserverNote for anything it could not follow. It never raises: traffic it does not
-understand must still pass.
+understand must still pass a plain relay. A gateway's relay, which counts each machine it
+lets through, stops whatever a note marks unaccounted instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from kmsgate.protocol.verification import Check, verify_response
 # remembering them all would let a peer grow the observer without bound.
 MAX_PENDING_CALLS = 64
 MAX_PENDING_BINDS = 8
+# The checks that tie a response to the request it answers: one failing means the answer
+# belongs to another call than the one it was paired with (client_count may fail honestly).
+IDENTITY_CHECKS = frozenset(
+    {"version", "time_stamp", "client_machine_id", "mac", "hash", "ivs", "hmac"}
+)
 
 _T = TypeVar("_T")
 
@@ -116,9 +122,11 @@ class ConversationObserver:
         try:
             return self._feed(direction, data)
         except Exception as exc:  # noqa: BLE001
-            # A bug here must not cut genuine traffic: stop watching, keep relaying.
+            # A bug here must not cut a plain relay's traffic: stop watching, keep relaying.
             self._closed = True
-            return [ObserverNote(direction, f"observer error, no longer decoding: {exc!r}")]
+            return [
+                ObserverNote(direction, f"observer error, no longer decoding: {exc!r}", None, True)
+            ]
 
     def connection_closed(self, by: Direction) -> list[ObserverEvent]:
         """`by` closed the connection: what it leaves unanswered, once per conversation.
@@ -163,7 +171,9 @@ class ConversationObserver:
                 self._opaque.add(direction)
                 self._fragments[direction] = FragmentReassembler()
                 self._problem(direction, str(exc))
-                events.append(ObserverNote(direction, f"{exc}; the rest passes undecoded"))
+                events.append(
+                    ObserverNote(direction, f"{exc}; the rest passes undecoded", None, True)
+                )
                 return events
             if raw is None:
                 return events
@@ -173,9 +183,10 @@ class ConversationObserver:
     def _problem(
         self, direction: Direction, reason: str, call_id: int | None = None
     ) -> ObserverNote:
+        """A PDU that could not be followed: what it carried is unaccounted for."""
         if direction == "client":
             self._client_problem = reason
-        return ObserverNote(direction, reason, call_id)
+        return ObserverNote(direction, reason, call_id, True)
 
     def _pdu(self, direction: Direction, raw: bytes) -> list[ObserverEvent]:
         try:
@@ -241,16 +252,15 @@ class ConversationObserver:
             events.append(
                 ObserverNote("client", "v4 request MAC does not match its content", request.call_id)
             )
+        # Either way an earlier call is forgotten: its answer could then pass unattributed.
         if request.call_id in self._calls:
-            events.append(
-                ObserverNote("client", f"call {request.call_id} reused before its answer")
-            )
+            reused = f"call {request.call_id} reused before its answer"
+            events.append(ObserverNote("client", reused, None, True))
             del self._calls[request.call_id]
         elif len(self._calls) >= MAX_PENDING_CALLS:
             dropped = self._calls.pop(next(iter(self._calls)))
-            events.append(
-                ObserverNote("client", "too many unanswered calls, forgetting one", dropped.call_id)
-            )
+            forgotten = "too many unanswered calls, forgetting one"
+            events.append(ObserverNote("client", forgotten, dropped.call_id, True))
         self._calls[request.call_id] = _Call(request.call_id, syntax, decoded, error)
         return events
 
@@ -260,16 +270,15 @@ class ConversationObserver:
         events: list[ObserverEvent] = []
         proposed = _take(self._binds, ack.call_id)
         contexts = proposed[0] if proposed is not None else ()
+        # Each of these leaves the contexts' syntaxes, and so every later stub, in doubt.
         if proposed is None:
-            events.append(ObserverNote("server", "bind_ack without a bind", ack.call_id))
+            events.append(ObserverNote("server", "bind_ack without a bind", ack.call_id, True))
         elif not proposed[1]:
-            events.append(ObserverNote("server", "bind_ack call_id differs from the bind's"))
+            differs = "bind_ack call_id differs from the bind's"
+            events.append(ObserverNote("server", differs, None, True))
         if contexts and len(contexts) != len(ack.results):
-            events.append(
-                ObserverNote(
-                    "server", f"{len(ack.results)} bind results for {len(contexts)} contexts"
-                )
-            )
+            counts = f"{len(ack.results)} bind results for {len(contexts)} contexts"
+            events.append(ObserverNote("server", counts, None, True))
         for ctx, result in zip(contexts, ack.results, strict=False):
             if ctx.abstract_syntax.uuid != rpc.KMS_INTERFACE:
                 continue
@@ -294,13 +303,16 @@ class ConversationObserver:
 
     def _answered(self, call_id: int, what: str) -> tuple[_Call | None, list[ObserverEvent]]:
         found = _take(self._calls, call_id)
+        # A fault serves nothing; a response nobody can pair with its request may have.
+        unaccounted = what == "response"
         if found is None:
-            return None, [ObserverNote("server", f"{what} to no pending call", call_id)]
+            note = f"{what} to no pending call"
+            return None, [ObserverNote("server", note, call_id, unaccounted)]
         call, matched = found
         if not matched and what == "response":
             # (Faults are exempt: vlmcsd writes call_id 2 into every fault it sends.)
             note = f"response call_id {call_id} differs from request {call.call_id}"
-            return call, [ObserverNote("server", note, call.call_id)]
+            return call, [ObserverNote("server", note, call.call_id, True)]
         return call, []
 
     def _fault(self, fault: rpc.Fault) -> list[ObserverEvent]:
@@ -312,14 +324,16 @@ class ConversationObserver:
     def _response(self, response: rpc.Response) -> list[ObserverEvent]:
         stub, problem = self._reassemble("server", response.call_id, response.flags, response.stub)
         if stub is None:
-            return [] if problem is None else [ObserverNote("server", problem, response.call_id)]
+            if problem is None:
+                return []
+            return [ObserverNote("server", problem, response.call_id, True)]
         call, events = self._answered(response.call_id, "response")
         if call is None:
             return events
         try:
             result = ndr.unwrap_response(stub, call.syntax)
         except ProtocolError as exc:
-            events.append(ObserverNote("server", f"response stub: {exc}", call.call_id))
+            events.append(ObserverNote("server", f"response stub: {exc}", call.call_id, True))
             return events
         request = call.decoded.request if call.decoded is not None else None
         if result.hresult != 0:
@@ -332,21 +346,22 @@ class ConversationObserver:
             return events
         if result.message is None or call.decoded is None:
             why = "no response message" if result.message is None else call.error
-            events.append(
-                ObserverNote("server", f"upstream served an undecodable call: {why}", call.call_id)
-            )
+            undecodable = f"upstream served an undecodable call: {why}"
+            events.append(ObserverNote("server", undecodable, call.call_id, True))
             return events
         try:
             kms_response, _, checks = decode_response(call.decoded, result.message)
         except ProtocolError as exc:
-            events.append(ObserverNote("server", f"response message: {exc}", call.call_id))
+            events.append(ObserverNote("server", f"response message: {exc}", call.call_id, True))
             return events
         events.append(
             ActivationServed(call.call_id, call.syntax, call.decoded.request, kms_response)
         )
         failed = [c.name for c in checks if not c.passed]
         if failed:
-            events.append(
-                ObserverNote("server", f"response fails checks: {', '.join(failed)}", call.call_id)
-            )
+            # The served event stands; but an answer failing an identity check answers
+            # another request than the one decoded, which then proves nothing.
+            unaccounted = not IDENTITY_CHECKS.isdisjoint(failed)
+            note = f"response fails checks: {', '.join(failed)}"
+            events.append(ObserverNote("server", note, call.call_id, unaccounted))
         return events

@@ -23,7 +23,7 @@ from kmsgate.protocol.observer import MAX_PENDING_CALLS, ConversationObserver
 from kmsgate.protocol.session import RequestPolicy
 from kmsgate.server.host import KmsHost
 from kmsgate.server.idle import IdleTimer
-from kmsgate.server.relay_policy import withhold_refused
+from kmsgate.server.relay_policy import unaccounted, withhold_refused
 from kmsgate.server.relay_upstream import connect_upstream
 from kmsgate.server.transport import peer_of
 
@@ -118,15 +118,24 @@ class RelayConnection(asyncio.Protocol):
         self._forward(upstream, data)
 
     def _forward(self, upstream: asyncio.Transport, data: bytes) -> None:
-        upstream.write(data)
-        self._relay.stats.bytes_to_upstream += len(data)
         observer = self._observer
         before = observer.requests_seen
         events = observer.receive_data("client", data)
+        blind = unaccounted(events) if self._policy is not None else None
+        if blind is None:
+            upstream.write(data)
+            self._relay.stats.bytes_to_upstream += len(data)
         if observer.requests_seen != before:
             now = time.perf_counter()
             self._asked_at.extend([now] * (observer.requests_seen - before))
         self._handle(events)
+        if blind is not None:
+            # A gateway counts the machines it serves: a call it could not follow (a call id
+            # reused, calls forgotten, framing lost) would be served uncounted.
+            log.warning("%s relay closed, the client's bytes not forwarded: %s", self.peer,
+                        blind.reason)  # fmt: skip
+            self._end_reason = f"the relay cannot account for the client's call: {blind.reason}"
+            self._shutdown()
 
     def eof_received(self) -> bool | None:
         # Half-close: the host may still answer what the client sent before its EOF. (While
