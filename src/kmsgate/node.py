@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -15,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kmsgate.access.source import parse_network
 from kmsgate.catalog import Catalog
 from kmsgate.catalog.loading import load_catalog
 from kmsgate.config.addresses import parse_listen, parse_public_address
@@ -283,7 +283,7 @@ class Node:
             secure_cookies=settings.web_cert is not None,
             node_name=settings.node_name,
             gateway=self.gateway,
-            trust_proxy=[ipaddress.ip_network(cidr, strict=False) for cidr in settings.trust_proxy],
+            trust_proxy=[parse_network(cidr) for cidr in settings.trust_proxy],
             kms_address=KmsAddress(public_host, public_port or kms_host.port),
             store_health=StoreHealth(self.writer) if self.writer is not None else None,
         )

@@ -56,3 +56,29 @@ def test_policy_matches_ipaddress_membership(
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return
     assert policy.allows(str(ip)) == expected
+
+
+def test_mapped_networks_judge_ipv4_peers() -> None:
+    # Peers are canonical (an IPv4 client is never ::ffff:a.b.c.d): so must the networks be.
+    assert parse_network("::ffff:10.0.0.0/104") == ipaddress.IPv4Network("10.0.0.0/8")
+    assert parse_network("::ffff:127.0.0.7") == ipaddress.IPv4Network("127.0.0.7/32")
+    assert parse_network("::ffff:0:0/96") == ipaddress.IPv4Network("0.0.0.0/0")
+    assert parse_network("::/0") == ipaddress.IPv6Network("::/0")  # not only mapped space
+    policy = SourcePolicy.from_strings(["::ffff:10.0.0.0/104"], ["::ffff:10.9.0.0/112"])
+    assert policy.allows("10.1.2.3") and policy.allows("::ffff:10.1.2.3")
+    assert not policy.allows("10.9.0.1") and not policy.allows("::ffff:10.9.0.1")
+
+
+@given(st.ip_addresses(v=4), st.integers(0, 32), st.ip_addresses(v=4))
+def test_a_mapped_network_decides_as_its_ipv4_network(
+    base: ipaddress.IPv4Address, prefix: int, peer: ipaddress.IPv4Address
+) -> None:
+    network = ipaddress.IPv4Network((base, prefix), strict=False)
+    mapped = f"::ffff:{network.network_address}/{prefix + 96}"
+    for allow, deny in (([mapped], []), (["0.0.0.0/0"], [mapped])):
+        written = SourcePolicy.from_strings(allow, deny)
+        meant = SourcePolicy.from_strings(
+            [str(network) if a == mapped else a for a in allow],
+            [str(network) for _ in deny],
+        )
+        assert written.allows(str(peer)) == meant.allows(str(peer))

@@ -101,6 +101,15 @@ def test_serve_config_with_a_typo_names_the_file_and_the_likely_key(tmp_path: Pa
     )
 
 
+def test_a_mapped_network_is_a_warning_with_the_ipv4_network_used(tmp_path: Path) -> None:
+    done = kmsgate("config", "show", "--json", "--deny", "::ffff:10.9.0.0/112",
+                   tmp_path=tmp_path)  # fmt: skip
+    assert done.returncode == 0
+    assert done.stderr == (
+        "warning: deny: ::ffff:10.9.0.0/112 is IPv4-mapped; using the IPv4 network 10.9.0.0/16\n"
+    )
+
+
 def test_host_bits_are_a_warning_with_the_network_used(tmp_path: Path) -> None:
     done = kmsgate("config", "show", "--json", "--allow", "10.0.0.1/8", "--deny", "10.0.0.0/24",
                    "--trust-proxy", "fd00::1/8", tmp_path=tmp_path)  # fmt: skip

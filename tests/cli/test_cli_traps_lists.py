@@ -18,7 +18,7 @@ from tests.support.cli import (
     stop_serve,
     wait_listening,
 )
-from tests.support.kms import activate_once
+from tests.support.kms import RawClient, activate_once
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -119,3 +119,33 @@ def test_serve_denies_every_repeated_deny_network(tmp_path: Path) -> None:
     finally:
         code, _, err = stop_serve(proc)
     assert code == 0, err
+
+
+def test_serve_denies_an_ipv4_client_by_its_mapped_network(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_serve(
+        "--listen", f"127.0.0.1:{port}", "--deny", "::ffff:127.0.0.7/128",
+        "--no-web", "--data-dir", str(tmp_path / "data"), tmp_path=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_listening(proc, port)
+        denied = asyncio.run(activate_from(port, source="127.0.0.7"))
+        served = asyncio.run(activate_from(port, source="127.0.0.8"))
+    finally:
+        code, _, err = stop_serve(proc)
+    assert code == 0, err
+    assert (denied, served) == ("refused", "served")
+    assert "127.0.0.7" in err and "denied by the source policy" in err
+
+
+async def activate_from(port: int, *, source: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    client = RawClient(reader, writer)
+    try:
+        await client.bind()
+        await client.activate()
+    except (ConnectionError, OSError, asyncio.IncompleteReadError):
+        return "refused"
+    finally:
+        await client.close()
+    return "served"

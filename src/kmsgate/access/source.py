@@ -25,12 +25,24 @@ DEFAULT_ALLOW = (
 )
 
 
+MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_network(text: str) -> Network:
-    """Parse a CIDR (or a bare address, meaning one host); raise ValueError with the text."""
+    """Parse a CIDR (or a bare address, meaning one host); raise ValueError with the text.
+
+    IPv4-mapped IPv6 networks (::ffff:10.0.0.0/104) become the IPv4 networks they mean:
+    peers are judged in canonical form, where an IPv4 client is never ::ffff:a.b.c.d.
+    """
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        network = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not an IP network in CIDR form: {exc}") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None  # inside ::ffff:0:0/96
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,10 +146,14 @@ class ServeSettings(ServeOptions):
         for name in ("allow", "deny", "trust_proxy"):
             for item in getattr(self, name) or ():
                 try:
-                    ipaddress.ip_network(item.strip(), strict=True)
+                    written = ipaddress.ip_network(item.strip(), strict=True)
                 except ValueError:
                     network = parse_network(item)
                     found.append(f"{name}: {item} has host bits set; using the network {network}")
+                    continue
+                network = parse_network(item)
+                if network != written:
+                    found.append(f"{name}: {item} is IPv4-mapped; using the IPv4 network {network}")
         return found
 
     @field_validator("allow_product", "deny_product")
