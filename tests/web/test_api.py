@@ -272,6 +272,39 @@ async def test_limiter_counts_per_ip_and_forgives_success() -> None:
     assert len(small._entries) <= 10
 
 
+async def test_a_flood_of_one_off_names_cannot_push_out_a_count_that_matters() -> None:
+    # Full limiters forget the least-counted of their oldest keys, not simply the oldest.
+    limiter = LoginLimiter(max_failures=5, max_failures_per_ip=10**9, max_entries=50)
+    for _ in range(4):
+        limiter.begin("192.0.2.1", "admin")
+    for i in range(5000):
+        limiter.begin("192.0.2.1", f"junk-{i}")
+    limiter.begin("192.0.2.1", "admin")  # the fifth failure still counts: locked
+    assert limiter.retry_after("192.0.2.1", "admin") > 0
+    assert len(limiter._entries) <= 50
+
+
+async def test_the_user_lock_binds_strangers_only() -> None:
+    throttle = LoginThrottle(max_failures=5, max_failures_per_ip=30, max_failures_per_user=6)
+    throttle.begin("192.0.2.1", "admin")
+    throttle.success("192.0.2.1", "admin")  # the admin's own address from now on
+    for i in range(6):
+        throttle.begin(f"198.51.100.{i}", "admin")
+    assert throttle.user_locked("Admin")
+    assert throttle.retry_after("203.0.113.9", "admin") > 0  # a stranger
+    assert throttle.retry_after("192.0.2.1", "admin") == 0  # where the admin logged in
+    assert throttle.retry_after("203.0.113.9", "admin", device="d1") == 0  # their browser
+    # The admin's known-place login does not forgive the strangers' guesses.
+    throttle.begin("192.0.2.1", "admin")
+    throttle.success("192.0.2.1", "admin")
+    assert throttle.retry_after("203.0.113.9", "admin") > 0
+    # A device's own failures lock that device, neither its address nor the account.
+    for _ in range(5):
+        throttle.begin("192.0.2.1", "admin", device="d1")
+    assert throttle.retry_after("192.0.2.1", "admin", device="d1") > 0
+    assert throttle.retry_after("192.0.2.1", "admin") == 0
+
+
 async def test_secure_cookies_use_host_prefix_and_hsts(store: Store) -> None:
     app = make_app(store, secure_cookies=True)
     async with client_for(app, base_url="https://testserver") as client:

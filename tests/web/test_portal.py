@@ -200,7 +200,9 @@ async def test_portal_form_login_opens_a_window(
         assert "slmgr /skms testserver:1688" in shown
         assert "ospp.vbs /sethst:testserver" in shown
         assert response.headers["cache-control"] == "no-store"
-        assert "set-cookie" not in response.headers  # no session for portal users
+        # No session for portal users: only the device cookie (not a stranger next time).
+        [cookie] = response.headers.get_list("set-cookie")
+        assert cookie.startswith("kmsgate_device=") and "HttpOnly" in cookie
 
         # The window is real: the KMS host's admission consumes it once.
         window = await env.gateway.store.consume_window(PEER, NOW, NODE)

@@ -3,10 +3,16 @@
 The same rules hold for both: failures are counted per (address, user), per address and per
 user across all addresses; a key that reaches its limit within `window` seconds is locked for
 `lockout` seconds. The per-user count stops one password being guessed from many machines.
+
+A stranger must not lock a user out that way, so the per-user lock binds only clients it
+cannot tell from a stranger: not an address the user logged in from before, nor a browser
+holding a device cookie issued at the user's last login (its attempts are counted under the
+device, not the address, so no one sharing the address can lock it either).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections import OrderedDict, deque
@@ -15,11 +21,23 @@ from dataclasses import dataclass, field
 
 from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
 
+# When the limiter is full, the entry that goes is the least-counted of this many of the
+# least recently touched: a flood of one-off names cannot push out a count that matters.
+EVICTION_SAMPLE = 8
+# Addresses remembered per user as "logged in from here", and users remembered at most.
+KNOWN_ADDRESSES_PER_USER = 16
+KNOWN_USERS = 10_000
+KNOWN_FOR = 30 * 86400.0
+
 
 @dataclass(slots=True)
 class _Attempts:
     times: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0
+
+    def weight(self, now: float) -> float:
+        """How much forgetting this entry would give away: a lock most, then each failure."""
+        return float("inf") if self.locked_until > now else len(self.times)
 
 
 class LoginLimiter:
@@ -45,14 +63,19 @@ class LoginLimiter:
         self._entries: OrderedDict[tuple[str, str | None], _Attempts] = OrderedDict()
 
     def _get(self, key: tuple[str, str | None]) -> _Attempts:
-        entry = self._entries.get(key)
+        entries = self._entries
+        entry = entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Attempts()
-            # Bounded memory: forget the least recently touched keys first.
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            # Bounded memory: forget among the least recently touched keys the one that
+            # counts least (an attacker's one-off names, not an account's 49 failures).
+            while len(entries) >= self.max_entries:
+                now = self.clock()
+                oldest = itertools.islice(entries.items(), EVICTION_SAMPLE)
+                victim = min(oldest, key=lambda item: item[1].weight(now))[0]
+                del entries[victim]
+            entry = entries[key] = _Attempts()
         else:
-            self._entries.move_to_end(key)
+            entries.move_to_end(key)
         return entry
 
     def _keys(self, ip: str, user: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
@@ -101,7 +124,12 @@ class LoginLimiter:
 
 
 class LoginThrottle:
-    """Failed logins per (address, user) and per address, and per user across addresses."""
+    """Failed logins per (address, user) and per address, and per user across addresses.
+
+    `device`: the id of a device cookie the web layer found valid for this user; its
+    attempts are counted under the device instead of the address, and the user's lock does
+    not bind it. Nor does it bind an address the user logged in from within KNOWN_FOR.
+    """
 
     def __init__(
         self,
@@ -114,6 +142,7 @@ class LoginThrottle:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Lock a key for `lockout` s after its failure limit within `window` s."""
+        self.clock = clock
         self.by_address = LoginLimiter(
             max_failures=max_failures,
             max_failures_per_ip=max_failures_per_ip,
@@ -129,34 +158,66 @@ class LoginThrottle:
             lockout=lockout,
             clock=clock,
         )
+        # user -> address -> until when a login from there vouches for the next ones.
+        self._known: OrderedDict[str, OrderedDict[str, float]] = OrderedDict()
 
     @staticmethod
     def _user(user: str) -> str:
         return user.strip()[:MAX_USERNAME_LENGTH].casefold()
 
-    def retry_after(self, ip: str, user: str) -> float:
+    @staticmethod
+    def _source(ip: str, device: str | None) -> str:
+        return ip if device is None else f"device {device}"
+
+    def known(self, ip: str, user: str) -> bool:
+        """Whether `user` logged in from `ip` within KNOWN_FOR."""
+        addresses = self._known.get(self._user(user))
+        return addresses is not None and addresses.get(ip, 0.0) > self.clock()
+
+    def _binds_user_lock(self, ip: str, name: str, device: str | None) -> bool:
+        return device is None and not self.known(ip, name)
+
+    def retry_after(self, ip: str, user: str, device: str | None = None) -> float:
         """Seconds until (ip, user) may try again; 0 when not locked out."""
         name = self._user(user)
-        return max(self.by_address.retry_after(ip, name), self.by_user.retry_after(name, ""))
+        wait = self.by_address.retry_after(self._source(ip, device), name)
+        if self._binds_user_lock(ip, name, device):
+            wait = max(wait, self.by_user.retry_after(name, ""))
+        return wait
 
     def user_locked(self, user: str) -> bool:
-        """Whether the account itself is locked, from every address."""
+        """Whether the account is locked for every client it cannot tell from a stranger."""
         return self.by_user.retry_after(self._user(user), "") > 0
 
-    def begin(self, ip: str, user: str) -> None:
+    def begin(self, ip: str, user: str, device: str | None = None) -> None:
         """Count an attempt as a failure until success() or release() says otherwise."""
         name = self._user(user)
-        self.by_address.begin(ip, name)
-        self.by_user.begin(name, "")
+        self.by_address.begin(self._source(ip, device), name)
+        if self._binds_user_lock(ip, name, device):
+            self.by_user.begin(name, "")
 
-    def success(self, ip: str, user: str) -> None:
-        """The password was right: forget the user's failures."""
+    def success(self, ip: str, user: str, device: str | None = None) -> None:
+        """The password was right: forget this client's failures, and vouch for `ip`.
+
+        The user's own count is kept when the user lock did not bind this client: strangers'
+        guesses go on counting while the user logs in from a known place.
+        """
         name = self._user(user)
-        self.by_address.success(ip, name)
-        self.by_user.success(name, "")
+        self.by_address.success(self._source(ip, device), name)
+        if self._binds_user_lock(ip, name, device):
+            self.by_user.success(name, "")
+        addresses = self._known.pop(name, None) or OrderedDict()
+        addresses.pop(ip, None)
+        addresses[ip] = self.clock() + KNOWN_FOR
+        while len(addresses) > KNOWN_ADDRESSES_PER_USER:
+            addresses.popitem(last=False)
+        self._known[name] = addresses
+        while len(self._known) > KNOWN_USERS:
+            self._known.popitem(last=False)
 
-    def release(self, ip: str, user: str) -> None:
+    def release(self, ip: str, user: str, device: str | None = None) -> None:
         """No verdict (account server unavailable): the attempt does not count."""
         name = self._user(user)
-        self.by_address.release(ip, name)
-        self.by_user.release(name, "")
+        self.by_address.release(self._source(ip, device), name)
+        if self._binds_user_lock(ip, name, device):
+            self.by_user.release(name, "")

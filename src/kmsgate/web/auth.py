@@ -47,6 +47,8 @@ _UNRESOLVED = object()
 
 SESSION_MAX_AGE = 8 * 3600
 LOGIN_CSRF_MAX_AGE = 2 * 3600
+# A browser that logged in as a user is not a stranger to that user's lockout this long.
+DEVICE_MAX_AGE = 90 * 86400
 MAX_USERNAME_LENGTH = 64
 MAX_NEXT_LENGTH = 1024
 BUSY_RETRY = 5
@@ -74,6 +76,7 @@ class SessionCodec:
         self._secret = secret_key
         self._session = URLSafeTimedSerializer(secret_key, salt="kmsgate.web.session")
         self._csrf = URLSafeTimedSerializer(secret_key, salt="kmsgate.web.login-csrf")
+        self._device = URLSafeTimedSerializer(secret_key, salt="kmsgate.web.device")
         self.secure = secure
         self.max_age = max_age
         # __Host- makes browsers refuse the cookie unless Secure, Path=/ and host-only, so a
@@ -81,6 +84,7 @@ class SessionCodec:
         prefix = "__Host-" if secure else ""
         self.session_cookie = f"{prefix}kmsgate_session"
         self.csrf_cookie = f"{prefix}kmsgate_login_csrf"
+        self.device_cookie = f"{prefix}kmsgate_device"
 
     def fingerprint(self, password_hash: str) -> str:
         """Keyed digest of the stored hash: a password change invalidates every old session."""
@@ -131,6 +135,33 @@ class SessionCodec:
         if expected is None or not form_token:
             return False
         return hmac.compare_digest(expected.encode(), form_token.encode())
+
+    @staticmethod
+    def _device_name(user: str) -> str:
+        return user.strip()[:MAX_USERNAME_LENGTH].casefold()
+
+    def issue_device(self, user: str) -> str:
+        """A device cookie value: this browser logged in as `user` (a fresh id each time)."""
+        return self._device.dumps({"u": self._device_name(user), "d": secrets.token_urlsafe(12)})
+
+    def device_of(self, cookie_value: str | None, user: str | None = None) -> str | None:
+        """The id of a valid device cookie (issued to `user`, when given); None otherwise."""
+        if not cookie_value or len(cookie_value) > 512:
+            return None
+        try:
+            data: Any = self._device.loads(cookie_value, max_age=DEVICE_MAX_AGE)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("u"), str):
+            return None
+        if user is not None and data["u"] != self._device_name(user):
+            return None
+        device = data.get("d")
+        return device if isinstance(device, str) and device else None
+
+    def set_device(self, response: Response, user: str) -> None:
+        """Attach a fresh device cookie for `user` (after a successful login)."""
+        self._set(response, self.device_cookie, self.issue_device(user), DEVICE_MAX_AGE)
 
     def _set(self, response: Response, name: str, value: str, max_age: int) -> None:
         response.set_cookie(
@@ -244,38 +275,43 @@ class Authenticator:
             BUSY_RETRY,
         )
 
-    async def login(self, ip: str, username: str, password: str) -> LoginResult:
-        """Verify an admin login; on success return a new session cookie value."""
+    async def login(
+        self, ip: str, username: str, password: str, device: str | None = None
+    ) -> LoginResult:
+        """Verify an admin login; on success return a new session cookie value.
+
+        `device`: the id of the browser's device cookie, when it was issued to `username`.
+        """
         denied = LoginResult(None, 401, "Invalid user name or password.")
         if not username or len(username) > MAX_USERNAME_LENGTH or not password:
             return denied
-        wait = self.limiter.retry_after(ip, username)
+        wait = self.limiter.retry_after(ip, username, device)
         if wait > 0:
             # Refused without looking at the password: during a lockout the right one fails too.
             return self._locked(wait)
         if not self.pool.has_room():
             # Cheap refusal before any database work: a flood is answered at the door.
             return self._busy()
-        self.limiter.begin(ip, username)
+        self.limiter.begin(ip, username, device)
         # This attempt reached a limit: if it fails too, it is the one that locks.
-        locks = self.limiter.retry_after(ip, username) > 0
+        locks = self.limiter.retry_after(ip, username, device) > 0
         try:
             user = await self.store.get_user(username)
             stored = user.password_hash if user is not None else await self._dummy()
             ok = await check_password(stored, password, hasher=self.hasher, pool=self.pool)
         except HashingBusyError:
-            self.limiter.release(ip, username)
+            self.limiter.release(ip, username, device)
             return self._busy()
         except StoreError:
-            self.limiter.release(ip, username)
+            self.limiter.release(ip, username, device)
             raise
         if user is None or not ok or not user.is_admin or user.disabled:
             # The user name is attacker-controlled: %r keeps the log line one line.
             log.warning("dashboard login failed for %r from %s", username[:64], ip)
             if locks:
-                await self._audit_lockout(ip, username)
+                await self._audit_lockout(ip, username, device)
             return denied
-        self.limiter.success(ip, username)
+        self.limiter.success(ip, username, device)
         if needs_rehash(user.password_hash, hasher=self.hasher):
             user = await self._rehash(user, password)
         token = secrets.token_urlsafe(32)
@@ -286,11 +322,13 @@ class Authenticator:
         log.info("dashboard login: %r from %s", user.name, ip)
         return LoginResult(self.codec.issue(user, token), 303, "")
 
-    async def _audit_lockout(self, ip: str, username: str) -> None:
-        wait = self.limiter.retry_after(ip, username)
+    async def _audit_lockout(self, ip: str, username: str, device: str | None) -> None:
+        wait = self.limiter.retry_after(ip, username, device)
         name = username.strip()[:MAX_USERNAME_LENGTH]
-        if self.limiter.user_locked(username):
-            scope = "the account is locked from every address"
+        if device is not None:
+            scope = f"logins from this browser at {ip} are locked"
+        elif self.limiter.user_locked(username):
+            scope = "the account is locked for addresses and browsers it was not used from"
         else:
             scope = f"logins from {ip} are locked"
         detail = f"too many failed dashboard logins: {scope} for {math.ceil(wait)} s"

@@ -95,7 +95,8 @@ async def login(request: Request, web: Web) -> Response:
         )
     # The rate limiter's key: the client behind a trusted proxy, else the peer as it is.
     address = client_address(request) or client_ip(request)
-    result = await web.authenticator.login(address, username, form.get("password", ""))
+    device = codec.device_of(request.cookies.get(codec.device_cookie), username)
+    result = await web.authenticator.login(address, username, form.get("password", ""), device)
     if result.cookie is None:
         response = await _login_page(
             request, web, target, status=result.status, message=result.message, username=username
@@ -105,6 +106,7 @@ async def login(request: Request, web: Web) -> Response:
         return response
     response = RedirectResponse(target, status_code=303)
     codec.set_session(response, result.cookie)
+    codec.set_device(response, username)
     codec.clear_login_csrf(response)
     return response
 

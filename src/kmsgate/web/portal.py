@@ -206,10 +206,12 @@ async def portal_login(request: Request, web: Web, portal: PortalDep) -> Respons
     if address is None:
         message = "Your IP address cannot be determined, so no window can be opened."
         return _form_page(request, web, portal, status=400, message=message, username=username)
-    attempt = await portal.login(address, form.get("username", ""), form.get("password", ""))
+    typed = form.get("username", "")
+    device = codec.device_of(request.cookies.get(codec.device_cookie), typed)
+    attempt = await portal.login(address, typed, form.get("password", ""), device)
     outcome = attempt.outcome
     if outcome is None or outcome.window is None:
-        return _form_page(
+        response = _form_page(
             request,
             web,
             portal,
@@ -219,8 +221,11 @@ async def portal_login(request: Request, web: Web, portal: PortalDep) -> Respons
             outcome=outcome,
             headers=_retry_headers(attempt),
         )
+        if outcome is not None and outcome.status == 403:  # the password was right
+            codec.set_device(response, typed)
+        return response
     window = outcome.window
-    return web.renderer.page(
+    response = web.renderer.page(
         request,
         "portal_result.html",
         {
@@ -232,6 +237,8 @@ async def portal_login(request: Request, web: Web, portal: PortalDep) -> Respons
             "kms": web.kms_address.commands(request.url.hostname),
         },
     )
+    codec.set_device(response, typed)
+    return response
 
 
 @router.post(

@@ -83,7 +83,13 @@ class Portal:
             429, f"Too many failed logins. Try again in about {minutes} minute{plural}.", None, wait
         )
 
-    def _audit_lockout(self, address: str, username: str, wait: float) -> None:
+    def _audit_lockout(self, address: str, username: str, wait: float, device: str | None) -> None:
+        if device is not None:
+            scope = f"logins from this browser at {address} are locked"
+        elif self.limiter.user_locked(username):
+            scope = "the account is locked for addresses and browsers it was not used from"
+        else:
+            scope = f"logins from {address} are locked"
         gateway = self.gateway
         log.warning("portal logins of %r from %s locked out", username[:64], address)
         gateway.audit.submit(
@@ -94,31 +100,36 @@ class Portal:
                 username=username.strip()[:MAX_USERNAME_LENGTH],
                 address=address,
                 backend=gateway.backend.name,
-                detail=f"too many failed logins: locked for {math.ceil(wait)} s",
+                detail=f"too many failed logins: {scope} for {math.ceil(wait)} s",
             )
         )
 
-    async def login(self, address: str, username: str, password: str) -> PortalAttempt:
-        """Check the limiter, then the gateway; the password goes nowhere but the gateway."""
-        wait = self.limiter.retry_after(address, username)
+    async def login(
+        self, address: str, username: str, password: str, device: str | None = None
+    ) -> PortalAttempt:
+        """Check the limiter, then the gateway; the password goes nowhere but the gateway.
+
+        `device`: the id of the browser's device cookie, when it was issued to `username`.
+        """
+        wait = self.limiter.retry_after(address, username, device)
         if wait > 0:
             return self._locked(wait)
-        self.limiter.begin(address, username)
+        self.limiter.begin(address, username, device)
         try:
             async with self._slots:
                 outcome = await self.gateway.login(username, password, address)
         except StoreError as exc:
-            self.limiter.release(address, username)
+            self.limiter.release(address, username, device)
             log.warning("portal login failed: store unavailable: %s", exc)
             message = "The service is unavailable; try again shortly."
             return PortalAttempt(503, message, None, UNAVAILABLE_RETRY)
         if outcome.status in (200, 403):
-            self.limiter.success(address, username)
+            self.limiter.success(address, username, device)
         elif outcome.status == 503:
-            self.limiter.release(address, username)
+            self.limiter.release(address, username, device)
             return PortalAttempt(503, outcome.message, outcome, UNAVAILABLE_RETRY)
         else:
-            wait = self.limiter.retry_after(address, username)
+            wait = self.limiter.retry_after(address, username, device)
             if wait > 0:  # this failure started the lockout: audit it once
-                self._audit_lockout(address, username, wait)
+                self._audit_lockout(address, username, wait, device)
         return PortalAttempt(outcome.status, outcome.message, outcome)
