@@ -29,9 +29,22 @@ log: Final = logging.getLogger("kmsgate.server")
 # resumes below LOW: a client that never reads holds one read's worth of answers, not all.
 WRITE_BUFFER_HIGH: Final = 64 * 1024
 WRITE_BUFFER_LOW: Final = 16 * 1024
-# Why a connection's reading is paused (both may hold at once).
+# Why a connection's reading is paused (several may hold at once).
 _PAUSED_FOR_WRITING: Final = 1
 _PAUSED_FOR_RECORDS: Final = 2
+_PAUSED_FOR_TURN: Final = 4
+# A read this large is not a KMS client's (a request is some 300 bytes): the connection
+# reads no more in this pass of the loop, so one flooding client cannot hold it (uvloop
+# reads up to 32 times 256 KiB per readiness).
+LARGE_READ: Final = 64 * 1024
+# Answers sent before the first activation that may still wait as opening ones (a bind's and
+# an alter_context's); more (faults) leave at the end of their pass.
+OPENING_PRELUDES: Final = 2
+# PDUs besides the requests --max-requests-per-connection allows (binds, alter_contexts):
+# faulted requests count against the cap too, past these.
+EXTRA_PDUS: Final = 16
+# Seconds a closed connection may take to read its last answers when there is no idle timeout.
+CLOSE_GRACE: Final = 30.0
 
 
 class ConnectionHost(Protocol):
@@ -83,6 +96,8 @@ class KmsConnection(asyncio.Protocol):
         self._unsent: bytes | None = None  # answers queued in the host's outbox
         self._backlog: bytearray | None = None  # bytes read while answers were held
         self._window_end: asyncio.TimerHandle | None = None
+        self._preludes = 0  # answers sent before the first activation
+        self._abort: asyncio.TimerHandle | None = None
         self.peer = _UNKNOWN_PEER
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -188,8 +203,12 @@ class KmsConnection(asyncio.Protocol):
             host.metrics.observe_request(time.perf_counter() - started)
         elif out:
             # A bind's answer (or a fault) before any activation: the conversation opens.
-            self._send(out, opening=self._answered == 0)
+            self._preludes += 1
+            self._send(out, opening=self._answered == 0 and self._preludes <= OPENING_PRELUDES)
         self._after_answers(session, transport)
+        if len(data) >= LARGE_READ and not transport.is_closing():
+            self._pause_reading(_PAUSED_FOR_TURN)
+            asyncio.get_running_loop().call_soon(self._resume_reading, _PAUSED_FOR_TURN)
 
     def _send(self, out: bytes, *, opening: bool = False) -> None:
         """Queue answers for the end of this loop pass (server/outbox.py), in order; those
@@ -203,6 +222,9 @@ class KmsConnection(asyncio.Protocol):
             outbox.add(self, opening=opening)
         else:
             self._unsent += out
+            if len(self._unsent) > WRITE_BUFFER_HIGH:
+                # To the transport now: its backpressure (pause_writing) then stops reading.
+                self.send_queued()
 
     def send_queued(self) -> None:
         """Write the answers queued in the outbox (nothing once the client is gone)."""
@@ -212,10 +234,17 @@ class KmsConnection(asyncio.Protocol):
             transport.write(out)
 
     def _close(self) -> None:
-        """Close after sending what is queued."""
+        """Close after sending what is queued; abort if the client does not take it in time."""
         self.send_queued()
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        transport.close()
+        if transport.get_write_buffer_size() and self._abort is None:
+            # A client that never reads would keep a closed connection (its slot and its
+            # buffers) for as long as it likes: it gets the idle timeout to read its answers.
+            grace = self._host.settings.idle_timeout or CLOSE_GRACE
+            self._abort = asyncio.get_running_loop().call_later(grace, transport.abort)
 
     def _after_answers(self, session: ServerSession, transport: asyncio.Transport) -> None:
         """Close once the protocol broke or the connection used up its requests."""
@@ -223,7 +252,7 @@ class KmsConnection(asyncio.Protocol):
             self._close()
             return
         limit = self._host.settings.max_requests_per_connection
-        if limit and self._answered >= limit:
+        if limit and (self._answered >= limit or session.pdus_handled >= limit + EXTRA_PDUS):
             self._host.stats.request_limit_closes += 1
             log.debug("%s closed after %d requests", self.peer, self._answered)
             self._close()
@@ -295,6 +324,9 @@ class KmsConnection(asyncio.Protocol):
         if self._window_end is not None:
             self._window_end.cancel()
             self._window_end = None
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
         # A pending admission is not cancelled: its window may be taken already, and _admit
         # hands it back once it sees the connection gone.
         if self._host.gateway is not None:

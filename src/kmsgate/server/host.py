@@ -19,6 +19,7 @@ from kmsgate.catalog import Catalog, default_catalog
 from kmsgate.config.settings import ServeSettings
 from kmsgate.net import Peer
 from kmsgate.observability.activation_log import log_activation
+from kmsgate.observability.log_budget import LogBudget
 from kmsgate.observability.metrics import Metrics
 from kmsgate.protocol import crypto, wire
 from kmsgate.protocol.counting import SeenClients
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from kmsgate.recording.recorder import RecordGate
 
 log: Final = logging.getLogger("kmsgate.server")
+# Fault and protocol-close lines written per second at most (the rest are counted).
+NOISY_LINES_PER_SECOND: Final = 50
 
 EventHook = Callable[[Peer, Event], None]
 
@@ -115,6 +118,8 @@ class KmsHost(ConnectionLimits):
         self.busy_poll: BusyPoll | None = None
         self._servers: list[Listener] = []
         self._session_settings: dict[int, SessionSettings] = {}
+        # Faults and protocol closes are the client's to cause: their lines have a budget.
+        self._noisy_lines = LogBudget(NOISY_LINES_PER_SECOND)
 
     def apply_policies(self, settings: ServeSettings) -> None:
         """Swap source and product policies in place (SIGHUP); open connections keep going."""
@@ -166,10 +171,13 @@ class KmsHost(ConnectionLimits):
                 log_activation(peer, event, self.catalog, self.settings.node_name)
             elif isinstance(event, FaultSent):
                 stats.faults += 1
-                log.info("%s fault 0x%08X: %s", peer, event.status, event.reason)
+                if self._noisy_lines.allow():
+                    log.info("%s fault 0x%08X: %s%s", peer, event.status, event.reason,
+                             self._suppressed())  # fmt: skip
             elif isinstance(event, ConnectionClosed):
                 stats.protocol_closes += 1
-                log.info("%s closed: %s", peer, event.reason)
+                if self._noisy_lines.allow():
+                    log.info("%s closed: %s%s", peer, event.reason, self._suppressed())
         # Whatever the request's field values, the event must still reach the recorder.
         except Exception:
             log.exception("%s: logging %s failed", peer, type(event).__name__)
@@ -180,6 +188,12 @@ class KmsHost(ConnectionLimits):
             # them, from seeing an event whose answer is already built.
             except Exception:
                 log.exception("%s: event hook %r failed on %s", peer, hook, type(event).__name__)
+
+    def _suppressed(self) -> str:
+        count = self._noisy_lines.take_suppressed()
+        if not count:
+            return ""
+        return f" ({count} more fault and close lines not written: over {NOISY_LINES_PER_SECOND}/s)"
 
     def activity(self) -> int:
         """Connections accepted and requests answered so far: what busy polling waits on."""
