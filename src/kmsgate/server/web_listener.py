@@ -5,7 +5,12 @@ and accepts connections until the process runs out of descriptors, which would s
 host in the same process. `WebGuard` adds both bounds: a client has `request_timeout` seconds
 to send a complete request, and at most `max_connections` are open; at that limit the oldest
 connection still waiting for a request is closed to make room, so a new client (a /healthz
-probe, an administrator) gets in while idle or dribbling connections hold the rest.
+probe, an administrator) gets in while idle or dribbling connections hold the rest. A client
+that stops reading its answers (pipelined requests, never read) has as long to take them:
+one whose answer has not drained below the transport's low-water mark within
+`request_timeout` is aborted, or it would hold its place, and its open response, for good;
+meanwhile it is evictable like a waiting one. Its kernel send buffer is capped (the kernel
+would otherwise take up to 4 MiB of answers for it before the transport saw any backlog).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -32,6 +38,10 @@ REPORT_INTERVAL = 10.0
 # database, the record writer's pipes and the log.
 FD_SHARE = 4
 MIN_WEB_CONNECTIONS = 16
+# A web connection's kernel send buffer: pages and static files are small, and a client
+# that reads nothing fills it within a second (a dashboard over 100 ms of round trip still
+# gets 2.5 MB/s).
+SEND_BUFFER = 256 * 1024
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 5\r\n"
@@ -52,7 +62,8 @@ class WebGuard:
         self.timed_out = 0
         self.evicted = 0
         self.refused = 0
-        self._reported = (0, 0, 0)
+        self.stalled = 0
+        self._reported = (0, 0, 0, 0)
         self._last_report = float("-inf")
         self._report_timer: asyncio.TimerHandle | None = None
 
@@ -81,6 +92,11 @@ class WebGuard:
         self.timed_out += 1
         self._note()
 
+    def note_stalled(self) -> None:
+        """A connection was aborted for not reading its answer in time."""
+        self.stalled += 1
+        self._note()
+
     def _note(self) -> None:
         if self._report_timer is not None:
             return
@@ -94,22 +110,26 @@ class WebGuard:
     def report(self) -> None:
         """Log what happened since the last report (one WARNING line), if anything did."""
         self._report_timer = None
-        now = (self.timed_out, self.evicted, self.refused)
-        timed_out, evicted, refused = (a - b for a, b in zip(now, self._reported, strict=True))
-        if not (timed_out or evicted or refused):
+        now = (self.timed_out, self.evicted, self.refused, self.stalled)
+        timed_out, evicted, refused, stalled = (
+            a - b for a, b in zip(now, self._reported, strict=True)
+        )
+        if not (timed_out or evicted or refused or stalled):
             return
         self._reported = now
         self._last_report = time.monotonic()
         log.warning(
             "web listener: closed %d connections that sent no complete request within %g s; "
             "at the limit of %d connections, closed %d waiting ones to make room and refused "
-            "%d (%d open now)",
+            "%d (%d open now); aborted %d that read no answer within %g s",
             timed_out,
             self.request_timeout,
             self.max_connections,
             evicted,
             refused,
             len(self.open),
+            stalled,
+            self.request_timeout,
         )
 
     def cancel_report(self) -> None:
@@ -124,6 +144,7 @@ class GuardedH11Protocol(H11Protocol):
 
     guard: ClassVar[WebGuard]
     _deadline: asyncio.TimerHandle | None = None
+    _stalled: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -131,6 +152,10 @@ class GuardedH11Protocol(H11Protocol):
             transport.write(_BUSY)
             transport.close()
             return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._await_request()
 
     def data_received(self, data: bytes) -> None:
@@ -146,14 +171,45 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
+        self._stop_stall_timer()
         self.guard.forget(self)
         super().connection_lost(exc)
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.guard.request_timeout, self._stalled_out)
+            # Evictable meanwhile: at the limit, a new client goes before an unread answer.
+            self.guard.waiting[self] = None
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_stall_timer()
+
+    def _stop_stall_timer(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+            if self._deadline is None:  # not waiting for a request either
+                self.guard.waiting.pop(self, None)
+
+    def _stalled_out(self) -> None:
+        self._stalled = None
+        if self.transport.is_closing() and not self.transport.get_write_buffer_size():
+            return
+        self.guard.note_stalled()
+        self.transport.abort()
+
     def close_waiting(self) -> None:
-        """Close this connection, which has no request in progress (the guard needs room)."""
+        """Close this connection, which has no request in progress or an answer its client
+        does not read (the guard needs room)."""
         self._stop_deadline()
+        self._stop_stall_timer()
         self.guard.forget(self)
-        self.transport.close()
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def _await_request(self) -> None:
         self._stop_deadline()
