@@ -233,6 +233,18 @@ async def test_batches_gather_what_arrives_together() -> None:
     await writer.close()
 
 
+async def test_a_queue_smaller_than_a_batch_is_written_once_full() -> None:
+    # --store-queue below the batch size: the writer's queue is the whole batch it can get.
+    fake = FakeStore()
+    writer = writer_for(fake, batch_size=2000, max_queue=100, flush_interval=60)
+    await writer.start()
+    for _ in range(100):
+        writer.submit(make_draft())
+    await wait_for(lambda: writer.written == 100)  # not after the 60 s flush interval
+    assert [len(b) for b in fake.batches] == [100]
+    await writer.close()
+
+
 async def test_queue_full_drops_new_records_and_counts_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

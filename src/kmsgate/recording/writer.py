@@ -264,7 +264,8 @@ class RecordWriter:
         """
         deadline = self._clock() + self._flush_interval
         step = self._flush_interval / 4
-        while len(self._queue) < self._batch_size:
+        # A full queue takes no more: waiting for a batch larger than it would only stall.
+        while len(self._queue) < min(self._batch_size, self._max_queue):
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return
