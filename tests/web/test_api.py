@@ -24,6 +24,7 @@ from kmsgate.access.throttle import LoginLimiter, LoginThrottle
 from kmsgate.auth.passwords import hash_password, needs_rehash, verify_password
 from kmsgate.catalog import default_catalog
 from kmsgate.store.database import Store
+from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import User
 from kmsgate.web import create_app
 from kmsgate.web.auth import SessionCodec, safe_next
@@ -177,6 +178,25 @@ async def test_login_sets_a_hardened_cookie_and_logout_ends_it(anon: httpx.Async
     out = await anon.post("/logout", data={"csrf_token": csrf_from(page.text)})
     assert out.status_code == 303 and out.headers["location"] == "/login"
     assert (await anon.get("/api/stats")).status_code == 401
+
+
+async def test_dashboard_logins_and_logouts_are_audited(store: Store) -> None:
+    async with client_for(make_app(store)) as client:
+        assert (await login(client, ADMIN, "wrong")).status_code == 401
+        assert (await login(client, VIEWER, VIEWER_PASSWORD)).status_code == 401
+        assert (await login(client)).status_code == 303
+        page = await client.get("/")
+        out = await client.post("/logout", data={"csrf_token": csrf_from(page.text)})
+        assert out.status_code == 303
+    page_of = await GatewayStore(store).list_audit(limit=20)
+    rows = [(e.kind, e.username, e.backend, e.detail) for e in reversed(page_of.items)]
+    assert rows == [
+        ("login_failed", ADMIN, "dashboard", "wrong user name or password"),
+        ("login_failed", VIEWER, "dashboard", "not an administrator"),
+        ("login_ok", ADMIN, "dashboard", ""),
+        ("logout", ADMIN, "dashboard", ""),
+    ]
+    assert all(e.address for e in page_of.items)
 
 
 async def test_login_form_needs_its_csrf_token(store: Store) -> None:

@@ -54,6 +54,7 @@ AUDIT_KINDS = (
     "window_released",
     "connection_refused",
     "activation",
+    "logout",
 )
 
 

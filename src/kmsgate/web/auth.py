@@ -308,6 +308,12 @@ class Authenticator:
         if user is None or not ok or not user.is_admin or user.disabled:
             # The user name is attacker-controlled: %r keeps the log line one line.
             log.warning("dashboard login failed for %r from %s", username[:64], ip)
+            reason = (
+                "wrong user name or password"
+                if user is None or not ok
+                else ("the account is disabled" if user.disabled else "not an administrator")
+            )
+            await self._audit("login_failed", ip, username, reason)
             if locks:
                 await self._audit_lockout(ip, username, device)
             return denied
@@ -320,7 +326,25 @@ class Authenticator:
             token, user.name, now, now + timedelta(seconds=self.codec.max_age)
         )
         log.info("dashboard login: %r from %s", user.name, ip)
+        await self._audit("login_ok", ip, user.name, "")
         return LoginResult(self.codec.issue(user, token), 303, "")
+
+    async def _audit(self, kind: str, ip: str, username: str, detail: str) -> None:
+        """One audit row of a dashboard login (backend `dashboard`); logged if it fails."""
+        name = username.strip()[:MAX_USERNAME_LENGTH]
+        event = AuditEvent(
+            time=self.clock(),
+            kind=kind,
+            node=self.node,
+            username=name,
+            address=ip,
+            backend=AUDIT_BACKEND,
+            detail=detail,
+        )
+        try:
+            await GatewayStore(self.store).add_audit([event])
+        except StoreError as exc:
+            log.warning("could not audit the dashboard %s of %r: %s", kind, name, exc)
 
     async def _audit_lockout(self, ip: str, username: str, device: str | None) -> None:
         wait = self.limiter.retry_after(ip, username, device)
@@ -333,19 +357,7 @@ class Authenticator:
             scope = f"logins from {ip} are locked"
         detail = f"too many failed dashboard logins: {scope} for {math.ceil(wait)} s"
         log.warning("dashboard login of %r from %s: %s", name, ip, detail)
-        event = AuditEvent(
-            time=self.clock(),
-            kind="login_locked",
-            node=self.node,
-            username=name,
-            address=ip,
-            backend=AUDIT_BACKEND,
-            detail=detail,
-        )
-        try:
-            await GatewayStore(self.store).add_audit([event])
-        except StoreError as exc:
-            log.warning("could not audit the lockout of %r: %s", name, exc)
+        await self._audit("login_locked", ip, name, detail)
 
     async def _rehash(self, user: User, password: str) -> User:
         """Upgrade a hash made with older costs; keep the old one if the store refuses."""
@@ -368,10 +380,11 @@ class Authenticator:
             disabled=user.disabled,
         )
 
-    async def end_session(self, admin: Admin) -> None:
+    async def end_session(self, admin: Admin, ip: str = "unknown") -> None:
         """Log out: the session's row goes, so its cookie no longer opens anything, anywhere."""
         if admin.session_token and await self.sessions.revoke(admin.session_token):
             log.info("dashboard logout: %r", admin.name)
+            await self._audit("logout", ip, admin.name, "")
 
     async def current_admin(self, request: Request) -> Admin | None:
         """The admin of the request's session cookie, or None; cached on the request."""

@@ -30,6 +30,7 @@ AuditKind = Literal[
     "window_released",
     "connection_refused",
     "activation",
+    "logout",
 ]
 assert set(get_args(AuditKind)) == set(AUDIT_KINDS), "AuditKind is out of step with the store"
 

@@ -121,7 +121,7 @@ async def logout(request: Request, web: Web) -> Response:
     ):
         raise HTTPException(400, "invalid CSRF token; reload the page and try again")
     if admin is not None:
-        await web.authenticator.end_session(admin)
+        await web.authenticator.end_session(admin, client_address(request) or client_ip(request))
     response = RedirectResponse("/login", status_code=303)
     web.authenticator.codec.clear_session(response)
     return response
