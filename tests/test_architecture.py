@@ -26,7 +26,7 @@ SRC = Path(kmsgate.__file__).parent
 # first component under kmsgate (a package or a top-level module); `kmsgate` is the root
 # package itself, which holds only __version__.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("kmsgate", "errors", "values", "uuids", "heap", "_native"),
+    ("kmsgate", "errors", "values", "uuids", "heap", "_native", "file_modes"),
     ("net", "systemd"),
     ("protocol",),
     ("catalog",),

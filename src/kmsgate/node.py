@@ -19,6 +19,7 @@ from kmsgate.catalog import Catalog
 from kmsgate.catalog.loading import load_catalog
 from kmsgate.config.addresses import parse_listen, parse_public_address
 from kmsgate.config.settings import ServeSettings
+from kmsgate.file_modes import PRIVATE_FOLDER
 from kmsgate.heap import freeze_startup_heap
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import Metrics
@@ -63,7 +64,7 @@ def load_web_secret(data_dir: Path) -> bytes:
             return secret
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
     secret = secrets.token_bytes(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from kmsgate.store.engine import (
     SQLITE_POOL_SIZE,
     SQLITE_WRITER_CACHE_KIB,
     WRITE_OPTION,
+    create_sqlite_file,
     make_engine,
 )
 from kmsgate.store.errors import StoreUnavailable
@@ -269,3 +272,21 @@ async def test_a_burst_of_readers_opens_few_connections_and_keeps_fewer(db: Path
         assert open_now == SQLITE_POOL_SIZE <= 2  # the burst's extra ones are closed
     finally:
         await engine.dispose()
+
+
+def test_a_new_database_and_its_folder_are_not_readable_by_others(tmp_path: Path) -> None:
+    # The file holds the accounts' password hashes; a shell's umask 022 must not open it.
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "data" / "kmsgate.db"
+        create_sqlite_file(path)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("CREATE TABLE t (x)")
+            db.execute("INSERT INTO t VALUES (1)")
+            db.commit()
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+    assert modes == {"kmsgate.db": 0o640, "kmsgate.db-wal": 0o640, "kmsgate.db-shm": 0o640}

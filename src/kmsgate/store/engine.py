@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from kmsgate.file_modes import PRIVATE_FILE, PRIVATE_FOLDER
 from kmsgate.store.errors import StoreError, StoreUnavailable
 
 # The two databases the store runs on.
@@ -89,14 +90,19 @@ def sqlite_path(url: str | URL) -> Path | None:
 
 
 def create_sqlite_file(path: Path) -> None:
-    """Create an empty database file (and its folder) if there is none yet."""
+    """Create an empty database file (and its folder) if there is none yet.
+
+    Neither is readable by others, whatever the umask: the file holds the accounts'
+    password hashes (SQLite gives its -wal and -shm the file's own mode).
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
         if not path.exists():
             # Through SQLite, never a plain open(): closing any other descriptor of the file
             # would drop the locks this process's connections hold on it.
             with contextlib.closing(sqlite3.connect(path)):
                 pass
+            path.chmod(path.stat().st_mode & PRIVATE_FILE)
     except (OSError, sqlite3.Error) as exc:
         raise StoreUnavailable(f"cannot create the database file {path}: {exc}") from exc
 
