@@ -21,7 +21,7 @@ from kmsgate.access.throttle import LoginThrottle
 from kmsgate.auth.passwords import HashingPool
 from kmsgate.catalog import default_catalog
 from kmsgate.web import create_app
-from tests.support.browser import ADMIN, NODE, SECRET, client_for, open_store
+from tests.support.browser import ADMIN, ADMIN_PASSWORD, NODE, SECRET, client_for, open_store
 from tests.support.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
@@ -48,7 +48,7 @@ async def test_checks_beyond_the_pool_bound_get_503_and_never_run_on_the_loop(
 ) -> None:
     store = await open_store(tmp_path, seed=False)
     hasher = GatedHasher()
-    pool = HashingPool(workers=1, max_waiting=2, nice=7)
+    pool = HashingPool(workers=1, max_waiting=2, nice=7, reserved=0)
     limiter = LoginThrottle(max_failures=100, max_failures_per_ip=100)
     app = create_app(
         store,
@@ -92,6 +92,57 @@ async def test_checks_beyond_the_pool_bound_get_503_and_never_run_on_the_loop(
     assert {native for _, native in hasher.threads} <= pool.native_ids
     for native in pool.native_ids:
         assert os.getpriority(os.PRIO_PROCESS, native) >= 7
+
+
+async def test_a_flood_of_strangers_cannot_take_the_places_kept_for_known_clients(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(tmp_path)
+    hasher = GatedHasher()
+    pool = HashingPool(workers=1, max_waiting=2, nice=7, reserved=1)
+    limiter = LoginThrottle(max_failures=100, max_failures_per_ip=100)
+    limiter.success("198.51.100.1", ADMIN)  # the admin logged in from there before
+    app = create_app(
+        store,
+        catalog=default_catalog(),
+        metrics_registry=prometheus_client.CollectorRegistry(),
+        secret_key=SECRET,
+        secure_cookies=False,
+        node_name=NODE,
+        login_limiter=limiter,
+        password_hasher=hasher,
+        password_pool=pool,
+    )
+    owner_transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 50001))
+    try:
+        async with (
+            client_for(app) as stranger,
+            httpx.AsyncClient(transport=owner_transport, base_url="http://testserver") as owner,
+        ):
+            token = csrf_of((await stranger.get("/login")).text)
+            owner_token = csrf_of((await owner.get("/login")).text)
+
+            async def guess(n: int) -> httpx.Response:
+                data = {"username": ADMIN, "password": f"guess-{n}", "csrf_token": token}
+                return await stranger.post("/login", data=data)
+
+            # The strangers' places (one running, one queued) are taken ...
+            held = [asyncio.create_task(guess(n)) for n in range(2)]
+            assert await asyncio.to_thread(hasher.started.acquire, True, 30)
+            await asyncio.sleep(0.2)
+            assert (await guess(2)).status_code == 503
+            # ... the admin, from where they logged in before, still gets the kept one.
+            data = {"username": ADMIN, "password": ADMIN_PASSWORD, "csrf_token": owner_token}
+            admin = asyncio.create_task(owner.post("/login", data=data))
+            await asyncio.sleep(0.2)
+            assert not admin.done()  # queued, not refused
+            assert (await guess(3)).status_code == 503  # the kept place is not the strangers'
+            hasher.gate.set()
+            assert (await admin).status_code == 303
+            assert [r.status_code for r in await asyncio.gather(*held)] == [401, 401]
+    finally:
+        hasher.gate.set()
+        await store.close()
 
 
 def thread_priorities(pid: int) -> dict[int, int]:

@@ -160,6 +160,8 @@ class LoginThrottle:
         )
         # user -> address -> until when a login from there vouches for the next ones.
         self._known: OrderedDict[str, OrderedDict[str, float]] = OrderedDict()
+        # address -> until when a login of anyone from there vouches for it.
+        self._vouched: OrderedDict[str, float] = OrderedDict()
 
     @staticmethod
     def _user(user: str) -> str:
@@ -168,6 +170,14 @@ class LoginThrottle:
     @staticmethod
     def _source(ip: str, device: str | None) -> str:
         return ip if device is None else f"device {device}"
+
+    def trusted(self, ip: str, user: str, device: str | None = None) -> bool:
+        """Whether the user lock does not bind this client (a known address, a device)."""
+        return device is not None or self.known(ip, user)
+
+    def vouched(self, ip: str) -> bool:
+        """Whether some user logged in from `ip` within KNOWN_FOR (before the name is read)."""
+        return self._vouched.get(ip, 0.0) > self.clock()
 
     def known(self, ip: str, user: str) -> bool:
         """Whether `user` logged in from `ip` within KNOWN_FOR."""
@@ -214,6 +224,10 @@ class LoginThrottle:
         self._known[name] = addresses
         while len(self._known) > KNOWN_USERS:
             self._known.popitem(last=False)
+        self._vouched.pop(ip, None)
+        self._vouched[ip] = addresses[ip]
+        while len(self._vouched) > KNOWN_USERS:
+            self._vouched.popitem(last=False)
 
     def release(self, ip: str, user: str, device: str | None = None) -> None:
         """No verdict (account server unavailable): the attempt does not count."""

@@ -45,6 +45,9 @@ MAX_PASSWORD_LENGTH = 1024
 HASHING_NICE = 19
 HASHING_WORKERS = 1
 HASHING_QUEUE = 8
+# Places of the queue only logins kmsgate can tell from a stranger's may take (a known
+# address, a device cookie): a flood of strangers' logins cannot keep those out.
+HASHING_RESERVED = 2
 
 
 class HashingBusyError(KmsgateError):
@@ -60,14 +63,17 @@ class HashingPool:
         workers: int = HASHING_WORKERS,
         max_waiting: int = HASHING_QUEUE,
         nice: int = HASHING_NICE,
+        reserved: int = HASHING_RESERVED,
     ) -> None:
-        """workers: checks at once; max_waiting: checks queued behind them before refusing."""
-        if workers < 1 or max_waiting < 0:
+        """workers: checks at once; max_waiting: checks queued behind them before refusing,
+        `reserved` of them for callers that say so (trusted logins)."""
+        if workers < 1 or max_waiting < 0 or not 0 <= reserved <= max_waiting:
             raise ValueError("a hashing pool needs a worker and a non-negative queue")
         self.workers = workers
         self.max_waiting = max_waiting
         self.nice = nice
         self.places = workers + max_waiting
+        self.reserved = reserved
         self._taken = 0
         self._freed = threading.Condition()
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -88,13 +94,17 @@ class HashingPool:
         except OSError as exc:
             log.warning("password hashing runs at normal priority: %s", exc)
 
-    def has_room(self) -> bool:
-        """Whether a check submitted now would be taken (a hint to skip work before it)."""
-        return self._taken < self.places
+    def _limit(self, reserved: bool) -> int:
+        return self.places if reserved else self.places - self.reserved
 
-    def _take_place(self, wait: bool) -> None:
+    def has_room(self, *, reserved: bool = False) -> bool:
+        """Whether a check submitted now would be taken (a hint to skip work before it)."""
+        return self._taken < self._limit(reserved)
+
+    def _take_place(self, wait: bool, reserved: bool = False) -> None:
+        limit = self._limit(reserved)
         with self._freed:
-            while self._taken >= self.places:
+            while self._taken >= limit:
                 if not wait:
                     raise HashingBusyError(f"{self.places} password checks in progress")
                 self._freed.wait()
@@ -110,10 +120,11 @@ class HashingPool:
         return threading.get_ident() in self._idents
 
     def submit(
-        self, func: Callable[..., T], *args: Any, wait: bool
+        self, func: Callable[..., T], *args: Any, wait: bool, reserved: bool = False
     ) -> concurrent.futures.Future[T]:
-        """Queue func(*args); wait=False raises HashingBusyError when the queue is full."""
-        self._take_place(wait)
+        """Queue func(*args); wait=False raises HashingBusyError when the queue is full
+        (`reserved`: the places kept for trusted logins count too)."""
+        self._take_place(wait, reserved)
         try:
             future = self._executor.submit(func, *args)
         except RuntimeError:  # shut down
@@ -123,9 +134,9 @@ class HashingPool:
         future.add_done_callback(self._free_place)
         return future
 
-    async def run(self, func: Callable[..., T], *args: Any) -> T:
+    async def run(self, func: Callable[..., T], *args: Any, reserved: bool = False) -> T:
         """func(*args) on the pool, awaited; HashingBusyError at once when the queue is full."""
-        return await asyncio.wrap_future(self.submit(func, *args, wait=False))
+        return await asyncio.wrap_future(self.submit(func, *args, wait=False, reserved=reserved))
 
     def call(self, func: Callable[..., T], *args: Any) -> T:
         """func(*args) on the pool from a blocking caller, waiting for a place if need be."""
@@ -190,11 +201,14 @@ async def check_password(
     *,
     hasher: PasswordHasher | None = None,
     pool: HashingPool | None = None,
+    trusted: bool = False,
 ) -> bool:
-    """verify_password() awaited on a pool; HashingBusyError when its queue is full."""
+    """verify_password() awaited on a pool; HashingBusyError when its queue is full
+    (`trusted`: a login kmsgate can tell from a stranger's may take the reserved places)."""
     if not password or len(password) > MAX_PASSWORD_LENGTH:
         return False
-    return await (pool or default_pool()).run(_verify, password_hash, password, hasher)
+    pool = pool or default_pool()
+    return await pool.run(_verify, password_hash, password, hasher, reserved=trusted)
 
 
 def needs_rehash(password_hash: str, *, hasher: PasswordHasher | None = None) -> bool:

@@ -289,7 +289,8 @@ class Authenticator:
         if wait > 0:
             # Refused without looking at the password: during a lockout the right one fails too.
             return self._locked(wait)
-        if not self.pool.has_room():
+        trusted = self.limiter.trusted(ip, username, device)
+        if not self.pool.has_room(reserved=trusted):
             # Cheap refusal before any database work: a flood is answered at the door.
             return self._busy()
         self.limiter.begin(ip, username, device)
@@ -298,7 +299,9 @@ class Authenticator:
         try:
             user = await self.store.get_user(username)
             stored = user.password_hash if user is not None else await self._dummy()
-            ok = await check_password(stored, password, hasher=self.hasher, pool=self.pool)
+            ok = await check_password(
+                stored, password, hasher=self.hasher, pool=self.pool, trusted=trusted
+            )
         except HashingBusyError:
             self.limiter.release(ip, username, device)
             return self._busy()

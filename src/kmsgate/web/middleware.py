@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kmsgate.web.auth import BUSY_RETRY, Authenticator
+from kmsgate.web.auth import BUSY_RETRY, Authenticator, client_ip
+from kmsgate.web.proxies import client_address
 
 # uvicorn's h11 parser accepts request lines far longer than this; nothing we serve needs more.
 MAX_REQUEST_TARGET = 8192
@@ -107,6 +109,7 @@ class ShedLoginsWhenBusy:
             and scope.get("method") == "POST"
             and scope.get("path") == "/login"
             and not self.authenticator.pool.has_room()
+            and not self._may_be_trusted(scope)
         ):
             self.authenticator.note_busy()
             response = PlainTextResponse(
@@ -117,6 +120,19 @@ class ShedLoginsWhenBusy:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _may_be_trusted(self, scope: Scope) -> bool:
+        """Whether this login may use the places kept for trusted ones: its browser holds a
+        device cookie, or someone logged in from its address (the name is not read yet)."""
+        authenticator = self.authenticator
+        if not authenticator.pool.has_room(reserved=True):
+            return False
+        request = Request(scope)
+        codec = authenticator.codec
+        if codec.device_of(request.cookies.get(codec.device_cookie)) is not None:
+            return True
+        address = client_address(request) or client_ip(request)
+        return authenticator.limiter.vouched(address)
 
 
 def is_json_path(path: str) -> bool:
