@@ -140,6 +140,8 @@ def test_show_masks_every_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert report["accounts"]["value"]["service_password"] == "***"
     assert report["accounts"]["value"]["service_bind_dn"] == "cn=svc,dc=example,dc=org"
     assert report["accounts"]["source"] == "file"
+    # A number is no secret, whatever its name says.
+    assert report["min_password_length"]["value"] == 12
 
 
 def test_show_masks_the_sql_backend_url_given_as_json_flag() -> None:

@@ -50,7 +50,9 @@ def masked_value(value: Any, name: str = "") -> Any:
     """A JSON-ready copy of a settings value with secrets and URL passwords masked."""
     if value is None:
         return None
-    if isinstance(value, SecretStr) or (_SECRET_NAME.search(name) and value != ""):
+    # A number is never a secret, whatever its name says (min_password_length).
+    secret_name = _SECRET_NAME.search(name) and not isinstance(value, int | float)
+    if isinstance(value, SecretStr) or (secret_name and value != ""):
         return MASK
     if isinstance(value, BaseModel):
         value = dict(value)
