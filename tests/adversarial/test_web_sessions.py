@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from kmsgate.web.auth import SessionCodec
+from tests.support.browser import ADMIN, ADMIN_PASSWORD
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client
 
@@ -100,3 +101,35 @@ def test_logout_on_one_node_revokes_the_session_on_the_other(
             assert_refused(second, copied)
     rows = postgres.psql("SELECT count(*) FROM web_sessions", database="sessions")
     assert rows.strip() == "0"
+
+
+def test_behind_a_tls_proxy_cookies_are_secure_and_hsts_is_sent(tmp_path: Path) -> None:
+    """Through a trusted proxy that says the client spoke HTTPS (X-Forwarded-Proto), every
+    cookie gets Secure and the answer HSTS; the same headers from a stranger change nothing."""
+    node = Node(tmp_path / "node", "--trust-proxy", "127.0.0.1/32")
+    node.data_dir.mkdir()
+    seed_admin(node.db_url)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
+    with running(node):
+        with web_client(node, source="127.0.0.1") as proxy:
+            proxy.headers.update(forwarded)
+            form = proxy.get("/login")
+            # Secure cookies: httpx, speaking plain HTTP to the node, would not send them
+            # back; the browser behind the proxy speaks HTTPS and does.
+            csrf_cookie = form.headers["set-cookie"].split(";", 1)[0]
+            assert "; secure" in form.headers["set-cookie"].lower()
+            answer = proxy.post(
+                "/login",
+                data={"username": ADMIN, "password": ADMIN_PASSWORD,
+                      "csrf_token": csrf_of(form.text)},
+                headers={"Cookie": csrf_cookie},
+            )  # fmt: skip
+        with web_client(node, source="127.0.0.2") as stranger:
+            stranger.headers.update(forwarded)
+            plain = admin_login(stranger)
+    assert answer.status_code == plain.status_code == 303
+    cookies = answer.headers.get_list("set-cookie")
+    assert cookies and all("; secure" in c.lower() for c in cookies), cookies
+    assert answer.headers["strict-transport-security"].startswith("max-age=")
+    assert not any("secure" in c.lower() for c in plain.headers.get_list("set-cookie"))
+    assert "strict-transport-security" not in plain.headers

@@ -18,6 +18,12 @@ CSP = (
 )
 
 
+def _secure_cookie(value: bytes) -> bytes:
+    """A Set-Cookie value with the Secure attribute (once)."""
+    attributes = {part.strip().lower() for part in value.split(b";")[1:]}
+    return value if b"secure" in attributes else value + b"; Secure"
+
+
 class SecurityHeaders:
     """Adds security headers to every response; pure ASGI so streaming is untouched."""
 
@@ -45,8 +51,16 @@ class SecurityHeaders:
                 headers.setdefault(
                     "Cache-Control", "public, max-age=3600" if static else "no-store"
                 )
-                if self.hsts:
+                # HTTPS here, or at a trusted proxy that said so (X-Forwarded-Proto: the proxy
+                # middleware rewrote the scope by now): cookies only over HTTPS, and HSTS.
+                https = scope.get("scheme") == "https"
+                if self.hsts or https:
                     headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+                if https:
+                    message["headers"] = [
+                        (name, _secure_cookie(value) if name == b"set-cookie" else value)
+                        for name, value in message["headers"]
+                    ]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
