@@ -16,10 +16,12 @@ import httpx
 import prometheus_client
 import pytest
 from argon2 import PasswordHasher
+from fastapi import FastAPI
 
 from kmsgate.access.throttle import LoginThrottle
 from kmsgate.auth.passwords import HashingPool
 from kmsgate.catalog import default_catalog
+from kmsgate.store.database import Store
 from kmsgate.web import create_app
 from tests.support.browser import ADMIN, ADMIN_PASSWORD, NODE, SECRET, client_for, open_store
 from tests.support.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client
@@ -43,14 +45,11 @@ class GatedHasher(PasswordHasher):
         return super().verify(hash, password)
 
 
-async def test_checks_beyond_the_pool_bound_get_503_and_never_run_on_the_loop(
-    tmp_path: Path,
-) -> None:
-    store = await open_store(tmp_path, seed=False)
-    hasher = GatedHasher()
-    pool = HashingPool(workers=1, max_waiting=2, nice=7, reserved=0)
-    limiter = LoginThrottle(max_failures=100, max_failures_per_ip=100)
-    app = create_app(
+def gated_app(
+    store: Store, limiter: LoginThrottle, hasher: GatedHasher, pool: HashingPool
+) -> FastAPI:
+    """The web app with this limiter, this gated hasher and this hashing pool."""
+    return create_app(
         store,
         catalog=default_catalog(),
         metrics_registry=prometheus_client.CollectorRegistry(),
@@ -61,6 +60,16 @@ async def test_checks_beyond_the_pool_bound_get_503_and_never_run_on_the_loop(
         password_hasher=hasher,
         password_pool=pool,
     )
+
+
+async def test_checks_beyond_the_pool_bound_get_503_and_never_run_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(tmp_path, seed=False)
+    hasher = GatedHasher()
+    pool = HashingPool(workers=1, max_waiting=2, nice=7, reserved=0)
+    limiter = LoginThrottle(max_failures=100, max_failures_per_ip=100)
+    app = gated_app(store, limiter, hasher, pool)
     try:
         async with client_for(app) as client:
             token = csrf_of((await client.get("/login")).text)
@@ -102,17 +111,7 @@ async def test_a_flood_of_strangers_cannot_take_the_places_kept_for_known_client
     pool = HashingPool(workers=1, max_waiting=2, nice=7, reserved=1)
     limiter = LoginThrottle(max_failures=100, max_failures_per_ip=100)
     limiter.success("198.51.100.1", ADMIN)  # the admin logged in from there before
-    app = create_app(
-        store,
-        catalog=default_catalog(),
-        metrics_registry=prometheus_client.CollectorRegistry(),
-        secret_key=SECRET,
-        secure_cookies=False,
-        node_name=NODE,
-        login_limiter=limiter,
-        password_hasher=hasher,
-        password_pool=pool,
-    )
+    app = gated_app(store, limiter, hasher, pool)
     owner_transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 50001))
     try:
         async with (

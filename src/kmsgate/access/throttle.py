@@ -195,6 +195,14 @@ class LoginThrottle:
             wait = max(wait, self.by_user.retry_after(name, ""))
         return wait
 
+    def lock_scope(self, ip: str, user: str, device: str | None = None) -> str:
+        """What a lock that binds this client holds shut, for the audit trail and the log."""
+        if device is not None:
+            return f"logins from this browser at {ip} are locked"
+        if self.user_locked(user):
+            return "the account is locked for addresses and browsers it was not used from"
+        return f"logins from {ip} are locked"
+
     def user_locked(self, user: str) -> bool:
         """Whether the account is locked for every client it cannot tell from a stranger."""
         return self.by_user.retry_after(self._user(user), "") > 0

@@ -146,7 +146,8 @@ class HostOptions(BaseSettings):
     allow: Annotated[list[str] | None, NoDecode] = Field(
         None,
         description="CIDR allowed to connect (repeatable; default: loopback, RFC 1918, "
-        "link-local and IPv6 ULA)",
+        "link-local and IPv6 ULA; an IPv4-mapped network, ::ffff:10.0.0.0/104, means its IPv4 "
+        "network, as in --deny and --trust-proxy)",
         json_schema_extra=PANEL_ACCESS,
     )
     deny: Annotated[list[str], NoDecode] = Field(

@@ -117,7 +117,8 @@ class ServeOptions(HostOptions):
         10.0,
         gt=0,
         description="seconds a web client has to send a complete request (headers and body) "
-        "after connecting or after its previous answer; then the connection is closed",
+        "after connecting or after its previous answer, and to take an answer it does not "
+        "read; then the connection is closed",
         json_schema_extra=PANEL_WEB,
     )
     dns_publish: bool = Field(

@@ -352,12 +352,7 @@ class Authenticator:
     async def _audit_lockout(self, ip: str, username: str, device: str | None) -> None:
         wait = self.limiter.retry_after(ip, username, device)
         name = username.strip()[:MAX_USERNAME_LENGTH]
-        if device is not None:
-            scope = f"logins from this browser at {ip} are locked"
-        elif self.limiter.user_locked(username):
-            scope = "the account is locked for addresses and browsers it was not used from"
-        else:
-            scope = f"logins from {ip} are locked"
+        scope = self.limiter.lock_scope(ip, username, device)
         detail = f"too many failed dashboard logins: {scope} for {math.ceil(wait)} s"
         log.warning("dashboard login of %r from %s: %s", name, ip, detail)
         await self._audit("login_locked", ip, name, detail)

@@ -84,12 +84,7 @@ class Portal:
         )
 
     def _audit_lockout(self, address: str, username: str, wait: float, device: str | None) -> None:
-        if device is not None:
-            scope = f"logins from this browser at {address} are locked"
-        elif self.limiter.user_locked(username):
-            scope = "the account is locked for addresses and browsers it was not used from"
-        else:
-            scope = f"logins from {address} are locked"
+        scope = self.limiter.lock_scope(address, username, device)
         gateway = self.gateway
         log.warning("portal logins of %r from %s locked out", username[:64], address)
         gateway.audit.submit(
