@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kmsgate.web.auth import SessionCodec
+from kmsgate.web.cookies import SessionCodec
 from tests.support.browser import ADMIN, ADMIN_PASSWORD
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.web_node import Node, admin_login, csrf_of, running, seed_admin, web_client

@@ -27,7 +27,8 @@ from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.records import User
 from kmsgate.web import create_app
-from kmsgate.web.auth import SessionCodec, safe_next
+from kmsgate.web.auth import safe_next
+from kmsgate.web.cookies import SessionCodec
 from tests.support.browser import (
     ADMIN,
     ADMIN_PASSWORD,

@@ -22,8 +22,9 @@ from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.reports import ReportStore
 from kmsgate.web import api, apidocs, audit, login, ops, pages, portal, reports
-from kmsgate.web.auth import Authenticator, SessionCodec
+from kmsgate.web.auth import Authenticator
 from kmsgate.web.context import WebContext, api_admin, page_admin, session_scheme
+from kmsgate.web.cookies import SessionCodec
 from kmsgate.web.errors import add_error_handlers
 from kmsgate.web.health import StoreHealth
 from kmsgate.web.middleware import (

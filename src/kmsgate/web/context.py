@@ -19,7 +19,8 @@ from kmsgate.catalog import Catalog
 from kmsgate.store.database import Store
 from kmsgate.store.gateway import GatewayStore
 from kmsgate.store.reports import ReportStore
-from kmsgate.web.auth import Admin, Authenticator, SessionCodec
+from kmsgate.web.auth import Admin, Authenticator
+from kmsgate.web.cookies import SessionCodec
 from kmsgate.web.health import StoreHealth
 
 if TYPE_CHECKING:
