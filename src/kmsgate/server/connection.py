@@ -17,7 +17,7 @@ from kmsgate.protocol.session import RequestPolicy, ServerSession
 from kmsgate.server.idle import IdleTimer
 from kmsgate.server.limits import HostConnection, HostStats
 from kmsgate.server.outbox import AnswerOutbox
-from kmsgate.server.transport import peer_of
+from kmsgate.server.transport import abort_if_unread, peer_of
 
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
@@ -43,8 +43,6 @@ OPENING_PRELUDES: Final = 2
 # PDUs besides the requests --max-requests-per-connection allows (binds, alter_contexts):
 # faulted requests count against the cap too, past these.
 EXTRA_PDUS: Final = 16
-# Seconds a closed connection may take to read its last answers when there is no idle timeout.
-CLOSE_GRACE: Final = 30.0
 
 
 class ConnectionHost(Protocol):
@@ -240,11 +238,8 @@ class KmsConnection(asyncio.Protocol):
         if transport is None:
             return
         transport.close()
-        if transport.get_write_buffer_size() and self._abort is None:
-            # A client that never reads would keep a closed connection (its slot and its
-            # buffers) for as long as it likes: it gets the idle timeout to read its answers.
-            grace = self._host.settings.idle_timeout or CLOSE_GRACE
-            self._abort = asyncio.get_running_loop().call_later(grace, transport.abort)
+        if self._abort is None:
+            self._abort = abort_if_unread(transport, self._host.settings.idle_timeout)
 
     def _after_answers(self, session: ServerSession, transport: asyncio.Transport) -> None:
         """Close once the protocol broke or the connection used up its requests."""

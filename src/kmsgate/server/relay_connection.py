@@ -21,12 +21,11 @@ from kmsgate.protocol.events import (
 )
 from kmsgate.protocol.observer import MAX_PENDING_CALLS, ConversationObserver
 from kmsgate.protocol.session import RequestPolicy
-from kmsgate.server.connection import CLOSE_GRACE
 from kmsgate.server.host import KmsHost
 from kmsgate.server.idle import IdleTimer
 from kmsgate.server.relay_policy import unaccounted, withhold_refused
 from kmsgate.server.relay_upstream import connect_upstream
-from kmsgate.server.transport import peer_of
+from kmsgate.server.transport import abort_if_unread, peer_of
 
 if TYPE_CHECKING:
     from kmsgate.access.gateway import Gateway
@@ -361,12 +360,7 @@ class RelayConnection(asyncio.Protocol):
         connecting = self._connecting
         if connecting is not None and not connecting.done() and not self._admitting:
             connecting.cancel()
-        loop = asyncio.get_running_loop()
         for transport in (self._client, self._upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()
-                if transport.get_write_buffer_size():
-                    # A peer that never reads would keep the closed connection for good: it
-                    # gets the idle timeout to take what is buffered for it.
-                    grace = self._host.settings.idle_timeout or CLOSE_GRACE
-                    loop.call_later(grace, transport.abort)
+                abort_if_unread(transport, self._host.settings.idle_timeout)

@@ -27,3 +27,19 @@ def peer_of(transport: asyncio.BaseTransport) -> Peer:
             _CANONICAL.clear()
         address = _CANONICAL[text] = canonical_address(text)
     return Peer(address, int(name[1]))
+
+
+# Seconds a closed connection may take to read its last answers when there is no idle timeout.
+CLOSE_GRACE = 30.0
+
+
+def abort_if_unread(
+    transport: asyncio.Transport, idle_timeout: float
+) -> asyncio.TimerHandle | None:
+    """After close(): abort `transport` if what it still holds is not read within the idle
+    timeout (a peer that never reads would keep a closed connection, its slot and its
+    buffers, for good). The timer, or None when nothing waits."""
+    if not transport.get_write_buffer_size():
+        return None
+    loop = asyncio.get_running_loop()
+    return loop.call_later(idle_timeout or CLOSE_GRACE, transport.abort)
