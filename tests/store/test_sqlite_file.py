@@ -111,6 +111,39 @@ async def test_a_replaced_file_is_reopened_without_the_old_sidecars(
         await store.close()
 
 
+async def test_a_connection_opened_after_a_replacement_never_reads_the_lost_log(
+    db: Path, tmp_path: Path
+) -> None:
+    # Within the once-a-second check the pool may open a connection to the new file, whose
+    # path still names the lost file's -wal: reading through it shows (and on close would
+    # copy into the new file) records of another file.
+    clock = [0.0]
+    store = await Store.open(f"sqlite:///{db}", clock=lambda: clock[0])
+    backup = tmp_path / "data" / "backup.db"
+    try:
+        await store.record_activations([make_record(machine_name="KEPT")])
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as live,
+            contextlib.closing(sqlite3.connect(backup)) as copy,
+        ):
+            live.backup(copy)
+        await store.record_activations([make_record(machine_name="LOST")])
+        backup.replace(db)
+        pooled = await store.engine.connect()  # the pooled connection to the lost file
+        try:
+            seen = [r.machine_name for r in (await store.list_activations()).items]
+        finally:
+            await pooled.close()
+        assert "LOST" not in seen
+        await store.record_activations([make_record(machine_name="AFTER")])
+        await store.close()
+        assert names(db) == {"KEPT", "AFTER"}
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        await store.close()
+
+
 async def test_reads_follow_the_new_file_within_a_second(db: Path) -> None:
     writer = await Store.open(f"sqlite:///{db}")
     clock = [0.0]

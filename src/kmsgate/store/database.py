@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,7 +24,7 @@ from kmsgate.store.activation_fold import FoldedBatch, aware, fold, hour_of
 from kmsgate.store.counts import add_counts, dialect_insert
 from kmsgate.store.drafts import RecordDraft, draft_of
 from kmsgate.store.engine import WRITE_OPTION, Dialect, make_engine, masked, sqlite_path, translated
-from kmsgate.store.errors import StoreError, StoreUnavailable, UserExists
+from kmsgate.store.errors import FileMoved, StoreError, StoreUnavailable, UserExists
 from kmsgate.store.listings import (
     ClientSort,
     activation_listing,
@@ -81,7 +81,8 @@ class Store:
         self._watch = None if path is None else FileWatch(path, clock=clock, recreate=recreate)
         self.recreated = 0  # files found deleted or replaced, and reopened
         if self._watch is not None:
-            event.listen(engine.sync_engine, "connect", self._watch.on_connect)
+            # First, before the pragmas' statements open the path's -wal.
+            event.listen(engine.sync_engine, "connect", self._watch.on_connect, insert=True)
 
     @classmethod
     async def open(
@@ -192,10 +193,21 @@ class Store:
     # ---------------------------------------------------------------- plumbing
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection to the file at the path, reopening a lost file first."""
+        await self._check_file()
+        async with AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(self._engine.connect())
+            except FileMoved:
+                await self._recover()
+                conn = await stack.enter_async_context(self._engine.connect())
+            yield conn
+
+    @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         with translated():
-            await self._check_file()
-            async with self._engine.connect() as conn:
+            async with self._connection() as conn:
                 try:
                     yield conn
                 except sa_exc.OperationalError:
@@ -205,8 +217,7 @@ class Store:
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         with translated():
-            await self._check_file()
-            async with self._engine.connect() as conn:
+            async with self._connection() as conn:
                 if self.dialect == "sqlite":
                     await conn.execution_options(**{WRITE_OPTION: True})
                 try:

@@ -13,6 +13,10 @@ class StoreUnavailable(StoreError):  # noqa: N818 (name fixed by the store contr
     """The database cannot be reached or cannot write now (down, locked, read-only, full)."""
 
 
+class FileMoved(StoreUnavailable):
+    """A new SQLite connection met another file at the path than the Store's: reopen first."""
+
+
 class UserExists(StoreError):  # noqa: N818 (name fixed by the store contract)
     """A user with that name already exists."""
 

@@ -21,7 +21,7 @@ from kmsgate.store.engine import (
     sidecar_ids,
     translated,
 )
-from kmsgate.store.errors import StoreUnavailable
+from kmsgate.store.errors import FileMoved, StoreUnavailable
 
 log = logging.getLogger("kmsgate.store")
 
@@ -43,8 +43,13 @@ class FileWatch:
         self._next_check = 0.0
         self._recovering = asyncio.Lock()
 
-    def on_connect(self, _dbapi_connection: Any, _record: Any) -> None:
-        """The engine's connect hook: remember the file, or notice a second one."""
+    def on_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        """The engine's first connect hook: remember the file, or refuse a second one.
+
+        FileMoved for a connection to another file than the pool's: it has not read yet, and
+        must not: the path's -wal is still the lost file's, and a connection reading it would
+        show that file's pages over the new one (and copy them into it when it closes last).
+        """
         try:
             current = file_id(self.path)
         except OSError:
@@ -52,8 +57,9 @@ class FileWatch:
         if self._file is None:
             self._file = current
         elif current != self._file:
-            self._suspect = True  # the pool now holds connections to two files
-            return
+            self._suspect = True
+            dbapi_connection.close()
+            raise FileMoved(f"database file {self.path} was replaced or deleted while in use")
         # Remembered per Store, not looked up per process: another Store of this process
         # may already use a new file's sidecars, which are not the lost file's.
         self._sidecars |= sidecar_ids(self.path)
