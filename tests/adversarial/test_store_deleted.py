@@ -1,9 +1,11 @@
-"""S2: the database files deleted (or replaced) under a serving node while activations flow.
+"""S2: the database files or their log deleted (or replaced) under a serving node while
+activations flow.
 
 The node used to go on writing into the deleted file, silently. The promise: the node
 notices within a batch, says so in its log naming the file, creates a new file at the same
 path with the schema, and every activation served from then on is recorded there; the new
-file is never read through the lost file's leftover -wal and -shm.
+file is never read through the lost file's leftover -wal and -shm. A log deleted alone is
+written into the file first: a crash after it loses nothing.
 """
 
 from __future__ import annotations
@@ -94,3 +96,29 @@ def test_a_replaced_file_is_reopened_and_written() -> None:
     log = server.log()
     assert f"database file {server.db} was replaced while in use" in log
     assert f"database file {server.db} reopened" in log
+
+
+@pytest.mark.parametrize("writer", ["inline", "process"])
+@pytest.mark.parametrize("lost", [("-wal",), ("-shm",), ("-wal", "-shm")])
+def test_a_deleted_log_loses_nothing_to_a_crash(lost: tuple[str, ...], writer: str) -> None:
+    # The -wal holds every commit since the last checkpoint (up to SQLite's 10 000 pages):
+    # deleted under the node, it used to take them, and all that followed, with it at the
+    # next crash. The promise: what was served before and after is in the file a SIGKILL
+    # leaves behind.
+    with node("--store-writer", writer) as server, Load(server.port, "before") as load:
+        wait_until(lambda: len(machine_names(server.db, "before")) >= 50, BOUND, "first records")
+        for suffix in lost:  # mid-load: activations keep coming throughout
+            server.db.with_name(server.db.name + suffix).unlink()
+        load.resume("after")
+        wait_until(lambda: "reopened with a new log" in server.log(), BOUND, "the log replaced")
+        wait_until(lambda: len(load.served_with("after")) >= 40, BOUND, "served after the attack")
+        load.pause()
+        wait_until(lambda: server.store_figures()["queued"] == 0, BOUND, "queue drained")
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        for prefix in ("before", "after"):
+            assert machine_names(server.db, prefix) == load.served_with(prefix), prefix
+        assert integrity(server) == ("ok", migrate.head())
+    log = server.log()
+    assert f"the log of database file {server.db} (its -wal or -shm) was deleted" in log
+    assert "could not be written into it" not in log

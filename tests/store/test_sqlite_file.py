@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 import threading
@@ -142,6 +143,43 @@ async def test_a_connection_opened_after_a_replacement_never_reads_the_lost_log(
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         await store.close()
+
+
+def crash_copy(db: Path, into: Path) -> set[str]:
+    """The names a crash now would leave: the file and the log at its path, as they are."""
+    into.mkdir()
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(db.with_name(db.name + suffix), into / f"kmsgate.db{suffix}")
+    return names(into / "kmsgate.db")
+
+
+@pytest.mark.parametrize("lost", [("-wal",), ("-shm",), ("-wal", "-shm")])
+async def test_a_deleted_log_is_written_into_the_file_and_replaced(
+    db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, lost: tuple[str, ...]
+) -> None:
+    clock = [0.0]
+    store = await Store.open(f"sqlite:///{db}", clock=lambda: clock[0])
+    try:
+        await store.record_activations([make_record(machine_name=n) for n in ("A", "B")])
+        for suffix in lost:  # the commits since the last checkpoint live only there
+            db.with_name(db.name + suffix).unlink()
+        await store.record_activations([make_record(machine_name="C")])  # before the check
+        # Within the once-a-second check, two reads at once: the second one's new connection
+        # is refused, not paired with another log; the store reopens and both read on.
+        with caplog.at_level(logging.WARNING, logger="kmsgate.store"):
+            pages = await asyncio.gather(store.list_activations(), store.list_activations())
+        assert [{r.machine_name for r in page.items} for page in pages] == [{"A", "B", "C"}] * 2
+        assert f"the log of database file {db} (its -wal or -shm) was deleted" in caplog.text
+        clock[0] += FILE_CHECK_INTERVAL
+        await store.record_activations([make_record(machine_name="D")])
+        # A crash now (the process gone, the files as they are) keeps every commit.
+        assert crash_copy(db, tmp_path / "crash") == {"A", "B", "C", "D"}
+        assert "could not be written into it" not in caplog.text
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 async def test_reads_follow_the_new_file_within_a_second(db: Path) -> None:

@@ -83,6 +83,8 @@ class Store:
         if self._watch is not None:
             # First, before the pragmas' statements open the path's -wal.
             event.listen(engine.sync_engine, "connect", self._watch.on_connect, insert=True)
+            event.listen(engine.sync_engine, "connect", self._watch.on_opened)
+            event.listen(engine.sync_engine, "close", self._watch.on_close)
 
     @classmethod
     async def open(

@@ -120,14 +120,20 @@ def file_id(path: Path) -> FileId | None:
     return info.st_dev, info.st_ino
 
 
+def log_ids(path: Path) -> tuple[FileId | None, FileId | None]:
+    """(device, inode) of the -wal and the -shm now at `path`'s side, None for a missing one."""
+    found: list[FileId | None] = []
+    for suffix in SIDECARS:
+        try:
+            found.append(file_id(path.with_name(path.name + suffix)))
+        except OSError:
+            found.append(None)
+    return found[0], found[1]
+
+
 def sidecar_ids(path: Path) -> set[FileId]:
     """(device, inode) of the -wal and -shm files now at `path`'s side."""
-    found = set()
-    for suffix in SIDECARS:
-        with contextlib.suppress(OSError):
-            if (sidecar := file_id(path.with_name(path.name + suffix))) is not None:
-                found.add(sidecar)
-    return found
+    return {sidecar for sidecar in log_ids(path) if sidecar is not None}
 
 
 def recreate_sqlite_file(path: Path, stale: set[FileId]) -> bool:

@@ -1,7 +1,10 @@
-"""Noticing a SQLite file deleted or replaced while in use, and reopening it (issue 11, S2).
+"""Noticing a SQLite file or its log deleted or replaced while in use, and reopening it.
 
 A SQLite file deleted or replaced while open keeps taking writes that nobody will ever read:
-its identity at connect time is compared with the path's.
+its identity at connect time is compared with the path's (issue 11, S2). Its -wal deleted
+under open connections holds every commit since the last checkpoint, gone at the next crash,
+and a -shm replaced splits the connections between two indexes of one log: the identities
+of both, as the open connections met them, are compared too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kmsgate.store.engine import (
     FileId,
     file_id,
+    log_ids,
     recreate_sqlite_file,
     sidecar_ids,
     translated,
@@ -27,6 +31,8 @@ log = logging.getLogger("kmsgate.store")
 
 # How often at most a SQLite file's identity is compared with the path's (one stat call).
 FILE_CHECK_INTERVAL = 1.0
+# A lost log is checkpointed once every connection is back in the pool: waiting this long.
+RETURN_TRIES, RETURN_WAIT = 500, 0.02
 
 
 class FileWatch:
@@ -40,6 +46,10 @@ class FileWatch:
         self._file: FileId | None = None
         self._sidecars: set[FileId] = set()  # the -wal and -shm the connections met
         self._suspect = False  # a connection met another file, or a recovery failed
+        self._open: set[int] = set()  # the pool's connections (ids), opened and not closed
+        # (-wal, -shm) as the open connections met them; None while none is open.
+        self._log: tuple[FileId | None, FileId | None] | None = None
+        self._reopening = False  # the log was lost: operations wait for its recovery
         self._next_check = 0.0
         self._recovering = asyncio.Lock()
 
@@ -49,6 +59,8 @@ class FileWatch:
         FileMoved for a connection to another file than the pool's: it has not read yet, and
         must not: the path's -wal is still the lost file's, and a connection reading it would
         show that file's pages over the new one (and copy them into it when it closes last).
+        Likewise while the open connections' log is lost: it would pair their index with
+        another -wal.
         """
         try:
             current = file_id(self.path)
@@ -56,13 +68,38 @@ class FileWatch:
             return
         if self._file is None:
             self._file = current
-        elif current != self._file:
-            self._suspect = True
+        elif current != self._file or self.log_lost():
+            self._suspect = self._suspect or current != self._file
             dbapi_connection.close()
-            raise FileMoved(f"database file {self.path} was replaced or deleted while in use")
+            raise FileMoved(f"database file {self.path} or its log was replaced or deleted")
         # Remembered per Store, not looked up per process: another Store of this process
         # may already use a new file's sidecars, which are not the lost file's.
         self._sidecars |= sidecar_ids(self.path)
+
+    def on_opened(self, dbapi_connection: Any, _record: Any) -> None:
+        """The engine's last connect hook: its statements may have created the log."""
+        self._open.add(id(dbapi_connection))
+        self._note_log()
+
+    def on_close(self, dbapi_connection: Any, _record: Any) -> None:
+        """The pool's close hook: the last connection closed takes the log with it."""
+        self._open.discard(id(dbapi_connection))
+        if not self._open:
+            self._log = None
+
+    def _note_log(self) -> None:
+        """Remember the -wal and -shm the open connections use, once SQLite made them."""
+        if self._open:
+            now = log_ids(self.path)
+            seen = self._log or (None, None)
+            self._log = (seen[0] or now[0], seen[1] or now[1])
+
+    def log_lost(self) -> bool:
+        """Whether the -wal or -shm the open connections use is no longer at the path."""
+        if self._log is None:
+            return False
+        pairs = zip(self._log, log_ids(self.path), strict=True)
+        return any(seen not in (None, current) for seen, current in pairs)
 
     def moved(self) -> str | None:
         """'deleted' or 'replaced' when the path no longer names the file we write to;
@@ -82,6 +119,8 @@ class FileWatch:
 
         StoreUnavailable when it is missing and may not be created.
         """
+        if self._reopening:
+            return True
         now = self._clock()
         if now < self._next_check and not self._suspect and self._file is not None:
             return False
@@ -91,8 +130,11 @@ class FileWatch:
                 # Said here: SQLite's own "unable to open database file" names no file.
                 raise StoreUnavailable(f"there is no database file {self.path}")
             case None:
+                if self.log_lost():
+                    return True
                 if self._file is not None:
                     self._sidecars |= sidecar_ids(self.path)
+                    self._note_log()
                 return False
             case _:
                 return True
@@ -105,12 +147,15 @@ class FileWatch:
         async with self._recovering:
             why = self.moved()
             if why is None:
-                return False
+                if not self.log_lost() and not self._reopening:
+                    return False
+                await self._recover_log(engine)
+                return True
             log.warning("database file %s was %s while in use: reopening it", self.path, why)
             self._suspect = True  # until this succeeds: the next check tries again
             stale = self._sidecars
             await engine.dispose()
-            self._file, self._sidecars = None, set()
+            self._file, self._sidecars, self._log, self._open = None, set(), None, set()
             created = await asyncio.to_thread(recreate_sqlite_file, self.path, stale)
             # Alembic is imported only now: the writer process does not migrate otherwise.
             from kmsgate.store.migrate import run_upgrade
@@ -124,3 +169,55 @@ class FileWatch:
                 "created anew with an empty schema" if created else "reopened",
             )
             return True
+
+    async def _recover_log(self, engine: AsyncEngine) -> None:
+        """Checkpoint the lost log into the file, then reopen with a new log.
+
+        All of this process's connections must close first: they share one index (-shm)
+        per file, which a new connection would pair with the new -wal.
+        """
+        if not self._reopening:
+            log.warning(
+                "the log of database file %s (its -wal or -shm) was deleted or replaced while "
+                "in use: writing what it holds into the file, then reopening",
+                self.path,
+            )
+            self._reopening = True  # from now on no operation takes a connection (see check)
+        pool: Any = engine.sync_engine.pool
+        for _ in range(RETURN_TRIES):
+            if pool.checkedout() == 0:
+                break
+            await asyncio.sleep(RETURN_WAIT)
+        else:
+            raise StoreUnavailable(f"database file {self.path}: its lost log is still in use")
+        busy, frames, copied = await self._checkpoint(engine)
+        if busy or copied != frames:
+            log.error(
+                "database file %s: its lost log could not be written into it (%s of %s "
+                "pages): what it held since the last checkpoint is lost",
+                self.path,
+                copied,
+                frames,
+            )
+        stale = self._sidecars
+        await engine.dispose()
+        self._file, self._sidecars, self._log, self._open = None, set(), None, set()
+        await asyncio.to_thread(recreate_sqlite_file, self.path, stale)
+        self._reopening = False
+        log.warning("database file %s reopened with a new log", self.path)
+
+    @staticmethod
+    async def _checkpoint(engine: AsyncEngine) -> tuple[int, int, int]:
+        """PRAGMA wal_checkpoint(TRUNCATE) on a pooled connection: (busy, frames, copied)."""
+        try:
+            async with engine.connect() as conn:
+                fairy = await conn.get_raw_connection()
+                # On the driver's connection: SQLAlchemy would BEGIN first, and a checkpoint
+                # inside a transaction cannot copy the log.
+                driver: Any = fairy.driver_connection  # aiosqlite's Connection
+                cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy, frames, copied = await cursor.fetchone()
+                await cursor.close()
+                return busy, frames, copied
+        except FileMoved:  # no connection was left to the lost log
+            return 1, -1, -1
