@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,3 +122,36 @@ def test_stats_json(db: str) -> None:
     assert (figures["clients"], figures["activations"], figures["refusals"]) == (4, 4, 0)
     code, out, _ = invoke("stats", "--db", db)
     assert code == 0 and "last 24 hours: 4 requests" in out
+
+
+def test_account_changes_are_audited_with_who_made_them(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUDO_USER", "operator-alice")
+    password = "s3cret-passphrase\n"
+    assert invoke("users", "add", "bob", "--password-stdin", "--db", db, stdin=password)[0] == 0
+    assert invoke("users", "add", "eve", "--admin", "--password-stdin", "--db", db,
+                  stdin=password)[0] == 0  # fmt: skip
+    assert invoke("users", "passwd", "bob", "--password-stdin", "--db", db,
+                  stdin="n3w-pass-phrase\n")[0] == 0  # fmt: skip
+    assert invoke("users", "quota", "bob", "--week", "3", "--db", db)[0] == 0
+    assert invoke("users", "remove", "eve", "--db", db)[0] == 0
+    # Refused changes change nothing and leave no row.
+    assert invoke("users", "remove", "nobody", "--db", db)[0] == 1
+    assert invoke("users", "add", "bob", "--password-stdin", "--db", db, stdin=password)[0] == 1
+    code, out, _ = invoke("audit", "--db", db, "--json")
+    assert code == 0
+    rows = [
+        (e["kind"], e["username"], e["backend"], e["detail"])
+        for e in reversed(json.loads(out)["items"])  # newest first
+    ]
+    operator = f"by {getpass.getuser()} (uid {os.getuid()}) via sudo from operator-alice"
+    assert rows == [
+        ("user_added", "bob", "cli", f"a portal user, {operator} on the command line"),
+        ("user_added", "eve", "cli", f"an administrator, {operator} on the command line"),
+        ("password_changed", "bob", "cli", f"{operator} on the command line"),
+        ("quota_changed", "bob", "cli", f"week 3, month default, {operator} on the command line"),
+        ("user_removed", "eve", "cli", f"{operator} on the command line"),
+    ]
+    code, out, _ = invoke("audit", "--db", db, "--kind", "quota_changed", "--json")
+    assert [e["username"] for e in json.loads(out)["items"]] == ["bob"]

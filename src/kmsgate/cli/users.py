@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,9 +25,13 @@ from kmsgate.cli.common import (
 )
 from kmsgate.config.settings import ServeSettings
 from kmsgate.observability.display import rich_cell
+from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
 from kmsgate.store.errors import UserExists, UserNotFound
 from kmsgate.store.gateway import GatewayStore
+
+# The audit rows of account changes made here name this backend.
+AUDIT_BACKEND = "cli"
 
 NameArgument = Annotated[str, typer.Argument(help="user name")]
 StdinOption = Annotated[
@@ -77,6 +83,31 @@ def _valid_name(name: str) -> str:
     return name
 
 
+def _operator() -> str:
+    """Who ran the command, for the audit row: the login behind sudo too."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's bare uid)
+        who = "?"
+    sudo = os.environ.get("SUDO_USER")
+    via = f" via sudo from {sudo}" if sudo and sudo != who else ""
+    return f"by {who} (uid {os.getuid()}){via} on the command line"
+
+
+async def _audit(store: Store, settings: ServeSettings, kind: str, name: str, what: str) -> None:
+    """One audit row of an account change, written after the change itself."""
+    event = AuditEvent(
+        time=datetime.now(UTC),
+        kind=kind,
+        node=settings.node_name,
+        username=name,
+        address="",
+        backend=AUDIT_BACKEND,
+        detail=f"{what}, {_operator()}" if what else _operator(),
+    )
+    await GatewayStore(store).add_audit([event])
+
+
 def _for_existing_user(
     settings: ServeSettings, name: str, action: Callable[[Store], Awaitable[None]]
 ) -> None:
@@ -109,6 +140,8 @@ def add(
 
     async def action(store: Store) -> None:
         await store.add_user(name, hashed, is_admin=admin)
+        role = "an administrator" if admin else "a portal user"
+        await _audit(store, settings, "user_added", name, role)
 
     try:
         with_store(settings, action)
@@ -133,6 +166,7 @@ def passwd(
 
     async def action(store: Store) -> None:
         await store.set_password(name, hashed)
+        await _audit(store, settings, "password_changed", name, "")
 
     _for_existing_user(settings, name, action)
     typer.echo(f"password of {name} changed")
@@ -149,6 +183,7 @@ def remove(
 
     async def action(store: Store) -> None:
         await store.remove_user(name)
+        await _audit(store, settings, "user_removed", name, "")
 
     _for_existing_user(settings, name, action)
     typer.echo(f"removed user {name}")
@@ -199,13 +234,14 @@ def quota(
 ) -> None:
     """Set a user's quota overrides; without --week/--month the host-wide defaults apply."""
     settings = store_options.settings()
-
-    async def action(store: Store) -> None:
-        await GatewayStore(store).set_quota(name, week, month)
-
-    _for_existing_user(settings, name, action)
     shown = ", ".join(
         f"{label} {value if value is not None else 'default'}"
         for label, value in (("week", week), ("month", month))
     )
+
+    async def action(store: Store) -> None:
+        await GatewayStore(store).set_quota(name, week, month)
+        await _audit(store, settings, "quota_changed", name, shown)
+
+    _for_existing_user(settings, name, action)
     typer.echo(f"quota of {name}: {shown}")

@@ -55,6 +55,10 @@ AUDIT_KINDS = (
     "connection_refused",
     "activation",
     "logout",
+    "user_added",
+    "user_removed",
+    "password_changed",
+    "quota_changed",
 )
 
 

@@ -31,6 +31,10 @@ AuditKind = Literal[
     "connection_refused",
     "activation",
     "logout",
+    "user_added",
+    "user_removed",
+    "password_changed",
+    "quota_changed",
 ]
 assert set(get_args(AuditKind)) == set(AUDIT_KINDS), "AuditKind is out of step with the store"
 
