@@ -7,6 +7,7 @@ over the budget are counted, and the count is said with the next line that is wr
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -38,3 +39,29 @@ class LogBudget:
         """Lines suppressed since the last call (for the line now being written)."""
         count, self.suppressed = self.suppressed, 0
         return count
+
+
+class RefusalReport:
+    """Counts refusals of one kind and logs their number at most once per interval."""
+
+    __slots__ = ("_clock", "_count", "_interval", "_logged_at", "_logger", "_what")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`what`: the WARNING's text before ': N since the last report'."""
+        self._logger, self._what, self._interval, self._clock = logger, what, interval, clock
+        self._count = 0
+        self._logged_at = -interval
+
+    def note(self) -> None:
+        """Count one refusal; a flood makes one WARNING per interval, not one per refusal."""
+        self._count += 1
+        now = self._clock()
+        if now - self._logged_at >= self._interval:
+            self._logger.warning("%s: %d since the last report", self._what, self._count)
+            self._count, self._logged_at = 0, now

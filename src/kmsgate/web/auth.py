@@ -11,7 +11,6 @@ import hmac
 import logging
 import math
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from kmsgate.auth.passwords import (
     hash_password,
     needs_rehash,
 )
+from kmsgate.observability.log_budget import RefusalReport
 from kmsgate.store.audit import AuditEvent
 from kmsgate.store.database import Store
 from kmsgate.store.errors import StoreError
@@ -97,8 +97,9 @@ class Authenticator:
         self.node = node
         self.clock = clock
         self._dummy_hash: str | None = None
-        self._busy_count = 0
-        self._busy_logged_at = -BUSY_LOG_INTERVAL
+        self._busy_report = RefusalReport(
+            log, "dashboard logins refused, hashing pool full", BUSY_LOG_INTERVAL
+        )
 
     async def _dummy(self) -> str:
         # Unknown users still cost one verification, so timing does not reveal which exist.
@@ -120,17 +121,9 @@ class Authenticator:
 
     def note_busy(self) -> None:
         """Count a login refused because the hashing pool was full; log now and then."""
-        # A flood makes one WARNING per interval, not one per refused login.
-        self._busy_count += 1
-        now = time.monotonic()
-        if now - self._busy_logged_at >= BUSY_LOG_INTERVAL:
-            log.warning(
-                "dashboard logins refused, hashing pool full: %d since the last report",
-                self._busy_count,
-            )
-            self._busy_count, self._busy_logged_at = 0, now
+        self._busy_report.note()
 
-    def _busy(self) -> LoginResult:
+    def _busy_result(self) -> LoginResult:
         self.note_busy()
         return LoginResult(
             None,
@@ -156,7 +149,7 @@ class Authenticator:
         trusted = self.limiter.trusted(ip, username, device)
         if not self.pool.has_room(reserved=trusted):
             # Cheap refusal before any database work: a flood is answered at the door.
-            return self._busy()
+            return self._busy_result()
         self.limiter.begin(ip, username, device)
         # This attempt reached a limit: if it fails too, it is the one that locks.
         locks = self.limiter.retry_after(ip, username, device) > 0
@@ -168,7 +161,7 @@ class Authenticator:
             )
         except HashingBusyError:
             self.limiter.release(ip, username, device)
-            return self._busy()
+            return self._busy_result()
         except StoreError:
             self.limiter.release(ip, username, device)
             raise

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
 from kmsgate.access.gateway import Gateway, LoginOutcome
 from kmsgate.access.throttle import LoginThrottle as PortalLimiter
+from kmsgate.observability.log_budget import RefusalReport
 from kmsgate.store.audit import AuditEvent
 from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import Window
@@ -23,6 +24,13 @@ log = logging.getLogger("kmsgate.web.portal")
 
 # Account backends run argon2 or a network round trip per login: bound how many run at once.
 MAX_CONCURRENT_LOGINS = 8
+# Logins checking or waiting for a turn; past this a login gets 503 at once rather than a
+# place in a queue a flood would make endless. The last RESERVED_LOGINS places are for logins
+# kmsgate can tell from a stranger's (an address the user logged in from, a device cookie).
+MAX_PENDING_LOGINS = 24
+RESERVED_LOGINS = 4
+BUSY_RETRY = 5
+BUSY_LOG_INTERVAL = 10.0
 UNAVAILABLE_RETRY = 30
 
 
@@ -75,6 +83,10 @@ class Portal:
         self.gateway = gateway
         self.limiter = limiter
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOGINS)
+        self.pending = 0  # logins past the limiter, checking or waiting for a slot
+        self._busy = RefusalReport(
+            log, "portal logins refused, too many in progress", BUSY_LOG_INTERVAL
+        )
 
     def _locked(self, wait: float) -> PortalAttempt:
         minutes = max(1, round(wait / 60))
@@ -109,7 +121,13 @@ class Portal:
         wait = self.limiter.retry_after(address, username, device)
         if wait > 0:
             return self._locked(wait)
+        trusted = self.limiter.trusted(address, username, device)
+        if self.pending >= MAX_PENDING_LOGINS - (0 if trusted else RESERVED_LOGINS):
+            self._busy.note()
+            message = "Too many logins are being checked right now. Try again in a few seconds."
+            return PortalAttempt(503, message, None, BUSY_RETRY)
         self.limiter.begin(address, username, device)
+        self.pending += 1
         try:
             async with self._slots:
                 outcome = await self.gateway.login(username, password, address)
@@ -118,6 +136,8 @@ class Portal:
             log.warning("portal login failed: store unavailable: %s", exc)
             message = "The service is unavailable; try again shortly."
             return PortalAttempt(503, message, None, UNAVAILABLE_RETRY)
+        finally:
+            self.pending -= 1
         if outcome.status in (200, 403):
             self.limiter.success(address, username, device)
         elif outcome.status == 503:
