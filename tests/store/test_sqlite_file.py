@@ -43,6 +43,17 @@ def remove_all(path: Path) -> None:
             path.with_name(path.name + suffix).unlink()
 
 
+async def kept_then_lost(store: Store, db: Path, backup: Path) -> None:
+    """Record KEPT, back the file up into `backup`, then record LOST (in the live file only)."""
+    await store.record_activations([make_record(machine_name="KEPT")])
+    with (
+        contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as live,
+        contextlib.closing(sqlite3.connect(backup)) as copy,
+    ):
+        live.backup(copy)
+    await store.record_activations([make_record(machine_name="LOST")])
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "data" / "kmsgate.db"
@@ -93,13 +104,7 @@ async def test_a_replaced_file_is_reopened_without_the_old_sidecars(
     store = await Store.open(f"sqlite:///{db}")
     backup = tmp_path / "data" / "backup.db"
     try:
-        await store.record_activations([make_record(machine_name="KEPT")])
-        with (
-            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as live,
-            contextlib.closing(sqlite3.connect(backup)) as copy,
-        ):
-            live.backup(copy)
-        await store.record_activations([make_record(machine_name="LOST")])
+        await kept_then_lost(store, db, backup)
         assert db.with_name("kmsgate.db-wal").stat().st_size > 0  # LOST is in this log
         backup.replace(db)
         with caplog.at_level(logging.WARNING, logger="kmsgate.store"):
@@ -122,13 +127,7 @@ async def test_a_connection_opened_after_a_replacement_never_reads_the_lost_log(
     store = await Store.open(f"sqlite:///{db}", clock=lambda: clock[0])
     backup = tmp_path / "data" / "backup.db"
     try:
-        await store.record_activations([make_record(machine_name="KEPT")])
-        with (
-            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as live,
-            contextlib.closing(sqlite3.connect(backup)) as copy,
-        ):
-            live.backup(copy)
-        await store.record_activations([make_record(machine_name="LOST")])
+        await kept_then_lost(store, db, backup)
         backup.replace(db)
         pooled = await store.engine.connect()  # the pooled connection to the lost file
         try:
