@@ -82,6 +82,7 @@ class Store:
         self.recreated = 0  # files found deleted or replaced, and reopened
         if self._watch is not None:
             # First, before the pragmas' statements open the path's -wal.
+            event.listen(engine.sync_engine, "do_connect", self._watch.on_dialing)
             event.listen(engine.sync_engine, "connect", self._watch.on_connect, insert=True)
             event.listen(engine.sync_engine, "connect", self._watch.on_opened)
             event.listen(engine.sync_engine, "close", self._watch.on_close)
@@ -145,9 +146,9 @@ class Store:
         """How the SQLite file was lost ('deleted', 'replaced', 'missing'), or None."""
         return None if self._watch is None else self._watch.moved()
 
-    async def _check_file(self) -> None:
-        """Reopen the database if its file was deleted or replaced (a stat, once a second)."""
-        if self._watch is not None and self._watch.needs_recovery():
+    async def _check_file(self, *, writing: bool = False) -> None:
+        """Reopen the database if its file or log was deleted or replaced (FileWatch)."""
+        if self._watch is not None and self._watch.needs_recovery(writing=writing):
             await self._recover()
 
     async def _recover(self) -> None:
@@ -195,9 +196,9 @@ class Store:
     # ---------------------------------------------------------------- plumbing
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _connection(self, *, writing: bool = False) -> AsyncIterator[AsyncConnection]:
         """A pooled connection to the file at the path, reopening a lost file first."""
-        await self._check_file()
+        await self._check_file(writing=writing)
         async with AsyncExitStack() as stack:
             try:
                 conn = await stack.enter_async_context(self._engine.connect())
@@ -219,7 +220,7 @@ class Store:
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         with translated():
-            async with self._connection() as conn:
+            async with self._connection(writing=True) as conn:
                 if self.dialect == "sqlite":
                     await conn.execution_options(**{WRITE_OPTION: True})
                 try:

@@ -131,6 +131,31 @@ def log_ids(path: Path) -> tuple[FileId | None, FileId | None]:
     return found[0], found[1]
 
 
+def open_descriptors() -> set[int] | None:
+    """The file descriptors this process has open (/proc/self/fd); None without /proc."""
+    try:
+        return {int(entry.name) for entry in Path("/proc/self/fd").iterdir()}
+    except (OSError, ValueError):
+        return None
+
+
+def log_ids_of(path: Path, descriptors: set[int]) -> tuple[set[FileId], set[FileId]]:
+    """(device, inode) of those `descriptors` that are `path`'s -wal and -shm, whether or not
+    they are still at the path (a deleted one reads as "... (deleted)")."""
+    names = {os.path.realpath(path) + suffix: i for i, suffix in enumerate(SIDECARS)}
+    found: tuple[set[FileId], set[FileId]] = (set(), set())
+    for descriptor in descriptors:
+        try:
+            target = os.readlink(f"/proc/self/fd/{descriptor}")  # noqa: PTH115
+            which = names.get(target.removesuffix(" (deleted)"))
+            if which is not None:
+                info = os.fstat(descriptor)
+                found[which].add((info.st_dev, info.st_ino))
+        except OSError:  # closed meanwhile
+            continue
+    return found
+
+
 def sidecar_ids(path: Path) -> set[FileId]:
     """(device, inode) of the -wal and -shm files now at `path`'s side."""
     return {sidecar for sidecar in log_ids(path) if sidecar is not None}

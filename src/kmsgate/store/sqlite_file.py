@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from kmsgate.store.engine import (
     FileId,
     file_id,
     log_ids,
+    log_ids_of,
+    open_descriptors,
     recreate_sqlite_file,
     sidecar_ids,
     translated,
@@ -47,9 +50,10 @@ class FileWatch:
         self._sidecars: set[FileId] = set()  # the -wal and -shm the connections met
         self._suspect = False  # a connection met another file, or a recovery failed
         self._open: set[int] = set()  # the pool's connections (ids), opened and not closed
-        # (-wal, -shm) as the open connections met them; None while none is open.
-        self._log: tuple[FileId | None, FileId | None] | None = None
+        # The -wal and -shm the open connections hold; None while none is open.
+        self._log: tuple[set[FileId], set[FileId]] | None = None
         self._reopening = False  # the log was lost: operations wait for its recovery
+        self._before: set[int] | None = None  # descriptors open before a connection's pragmas
         self._next_check = 0.0
         self._recovering = asyncio.Lock()
 
@@ -76,10 +80,28 @@ class FileWatch:
         # may already use a new file's sidecars, which are not the lost file's.
         self._sidecars |= sidecar_ids(self.path)
 
+    def on_dialing(self, *_args: Any) -> None:
+        """The engine's do_connect hook, before the driver opens anything: which descriptors
+        are open already."""
+        self._before = open_descriptors()
+
     def on_opened(self, dbapi_connection: Any, _record: Any) -> None:
-        """The engine's last connect hook: its statements may have created the log."""
+        """The engine's last connect hook: note the log this connection opened."""
         self._open.add(id(dbapi_connection))
-        self._note_log()
+        # A read opens the log if the pragmas did not (a file just switched to WAL).
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+            cursor.fetchall()
+        finally:
+            cursor.close()
+        before, after = self._before, open_descriptors()
+        if before is None or after is None:  # no /proc: what the path names now
+            self._note_log(tuple({i} if i else set() for i in log_ids(self.path)))
+        else:
+            # The descriptors this connection opened: another Store of this process may
+            # hold another file's log at the same path.
+            self._note_log(log_ids_of(self.path, after - before))
 
     def on_close(self, dbapi_connection: Any, _record: Any) -> None:
         """The pool's close hook: the last connection closed takes the log with it."""
@@ -87,19 +109,22 @@ class FileWatch:
         if not self._open:
             self._log = None
 
-    def _note_log(self) -> None:
-        """Remember the -wal and -shm the open connections use, once SQLite made them."""
-        if self._open:
-            now = log_ids(self.path)
-            seen = self._log or (None, None)
-            self._log = (seen[0] or now[0], seen[1] or now[1])
+    def _note_log(self, found: tuple[set[FileId], ...]) -> None:
+        """Add to the -wal and -shm the open connections hold."""
+        seen = self._log or (set(), set())
+        self._log = (seen[0] | found[0], seen[1] | found[1])
+
+    def _held(self) -> set[FileId]:
+        """The log files this Store's open connections hold (no new file can share their
+        numbers while they do)."""
+        return set().union(*self._log) if self._log else set()
 
     def log_lost(self) -> bool:
-        """Whether the -wal or -shm the open connections use is no longer at the path."""
+        """Whether a -wal or -shm the open connections hold is no longer at the path."""
         if self._log is None:
             return False
-        pairs = zip(self._log, log_ids(self.path), strict=True)
-        return any(seen not in (None, current) for seen, current in pairs)
+        now = log_ids(self.path)
+        return any(held != {now[i]} for i, held in enumerate(self._log) if held)
 
     def moved(self) -> str | None:
         """'deleted' or 'replaced' when the path no longer names the file we write to;
@@ -114,17 +139,20 @@ class FileWatch:
             return "replaced"
         return "replaced" if self._suspect else None
 
-    def needs_recovery(self) -> bool:
-        """Whether the file was deleted or replaced (a stat, once a second at most).
+    def needs_recovery(self, *, writing: bool = False) -> bool:
+        """Whether the file or its log was deleted or replaced (a few stat calls, once a
+        second at most; before every write: a write through a lost log may damage the file
+        another process writes through the new one).
 
         StoreUnavailable when it is missing and may not be created.
         """
         if self._reopening:
             return True
         now = self._clock()
-        if now < self._next_check and not self._suspect and self._file is not None:
+        if not writing and now < self._next_check and not self._suspect and self._file is not None:
             return False
-        self._next_check = now + FILE_CHECK_INTERVAL
+        if not writing:
+            self._next_check = now + FILE_CHECK_INTERVAL
         match self.moved():
             case "missing":
                 # Said here: SQLite's own "unable to open database file" names no file.
@@ -134,7 +162,6 @@ class FileWatch:
                     return True
                 if self._file is not None:
                     self._sidecars |= sidecar_ids(self.path)
-                    self._note_log()
                 return False
             case _:
                 return True
@@ -153,7 +180,7 @@ class FileWatch:
                 return True
             log.warning("database file %s was %s while in use: reopening it", self.path, why)
             self._suspect = True  # until this succeeds: the next check tries again
-            stale = self._sidecars
+            stale = self._sidecars | self._held()
             await engine.dispose()
             self._file, self._sidecars, self._log, self._open = None, set(), None, set()
             created = await asyncio.to_thread(recreate_sqlite_file, self.path, stale)
@@ -192,22 +219,25 @@ class FileWatch:
             raise StoreUnavailable(f"database file {self.path}: its lost log is still in use")
         busy, frames, copied = await self._checkpoint(engine)
         if busy or copied != frames:
+            # Left in place: SQLite may still copy it when the last connection closes.
             log.error(
                 "database file %s: its lost log could not be written into it (%s of %s "
-                "pages): what it held since the last checkpoint is lost",
+                "pages): what it held since the last checkpoint may be lost",
                 self.path,
                 copied,
                 frames,
             )
-        stale = self._sidecars
+        else:
+            # The old log's files still at the path go: a new connection would pair them
+            # with new ones. Only files this process holds open now, whose numbers no new
+            # file can have taken (another process's new log is not ours to remove).
+            await asyncio.to_thread(recreate_sqlite_file, self.path, self._held())
         await engine.dispose()
         self._file, self._sidecars, self._log, self._open = None, set(), None, set()
-        await asyncio.to_thread(recreate_sqlite_file, self.path, stale)
         self._reopening = False
         log.warning("database file %s reopened with a new log", self.path)
 
-    @staticmethod
-    async def _checkpoint(engine: AsyncEngine) -> tuple[int, int, int]:
+    async def _checkpoint(self, engine: AsyncEngine) -> tuple[int, int, int]:
         """PRAGMA wal_checkpoint(TRUNCATE) on a pooled connection: (busy, frames, copied)."""
         try:
             async with engine.connect() as conn:
@@ -220,4 +250,7 @@ class FileWatch:
                 await cursor.close()
                 return busy, frames, copied
         except FileMoved:  # no connection was left to the lost log
+            return 1, -1, -1
+        except sqlite3.Error as exc:  # e.g. the log cut short under it
+            log.warning("database file %s: checkpoint of the lost log failed: %s", self.path, exc)
             return 1, -1, -1
