@@ -111,15 +111,22 @@ async def test_a_flood_of_strangers_cannot_take_the_places_kept_for_known_client
     pool = HashingPool(workers=1, max_waiting=2, nice=7, reserved=1)
     limiter = LoginThrottle(max_failures=100, max_failures_per_ip=100)
     limiter.success("198.51.100.1", ADMIN)  # the admin logged in from there before
+    # A portal user, known at her own address too, is not an administrator.
+    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    await store.add_user("mallory", cheap.hash("mallory-passphrase"), is_admin=False)
+    limiter.success("198.51.100.2", "mallory")
     app = gated_app(store, limiter, hasher, pool)
     owner_transport = httpx.ASGITransport(app=app, client=("198.51.100.1", 50001))
+    portal_user = httpx.ASGITransport(app=app, client=("198.51.100.2", 50002))
     try:
         async with (
             client_for(app) as stranger,
             httpx.AsyncClient(transport=owner_transport, base_url="http://testserver") as owner,
+            httpx.AsyncClient(transport=portal_user, base_url="http://testserver") as mallory,
         ):
             token = csrf_of((await stranger.get("/login")).text)
             owner_token = csrf_of((await owner.get("/login")).text)
+            mallory_token = csrf_of((await mallory.get("/login")).text)
 
             async def guess(n: int) -> httpx.Response:
                 data = {"username": ADMIN, "password": f"guess-{n}", "csrf_token": token}
@@ -130,7 +137,10 @@ async def test_a_flood_of_strangers_cannot_take_the_places_kept_for_known_client
             assert await asyncio.to_thread(hasher.started.acquire, True, 30)
             await asyncio.sleep(0.2)
             assert (await guess(2)).status_code == 503
-            # ... the admin, from where they logged in before, still gets the kept one.
+            # ... the kept place is the administrators': not a known portal user's ...
+            data = {"username": "mallory", "password": "x" * 12, "csrf_token": mallory_token}
+            assert (await mallory.post("/login", data=data)).status_code == 503
+            # ... and the admin, from where they logged in before, still gets it.
             data = {"username": ADMIN, "password": ADMIN_PASSWORD, "csrf_token": owner_token}
             admin = asyncio.create_task(owner.post("/login", data=data))
             await asyncio.sleep(0.2)

@@ -101,6 +101,7 @@ def create_app(
         pool=password_pool,
         node=node_name,
     )
+    portal = Portal(gateway, portal_limiter or LoginThrottle()) if gateway else None
     # Swagger UI and ReDoc load their JS from a CDN; /docs is our own server-rendered page.
     app = FastAPI(
         title="kmsgate dashboard API",
@@ -124,13 +125,13 @@ def create_app(
         if metrics_registry is None
         else metrics_registry,
         store_health=store_health,
-        portal=Portal(gateway, portal_limiter or LoginThrottle()) if gateway else None,
+        portal=portal,
         kms_address=kms_address or KmsAddress(),
     )
     _include_routers(app, codec, gateway=gateway is not None)
     add_error_handlers(app)
     # The middleware added last runs outermost: the 414s get the security headers too.
-    app.add_middleware(ShedLoginsWhenBusy, authenticator=authenticator)
+    app.add_middleware(ShedLoginsWhenBusy, authenticator=authenticator, portal=portal)
     app.add_middleware(DropEmptyQueryParams)
     add_proxy_headers(app, trust_proxy)
     app.add_middleware(RequestLineLimit)

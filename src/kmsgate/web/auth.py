@@ -150,6 +150,10 @@ class Authenticator:
         if not self.pool.has_room(reserved=trusted):
             # Cheap refusal before any database work: a flood is answered at the door.
             return self._busy_result()
+        if not self.pool.has_room() and not await self._is_admin(username):
+            # The reserved places are the administrators': a portal user's own known
+            # address or device cookie (the portal sets it too) must not fill them.
+            return self._busy_result()
         self.limiter.begin(ip, username, device)
         # This attempt reached a limit: if it fails too, it is the one that locks.
         locks = self.limiter.retry_after(ip, username, device) > 0
@@ -188,6 +192,11 @@ class Authenticator:
         log.info("dashboard login: %r from %s", user.name, ip)
         await self._audit("login_ok", ip, user.name, "")
         return LoginResult(self.codec.issue(user, token), 303, "")
+
+    async def _is_admin(self, username: str) -> bool:
+        """Whether `username` names an enabled administrator."""
+        user = await self.store.get_user(username)
+        return user is not None and user.is_admin and not user.disabled
 
     async def _audit(self, kind: str, ip: str, username: str, detail: str) -> None:
         """One audit row of a dashboard login (backend `dashboard`); logged if it fails."""

@@ -7,8 +7,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kmsgate.access.throttle import LoginThrottle
 from kmsgate.web.auth import BUSY_RETRY, Authenticator, client_ip
+from kmsgate.web.portal_login import Portal
 from kmsgate.web.proxies import client_address
+
+# The portal's login POSTs (the form, and the API for scripts).
+PORTAL_LOGINS = frozenset(("/", "/api/login"))
 
 # uvicorn's h11 parser accepts request lines far longer than this; nothing we serve needs more.
 MAX_REQUEST_TARGET = 8192
@@ -104,28 +109,26 @@ class RequestLineLimit:
 
 
 class ShedLoginsWhenBusy:
-    """Answers POST /login with a bare 503 at once while the password-hashing pool is full.
+    """Answers login POSTs with a bare 503 at once while no check could be taken: the
+    dashboard's (/login) while its password-hashing pool is full, the portal's (/ and
+    /api/login) while its logins in progress are at their limit.
 
     A flood of logins is then refused before its body is read, its form parsed or a page
     rendered: each refusal costs the event loop, which the KMS host shares, as little as it
     can.
     """
 
-    def __init__(self, app: ASGIApp, *, authenticator: Authenticator) -> None:
-        """authenticator: the admin login, with its hashing pool."""
+    def __init__(
+        self, app: ASGIApp, *, authenticator: Authenticator, portal: Portal | None = None
+    ) -> None:
+        """authenticator: the admin login, with its hashing pool; portal: the gateway's."""
         self.app = app
         self.authenticator = authenticator
+        self.portal = portal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse the login cheaply when no check could be taken now."""
-        if (
-            scope["type"] == "http"
-            and scope.get("method") == "POST"
-            and scope.get("path") == "/login"
-            and not self.authenticator.pool.has_room()
-            and not self._may_be_trusted(scope)
-        ):
-            self.authenticator.note_busy()
+        if scope["type"] == "http" and scope.get("method") == "POST" and self._shed(scope):
             response = PlainTextResponse(
                 "Too many logins are being checked right now. Try again in a few seconds.\n",
                 503,
@@ -135,18 +138,36 @@ class ShedLoginsWhenBusy:
             return
         await self.app(scope, receive, send)
 
-    def _may_be_trusted(self, scope: Scope) -> bool:
+    def _shed(self, scope: Scope) -> bool:
+        """Whether this POST is a login that would be refused as busy (and is counted so)."""
+        path = scope.get("path")
+        authenticator, portal = self.authenticator, self.portal
+        if path == "/login":
+            pool = authenticator.pool
+            if pool.has_room() or (
+                pool.has_room(reserved=True) and self._may_be_trusted(scope, authenticator.limiter)
+            ):
+                return False
+            authenticator.note_busy()
+            return True
+        if portal is not None and path in PORTAL_LOGINS:
+            if portal.has_room() or (
+                portal.has_room(trusted=True) and self._may_be_trusted(scope, portal.limiter)
+            ):
+                return False
+            portal.note_busy()
+            return True
+        return False
+
+    def _may_be_trusted(self, scope: Scope, limiter: LoginThrottle) -> bool:
         """Whether this login may use the places kept for trusted ones: its browser holds a
         device cookie, or someone logged in from its address (the name is not read yet)."""
-        authenticator = self.authenticator
-        if not authenticator.pool.has_room(reserved=True):
-            return False
         request = Request(scope)
-        codec = authenticator.codec
+        codec = self.authenticator.codec
         if codec.device_of(request.cookies.get(codec.device_cookie)) is not None:
             return True
         address = client_address(request) or client_ip(request)
-        return authenticator.limiter.vouched(address)
+        return limiter.vouched(address)
 
 
 def is_json_path(path: str) -> bool:

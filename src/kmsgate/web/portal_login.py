@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from kmsgate.access.accounts.base import MAX_USERNAME_LENGTH
@@ -29,6 +30,9 @@ MAX_CONCURRENT_LOGINS = 8
 # kmsgate can tell from a stranger's (an address the user logged in from, a device cookie).
 MAX_PENDING_LOGINS = 24
 RESERVED_LOGINS = 4
+# One name's logins in progress at most: an account holder's own (trusted) logins cannot fill
+# the reserved places, and more at once would only lock the name out of its address.
+MAX_PENDING_PER_USER = 2
 BUSY_RETRY = 5
 BUSY_LOG_INTERVAL = 10.0
 UNAVAILABLE_RETRY = 30
@@ -84,9 +88,18 @@ class Portal:
         self.limiter = limiter
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOGINS)
         self.pending = 0  # logins past the limiter, checking or waiting for a slot
+        self._pending_of: Counter[str] = Counter()  # the same, by user name
         self._busy = RefusalReport(
             log, "portal logins refused, too many in progress", BUSY_LOG_INTERVAL
         )
+
+    def note_busy(self) -> None:
+        """Count a login refused because too many were in progress; log now and then."""
+        self._busy.note()
+
+    def has_room(self, *, trusted: bool = False) -> bool:
+        """Whether a login would be taken now (`trusted`: it may use the reserved places)."""
+        return self.pending < MAX_PENDING_LOGINS - (0 if trusted else RESERVED_LOGINS)
 
     def _locked(self, wait: float) -> PortalAttempt:
         minutes = max(1, round(wait / 60))
@@ -122,12 +135,14 @@ class Portal:
         if wait > 0:
             return self._locked(wait)
         trusted = self.limiter.trusted(address, username, device)
-        if self.pending >= MAX_PENDING_LOGINS - (0 if trusted else RESERVED_LOGINS):
-            self._busy.note()
+        name = username.strip()
+        if not self.has_room(trusted=trusted) or self._pending_of[name] >= MAX_PENDING_PER_USER:
+            self.note_busy()
             message = "Too many logins are being checked right now. Try again in a few seconds."
             return PortalAttempt(503, message, None, BUSY_RETRY)
         self.limiter.begin(address, username, device)
         self.pending += 1
+        self._pending_of[name] += 1
         try:
             async with self._slots:
                 outcome = await self.gateway.login(username, password, address)
@@ -138,6 +153,9 @@ class Portal:
             return PortalAttempt(503, message, None, UNAVAILABLE_RETRY)
         finally:
             self.pending -= 1
+            self._pending_of[name] -= 1
+            if not self._pending_of[name]:
+                del self._pending_of[name]
         if outcome.status in (200, 403):
             self.limiter.success(address, username, device)
         elif outcome.status == 503:
