@@ -36,6 +36,8 @@ log = logging.getLogger("kmsgate.store")
 FILE_CHECK_INTERVAL = 1.0
 # A lost log is checkpointed once every connection is back in the pool: waiting this long.
 RETURN_TRIES, RETURN_WAIT = 500, 0.02
+# A connection record's note of the descriptors open before its driver connected.
+_DESCRIPTORS_BEFORE = "kmsgate_descriptors_before"
 
 
 class FileWatch:
@@ -53,7 +55,6 @@ class FileWatch:
         # The -wal and -shm the open connections hold; None while none is open.
         self._log: tuple[set[FileId], set[FileId]] | None = None
         self._reopening = False  # the log was lost: operations wait for its recovery
-        self._before: set[int] | None = None  # descriptors open before a connection's pragmas
         self._next_check = 0.0
         self._recovering = asyncio.Lock()
 
@@ -80,12 +81,12 @@ class FileWatch:
         # may already use a new file's sidecars, which are not the lost file's.
         self._sidecars |= sidecar_ids(self.path)
 
-    def on_dialing(self, *_args: Any) -> None:
+    def on_dialing(self, _dialect: Any, record: Any, *_args: Any) -> None:
         """The engine's do_connect hook, before the driver opens anything: which descriptors
-        are open already."""
-        self._before = open_descriptors()
+        are open already (kept with the connection: others may be opening meanwhile)."""
+        record.info[_DESCRIPTORS_BEFORE] = open_descriptors()
 
-    def on_opened(self, dbapi_connection: Any, _record: Any) -> None:
+    def on_opened(self, dbapi_connection: Any, record: Any) -> None:
         """The engine's last connect hook: note the log this connection opened."""
         self._open.add(id(dbapi_connection))
         # A read opens the log if the pragmas did not (a file just switched to WAL).
@@ -95,7 +96,7 @@ class FileWatch:
             cursor.fetchall()
         finally:
             cursor.close()
-        before, after = self._before, open_descriptors()
+        before, after = record.info.pop(_DESCRIPTORS_BEFORE, None), open_descriptors()
         if before is None or after is None:  # no /proc: what the path names now
             self._note_log(tuple({i} if i else set() for i in log_ids(self.path)))
         else:
