@@ -8,6 +8,7 @@ is asserted here).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from pathlib import Path
@@ -45,6 +46,12 @@ class GatedHasher(PasswordHasher):
         return super().verify(hash, password)
 
 
+async def wrong_admin_login(client: httpx.AsyncClient, token: str, n: int) -> httpx.Response:
+    """The admin's name with the n-th wrong password, on the login form."""
+    data = {"username": ADMIN, "password": f"guess-{n}", "csrf_token": token}
+    return await client.post("/login", data=data)
+
+
 def gated_app(
     store: Store, limiter: LoginThrottle, hasher: GatedHasher, pool: HashingPool
 ) -> FastAPI:
@@ -74,9 +81,7 @@ async def test_checks_beyond_the_pool_bound_get_503_and_never_run_on_the_loop(
         async with client_for(app) as client:
             token = csrf_of((await client.get("/login")).text)
 
-            async def guess(n: int) -> httpx.Response:
-                data = {"username": ADMIN, "password": f"guess-{n}", "csrf_token": token}
-                return await client.post("/login", data=data)
+            guess = functools.partial(wrong_admin_login, client, token)
 
             # One check running, two queued: the pool is full.
             held = [asyncio.create_task(guess(n)) for n in range(3)]
@@ -128,9 +133,7 @@ async def test_a_flood_of_strangers_cannot_take_the_places_kept_for_known_client
             owner_token = csrf_of((await owner.get("/login")).text)
             mallory_token = csrf_of((await mallory.get("/login")).text)
 
-            async def guess(n: int) -> httpx.Response:
-                data = {"username": ADMIN, "password": f"guess-{n}", "csrf_token": token}
-                return await stranger.post("/login", data=data)
+            guess = functools.partial(wrong_admin_login, stranger, token)
 
             # The strangers' places (one running, one queued) are taken ...
             held = [asyncio.create_task(guess(n)) for n in range(2)]

@@ -115,6 +115,10 @@ class FileWatch:
         seen = self._log or (set(), set())
         self._log = (seen[0] | found[0], seen[1] | found[1])
 
+    def _forget(self) -> None:
+        """After the pool's connections were disposed of: the next one starts afresh."""
+        self._file, self._sidecars, self._log, self._open = None, set(), None, set()
+
     def _held(self) -> set[FileId]:
         """The log files this Store's open connections hold (no new file can share their
         numbers while they do)."""
@@ -183,7 +187,7 @@ class FileWatch:
             self._suspect = True  # until this succeeds: the next check tries again
             stale = self._sidecars | self._held()
             await engine.dispose()
-            self._file, self._sidecars, self._log, self._open = None, set(), None, set()
+            self._forget()
             created = await asyncio.to_thread(recreate_sqlite_file, self.path, stale)
             # Alembic is imported only now: the writer process does not migrate otherwise.
             from kmsgate.store.migrate import run_upgrade
@@ -234,7 +238,7 @@ class FileWatch:
             # file can have taken (another process's new log is not ours to remove).
             await asyncio.to_thread(recreate_sqlite_file, self.path, self._held())
         await engine.dispose()
-        self._file, self._sidecars, self._log, self._open = None, set(), None, set()
+        self._forget()
         self._reopening = False
         log.warning("database file %s reopened with a new log", self.path)
 

@@ -22,6 +22,8 @@ LOGIN_CSRF_MAX_AGE = 2 * 3600
 DEVICE_MAX_AGE = 90 * 86400
 # The user names a device cookie may carry (the dashboard's and the throttle's bound).
 MAX_USERNAME_LENGTH = 64
+# The login-CSRF and device cookies are short; anything longer is not ours.
+MAX_SMALL_COOKIE = 512
 
 
 class SessionCodec:
@@ -79,12 +81,7 @@ class SessionCodec:
 
     def login_csrf_token(self, cookie_value: str | None) -> str | None:
         """The token inside a valid login-CSRF cookie; None when missing, forged or expired."""
-        if not cookie_value or len(cookie_value) > 512:
-            return None
-        try:
-            token: Any = self._csrf.loads(cookie_value, max_age=LOGIN_CSRF_MAX_AGE)
-        except BadSignature:
-            return None
+        token = _loaded(self._csrf, cookie_value, LOGIN_CSRF_MAX_AGE)
         return token if isinstance(token, str) else None
 
     def check_login_csrf(self, cookie_value: str | None, form_token: str) -> bool:
@@ -104,12 +101,7 @@ class SessionCodec:
 
     def device_of(self, cookie_value: str | None, user: str | None = None) -> str | None:
         """The id of a valid device cookie (issued to `user`, when given); None otherwise."""
-        if not cookie_value or len(cookie_value) > 512:
-            return None
-        try:
-            data: Any = self._device.loads(cookie_value, max_age=DEVICE_MAX_AGE)
-        except BadSignature:
-            return None
+        data = _loaded(self._device, cookie_value, DEVICE_MAX_AGE)
         if not isinstance(data, dict) or not isinstance(data.get("u"), str):
             return None
         if user is not None and data["u"] != self._device_name(user):
@@ -151,3 +143,13 @@ class SessionCodec:
         response.delete_cookie(
             self.csrf_cookie, path="/", secure=self.secure, httponly=True, samesite="lax"
         )
+
+
+def _loaded(serializer: URLSafeTimedSerializer, value: str | None, max_age: int) -> Any:
+    """What a small signed cookie carries; None when missing, oversized, forged or expired."""
+    if not value or len(value) > MAX_SMALL_COOKIE:
+        return None
+    try:
+        return serializer.loads(value, max_age=max_age)
+    except BadSignature:  # SignatureExpired is a subclass
+        return None
