@@ -1,9 +1,9 @@
 """Builds the C extensions: the block-cipher accelerator, the common exchange's byte layout,
-the record ring's append, and the hot path compiled by mypyc.
+the record ring's append, the activation rows' insert, and the hot path compiled by mypyc.
 
 All are optional at run time: kmsgate falls back to pure Python without the cipher
-(protocol/crypto.py), the layout (protocol/wire.py) or the record ring's append
-(recording/ring.py), and to the modules' source without the mypyc build (kmsgate/_native.py).
+(protocol/crypto.py), the layout (protocol/wire.py), the record ring's append
+(recording/ring.py) or the rows' insert (store/sqlite_rows.py), and to the modules' source without the mypyc build (kmsgate/_native.py).
 KMSGATE_PURE_PYTHON_HOT_PATH=1 at build time skips mypyc.
 """
 
@@ -117,6 +117,15 @@ setup(
             ]
             if links_zlib()
             else []
+        ),
+        Extension(
+            # Reaches into CPython's sqlite3.Connection and the dynamic loader: CPython on
+            # Linux and alikes only (store/sqlite_rows.py falls back to the sqlite3 module).
+            "kmsgate.store._sqlite_rows",
+            sources=["src/kmsgate/store/_sqlite_rows.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+            py_limited_api=True,
         ),
         Extension(
             "kmsgate.protocol._wire",

@@ -120,7 +120,12 @@ class Node:
             store = self.store = await Store.open(settings.db_url, upgrade=settings.db_upgrade)
             parts.push_async_callback(store.close)
             path = settings.db_path
-            log.info("store %s", f"{path} (SQLite)" if path is not None else store.url)
+            if path is not None:
+                from kmsgate.store.sqlite_rows import describe
+
+                log.info("store %s (SQLite; activation rows bound %s)", path, describe())
+            else:
+                log.info("store %s", store.url)
             if ids is not None:
                 # The writer process makes itself the service user before it opens these.
                 hand_over(settings.data_dir, *ids)

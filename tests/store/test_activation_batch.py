@@ -23,7 +23,13 @@ from kmsgate.store.activation_batch import (
     SqliteBatchWriter,
     _machine_months,
 )
-from kmsgate.store.activation_fold import NATIVE_VALUES, SQLITE_VALUES, DriverValues, fold
+from kmsgate.store.activation_fold import (
+    NATIVE_VALUES,
+    SQLITE_RAW_VALUES,
+    SQLITE_VALUES,
+    DriverValues,
+    fold,
+)
 from kmsgate.store.database import FOLD_PART, Store
 from kmsgate.store.drafts import draft_of as draft_of_record
 from kmsgate.store.drafts import record_of
@@ -269,6 +275,7 @@ def _micros(when: datetime) -> int:
     return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["text-rows", "raw-rows"])
 @given(
     spec=st.lists(
         st.tuples(
@@ -283,7 +290,7 @@ def _micros(when: datetime) -> int:
     ),
 )
 def test_hours_and_licence_rows_match_a_record_by_record_count(
-    spec: list[tuple[int, str, uuid.UUID | None, str, str]],
+    raw: bool, spec: list[tuple[int, str, uuid.UUID | None, str, str]]
 ) -> None:
     # One node within one hour takes the hours' shortcut; the seconds cross 10:00 otherwise.
     hour_end = datetime(2026, 1, 31, 23, 59, 59, 999_999, tzinfo=UTC)
@@ -294,7 +301,8 @@ def test_hours_and_licence_rows_match_a_record_by_record_count(
         )
         for s, node, cmid, result, name in spec
     ]  # fmt: skip
-    batch = fold([draft_of_record(r) for r in records], SQLITE_VALUES)
+    driver = SQLITE_RAW_VALUES if raw else SQLITE_VALUES
+    batch = fold([draft_of_record(r) for r in records], driver)
     want_hours: dict[tuple[datetime, str], int] = {}
     want_months: dict[tuple[str, str, str], str] = {}
     for rec in records:
@@ -305,11 +313,15 @@ def test_hours_and_licence_rows_match_a_record_by_record_count(
             month = rec.time.strftime("%Y-%m")
             want_months.setdefault((month, rec.sku_id.hex, rec.client_machine_id.hex), rec.sku_name)
     assert batch.hours == want_hours
-    got = {(m, s, c): n for m, s, c, n in _machine_months(batch.activation_rows)}
+    got = {(m, s, c): n for m, s, c, n in _machine_months(batch.activation_rows, raw=raw)}
     assert got == want_months
 
 
-@pytest.mark.parametrize("driver", [SQLITE_VALUES, NATIVE_VALUES], ids=["sqlite", "native"])
+@pytest.mark.parametrize(
+    "driver",
+    [SQLITE_VALUES, SQLITE_RAW_VALUES, NATIVE_VALUES],
+    ids=["sqlite", "sqlite-raw", "native"],
+)
 @given(
     cmids=st.lists(st.sampled_from([*CMIDS[:3], None]), min_size=2, max_size=14),
     data=st.data(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import chain, compress, repeat
 from operator import eq, getitem, itemgetter
@@ -26,9 +26,14 @@ from kmsgate.store.activation_fold import (
     ACTIVATION_COLUMNS,
     CLIENT_COLUMNS,
     NATIVE_VALUES,
+    RAW_IDS,
+    RAW_TIME,
+    SQLITE_RAW_VALUES,
     SQLITE_VALUES,
     DriverValues,
     FoldedBatch,
+    converted_rows,
+    sqlite_months,
 )
 from kmsgate.store.counts import add_batch_counts
 from kmsgate.store.drafts import result_of
@@ -41,8 +46,14 @@ from kmsgate.store.schema import (
     machine_months,
     product_counts,
 )
+from kmsgate.store.sqlite_rows import RowStatement, row_statement, rows_in_c
 
 ACTIVATED = result_of(0)
+# How the C statement binds a raw activation row: its time and ids converted to text.
+RAW_KINDS = "".join(
+    "t" if index == RAW_TIME else "h" if index in RAW_IDS else "v"
+    for index in range(len(ACTIVATION_COLUMNS))
+)
 # What a SQLite renewal compares with the stored client before an UPDATE names a column:
 # machine_name and sku_name are indexed (every indexed column named costs an index rewrite),
 # and naming any of the three runs the search trigger (a renewal of 2 000 machines: 5.0 →
@@ -55,8 +66,13 @@ SELECT_STORED = (
 # SQLite bounds host parameters per statement (32 766 since 3.32); stay far below.
 SQLITE_IN_CHUNK = 500
 # Activation rows go in statements of this many rows (11 parameters each): one step and one
-# release of the GIL per statement rather than per row.
+# release of the GIL per statement rather than per row; and to the connection's thread in
+# parts of as many.
 SQLITE_ROWS_PER_INSERT = 250
+# Rows a statement stepped from C takes (sqlite_rows.py): prepared afresh for every batch,
+# a statement costs about 19 000 instructions a row it names, so fewer than the sqlite3
+# module's (whose statement cache keeps its own); a step costs about 8 000, so not one.
+SQLITE_ROWS_PER_C_STEP = 25
 
 # Client columns that follow the newest request (by request time, not by arrival).
 LATEST_COLUMNS = (
@@ -125,24 +141,35 @@ _TIME, _CMID, _SKU_ID, _SKU_NAME, _RESULT = map(itemgetter, (0, 1, 4, 5, 8))
 _MONTH = slice(0, 7)  # "YYYY-MM" of UtcDateTime's SQLite text
 
 
-def _machine_months(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str, str]]:
+def _machine_months(
+    rows: Sequence[tuple[Any, ...]], *, raw: bool = False
+) -> list[tuple[str, str, str, str]]:
     """The licence report's (month, SKU id, CMID, SKU name) rows of a batch's served requests:
     each once, with the SKU name of its first request (as the row trigger of migration 0007,
-    which SQLite no longer runs, kept them).
+    which SQLite no longer runs, kept them). `raw`: rows of SQLITE_RAW_VALUES.
 
     Column by column in C-level loops rather than a Python loop over the rows (fewer
     instructions a record, counted in docs/benchmarks.md).
     """
     served = list(compress(rows, map(eq, map(_RESULT, rows), repeat(ACTIVATED))))
-    months = map(getitem, map(_TIME, served), repeat(_MONTH))
+    if raw:
+        months: Iterable[str] = sqlite_months(map(_TIME, served))
+    else:
+        months = map(getitem, map(_TIME, served), repeat(_MONTH))
     keys = list(zip(months, map(_SKU_ID, served), map(_CMID, served), strict=True))
     # Set in reverse, so that the earliest request's name is the one kept.
     first = dict(zip(reversed(keys), reversed(list(map(_SKU_NAME, served))), strict=True))
     return [
-        (month, sku_id, cmid, name)
+        (month, sku_id.hex(), cmid.hex(), name) if raw else (month, sku_id, cmid, name)
         for (month, sku_id, cmid), name in first.items()
         if sku_id is not None and cmid is not None
     ]
+
+
+def _insert_stepped(
+    statement: RowStatement, rows: list[tuple[Any, ...]], db: sqlite3.Connection
+) -> None:
+    statement.insert(rows)
 
 
 class SqliteBatchWriter:
@@ -159,10 +186,15 @@ class SqliteBatchWriter:
     """
 
     def __init__(self) -> None:
-        self.driver = SQLITE_VALUES
+        # Rows are bound from C where it is built: the drafts' times and ids are turned
+        # into text there too, without a Python string each (raw rows, activation_fold.py).
+        self.driver = SQLITE_RAW_VALUES if rows_in_c() else SQLITE_VALUES
         self._insert_activations = _sqlite_insert(activations, ACTIVATION_COLUMNS)
         self._insert_many_activations = _sqlite_insert(
             activations, ACTIVATION_COLUMNS, SQLITE_ROWS_PER_INSERT
+        )
+        self._insert_c_step = _sqlite_insert(
+            activations, ACTIVATION_COLUMNS, SQLITE_ROWS_PER_C_STEP
         )
         self._insert_clients = _sqlite_insert(clients, CLIENT_COLUMNS)
         self._add_counter = _sqlite_add(counters, ["name"], "value")
@@ -182,32 +214,56 @@ class SqliteBatchWriter:
         # the sqlite3 connection (private names, stable since aiosqlite 0.17; the store
         # tests fail at once if they change).
         worker: Any = fairy.driver_connection
+        statement: RowStatement | None = None
         try:
-            for part in self.parts(batch):
+            if batch.driver.raw_rows and len(batch.activation_rows) >= SQLITE_ROWS_PER_C_STEP:
+                statement = await worker._execute(self._prepare, worker._conn)
+            for part in self.parts(batch, statement):
                 await worker._execute(part, worker._conn)
         except sqlite3.Error as exc:
             raise sa_exc.DBAPIError.instance(
                 "record batch", None, exc, sqlite3.Error, dialect=conn.dialect
             ) from exc
+        finally:
+            if statement is not None:
+                # On its thread, before the connection goes back to the pool.
+                await worker._execute(statement.close)
 
-    def parts(self, batch: FoldedBatch) -> Iterator[Callable[[sqlite3.Connection], None]]:
-        """The batch's writes in order: the activation rows a statement at a time, then the
-        clients and counters."""
-        rows = batch.activation_rows
-        whole = len(rows) - len(rows) % SQLITE_ROWS_PER_INSERT
+    def _prepare(self, db: sqlite3.Connection) -> RowStatement | None:
+        return row_statement(db, self._insert_c_step, SQLITE_ROWS_PER_C_STEP, RAW_KINDS)
+
+    def parts(
+        self, batch: FoldedBatch, statement: RowStatement | None = None
+    ) -> Iterator[Callable[[sqlite3.Connection], None]]:
+        """The batch's writes in order: the activation rows a part at a time (stepped from C
+        when `statement` is given), then the rest of them, the clients and counters."""
+        rows, raw = batch.activation_rows, batch.driver.raw_rows
+        if statement is None and raw:
+            rows, raw = converted_rows(rows, SQLITE_VALUES), False
+        step = SQLITE_ROWS_PER_INSERT if statement is None else statement.rows
+        whole = len(rows) - len(rows) % step
         for start in range(0, whole, SQLITE_ROWS_PER_INSERT):
-            yield functools.partial(
-                self._insert_whole, rows[start : start + SQLITE_ROWS_PER_INSERT]
-            )
-        yield functools.partial(self._write_rest, batch, rows[whole:])
+            part = rows[start : min(start + SQLITE_ROWS_PER_INSERT, whole)]
+            if statement is None:
+                yield functools.partial(self._insert_whole, part)
+            else:
+                yield functools.partial(_insert_stepped, statement, part)
+        yield functools.partial(self._write_rest, batch, rows[whole:], raw)
 
     def _insert_whole(self, rows: Sequence[tuple[Any, ...]], db: sqlite3.Connection) -> None:
         db.execute(self._insert_many_activations, tuple(chain.from_iterable(rows)))
 
     def _write_rest(
-        self, batch: FoldedBatch, rows: Sequence[tuple[Any, ...]], db: sqlite3.Connection
+        self,
+        batch: FoldedBatch,
+        rows: Sequence[tuple[Any, ...]],
+        raw: bool,
+        db: sqlite3.Connection,
     ) -> None:
-        """The remaining activation rows, new and known clients, the counts."""
+        """The remaining activation rows (`raw`: as SQLITE_RAW_VALUES left them), new and
+        known clients, the counts."""
+        if raw:
+            rows = converted_rows(rows, SQLITE_VALUES)
         if rows:
             db.executemany(self._insert_activations, rows)
         new = self._write_clients(db, batch) if batch.clients else 0
@@ -221,7 +277,8 @@ class SqliteBatchWriter:
             self._add_product, [(f, s, c) for (f, s), c in sorted(batch.products.items())]
         )
         try:
-            db.executemany(self._add_machine_months, _machine_months(batch.activation_rows))
+            months = _machine_months(batch.activation_rows, raw=batch.driver.raw_rows)
+            db.executemany(self._add_machine_months, months)
         except sqlite3.OperationalError as exc:
             # A schema from before migration 0007 (a node run with --no-db-upgrade): it has
             # no report to fill, and the row trigger of 0007 to 0010 does it where it runs.

@@ -9,7 +9,7 @@ UUIDs and a dataclass per record (4.1 → 0.9 µs a record).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice, repeat
@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 from kmsgate.store.drafts import EPOCH, RecordDraft, shared_uuid, time_of
 
 HOUR_MICROS = 3600 * 1_000_000
+DAY_MICROS = 24 * HOUR_MICROS
 _Key = TypeVar("_Key")
 
 # The column order of the rows fold() builds (and the writers' statements name).
@@ -95,6 +96,15 @@ def _sqlite_times(micros: Sequence[int]) -> list[str]:
     return list(map(mod, repeat("%s.%06d"), zip(texts, fractions, strict=True)))
 
 
+def _month_text(day: int) -> str:
+    return (NAIVE_EPOCH + timedelta(days=day)).isoformat()[:7]
+
+
+def sqlite_months(micros: Iterable[int]) -> list[str]:
+    """The "YYYY-MM" each time falls in (UTC), each day's made once, in C-level loops."""
+    return list(map(_Converted(_month_text).__getitem__, map(floordiv, micros, repeat(DAY_MICROS))))
+
+
 def _native_times(micros: Sequence[int]) -> list[datetime]:
     return list(map(time_of, micros))
 
@@ -102,10 +112,12 @@ def _native_times(micros: Sequence[int]) -> list[datetime]:
 @dataclass(frozen=True, slots=True)
 class DriverValues:
     """How one driver takes draft times (microseconds) and ids (16 bytes): converted a column
-    at a time, while folding."""
+    at a time, while folding; or, `raw_rows`, left in the activation rows as they are, for a
+    writer that converts them as it binds them (sqlite_rows.py)."""
 
     times: Callable[[Sequence[int]], list[Any]]
     of_uuid: Callable[[bytes], Any]
+    raw_rows: bool = False
 
     def of_optional_uuid(self, value: bytes | None) -> Any:
         return None if value is None else self.of_uuid(value)
@@ -122,6 +134,22 @@ class DriverValues:
 NATIVE_VALUES = DriverValues(times=_native_times, of_uuid=shared_uuid)  # asyncpg encodes both
 # SQLAlchemy's Uuid on SQLite: 32 hex digits, no dashes.
 SQLITE_VALUES = DriverValues(times=_sqlite_times, of_uuid=bytes.hex)
+# The same, but the activation rows keep draft times and ids (RAW_TIME, RAW_IDS).
+SQLITE_RAW_VALUES = DriverValues(times=_sqlite_times, of_uuid=bytes.hex, raw_rows=True)
+# Where raw activation rows hold a draft's time and ids (ACTIVATION_COLUMNS positions).
+RAW_TIME = 0
+RAW_IDS = (1, 4)
+
+
+def converted_rows(rows: Sequence[tuple[Any, ...]], driver: DriverValues) -> list[tuple[Any, ...]]:
+    """Raw activation rows with their times and ids converted for `driver`."""
+    if not rows:
+        return []
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    columns[RAW_TIME] = driver.times(columns[RAW_TIME])
+    for index in RAW_IDS:
+        columns[index] = driver.uuids(columns[index])
+    return list(zip(*columns, strict=True))
 
 
 # ---------------------------------------------------------------- folding (pure)
@@ -131,14 +159,15 @@ SQLITE_VALUES = DriverValues(times=_sqlite_times, of_uuid=bytes.hex)
 class ClientFold:
     """All of one batch's records for one CMID, folded into a single client row."""
 
-    first: Any  # driver time values: they compare like the times themselves
+    first: int  # microseconds, as in the drafts
     latest: RecordDraft
-    latest_time: Any
+    latest_time: int
     count: int
 
     def values(self, cmid: Any, driver: DriverValues) -> tuple[Any, ...]:
         """The client row in CLIENT_COLUMNS order, as driver values."""
         draft = self.latest
+        first, latest = driver.times((self.first, self.latest_time))
         return (
             cmid,
             draft[2],  # machine name
@@ -147,8 +176,8 @@ class ClientFold:
             draft[6],  # SKU name
             driver.of_optional_uuid(draft[7]),  # KMS id
             draft[9],  # license status
-            self.first,
-            self.latest_time,
+            first,
+            latest,
             self.count,
             draft[13],  # ePID
             draft[3],  # address
@@ -207,15 +236,15 @@ def fold(drafts: Sequence[RecordDraft], driver: DriverValues = NATIVE_VALUES) ->
         return batch
     (micros, cmids, names, addresses, _, sku_ids, sku_names, _, families, statuses, protocols,
      results, hresults, _, nodes) = zip(*drafts, strict=True)  # fmt: skip
-    stamps = driver.times(micros)
     keys = driver.uuids(cmids)
+    raw = driver.raw_rows
     batch.activation_rows = list(
         zip(
-            stamps,
-            keys,
+            micros if raw else driver.times(micros),
+            cmids if raw else keys,
             names,
             addresses,
-            driver.uuids(sku_ids),
+            sku_ids if raw else driver.uuids(sku_ids),
             sku_names,
             statuses,
             protocols,
@@ -225,7 +254,7 @@ def fold(drafts: Sequence[RecordDraft], driver: DriverValues = NATIVE_VALUES) ->
             strict=True,
         )
     )
-    batch.clients = _client_folds(drafts, stamps, keys)
+    batch.clients = _client_folds(drafts, micros, keys)
     batch.hours = _hour_counts(micros, nodes)
     batch.products = dict(Counter(zip(families, sku_names, strict=True)))
     batch.counters.update((f"result:{r}", n) for r, n in Counter(results).items())
@@ -250,7 +279,7 @@ def _hour_counts(micros: Sequence[int], nodes: Sequence[str]) -> dict[tuple[date
 
 
 def _client_folds(
-    drafts: Sequence[RecordDraft], stamps: Sequence[Any], keys: Sequence[Any]
+    drafts: Sequence[RecordDraft], stamps: Sequence[int], keys: Sequence[Any]
 ) -> dict[Any, ClientFold]:
     """One fold per CMID: its count, earliest time and newest record (the later on ties)."""
     counts = Counter(keys)
