@@ -6,6 +6,7 @@ import asyncio
 import re
 import sqlite3
 import uuid
+from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -425,3 +426,17 @@ async def test_a_renewal_names_only_the_searchable_columns_that_changed(tmp_path
     moved = set(re.findall(r"\w+", update()))
     assert "machine_name" in moved
     assert "last_address" not in moved
+
+
+@given(
+    products=st.lists(
+        st.tuples(st.sampled_from(["Windows", "Office 2016", ""]), st.sampled_from(["A", "B"])),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_product_counts_are_per_family_and_name(products: list[tuple[str, str]]) -> None:
+    # One family in a batch takes a shortcut; several count (family, name) pairs.
+    drafts = [make_draft(product_family=family, sku_name=name) for family, name in products]
+    for driver in (SQLITE_VALUES, SQLITE_RAW_VALUES, NATIVE_VALUES):
+        assert fold(drafts, driver).products == dict(Counter(products))

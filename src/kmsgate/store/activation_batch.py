@@ -153,7 +153,12 @@ def _machine_months(
     """
     served = list(compress(rows, map(eq, map(_RESULT, rows), repeat(ACTIVATED))))
     if raw:
-        months: Iterable[str] = sqlite_months(map(_TIME, served))
+        times = list(map(_TIME, served))
+        earliest, latest = sqlite_months([min(times), max(times)]) if times else ("", "")
+        # A batch within one month (nearly all): one month text, none made per record.
+        months: Iterable[str] = (
+            repeat(earliest, len(times)) if earliest == latest else sqlite_months(times)
+        )
     else:
         months = map(getitem, map(_TIME, served), repeat(_MONTH))
     keys = list(zip(months, map(_SKU_ID, served), map(_CMID, served), strict=True))

@@ -256,7 +256,12 @@ def fold(drafts: Sequence[RecordDraft], driver: DriverValues = NATIVE_VALUES) ->
     )
     batch.clients = _client_folds(drafts, micros, keys)
     batch.hours = _hour_counts(micros, nodes)
-    batch.products = dict(Counter(zip(families, sku_names, strict=True)))
+    family = families[0]
+    if families.count(family) == len(families):
+        # One product family in the batch (as a rule): no pair built and hashed per record.
+        batch.products = {(family, name): n for name, n in Counter(sku_names).items()}
+    else:
+        batch.products = dict(Counter(zip(families, sku_names, strict=True)))
     batch.counters.update((f"result:{r}", n) for r, n in Counter(results).items())
     batch.counters.update(
         (f"protocol:{p}", n) for p, n in Counter(protocols).items() if p is not None
@@ -281,16 +286,17 @@ def _hour_counts(micros: Sequence[int], nodes: Sequence[str]) -> dict[tuple[date
 def _client_folds(
     drafts: Sequence[RecordDraft], stamps: Sequence[int], keys: Sequence[Any]
 ) -> dict[Any, ClientFold]:
-    """One fold per CMID: its count, earliest time and newest record (the later on ties)."""
+    """One fold per CMID: its count, earliest time and newest record (the later on ties);
+    `stamps` are the drafts' times."""
     counts = Counter(keys)
     counts.pop(None, None)
     if all(map(le, stamps, islice(stamps, 1, None))):
         # Times in arrival order (the usual case): a CMID's last record is its newest and its
-        # first the earliest, both found by dicts built in C.
-        last = dict(zip(keys, range(len(keys)), strict=True))
-        first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+        # first the earliest, both found by dicts built in C (a stamp is its draft's time).
+        last = dict(zip(keys, drafts, strict=True))
+        first = dict(zip(reversed(keys), reversed(stamps), strict=True))
         return {
-            key: ClientFold(stamps[first[key]], drafts[last[key]], stamps[last[key]], count)
+            key: ClientFold(first[key], last[key], last[key][0], count)
             for key, count in counts.items()
         }
     folds: dict[Any, ClientFold] = {}
