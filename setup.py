@@ -3,7 +3,8 @@ the record ring's append, the activation rows' insert, and the hot path compiled
 
 All are optional at run time: kmsgate falls back to pure Python without the cipher
 (protocol/crypto.py), the layout (protocol/wire.py), the record ring's append
-(recording/ring.py) or the rows' insert (store/sqlite_rows.py), and to the modules' source without the mypyc build (kmsgate/_native.py).
+(recording/ring.py) or the rows' insert (store/sqlite_rows.py), and to the modules' source
+without the mypyc build (kmsgate/_native.py).
 KMSGATE_PURE_PYTHON_HOT_PATH=1 at build time skips mypyc.
 """
 
@@ -12,6 +13,7 @@ import subprocess
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from setuptools import Extension, setup
 
@@ -89,51 +91,35 @@ def links_zlib() -> bool:
     return links("z", b"#include <zlib.h>\nint main(void) { return !crc32(0L, 0, 0); }\n")
 
 
+def c_extension(module: str, **options: Any) -> Extension:
+    """One of kmsgate's own C files: optional (kmsgate runs without it), built against the
+    stable ABI (Py_LIMITED_API in the source), one wheel per platform."""
+    source = "src/" + module.replace(".", "/") + ".c"
+    return Extension(
+        module,
+        sources=[source],
+        optional=True,
+        extra_compile_args=["-O2"],
+        py_limited_api=True,
+        **options,
+    )
+
+
 NATIVE = native_extensions()
 # The cipher's response sealing hashes with libcrypto; without it the module has the rounds only.
 LIBCRYPTO = links_libcrypto()
 setup(
     ext_modules=[
-        Extension(
+        c_extension(
             "kmsgate.protocol._cipher",
-            sources=["src/kmsgate/protocol/_cipher.c"],
-            optional=True,
-            extra_compile_args=["-O2"],
             define_macros=[("KMSGATE_LIBCRYPTO", "1")] if LIBCRYPTO else [],
             libraries=["crypto"] if LIBCRYPTO else [],
-            # Built against the stable ABI (Py_LIMITED_API in the source): one wheel per platform.
-            py_limited_api=True,
         ),
-        *(
-            [
-                Extension(
-                    "kmsgate.recording._ring",
-                    sources=["src/kmsgate/recording/_ring.c"],
-                    optional=True,
-                    extra_compile_args=["-O2"],
-                    libraries=["z"],
-                    py_limited_api=True,
-                )
-            ]
-            if links_zlib()
-            else []
-        ),
-        Extension(
-            # Reaches into CPython's sqlite3.Connection and the dynamic loader: CPython on
-            # Linux and alikes only (store/sqlite_rows.py falls back to the sqlite3 module).
-            "kmsgate.store._sqlite_rows",
-            sources=["src/kmsgate/store/_sqlite_rows.c"],
-            optional=True,
-            extra_compile_args=["-O2"],
-            py_limited_api=True,
-        ),
-        Extension(
-            "kmsgate.protocol._wire",
-            sources=["src/kmsgate/protocol/_wire.c"],
-            optional=True,
-            extra_compile_args=["-O2"],
-            py_limited_api=True,
-        ),
+        *([c_extension("kmsgate.recording._ring", libraries=["z"])] if links_zlib() else []),
+        # Reaches into CPython's sqlite3.Connection and the dynamic loader: CPython on Linux
+        # and alikes only (store/sqlite_rows.py falls back to the sqlite3 module).
+        c_extension("kmsgate.store._sqlite_rows"),
+        c_extension("kmsgate.protocol._wire"),
         *NATIVE,
     ],
     # A wheel of the cipher alone serves every CPython from 3.11; mypyc's build is per version.
