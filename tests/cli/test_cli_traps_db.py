@@ -107,7 +107,9 @@ def test_serve_logs_the_absolute_path_of_a_relative_sqlite_url(tmp_path: Path) -
         code, _, err = stop_serve(proc)
     assert code == 0, err
     messages = [msg for _, _, msg in log_records(err)]
-    assert f"store {work}/rel.db (SQLite)" in messages
+    assert any(
+        m.startswith(f"store {work}/rel.db (SQLite; activation rows bound ") for m in messages
+    )
     assert any(m.startswith(f"db 'sqlite:///rel.db' is a relative path: using {work}/rel.db")
                for m in messages)  # fmt: skip
     assert (work / "rel.db").is_file()
