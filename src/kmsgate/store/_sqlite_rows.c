@@ -380,14 +380,17 @@ static PyObject *RowStatement_insert(RowStatement *self, PyObject *list)
         PyErr_Format(PyExc_ValueError, "%zd rows are not steps of %d", count, self->rows);
         return NULL;
     }
-    /* The list's own reference keeps every bound value alive until the step is done. */
-    Py_INCREF(list);
+    /* A tuple of the rows holds every bound value alive until the step is done, whatever
+     * happens to the list while the GIL is released. */
+    PyObject *rows = PyList_AsTuple(list);
+    if (rows == NULL)
+        return NULL;
     PyObject *result = NULL;
     for (Py_ssize_t start = 0; start < count; start += self->rows) {
         int index = 1;
         char *text = self->text;
         for (Py_ssize_t at = start; at < start + self->rows; at++) {
-            PyObject *row = PyList_GetItem(list, at);
+            PyObject *row = PyTuple_GetItem(rows, at);
             if (!PyTuple_Check(row) || PyTuple_Size(row) != self->width) {
                 PyErr_Format(PyExc_ValueError, "row %zd is not a tuple of %d values", at,
                              self->width);
@@ -438,7 +441,7 @@ done:
     clear_bindings(statement);
     if (result == NULL)
         reset(statement);
-    Py_DECREF(list);
+    Py_DECREF(rows);
     return result;
 }
 
