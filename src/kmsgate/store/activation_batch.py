@@ -2,8 +2,9 @@
 
 SQLAlchemy's per-row parameter processing cost about as much CPU as SQLite's own work, on the
 KMS host's core (127 → 70 µs a record without it), so rows are converted once here and sent
-as they are: on SQLite by plain sqlite3 calls, the whole batch on the connection's thread;
-on PostgreSQL one unnest() statement per table.
+as they are: on SQLite by plain sqlite3 calls, the whole batch on the connection's thread
+(the activation rows stepped from C where it is built: sqlite_rows.py); on PostgreSQL one
+unnest() statement per table.
 Statements are built from the column constants (activation_fold.py, here) and schema.py's
 types, never from input (hence the S608 waivers), so the SQL cannot drift from the tables.
 """
