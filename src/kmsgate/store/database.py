@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kmsgate.store import users as accounts
-from kmsgate.store.activation_batch import BatchWriter, PostgresBatchWriter, SqliteBatchWriter
+from kmsgate.store.activation_batch import BatchWriter, SqliteBatchWriter
 from kmsgate.store.activation_fold import FoldedBatch, aware, fold, hour_of
 from kmsgate.store.counts import add_counts, dialect_insert
 from kmsgate.store.drafts import RecordDraft, draft_of
@@ -34,6 +34,7 @@ from kmsgate.store.listings import (
     history_listing,
 )
 from kmsgate.store.paging import Listing, PageScan
+from kmsgate.store.postgres_batch import PostgresBatchWriter
 from kmsgate.store.records import ActivationRecord, ActivationRow, ClientRow, Page, Stats, User
 from kmsgate.store.schema import counters
 from kmsgate.store.schema_version import at_head
