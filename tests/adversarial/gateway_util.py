@@ -184,11 +184,16 @@ def gateway_node(
 
 
 async def portal_login(
-    node_web: str, user: str, *, source: str = "127.0.0.1", password: str = PASSWORD
+    node_web: str,
+    user: str,
+    *,
+    source: str = "127.0.0.1",
+    password: str = PASSWORD,
+    timeout: float = 30,
 ) -> httpx.Response:
     """POST /api/login from the loopback address `source`."""
     transport = httpx.AsyncHTTPTransport(local_address=source)
-    async with httpx.AsyncClient(base_url=node_web, transport=transport, timeout=30) as web:
+    async with httpx.AsyncClient(base_url=node_web, transport=transport, timeout=timeout) as web:
         return await web.post("/api/login", json={"username": user, "password": password})
 
 

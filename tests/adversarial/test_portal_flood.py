@@ -4,8 +4,9 @@ The portal ran at most 8 account checks at once and queued every other login, ho
 a flood of wrong passwords from many addresses put a known user's login behind all of them.
 The promise: past 24 logins in progress a stranger's login is answered 503 (Retry-After) at
 once, and the last 4 places are kept for logins the portal can tell from a stranger's (an
-address the user logged in from, the device cookie), so such a login waits for at most those
-in progress, not for the flood.
+address the user logged in from, the device cookie). Such a login also takes the first free
+turn of the 8 account checks, ahead of every stranger already waiting: it waits for the checks
+running when it came, not for the queue or the flood.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kmsgate.web.portal_login import MAX_PENDING_LOGINS
+from kmsgate.web.portal_login import MAX_CONCURRENT_LOGINS
 from tests.adversarial.gateway_util import add_user, gateway_node, portal_login
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.integration]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.integration]
 
 SOURCES = 60  # flood addresses, each under the per-address limit of 5 failures
 PER_SOURCE = 5
@@ -69,7 +70,9 @@ async def flood_and_log_in(
         await asyncio.sleep(1.0)  # every flood request sent and waiting
         checked_before = done.count(401)
         late = [asyncio.create_task(latecomer(client)) for client in clients[:LATECOMERS]]
-        answer = await portal_login(web, "alice", source=KNOWN)
+        # How long she waits depends on how fast argon2 runs on a busy machine; the promise is
+        # how many of the flood's checks she waits for, counted below.
+        answer = await portal_login(web, "alice", source=KNOWN, timeout=240)
         checked_meanwhile = done.count(401) - checked_before
         await asyncio.gather(*late, *flood)
     finally:
@@ -89,8 +92,8 @@ def test_a_known_user_is_not_queued_behind_a_flood_of_strangers(tmp_path: Path) 
         )
         log = node.output
     assert answer.status_code == 200, answer.text
-    # Waited for the logins already in progress at most, not for the whole flood.
-    assert checked_meanwhile <= MAX_PENDING_LOGINS, checked_meanwhile
+    # Waited for the checks running when she came at most, not for the queue behind them.
+    assert checked_meanwhile <= MAX_CONCURRENT_LOGINS, checked_meanwhile
     assert len(statuses) == SOURCES * PER_SOURCE
     assert set(statuses) <= {401, 503}, sorted(set(statuses))
     assert statuses.count(503) >= SOURCES * PER_SOURCE // 2

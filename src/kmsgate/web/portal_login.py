@@ -6,7 +6,6 @@ a Portal without importing the routes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections import Counter
@@ -19,6 +18,7 @@ from kmsgate.observability.log_budget import RefusalReport
 from kmsgate.store.audit import AuditEvent
 from kmsgate.store.errors import StoreError
 from kmsgate.store.gateway import Window
+from kmsgate.web.login_slots import LoginSlots
 from kmsgate.web.render import as_utc
 
 log = logging.getLogger("kmsgate.web.portal")
@@ -86,7 +86,7 @@ class Portal:
         """gateway: opens windows and audits logins; limiter: the portal's failure counts."""
         self.gateway = gateway
         self.limiter = limiter
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOGINS)
+        self._slots = LoginSlots(MAX_CONCURRENT_LOGINS)
         self.pending = 0  # logins past the limiter, checking or waiting for a slot
         self._pending_of: Counter[str] = Counter()  # the same, by user name
         self._busy = RefusalReport(
@@ -144,7 +144,7 @@ class Portal:
         self.pending += 1
         self._pending_of[name] += 1
         try:
-            async with self._slots:
+            async with self._slots.turn(trusted=trusted):
                 outcome = await self.gateway.login(username, password, address)
         except StoreError as exc:
             self.limiter.release(address, username, device)
