@@ -1,9 +1,11 @@
 """Builds the C extensions: the block-cipher accelerator, the common exchange's byte layout,
-the record ring's append, the activation rows' insert, and the hot path compiled by mypyc.
+the record ring's append, the activation rows' insert and fold, and the hot path compiled by
+mypyc.
 
 All are optional at run time: kmsgate falls back to pure Python without the cipher
 (protocol/crypto.py), the layout (protocol/wire.py), the record ring's append
-(recording/ring.py) or the rows' insert (store/sqlite_rows.py), and to the modules' source
+(recording/ring.py), the rows' insert (store/sqlite_rows.py) or fold
+(store/activation_fold.py), and to the modules' source
 without the mypyc build (kmsgate/_native.py).
 KMSGATE_PURE_PYTHON_HOT_PATH=1 at build time skips mypyc.
 """
@@ -119,6 +121,7 @@ setup(
         # Reaches into CPython's sqlite3.Connection and the dynamic loader: CPython on Linux
         # and alikes only (store/sqlite_rows.py falls back to the sqlite3 module).
         c_extension("kmsgate.store._sqlite_rows"),
+        c_extension("kmsgate.store._draft_fold"),
         c_extension("kmsgate.protocol._wire"),
         *NATIVE,
     ],

@@ -121,9 +121,9 @@ class Node:
             parts.push_async_callback(store.close)
             path = settings.db_path
             if path is not None:
-                from kmsgate.store.sqlite_rows import describe
+                from kmsgate.store.activation_batch import describe_sqlite_writer
 
-                log.info("store %s (SQLite; activation rows bound %s)", path, describe())
+                log.info("store %s (SQLite; %s)", path, describe_sqlite_writer())
             else:
                 log.info("store %s", store.url)
             if ids is not None:

@@ -47,7 +47,7 @@ def test_a_normal_start_logs_only_kmsgate_lines_with_readable_addresses(tmp_path
     assert out == ""
     expected = [
         rf"store {re.escape(str(data))}/kmsgate\.db \(SQLite; activation rows bound "
-        r"(from C \(abi3\)|by the sqlite3 module \(.+\))\)",
+        r"(from C \(abi3\)|by the sqlite3 module \(.+\)), folded in (C|Python) \(.+\)\)",
         rf"listening on 127\.0\.0\.1:{port}",
         r"host build \d+ \(.+\), LCID \d+, HWID [0-9A-F]{16}, NDR64 on, BTFN on",
         r"host key windows \(Windows Server 2025, group 4919\): ePID \S+; 6 Office host keys "

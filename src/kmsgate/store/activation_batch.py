@@ -24,8 +24,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kmsgate.store.activation_fold import (
+    ACTIVATED,
     ACTIVATION_COLUMNS,
     CLIENT_COLUMNS,
+    DRAFT_FOLD,
+    DRAFT_FOLD_BUILD,
     RAW_IDS,
     RAW_TIME,
     SQLITE_RAW_VALUES,
@@ -35,7 +38,6 @@ from kmsgate.store.activation_fold import (
     converted_rows,
     sqlite_months,
 )
-from kmsgate.store.drafts import result_of
 from kmsgate.store.schema import (
     activation_hours,
     activations,
@@ -44,9 +46,8 @@ from kmsgate.store.schema import (
     machine_months,
     product_counts,
 )
-from kmsgate.store.sqlite_rows import RowStatement, row_statement, rows_in_c
+from kmsgate.store.sqlite_rows import RowStatement, describe, row_statement, rows_in_c
 
-ACTIVATED = result_of(0)
 # How the C statement binds a raw activation row: its time and ids converted to text.
 RAW_KINDS = "".join(
     "t" if index == RAW_TIME else "h" if index in RAW_IDS else "v"
@@ -98,6 +99,17 @@ _LATEST = tuple(
 _FIRST_SEEN, _LAST_SEEN, _REQUEST_COUNT = map(
     CLIENT_COLUMNS.index, ("first_seen", "last_seen", "request_count")
 )
+
+
+def describe_sqlite_writer() -> str:
+    """How the SQLite writer binds and folds activation rows here, for the start-up log."""
+    if DRAFT_FOLD is None:
+        folded = f"in Python ({DRAFT_FOLD_BUILD})"
+    elif rows_in_c():
+        folded = f"in C ({DRAFT_FOLD_BUILD})"
+    else:  # the C fold makes raw rows, which only the C binding takes
+        folded = "in Python (rows not bound from C)"
+    return f"activation rows bound {describe()}, folded {folded}"
 
 
 class BatchWriter(Protocol):
@@ -280,7 +292,11 @@ class SqliteBatchWriter:
             self._add_product, [(f, s, c) for (f, s), c in sorted(batch.products.items())]
         )
         try:
-            months = _machine_months(batch.activation_rows, raw=batch.driver.raw_rows)
+            months = (
+                _machine_months(batch.activation_rows, raw=batch.driver.raw_rows)
+                if batch.machine_months is None
+                else [(*key, name) for key, name in batch.machine_months.items()]
+            )
             db.executemany(self._add_machine_months, months)
         except sqlite3.OperationalError as exc:
             # A schema from before migration 0007 (a node run with --no-db-upgrade): it has
