@@ -94,12 +94,16 @@ static int add_count(PyObject *counts, PyObject *key, Py_ssize_t count)
     return failed;
 }
 
-/* A run of equal keys (one object, or a pair), counted before its dict is touched.
- * The key parts are borrowed from drafts that outlive the pass. */
+/* A run of equal keys, counted before its dict is touched: an object, a pair of objects,
+ * or a number and an object (an hour and a node). The key's objects are borrowed from
+ * drafts that outlive the pass. */
+typedef enum { SINGLE, PAIR, NUMBERED } KeyShape;
+
 typedef struct {
     PyObject *counts;
-    PyObject *first, *second; /* second: NULL for single keys */
-    int pair;
+    KeyShape shape;
+    long long number;
+    PyObject *first, *second;
     Py_ssize_t run;
 } Tally;
 
@@ -107,8 +111,9 @@ static int tally_flush(Tally *tally)
 {
     if (tally->run == 0)
         return 0;
-    PyObject *key = tally->pair ? PyTuple_Pack(2, tally->first, tally->second)
-                                : Py_NewRef(tally->first);
+    PyObject *key = tally->shape == PAIR       ? PyTuple_Pack(2, tally->first, tally->second)
+                    : tally->shape == NUMBERED ? Py_BuildValue("(LO)", tally->number, tally->first)
+                                               : Py_NewRef(tally->first);
     if (key == NULL)
         return -1;
     int failed = add_count(tally->counts, key, tally->run);
@@ -117,11 +122,13 @@ static int tally_flush(Tally *tally)
     return failed;
 }
 
-static int tally_add(Tally *tally, PyObject *first, PyObject *second)
+static int tally_add(Tally *tally, long long number, PyObject *first, PyObject *second)
 {
     if (tally->run) {
-        int equal = same(tally->first, first);
-        if (equal > 0 && tally->pair)
+        int equal = tally->shape != NUMBERED || number == tally->number;
+        if (equal)
+            equal = same(tally->first, first);
+        if (equal > 0 && tally->shape == PAIR)
             equal = same(tally->second, second);
         if (equal < 0)
             return -1;
@@ -132,6 +139,7 @@ static int tally_add(Tally *tally, PyObject *first, PyObject *second)
         if (tally_flush(tally) < 0)
             return -1;
     }
+    tally->number = number;
     tally->first = first;
     tally->second = second;
     tally->run = 1;
@@ -189,47 +197,12 @@ static int client_merge(PyObject *clients, ClientRun *run)
 /* The state of one pass: the outputs and the runs being counted. */
 typedef struct {
     PyObject *rows, *clients, *hours, *products, *results, *protocols, *months;
-    Tally product_run, result_run, protocol_run;
+    Tally hour_run, product_run, result_run, protocol_run;
     ClientRun client_run;
-    long long hour, day, month;   /* the hour run's and the last served request's */
-    PyObject *hour_node;          /* borrowed */
-    Py_ssize_t hour_count;
+    long long day, month; /* the last served request's */
     PyObject *served_sku, *served_cmid; /* the last served request's, borrowed */
     int served;
 } Pass;
-
-static int hour_flush(Pass *pass)
-{
-    if (pass->hour_count == 0)
-        return 0;
-    PyObject *key = Py_BuildValue("(LO)", pass->hour, pass->hour_node);
-    if (key == NULL)
-        return -1;
-    int failed = add_count(pass->hours, key, pass->hour_count);
-    Py_DECREF(key);
-    pass->hour_count = 0;
-    return failed;
-}
-
-static int count_hour(Pass *pass, long long micros, PyObject *node)
-{
-    long long hour = floor_div(micros, HOUR_MICROS);
-    if (pass->hour_count) {
-        int equal = hour == pass->hour ? same(pass->hour_node, node) : 0;
-        if (equal < 0)
-            return -1;
-        if (equal) {
-            pass->hour_count++;
-            return 0;
-        }
-        if (hour_flush(pass) < 0)
-            return -1;
-    }
-    pass->hour = hour;
-    pass->hour_node = node;
-    pass->hour_count = 1;
-    return 0;
-}
 
 static int count_client(Pass *pass, long long micros, PyObject *cmid, PyObject *draft)
 {
@@ -321,11 +294,12 @@ static int fold_draft(Pass *pass, PyObject *draft, PyObject *activated)
     Py_DECREF(row);
     PyObject *result = PyTuple_GetItem(draft, RESULT);
     if (failed < 0 || count_client(pass, micros, PyTuple_GetItem(draft, CMID), draft) < 0 ||
-        count_hour(pass, micros, PyTuple_GetItem(draft, NODE)) < 0 ||
-        tally_add(&pass->product_run, PyTuple_GetItem(draft, FAMILY),
+        tally_add(&pass->hour_run, floor_div(micros, HOUR_MICROS),
+                  PyTuple_GetItem(draft, NODE), NULL) < 0 ||
+        tally_add(&pass->product_run, 0, PyTuple_GetItem(draft, FAMILY),
                   PyTuple_GetItem(draft, SKU_NAME)) < 0 ||
-        tally_add(&pass->result_run, result, NULL) < 0 ||
-        tally_add(&pass->protocol_run, PyTuple_GetItem(draft, PROTOCOL), NULL) < 0)
+        tally_add(&pass->result_run, 0, result, NULL) < 0 ||
+        tally_add(&pass->protocol_run, 0, PyTuple_GetItem(draft, PROTOCOL), NULL) < 0)
         return -1;
     int served = same(result, activated);
     if (served < 0)
@@ -350,16 +324,17 @@ static PyObject *fold(PyObject *module, PyObject *args)
     if (!pass.rows || !pass.clients || !pass.hours || !pass.products || !pass.results ||
         !pass.protocols || !pass.months)
         goto done;
-    pass.product_run = (Tally){pass.products, NULL, NULL, 1, 0};
-    pass.result_run = (Tally){pass.results, NULL, NULL, 0, 0};
-    pass.protocol_run = (Tally){pass.protocols, NULL, NULL, 0, 0};
+    pass.hour_run = (Tally){pass.hours, NUMBERED, 0, NULL, NULL, 0};
+    pass.product_run = (Tally){pass.products, PAIR, 0, NULL, NULL, 0};
+    pass.result_run = (Tally){pass.results, SINGLE, 0, NULL, NULL, 0};
+    pass.protocol_run = (Tally){pass.protocols, SINGLE, 0, NULL, NULL, 0};
     /* The caller's list, read by index: no draft is released while it is folded. */
     Py_ssize_t count = PyList_Size(drafts);
     for (Py_ssize_t at = 0; at < count; at++) {
         if (fold_draft(&pass, PyList_GetItem(drafts, at), activated) < 0)
             goto done;
     }
-    if (client_merge(pass.clients, &pass.client_run) < 0 || hour_flush(&pass) < 0 ||
+    if (client_merge(pass.clients, &pass.client_run) < 0 || tally_flush(&pass.hour_run) < 0 ||
         tally_flush(&pass.product_run) < 0 || tally_flush(&pass.result_run) < 0 ||
         tally_flush(&pass.protocol_run) < 0)
         goto done;
