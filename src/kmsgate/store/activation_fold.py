@@ -294,7 +294,7 @@ def _fold_in_c(drafts: list[RecordDraft], driver: DriverValues) -> FoldedBatch:
     batch = FoldedBatch(driver, rows, products=products)
     batch.counters["activations"] = len(drafts)
     of_uuid = driver.of_uuid
-    batch.clients = {of_uuid(cmid): ClientFold(*fold) for cmid, fold in clients.items()}
+    batch.clients = {of_uuid(cmid): ClientFold(*entry) for cmid, entry in clients.items()}
     batch.hours = {(time_of(hour * HOUR_MICROS), node): n for (hour, node), n in hours.items()}
     batch.counters.update((f"result:{r}", n) for r, n in results.items())
     batch.counters.update((f"protocol:{p}", n) for p, n in protocols.items() if p is not None)
