@@ -54,16 +54,13 @@ static long long month_of_day(long long days)
     return year * 12 + month - 1;
 }
 
-/* A draft's time. PyLong_AsLongLong goes through a byte array for any value past 2**30
- * (some 200 instructions); PyLong_AsLong reads the digits, where a long has 64 bits. */
-static long long as_micros(PyObject *value)
-{
+/* PyLong_AsLongLong goes through a byte array for any value past 2**30 (some 200
+ * instructions); PyLong_AsLong reads the digits, where a long has 64 bits. */
 #if LONG_MAX >= 0x7fffffffffffffffLL
-    return PyLong_AsLong(value);
+#define AS_INT64 PyLong_AsLong
 #else
-    return PyLong_AsLongLong(value);
+#define AS_INT64 PyLong_AsLongLong
 #endif
-}
 
 /* 1 if equal (the same object, as a rule), 0 if not, -1 on error; NULL equals only NULL. */
 static int same(PyObject *x, PyObject *y)
@@ -284,7 +281,7 @@ static int fold_draft(Pass *pass, PyObject *draft, PyObject *activated)
         PyErr_SetString(PyExc_TypeError, "a record draft is a tuple of 15 fields");
         return -1;
     }
-    long long micros = as_micros(PyTuple_GetItem(draft, TIME));
+    long long micros = AS_INT64(PyTuple_GetItem(draft, TIME));
     if (micros == -1 && PyErr_Occurred())
         return -1;
     PyObject *row = activation_row(draft);

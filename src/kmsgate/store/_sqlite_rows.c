@@ -21,6 +21,14 @@
 #include <Python.h>
 #include <dlfcn.h>
 
+/* PyLong_AsLongLong goes through a byte array for any value past 2**30 (some 200
+ * instructions); PyLong_AsLong reads the digits, where a long has 64 bits. */
+#if LONG_MAX >= 0x7fffffffffffffffLL
+#define AS_INT64 PyLong_AsLong
+#else
+#define AS_INT64 PyLong_AsLongLong
+#endif
+
 typedef struct sqlite3 sqlite3;
 typedef struct sqlite3_stmt sqlite3_stmt;
 typedef void (*destructor_fn)(void *);
@@ -187,7 +195,7 @@ static int time_text(PyObject *value, char *at)
         PyErr_SetString(PyExc_TypeError, "a time must be an int of microseconds");
         return -1;
     }
-    long long micros = PyLong_AsLongLong(value);
+    long long micros = AS_INT64(value);
     if (micros == -1 && PyErr_Occurred())
         return -1;
     if (micros < MIN_MICROS || micros > MAX_MICROS) {
@@ -340,7 +348,7 @@ static int bind_value(sqlite3_stmt *statement, int index, PyObject *value)
         return bind_text(statement, index, text, (int)size, SQLITE_STATIC);
     }
     if (PyLong_Check(value)) {
-        long long number = PyLong_AsLongLong(value);
+        long long number = AS_INT64(value);
         if (number == -1 && PyErr_Occurred())
             return -1;
         return bind_int64(statement, index, number);
