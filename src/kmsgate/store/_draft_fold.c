@@ -8,13 +8,14 @@
  * are counted before a dict is touched: a batch is, as a rule, one node, one hour, one
  * product, one result, and a client's requests come together.
  *
- * fold(drafts, activated) -> (rows, clients, hours, products, results, protocols, months):
+ * fold(drafts, activated) -> (rows, clients, hours, products, results, protocols, days):
  *   rows      the activation rows (ACTIVATION_COLUMNS order, draft time and ids as they are)
  *   clients   {cmid: [first time, newest draft, its time, count]} (newest: the later on ties)
  *   hours     {(hour since the epoch, node): count}
  *   products  {(family, SKU name): count}
  *   results   {result: count};  protocols {protocol or None: count}
- *   months    {(months since year 0, SKU id, cmid): SKU name of the first served request}
+ *   days      {(day since the epoch, SKU id, cmid): SKU name of the day's first served
+ *             request} (the licence report's months are made of them per key, in Python)
  */
 #define PY_SSIZE_T_CLEAN
 /* Stable ABI of CPython 3.11: one abi3 build, like the other extensions. */
@@ -37,21 +38,6 @@ static long long floor_div(long long value, long long by)
 {
     long long quotient = value / by;
     return (value % by != 0 && (value < 0) != (by < 0)) ? quotient - 1 : quotient;
-}
-
-/* Months since January of year 0 of a day since 1970-01-01 (proleptic Gregorian). */
-static long long month_of_day(long long days)
-{
-    days += 719468;
-    long long era = floor_div(days, 146097);
-    long long of_era = days - era * 146097;
-    long long year_of_era =
-        (of_era - of_era / 1460 + of_era / 36524 - of_era / 146096) / 365;
-    long long day_of_year = of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    long long shifted = (5 * day_of_year + 2) / 153; /* March = 0 */
-    long long month = shifted < 10 ? shifted + 3 : shifted - 9;
-    long long year = year_of_era + era * 400 + (month <= 2);
-    return year * 12 + month - 1;
 }
 
 /* PyLong_AsLongLong goes through a byte array for any value past 2**30 (some 200
@@ -193,10 +179,10 @@ static int client_merge(PyObject *clients, ClientRun *run)
 
 /* The state of one pass: the outputs and the runs being counted. */
 typedef struct {
-    PyObject *rows, *clients, *hours, *products, *results, *protocols, *months;
+    PyObject *rows, *clients, *hours, *products, *results, *protocols, *days;
     Tally hour_run, product_run, result_run, protocol_run;
     ClientRun client_run;
-    long long day, month; /* the last served request's */
+    long long day; /* the last served request's */
     PyObject *served_sku, *served_cmid; /* the last served request's, borrowed */
     int served;
 } Pass;
@@ -227,15 +213,14 @@ static int count_client(Pass *pass, long long micros, PyObject *cmid, PyObject *
     return 0;
 }
 
-/* The licence report's (month, SKU id, CMID) of a served request, the first one's name. */
+/* The licence report's (day, SKU id, CMID) of a served request, the first one's name. */
 static int note_served(Pass *pass, long long micros, PyObject *draft)
 {
     PyObject *sku = PyTuple_GetItem(draft, SKU_ID), *cmid = PyTuple_GetItem(draft, CMID);
     if (sku == Py_None || cmid == Py_None)
         return 0;
     long long day = floor_div(micros, DAY_MICROS);
-    long long month = day == pass->day && pass->served ? pass->month : month_of_day(day);
-    if (pass->served && month == pass->month) {
+    if (pass->served && day == pass->day) {
         int equal = same(pass->served_sku, sku);
         if (equal > 0)
             equal = same(pass->served_cmid, cmid);
@@ -244,17 +229,16 @@ static int note_served(Pass *pass, long long micros, PyObject *draft)
     }
     pass->served = 1;
     pass->day = day;
-    pass->month = month;
     pass->served_sku = sku;
     pass->served_cmid = cmid;
-    PyObject *key = Py_BuildValue("(LOO)", month, sku, cmid);
+    PyObject *key = Py_BuildValue("(LOO)", day, sku, cmid);
     if (key == NULL)
         return -1;
     int failed = 0;
-    PyObject *seen = PyDict_GetItemWithError(pass->months, key);
+    PyObject *seen = PyDict_GetItemWithError(pass->days, key);
     if (seen == NULL)
         failed = PyErr_Occurred() ? -1
-                                  : PyDict_SetItem(pass->months, key,
+                                  : PyDict_SetItem(pass->days, key,
                                                    PyTuple_GetItem(draft, SKU_NAME));
     Py_DECREF(key);
     return failed;
@@ -316,10 +300,10 @@ static PyObject *fold(PyObject *module, PyObject *args)
     pass.products = PyDict_New();
     pass.results = PyDict_New();
     pass.protocols = PyDict_New();
-    pass.months = PyDict_New();
+    pass.days = PyDict_New();
     PyObject *result = NULL;
     if (!pass.rows || !pass.clients || !pass.hours || !pass.products || !pass.results ||
-        !pass.protocols || !pass.months)
+        !pass.protocols || !pass.days)
         goto done;
     pass.hour_run = (Tally){pass.hours, NUMBERED, 0, NULL, NULL, 0};
     pass.product_run = (Tally){pass.products, PAIR, 0, NULL, NULL, 0};
@@ -336,7 +320,7 @@ static PyObject *fold(PyObject *module, PyObject *args)
         tally_flush(&pass.protocol_run) < 0)
         goto done;
     result = PyTuple_Pack(7, pass.rows, pass.clients, pass.hours, pass.products, pass.results,
-                          pass.protocols, pass.months);
+                          pass.protocols, pass.days);
 done:
     Py_XDECREF(pass.rows);
     Py_XDECREF(pass.clients);
@@ -344,13 +328,13 @@ done:
     Py_XDECREF(pass.products);
     Py_XDECREF(pass.results);
     Py_XDECREF(pass.protocols);
-    Py_XDECREF(pass.months);
+    Py_XDECREF(pass.days);
     return result;
 }
 
 static PyMethodDef module_methods[] = {
     {"fold", fold, METH_VARARGS,
-     "fold(drafts, activated) -> (rows, clients, hours, products, results, protocols, months)"},
+     "fold(drafts, activated) -> (rows, clients, hours, products, results, protocols, days)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -276,32 +276,37 @@ def fold(drafts: Sequence[RecordDraft], driver: DriverValues = NATIVE_VALUES) ->
         batch.products = {(family, name): n for name, n in Counter(sku_names).items()}
     else:
         batch.products = dict(Counter(zip(families, sku_names, strict=True)))
-    batch.counters.update((f"result:{r}", n) for r, n in Counter(results).items())
-    batch.counters.update(
-        (f"protocol:{p}", n) for p, n in Counter(protocols).items() if p is not None
-    )
+    _add_outcomes(batch.counters, Counter(results), Counter(protocols))
     return batch
 
 
-def _month_text_of(months: int) -> str:
-    return f"{months // 12:04d}-{months % 12 + 1:02d}"
+def _add_outcomes(
+    counters: dict[str, int], results: dict[str, int], protocols: dict[Any, int]
+) -> None:
+    """The counters of each result and protocol (a request without a protocol counts in none)."""
+    counters.update((f"result:{r}", n) for r, n in results.items())
+    counters.update((f"protocol:{p}", n) for p, n in protocols.items() if p is not None)
+
+
+def _hours_of(counts: dict[tuple[int, str], int]) -> dict[tuple[datetime, str], int]:
+    """{(hour since the epoch, node): n} keyed by the hour's datetime instead."""
+    return {(time_of(hour * HOUR_MICROS), node): n for (hour, node), n in counts.items()}
 
 
 def _fold_in_c(drafts: list[RecordDraft], driver: DriverValues) -> FoldedBatch:
     """fold() of raw rows, its per-record work done by _draft_fold.c; per key, the rest."""
     assert DRAFT_FOLD is not None
-    rows, clients, hours, products, results, protocols, months = DRAFT_FOLD.fold(drafts, ACTIVATED)
-    batch = FoldedBatch(driver, rows, products=products)
+    rows, clients, hours, products, results, protocols, days = DRAFT_FOLD.fold(drafts, ACTIVATED)
+    batch = FoldedBatch(driver, rows, products=products, hours=_hours_of(hours))
     batch.counters["activations"] = len(drafts)
     of_uuid = driver.of_uuid
     batch.clients = {of_uuid(cmid): ClientFold(*entry) for cmid, entry in clients.items()}
-    batch.hours = {(time_of(hour * HOUR_MICROS), node): n for (hour, node), n in hours.items()}
-    batch.counters.update((f"result:{r}", n) for r, n in results.items())
-    batch.counters.update((f"protocol:{p}", n) for p, n in protocols.items() if p is not None)
-    texts = _Converted(_month_text_of)
-    batch.machine_months = {
-        (texts[month], sku.hex(), cmid.hex()): name for (month, sku, cmid), name in months.items()
-    }
+    _add_outcomes(batch.counters, results, protocols)
+    # Keys in order of their first served request: the month's first name is kept.
+    months = _Converted(_month_text)
+    batch.machine_months = {}
+    for (day, sku, cmid), name in days.items():
+        batch.machine_months.setdefault((months[day], sku.hex(), cmid.hex()), name)
     return batch
 
 
@@ -315,8 +320,7 @@ def _hour_counts(micros: Sequence[int], nodes: Sequence[str]) -> dict[tuple[date
     node = nodes[0]
     if max(micros) // HOUR_MICROS == first_hour and nodes.count(node) == len(nodes):
         return {(time_of(first_hour * HOUR_MICROS), node): len(micros)}
-    hours = Counter(zip(map(floordiv, micros, repeat(HOUR_MICROS)), nodes, strict=True))
-    return {(time_of(hour * HOUR_MICROS), node): n for (hour, node), n in hours.items()}
+    return _hours_of(Counter(zip(map(floordiv, micros, repeat(HOUR_MICROS)), nodes, strict=True)))
 
 
 def _client_folds(
