@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 import subprocess
 import sys
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kmsgate.protocol import ndr, rpc, wire
+from kmsgate.protocol import messages, ndr, rpc, wire
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, RpcDecodeError
 from kmsgate.protocol.events import ActivationServed, ConnectionClosed
 from kmsgate.protocol.ndr import TransferSyntax
@@ -232,6 +234,87 @@ def test_swap_guid_refuses_other_sizes() -> None:
             wire.swap_guid(bytes(size))
     with pytest.raises(TypeError):
         wire.swap_guid(bytearray(16))  # type: ignore[arg-type]
+
+
+@settings(max_examples=500)
+@given(raw=st.binary(min_size=16, max_size=16))
+@example(raw=bytes(16))
+@example(raw=b"\xff" * 16)
+@example(raw=bytes(8) + b"\xff" * 8)  # no high half: the int from one 64-bit half
+@example(raw=b"\x80" + bytes(15))
+def test_uuid_from_bytes_is_uuid_of_those_bytes(raw: bytes) -> None:
+    assert wire.uuid_from_bytes is not None
+    built, expected = wire.uuid_from_bytes(raw), uuid.UUID(bytes=raw)
+    assert type(built) is uuid.UUID
+    assert built == expected and built.int == expected.int and hash(built) == hash(expected)
+    assert built.bytes == raw and str(built) == str(expected)
+    assert built.is_safe is expected.is_safe is uuid.SafeUUID.unknown
+    assert pickle.loads(pickle.dumps(built)) == expected
+    with pytest.raises(TypeError):
+        built.int = 0  # type: ignore[misc]  # as immutable as any UUID
+
+
+def test_uuid_from_bytes_refuses_other_input() -> None:
+    assert wire.uuid_from_bytes is not None
+    for size in (0, 15, 17):
+        with pytest.raises(ValueError, match="16-char"):
+            wire.uuid_from_bytes(bytes(size))
+    with pytest.raises(TypeError):
+        wire.uuid_from_bytes(bytearray(16))  # type: ignore[arg-type]
+
+
+def test_uuid_from_bytes_keeps_no_memory() -> None:
+    assert wire.uuid_from_bytes is not None
+    build, raw = wire.uuid_from_bytes, bytes(range(1, 17))
+    for _ in range(1000):
+        build(raw)
+    # Each instance holds its (heap) class and must hand it back when freed.
+    class_references = sys.getrefcount(uuid.UUID)
+    for _ in range(20_000):
+        build(raw)
+    after_builds = sys.getrefcount(uuid.UUID)  # apart: the assert's rewriting holds one more
+    assert after_builds == class_references
+    tracemalloc.start()
+    try:
+        for _ in range(20_000):
+            build(raw)
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(20_000):
+            build(raw)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 4096
+
+
+UNEXPECTED_UUID = """
+import sys, types
+real = __import__("uuid")
+stand_in = types.ModuleType("uuid")
+stand_in.UUID = type("UUID", (), {})  # no slots: not the layout _wire.c builds
+stand_in.SafeUUID = real.SafeUUID
+sys.modules["uuid"] = stand_in
+import kmsgate.protocol._wire as extension
+sys.modules["uuid"] = real
+from kmsgate.protocol import messages, wire
+request = messages.KmsRequest.from_bytes(bytes.fromhex(sys.argv[1]))
+print(hasattr(extension, "uuid_from_bytes"), wire.uuid_from_bytes, wire.base_request is not None)
+print(type(request.client_machine_id).__module__, request.client_machine_id)
+"""
+
+
+def test_without_the_expected_uuid_layout_the_python_path_builds_cmids() -> None:
+    cmid = uuid.UUID("0123f4e5-d6c7-48b9-a0b1-c2d3e4f50617")
+    base = messages.KmsRequest(6, uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), cmid, 25, 1, "pc")
+    done = subprocess.run(
+        [sys.executable, "-c", UNEXPECTED_UUID, base.to_bytes().hex()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "None", "True", "uuid", str(cmid)]
+    assert messages.KmsRequest.from_bytes(base.to_bytes()).client_machine_id == cmid
 
 
 @settings(max_examples=500, deadline=None)

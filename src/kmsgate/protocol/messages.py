@@ -36,6 +36,8 @@ _shared_uuid: Final = uuid_cache(4096, little_endian=True)
 # The C layout of a base request, and of a GUID's byte orders (protocol/wire.py), or None.
 _base_request: Final = wire.base_request
 _swap_guid: Final = wire.swap_guid
+# A CMID is new in nearly every request: its UUID built in C when the extension is there.
+_cmid_uuid: Final = wire.uuid_from_bytes or uuid_from_bytes
 
 
 def _guid_le(value: uuid.UUID) -> bytes:
@@ -125,7 +127,7 @@ class KmsRequest:
                 _shared_uuid(app),
                 _shared_uuid(sku),
                 _shared_uuid(kms),
-                uuid_from_bytes(cmid),  # big-endian already
+                _cmid_uuid(cmid),  # big-endian already
                 count,
                 when,
                 name,

@@ -7,6 +7,7 @@ the extension is not built, or KMSGATE_PURE_PYTHON_WIRE=1 asks for the reference
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Final
 
@@ -19,6 +20,7 @@ RequestMessage = Callable[[bytes, int, int], "tuple[int, int, bool, bytes] | Non
 BaseFields = tuple[int, int, int, int, int, bytes, bytes, bytes, bytes, int, int, bytes, str]
 BaseRequest = Callable[[bytes], "BaseFields | None"]
 SwapGuid = Callable[[bytes], bytes]
+UuidFromBytes = Callable[[bytes], uuid.UUID]
 ResponsePdu = Callable[[int, int, bool, bytes], "bytes | None"]
 
 
@@ -29,4 +31,6 @@ frag_length: Final[FragLength | None] = getattr(_MODULE, "frag_length", None)
 request_message: Final[RequestMessage | None] = getattr(_MODULE, "request_message", None)
 base_request: Final[BaseRequest | None] = getattr(_MODULE, "base_request", None)
 swap_guid: Final[SwapGuid | None] = getattr(_MODULE, "swap_guid", None)
+# Absent also when the uuid module's layout is not the one _wire.c expects.
+uuid_from_bytes: Final[UuidFromBytes | None] = getattr(_MODULE, "uuid_from_bytes", None)
 response_pdu: Final[ResponsePdu | None] = getattr(_MODULE, "response_pdu", None)
