@@ -12,12 +12,15 @@ client time, so kmsgate runs with --max-clock-skew 0 (else it would refuse with 
 
 Usage: bench/bench_ceiling.py [--rounds 3] [--seconds 10] [--concurrency 8]
            [--modes fresh,keep] [--node default|bare] [--log-level warning]
-           [--other 'vlmcsd -D -L 127.0.0.1:{port}']
+           [--other 'vlmcsd -D -L 127.0.0.1:{port}'] [--other-setup 'COMMAND {data}']
 `--other` is any host's command: {port} is replaced by the port, {data} by a fresh directory
 (the C peer vlmcsd as above, built as docs/benchmarks.md says; or an older kmsgate tree:
 'OLD/.venv/bin/kmsgate serve --listen 127.0.0.1:{port} --data-dir {data} --max-clock-skew 0
 --web 127.0.0.1:0 --log-level warning'). With --other it also prints kmsgate's rate over the
-other host's, round by round.
+other host's, round by round. `--other-setup` runs once before each start of the other
+host, {data} replaced: for another kmsgate node, its `db upgrade --data-dir {data}`, so that
+it starts on a current schema as kmsgate's node here does (a first start that migrates
+carries Alembic, ~7 MiB of PSS, into the comparison).
 Prints one line per measurement (with the CPU time the server's processes spent per answer,
 on a shared machine the steadier figure, and CPU 0's busy time per answer, the only right
 one for a host that forks per connection) and, per mode, the median ratio to the ceiling;
@@ -255,6 +258,9 @@ def server_command(name: str, port: int, workdir: Path, args: argparse.Namespace
                            check=True, capture_output=True)  # fmt: skip
         return cmd
     data = tempfile.mkdtemp(prefix="other-", dir=workdir)
+    if args.other_setup:
+        subprocess.run(shlex.split(args.other_setup.format(data=data)),
+                       check=True, capture_output=True)  # fmt: skip
     return shlex.split(args.other.format(port=port, data=data))
 
 
@@ -319,6 +325,7 @@ def main() -> int:
         "--log-level", default="warning", help="kmsgate's --log-level (info logs every answer)"
     )
     parser.add_argument("--other", help="command of another host, {port} and {data} replaced")
+    parser.add_argument("--other-setup", help="command run before the other host, {data} replaced")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.rounds = min(max(args.rounds, 1), 20)
