@@ -67,38 +67,55 @@ _U64: Final = (1 << 64) - 1
 _ZERO_IV: Final = bytes(BLOCK_SIZE)
 
 
-# Cached per backend so that flipping rijndael.ACCELERATED (tests, benchmarks) picks the
-# matching one.
-@functools.cache
+class _SharedCipher:
+    """One cipher instance per backend, built on first use. rijndael.ACCELERATED is read at
+    each call, so that tests and benchmarks that flip it get the matching backend. A list
+    indexed by it, where a functools.cache call cost ~800 instructions, twice a request."""
+
+    def __init__(self, build: Callable[[bool], BlockCipher]) -> None:
+        self._build = build
+        self._built: list[BlockCipher | None] = [None, None]
+
+    def get(self) -> BlockCipher:
+        accelerated = rijndael.ACCELERATED
+        cipher = self._built[accelerated]
+        if cipher is None:
+            cipher = self._built[accelerated] = self._build(accelerated)
+        return cipher
+
+
 def _v4_cipher(accelerated: bool) -> BlockCipher:
     return RijndaelCipher(V4_KEY, accelerated=accelerated)
 
 
-@functools.cache
-def _v6_cipher(accelerated: bool) -> BlockCipher:
-    return RijndaelCipher(V6_KEY, V6_ROUND_KEY_TWEAKS, accelerated=accelerated)
-
-
-def v4_cipher() -> BlockCipher:
-    """Rijndael-160 with V4_KEY (spec §11.3), shared instance."""
-    return _v4_cipher(rijndael.ACCELERATED)
-
-
-@functools.cache
 def _v5_cipher(accelerated: bool) -> BlockCipher:
     # Plain AES-128 is Rijndael without tweaks: no need to load OpenSSL's AES (about 9 MiB
     # of the `cryptography` package) into every serving process.
     return RijndaelCipher(V5_KEY, accelerated=accelerated)
 
 
+def _v6_cipher(accelerated: bool) -> BlockCipher:
+    return RijndaelCipher(V6_KEY, V6_ROUND_KEY_TWEAKS, accelerated=accelerated)
+
+
+_V4_CIPHERS: Final = _SharedCipher(_v4_cipher)
+_V5_CIPHERS: Final = _SharedCipher(_v5_cipher)
+_V6_CIPHERS: Final = _SharedCipher(_v6_cipher)
+
+
+def v4_cipher() -> BlockCipher:
+    """Rijndael-160 with V4_KEY (spec §11.3), shared instance."""
+    return _V4_CIPHERS.get()
+
+
 def v5_cipher() -> BlockCipher:
     """Plain AES-128 with V5_KEY (Rijndael, no tweaks), shared instance."""
-    return _v5_cipher(rijndael.ACCELERATED)
+    return _V5_CIPHERS.get()
 
 
 def v6_cipher() -> BlockCipher:
     """AES-128 with V6_KEY and the §12.1 modified schedule (encrypt and decrypt), shared."""
-    return _v6_cipher(rijndael.ACCELERATED)
+    return _V6_CIPHERS.get()
 
 
 def cipher_for_version(major: int) -> BlockCipher:
