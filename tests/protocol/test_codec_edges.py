@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from kmsgate.protocol import crypto, ndr, rpc
+from kmsgate.protocol import crypto, messages, ndr, rpc
 from kmsgate.protocol.errors import LocalProtocolError, ProtocolError, VerificationError
 from kmsgate.protocol.messages import (
     MAX_EPID_BYTES,
@@ -120,6 +120,20 @@ def test_an_epid_of_exactly_the_maximum_size_decodes() -> None:
     assert KmsResponse.from_bytes(raw) == (response, len(raw))
     with pytest.raises(LocalProtocolError, match=f"ePID of 130 bytes exceeds {MAX_EPID_BYTES}"):
         dataclasses.replace(response, epid=epid + "7").to_bytes()
+
+
+def test_encoded_epids_are_remembered_within_a_bound() -> None:
+    # A relay answers with its upstream's ePIDs: however many, the encodings kept are bounded
+    # and each answer still carries its own.
+    base = make_response(make_request(6))
+    for number in range(3 * messages._EPID_FIELDS_LIMIT):
+        epid = f"{number:05d}-00206-{number % 999:03d}-000000-03-1033-17763.0000-0012024"
+        raw = dataclasses.replace(base, epid=epid).to_bytes()
+        assert KmsResponse.from_bytes(raw)[0].epid == epid
+        assert 0 < len(messages._EPID_FIELDS) <= messages._EPID_FIELDS_LIMIT
+    encoded = EPID.encode("utf-16-le") + b"\x00\x00"
+    assert base.to_bytes()[4:8] == len(encoded).to_bytes(4, "little")
+    assert base.to_bytes()[8 : 8 + len(encoded)] == encoded
 
 
 @pytest.mark.parametrize(
