@@ -49,6 +49,8 @@ class ConnectionHost(Protocol):
     """What a connection needs of its host: a KmsHost (host.py builds on this module)."""
 
     settings: ServeSettings
+    # --max-requests-per-connection, read from the settings once (KmsHost).
+    request_limit: int
     stats: HostStats
     metrics: Metrics
     gateway: Gateway | None
@@ -87,6 +89,7 @@ class KmsConnection(asyncio.Protocol):
         self._session: ServerSession | None = None
         self._idle_timer: IdleTimer | None = None
         self._answered = 0
+        self._request_limit = host.request_limit
         self._early: bytearray | None = None
         self._admission: asyncio.Task[None] | None = None
         self._paused_for = 0
@@ -246,7 +249,7 @@ class KmsConnection(asyncio.Protocol):
         if session.closed:
             self._close()
             return
-        limit = self._host.settings.max_requests_per_connection
+        limit = self._request_limit
         if limit and (self._answered >= limit or session.pdus_handled >= limit + EXTRA_PDUS):
             self._host.stats.request_limit_closes += 1
             log.debug("%s closed after %d requests", self.peer, self._answered)

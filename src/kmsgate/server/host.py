@@ -165,10 +165,10 @@ class KmsHost(ConnectionLimits):
                 stats.activations += 1
                 version = event.request.major_version
                 stats.by_version[version] = stats.by_version.get(version, 0) + 1
-                log_activation(peer, event, self.catalog, self.settings.node_name)
+                log_activation(peer, event, self.catalog, self.node_name)
             elif isinstance(event, ActivationRefused):
                 stats.refusals += 1
-                log_activation(peer, event, self.catalog, self.settings.node_name)
+                log_activation(peer, event, self.catalog, self.node_name)
             elif isinstance(event, FaultSent):
                 stats.faults += 1
                 if self._noisy_lines.allow():

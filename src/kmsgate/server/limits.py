@@ -17,6 +17,8 @@ from kmsgate.server.idle import IdleTimer, TimerSlots
 from kmsgate.server.outbox import AnswerOutbox
 
 log: Final = logging.getLogger("kmsgate.server")
+# A compiled module's Final: a static, where functools.partial is an attribute look-up.
+_partial: Final = functools.partial
 
 
 class HostConnection(Protocol):
@@ -67,6 +69,13 @@ class ConnectionLimits:
         self.outbox: AnswerOutbox | None = None
         # The loop timers the connections' idle timers share (made with the first one).
         self._timer_slots: TimerSlots | None = None
+        # Read once: a settings field is a pydantic attribute look-up (~400 instructions) and
+        # these are read per connection or per request. A reload (SIGHUP) does not change
+        # them: they need a restart (docs/operations.md).
+        self._idle_timeout = settings.idle_timeout
+        self._lifetime = settings.connection_lifetime
+        self.request_limit = settings.max_requests_per_connection
+        self.node_name = settings.node_name
 
     def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
         """Source policy and connection limit for a new connection; counts and logs refusals."""
@@ -127,17 +136,16 @@ class ConnectionLimits:
     ) -> IdleTimer:
         """The one timer of an accepted connection: `on_idle` after --idle-timeout without
         activity, a close at --connection-lifetime."""
-        settings = self.settings
         loop = self.loop or asyncio.get_running_loop()
         slots = self._timer_slots
         if slots is None or slots.loop is not loop:  # a host started again on a new loop
             slots = self._timer_slots = TimerSlots(loop)
         return IdleTimer(
-            settings.idle_timeout,
+            self._idle_timeout,
             on_idle,
             loop,
-            lifetime=settings.connection_lifetime,
-            on_lifetime=functools.partial(self._lifetime_over, connection),
+            lifetime=self._lifetime,
+            on_lifetime=_partial(self._lifetime_over, connection),
             slots=slots,
         )
 
