@@ -217,18 +217,27 @@ static PyObject *wire_base_request(PyObject *self, PyObject *arg)
     return tuple_of(13, items);
 }
 
+/* A bytes argument of exactly a GUID's 16 bytes, or NULL with the error set. */
+static const uint8_t *guid_argument(PyObject *arg, const char *what, const char *wrong_size)
+{
+    const uint8_t *p;
+    Py_ssize_t size;
+    if (!bytes_argument(arg, what, &p, &size))
+        return NULL;
+    if (size != GUID_SIZE) {
+        PyErr_SetString(PyExc_ValueError, wrong_size);
+        return NULL;
+    }
+    return p;
+}
+
 /* uuids.uuid_bytes_le / uuid_from_bytes_le's byte shuffle (the map is its own inverse). */
 static PyObject *wire_swap_guid(PyObject *self, PyObject *arg)
 {
     (void)self;
-    const uint8_t *p;
-    Py_ssize_t size;
-    if (!bytes_argument(arg, "guid", &p, &size))
+    const uint8_t *p = guid_argument(arg, "guid", "a GUID is 16 bytes");
+    if (p == NULL)
         return NULL;
-    if (size != GUID_SIZE) {
-        PyErr_SetString(PyExc_ValueError, "a GUID is 16 bytes");
-        return NULL;
-    }
     uint8_t out[GUID_SIZE];
     swap_guid(p, out);
     return PyBytes_FromStringAndSize((const char *)out, GUID_SIZE);
@@ -248,14 +257,9 @@ static descrsetfunc set_int, set_safe;
 static PyObject *wire_uuid_from_bytes(PyObject *self, PyObject *arg)
 {
     (void)self;
-    const uint8_t *p;
-    Py_ssize_t size;
-    if (!bytes_argument(arg, "raw", &p, &size))
+    const uint8_t *p = guid_argument(arg, "raw", "bytes is not a 16-char string");
+    if (p == NULL)
         return NULL;
-    if (size != GUID_SIZE) {
-        PyErr_SetString(PyExc_ValueError, "bytes is not a 16-char string");
-        return NULL;
-    }
     uint64_t high = 0, low = 0;
     for (int at = 0; at < 8; at++) {
         high = high << 8 | p[at];
