@@ -120,6 +120,9 @@ class KmsHost(ConnectionLimits):
         self._session_settings: dict[int, SessionSettings] = {}
         # Faults and protocol closes are the client's to cause: their lines have a budget.
         self._noisy_lines = LogBudget(NOISY_LINES_PER_SECOND)
+        # Named in every activation's log line: read once, as the limits are (a restart
+        # changes it, a reload does not).
+        self.node_name = settings.node_name
 
     def apply_policies(self, settings: ServeSettings) -> None:
         """Swap source and product policies in place (SIGHUP); open connections keep going."""

@@ -75,7 +75,6 @@ class ConnectionLimits:
         self._idle_timeout = settings.idle_timeout
         self._lifetime = settings.connection_lifetime
         self.request_limit = settings.max_requests_per_connection
-        self.node_name = settings.node_name
 
     def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
         """Source policy and connection limit for a new connection; counts and logs refusals."""
