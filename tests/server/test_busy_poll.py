@@ -24,8 +24,10 @@ BUDGET = 0.0005
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
+        self.reads = 0
 
     def __call__(self) -> float:
+        self.reads += 1
         return self.now
 
 
@@ -59,6 +61,27 @@ def test_requests_arriving_while_polling_extend_it() -> None:
     assert poll.polling
     while loop.run_pass():
         clock.now += 0.0001
+    assert not poll.polling
+
+
+def test_a_busy_host_reads_no_clock_and_its_budget_counts_from_the_first_quiet_pass() -> None:
+    # Saturated, every pass brings a request: the poll costs no clock read then. Once they
+    # stop, the budget runs from the first pass that saw none, and polling ends after it.
+    poll, loop, clock, activity = poller()
+    poll.kick()
+    reads = clock.reads
+    for _ in range(50):
+        activity[0] += 1
+        assert loop.run_pass() == 1
+        clock.now += 0.0001
+    assert clock.reads == reads
+    quiet = 0
+    while loop.run_pass():
+        quiet += 1
+        clock.now += 0.0001
+        assert quiet < 100, "polling never ended"
+    # The first quiet pass sets the end 500 µs on: five more passes of 100 µs reach it.
+    assert quiet == 6
     assert not poll.polling
 
 

@@ -26,13 +26,14 @@ class BusyPoll:
         activity: Callable[[], int],
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._loop = loop
+        self._call_soon = loop.call_soon
         self.budget = budget
         self._activity = activity
         self._clock = clock
         self.polling = False
         self._seen = 0
-        self._deadline = 0.0
+        # The budget's end; None while the last pass saw activity (its time not yet read).
+        self._deadline: float | None = 0.0
 
     def kick(self) -> None:
         """Answers just left: poll for what they bring, unless already polling."""
@@ -41,17 +42,24 @@ class BusyPoll:
         self.polling = True
         self._seen = self._activity()
         self._deadline = self._clock() + self.budget
-        self._loop.call_soon(self._pass)
+        self._call_soon(self._pass)
 
     def _pass(self) -> None:
         # A callback ready for the next pass makes the loop poll its sockets without a
-        # timeout instead of sleeping in them.
-        now = self._clock()
+        # timeout instead of sleeping in them. A saturated host sees activity in nearly
+        # every pass: the clock is read only in the quiet ones (the budget then counts from
+        # the first quiet pass, at most one pass later than from the last activity).
         seen = self._activity()
         if seen != self._seen:
             self._seen = seen
-            self._deadline = now + self.budget
-        if now < self._deadline:
-            self._loop.call_soon(self._pass)
+            self._deadline = None
+            self._call_soon(self._pass)
+            return
+        now = self._clock()
+        deadline = self._deadline
+        if deadline is None:
+            deadline = self._deadline = now + self.budget
+        if now < deadline:
+            self._call_soon(self._pass)
         else:
             self.polling = False
