@@ -220,21 +220,47 @@ def test_base_request_of_any_bytes_is_the_references(data: bytes) -> None:
     assert wire.base_request(data) == reference_base_request(data)
 
 
-@given(raw=st.binary(min_size=16, max_size=16))
-def test_swap_guid_turns_bytes_le_into_bytes_and_back(raw: bytes) -> None:
-    assert wire.swap_guid is not None
-    assert wire.swap_guid(raw) == uuid.UUID(bytes_le=raw).bytes
-    assert wire.swap_guid(wire.swap_guid(raw)) == raw
+@settings(max_examples=500)
+@given(value=st.integers(0, 2**128 - 1).map(lambda number: uuid.UUID(int=number)))
+@example(value=uuid.UUID(int=0))
+@example(value=uuid.UUID(int=2**128 - 1))
+@example(value=uuid.UUID(int=2**64 - 1))  # the high half empty
+@example(value=uuid.UUID(int=2**64))  # the low half empty
+def test_uuid_bytes_are_the_uuids_own(value: uuid.UUID) -> None:
+    assert wire.uuid_bytes is not None and wire.uuid_bytes_le is not None
+    assert wire.uuid_bytes(value) == value.bytes
+    assert wire.uuid_bytes_le(value) == value.bytes_le
 
 
-@pytest.mark.parametrize(
-    ("name", "message"), [("swap_guid", "16 bytes"), ("uuid_from_bytes", "16-char")]
-)
-def test_guid_functions_refuse_other_input(name: str, message: str) -> None:
-    function = getattr(wire, name)
+class _Unsafe(uuid.UUID):
+    """A UUID subclass: read as any UUID."""
+
+
+def test_uuid_bytes_refuse_what_is_not_a_uuid_value() -> None:
+    assert wire.uuid_bytes is not None and wire.uuid_bytes_le is not None
+    value = _Unsafe(int=0x0102)
+    assert wire.uuid_bytes(value) == value.bytes
+    for function in (wire.uuid_bytes, wire.uuid_bytes_le):
+        for wrong in (value.bytes, value.int, str(value), None):
+            with pytest.raises(TypeError, match=r"uuid\.UUID"):
+                function(wrong)  # type: ignore[arg-type]
+        # The immutable slot set anyway (object.__setattr__): refused, never bytes of a part.
+        for number in (-1, 2**128, -(2**200)):
+            bent = uuid.UUID(int=1)
+            object.__setattr__(bent, "int", number)
+            with pytest.raises(ValueError, match=r"2\*\*128"):
+                function(bent)
+        bent = uuid.UUID(int=1)
+        object.__setattr__(bent, "int", "one")
+        with pytest.raises(TypeError, match="an int"):
+            function(bent)
+
+
+def test_uuid_from_bytes_refuses_other_input() -> None:
+    function = wire.uuid_from_bytes
     assert function is not None
     for size in (0, 15, 17):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match="16-char"):
             function(bytes(size))
     with pytest.raises(TypeError):
         function(bytearray(16))
@@ -294,7 +320,9 @@ sys.modules["uuid"] = real
 from kmsgate.protocol import messages, wire
 request = messages.KmsRequest.from_bytes(bytes.fromhex(sys.argv[1]))
 print(hasattr(extension, "uuid_from_bytes"), wire.uuid_from_bytes, wire.base_request is not None)
+print(hasattr(extension, "uuid_bytes"), hasattr(extension, "uuid_bytes_le"))
 print(type(request.client_machine_id).__module__, request.client_machine_id)
+print(request.to_bytes().hex() == sys.argv[1])
 """
 
 
@@ -308,7 +336,12 @@ def test_without_the_expected_uuid_layout_the_python_path_builds_cmids() -> None
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "None", "True", "uuid", str(cmid)]
+    assert done.stdout.split() == [
+        *("False", "None", "True"),
+        *("False", "False"),
+        *("uuid", str(cmid)),
+        "True",  # the Python path encodes the GUIDs back
+    ]
     assert messages.KmsRequest.from_bytes(base.to_bytes()).client_machine_id == cmid
 
 

@@ -13,7 +13,7 @@ from typing import Final
 from kmsgate.protocol import crypto, wire
 from kmsgate.protocol.crypto import xor_bytes
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
-from kmsgate.uuids import uuid_bytes, uuid_bytes_le, uuid_cache, uuid_from_bytes, uuid_from_bytes_le
+from kmsgate.uuids import uuid_bytes_le, uuid_cache, uuid_from_bytes, uuid_from_bytes_le
 
 RandomBytes = Callable[[int], bytes]
 
@@ -34,16 +34,10 @@ NIL_UUID: Final = uuid.UUID(int=0)
 _shared_uuid: Final = uuid_cache(4096, little_endian=True)
 # The C layout of a base request, and of a GUID's byte orders (protocol/wire.py), or None.
 _base_request: Final = wire.base_request
-_swap_guid: Final = wire.swap_guid
 # A CMID is new in nearly every request: its UUID built in C when the extension is there.
 _cmid_uuid: Final = wire.uuid_from_bytes or uuid_from_bytes
-
-
-def _guid_le(value: uuid.UUID) -> bytes:
-    """A UUID's bytes_le (the wire's GUID order)."""
-    if _swap_guid is not None:
-        return _swap_guid(uuid_bytes(value))
-    return uuid_bytes_le(value)
+# A UUID's bytes_le (the wire's GUID order), read in C when the extension is there.
+_guid_le: Final = wire.uuid_bytes_le or uuid_bytes_le
 
 
 @dataclass(init=False, unsafe_hash=True, slots=True)
@@ -105,13 +99,13 @@ class KmsRequest:
             self.is_client_vm,
             self.license_status,
             self.grace_time,
-            uuid_bytes_le(self.application_id),
-            uuid_bytes_le(self.sku_id),
-            uuid_bytes_le(self.kms_counted_id),
-            uuid_bytes_le(self.client_machine_id),
+            _guid_le(self.application_id),
+            _guid_le(self.sku_id),
+            _guid_le(self.kms_counted_id),
+            _guid_le(self.client_machine_id),
             self.required_client_count,
             self.request_time,
-            uuid_bytes_le(self.previous_client_machine_id),
+            _guid_le(self.previous_client_machine_id),
             name,
         )
 

@@ -19,8 +19,8 @@ RequestMessage = Callable[[bytes, int, int], "tuple[int, int, bool, bytes] | Non
 #  client count, request time, previous CMID, machine name)
 BaseFields = tuple[int, int, int, int, int, bytes, bytes, bytes, bytes, int, int, bytes, str]
 BaseRequest = Callable[[bytes], "BaseFields | None"]
-SwapGuid = Callable[[bytes], bytes]
 UuidFromBytes = Callable[[bytes], uuid.UUID]
+UuidBytes = Callable[[uuid.UUID], bytes]
 ResponsePdu = Callable[[int, int, bool, bytes], "bytes | None"]
 
 
@@ -30,7 +30,8 @@ WIRE_BACKEND: Final = f"C ({_BUILD})" if _MODULE is not None else f"Python ({_BU
 frag_length: Final[FragLength | None] = getattr(_MODULE, "frag_length", None)
 request_message: Final[RequestMessage | None] = getattr(_MODULE, "request_message", None)
 base_request: Final[BaseRequest | None] = getattr(_MODULE, "base_request", None)
-swap_guid: Final[SwapGuid | None] = getattr(_MODULE, "swap_guid", None)
 # Absent also when the uuid module's layout is not the one _wire.c expects.
 uuid_from_bytes: Final[UuidFromBytes | None] = getattr(_MODULE, "uuid_from_bytes", None)
+uuid_bytes: Final[UuidBytes | None] = getattr(_MODULE, "uuid_bytes", None)
+uuid_bytes_le: Final[UuidBytes | None] = getattr(_MODULE, "uuid_bytes_le", None)
 response_pdu: Final[ResponsePdu | None] = getattr(_MODULE, "response_pdu", None)

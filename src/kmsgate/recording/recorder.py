@@ -9,6 +9,7 @@ from typing import Final, Protocol
 from kmsgate.catalog import Catalog
 from kmsgate.net import Peer
 from kmsgate.observability.metrics import product_family_label
+from kmsgate.protocol import wire
 from kmsgate.protocol.events import ActivationRefused, ActivationServed, Event
 from kmsgate.protocol.messages import KmsRequest
 from kmsgate.store.drafts import RecordDraft, result_of
@@ -20,6 +21,8 @@ NAME_CACHE_SIZE: Final = 4096
 RECORDED: Final = (ActivationServed, ActivationRefused)
 ACTIVATED: Final = result_of(0)
 REFUSED: Final = result_of(1)
+# A UUID's 16 bytes, read in C when the extension is there (the CMID's, in every draft).
+_uuid_bytes: Final = wire.uuid_bytes or uuid_bytes
 # (application id, SKU id, SKU name, KMS id, product family): a draft's fields 4 to 8.
 _Product = tuple[bytes, bytes, str, bytes, str]
 
@@ -88,7 +91,7 @@ class ActivationRecorder:
         application_id, sku_id, sku_name, kms_id, family = self._product_of(request)
         return (
             self._clock(),
-            uuid_bytes(request.client_machine_id),
+            _uuid_bytes(request.client_machine_id),
             request.machine_name,
             address,
             application_id,
