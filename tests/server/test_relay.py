@@ -404,6 +404,30 @@ async def test_idle_relayed_client_is_closed_on_both_sides() -> None:
         await settle(lambda: upstream.stats.connections_open == 0)
 
 
+async def test_the_lifetime_closes_a_busy_relayed_connection_on_both_sides() -> None:
+    # A client that keeps asking is closed at --connection-lifetime however busy, and the
+    # relay's upstream connection goes with it.
+    async with (
+        KmsHost(settings(idle_timeout=30)) as upstream,
+        relay_to(("127.0.0.1", upstream.port), connection_lifetime=0.5, idle_timeout=30) as relayed,
+    ):
+        client = await RawClient.connect(relayed.port)
+        await client.bind()
+        answered = 0
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    assert (await client.activate()).ok
+                except (ConnectionError, EOFError, asyncio.IncompleteReadError):
+                    break
+                answered += 1
+                await asyncio.sleep(0.05)
+        assert answered >= 1
+        stats = relayed.host.stats
+        assert (stats.lifetime_closes, stats.idle_closes) == (1, 0)
+        await settle(lambda: upstream.stats.connections_open == 0)
+
+
 async def test_source_policy_applies_before_the_upstream_is_contacted() -> None:
     async with (
         KmsHost(settings()) as upstream,

@@ -63,6 +63,8 @@ class ConnectionHost(Protocol):
 
     def release(self, connection: HostConnection) -> None: ...
 
+    def close_at_lifetime(self, connection: HostConnection) -> None: ...
+
     def connection_timer(
         self, connection: HostConnection, on_idle: Callable[[], None]
     ) -> IdleTimer: ...
@@ -334,3 +336,7 @@ class KmsConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._close()
+
+    def lifetime_over(self) -> None:
+        """Its --connection-lifetime has passed: the host counts it and closes it."""
+        self._host.close_at_lifetime(self)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,14 +16,16 @@ from kmsgate.server.idle import IdleTimer, TimerSlots
 from kmsgate.server.outbox import AnswerOutbox
 
 log: Final = logging.getLogger("kmsgate.server")
-# A compiled module's Final: a static, where functools.partial is an attribute look-up.
-_partial: Final = functools.partial
 
 
 class HostConnection(Protocol):
     """What the host needs of an open connection: a KmsConnection or a relayed one."""
 
     def close(self) -> None: ...
+
+    def lifetime_over(self) -> None:
+        """Its --connection-lifetime has passed: the host counts it and closes it."""
+        ...
 
 
 @dataclass
@@ -144,11 +145,14 @@ class ConnectionLimits:
             on_idle,
             loop,
             lifetime=self._lifetime,
-            on_lifetime=_partial(self._lifetime_over, connection),
+            # The connection's own bound method: a partial per connection cost ~1 000
+            # instructions more a fresh connection.
+            on_lifetime=connection.lifetime_over,
             slots=slots,
         )
 
-    def _lifetime_over(self, connection: HostConnection) -> None:
+    def close_at_lifetime(self, connection: HostConnection) -> None:
+        """Count and close a connection whose --connection-lifetime has passed."""
         self.stats.lifetime_closes += 1
         log.debug("closing a connection open for %g s", self.settings.connection_lifetime)
         connection.close()

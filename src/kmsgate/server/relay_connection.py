@@ -185,6 +185,10 @@ class RelayConnection(asyncio.Protocol):
         """Close both sides (KmsHost.stop() calls this)."""
         self._shutdown()
 
+    def lifetime_over(self) -> None:
+        """Its --connection-lifetime has passed: the host counts it and closes it."""
+        self._host.close_at_lifetime(self)
+
     def buffered(self) -> int:
         """Bytes this connection holds: write buffers (bounded by backpressure) and the
         observer's partial PDUs (bounded by the u16 frag_length)."""
