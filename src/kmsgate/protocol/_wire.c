@@ -278,11 +278,6 @@ static PyObject *wire_uuid_from_bytes(PyObject *self, PyObject *arg)
     return value;
 }
 
-/*
- * A uuid.UUID's 128-bit value into out[16], big-endian: UUID.bytes without int.to_bytes's
- * generic method call (~1 000 instructions a response for the CMID). -1 with an error set
- * for what is not a UUID, or a value outside 0 .. 2**128-1 (the slot set around __init__).
- */
 static uint64_t top_half(PyObject *top)
 {
 #if ULONG_MAX == UINT64_MAX
@@ -292,6 +287,12 @@ static uint64_t top_half(PyObject *top)
 #endif
 }
 
+/*
+ * A uuid.UUID's 128-bit value into out[16], big-endian: UUID.bytes without int.to_bytes's
+ * generic method call (~700 instructions for a response's CMID, against ~1 000). -1 with an
+ * error set for what is not a UUID, or a value outside 0 .. 2**128-1 (the slot set around
+ * __init__).
+ */
 static int uuid_value(PyObject *value, uint8_t *out)
 {
     if (!PyObject_TypeCheck(value, (PyTypeObject *)uuid_class)) {

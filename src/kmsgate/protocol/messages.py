@@ -32,7 +32,7 @@ NIL_UUID: Final = uuid.UUID(int=0)
 
 # Application, SKU and KMS ids (and the usual nil previous CMID) repeat across a fleet.
 _shared_uuid: Final = uuid_cache(4096, little_endian=True)
-# The C layout of a base request, and of a GUID's byte orders (protocol/wire.py), or None.
+# The C layout of a base request (protocol/wire.py), or None.
 _base_request: Final = wire.base_request
 # A CMID is new in nearly every request: its UUID built in C when the extension is there.
 _cmid_uuid: Final = wire.uuid_from_bytes or uuid_from_bytes
