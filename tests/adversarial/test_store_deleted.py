@@ -91,8 +91,10 @@ def test_a_replaced_file_is_reopened_and_written() -> None:
         load.resume("after")
         served_after_are_recorded(server, load)
         assert machine_names(server.db, "before") == kept
-        # Written to the file that was replaced, before the node noticed: gone with it.
-        assert machine_names(server.db, "between") < load.served_with("between")
+        # Written to the file that was replaced, before the node noticed: gone with it,
+        # except the batch whose commit met the replacement, which is written again (all of
+        # them, when one batch held them: seen once in CI on a loaded machine).
+        assert machine_names(server.db, "between") <= load.served_with("between")
     log = server.log()
     assert f"database file {server.db} was replaced while in use" in log
     assert f"database file {server.db} reopened" in log
