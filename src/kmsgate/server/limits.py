@@ -154,7 +154,7 @@ class ConnectionLimits:
     def close_at_lifetime(self, connection: HostConnection) -> None:
         """Count and close a connection whose --connection-lifetime has passed."""
         self.stats.lifetime_closes += 1
-        log.debug("closing a connection open for %g s", self.settings.connection_lifetime)
+        log.debug("closing a connection open for %g s", self._lifetime)
         connection.close()
 
     def release(self, connection: HostConnection) -> None:
