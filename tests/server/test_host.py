@@ -19,7 +19,12 @@ from kmsgate.protocol import ndr, rpc
 from kmsgate.protocol.messages import encode_request
 from kmsgate.protocol.ndr import TransferSyntax
 from kmsgate.protocol.session import ServerSession
-from kmsgate.server.connection import _PAUSED_FOR_WRITING, WRITE_BUFFER_HIGH, KmsConnection
+from kmsgate.server.connection import (
+    _PAUSED_FOR_WRITING,
+    WRITE_BUFFER_HIGH,
+    WRITE_BUFFER_LOW,
+    KmsConnection,
+)
 from kmsgate.server.host import KmsHost, ipv6_available
 from tests.adversarial.host_attack import (
     Answer,
@@ -346,6 +351,28 @@ async def test_a_client_that_does_not_read_its_answers_stops_being_read() -> Non
         assert len(answers) == total and all(a.served for a in answers)
         assert host.stats.activations == total
         writer.close()
+
+
+async def _buffer_limits_of_a_served_connection() -> tuple[int, int]:
+    async with KmsHost(settings()) as host:
+        _, writer = await asyncio.open_connection("127.0.0.1", host.port)
+        async with asyncio.timeout(10):
+            while not host.connections:
+                await asyncio.sleep(0.01)
+        [conn] = host.connections
+        assert isinstance(conn, KmsConnection) and conn._transport is not None
+        limits = conn._transport.get_write_buffer_limits()
+        writer.close()
+        return limits
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_pauses_at_the_write_buffer_marks_it_names(loop: str) -> None:
+    """On both loops: uvloop's own low-water mark (16 bytes) is not the host's."""
+    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        limits = runner.run(_buffer_limits_of_a_served_connection())
+    assert limits == (WRITE_BUFFER_LOW, WRITE_BUFFER_HIGH)
 
 
 @pytest.mark.parametrize("writer_kind", ["process", "inline"])

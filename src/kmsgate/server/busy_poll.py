@@ -27,6 +27,9 @@ class BusyPoll:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._call_soon = loop.call_soon
+        # Bound once: compiled code builds a new bound method at every `self._pass` read,
+        # and a saturated host schedules one per loop pass (a cycle kept as long as the host).
+        self._next_pass = self._pass
         self.budget = budget
         self._activity = activity
         self._clock = clock
@@ -42,7 +45,7 @@ class BusyPoll:
         self.polling = True
         self._seen = self._activity()
         self._deadline = self._clock() + self.budget
-        self._call_soon(self._pass)
+        self._call_soon(self._next_pass)
 
     def _pass(self) -> None:
         # A callback ready for the next pass makes the loop poll its sockets without a
@@ -53,13 +56,13 @@ class BusyPoll:
         if seen != self._seen:
             self._seen = seen
             self._deadline = None
-            self._call_soon(self._pass)
+            self._call_soon(self._next_pass)
             return
         now = self._clock()
         deadline = self._deadline
         if deadline is None:
             deadline = self._deadline = now + self.budget
         if now < deadline:
-            self._call_soon(self._pass)
+            self._call_soon(self._next_pass)
         else:
             self.polling = False

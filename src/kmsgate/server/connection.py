@@ -27,8 +27,12 @@ log: Final = logging.getLogger("kmsgate.server")
 
 # Reading a connection stops while more than HIGH bytes of answers wait to be sent to it and
 # resumes below LOW: a client that never reads holds one read's worth of answers, not all.
+# Set per connection although HIGH is every loop's default: uvloop's own LOW is 16 bytes.
 WRITE_BUFFER_HIGH: Final = 64 * 1024
 WRITE_BUFFER_LOW: Final = 16 * 1024
+# Read as constants, not as attributes of the time module at every request (compiled).
+_perf_counter: Final = time.perf_counter
+_wall_time: Final = time.time
 # Why a connection's reading is paused (several may hold at once).
 _PAUSED_FOR_WRITING: Final = 1
 _PAUSED_FOR_RECORDS: Final = 2
@@ -182,8 +186,8 @@ class KmsConnection(asyncio.Protocol):
                 self._backlog = bytearray()
             self._backlog += data
             return
-        started = time.perf_counter()
-        events = session.receive_data(data, filetime_from_unix(time.time()))
+        started = _perf_counter()
+        events = session.receive_data(data, filetime_from_unix(_wall_time()))
         out = session.data_to_send()
         host = self._host
         for event in events:
@@ -199,11 +203,11 @@ class KmsConnection(asyncio.Protocol):
             gate = host.record_gate
             if gate is not None and not gate.hand_over():
                 self._hold(out, gate)
-                host.metrics.observe_request(time.perf_counter() - started)
+                host.metrics.observe_request(_perf_counter() - started)
                 return
             if out:
                 self._send(out, opening=opening)
-            host.metrics.observe_request(time.perf_counter() - started)
+            host.metrics.observe_request(_perf_counter() - started)
         elif out:
             # A bind's answer (or a fault) before any activation: the conversation opens.
             self._preludes += 1

@@ -46,7 +46,11 @@ class AnswerOutbox:
     hold the first answers back for all the others' work)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, batch: int = BATCH) -> None:
-        self._loop = loop
+        # Bound once (compiled code looks a method up, or builds a bound method, at every
+        # read): these run once per loop pass.
+        self._call_soon = loop.call_soon
+        self._flush = self.flush
+        self._hold_next = self._hold_or_flush
         self._batch = batch
         self._queued: list[QueuedSender] = []
         self._scheduled = False
@@ -75,11 +79,11 @@ class AnswerOutbox:
             if not self._scheduled and not self._holding:
                 self._holding = True
                 self._held = self._added
-                self._loop.call_soon(self._hold_or_flush)
+                self._call_soon(self._hold_next)
         elif not self._scheduled:
             # Runs after the reads already under way in this pass: those join the batch.
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            self._call_soon(self._flush)
 
     def _hold_or_flush(self) -> None:
         # Another pass while the last one brought answers: their clients are busy sending,
@@ -87,13 +91,13 @@ class AnswerOutbox:
         added = self._added
         if added > self._held and not self._scheduled:
             self._held = added
-            self._loop.call_soon(self._hold_or_flush)
+            self._call_soon(self._hold_next)
             return
         self._holding = False
         if not self._scheduled:
             # Scheduled from the callbacks of the next pass: after its reads.
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            self._call_soon(self._flush)
 
     def flush(self) -> None:
         """Send every queued connection's answers, in the order they were queued."""
