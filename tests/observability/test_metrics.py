@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import uuid
@@ -231,6 +232,38 @@ def test_served_and_refused_activations_are_counted(catalog: Catalog) -> None:
     assert count("office-2016", "v5", "activated") == 1
     assert count("windows-server", "v4", "refused") == 1
     assert count("unknown", "unknown", "refused") == 1
+
+
+def test_runs_of_one_product_count_apart_by_version_and_product(catalog: Catalog) -> None:
+    """The counter of the last product served is found by the ids' identity: it must still
+    change with the version and with either id."""
+    server = sku_request(catalog, "Windows Server 2019 Datacenter")
+    office = sku_request(catalog, "Office Mondo 2016")
+    # An unknown SKU (one object) is counted by its KMS id: that id must count apart.
+    unknown = dataclasses.replace(server, sku_id=uuid.UUID(int=7))
+    unknown_office = dataclasses.replace(unknown, kms_counted_id=office.kms_counted_id)
+    metrics = Metrics(catalog)
+    sequence = [server, server, office, server, dataclasses.replace(server, major_version=5)]
+    sequence += [server, dataclasses.replace(server, major_version=9), server, office]
+    sequence += [unknown, unknown_office, unknown_office]
+    # Office's SKU with the server's KMS id object: counted by its SKU, after the server.
+    sequence += [server, dataclasses.replace(office, kms_counted_id=server.kms_counted_id)]
+    for request in sequence:
+        metrics.hook(PEER, served(request))
+
+    def count(family: str, protocol: str) -> float:
+        return value(
+            metrics,
+            "kmsgate_activations_total",
+            family=family,
+            protocol=protocol,
+            result="activated",
+        )
+
+    assert count("windows-server", "v6") == 7
+    assert count("windows-server", "v5") == 1
+    assert count("windows-server", "other") == 1
+    assert count("office-2016", "v6") == 5
 
 
 def test_faults_and_closes_count_by_reason() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 
 from kmsgate.catalog.loading import default_catalog
@@ -11,7 +12,7 @@ from kmsgate.protocol.events import ActivationRefused, ActivationServed
 from kmsgate.protocol.hresult import HResult
 from kmsgate.protocol.messages import KmsResponse
 from kmsgate.protocol.ndr import TransferSyntax
-from kmsgate.recording.recorder import NAME_CACHE_SIZE, ActivationRecorder
+from kmsgate.recording.recorder import NAME_CACHE_SIZE, ActivationRecorder, unix_microseconds
 from kmsgate.store.drafts import RecordDraft, record_of
 from tests.support.kms import make_request
 
@@ -80,3 +81,13 @@ def test_the_product_cache_stays_bounded_under_made_up_ids() -> None:
         record(PEER, served(sku_id=uuid.uuid4()))
     assert len(record._products) <= NAME_CACHE_SIZE
     assert len(drafts) == NAME_CACHE_SIZE + 10
+
+
+def test_a_draft_s_time_is_now_in_whole_microseconds() -> None:
+    for _ in range(1000):
+        before = time.time_ns() // 1000
+        now = unix_microseconds()
+        after = time.time_ns() // 1000
+        assert type(now) is int
+        # A double's rounding may put it one microsecond either side of the integer clock.
+        assert before - 1 <= now <= after + 1

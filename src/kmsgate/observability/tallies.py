@@ -66,6 +66,8 @@ class EventTally:
         self._on_fault = on_fault
         self._on_close = on_close
         self._served: dict[tuple[str, int], list[float]] = {}
+        # (SKU id, KMS id, major version, counter) of the last served request counted.
+        self._last_served: tuple[object, object, int, list[float]] = (None, None, -1, [0.0])
         self._refused: dict[tuple[str, int | None], list[float]] = {}
         self._accepted = accepted
         self.open_connections = 0
@@ -74,17 +76,26 @@ class EventTally:
         """Count one session event; signature matches KmsHost.event_hooks."""
         if isinstance(event, ActivationServed):
             request = event.request
+            sku, kms, major = request.sku_id, request.kms_counted_id, request.major_version
+            # The message decoder shares one UUID object per id: a run of one product's
+            # requests finds its counter by identity, without a lookup.
+            last = self._last_served
+            if sku is last[0] and kms is last[1] and major == last[2]:
+                last[3][0] += 1
+                return
             family = (
-                self._family_by_sku.get(request.sku_id.int)
-                or self._family_by_kms.get(request.kms_counted_id.int)
+                self._family_by_sku.get(sku.int)
+                or self._family_by_kms.get(kms.int)
                 or UNKNOWN_FAMILY
             )
-            key = (family, request.major_version)
+            key = (family, major)
             child = self._served.get(key)
             if child is None:
                 child = self._activation_child(family, request, "activated")
-                if request.major_version in PROTOCOLS:
+                if major in PROTOCOLS:
                     self._served[key] = child
+            if major in PROTOCOLS:
+                self._last_served = (sku, kms, major, child)
             child[0] += 1
         elif isinstance(event, ActivationRefused):
             refused = event.request
