@@ -418,6 +418,24 @@ def test_c_extension_rejects_bad_arguments() -> None:
         mod.cbc_decrypt(rk, 10, ZERO, ZERO + b"\x00")
     with pytest.raises(TypeError):
         mod.cbc_encrypt("not bytes", 10, ZERO, ZERO)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        mod.cbc_decrypt(rk, 10, ZERO, "0123456789abcdef")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        mod.cbc_decrypt(rk, "10", ZERO, ZERO)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="4 arguments"):
+        mod.cbc_encrypt(rk, 10, ZERO)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="4 arguments"):
+        mod.cbc_decrypt(rk, 10, ZERO, ZERO, ZERO)  # type: ignore[call-arg]
+    # Any contiguous buffer serves, as bytes would; failed calls above held none of them.
+    data = bytes(range(48))
+    for kind in (bytearray, memoryview):
+        assert mod.cbc_encrypt(kind(rk), 10, kind(ZERO), kind(data)) == mod.cbc_encrypt(
+            rk, 10, ZERO, data
+        )
+    held = bytearray(data)
+    with pytest.raises(ValueError, match="IV"):
+        mod.cbc_decrypt(rk, 10, ZERO[:15], held)
+    held += b"still resizable: no buffer of it was kept"
 
 
 # --- argument validation --------------------------------------------------------------------

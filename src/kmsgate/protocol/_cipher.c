@@ -146,15 +146,35 @@ static void decrypt_words(const uint32_t *rk, int nr, uint32_t s[4])
 #undef FINAL_D
 }
 
-/* Parse (round_keys, nrounds, iv, data) and validate every length. */
-static int parse_args(PyObject *args, Py_buffer *rk_buf, Py_buffer *iv_buf, Py_buffer *data_buf,
-                      int *nr)
+/* (round_keys, nrounds, iv, data), every length checked; the bytes from any buffer. Called
+ * as METH_FASTCALL: PyArg_ParseTuple's format cost some 800 instructions a call, a tenth of
+ * a request's decryption. */
+static int parse_args(PyObject *const *args, Py_ssize_t nargs, Py_buffer *rk_buf,
+                      Py_buffer *iv_buf, Py_buffer *data_buf, int *nr)
 {
-    if (!PyArg_ParseTuple(args, "y*iy*y*", rk_buf, nr, iv_buf, data_buf))
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "takes 4 arguments (round keys, nrounds, iv, data), got %zd",
+                     nargs);
         return -1;
-    if (*nr < 1 || *nr > MAX_ROUNDS) {
-        PyErr_Format(PyExc_ValueError, "nrounds must be 1..%d, got %d", MAX_ROUNDS, *nr);
-        goto fail;
+    }
+    long rounds = PyLong_AsLong(args[1]);
+    if (rounds == -1 && PyErr_Occurred())
+        return -1;
+    if (rounds < 1 || rounds > MAX_ROUNDS) {
+        PyErr_Format(PyExc_ValueError, "nrounds must be 1..%d, got %ld", MAX_ROUNDS, rounds);
+        return -1;
+    }
+    *nr = (int)rounds;
+    if (PyObject_GetBuffer(args[0], rk_buf, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(args[2], iv_buf, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(rk_buf);
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[3], data_buf, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(rk_buf);
+        PyBuffer_Release(iv_buf);
+        return -1;
     }
     if (rk_buf->len != (Py_ssize_t)BLOCK * (*nr + 1)) {
         PyErr_Format(PyExc_ValueError, "round keys must be %d bytes for %d rounds, got %zd",
@@ -248,11 +268,11 @@ static void cbc_run(const uint8_t *keys, int nr, const uint8_t *iv, const uint8_
     }
 }
 
-static PyObject *run_cbc(PyObject *args, int decrypt)
+static PyObject *run_cbc(PyObject *const *args, Py_ssize_t nargs, int decrypt)
 {
     Py_buffer rk_buf, iv_buf, data_buf;
     int nr;
-    if (parse_args(args, &rk_buf, &iv_buf, &data_buf, &nr) < 0)
+    if (parse_args(args, nargs, &rk_buf, &iv_buf, &data_buf, &nr) < 0)
         return NULL;
     PyObject *out = PyBytes_FromStringAndSize(NULL, data_buf.len);
     if (out != NULL)
@@ -407,16 +427,16 @@ static PyMethodDef seal_methods[] = {
 };
 #endif
 
-static PyObject *cipher_cbc_encrypt(PyObject *self, PyObject *args)
+static PyObject *cipher_cbc_encrypt(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    return run_cbc(args, 0);
+    return run_cbc(args, nargs, 0);
 }
 
-static PyObject *cipher_cbc_decrypt(PyObject *self, PyObject *args)
+static PyObject *cipher_cbc_decrypt(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    return run_cbc(args, 1);
+    return run_cbc(args, nargs, 1);
 }
 
 static PyObject *cipher_use_aesni(PyObject *self, PyObject *arg)
@@ -442,10 +462,10 @@ static PyMethodDef cipher_methods[] = {
      "Run the rounds on AES-NI (when the processor has it) or on tables; True if AES-NI runs."},
     {"backend", cipher_backend, METH_NOARGS,
      "backend() -> str\nThe rounds in use: 'aes-ni' or 'tables'."},
-    {"cbc_encrypt", cipher_cbc_encrypt, METH_VARARGS,
+    {"cbc_encrypt", (PyCFunction)(void (*)(void))cipher_cbc_encrypt, METH_FASTCALL,
      "cbc_encrypt(enc_round_keys, nrounds, iv, data) -> bytes\n"
      "CBC-encrypt data (multiple of 16 bytes) with an expanded encryption schedule."},
-    {"cbc_decrypt", cipher_cbc_decrypt, METH_VARARGS,
+    {"cbc_decrypt", (PyCFunction)(void (*)(void))cipher_cbc_decrypt, METH_FASTCALL,
      "cbc_decrypt(dec_round_keys, nrounds, iv, data) -> bytes\n"
      "CBC-decrypt data with an equivalent-inverse-cipher schedule."},
     {NULL, NULL, 0, NULL},
