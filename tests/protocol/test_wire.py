@@ -321,8 +321,11 @@ from kmsgate.protocol import messages, wire
 request = messages.KmsRequest.from_bytes(bytes.fromhex(sys.argv[1]))
 print(hasattr(extension, "uuid_from_bytes"), wire.uuid_from_bytes, wire.base_request is not None)
 print(hasattr(extension, "uuid_bytes"), hasattr(extension, "uuid_bytes_le"))
+print(hasattr(extension, "response_base"), wire.response_base)
 print(type(request.client_machine_id).__module__, request.client_machine_id)
 print(request.to_bytes().hex() == sys.argv[1])
+response = messages.KmsResponse(6, "epid", request.client_machine_id, 1, 2, 3, 4)
+print(messages.KmsResponse.from_bytes(response.to_bytes())[0] == response)
 """
 
 
@@ -339,8 +342,10 @@ def test_without_the_expected_uuid_layout_the_python_path_builds_cmids() -> None
     assert done.stdout.split() == [
         *("False", "None", "True"),
         *("False", "False"),
+        *("False", "None"),
         *("uuid", str(cmid)),
         "True",  # the Python path encodes the GUIDs back
+        "True",  # and builds a response around the CMID
     ]
     assert messages.KmsRequest.from_bytes(base.to_bytes()).client_machine_id == cmid
 
@@ -453,3 +458,82 @@ def test_frag_length_is_the_references_or_none(data: bytes) -> None:
         expected = None
     assert wire.frag_length(data) == expected
     assert wire.frag_length(bytearray(data)) == expected
+
+
+def reference_response_base(*fields: object) -> bytes:
+    """KmsResponse.to_bytes as the Python reference builds it from response_base's fields."""
+    minor, major, epid_field, cmid, when, count, activation, renewal = fields
+    return (
+        struct.pack("<HH", minor, major)
+        + epid_field  # type: ignore[operator]
+        + struct.pack("<16sQIII", cmid.bytes_le, when, count, activation, renewal)  # type: ignore[attr-defined]
+    )
+
+
+def response_base_args(response: messages.KmsResponse) -> tuple[object, ...]:
+    return (
+        response.minor_version,
+        response.major_version,
+        messages._epid_field(response.epid),
+        response.client_machine_id,
+        response.response_time,
+        response.current_client_count,
+        response.activation_interval,
+        response.renewal_interval,
+    )
+
+
+@given(
+    versions=st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+    epid=st.text(max_size=31),
+    cmid=st.integers(0, 2**128 - 1).map(lambda number: uuid.UUID(int=number)),
+    when=st.integers(0, 2**64 - 1),
+    counts=st.tuples(*[st.integers(0, 2**32 - 1)] * 3),
+)
+@example(versions=(0, 6), epid="", cmid=uuid.UUID(int=0), when=0, counts=(0, 0, 0))
+@example(
+    versions=(0xFFFF,) * 2, epid="x", cmid=uuid.UUID(int=2**128 - 1), when=2**64 - 1,
+    counts=(2**32 - 1,) * 3,
+)  # fmt: skip
+def test_response_base_is_the_references(
+    versions: tuple[int, int], epid: str, cmid: uuid.UUID, when: int, counts: tuple[int, ...]
+) -> None:
+    assert wire.response_base is not None
+    response = messages.KmsResponse(
+        versions[1], epid, cmid, when, *counts, minor_version=versions[0]
+    )
+    args = response_base_args(response)
+    expected = reference_response_base(*args)
+    assert wire.response_base(*args) == expected  # type: ignore[arg-type]
+    assert response.to_bytes() == expected
+    assert messages.KmsResponse.from_bytes(expected) == (response, len(expected))
+
+
+@pytest.mark.parametrize(
+    ("index", "bad"),
+    [
+        (0, 0x10000), (1, -1), (0, "6"), (1, 6.0), (3, "not a uuid"), (3, 7), (4, 2**64),
+        (4, -1), (5, 2**32), (6, -(2**40)), (7, 2**32), (7, None),
+    ],
+)  # fmt: skip
+def test_response_base_leaves_what_the_reference_refuses_to_it(index: int, bad: object) -> None:
+    """None, where the reference raises its own error: never a half-built message."""
+    assert wire.response_base is not None
+    args = list(response_base_args(messages.KmsResponse(6, "epid", uuid.UUID(int=5), 1, 2, 3, 4)))
+    args[index] = bad
+    assert wire.response_base(*args) is None  # type: ignore[arg-type]
+    with pytest.raises((struct.error, AttributeError)):
+        reference_response_base(*args)
+
+
+def test_response_base_refuses_a_wrong_call() -> None:
+    assert wire.response_base is not None
+    args = response_base_args(messages.KmsResponse(6, "epid", uuid.UUID(int=5), 1, 2, 3, 4))
+    with pytest.raises(TypeError, match="8 arguments"):
+        wire.response_base(*args[:7])  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="epid field must be bytes"):
+        wire.response_base(args[0], args[1], "epid", *args[3:])  # type: ignore[arg-type]
+    bent = uuid.UUID(int=5)
+    object.__setattr__(bent, "int", -1)
+    with pytest.raises(ValueError, match=r"0 \.\. 2\*\*128-1"):
+        wire.response_base(*args[:3], bent, *args[4:])  # type: ignore[arg-type]

@@ -445,6 +445,66 @@ static PyObject *wire_response_pdu(PyObject *self, PyObject *const *args, Py_ssi
     return out;
 }
 
+/* An int the reference packs as unsigned (struct's H, I or Q) within 0..max: 1 and *out set,
+ * else 0 with no error (the reference then raises its own). Not PyLong_AsUnsignedLongLong:
+ * on 3.11 it goes through a byte array for any value past 30 bits (a FILETIME). */
+static int unsigned_field(PyObject *arg, unsigned long long max, unsigned long long *out)
+{
+    if (!PyLong_Check(arg))
+        return 0;
+#if ULONG_MAX >= 0xFFFFFFFFFFFFFFFFULL
+    unsigned long long value = PyLong_AsUnsignedLong(arg);
+#else
+    unsigned long long value = PyLong_AsUnsignedLongLong(arg);
+#endif
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* negative or past 64 bits */
+        return 0;
+    }
+    *out = value;
+    return value <= max;
+}
+
+/*
+ * messages.KmsResponse.to_bytes (version, ePID field, CMID in GUID order, time, three counts)
+ * in one buffer, where Python packs two structs, reads the UUID's bytes_le and joins three
+ * parts. None for a field the reference's struct refuses, or a CMID that is not a UUID.
+ */
+static PyObject *wire_response_base(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    const uint8_t *epid;
+    Py_ssize_t epid_len;
+    if (!argument_count(nargs, 8, "response_base") ||
+        !bytes_argument(args[2], "epid field", &epid, &epid_len))
+        return NULL;
+    unsigned long long minor, major, when, count, activation, renewal;
+    if (!unsigned_field(args[0], 0xFFFF, &minor) || !unsigned_field(args[1], 0xFFFF, &major) ||
+        !PyObject_TypeCheck(args[3], (PyTypeObject *)uuid_class) ||
+        !unsigned_field(args[4], 0xFFFFFFFFFFFFFFFFULL, &when) ||
+        !unsigned_field(args[5], 0xFFFFFFFF, &count) ||
+        !unsigned_field(args[6], 0xFFFFFFFF, &activation) ||
+        !unsigned_field(args[7], 0xFFFFFFFF, &renewal))
+        Py_RETURN_NONE;
+    uint8_t cmid[GUID_SIZE];
+    if (uuid_value(args[3], cmid) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 4 + epid_len + GUID_SIZE + 20);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AsString(out);
+    put16(o, (uint16_t)minor);
+    put16(o + 2, (uint16_t)major);
+    memcpy(o + 4, epid, (size_t)epid_len);
+    o += 4 + epid_len;
+    swap_guid(cmid, o);
+    put64(o + GUID_SIZE, (uint64_t)when);
+    put32(o + GUID_SIZE + 8, (uint32_t)count);
+    put32(o + GUID_SIZE + 12, (uint32_t)activation);
+    put32(o + GUID_SIZE + 16, (uint32_t)renewal);
+    return out;
+}
+
 static PyMethodDef wire_methods[] = {
     {"frag_length", wire_frag_length, METH_O,
      "frag_length(data) -> int | None\nThe frag_length of the PDU data starts with, when its\n"
@@ -466,6 +526,9 @@ static PyMethodDef wire_methods[] = {
     {"response_pdu", (PyCFunction)(void (*)(void))wire_response_pdu, METH_FASTCALL,
      "response_pdu(call_id, context_id, ndr64, message) -> bytes | None\nThe response PDU\n"
      "around a KMS response message; None when it exceeds a fragment."},
+    {"response_base", (PyCFunction)(void (*)(void))wire_response_base, METH_FASTCALL,
+     "response_base(minor, major, epid_field, cmid, time, count, activation, renewal)\n"
+     "-> bytes | None\nA KMS response's base message; None where the reference decides."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -490,7 +553,8 @@ PyMODINIT_FUNC PyInit__wire(void)
         PyErr_Clear();
         if (PyObject_DelAttrString(module, "uuid_from_bytes") < 0 ||
             PyObject_DelAttrString(module, "uuid_bytes") < 0 ||
-            PyObject_DelAttrString(module, "uuid_bytes_le") < 0)
+            PyObject_DelAttrString(module, "uuid_bytes_le") < 0 ||
+            PyObject_DelAttrString(module, "response_base") < 0)
             Py_CLEAR(module);
     }
     return module;

@@ -38,6 +38,8 @@ _base_request: Final = wire.base_request
 _cmid_uuid: Final = wire.uuid_from_bytes or uuid_from_bytes
 # A UUID's bytes_le (the wire's GUID order), read in C when the extension is there.
 _guid_le: Final = wire.uuid_bytes_le or uuid_bytes_le
+# A response's base message in one C call, or None (then the structs below build it).
+_response_base: Final = wire.response_base
 
 
 @dataclass(init=False, unsafe_hash=True, slots=True)
@@ -190,6 +192,19 @@ class KmsResponse:
 
     def to_bytes(self) -> bytes:
         """Encode as 44 + P bytes, P being the ePID's UTF-16 size with its NUL."""
+        if _response_base is not None:
+            encoded = _response_base(
+                self.minor_version,
+                self.major_version,
+                _epid_field(self.epid),
+                self.client_machine_id,
+                self.response_time,
+                self.current_client_count,
+                self.activation_interval,
+                self.renewal_interval,
+            )
+            if encoded is not None:
+                return encoded
         return (
             _VERSION.pack(self.minor_version, self.major_version)
             + _epid_field(self.epid)

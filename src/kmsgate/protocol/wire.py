@@ -22,6 +22,8 @@ BaseRequest = Callable[[bytes], "BaseFields | None"]
 UuidFromBytes = Callable[[bytes], uuid.UUID]
 UuidBytes = Callable[[uuid.UUID], bytes]
 ResponsePdu = Callable[[int, int, bool, bytes], "bytes | None"]
+# (minor, major, ePID field, CMID, response time, client count, activation, renewal)
+ResponseBase = Callable[[int, int, bytes, uuid.UUID, int, int, int, int], "bytes | None"]
 
 
 _MODULE, _BUILD = optional_extension("kmsgate.protocol._wire", "WIRE")
@@ -35,3 +37,5 @@ uuid_from_bytes: Final[UuidFromBytes | None] = getattr(_MODULE, "uuid_from_bytes
 uuid_bytes: Final[UuidBytes | None] = getattr(_MODULE, "uuid_bytes", None)
 uuid_bytes_le: Final[UuidBytes | None] = getattr(_MODULE, "uuid_bytes_le", None)
 response_pdu: Final[ResponsePdu | None] = getattr(_MODULE, "response_pdu", None)
+# Absent with the UUID functions (it reads the CMID's value as they do).
+response_base: Final[ResponseBase | None] = getattr(_MODULE, "response_base", None)
