@@ -21,45 +21,56 @@ MAX_REASSEMBLED_STUB: Final = 8192
 class PduFramer:
     """Splits one direction's byte stream into whole PDUs by their frag_length."""
 
-    __slots__ = ("_buffer", "_max_pdu_size")
+    __slots__ = ("_buffer", "_max_pdu_size", "_read")
 
     def __init__(self, max_pdu_size: int | None = None) -> None:
         self._buffer = bytearray()
+        # A read kept as it came while nothing else is held: the usual read is exactly one
+        # PDU, which then leaves as that very object (no copy in, none out).
+        self._read: bytes | None = None
         self._max_pdu_size = max_pdu_size
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete PDU (below 64 KiB: frag_length is a u16)."""
-        return len(self._buffer)
+        read = self._read
+        return len(self._buffer) + (0 if read is None else len(read))
 
     def feed(self, data: bytes) -> None:
         """Append bytes from the peer."""
+        read = self._read
+        if read is None and not self._buffer:
+            self._read = data
+            return
+        if read is not None:
+            self._buffer += read
+            self._read = None
         self._buffer += data
 
     def next_pdu(self) -> bytes | None:
         """The next complete PDU, or None until more bytes arrive.
 
         A header that cannot be trusted (or announces a PDU above the size limit) raises
-        FramingError and drops the buffer: no later PDU boundary can be found after it.
+        FramingError and drops what is held: no later PDU boundary can be found after it.
         """
+        read = self._read
+        if read is not None:
+            length = self._length(read)
+            if length is None or length > len(read):
+                return None
+            self._read = None
+            if length == len(read):
+                return read
+            self._buffer += read[length:]
+            return read[:length]
         buffer = self._buffer
-        if len(buffer) < rpc.HEADER_SIZE:
+        length = self._length(buffer)
+        if length is None:
             return None
-        length = _frag_length(buffer) if _frag_length is not None else None
-        if length is None:  # the reference decides (and names what is wrong)
-            try:
-                length = rpc.checked_frag_length(buffer)
-            except RpcDecodeError as exc:
-                buffer.clear()
-                raise FramingError(str(exc)) from None
-        if self._max_pdu_size is not None and length > self._max_pdu_size:
-            buffer.clear()
-            raise FramingError(f"PDU of {length} bytes is too large")
         held = len(buffer)
         if held < length:
             return None
         if held == length:
-            # The usual read: exactly one PDU, taken whole (no slice, no shift of the rest).
             raw = bytes(buffer)
             buffer.clear()
             return raw
@@ -67,9 +78,27 @@ class PduFramer:
         del buffer[:length]
         return raw
 
+    def _length(self, data: bytes | bytearray) -> int | None:
+        """The frag_length `data` starts with (None before a whole header); FramingError,
+        and nothing held any more, for a header that cannot be trusted."""
+        if len(data) < rpc.HEADER_SIZE:
+            return None
+        length = _frag_length(data) if _frag_length is not None else None
+        if length is None:  # the reference decides (and names what is wrong)
+            try:
+                length = rpc.checked_frag_length(data)
+            except RpcDecodeError as exc:
+                self.clear()
+                raise FramingError(str(exc)) from None
+        if self._max_pdu_size is not None and length > self._max_pdu_size:
+            self.clear()
+            raise FramingError(f"PDU of {length} bytes is too large")
+        return length
+
     def clear(self) -> None:
-        """Forget everything buffered."""
+        """Forget everything held."""
         self._buffer.clear()
+        self._read = None
 
 
 class FragmentReassembler:
