@@ -306,6 +306,26 @@ def test_random_chunking_gives_the_same_conversation(seed: int) -> None:
     assert events == whole_events and out == whole_out
 
 
+def test_answers_queued_around_a_bind_leave_in_order_and_patched() -> None:
+    """A request's answer queued before a bind's (patched in place with the assoc group) and
+    after it: one read of them all answers as reads of one PDU each do."""
+    rest = request_pdu(call_id=2) + ndr32_bind(call_id=3) + request_pdu(call_id=4)
+    rest += request_pdu(call_id=5) + ndr32_bind(call_id=6)
+    server = make_server(assoc_group_id=0x01020304)
+    pump(server, ndr32_bind())
+    whole_events, whole_out = pump(server, rest)
+    server = make_server(assoc_group_id=0x01020304)
+    pump(server, ndr32_bind())
+    one_by_one = [pump(server, raw) for raw in split_raw(rest)]
+    assert whole_events == [event for events, _ in one_by_one for event in events]
+    assert whole_out == b"".join(out for _, out in one_by_one)
+    pdus = split_pdus(whole_out)
+    kinds = [type(pdu) for pdu in pdus]
+    assert kinds == [rpc.Response, rpc.BindAck, rpc.Response, rpc.Response, rpc.BindAck]
+    assert {pdu.assoc_group_id for pdu in pdus if isinstance(pdu, rpc.BindAck)} == {0x01020304}
+    assert server.data_to_send() == b""
+
+
 def test_two_pdus_in_one_read_are_both_answered() -> None:
     server = make_server()
     client = ClientSession(ndr64=False, btfn=False)

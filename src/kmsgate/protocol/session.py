@@ -119,6 +119,9 @@ class ServerSession:
         self._framer = PduFramer(settings.max_pdu_size)
         self._fragments = FragmentReassembler()
         self._outgoing = bytearray()
+        # The one PDU queued while nothing else is (a read's usual answer), kept as built: it
+        # leaves as that object, without a copy into `_outgoing` and another out of it.
+        self._answer: bytes | None = None
         self._ndr32_context = UNBOUND
         self._ndr64_context = UNBOUND
         self.closed = False
@@ -128,9 +131,27 @@ class ServerSession:
 
     def data_to_send(self) -> bytes:
         """Take the bytes queued for the peer."""
+        answer = self._answer
+        if answer is not None:
+            self._answer = None
+            return answer
         out = bytes(self._outgoing)
         self._outgoing.clear()
         return out
+
+    def _queue(self, pdu: bytes) -> None:
+        if self._answer is None and not self._outgoing:
+            self._answer = pdu
+        else:
+            self._pending_bytes().extend(pdu)
+
+    def _pending_bytes(self) -> bytearray:
+        """The queue as one buffer, to add to or patch in place."""
+        answer = self._answer
+        if answer is not None:
+            self._outgoing += answer
+            self._answer = None
+        return self._outgoing
 
     def receive_data(self, data: bytes, now: int) -> list[Event]:
         """Feed bytes from the peer; `now` is the host clock as FILETIME."""
@@ -176,7 +197,7 @@ class ServerSession:
         return [self._close(f"unexpected {type(pdu).__name__} PDU from a client")]
 
     def _send(self, pdu: rpc.Pdu) -> None:
-        self._outgoing += rpc.encode_pdu(pdu)
+        self._queue(rpc.encode_pdu(pdu))
 
     def _bind(self, bind: rpc.Bind, outcome: rpc.Negotiation, ack: bytes) -> Event:
         if not bind.contexts:
@@ -186,7 +207,7 @@ class ServerSession:
             self._ndr32_context = outcome.ndr32_context
         if outcome.ndr64_context is not None:
             self._ndr64_context = outcome.ndr64_context
-        out = self._outgoing
+        out = self._pending_bytes()
         at = len(out) + _ASSOC_GROUP_AT
         out += ack
         out[at : at + 4] = self._assoc_group_id.to_bytes(4, "little")
@@ -260,7 +281,7 @@ class ServerSession:
         if pdu is None:
             reply_stub = ndr.wrap_response(reply, syntax)
             pdu = rpc.encode_response_pdu(call_id, context_id, reply_stub)
-        self._outgoing += pdu
+        self._queue(pdu)
         self.requests_served += 1
         self.requests_answered += 1
         return [ActivationServed(call_id, syntax, decoded.request, response)]
@@ -275,7 +296,7 @@ class ServerSession:
         reason: str,
     ) -> ActivationRefused:
         error_stub = ndr.wrap_error(hresult, syntax)
-        self._outgoing += rpc.encode_response_pdu(call_id, context_id, error_stub)
+        self._queue(rpc.encode_response_pdu(call_id, context_id, error_stub))
         self.requests_answered += 1
         parsed = decoded.request if decoded else None
         return ActivationRefused(call_id, syntax, parsed, hresult, reason)
