@@ -139,6 +139,21 @@ async def test_max_connections_refuses_extra_clients_and_keeps_serving() -> None
         assert (await activate_once(host.port)).ok
 
 
+async def test_a_reload_keeps_the_connection_caps_a_restart_would_change() -> None:
+    """docs/operations.md: a reload applies the policies and logging, not the limits."""
+    async with KmsHost(settings(max_connections=3, max_connections_per_source=3)) as host:
+        host.apply_policies(settings(max_connections=1, max_connections_per_source=1))
+        held = [await asyncio.open_connection("127.0.0.1", host.port) for _ in range(3)]
+        async with asyncio.timeout(10):
+            while host.stats.connections_accepted < 3:
+                await asyncio.sleep(0.01)
+        reader, _ = await asyncio.open_connection("127.0.0.1", host.port)
+        assert await read_until_closed(reader) == b""
+        assert host.stats.connections_rejected + host.stats.connections_source_limited == 1
+        for _, writer in held:
+            writer.close()
+
+
 async def test_idle_client_is_closed_after_the_timeout() -> None:
     async with KmsHost(settings(idle_timeout=0.3)) as host:
         reader, _ = await asyncio.open_connection("127.0.0.1", host.port)

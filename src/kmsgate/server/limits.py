@@ -76,6 +76,8 @@ class ConnectionLimits:
         self._idle_timeout = settings.idle_timeout
         self._lifetime = settings.connection_lifetime
         self.request_limit = settings.max_requests_per_connection
+        self._max_connections = settings.max_connections
+        self._per_source_cap = settings.max_connections_per_source
 
     def accept(self, connection: HostConnection, transport: asyncio.Transport, peer: Peer) -> bool:
         """Source policy and connection limit for a new connection; counts and logs refusals."""
@@ -91,7 +93,7 @@ class ConnectionLimits:
             log.warning("%s denied by the source policy", peer)
             transport.abort()
             return False
-        if len(self.connections) >= self.settings.max_connections:
+        if len(self.connections) >= self._max_connections:
             self.stats.connections_rejected += 1
             self.metrics.connection_rejected("rejected_limit")
             log.warning("%s refused: %d connections open", peer, len(self.connections))
@@ -108,10 +110,9 @@ class ConnectionLimits:
 
     def _admit_source(self, connection: HostConnection, peer: Peer) -> bool:
         """The per-source cap (the connection's own timer enforces its lifetime)."""
-        settings = self.settings
         source = peer.address
         open_now = self._per_source.get(source, 0)
-        cap = settings.max_connections_per_source
+        cap = self._per_source_cap
         if cap and open_now >= cap:
             self.stats.connections_source_limited += 1
             self.metrics.connection_rejected("rejected_source_limit")
