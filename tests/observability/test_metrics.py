@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import logging
+import math
 import re
 import uuid
 
@@ -30,6 +32,7 @@ from kmsgate.observability.metrics import (
     product_family_label,
     protocol_label,
 )
+from kmsgate.observability.tallies import HistogramTally
 from kmsgate.protocol import rpc
 from kmsgate.protocol.client_session import ClientSession
 from kmsgate.protocol.engine import filetime_from_unix
@@ -309,6 +312,16 @@ def test_connection_metrics() -> None:
     for wrong in ("accepted", "because"):
         with pytest.raises(ValueError, match="outcome"):
             metrics.connection_rejected(wrong)
+
+
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=30))
+def test_the_histogram_tally_picks_bisect_lefts_bucket(amounts: list[float]) -> None:
+    bounds = (*REQUEST_DURATION_BUCKETS, math.inf)
+    tally, expected = HistogramTally(bounds), [0] * len(bounds)
+    for amount in [*amounts, *bounds, *(math.nextafter(b, 0) for b in bounds)]:
+        tally.observe(amount)
+        expected[bisect.bisect_left(bounds, amount)] += 1
+    assert tally.counts == expected
 
 
 def test_request_duration_histogram() -> None:

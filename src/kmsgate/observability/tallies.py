@@ -7,7 +7,6 @@ time only. The per-event counting they expose lives here, compiled with mypyc. R
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import Final
 
@@ -41,7 +40,14 @@ class HistogramTally:
 
     def observe(self, amount: float) -> None:
         """Count one amount, in the first bucket whose bound is at least `amount`."""
-        self.counts[bisect_left(self.bounds, amount)] += 1
+        # A scan from the front, not a bisection: nearly every request lands in the first
+        # bucket. bisect_left's choice all the same, for NaN too (the first bucket).
+        index = 0
+        for bound in self.bounds:
+            if not amount > bound:
+                break
+            index += 1
+        self.counts[index] += 1
         self.total += amount
 
 
