@@ -161,6 +161,19 @@ async def test_idle_client_is_closed_after_the_timeout() -> None:
         assert host.stats.idle_closes == 1
 
 
+async def test_an_idle_close_names_the_timeout_it_enforced_after_a_reload(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with KmsHost(settings(idle_timeout=1.0)) as host:
+        host.apply_policies(settings(idle_timeout=99.0))  # needs a restart to apply
+        reader, _ = await asyncio.open_connection("127.0.0.1", host.port)
+        with caplog.at_level(logging.DEBUG, logger="kmsgate.server"):
+            assert await read_until_closed(reader, timeout=5) == b""
+        assert host.stats.idle_closes == 1
+    [line] = [r.getMessage() for r in caplog.records if "without a KMS request" in r.getMessage()]
+    assert "closed after 1 s without a KMS request" in line
+
+
 async def test_slow_client_dribbling_bytes_is_closed() -> None:
     async with KmsHost(settings(idle_timeout=0.4)) as host:
         client = await RawClient.connect(host.port)

@@ -32,6 +32,8 @@ class _Named:
         "/run/kmsgate.sock",
         None,
         ("10.1.2.3",),
+        (b"10.1.2.3", 7),  # not a str (no loop gives one): made text as the uncached path does
+        (167838211, 7),
     ],
 )
 def test_peer_of_equals_the_uncached_peer_every_time(peername: Any) -> None:

@@ -163,11 +163,10 @@ class KmsConnection(asyncio.Protocol):
     def _idle(self) -> None:
         self._host.stats.idle_closes += 1
         self._host.metrics.connection_idle()
-        log.debug(
-            "%s closed after %.0f s without a KMS request",
-            self.peer,
-            self._host.settings.idle_timeout,
-        )
+        timer = self._idle_timer
+        # The timer's own timeout: the settings' may have been reloaded since (unapplied).
+        timeout = 0.0 if timer is None else timer.timeout
+        log.debug("%s closed after %.0f s without a KMS request", self.peer, timeout)
         self._close()
 
     def data_received(self, data: bytes) -> None:

@@ -75,6 +75,11 @@ class IdleTimer:
         self._slot = self._slots.add(self, min(now + timeout, self._end))
         self._armed = True
 
+    @property
+    def timeout(self) -> float:
+        """The idle timeout this timer enforces (as read when it started)."""
+        return self._timeout
+
     def touch(self) -> None:
         """Note activity now."""
         self._last = self._loop.time()

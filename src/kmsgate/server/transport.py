@@ -20,7 +20,9 @@ def peer_of(transport: asyncio.BaseTransport) -> Peer:
     name = transport.get_extra_info("peername")
     if not (isinstance(name, tuple) and len(name) >= 2):
         return Peer.from_socket_name(name)
-    text = str(name[0])
+    host = name[0]
+    # Already a str from every loop: str() of it would still check for signals first.
+    text = host if isinstance(host, str) else str(host)
     address = _CANONICAL.get(text)
     if address is None:
         if len(_CANONICAL) >= _CANONICAL_LIMIT:
