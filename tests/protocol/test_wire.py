@@ -485,7 +485,8 @@ def response_base_args(response: messages.KmsResponse) -> tuple[object, ...]:
 
 @given(
     versions=st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
-    epid=st.text(max_size=31),
+    # No NUL inside: a response carrying one is refused when read back (the round trip below).
+    epid=st.text(st.characters(exclude_characters="\x00"), max_size=31),
     cmid=st.integers(0, 2**128 - 1).map(lambda number: uuid.UUID(int=number)),
     when=st.integers(0, 2**64 - 1),
     counts=st.tuples(*[st.integers(0, 2**32 - 1)] * 3),
