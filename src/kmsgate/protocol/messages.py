@@ -13,7 +13,7 @@ from typing import Final
 from kmsgate.protocol import crypto, wire
 from kmsgate.protocol.crypto import xor_bytes
 from kmsgate.protocol.errors import KmsMessageError, LocalProtocolError, VerificationError
-from kmsgate.uuids import uuid_bytes_le, uuid_cache, uuid_from_bytes, uuid_from_bytes_le
+from kmsgate.uuids import UuidCache, uuid_bytes_le, uuid_from_bytes, uuid_from_bytes_le
 
 RandomBytes = Callable[[int], bytes]
 
@@ -31,7 +31,7 @@ _VERSION: Final = struct.Struct("<HH")
 NIL_UUID: Final = uuid.UUID(int=0)
 
 # Application, SKU and KMS ids (and the usual nil previous CMID) repeat across a fleet.
-_shared_uuid: Final = uuid_cache(4096, little_endian=True)
+_shared_uuids: Final = UuidCache(4096, little_endian=True)
 # The C layout of a base request (protocol/wire.py), or None.
 _base_request: Final = wire.base_request
 # A CMID is new in nearly every request: its UUID built in C when the extension is there.
@@ -121,9 +121,9 @@ class KmsRequest:
             # a generic call that parses 13 arguments (~1 900 instructions a request).
             return KmsRequest(
                 major,
-                _shared_uuid(app),
-                _shared_uuid(sku),
-                _shared_uuid(kms),
+                _shared_uuids.get(app),
+                _shared_uuids.get(sku),
+                _shared_uuids.get(kms),
                 _cmid_uuid(cmid),  # big-endian already
                 count,
                 when,
@@ -132,7 +132,7 @@ class KmsRequest:
                 vm,
                 status,
                 grace,
-                _shared_uuid(prev),
+                _shared_uuids.get(prev),
             )
         if len(data) < BASE_REQUEST_SIZE:
             raise KmsMessageError(f"base request needs {BASE_REQUEST_SIZE} bytes, got {len(data)}")
@@ -142,9 +142,9 @@ class KmsRequest:
         # Positional, in field order: a compiled call binds them directly.
         return KmsRequest(
             major,
-            _shared_uuid(app),
-            _shared_uuid(sku),
-            _shared_uuid(kms),
+            _shared_uuids.get(app),
+            _shared_uuids.get(sku),
+            _shared_uuids.get(kms),
             uuid_from_bytes_le(cmid),
             count,
             when,
@@ -153,7 +153,7 @@ class KmsRequest:
             vm,
             status,
             grace,
-            _shared_uuid(prev),
+            _shared_uuids.get(prev),
         )
 
 
