@@ -1,4 +1,4 @@
-"""uuid_cache: one shared UUID per distinct id, exact in both byte orders, bounded; and the
+"""UuidCache: one shared UUID per distinct id, exact in both byte orders, bounded; and the
 fast constructors from bytes and from an int."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kmsgate.uuids import (
+    UuidCache,
     uuid_bytes,
     uuid_bytes_le,
-    uuid_cache,
     uuid_from_bytes,
     uuid_from_bytes_le,
     uuid_from_int,
@@ -23,7 +23,7 @@ from kmsgate.uuids import (
 
 @pytest.mark.parametrize("little_endian", [True, False])
 def test_ids_stay_exact_and_shared_past_the_bound(little_endian: bool) -> None:
-    shared = uuid_cache(8, little_endian=little_endian)
+    shared = UuidCache(8, little_endian=little_endian).get
     rng = random.Random(7)
     ids = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(50)]
     for _ in range(3):
@@ -35,7 +35,7 @@ def test_ids_stay_exact_and_shared_past_the_bound(little_endian: bool) -> None:
 
 
 def test_a_full_cache_starts_over() -> None:
-    shared = uuid_cache(2, little_endian=False)
+    shared = UuidCache(2, little_endian=False).get
     a, b, c = (uuid.UUID(int=n) for n in (1, 2, 3))
     kept = shared(a.bytes)
     shared(b.bytes)

@@ -8,7 +8,6 @@ ids, so each cache is bounded and starts over when full. UUIDs are immutable: sh
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Final
 
 _new_object: Final = object.__new__
@@ -77,8 +76,3 @@ class UuidCache:
             found = uuid_from_bytes_le(raw) if self._little_endian else uuid.UUID(bytes=raw)
             cache[raw] = found
         return found
-
-
-def uuid_cache(limit: int, *, little_endian: bool) -> Callable[[bytes], uuid.UUID]:
-    """A function from 16 raw bytes (`bytes_le` or `bytes` order) to their shared UUID."""
-    return UuidCache(limit, little_endian=little_endian).get

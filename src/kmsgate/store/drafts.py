@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from kmsgate.errors import KmsgateError
 from kmsgate.store.records import ActivationRecord
-from kmsgate.uuids import uuid_cache
+from kmsgate.uuids import UuidCache
 
 # (microseconds since the epoch, CMID, machine name, address, application id, SKU id,
 #  SKU name, KMS id, product family, license status, protocol, result, HRESULT, ePID, node)
@@ -135,7 +135,7 @@ def _raw(value: uuid.UUID | None) -> bytes | None:
 
 # SKU, application and KMS ids repeat in nearly every record, a renewing machine's CMID too.
 GUID_CACHE_SIZE = 4096
-shared_uuid = uuid_cache(GUID_CACHE_SIZE, little_endian=False)
+shared_uuid = UuidCache(GUID_CACHE_SIZE, little_endian=False).get
 
 
 def time_of(micros: int) -> datetime:
